@@ -1,0 +1,103 @@
+//! Read models: what a shard answers. Owned, cheap to clone (shared strings are `Arc<str>`),
+//! independent of how the gateway renders them.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::clock::UnixMs;
+use crate::ids::AppointmentId;
+use crate::model::{ClinicInfo, Status, VaccineRules};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppointmentView {
+    pub id: AppointmentId,
+    pub status: Status,
+    pub clinic_id: Arc<str>,
+    pub slot_id: Arc<str>,
+    pub vaccine: Arc<str>,
+    pub citizen_id: Arc<str>,
+    pub created_at_ms: UnixMs,
+    pub expires_at_ms: Option<UnixMs>,
+    pub confirmed_at_ms: Option<UnixMs>,
+    pub administered_at_ms: Option<UnixMs>,
+    pub batch: Option<String>,
+    pub needs_review: bool,
+    pub at_risk: bool,
+    pub rebook_priority: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotView {
+    pub slot_id: Arc<str>,
+    pub start_ms: UnixMs,
+    pub end_ms: UnixMs,
+    pub capacity: u32,
+    pub remaining: u32,
+    pub pending: u32,
+    pub confirmed: u32,
+    pub administered: u32,
+    pub no_show: u32,
+    pub priority_reserve: u32,
+    pub vaccines: Vec<Arc<str>>,
+    pub cancelled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockView {
+    pub vaccine: Arc<str>,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvailabilityView {
+    pub clinic_id: Arc<str>,
+    pub stock: Vec<StockView>,
+    pub slots: Vec<SlotView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClinicSummary {
+    pub clinic_id: Arc<str>,
+    pub info: ClinicInfo,
+    /// Per vaccine, `on_hand - reserved` (may be negative after a downward adjustment).
+    pub available_doses: Vec<(Arc<str>, i64)>,
+}
+
+/// What the booking saga needs to run the eligibility checks while the hold is in place.
+#[derive(Debug, Clone)]
+pub struct HoldContext {
+    pub slot_start_ms: UnixMs,
+    pub clinic_region: String,
+    pub clinic_timezone: String,
+    pub rules: Arc<VaccineRules>,
+}
+
+/// Per-shard figures for the operator endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ShardCounts {
+    pub clinics: u64,
+    pub slots: u64,
+    pub pending: u64,
+    pub confirmed: u64,
+    pub administered: u64,
+    pub timers: u64,
+    pub next_expiry_ms: Option<UnixMs>,
+}
+
+/// The answer to a command.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Ack,
+    Appointment(AppointmentView),
+    Held(AppointmentView, HoldContext),
+    Slots(Vec<SlotView>),
+    SlotCancelled {
+        slot: SlotView,
+        affected: Vec<AppointmentId>,
+    },
+    Stock(StockView),
+    Expired(usize),
+}
