@@ -149,6 +149,11 @@ impl<W> IdempotencyTable<W> {
         response: Option<StoredResponse>,
         now_ms: UnixMs,
     ) -> Vec<W> {
+        // Only an in-flight key ends here: a stray finish must not drop a stored response
+        // (the next replay would run the request again).
+        if !matches!(self.entries.get(key), Some(Entry::InFlight { .. })) {
+            return Vec::new();
+        }
         let Some(Entry::InFlight {
             fingerprint,
             waiters,

@@ -1069,6 +1069,15 @@ impl ShardState {
         self.timers.earliest()
     }
 
+    /// True when the clinic already stocks `batch` of `vaccine` (lets loaders skip a delivery
+    /// they made before instead of adding it twice).
+    pub fn has_batch(&self, clinic_id: &str, vaccine: &str, batch: &str) -> bool {
+        self.clinic_and_vaccine(clinic_id, vaccine)
+            .ok()
+            .and_then(|(c, v)| self.clinics[c as usize].stock.get(&v))
+            .is_some_and(|s| s.batches.contains_key(batch))
+    }
+
     pub fn vaccine_known(&self, name: &str) -> bool {
         self.vaccine_index.contains_key(name)
     }

@@ -1,0 +1,310 @@
+//! The application: shared state, the router with its OpenAPI document, the mapping from
+//! engine outcomes to HTTP answers, and the Idempotency-Key protocol.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use holdfast_engine::actor::IdemOutcome;
+use holdfast_engine::idempotency::{Begin, StoredResponse};
+use holdfast_engine::node::RETRY_AFTER_S;
+use holdfast_engine::{DomainError, EngineError, Node};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::{Claims, JwtKey};
+use crate::error::{ApiError, ErrorBody};
+use crate::qr::QrKey;
+
+/// How the server runs; from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hold_ttl_ms: i64,
+    pub max_hold_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub jwt: Arc<JwtKey>,
+    pub qr: Arc<QrKey>,
+    pub settings: Arc<Settings>,
+}
+
+impl FromRef<AppState> for Arc<JwtKey> {
+    fn from_ref(state: &AppState) -> Arc<JwtKey> {
+        state.jwt.clone()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "holdfast", description = "Reservation engine for scarce, time-bound inventory: the HTTP API (v1)."),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route, registered through `OpenApiRouter` so the document cannot drift from them.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::routes::catalogue::router())
+        .merge(crate::routes::booking::router())
+        .merge(crate::routes::ops::router())
+}
+
+/// The whole application: routes, the OpenAPI document at `/openapi.json`, and fallbacks
+/// that answer 404/405 in the error shape.
+pub fn build_app(state: AppState) -> axum::Router {
+    let (router, openapi) = api_router().split_for_parts();
+    let openapi = Arc::new(openapi);
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let openapi = openapi.clone();
+                async move { axum::Json(openapi.as_ref().clone()) }
+            }),
+        )
+        .fallback(crate::error::not_found_fallback)
+        // Last: axum applies it only to routes that exist when it is called.
+        .method_not_allowed_fallback(crate::error::method_not_allowed_fallback)
+        .with_state(state)
+}
+
+/// The OpenAPI document, for tests and tools.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+// ---- engine outcomes as HTTP ---------------------------------------------------------
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::Domain(d) => domain_error(d),
+            EngineError::Overloaded { shard } => ApiError::unavailable(
+                RETRY_AFTER_S,
+                format!("shard {shard} is overloaded; retry shortly"),
+            ),
+            EngineError::Unavailable { shard } => ApiError::unavailable(
+                RETRY_AFTER_S,
+                format!("shard {shard} is not available; retry shortly"),
+            ),
+        }
+    }
+}
+
+fn domain_error(e: DomainError) -> ApiError {
+    let message = e.to_string();
+    let code = e.code();
+    match e {
+        DomainError::NotFound(what) => ApiError::not_found(message).with_detail("resource", what),
+        DomainError::NotEligible { reasons } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+                .with_detail("reasons", reasons)
+        }
+        DomainError::HoldExpired => ApiError::new(StatusCode::GONE, code, message),
+        DomainError::InvalidTransition { status } => {
+            ApiError::new(StatusCode::CONFLICT, code, message)
+                .with_detail("status", status.as_str())
+        }
+        DomainError::CapacityInUse { taken } => {
+            ApiError::new(StatusCode::CONFLICT, code, message).with_detail("taken", taken)
+        }
+        DomainError::InsufficientStock { on_hand } => {
+            ApiError::new(StatusCode::CONFLICT, code, message).with_detail("on_hand", on_hand)
+        }
+        DomainError::BatchMismatch { expires_on } => {
+            ApiError::new(StatusCode::CONFLICT, code, message)
+                .with_detail("expires_on", expires_on.to_string())
+        }
+        _ => ApiError::new(StatusCode::CONFLICT, code, message),
+    }
+}
+
+/// A JSON answer: status and body.
+pub type Answer = Result<(StatusCode, String), ApiError>;
+
+pub fn ok<T: Serialize>(status: StatusCode, body: &T) -> Answer {
+    serde_json::to_string(body)
+        .map(|b| (status, b))
+        .map_err(|e| ApiError::internal(format!("rendering failed: {e}")))
+}
+
+pub fn into_response(answer: Answer) -> Response {
+    match answer {
+        Ok((status, body)) => json_response(status, body),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+// ---- Idempotency-Key ------------------------------------------------------------------
+
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Longest Idempotency-Key (API.md).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+
+/// The Idempotency-Key of a request, validated; `None` when absent.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "Idempotency-Key",
+            "Idempotency-Key must be 1-128 printable ASCII characters",
+        )
+    };
+    let key = value.to_str().map_err(|_| bad())?;
+    if key.is_empty()
+        || key.len() > IDEMPOTENCY_KEY_BYTES_MAX
+        || !key.bytes().all(|b| (0x20..=0x7e).contains(&b))
+    {
+        return Err(bad());
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Answers that reached a decision are stored and replayed; the rest may be retried.
+fn is_stored(status: StatusCode) -> bool {
+    status.is_success() || matches!(status.as_u16(), 404 | 409 | 410 | 422)
+}
+
+fn answer_to_stored(answer: &Answer) -> (StatusCode, String) {
+    match answer {
+        Ok((status, body)) => (*status, body.clone()),
+        Err(e) => (
+            e.status,
+            serde_json::to_string(&ErrorBody::from(e.clone())).unwrap_or_default(),
+        ),
+    }
+}
+
+fn replay(stored: &StoredResponse) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, stored.body.to_string());
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// Runs a mutating request under the Idempotency-Key protocol (API.md, Conventions).
+///
+/// The request runs in its own task: a client that disconnects does not abandon a saga half
+/// way, and the requests waiting on the same key still get its answer. `what` (method and
+/// path) and `body` make the fingerprint, so the same key on another path or with another
+/// body is `IDEMPOTENCY_KEY_REUSED`.
+pub async fn idempotent<B, F, Fut>(
+    state: &AppState,
+    caller: &Claims,
+    key: Option<String>,
+    what: &str,
+    body: &B,
+    run: F,
+) -> Response
+where
+    B: Serialize,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    let Some(key) = key else {
+        return run_detached(run).await;
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(what.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(serde_json::to_vec(body).unwrap_or_default());
+    let fingerprint: [u8; 32] = hasher.finalize().into();
+
+    let node = state.node.clone();
+    let caller = caller.sub.clone();
+    let task = tokio::spawn(async move {
+        match node.idempotency_begin(&caller, &key, fingerprint).await {
+            Err(e) => into_response(Err(e.into())),
+            Ok(IdemOutcome::Begin(Begin::Proceed)) => {
+                let answer = run().await;
+                let (status, body) = answer_to_stored(&answer);
+                let stored = is_stored(status).then(|| StoredResponse {
+                    status: status.as_u16(),
+                    body: body.into(),
+                });
+                if let Err(e) = node.idempotency_finish(&caller, &key, stored) {
+                    tracing::warn!(error = %e, "could not record an idempotent answer");
+                }
+                into_response(answer)
+            }
+            Ok(IdemOutcome::Begin(Begin::Replay(stored)))
+            | Ok(IdemOutcome::Finished(Some(stored))) => replay(&stored),
+            Ok(IdemOutcome::Begin(Begin::Mismatch)) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was used with a different request",
+            )
+            .into_response(),
+            Ok(IdemOutcome::Finished(None)) => ApiError::unavailable(
+                RETRY_AFTER_S,
+                "the first request with this Idempotency-Key did not complete; retry",
+            )
+            .into_response(),
+            Ok(IdemOutcome::Begin(Begin::Full)) | Ok(IdemOutcome::Begin(Begin::Queued)) => {
+                ApiError::unavailable(
+                    RETRY_AFTER_S,
+                    "too many idempotent requests in flight; retry shortly",
+                )
+                .into_response()
+            }
+        }
+    });
+    task.await
+        .unwrap_or_else(|e| ApiError::internal(format!("request task failed: {e}")).into_response())
+}
+
+async fn run_detached<F, Fut>(run: F) -> Response
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    match tokio::spawn(async move { run().await }).await {
+        Ok(answer) => into_response(answer),
+        Err(e) => ApiError::internal(format!("request task failed: {e}")).into_response(),
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> ApiError {
+        domain_error(e)
+    }
+}

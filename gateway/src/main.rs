@@ -1,0 +1,69 @@
+//! `holdfast`: the server and its tools.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use holdfast_gateway::auth::{Claims, JwtKey, Role};
+use holdfast_gateway::cli::{Cli, Command, TokenArgs};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))
+            .and_then(|rt| rt.block_on(holdfast_gateway::server::serve(args))),
+        Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holdfast: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> Result<(), String> {
+    let bytes = std::fs::read(&args.jwt_secret_file)
+        .map_err(|e| format!("cannot read {}: {e}", args.jwt_secret_file.display()))?;
+    let key = JwtKey::from_secret_file_bytes(&bytes)?;
+    let role = match args.role.as_str() {
+        "citizen" => Role::Citizen,
+        "staff" => Role::Staff,
+        "authority" => Role::Authority,
+        _ => Role::Operator,
+    };
+    if role == Role::Citizen && args.citizen_id.is_none() {
+        return Err("--role citizen needs --citizen-id".into());
+    }
+    if role == Role::Staff && args.clinic_id.is_none() {
+        return Err("--role staff needs --clinic-id".into());
+    }
+    let sub = args
+        .sub
+        .clone()
+        .unwrap_or_else(|| match (&args.citizen_id, &args.clinic_id) {
+            (Some(c), _) if role == Role::Citizen => format!("citizen:{c}"),
+            (_, Some(k)) if role == Role::Staff => format!("staff:{k}"),
+            _ => role.as_str().to_string(),
+        });
+    let exp = chrono::Utc::now().timestamp() + args.ttl.as_secs() as i64;
+    let claims = Claims {
+        sub,
+        role,
+        exp,
+        citizen_id: args.citizen_id,
+        clinic_id: args.clinic_id,
+    };
+    println!("{}", key.sign(&claims));
+    Ok(())
+}

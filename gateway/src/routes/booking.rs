@@ -1,0 +1,372 @@
+//! Booking: create (the saga, under a required Idempotency-Key), confirm, cancel, read, the
+//! QR code, and the listings by citizen and by clinic.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use holdfast_engine::node::BookRequest;
+use holdfast_engine::view::AppointmentView;
+use holdfast_engine::{AppointmentId, Command, Output, Status};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::{idempotency_key, idempotent, into_response, ok, Answer, AppState};
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
+use crate::routes::require_authority_or_staff_of;
+use crate::types::*;
+
+/// Most appointments one listing returns.
+pub const LISTING_APPOINTMENTS_MAX: usize = 10_000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_appointment))
+        .routes(routes!(confirm_appointment))
+        .routes(routes!(cancel_appointment))
+        .routes(routes!(get_appointment))
+        .routes(routes!(appointment_qr))
+        .routes(routes!(citizen_appointments))
+        .routes(routes!(clinic_appointments))
+}
+
+fn render(state: &AppState, a: &AppointmentView) -> AppointmentJson {
+    let qr = (a.status == Status::Confirmed).then(|| state.qr.token(&a.id.to_string()));
+    AppointmentJson::render(a, qr)
+}
+
+/// Who may read an appointment: its citizen, staff of its clinic, an authority.
+fn may_read(caller: &Caller, a: &AppointmentView) -> Result<(), ApiError> {
+    let claims = &caller.0;
+    let allowed = match claims.role {
+        Role::Authority => true,
+        Role::Citizen => claims.citizen_id.as_deref() == Some(&*a.citizen_id),
+        Role::Staff => claims.clinic_id.as_deref() == Some(&*a.clinic_id),
+        Role::Operator => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "this appointment belongs to someone else",
+        ))
+    }
+}
+
+/// Who may confirm or cancel: its citizen, or an authority.
+fn may_change(caller: &Caller, a: &AppointmentView) -> Result<(), ApiError> {
+    let claims = &caller.0;
+    match claims.role {
+        Role::Authority => Ok(()),
+        Role::Citizen if claims.citizen_id.as_deref() == Some(&*a.citizen_id) => Ok(()),
+        Role::Citizen => Err(ApiError::forbidden(
+            "this appointment belongs to someone else",
+        )),
+        _ => Err(ApiError::forbidden(
+            "only the citizen or an authority may change an appointment",
+        )),
+    }
+}
+
+async fn load(state: &AppState, id: &str) -> Result<AppointmentView, ApiError> {
+    let parsed: AppointmentId = state
+        .node
+        .parse_appointment_id(id)
+        .ok_or_else(|| ApiError::not_found("appointment not found"))?;
+    state.node.get_appointment(parsed).await?.ok_or_else(|| {
+        ApiError::not_found("appointment not found").with_detail("resource", "appointment")
+    })
+}
+
+/// Books: holds a seat and a dose for `hold_seconds`, checks eligibility while held, and
+/// answers 201 with a PENDING appointment. Requires an Idempotency-Key.
+#[utoipa::path(post, path = "/v1/appointments", tag = "booking",
+    request_body = CreateAppointmentBody,
+    params(("Idempotency-Key" = String, Header, description = "required; 1-128 printable ASCII")),
+    responses((status = 201, body = AppointmentJson), (status = 400, body = ErrorBody, description = "BAD_REQUEST or IDEMPOTENCY_KEY_REQUIRED"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "SOLD_OUT, OUT_OF_STOCK, ALREADY_BOOKED, SLOT_CANCELLED, SLOT_STARTED, VACCINE_NOT_OFFERED"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "NOT_ELIGIBLE (details.reasons) or IDEMPOTENCY_KEY_REUSED"),
+        (status = 503, body = ErrorBody, description = "UNAVAILABLE, with Retry-After")),
+    security(("bearer" = [])))]
+async fn create_appointment(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    StrictJson(body): StrictJson<CreateAppointmentBody>,
+) -> Response {
+    let prepared = (|| {
+        body.validate()?;
+        let key = idempotency_key(&headers)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "IDEMPOTENCY_KEY_REQUIRED",
+                "POST /v1/appointments requires an Idempotency-Key header",
+            )
+        })?;
+        match caller.0.role {
+            Role::Authority => {}
+            Role::Citizen if caller.0.citizen_id.as_deref() == Some(body.citizen_id.as_str()) => {}
+            Role::Citizen => {
+                return Err(ApiError::forbidden(
+                    "a citizen may book only for their own citizen_id",
+                ))
+            }
+            _ => {
+                return Err(ApiError::forbidden(
+                    "only citizens (or an authority) may book",
+                ))
+            }
+        }
+        Ok(key)
+    })();
+    let key = match prepared {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let hold_ms = body
+        .hold_seconds
+        .map(|s| s.min(HOLD_SECONDS_MAX) * 1000)
+        .unwrap_or(state.settings.hold_ttl_ms)
+        .min(state.settings.max_hold_ms);
+    let request = BookRequest {
+        clinic_id: body.clinic_id.clone(),
+        slot_id: body.slot_id.clone(),
+        vaccine: body.vaccine.clone(),
+        citizen_id: body.citizen_id.clone(),
+        hold_ms,
+    };
+    let app = state.clone();
+    idempotent(
+        &state,
+        &caller.0,
+        Some(key),
+        "POST /v1/appointments",
+        &body,
+        move || async move {
+            let appointment = app.node.book(request).await?;
+            ok(StatusCode::CREATED, &render(&app, &appointment))
+        },
+    )
+    .await
+}
+
+async fn transition(
+    state: AppState,
+    caller: Caller,
+    headers: &HeaderMap,
+    id: String,
+    confirm: bool,
+) -> Response {
+    let key = match idempotency_key(headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let current = match load(&state, &id)
+        .await
+        .and_then(|a| may_change(&caller, &a).map(|_| a))
+    {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let what = format!(
+        "POST /v1/appointments/{id}/{}",
+        if confirm { "confirm" } else { "cancel" }
+    );
+    let app = state.clone();
+    idempotent(&state, &caller.0, key, &what, &(), move || async move {
+        let seq = current.id.seq;
+        let command = if confirm {
+            Command::Confirm { seq }
+        } else {
+            Command::Cancel { seq }
+        };
+        match app.node.exec(current.id.shard, command).await? {
+            Output::Appointment(a) => ok(StatusCode::OK, &render(&app, &a)),
+            other => Err(ApiError::internal(format!(
+                "unexpected engine answer: {other:?}"
+            ))),
+        }
+    })
+    .await
+}
+
+/// Confirms a PENDING appointment before its `expires_at`; answers with its `qr_token`.
+#[utoipa::path(post, path = "/v1/appointments/{id}/confirm", tag = "booking",
+    params(("id" = String, Path, description = "appointment id")),
+    responses((status = 200, body = AppointmentJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "INVALID_TRANSITION (details.status)"),
+        (status = 410, body = ErrorBody, description = "HOLD_EXPIRED"), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn confirm_appointment(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    StrictPath(id): StrictPath<String>,
+    _body: OptionalEmptyBody,
+) -> Response {
+    transition(state, caller, &headers, id, true).await
+}
+
+/// Cancels: RELEASED from PENDING, CANCELLED from CONFIRMED; the seat and the dose return
+/// at once.
+#[utoipa::path(post, path = "/v1/appointments/{id}/cancel", tag = "booking",
+    params(("id" = String, Path, description = "appointment id")),
+    responses((status = 200, body = AppointmentJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "INVALID_TRANSITION (details.status)"),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn cancel_appointment(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    StrictPath(id): StrictPath<String>,
+    _body: OptionalEmptyBody,
+) -> Response {
+    transition(state, caller, &headers, id, false).await
+}
+
+/// One appointment (its citizen, staff of its clinic, an authority).
+#[utoipa::path(get, path = "/v1/appointments/{id}", tag = "booking",
+    params(("id" = String, Path, description = "appointment id")),
+    responses((status = 200, body = AppointmentJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_appointment(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictPath(id): StrictPath<String>,
+) -> Response {
+    let answer: Answer = async {
+        let a = load(&state, &id).await?;
+        may_read(&caller, &a)?;
+        ok(StatusCode::OK, &render(&state, &a))
+    }
+    .await;
+    into_response(answer)
+}
+
+/// The QR code of a CONFIRMED appointment's `qr_token`, as SVG.
+#[utoipa::path(get, path = "/v1/appointments/{id}/qr.svg", tag = "booking",
+    params(("id" = String, Path, description = "appointment id")),
+    responses((status = 200, content_type = "image/svg+xml", body = String), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "NOT_CONFIRMED")),
+    security(("bearer" = [])))]
+async fn appointment_qr(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictPath(id): StrictPath<String>,
+) -> Response {
+    let svg = async {
+        let a = load(&state, &id).await?;
+        may_read(&caller, &a)?;
+        if a.status != Status::Confirmed {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "NOT_CONFIRMED",
+                "only a CONFIRMED appointment has a QR code",
+            )
+            .with_detail("status", a.status.as_str()));
+        }
+        crate::qr::QrKey::svg(&state.qr.token(&a.id.to_string())).map_err(ApiError::internal)
+    }
+    .await;
+    match svg {
+        Ok(svg) => {
+            let mut response = (StatusCode::OK, svg).into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("image/svg+xml"),
+            );
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A citizen's appointments, oldest first (the citizen, an authority).
+#[utoipa::path(get, path = "/v1/citizens/{citizen_id}/appointments", tag = "booking",
+    params(("citizen_id" = String, Path)),
+    responses((status = 200, body = AppointmentsJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn citizen_appointments(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictPath(citizen_id): StrictPath<String>,
+) -> Response {
+    let answer: Answer = async {
+        check_id("citizen_id", &citizen_id)?;
+        match caller.0.role {
+            Role::Authority => {}
+            Role::Citizen if caller.0.citizen_id.as_deref() == Some(citizen_id.as_str()) => {}
+            _ => {
+                return Err(ApiError::forbidden(
+                    "only the citizen or an authority may list these appointments",
+                ))
+            }
+        }
+        let all = state.node.citizen_appointments(&citizen_id).await?;
+        let appointments = all
+            .iter()
+            .take(LISTING_APPOINTMENTS_MAX)
+            .map(|a| render(&state, a))
+            .collect();
+        ok(StatusCode::OK, &AppointmentsJson { appointments })
+    }
+    .await;
+    into_response(answer)
+}
+
+/// A clinic's appointments, oldest first, optionally of one slot and one status (staff of
+/// the clinic, an authority).
+#[utoipa::path(get, path = "/v1/clinics/{clinic_id}/appointments", tag = "booking",
+    params(("clinic_id" = String, Path), ClinicAppointmentsQuery),
+    responses((status = 200, body = AppointmentsJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn clinic_appointments(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictPath(clinic_id): StrictPath<String>,
+    StrictQuery(query): StrictQuery<ClinicAppointmentsQuery>,
+) -> Response {
+    let answer: Answer = async {
+        check_id("clinic_id", &clinic_id)?;
+        require_authority_or_staff_of(&caller, &clinic_id)?;
+        if let Some(slot) = &query.slot_id {
+            check_id("slot_id", slot)?;
+        }
+        let status =
+            match &query.status {
+                Some(s) => Some(Status::parse(s).ok_or_else(|| {
+                    ApiError::bad_request("status", format!("unknown status {s}"))
+                })?),
+                None => None,
+            };
+        let shard = state.node.clinic_shard(&clinic_id);
+        let slot = query.slot_id.clone();
+        let list = state
+            .node
+            .read(shard, move |rt| {
+                rt.state().clinic_appointments(
+                    &clinic_id,
+                    slot.as_deref(),
+                    status,
+                    LISTING_APPOINTMENTS_MAX,
+                )
+            })
+            .await??;
+        ok(
+            StatusCode::OK,
+            &AppointmentsJson {
+                appointments: list.iter().map(|a| render(&state, a)).collect(),
+            },
+        )
+    }
+    .await;
+    into_response(answer)
+}

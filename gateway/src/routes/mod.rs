@@ -1,0 +1,24 @@
+//! HTTP handlers, one module per part of the contract (API.md): the catalogue and
+//! availability, booking, and operators.
+
+pub mod booking;
+pub mod catalogue;
+pub mod ops;
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+
+/// Staff of `clinic_id`, or an authority.
+pub(crate) fn require_authority_or_staff_of(
+    caller: &Caller,
+    clinic_id: &str,
+) -> Result<(), ApiError> {
+    match caller.0.role {
+        Role::Authority => Ok(()),
+        Role::Staff if caller.0.clinic_id.as_deref() == Some(clinic_id) => Ok(()),
+        Role::Staff => Err(ApiError::forbidden(
+            "staff may act only for their own clinic",
+        )),
+        _ => caller.require_role(&[Role::Authority, Role::Staff]),
+    }
+}

@@ -1,0 +1,95 @@
+//! Operator endpoints: liveness, readiness and the per-shard status.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use holdfast_engine::node::RETRY_AFTER_S;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::{into_response, ok, AppState};
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::types::*;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(admin_shards))
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operators", responses((status = 200, body = HealthJson)))]
+async fn healthz() -> Response {
+    into_response(ok(
+        StatusCode::OK,
+        &HealthJson {
+            status: "ok".into(),
+        },
+    ))
+}
+
+/// Every shard this node owns has recovered and serves.
+#[utoipa::path(get, path = "/readyz", tag = "operators",
+    responses((status = 200, body = HealthJson), (status = 503, body = ErrorBody, description = "NOT_READY")))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.node.is_ready() {
+        into_response(ok(
+            StatusCode::OK,
+            &HealthJson {
+                status: "ready".into(),
+            },
+        ))
+    } else {
+        ApiError::not_ready(RETRY_AFTER_S).into_response()
+    }
+}
+
+/// Per-shard status for operators.
+#[utoipa::path(get, path = "/v1/admin/shards", tag = "operators",
+    responses((status = 200, body = ShardsJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn admin_shards(State(state): State<AppState>, caller: Caller) -> Response {
+    if let Err(e) = caller.require_role(&[Role::Operator]) {
+        return e.into_response();
+    }
+    let node = &state.node;
+    let shards = node
+        .shard_status()
+        .await
+        .into_iter()
+        .map(|s| ShardJson {
+            shard: s.shard,
+            node: s.node,
+            status: if s.ready { "ready" } else { "unavailable" }.to_string(),
+            clinics: s.counts.clinics,
+            slots: s.counts.slots,
+            pending: s.counts.pending,
+            confirmed: s.counts.confirmed,
+            administered: s.counts.administered,
+            timers: s.counts.timers,
+            next_expiry: s.counts.next_expiry_ms.map(rfc3339),
+            mailbox: s.inflight,
+            mailbox_max: node.config().inflight_per_shard_max,
+            events_applied: s.runtime.events_applied,
+            wal_seq: None,
+            snapshot_seq: None,
+            last_snapshot_at: None,
+            idempotency_records: s.runtime.idempotency_records,
+        })
+        .collect();
+    let ring = RingJson {
+        nodes: node.ring().nodes().to_vec(),
+        vnodes_per_node: node.ring().vnodes_per_node(),
+        shards: node.shards(),
+    };
+    into_response(ok(
+        StatusCode::OK,
+        &ShardsJson {
+            node: node.config().node_name.clone(),
+            ring,
+            shards,
+        },
+    ))
+}

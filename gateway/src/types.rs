@@ -1,0 +1,682 @@
+//! The JSON bodies of the HTTP API (API.md), with their OpenAPI schemas and validation.
+//!
+//! Request types deny unknown fields and are validated into engine commands here, so the
+//! handlers never see an unchecked id, time or range. Response types render engine views;
+//! they are separate from anything the log stores.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use holdfast_engine::ids::is_valid_client_id;
+use holdfast_engine::model::{
+    CitizenRecord, ClinicInfo, DoseRecord, SlotSpec, VaccineRules, SLOTS_BULK_MAX,
+    SLOT_CAPACITY_MAX, STOCK_QUANTITY_MAX,
+};
+use holdfast_engine::view::{
+    AppointmentView, AvailabilityView, ClinicSummary, SlotView, StockView,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// Longest free text (names, reasons, insurance ids).
+pub const TEXT_BYTES_MAX: usize = 256;
+/// Most entries in a short list field (regions, allergies, contraindications, vaccines of a
+/// slot, doses of a citizen).
+pub const LIST_ITEMS_MAX: usize = 64;
+/// Longest hold a client may ask for before `--max-hold` clamps it; anything above is
+/// clamped anyway, this only keeps the arithmetic far from overflow.
+pub const HOLD_SECONDS_MAX: i64 = 366 * 24 * 3600;
+
+pub fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_valid_client_id(value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            field,
+            format!("{field} must be 1-64 characters of [A-Za-z0-9_-]"),
+        ))
+    }
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty()
+        || value.len() > TEXT_BYTES_MAX
+        || value.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            field,
+            format!("{field} must be 1-{TEXT_BYTES_MAX} bytes of printable text"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_list(field: &str, values: &[String]) -> Result<(), ApiError> {
+    if values.len() > LIST_ITEMS_MAX {
+        return Err(ApiError::bad_request(
+            field,
+            format!("{field} has more than {LIST_ITEMS_MAX} entries"),
+        ));
+    }
+    values.iter().try_for_each(|v| check_id(field, v))
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+// ---- catalogue ---------------------------------------------------------------------
+
+/// `PUT /v1/vaccines/{vaccine}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaccineBody {
+    #[serde(default)]
+    pub min_age: Option<u32>,
+    #[serde(default)]
+    pub max_age: Option<u32>,
+    /// Empty: every region.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    pub series_doses: u32,
+    pub min_interval_days: u32,
+    #[serde(default)]
+    pub contraindications: Vec<String>,
+}
+
+impl VaccineBody {
+    pub fn validate(self) -> Result<VaccineRules, ApiError> {
+        if let (Some(min), Some(max)) = (self.min_age, self.max_age) {
+            if min > max {
+                return Err(ApiError::bad_request(
+                    "max_age",
+                    "max_age must not be below min_age",
+                ));
+            }
+        }
+        if self.min_age.is_some_and(|a| a > 150) || self.max_age.is_some_and(|a| a > 150) {
+            return Err(ApiError::bad_request("min_age", "ages must be at most 150"));
+        }
+        if !(1..=20).contains(&self.series_doses) {
+            return Err(ApiError::bad_request(
+                "series_doses",
+                "series_doses must be 1..=20",
+            ));
+        }
+        if self.min_interval_days > 3650 {
+            return Err(ApiError::bad_request(
+                "min_interval_days",
+                "min_interval_days must be at most 3650",
+            ));
+        }
+        check_list("regions", &self.regions)?;
+        check_list("contraindications", &self.contraindications)?;
+        Ok(VaccineRules {
+            min_age: self.min_age,
+            max_age: self.max_age,
+            regions: self.regions,
+            series_doses: self.series_doses,
+            min_interval_days: self.min_interval_days,
+            contraindications: self.contraindications,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VaccineJson {
+    pub vaccine: String,
+    #[serde(flatten)]
+    pub rules: VaccineBody,
+}
+
+/// `PUT /v1/clinics/{clinic_id}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicBody {
+    pub name: String,
+    pub region: String,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    pub timezone: String,
+}
+
+impl ClinicBody {
+    pub fn validate(self) -> Result<ClinicInfo, ApiError> {
+        check_text("name", &self.name)?;
+        check_id("region", &self.region)?;
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(ApiError::bad_request(
+                "timezone",
+                "timezone must be an IANA time zone name such as Europe/Berlin",
+            ));
+        }
+        Ok(ClinicInfo {
+            name: self.name,
+            region: self.region,
+            timezone: self.timezone,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClinicJson {
+    pub clinic_id: String,
+    pub name: String,
+    pub region: String,
+    pub timezone: String,
+}
+
+/// `POST /v1/clinics/{clinic_id}/stock`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockBody {
+    pub vaccine: String,
+    pub batch: String,
+    /// 1..=10,000,000
+    pub quantity: i64,
+    #[schema(value_type = String, format = Date)]
+    pub expires_on: NaiveDate,
+}
+
+impl StockBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_id("vaccine", &self.vaccine)?;
+        check_id("batch", &self.batch)?;
+        if !(1..=STOCK_QUANTITY_MAX).contains(&self.quantity) {
+            return Err(ApiError::bad_request(
+                "quantity",
+                format!("quantity must be 1..={STOCK_QUANTITY_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/clinics/{clinic_id}/stock/adjust`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustBody {
+    pub vaccine: String,
+    pub batch: String,
+    /// Non-zero, at most 10,000,000 either way.
+    pub delta: i64,
+    pub reason: String,
+}
+
+impl AdjustBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_id("vaccine", &self.vaccine)?;
+        check_id("batch", &self.batch)?;
+        if self.delta == 0 || self.delta.abs() > STOCK_QUANTITY_MAX {
+            return Err(ApiError::bad_request(
+                "delta",
+                format!("delta must be non-zero and at most {STOCK_QUANTITY_MAX} either way"),
+            ));
+        }
+        check_text("reason", &self.reason)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StockJson {
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// `on_hand - reserved`; negative after a downward adjustment below what is reserved.
+    pub available: i64,
+}
+
+impl From<&StockView> for StockJson {
+    fn from(s: &StockView) -> Self {
+        StockJson {
+            on_hand: s.on_hand,
+            reserved: s.reserved,
+            available: s.available,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClinicStockJson {
+    pub clinic_id: String,
+    pub vaccine: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+}
+
+/// `PUT /v1/clinics/{clinic_id}/slots/{slot_id}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlotBody {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// 1..=100,000
+    pub capacity: u32,
+    pub vaccines: Vec<String>,
+    #[serde(default)]
+    pub priority_reserve: u32,
+}
+
+/// One slot of `POST /v1/clinics/{clinic_id}/slots`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkSlotBody {
+    pub slot_id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub capacity: u32,
+    pub vaccines: Vec<String>,
+    #[serde(default)]
+    pub priority_reserve: u32,
+}
+
+/// `POST /v1/clinics/{clinic_id}/slots` (at most 1,000 slots).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkSlotsBody {
+    pub slots: Vec<BulkSlotBody>,
+}
+
+pub fn slot_spec(
+    prefix: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    capacity: u32,
+    vaccines: Vec<String>,
+    priority_reserve: u32,
+) -> Result<SlotSpec, ApiError> {
+    let field = |name: &str| format!("{prefix}{name}");
+    if end <= start {
+        return Err(ApiError::bad_request(
+            &field("end"),
+            "end must be after start",
+        ));
+    }
+    if !(1..=SLOT_CAPACITY_MAX).contains(&capacity) {
+        return Err(ApiError::bad_request(
+            &field("capacity"),
+            format!("capacity must be 1..={SLOT_CAPACITY_MAX}"),
+        ));
+    }
+    if priority_reserve > capacity {
+        return Err(ApiError::bad_request(
+            &field("priority_reserve"),
+            "priority_reserve must not exceed capacity",
+        ));
+    }
+    if vaccines.is_empty() {
+        return Err(ApiError::bad_request(
+            &field("vaccines"),
+            "a slot offers at least one vaccine",
+        ));
+    }
+    check_list(&field("vaccines"), &vaccines)?;
+    Ok(SlotSpec {
+        start_ms: start.timestamp_millis(),
+        end_ms: end.timestamp_millis(),
+        capacity,
+        vaccines,
+        priority_reserve,
+    })
+}
+
+impl BulkSlotsBody {
+    pub fn validate(self) -> Result<Vec<(String, SlotSpec)>, ApiError> {
+        if self.slots.is_empty() || self.slots.len() > SLOTS_BULK_MAX {
+            return Err(ApiError::bad_request(
+                "slots",
+                format!("slots must hold 1..={SLOTS_BULK_MAX} entries"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(self.slots.len());
+        for (i, s) in self.slots.into_iter().enumerate() {
+            let prefix = format!("slots[{i}].");
+            check_id(&format!("{prefix}slot_id"), &s.slot_id)?;
+            if !seen.insert(s.slot_id.clone()) {
+                return Err(ApiError::bad_request(
+                    &format!("{prefix}slot_id"),
+                    "slot_id appears twice in one upload",
+                ));
+            }
+            let spec = slot_spec(
+                &prefix,
+                s.start,
+                s.end,
+                s.capacity,
+                s.vaccines,
+                s.priority_reserve,
+            )?;
+            out.push((s.slot_id, spec));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SlotJson {
+    pub slot_id: String,
+    pub start: String,
+    pub end: String,
+    pub capacity: u32,
+    pub remaining: u32,
+    pub pending: u32,
+    pub confirmed: u32,
+    pub administered: u32,
+    pub no_show: u32,
+    pub priority_reserve: u32,
+    pub vaccines: Vec<String>,
+    pub cancelled: bool,
+}
+
+impl From<&SlotView> for SlotJson {
+    fn from(s: &SlotView) -> Self {
+        SlotJson {
+            slot_id: s.slot_id.to_string(),
+            start: rfc3339(s.start_ms),
+            end: rfc3339(s.end_ms),
+            capacity: s.capacity,
+            remaining: s.remaining,
+            pending: s.pending,
+            confirmed: s.confirmed,
+            administered: s.administered,
+            no_show: s.no_show,
+            priority_reserve: s.priority_reserve,
+            vaccines: s.vaccines.iter().map(|v| v.to_string()).collect(),
+            cancelled: s.cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SlotsJson {
+    pub clinic_id: String,
+    pub slots: Vec<SlotJson>,
+}
+
+/// `POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelSlotBody {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SlotCancelledJson {
+    pub clinic_id: String,
+    pub slot: SlotJson,
+    /// Appointments that became CLINIC_CANCELLED (with `rebook_priority`).
+    pub affected_appointment_ids: Vec<String>,
+}
+
+/// `PUT /v1/citizens/{citizen_id}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CitizenBody {
+    #[schema(value_type = String, format = Date)]
+    pub birth_date: NaiveDate,
+    pub region: String,
+    #[serde(default)]
+    pub allergies: Vec<String>,
+    pub insurance_id: String,
+    #[serde(default)]
+    pub doses: Vec<DoseBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DoseBody {
+    pub vaccine: String,
+    #[schema(value_type = String, format = Date)]
+    pub date: NaiveDate,
+}
+
+impl CitizenBody {
+    pub fn validate(self) -> Result<CitizenRecord, ApiError> {
+        check_id("region", &self.region)?;
+        check_list("allergies", &self.allergies)?;
+        check_text("insurance_id", &self.insurance_id)?;
+        if self.doses.len() > LIST_ITEMS_MAX {
+            return Err(ApiError::bad_request(
+                "doses",
+                format!("doses has more than {LIST_ITEMS_MAX} entries"),
+            ));
+        }
+        for d in &self.doses {
+            check_id("doses.vaccine", &d.vaccine)?;
+        }
+        Ok(CitizenRecord {
+            birth_date: self.birth_date,
+            region: self.region,
+            allergies: self.allergies,
+            insurance_id: self.insurance_id,
+            doses: self
+                .doses
+                .into_iter()
+                .map(|d| DoseRecord {
+                    vaccine: d.vaccine,
+                    date: d.date,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CitizenJson {
+    pub citizen_id: String,
+    #[serde(flatten)]
+    pub citizen: CitizenBody,
+}
+
+// ---- availability ------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClinicSummaryJson {
+    pub clinic_id: String,
+    pub name: String,
+    pub region: String,
+    pub timezone: String,
+    /// Per vaccine, `on_hand - reserved`.
+    pub available_doses: BTreeMap<String, i64>,
+}
+
+impl From<&ClinicSummary> for ClinicSummaryJson {
+    fn from(c: &ClinicSummary) -> Self {
+        ClinicSummaryJson {
+            clinic_id: c.clinic_id.to_string(),
+            name: c.info.name.clone(),
+            region: c.info.region.clone(),
+            timezone: c.info.timezone.clone(),
+            available_doses: c
+                .available_doses
+                .iter()
+                .map(|(v, n)| (v.to_string(), *n))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClinicsJson {
+    pub clinics: Vec<ClinicSummaryJson>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AvailabilityJson {
+    pub clinic_id: String,
+    pub stock: BTreeMap<String, StockJson>,
+    pub slots: Vec<SlotJson>,
+}
+
+impl From<&AvailabilityView> for AvailabilityJson {
+    fn from(a: &AvailabilityView) -> Self {
+        AvailabilityJson {
+            clinic_id: a.clinic_id.to_string(),
+            stock: a
+                .stock
+                .iter()
+                .map(|s| (s.vaccine.to_string(), StockJson::from(s)))
+                .collect(),
+            slots: a.slots.iter().map(SlotJson::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicsQuery {
+    pub region: Option<String>,
+    pub vaccine: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityQuery {
+    pub vaccine: Option<String>,
+    /// Slots starting at or after this instant (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Slots starting before this instant (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+}
+
+// ---- booking -----------------------------------------------------------------------
+
+/// `POST /v1/appointments`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAppointmentBody {
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub vaccine: String,
+    pub citizen_id: String,
+    /// At least 1; above `--max-hold` it is clamped. Absent: `--hold-ttl`.
+    #[serde(default)]
+    pub hold_seconds: Option<i64>,
+}
+
+impl CreateAppointmentBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_id("clinic_id", &self.clinic_id)?;
+        check_id("slot_id", &self.slot_id)?;
+        check_id("vaccine", &self.vaccine)?;
+        check_id("citizen_id", &self.citizen_id)?;
+        if let Some(s) = self.hold_seconds {
+            if s < 1 {
+                return Err(ApiError::bad_request(
+                    "hold_seconds",
+                    "hold_seconds must be 1 or more",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An appointment: every field is always present, `null` where it does not apply.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AppointmentJson {
+    pub appointment_id: String,
+    /// PENDING, CONFIRMED, ADMINISTERED, EXPIRED, RELEASED, REJECTED, CANCELLED, NO_SHOW,
+    /// CLINIC_CANCELLED
+    pub status: String,
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub vaccine: String,
+    pub citizen_id: String,
+    pub created_at: String,
+    /// Set while PENDING.
+    pub expires_at: Option<String>,
+    pub confirmed_at: Option<String>,
+    pub administered_at: Option<String>,
+    pub batch: Option<String>,
+    pub needs_review: bool,
+    pub at_risk: bool,
+    pub rebook_priority: bool,
+    /// Set while CONFIRMED: the token the clinic scans (also as `qr.svg`).
+    pub qr_token: Option<String>,
+}
+
+impl AppointmentJson {
+    pub fn render(a: &AppointmentView, qr_token: Option<String>) -> Self {
+        AppointmentJson {
+            appointment_id: a.id.to_string(),
+            status: a.status.as_str().to_string(),
+            clinic_id: a.clinic_id.to_string(),
+            slot_id: a.slot_id.to_string(),
+            vaccine: a.vaccine.to_string(),
+            citizen_id: a.citizen_id.to_string(),
+            created_at: rfc3339(a.created_at_ms),
+            expires_at: a.expires_at_ms.map(rfc3339),
+            confirmed_at: a.confirmed_at_ms.map(rfc3339),
+            administered_at: a.administered_at_ms.map(rfc3339),
+            batch: a.batch.clone(),
+            needs_review: a.needs_review,
+            at_risk: a.at_risk,
+            rebook_priority: a.rebook_priority,
+            qr_token,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AppointmentsJson {
+    pub appointments: Vec<AppointmentJson>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicAppointmentsQuery {
+    pub slot_id: Option<String>,
+    pub status: Option<String>,
+}
+
+// ---- operators ---------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ShardJson {
+    pub shard: u32,
+    pub node: String,
+    /// ready | recovering | unavailable
+    pub status: String,
+    pub clinics: u64,
+    pub slots: u64,
+    pub pending: u64,
+    pub confirmed: u64,
+    pub administered: u64,
+    /// Entries in the shard's deadline queue (live holds plus not yet compacted ones).
+    pub timers: u64,
+    pub next_expiry: Option<String>,
+    /// Requests admitted to the shard and not yet answered (the bound is `mailbox_max`).
+    pub mailbox: u32,
+    pub mailbox_max: u32,
+    /// Events applied since start. The write-ahead log arrives with the durability work:
+    /// until then `wal_seq`, `snapshot_seq` and `last_snapshot_at` are null.
+    pub events_applied: u64,
+    pub wal_seq: Option<u64>,
+    pub snapshot_seq: Option<u64>,
+    pub last_snapshot_at: Option<String>,
+    pub idempotency_records: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RingJson {
+    pub nodes: Vec<String>,
+    pub vnodes_per_node: u32,
+    pub shards: u32,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ShardsJson {
+    pub node: String,
+    pub ring: RingJson,
+    pub shards: Vec<ShardJson>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HealthJson {
+    pub status: String,
+}
