@@ -310,6 +310,60 @@ Also: curl -s '{base}/v1/clinics/{clinic}/availability?vaccine=pfz'  |  curl -s 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use holdfast_engine::ring::Ring;
+    use holdfast_engine::{NodeConfig, SystemClock};
+    use std::sync::Arc;
+
+    async fn totals(node: &Node) -> (u64, u64, i64) {
+        let per_shard = node
+            .read_all(|rt| {
+                let counts = rt.state().counts();
+                let on_hand: i64 = rt
+                    .state()
+                    .clinics(None, None)
+                    .iter()
+                    .flat_map(|c| c.available_doses.iter().map(|(_, n)| *n))
+                    .sum();
+                (counts.clinics, counts.slots, on_hand)
+            })
+            .await
+            .unwrap();
+        per_shard
+            .iter()
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loading_twice_adds_nothing() {
+        let node = Node::start(
+            NodeConfig::embedded(8),
+            Ring::single("local"),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        let now_ms = node.now_ms();
+        let first = load(&node, now_ms).await.unwrap();
+        let after_first = totals(&node).await;
+        assert_eq!(after_first.0, CLINICS as u64);
+        assert_eq!(after_first.1, first.slots as u64);
+        assert_eq!(after_first.2, CLINICS as i64 * (1500 + 800));
+        load(&node, now_ms).await.unwrap();
+        assert_eq!(totals(&node).await, after_first);
+        // The printed walk-through books citizen 1 at clinic 1's first slot: it must be eligible.
+        let booked = node
+            .book(holdfast_engine::node::BookRequest {
+                clinic_id: clinic_id(1),
+                slot_id: first.first_slot_id.clone(),
+                vaccine: "pfz".into(),
+                citizen_id: citizen_id(1),
+                hold_ms: 60_000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(booked.status, holdfast_engine::Status::Pending);
+        node.stop();
+    }
 
     #[test]
     fn slots_are_local_quarter_hours() {
