@@ -538,9 +538,29 @@ pub struct ClinicsQuery {
 pub struct AvailabilityQuery {
     pub vaccine: Option<String>,
     /// Slots starting at or after this instant (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
+    pub from: Option<String>,
     /// Slots starting before this instant (RFC 3339).
-    pub to: Option<DateTime<Utc>>,
+    pub to: Option<String>,
+}
+
+/// A query parameter given empty (`?region=`) means "no filter".
+pub fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+/// An optional RFC 3339 instant from a query parameter, in unix ms.
+pub fn query_instant_ms(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
+    match non_empty(value) {
+        None => Ok(None),
+        Some(v) => DateTime::parse_from_rfc3339(v)
+            .map(|t| Some(t.timestamp_millis()))
+            .map_err(|_| {
+                ApiError::bad_request(
+                    field,
+                    format!("{field} must be an RFC 3339 time such as 2026-12-01T09:00:00Z"),
+                )
+            }),
+    }
 }
 
 // ---- booking -----------------------------------------------------------------------

@@ -337,18 +337,18 @@ async fn clinic_appointments(
     let answer: Answer = async {
         check_id("clinic_id", &clinic_id)?;
         require_authority_or_staff_of(&caller, &clinic_id)?;
-        if let Some(slot) = &query.slot_id {
+        let slot = non_empty(&query.slot_id).map(str::to_string);
+        if let Some(slot) = &slot {
             check_id("slot_id", slot)?;
         }
         let status =
-            match &query.status {
+            match non_empty(&query.status) {
                 Some(s) => Some(Status::parse(s).ok_or_else(|| {
                     ApiError::bad_request("status", format!("unknown status {s}"))
                 })?),
                 None => None,
             };
         let shard = state.node.clinic_shard(&clinic_id);
-        let slot = query.slot_id.clone();
         let list = state
             .node
             .read(shard, move |rt| {

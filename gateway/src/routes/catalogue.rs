@@ -451,18 +451,17 @@ async fn list_clinics(
     StrictQuery(query): StrictQuery<ClinicsQuery>,
 ) -> Response {
     let answer = async {
-        if let Some(r) = &query.region {
+        let region = non_empty(&query.region).map(str::to_string);
+        let vaccine = non_empty(&query.vaccine).map(str::to_string);
+        if let Some(r) = &region {
             check_id("region", r)?;
         }
-        if let Some(v) = &query.vaccine {
+        if let Some(v) = &vaccine {
             check_id("vaccine", v)?;
         }
         let per_shard = state
             .node
-            .read_all(move |rt| {
-                rt.state()
-                    .clinics(query.region.as_deref(), query.vaccine.as_deref())
-            })
+            .read_all(move |rt| rt.state().clinics(region.as_deref(), vaccine.as_deref()))
             .await?;
         let mut clinics: Vec<ClinicSummaryJson> = per_shard
             .iter()
@@ -487,13 +486,13 @@ async fn availability(
 ) -> Response {
     let answer = async {
         check_id("clinic_id", &clinic_id)?;
-        if let Some(v) = &query.vaccine {
+        let vaccine = non_empty(&query.vaccine).map(str::to_string);
+        if let Some(v) = &vaccine {
             check_id("vaccine", v)?;
         }
         let shard = state.node.clinic_shard(&clinic_id);
-        let from = query.from.map(|t| t.timestamp_millis());
-        let to = query.to.map(|t| t.timestamp_millis());
-        let vaccine = query.vaccine.clone();
+        let from = query_instant_ms("from", &query.from)?;
+        let to = query_instant_ms("to", &query.to)?;
         let view = state
             .node
             .read(shard, move |rt| {
