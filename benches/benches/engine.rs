@@ -125,7 +125,7 @@ fn actors_batched(c: &mut Criterion) {
                                 let confirms: Vec<Command> = held
                                     .iter()
                                     .filter_map(held_seq)
-                                    .map(|seq| Command::Confirm { seq })
+                                    .map(|seq| Command::Confirm { seq, citizen: None })
                                     .collect();
                                 let answers =
                                     node.exec_batch(shard, confirms).await.expect("confirms");
@@ -185,7 +185,9 @@ fn actors_batched(c: &mut Criterion) {
                                 let Some(seq) = held_seq(&held) else {
                                     panic!("hold refused: {held:?}");
                                 };
-                                let answer = node.exec(shard, Command::Confirm { seq }).await;
+                                let answer = node
+                                    .exec(shard, Command::Confirm { seq, citizen: None })
+                                    .await;
                                 confirmed += u64::from(is_confirmed(&answer));
                             }
                             confirmed

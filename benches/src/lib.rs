@@ -221,9 +221,11 @@ impl BareShard {
         let Some(seq) = held_seq(&held) else {
             return false;
         };
-        let confirmed = self
-            .state
-            .execute(Command::Confirm { seq }, self.now_ms, &mut self.sink);
+        let confirmed = self.state.execute(
+            Command::Confirm { seq, citizen: None },
+            self.now_ms,
+            &mut self.sink,
+        );
         self.sink.clear();
         is_confirmed(&confirmed)
     }

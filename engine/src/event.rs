@@ -61,11 +61,15 @@ pub enum Command {
         hold_ms: i64,
         rebook_priority: bool,
     },
+    /// `citizen`: when set, the appointment must be this citizen's (else `NotYours`), so the
+    /// ownership check and the transition are one step on the shard.
     Confirm {
         seq: u64,
+        citizen: Option<String>,
     },
     Cancel {
         seq: u64,
+        citizen: Option<String>,
     },
     /// Saga compensation: the booking failed its checks while held.
     Reject {
@@ -168,6 +172,8 @@ pub enum DomainError {
     },
     /// A named bound of the shard's tables was reached (for example `VACCINES_MAX`).
     LimitReached(&'static str),
+    /// The appointment belongs to another citizen.
+    NotYours,
 }
 
 impl DomainError {
@@ -188,6 +194,7 @@ impl DomainError {
             DomainError::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
             DomainError::BatchMismatch { .. } => "BATCH_MISMATCH",
             DomainError::LimitReached(_) => "LIMIT_REACHED",
+            DomainError::NotYours => "FORBIDDEN",
         }
     }
 }
@@ -227,6 +234,7 @@ impl std::fmt::Display for DomainError {
                 write!(f, "this batch is already stocked with expiry {expires_on}")
             }
             DomainError::LimitReached(what) => write!(f, "limit reached: {what}"),
+            DomainError::NotYours => f.write_str("this appointment belongs to someone else"),
         }
     }
 }

@@ -264,9 +264,10 @@ impl ShardState {
                 *rebook_priority,
                 now_ms,
             ),
-            Command::Confirm { seq } => {
-                let Some(a) = self.appointments.get(seq) else {
-                    return Decision::err(DomainError::NotFound("appointment"));
+            Command::Confirm { seq, citizen } => {
+                let a = match self.owned_appointment(*seq, citizen.as_deref()) {
+                    Ok(a) => a,
+                    Err(e) => return Decision::err(e),
                 };
                 match a.status {
                     Status::Pending if self.hold_has_expired(a, now_ms) => Decision {
@@ -285,9 +286,10 @@ impl ShardState {
                     status => Decision::err(DomainError::InvalidTransition { status }),
                 }
             }
-            Command::Cancel { seq } => {
-                let Some(a) = self.appointments.get(seq) else {
-                    return Decision::err(DomainError::NotFound("appointment"));
+            Command::Cancel { seq, citizen } => {
+                let a = match self.owned_appointment(*seq, citizen.as_deref()) {
+                    Ok(a) => a,
+                    Err(e) => return Decision::err(e),
                 };
                 match a.status {
                     Status::Pending if self.hold_has_expired(a, now_ms) => Decision {
@@ -772,6 +774,22 @@ impl ShardState {
                 self.apply(&event);
                 sink.push(event);
             }
+        }
+    }
+
+    /// The appointment `seq`, which must be `citizen`'s when one is named.
+    fn owned_appointment(
+        &self,
+        seq: u64,
+        citizen: Option<&str>,
+    ) -> Result<&Appointment, DomainError> {
+        let a = self
+            .appointments
+            .get(&seq)
+            .ok_or(DomainError::NotFound("appointment"))?;
+        match citizen {
+            Some(c) if *a.citizen != *c => Err(DomainError::NotYours),
+            _ => Ok(a),
         }
     }
 

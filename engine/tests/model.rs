@@ -395,7 +395,7 @@ impl Model {
             }
             Op::Confirm(pick) => {
                 let seq = self.pick_seq(pick);
-                let command = Command::Confirm { seq };
+                let command = Command::Confirm { seq, citizen: None };
                 let Some(a) = self.appts.get(&seq).cloned() else {
                     return Some((command, Expect::Err(DomainError::NotFound("appointment"))));
                 };
@@ -422,7 +422,7 @@ impl Model {
             }
             Op::Cancel(pick) => {
                 let seq = self.pick_seq(pick);
-                let command = Command::Cancel { seq };
+                let command = Command::Cancel { seq, citizen: None };
                 let Some(a) = self.appts.get(&seq).cloned() else {
                     return Some((command, Expect::Err(DomainError::NotFound("appointment"))));
                 };

@@ -98,7 +98,14 @@ async fn hold(node: &Node, shard: u32, citizen: &str, hold_ms: i64) -> Appointme
 }
 
 async fn confirm(node: &Node, id: AppointmentId) -> Result<Output, EngineError> {
-    bounded(node.exec(id.shard, Command::Confirm { seq: id.seq })).await
+    bounded(node.exec(
+        id.shard,
+        Command::Confirm {
+            seq: id.seq,
+            citizen: None,
+        },
+    ))
+    .await
 }
 
 async fn status(node: &Node, id: AppointmentId) -> Status {

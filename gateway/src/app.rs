@@ -79,15 +79,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 /// that answer 404/405 in the error shape.
 pub fn build_app(state: AppState) -> axum::Router {
     let (router, openapi) = api_router().split_for_parts();
-    let openapi = Arc::new(openapi);
     router
-        .route(
-            "/openapi.json",
-            axum::routing::get(move || {
-                let openapi = openapi.clone();
-                async move { axum::Json(openapi.as_ref().clone()) }
-            }),
-        )
+        .layer(axum::Extension(Arc::new(openapi)))
         .fallback(crate::error::not_found_fallback)
         // Last: axum applies it only to routes that exist when it is called.
         .method_not_allowed_fallback(crate::error::method_not_allowed_fallback)
@@ -122,6 +115,7 @@ fn domain_error(e: DomainError) -> ApiError {
     let code = e.code();
     match e {
         DomainError::NotFound(what) => ApiError::not_found(message).with_detail("resource", what),
+        DomainError::NotYours => ApiError::forbidden(message),
         DomainError::NotEligible { reasons } => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
                 .with_detail("reasons", reasons)

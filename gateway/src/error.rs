@@ -178,6 +178,14 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
+        // An oversized body may not have been read to its end: the connection cannot carry
+        // another request, so say so instead of letting the client reuse it.
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
         response
     }
 }

@@ -188,11 +188,12 @@ async fn read_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut body = body;
     if declared_bytes.is_some_and(|n| n > limit_bytes as u64) {
+        drain(&mut body).await;
         return Err(ApiError::payload_too_large(limit_bytes));
     }
 
-    let mut body = body;
     // A declared length is at most the limit here, so trusting it for the allocation is safe.
     let mut buffer = Vec::with_capacity(declared_bytes.unwrap_or(0) as usize);
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -204,11 +205,34 @@ async fn read_body(
             continue;
         };
         if buffer.len() + data.len() > limit_bytes {
+            drain(&mut body).await;
             return Err(ApiError::payload_too_large(limit_bytes));
         }
         buffer.extend_from_slice(&data);
     }
     Ok(buffer)
+}
+
+/// Most bytes of an oversized body read and thrown away before answering 413, so a client
+/// that is still sending sees the answer instead of a reset connection. Past this the
+/// connection is closed regardless.
+pub const OVERSIZED_DRAIN_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// How long the drain may take, so a slow sender cannot hold a task.
+const OVERSIZED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards the rest of a body, within `OVERSIZED_DRAIN_BYTES_MAX` and
+/// `OVERSIZED_DRAIN_TIMEOUT`.
+async fn drain(body: &mut Body) {
+    let mut drained = 0usize;
+    let read = async {
+        while drained < OVERSIZED_DRAIN_BYTES_MAX {
+            match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(OVERSIZED_DRAIN_TIMEOUT, read).await;
 }
 
 /// The field path a serde_json error is about, `body` when it is about the body as a whole.

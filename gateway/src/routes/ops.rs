@@ -14,9 +14,19 @@ use crate::types::*;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(openapi_json))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(admin_shards))
+}
+
+/// This document: OpenAPI 3.1, generated from the routes.
+#[utoipa::path(get, path = "/openapi.json", tag = "operators",
+    responses((status = 200, content_type = "application/json", description = "the OpenAPI document")))]
+async fn openapi_json(
+    axum::Extension(document): axum::Extension<std::sync::Arc<utoipa::openapi::OpenApi>>,
+) -> Response {
+    axum::Json(document.as_ref()).into_response()
 }
 
 /// The process is up.

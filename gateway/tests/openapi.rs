@@ -1,0 +1,115 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document of the whole contract (API.md, Operators).
+
+mod common;
+
+use common::*;
+
+/// Every route of API.md that this build serves, as (method, path).
+const SERVED_ROUTES: [(&str, &str); 20] = [
+    ("put", "/v1/vaccines/{vaccine}"),
+    ("put", "/v1/clinics/{clinic_id}"),
+    ("post", "/v1/clinics/{clinic_id}/stock"),
+    ("post", "/v1/clinics/{clinic_id}/stock/adjust"),
+    ("put", "/v1/clinics/{clinic_id}/slots/{slot_id}"),
+    ("post", "/v1/clinics/{clinic_id}/slots"),
+    ("post", "/v1/clinics/{clinic_id}/slots/{slot_id}/cancel"),
+    ("put", "/v1/citizens/{citizen_id}"),
+    ("get", "/v1/clinics"),
+    ("get", "/v1/clinics/{clinic_id}/availability"),
+    ("post", "/v1/appointments"),
+    ("post", "/v1/appointments/{id}/confirm"),
+    ("post", "/v1/appointments/{id}/cancel"),
+    ("get", "/v1/appointments/{id}"),
+    ("get", "/v1/appointments/{id}/qr.svg"),
+    ("get", "/v1/citizens/{citizen_id}/appointments"),
+    ("get", "/v1/clinics/{clinic_id}/appointments"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/v1/admin/shards"),
+];
+
+/// Routes of API.md that the document (and the server) do not have yet.
+const CONTRACT_ROUTES_MISSING: [(&str, &str); 4] = [
+    ("post", "/v1/appointments/{id}/administer"),
+    ("get", "/v1/events"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+async fn document(h: &Harness) -> serde_json::Value {
+    let r = h.send(Req::get("/openapi.json")).await;
+    assert!(
+        r.content_type.starts_with("application/json"),
+        "{}",
+        r.content_type
+    );
+    r.expect(200)
+}
+
+fn missing_from(doc: &serde_json::Value, routes: &[(&str, &str)]) -> Vec<String> {
+    routes
+        .iter()
+        .filter(|(method, path)| doc["paths"][*path].get(*method).is_none())
+        .map(|(method, path)| format!("{} {path}", method.to_uppercase()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_is_openapi_3_1_and_lists_every_served_route() {
+    let h = Harness::start().await;
+    let doc = document(&h).await;
+    let version = doc["openapi"].as_str().expect("an openapi version string");
+    assert!(version.starts_with("3.1"), "{version}");
+    assert!(doc["info"]["title"].is_string());
+    let missing = missing_from(&doc, &SERVED_ROUTES);
+    assert!(missing.is_empty(), "not in the document: {missing:?}");
+    // Booking needs a bearer token and documents its errors.
+    let create = &doc["paths"]["/v1/appointments"]["post"];
+    for status in ["201", "400", "401", "403", "404", "409", "422"] {
+        assert!(
+            create["responses"].get(status).is_some(),
+            "{status} in {create}"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"].get("bearer").is_some());
+    // And every served route is routed: no 404 or 405 from the router there.
+    h.standard_vaccine(VACCINE).await;
+    h.clinic_with_slot("c-1", "s-1", 1, 1).await;
+    for (method, path) in SERVED_ROUTES {
+        let concrete = path
+            .replace("{vaccine}", VACCINE)
+            .replace("{clinic_id}", "c-1")
+            .replace("{slot_id}", "s-1")
+            .replace("{citizen_id}", "ann")
+            .replace("{id}", "ap-0-1");
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let r = h.send(Req::new(method.clone(), concrete.clone())).await;
+        assert!(
+            r.status != 404 && r.status != 405,
+            "{method} {concrete}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "pending: clinic operations, events and metrics; POST /v1/appointments/{id}/administer, GET /v1/events, GET /metrics are not served, and GET /openapi.json is not in its own document"]
+async fn the_document_lists_every_route_of_the_contract() {
+    let h = Harness::start().await;
+    let doc = document(&h).await;
+    let missing = missing_from(&doc, &CONTRACT_ROUTES_MISSING);
+    assert!(missing.is_empty(), "not in the document: {missing:?}");
+    // They are served, too (401 without a token, not 404).
+    for (method, path) in [
+        ("POST", "/v1/appointments/ap-0-1/administer"),
+        ("GET", "/v1/events"),
+        ("GET", "/metrics"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = h.send(Req::new(method.clone(), path)).await;
+        assert_error_code(&r, 401, "UNAUTHENTICATED");
+    }
+    h.shutdown().await;
+}
