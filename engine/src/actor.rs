@@ -1,20 +1,33 @@
 //! One ractor actor owns one shard: it is the single writer of the shard's state, so a hold's
 //! two decrements (a seat and a dose) are one step with no lock.
 //!
-//! Messages are handled one at a time and nothing slow is awaited inside a handler. Hold
-//! deadlines live in the shard's deadline queue; a companion timer task (one per shard, not
-//! one per hold) sleeps until the earliest deadline, learned through a `watch` channel, and
-//! sends `Tick`. Ticks also run housekeeping (purging old idempotency records).
+//! Messages are handled one at a time and nothing slow is awaited inside a handler: a command
+//! is decided and applied in memory, its events are handed to the [`Journal`] with the
+//! shard's next sequence numbers, and the answer is sent by the journal's completion once the
+//! records are stored. Because the journal completes in submission order, an answer also
+//! waits for every record its shard applied before it (a refusal included: it is answered
+//! through an empty append, a barrier). Reads do not wait.
+//!
+//! Hold deadlines live in the shard's deadline queue; a companion timer task (one per shard,
+//! not one per hold) sleeps until the earliest deadline, learned through a `watch` channel,
+//! and sends `Tick`. Ticks also run housekeeping (purging old idempotency records). At start
+//! the shard recovers: its latest snapshot, then its log tail through the same `apply` the
+//! live path uses, then the holds whose deadline passed while it was down expire at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::clock::{Clock, UnixMs};
 use crate::event::{Command, DomainError, Event};
 use crate::idempotency::{Begin, Fingerprint, IdemKey, IdempotencyTable, StoredResponse};
+use crate::journal::{
+    decode, encode, Done, IdempotencyRecord, Journal, LogRecord, Refusal, Snapshot,
+};
+use crate::node::EngineError;
 use crate::shard::ShardState;
 use crate::view::Output;
 
@@ -24,9 +37,15 @@ pub const HOUSEKEEPING_INTERVAL_MS: i64 = 1000;
 /// After a tick, how long the timer waits for the shard to move its earliest deadline before
 /// looking again; bounds the re-tick rate while a backlog of expiries drains.
 const TICK_RETRY_MS: u64 = 5;
+/// A shard snapshots after this many records, so recovery replays at most this many (plus
+/// what arrives while the snapshot is written) and the log before it can be dropped.
+pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 100_000;
 
-/// A read of the shard's state, run between two writes (so it sees every earlier write).
+/// A read of the shard, run between two writes (so it sees every earlier write).
 pub type ReadFn = Box<dyn FnOnce(&ShardRuntime) + Send>;
+
+/// The answer to one command.
+pub type ExecResult = Result<Output, EngineError>;
 
 /// What an idempotency waiter is finally told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,13 +57,24 @@ pub enum IdemOutcome {
 }
 
 pub enum ShardMsg {
-    Exec(Command, RpcReplyPort<Result<Output, DomainError>>),
-    /// Many commands in one message: one mailbox hop and one wake-up for all of them.
-    Batch(Vec<Command>, RpcReplyPort<Vec<Result<Output, DomainError>>>),
+    Exec(Command, RpcReplyPort<ExecResult>),
+    /// Many commands in one message: one mailbox hop, one journal append, one wake-up.
+    Batch(
+        Vec<Command>,
+        RpcReplyPort<Result<Vec<Result<Output, DomainError>>, EngineError>>,
+    ),
     Read(ReadFn),
     IdemBegin(IdemKey, Fingerprint, RpcReplyPort<IdemOutcome>),
-    IdemFinish(IdemKey, Option<StoredResponse>),
+    /// Stores (durably) or forgets an in-flight key; answered once stored.
+    IdemFinish(
+        IdemKey,
+        Option<StoredResponse>,
+        RpcReplyPort<Result<(), EngineError>>,
+    ),
     Tick,
+    /// Writes a snapshot now (graceful shutdown); answered with its sequence number once
+    /// stored.
+    SnapshotNow(RpcReplyPort<Result<u64, EngineError>>),
 }
 
 pub struct ShardArgs {
@@ -52,22 +82,72 @@ pub struct ShardArgs {
     pub clock: Arc<dyn Clock>,
     pub idempotency_records_max: usize,
     pub idempotency_retention_ms: i64,
+    pub journal: Arc<dyn Journal>,
+    pub snapshot_every_records: u64,
 }
 
 pub struct ShardActor;
 
 pub struct ShardRuntime {
+    shard: u32,
     state: ShardState,
     clock: Arc<dyn Clock>,
     idempotency: IdempotencyTable<RpcReplyPort<IdemOutcome>>,
     earliest_tx: watch::Sender<Option<UnixMs>>,
-    /// Events applied by the current message; the write-ahead log's feed once persistence
-    /// lands. Cleared after every message, so it holds at most one batch's events.
+    journal: Arc<dyn Journal>,
+    /// Events applied by the current message, on their way to the journal.
     events: Vec<Event>,
     events_applied: u64,
+    /// Sequence number of the last record handed to the journal.
+    wal_seq: u64,
+    snapshot_seq: u64,
+    last_snapshot_at_ms: Option<UnixMs>,
+    records_since_snapshot: u64,
+    snapshot_every_records: u64,
+    /// Set when a record could not be handed to the journal after its change was applied in
+    /// memory: memory and log may differ, so the shard takes no more writes (a restart
+    /// recovers from the log).
+    poisoned: Option<String>,
+    recovered_dropped: usize,
+}
+
+/// Figures the operator endpoint shows that the state does not know.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuntimeCounts {
+    pub events_applied: u64,
+    pub idempotency_records: usize,
+    pub wal_seq: u64,
+    pub snapshot_seq: u64,
+    pub last_snapshot_at_ms: Option<UnixMs>,
+    pub writable: bool,
+    pub recovered_dropped: usize,
+}
+
+/// The same fields as [`Snapshot`], borrowed, so a snapshot does not clone the state.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    seq: u64,
+    state: &'a ShardState,
+    idempotency: Vec<IdempotencyRecord>,
 }
 
 impl ShardRuntime {
+    pub fn state(&self) -> &ShardState {
+        &self.state
+    }
+
+    pub fn runtime_counts(&self) -> RuntimeCounts {
+        RuntimeCounts {
+            events_applied: self.events_applied,
+            idempotency_records: self.idempotency.len(),
+            wal_seq: self.wal_seq,
+            snapshot_seq: self.snapshot_seq,
+            last_snapshot_at_ms: self.last_snapshot_at_ms,
+            writable: self.poisoned.is_none() && self.journal.failed().is_none(),
+            recovered_dropped: self.recovered_dropped,
+        }
+    }
+
     fn publish_earliest(&self) {
         let earliest = self.state.next_deadline();
         self.earliest_tx.send_if_modified(|current| {
@@ -77,13 +157,151 @@ impl ShardRuntime {
         });
     }
 
+    /// Refuses a write before it changes anything when the journal cannot take it.
+    fn admit_write(&self) -> Result<(), EngineError> {
+        if self.poisoned.is_some() || self.journal.failed().is_some() {
+            return Err(EngineError::Unavailable { shard: self.shard });
+        }
+        if self.journal.busy() {
+            return Err(EngineError::Overloaded { shard: self.shard });
+        }
+        Ok(())
+    }
+
     fn run(&mut self, command: Command) -> Result<Output, DomainError> {
         let now_ms = self.clock.now_ms();
-        let result = self.state.execute(command, now_ms, &mut self.events);
-        self.events_applied += self.events.len() as u64;
-        self.events.clear();
-        result
+        self.state.execute(command, now_ms, &mut self.events)
     }
+
+    /// The events applied since the last call, as numbered log records.
+    fn take_records(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.events_applied += self.events.len() as u64;
+        let mut records = Vec::with_capacity(self.events.len());
+        for event in self.events.drain(..) {
+            self.wal_seq += 1;
+            records.push((self.wal_seq, encode(&LogRecord::Event(event))));
+        }
+        records
+    }
+
+    /// Hands records to the journal; `done` runs once they are stored.
+    fn submit(&mut self, records: Vec<(u64, Vec<u8>)>, done: Done) {
+        self.records_since_snapshot += records.len() as u64;
+        if let Err(refusal) = self.journal.append(self.shard, records, done) {
+            let reason = match refusal {
+                Refusal::Full => {
+                    "the journal queue was full after the change was applied".to_string()
+                }
+                Refusal::Failed(e) => e,
+            };
+            tracing::error!(shard = self.shard, %reason, "shard stops taking writes");
+            self.poisoned = Some(reason);
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        if self.records_since_snapshot >= self.snapshot_every_records && self.poisoned.is_none() {
+            self.snapshot(Box::new(|_| {}));
+        }
+    }
+
+    fn snapshot(&mut self, done: Done) -> u64 {
+        let snapshot = SnapshotRef {
+            seq: self.wal_seq,
+            state: &self.state,
+            idempotency: self
+                .idempotency
+                .completed()
+                .into_iter()
+                .map(
+                    |(key, fingerprint, response, stored_at_ms)| IdempotencyRecord {
+                        caller: key.caller,
+                        key: key.key,
+                        fingerprint,
+                        status: response.status,
+                        body: response.body,
+                        stored_at_ms,
+                    },
+                )
+                .collect(),
+        };
+        let bytes = encode(&snapshot);
+        let seq = self.wal_seq;
+        self.records_since_snapshot = 0;
+        self.snapshot_seq = seq;
+        self.last_snapshot_at_ms = Some(self.clock.now_ms());
+        if let Err(refusal) = self.journal.snapshot(self.shard, seq, bytes, done) {
+            tracing::warn!(
+                shard = self.shard,
+                ?refusal,
+                "snapshot not taken; the log is kept"
+            );
+        }
+        seq
+    }
+
+    /// Expires holds whose deadline has passed and journals the expiries.
+    fn expire_due(&mut self) {
+        if self.admit_write().is_err() {
+            return; // the next tick tries again
+        }
+        let _ = self.run(Command::ExpireDue);
+        let records = self.take_records();
+        if !records.is_empty() {
+            self.submit(records, Box::new(|_| {}));
+        }
+    }
+}
+
+/// Rebuilds a shard from its snapshot and log tail (the same `apply` as live traffic).
+fn recover(
+    args: &ShardArgs,
+) -> Result<(ShardState, Vec<IdempotencyRecord>, u64, u64, usize), String> {
+    let recovered = args.journal.recover(args.shard)?;
+    for (seq, reason) in &recovered.dropped {
+        tracing::warn!(shard = args.shard, seq, %reason, "log record dropped at recovery (torn or corrupt tail)");
+    }
+    let (mut state, mut idempotency, snapshot_seq) = match recovered.snapshot {
+        Some((seq, bytes)) => {
+            let snapshot: Snapshot =
+                decode(&bytes).map_err(|e| format!("shard {} snapshot {seq}: {e}", args.shard))?;
+            if snapshot.state.shard() != args.shard || snapshot.seq != seq {
+                return Err(format!(
+                    "shard {} snapshot {seq} belongs elsewhere",
+                    args.shard
+                ));
+            }
+            (snapshot.state, snapshot.idempotency, seq)
+        }
+        None => (ShardState::new(args.shard), Vec::new(), 0),
+    };
+    let mut wal_seq = snapshot_seq;
+    for (seq, bytes) in recovered.records {
+        if seq != wal_seq + 1 {
+            return Err(format!(
+                "shard {}: log jumps from {wal_seq} to {seq}",
+                args.shard
+            ));
+        }
+        match decode::<LogRecord>(&bytes)
+            .map_err(|e| format!("shard {} record {seq}: {e}", args.shard))?
+        {
+            LogRecord::Event(event) => state.apply(&event),
+            LogRecord::Idempotency(record) => idempotency.push(record),
+        }
+        wal_seq = seq;
+    }
+    // A replayed shard must satisfy what the live one did; refuse to serve a broken one.
+    state
+        .check_invariants()
+        .map_err(|e| format!("shard {} after recovery: {e}", args.shard))?;
+    Ok((
+        state,
+        idempotency,
+        wal_seq,
+        snapshot_seq,
+        recovered.dropped.len(),
+    ))
 }
 
 impl Actor for ShardActor {
@@ -96,19 +314,49 @@ impl Actor for ShardActor {
         myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardRuntime, ActorProcessingErr> {
+        let (state, records, wal_seq, snapshot_seq, dropped) =
+            recover(&args).map_err(ActorProcessingErr::from)?;
+        let mut idempotency =
+            IdempotencyTable::new(args.idempotency_records_max, args.idempotency_retention_ms);
+        for r in records {
+            let key = IdemKey {
+                caller: r.caller,
+                key: r.key,
+            };
+            idempotency.restore(
+                key,
+                r.fingerprint,
+                StoredResponse {
+                    status: r.status,
+                    body: r.body,
+                },
+                r.stored_at_ms,
+            );
+        }
         let (earliest_tx, earliest_rx) = watch::channel(None);
         tokio::spawn(timer_task(myself, args.clock.clone(), earliest_rx));
-        Ok(ShardRuntime {
-            state: ShardState::new(args.shard),
+        let mut rt = ShardRuntime {
+            shard: args.shard,
+            state,
             clock: args.clock,
-            idempotency: IdempotencyTable::new(
-                args.idempotency_records_max,
-                args.idempotency_retention_ms,
-            ),
+            idempotency,
             earliest_tx,
+            journal: args.journal,
             events: Vec::new(),
             events_applied: 0,
-        })
+            wal_seq,
+            snapshot_seq,
+            last_snapshot_at_ms: None,
+            records_since_snapshot: wal_seq - snapshot_seq,
+            snapshot_every_records: args.snapshot_every_records.max(1),
+            poisoned: None,
+            recovered_dropped: dropped,
+        };
+        // Holds whose deadline passed while the node was down expire now.
+        rt.expire_due();
+        rt.idempotency.purge(rt.clock.now_ms());
+        rt.publish_earliest();
+        Ok(rt)
     }
 
     async fn handle(
@@ -118,15 +366,49 @@ impl Actor for ShardActor {
         rt: &mut ShardRuntime,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ShardMsg::Exec(command, reply) => {
-                let result = rt.run(command);
-                // A caller that gave up is not an error of the shard.
-                let _ = reply.send(result);
-            }
-            ShardMsg::Batch(commands, reply) => {
-                let results = commands.into_iter().map(|c| rt.run(c)).collect();
-                let _ = reply.send(results);
-            }
+            ShardMsg::Exec(command, reply) => match rt.admit_write() {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(()) => {
+                    let result = rt.run(command).map_err(EngineError::Domain);
+                    let records = rt.take_records();
+                    let shard = rt.shard;
+                    rt.submit(
+                        records,
+                        Box::new(move |stored| {
+                            // A caller that gave up is not an error of the shard.
+                            let _ = reply.send(
+                                stored
+                                    .map_err(|_| EngineError::Unavailable { shard })
+                                    .and(result),
+                            );
+                        }),
+                    );
+                    rt.maybe_snapshot();
+                }
+            },
+            ShardMsg::Batch(commands, reply) => match rt.admit_write() {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(()) => {
+                    let results: Vec<_> = commands.into_iter().map(|c| rt.run(c)).collect();
+                    let records = rt.take_records();
+                    let shard = rt.shard;
+                    rt.submit(
+                        records,
+                        Box::new(move |stored| {
+                            let _ = reply.send(
+                                stored
+                                    .map_err(|_| EngineError::Unavailable { shard })
+                                    .map(|()| results),
+                            );
+                        }),
+                    );
+                    rt.maybe_snapshot();
+                }
+            },
             ShardMsg::Read(read) => read(rt),
             ShardMsg::IdemBegin(key, fingerprint, reply) => {
                 let now_ms = rt.clock.now_ms();
@@ -135,15 +417,71 @@ impl Actor for ShardActor {
                     let _ = reply.send(IdemOutcome::Begin(begin));
                 }
             }
-            ShardMsg::IdemFinish(key, response) => {
+            ShardMsg::IdemFinish(key, response, reply) => {
                 let now_ms = rt.clock.now_ms();
-                for waiter in rt.idempotency.finish(&key, response.clone(), now_ms) {
-                    let _ = waiter.send(IdemOutcome::Finished(response.clone()));
+                let fingerprint = rt.idempotency.fingerprint_of(&key);
+                let waiters = rt.idempotency.finish(&key, response.clone(), now_ms);
+                match (response, fingerprint) {
+                    (Some(response), Some(fingerprint)) if rt.admit_write().is_ok() => {
+                        rt.wal_seq += 1;
+                        let record = IdempotencyRecord {
+                            caller: key.caller,
+                            key: key.key,
+                            fingerprint,
+                            status: response.status,
+                            body: response.body.clone(),
+                            stored_at_ms: now_ms,
+                        };
+                        let records = vec![(rt.wal_seq, encode(&LogRecord::Idempotency(record)))];
+                        let shard = rt.shard;
+                        rt.submit(
+                            records,
+                            Box::new(move |stored| {
+                                for waiter in waiters {
+                                    let _ =
+                                        waiter.send(IdemOutcome::Finished(Some(response.clone())));
+                                }
+                                let _ = reply
+                                    .send(stored.map_err(|_| EngineError::Unavailable { shard }));
+                            }),
+                        );
+                        rt.maybe_snapshot();
+                    }
+                    (response, _) => {
+                        // Nothing to store (no decision was reached), or the journal cannot
+                        // take it: the record stays in memory only, and the answer says so.
+                        let stored = response.is_none() || rt.admit_write().is_ok();
+                        for waiter in waiters {
+                            let _ = waiter.send(IdemOutcome::Finished(response.clone()));
+                        }
+                        let _ = reply.send(if stored {
+                            Ok(())
+                        } else {
+                            Err(EngineError::Unavailable { shard: rt.shard })
+                        });
+                    }
                 }
             }
             ShardMsg::Tick => {
-                let _ = rt.run(Command::ExpireDue);
+                rt.expire_due();
                 rt.idempotency.purge(rt.clock.now_ms());
+                rt.maybe_snapshot();
+            }
+            ShardMsg::SnapshotNow(reply) => {
+                if let Some(reason) = rt.poisoned.clone() {
+                    let _ = reply.send(Err(EngineError::Unavailable { shard: rt.shard }));
+                    tracing::warn!(shard = rt.shard, %reason, "no snapshot of a shard that stopped taking writes");
+                } else {
+                    let shard = rt.shard;
+                    let seq = rt.wal_seq;
+                    rt.snapshot(Box::new(move |stored| {
+                        let _ = reply.send(
+                            stored
+                                .map(|()| seq)
+                                .map_err(|_| EngineError::Unavailable { shard }),
+                        );
+                    }));
+                }
             }
         }
         rt.publish_earliest();
@@ -182,26 +520,6 @@ async fn timer_task(
                     return;
                 }
             }
-        }
-    }
-}
-
-/// Figures the operator endpoint shows that the state does not know.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RuntimeCounts {
-    pub events_applied: u64,
-    pub idempotency_records: usize,
-}
-
-impl ShardRuntime {
-    pub fn state(&self) -> &ShardState {
-        &self.state
-    }
-
-    pub fn runtime_counts(&self) -> RuntimeCounts {
-        RuntimeCounts {
-            events_applied: self.events_applied,
-            idempotency_records: self.idempotency.len(),
         }
     }
 }

@@ -81,7 +81,8 @@ pub enum Command {
 }
 
 /// A change to a shard's state. `ShardState::apply` is the only code that mutates state.
-#[derive(Debug, Clone)]
+/// Logged with bincode: keep it plain (no skipped, flattened or untagged fields).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     VaccinePut {
         name: Arc<str>,

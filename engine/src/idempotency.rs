@@ -174,6 +174,47 @@ impl<W> IdempotencyTable<W> {
         waiters
     }
 
+    /// The fingerprint of a key in flight or done.
+    pub fn fingerprint_of(&self, key: &IdemKey) -> Option<Fingerprint> {
+        match self.entries.get(key)? {
+            Entry::InFlight { fingerprint, .. } | Entry::Done { fingerprint, .. } => {
+                Some(*fingerprint)
+            }
+        }
+    }
+
+    /// Puts back a completed record found at recovery (oldest first).
+    pub fn restore(
+        &mut self,
+        key: IdemKey,
+        fingerprint: Fingerprint,
+        response: StoredResponse,
+        stored_at_ms: UnixMs,
+    ) {
+        self.entries.insert(
+            key.clone(),
+            Entry::Done {
+                fingerprint,
+                response,
+            },
+        );
+        self.completed.push_back((stored_at_ms, key));
+    }
+
+    /// Every completed record, oldest first, for a snapshot.
+    pub fn completed(&self) -> Vec<(IdemKey, Fingerprint, StoredResponse, UnixMs)> {
+        self.completed
+            .iter()
+            .filter_map(|(at, key)| match self.entries.get(key) {
+                Some(Entry::Done {
+                    fingerprint,
+                    response,
+                }) => Some((key.clone(), *fingerprint, response.clone(), *at)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Drops completed records older than the retention.
     pub fn purge(&mut self, now_ms: UnixMs) -> usize {
         let mut purged = 0;

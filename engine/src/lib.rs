@@ -12,6 +12,7 @@ pub mod event;
 pub mod hash;
 pub mod idempotency;
 pub mod ids;
+pub mod journal;
 pub mod model;
 pub mod node;
 pub mod ring;

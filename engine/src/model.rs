@@ -37,7 +37,7 @@ pub struct VaccineRules {
     pub contraindications: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vaccine {
     pub name: Arc<str>,
     pub rules: Arc<VaccineRules>,
@@ -63,7 +63,7 @@ pub struct SlotSpec {
 }
 
 /// A slot and its seat counters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Slot {
     pub id: Arc<str>,
     pub start_ms: UnixMs,
@@ -101,14 +101,14 @@ impl Slot {
 }
 
 /// One batch of doses at a clinic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub on_hand: i64,
     pub expires_on: NaiveDate,
 }
 
 /// Doses of one vaccine at one clinic (API.md, "Counting").
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VaccineStock {
     pub batches: BTreeMap<String, Batch>,
     /// Sum of the batches' `on_hand`.
@@ -124,7 +124,7 @@ impl VaccineStock {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Clinic {
     pub id: Arc<str>,
     pub info: ClinicInfo,
@@ -209,7 +209,7 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Appointment {
     pub seq: u64,
     pub status: Status,

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use crate::actor::{IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardRuntime};
+use crate::actor::{
+    IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardRuntime,
+    SNAPSHOT_EVERY_RECORDS_DEFAULT,
+};
 use crate::clock::{Clock, UnixMs};
 use crate::event::{Command, DomainError};
 use crate::hash::shard_of;
@@ -25,6 +28,7 @@ use crate::idempotency::{
     Fingerprint, IdemKey, StoredResponse, RECORDS_PER_SHARD_MAX_DEFAULT, RETENTION_MS_DEFAULT,
 };
 use crate::ids::AppointmentId;
+use crate::journal::{Journal, NoJournal};
 use crate::ring::Ring;
 use crate::view::{AppointmentView, Output, ShardCounts};
 
@@ -45,6 +49,8 @@ pub struct NodeConfig {
     pub inflight_per_shard_max: u32,
     pub idempotency_records_per_shard_max: usize,
     pub idempotency_retention_ms: i64,
+    /// Records between two snapshots of a shard.
+    pub snapshot_every_records: u64,
 }
 
 impl NodeConfig {
@@ -55,6 +61,7 @@ impl NodeConfig {
             inflight_per_shard_max: INFLIGHT_PER_SHARD_MAX_DEFAULT,
             idempotency_records_per_shard_max: RECORDS_PER_SHARD_MAX_DEFAULT,
             idempotency_retention_ms: RETENTION_MS_DEFAULT,
+            snapshot_every_records: SNAPSHOT_EVERY_RECORDS_DEFAULT,
         }
     }
 }
@@ -136,14 +143,26 @@ pub struct Node {
     clock: Arc<dyn Clock>,
     shards: Vec<ShardHandle>,
     ready: AtomicBool,
+    journal: Arc<dyn Journal>,
 }
 
 impl Node {
     /// Starts one actor per shard this node owns.
+    /// Starts a node that keeps nothing on disk (tests and benchmarks of the engine alone).
     pub async fn start(
         config: NodeConfig,
         ring: Ring,
         clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Node>, String> {
+        Node::start_with_journal(config, ring, clock, Arc::new(NoJournal)).await
+    }
+
+    /// Starts one actor per shard this node owns; each recovers from `journal` first.
+    pub async fn start_with_journal(
+        config: NodeConfig,
+        ring: Ring,
+        clock: Arc<dyn Clock>,
+        journal: Arc<dyn Journal>,
     ) -> Result<Arc<Node>, String> {
         if config.shards == 0 || config.shards > SHARDS_MAX {
             return Err(format!(
@@ -161,6 +180,8 @@ impl Node {
                 clock: clock.clone(),
                 idempotency_records_max: config.idempotency_records_per_shard_max,
                 idempotency_retention_ms: config.idempotency_retention_ms,
+                journal: journal.clone(),
+                snapshot_every_records: config.snapshot_every_records,
             };
             let (actor, _join) = Actor::spawn(None, ShardActor, args)
                 .await
@@ -176,6 +197,7 @@ impl Node {
             clock,
             shards,
             ready: AtomicBool::new(false),
+            journal,
         });
         node.ready.store(true, Ordering::Release);
         Ok(node)
@@ -204,9 +226,17 @@ impl Node {
         self.clock.now_ms()
     }
 
-    /// True once every shard this node owns is serving.
+    /// True once every shard this node owns has recovered, and while its journal works.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.journal.failed().is_none()
+    }
+
+    /// Snapshots every shard (graceful shutdown), each answered once stored.
+    pub async fn snapshot_all(&self) -> Result<(), EngineError> {
+        for shard in 0..self.config.shards {
+            self.ask(shard, false, ShardMsg::SnapshotNow).await??;
+        }
+        Ok(())
     }
 
     pub fn clinic_shard(&self, clinic_id: &str) -> u32 {
@@ -266,17 +296,15 @@ impl Node {
     }
 
     pub async fn exec(&self, shard: u32, command: Command) -> Result<Output, EngineError> {
-        Ok(self
-            .ask(shard, true, |reply| ShardMsg::Exec(command, reply))
-            .await??)
+        self.ask(shard, true, |reply| ShardMsg::Exec(command, reply))
+            .await?
     }
 
     /// Compensation must not be refused by the bound it protects: the saga that needs it
     /// already holds a slot of work, so these are bounded by the sagas in flight.
     async fn exec_compensation(&self, shard: u32, command: Command) -> Result<Output, EngineError> {
-        Ok(self
-            .ask(shard, false, |reply| ShardMsg::Exec(command, reply))
-            .await??)
+        self.ask(shard, false, |reply| ShardMsg::Exec(command, reply))
+            .await?
     }
 
     /// Many commands to one shard in one message.
@@ -286,7 +314,7 @@ impl Node {
         commands: Vec<Command>,
     ) -> Result<Vec<Result<Output, DomainError>>, EngineError> {
         self.ask(shard, true, |reply| ShardMsg::Batch(commands, reply))
-            .await
+            .await?
     }
 
     /// Runs `read` on the shard's state, ordered after every write sent before it.
@@ -408,24 +436,24 @@ impl Node {
     }
 
     /// Stores the response of a request that began with `Proceed` (or forgets the key when
-    /// `response` is `None`) and answers every waiter. Not bounded: it ends work already
-    /// admitted, and a refused finish would leave waiters hanging.
-    pub fn idempotency_finish(
+    /// `response` is `None`) and answers every waiter; returns once the record is stored, so
+    /// a replay after a crash finds it. Not bounded: it ends work already admitted, and a
+    /// refused finish would leave waiters hanging.
+    pub async fn idempotency_finish(
         &self,
         caller: &str,
         key: &str,
         response: Option<StoredResponse>,
     ) -> Result<(), EngineError> {
         let shard = self.caller_shard(caller);
-        let handle = self.route(shard)?;
         let idem_key = IdemKey {
             caller: caller.into(),
             key: key.into(),
         };
-        handle
-            .actor
-            .cast(ShardMsg::IdemFinish(idem_key, response))
-            .map_err(|_| EngineError::Unavailable { shard })
+        self.ask(shard, false, |reply| {
+            ShardMsg::IdemFinish(idem_key, response, reply)
+        })
+        .await?
     }
 
     // ---- the booking saga ----------------------------------------------------------

@@ -72,7 +72,8 @@ impl Decision {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Snapshotted with bincode: plain fields only.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ShardState {
     shard: u32,
     vaccines: Vec<Vaccine>,

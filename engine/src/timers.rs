@@ -17,7 +17,7 @@ use crate::clock::UnixMs;
 const COMPACT_STALE_FACTOR: usize = 2;
 const COMPACT_SLACK: usize = 1024;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeadlineQueue {
     heap: BinaryHeap<Reverse<(UnixMs, u64)>>,
 }

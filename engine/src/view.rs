@@ -76,7 +76,7 @@ pub struct HoldContext {
 }
 
 /// Per-shard figures for the operator endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ShardCounts {
     pub clinics: u64,
     pub slots: u64,

@@ -255,10 +255,15 @@ where
                     status: status.as_u16(),
                     body: body.into(),
                 });
-                if let Err(e) = node.idempotency_finish(&caller, &key, stored) {
-                    tracing::warn!(error = %e, "could not record an idempotent answer");
+                // The answer leaves only once its idempotency record is stored, so a replay
+                // after a crash finds it instead of running the request again.
+                match node.idempotency_finish(&caller, &key, stored).await {
+                    Ok(()) => into_response(answer),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not store an idempotent answer");
+                        into_response(Err(e.into()))
+                    }
                 }
-                into_response(answer)
             }
             Ok(IdemOutcome::Begin(Begin::Replay(stored)))
             | Ok(IdemOutcome::Finished(Some(stored))) => replay(&stored),
