@@ -29,7 +29,9 @@ pub enum Command {
 pub enum Durability {
     /// Answer a mutating call only after its change is on disk.
     Sync,
-    /// Answer at once and flush every few milliseconds.
+    /// Answer once the change is written to the log, before it is flushed; the log is
+    /// flushed every 5 ms (ASYNC_FLUSH_INTERVAL_MS_DEFAULT), so a crash of the machine can
+    /// lose the changes acknowledged in the last 5 ms plus those still queued for the writer.
     Async,
 }
 
@@ -55,9 +57,9 @@ pub struct ServeArgs {
     /// operations; accepted now, acted on when that work lands).
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
     pub no_show_grace: Duration,
-    /// sync: answer after the change is on disk; async: may lose the last few milliseconds
-    /// on a crash. NOTE: the write-ahead log has not landed yet: today state lives in
-    /// memory only and a restart loses it, whichever value is given.
+    /// sync: answer after the change is on disk (sled flush + fdatasync, group-committed);
+    /// async: answer before the flush; a machine crash may lose about the last 5 ms of
+    /// acknowledged changes (a process crash alone loses nothing the OS already has).
     #[arg(long, value_enum, default_value = "sync")]
     pub durability: Durability,
     /// Virtual shards; takes effect when the data directory is created (default 64).

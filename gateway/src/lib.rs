@@ -11,6 +11,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod extract;
+pub mod journal;
 pub mod qr;
 pub mod routes;
 pub mod server;

@@ -5,17 +5,30 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use holdfast_engine::journal::{Journal, NoJournal};
 use holdfast_engine::node::SHARDS_DEFAULT;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
-use holdfast_persistence::DataDir;
+use holdfast_persistence::{DataDir, Wal, WalConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::app::{build_app, AppState, Settings};
 use crate::auth::JwtKey;
-use crate::cli::ServeArgs;
+use crate::cli::{Durability, ServeArgs};
+use crate::journal::WalJournal;
 use crate::qr::QrKey;
+
+/// Where shards keep their state.
+pub enum Storage {
+    /// Nowhere: a restart loses everything (tests of the HTTP layer).
+    Memory,
+    /// The write-ahead log in `dir` (sled, group commit).
+    Wal { dir: PathBuf, config: WalConfig },
+}
+
+/// How long a graceful shutdown waits for the shards to let go of the log before closing it.
+const WAL_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a server needs to start, decided from the command line (or by a test).
 pub struct ServerConfig {
@@ -24,6 +37,7 @@ pub struct ServerConfig {
     pub jwt_secret: Vec<u8>,
     pub settings: Settings,
     pub clock: Arc<dyn Clock>,
+    pub storage: Storage,
 }
 
 pub struct RunningServer {
@@ -31,16 +45,46 @@ pub struct RunningServer {
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    wal: Option<Arc<WalJournal>>,
 }
 
 impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish, then stops the shards.
+    /// Stops accepting, lets in-flight requests finish, snapshots every shard, stops the
+    /// shards and closes the log (flushing it).
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        if self.wal.is_some() {
+            if let Err(e) = self.state.node.snapshot_all().await {
+                tracing::warn!(error = %e, "not every shard could snapshot; recovery replays their logs");
+            }
+        }
         self.state.node.stop();
+        let Some(mut wal) = self.wal.take() else {
+            return;
+        };
+        drop(self.state);
+        let deadline = std::time::Instant::now() + WAL_RELEASE_TIMEOUT;
+        loop {
+            match Arc::try_unwrap(wal) {
+                Ok(journal) => {
+                    if let Err(e) = journal.into_wal().close() {
+                        tracing::error!(error = %e, "closing the write-ahead log failed");
+                    }
+                    return;
+                }
+                Err(still_shared) if std::time::Instant::now() < deadline => {
+                    wal = still_shared;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    tracing::warn!("shards still hold the log; it is flushed by its last user");
+                    return;
+                }
+            }
+        }
     }
 
     /// Serves until the server stops by itself (it does not) or the task ends.
@@ -54,7 +98,27 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
     let jwt = JwtKey::from_secret_file_bytes(&config.jwt_secret)?;
     let qr = QrKey::derive(&config.jwt_secret);
     let ring = Ring::single(&config.node.node_name);
-    let node = Node::start(config.node, ring, config.clock).await?;
+    let (journal, wal): (Arc<dyn Journal>, Option<Arc<WalJournal>>) = match config.storage {
+        Storage::Memory => (Arc::new(NoJournal), None),
+        Storage::Wal {
+            dir,
+            config: wal_config,
+        } => {
+            let opened = Wal::open(&dir, wal_config.clone()).map_err(|e| {
+                format!("cannot open the write-ahead log in {}: {e}", dir.display())
+            })?;
+            let journal = Arc::new(WalJournal::new(opened, &wal_config));
+            (journal.clone(), Some(journal))
+        }
+    };
+    let recovery = std::time::Instant::now();
+    let node = Node::start_with_journal(config.node, ring, config.clock, journal).await?;
+    if wal.is_some() {
+        tracing::info!(
+            elapsed_ms = recovery.elapsed().as_millis() as u64,
+            "every shard recovered"
+        );
+    }
     let state = AppState {
         node,
         jwt: Arc::new(jwt),
@@ -83,6 +147,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
         state,
         shutdown: Some(tx),
         task,
+        wal,
     })
 }
 
@@ -130,10 +195,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let data_dir = DataDir::open(&args.data_dir, args.shards, SHARDS_DEFAULT)?;
     let (secret, secret_path) = load_secret(&args)?;
-    tracing::warn!(
-        durability = ?args.durability,
-        "the write-ahead log has not landed yet: state is kept in memory only and a restart loses it"
-    );
+    let durability = match args.durability {
+        Durability::Sync => holdfast_persistence::Durability::Sync,
+        Durability::Async => holdfast_persistence::Durability::Async,
+    };
     let config = ServerConfig {
         listen: args.listen,
         node: NodeConfig::embedded(data_dir.shards()),
@@ -143,6 +208,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             max_hold_ms: args.max_hold.as_millis() as i64,
         },
         clock: Arc::new(SystemClock),
+        storage: Storage::Wal {
+            dir: data_dir.path().to_path_buf(),
+            config: WalConfig::new(durability),
+        },
     };
     let server = start(config).await?;
     tracing::info!(addr = %server.addr, shards = data_dir.shards(), data_dir = %data_dir.path().display(), "holdfast is serving");

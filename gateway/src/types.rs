@@ -673,9 +673,10 @@ pub struct ShardJson {
     /// Requests admitted to the shard and not yet answered (the bound is `mailbox_max`).
     pub mailbox: u32,
     pub mailbox_max: u32,
-    /// Events applied since start. The write-ahead log arrives with the durability work:
-    /// until then `wal_seq`, `snapshot_seq` and `last_snapshot_at` are null.
+    /// Events applied since start.
     pub events_applied: u64,
+    /// Sequence number of the shard's last log record, of its last snapshot, and when that
+    /// snapshot was taken (null until one is, since start).
     pub wal_seq: Option<u64>,
     pub snapshot_seq: Option<u64>,
     pub last_snapshot_at: Option<String>,

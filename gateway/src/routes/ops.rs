@@ -72,7 +72,12 @@ async fn admin_shards(State(state): State<AppState>, caller: Caller) -> Response
         .map(|s| ShardJson {
             shard: s.shard,
             node: s.node,
-            status: if s.ready { "ready" } else { "unavailable" }.to_string(),
+            status: if s.ready && s.runtime.writable {
+                "ready"
+            } else {
+                "unavailable"
+            }
+            .to_string(),
             clinics: s.counts.clinics,
             slots: s.counts.slots,
             pending: s.counts.pending,
@@ -83,9 +88,9 @@ async fn admin_shards(State(state): State<AppState>, caller: Caller) -> Response
             mailbox: s.inflight,
             mailbox_max: node.config().inflight_per_shard_max,
             events_applied: s.runtime.events_applied,
-            wal_seq: None,
-            snapshot_seq: None,
-            last_snapshot_at: None,
+            wal_seq: Some(s.runtime.wal_seq),
+            snapshot_seq: Some(s.runtime.snapshot_seq),
+            last_snapshot_at: s.runtime.last_snapshot_at_ms.map(rfc3339),
             idempotency_records: s.runtime.idempotency_records,
         })
         .collect();

@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use holdfast_engine::{NodeConfig, SystemClock};
 use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
-use holdfast_gateway::server::{start, RunningServer, ServerConfig};
+use holdfast_gateway::server::{start, RunningServer, ServerConfig, Storage};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -547,6 +547,7 @@ impl Harness {
                 max_hold_ms,
             },
             clock: Arc::new(SystemClock),
+            storage: Storage::Memory,
         })
         .await
         .expect("the server starts");

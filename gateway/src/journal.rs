@@ -1,0 +1,93 @@
+//! The engine's journal, backed by the persistence crate's write-ahead log (sled, group
+//! commit). The engine hands numbered records as bytes; the log stores them; this adapter is
+//! the only place that knows both.
+
+use holdfast_engine::journal::{Done, Journal, Recovered, Refusal};
+use holdfast_persistence::{Record, Wal, WalConfig, WalError};
+
+/// Above this many queued operations the journal reports busy, and shards refuse new writes
+/// with 503 before applying them. The margin below the queue's bound is larger than the
+/// number of shards, each of which submits at most once per message it handles, so an append
+/// after a "not busy" answer always fits.
+pub const BUSY_MARGIN_OPS: u64 = 8192;
+
+pub struct WalJournal {
+    wal: Wal,
+    busy_above_ops: u64,
+}
+
+impl WalJournal {
+    pub fn new(wal: Wal, config: &WalConfig) -> WalJournal {
+        let busy_above_ops = (config.queue_ops_max as u64)
+            .saturating_sub(BUSY_MARGIN_OPS)
+            .max(1);
+        WalJournal {
+            wal,
+            busy_above_ops,
+        }
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    pub fn into_wal(self) -> Wal {
+        self.wal
+    }
+}
+
+fn refusal(e: WalError) -> Refusal {
+    match e {
+        WalError::QueueFull => Refusal::Full,
+        other => Refusal::Failed(other.to_string()),
+    }
+}
+
+impl Journal for WalJournal {
+    fn append(&self, shard: u32, records: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), Refusal> {
+        let records = records
+            .into_iter()
+            .map(|(seq, payload)| Record {
+                shard,
+                seq,
+                payload,
+            })
+            .collect();
+        self.wal
+            .submit(
+                records,
+                Box::new(move |r| done(r.map_err(|e| e.to_string()))),
+            )
+            .map_err(refusal)
+    }
+
+    fn snapshot(&self, shard: u32, seq: u64, bytes: Vec<u8>, done: Done) -> Result<(), Refusal> {
+        self.wal
+            .submit_snapshot(
+                shard,
+                seq,
+                bytes,
+                Box::new(move |r| done(r.map_err(|e| e.to_string()))),
+            )
+            .map_err(refusal)
+    }
+
+    fn recover(&self, shard: u32) -> Result<Recovered, String> {
+        let r = self.wal.recover_shard(shard).map_err(|e| e.to_string())?;
+        Ok(Recovered {
+            snapshot: r.snapshot,
+            records: r.records,
+            dropped: r.dropped.into_iter().map(|d| (d.seq, d.reason)).collect(),
+        })
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.wal
+            .is_failed()
+            .then(|| "the write-ahead log failed a write or a flush".to_string())
+    }
+
+    fn busy(&self) -> bool {
+        self.wal.stats().queued_ops >= self.busy_above_ops
+    }
+}

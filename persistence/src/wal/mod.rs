@@ -1,0 +1,648 @@
+//! The write-ahead log: per-shard numbered records and snapshots on sled 0.34.7, written by
+//! one writer thread that commits in groups.
+//!
+//! Callers (shard actors) [`Wal::submit`] records and get an [`Ack`] back on the writer
+//! thread once the batch holding them is durable (`Sync`) or written to sled (`Async`). The
+//! writer blocks for the first queued op, takes whatever else is queued (up to
+//! `batch_records_max` records), applies it to sled, makes it durable with ONE `db.flush()`
+//! plus ONE `fdatasync` (see `disk.rs` for why `flush()` alone is not enough), and then acks
+//! the batch in submission order. Many shards' writes so share one disk flush.
+//!
+//! Bounds: at most `queue_ops_max` ops wait in the queue (more are refused with
+//! [`WalError::QueueFull`], never blocked); a batch holds at most `batch_records_max` records
+//! (an op never splits, so one larger op makes a batch of its own); sled's page cache is
+//! `cache_capacity_bytes`; the log keeps, per shard, only the records after its latest
+//! snapshot (older ones are deleted once the snapshot is durable).
+
+mod disk;
+mod format;
+mod writer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use disk::DiskSync;
+pub use format::RECORD_FORMAT_VERSION;
+use format::{decode_record, decode_snapshot, log_key, parse_log_key, snapshot_key, LOG_KEY_LEN};
+use writer::{Op, Writer};
+
+/// The sled database lives in this subdirectory of the data directory.
+pub const WAL_SUBDIR: &str = "wal";
+/// Records per group commit, at most (8192 records of ~100 bytes: ~1 MiB per sled batch).
+pub const BATCH_RECORDS_MAX_DEFAULT: usize = 8192;
+/// Ops (submits and snapshots) waiting for the writer, at most; more get `QueueFull` (503).
+pub const QUEUE_OPS_MAX_DEFAULT: usize = 65_536;
+/// In `Async` mode, the longest an acknowledged write waits for its flush to disk.
+pub const ASYNC_FLUSH_INTERVAL_MS_DEFAULT: u64 = 5;
+/// sled's page cache (its default is 1 GiB, too much for PERFORMANCE.md's memory target).
+pub const CACHE_CAPACITY_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+const LOG_TREE: &str = "log";
+const SNAPSHOTS_TREE: &str = "snapshots";
+const WRITER_THREAD_NAME: &str = "holdfast-wal-writer";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Ack after the batch is on the disk (`db.flush()` + `fdatasync`).
+    Sync,
+    /// Ack after the batch is written to sled; flushed to disk within
+    /// `async_flush_interval_ms` (a crash can lose that window; a clean close cannot).
+    Async,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    pub durability: Durability,
+    /// Records per batch (group commit), at most; values below 1 count as 1. A single op
+    /// with more records is still written whole, in a batch of its own.
+    pub batch_records_max: usize,
+    /// Ops waiting in the queue, at most (values below 1 count as 1). Each op holds the
+    /// caller's records, so memory waiting here is bounded by this times the caller's op size.
+    pub queue_ops_max: usize,
+    /// `Async` only: flushes are at least this far apart, and a written batch is flushed at
+    /// most this long after it was acked (0: after every batch).
+    pub async_flush_interval_ms: u64,
+    /// sled's `cache_capacity`: its in-memory page cache, in bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+impl WalConfig {
+    pub fn new(durability: Durability) -> Self {
+        WalConfig {
+            durability,
+            batch_records_max: BATCH_RECORDS_MAX_DEFAULT,
+            queue_ops_max: QUEUE_OPS_MAX_DEFAULT,
+            async_flush_interval_ms: ASYNC_FLUSH_INTERVAL_MS_DEFAULT,
+            cache_capacity_bytes: CACHE_CAPACITY_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// One log record of one shard. Sequence numbers of a shard start at 1 (or right after its
+/// snapshot's) and go up by one; recovery treats any other step as a gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub shard: u32,
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Called exactly once, on the writer thread, for every op the WAL accepted (never for one
+/// whose `submit` returned `Err`). It must be quick: the next batch waits for it. A panic in
+/// it is caught, so the other acks still run.
+pub type Ack = Box<dyn FnOnce(Result<(), WalError>) + Send + 'static>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalError {
+    /// `queue_ops_max` ops are waiting: answer 503 and let the client retry.
+    QueueFull,
+    /// A write or flush failed (or the WAL is closed): the node takes no more writes.
+    Failed(String),
+    /// Opening or reading the store failed.
+    Io(String),
+    /// Stored data that recovery cannot use (for example a damaged snapshot).
+    Corrupt(String),
+}
+
+impl fmt::Display for WalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WalError::QueueFull => write!(f, "the write-ahead log's queue is full; retry later"),
+            WalError::Failed(why) => write!(
+                f,
+                "the write-ahead log failed and takes no more writes: {why}"
+            ),
+            WalError::Io(why) => write!(f, "write-ahead log I/O error: {why}"),
+            WalError::Corrupt(why) => write!(f, "write-ahead log corrupt: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for WalError {}
+
+/// What [`Wal::recover_shard`] finds for one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The latest snapshot: (seq it was taken at, payload).
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    /// Records after the snapshot (or from seq 1), consecutive, in order.
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Records cut off as a torn or corrupt tail, in order, with the reason.
+    pub dropped: Vec<Dropped>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Counters for tests and operators. All are totals since `open`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Batches the writer applied to sled (group commits).
+    pub batches: u64,
+    /// Log records written.
+    pub records: u64,
+    /// Bytes handed to sled (keys + encoded values, log records and snapshots).
+    pub bytes: u64,
+    /// `fdatasync`s of sled's data file: one per durable flush (including the one at open,
+    /// after a recovery that deleted records, and at close).
+    pub fdatasyncs: u64,
+    /// Batches `1..=flushed_batch_seq` are durable: set to `batches` after each durable
+    /// flush (in `Sync` mode also after a batch of barriers only, which has nothing to
+    /// flush). In `Sync` mode an ack always sees `flushed_batch_seq == batches`.
+    pub flushed_batch_seq: u64,
+    /// Ops waiting in the queue right now.
+    pub queued_ops: u64,
+}
+
+/// State shared by the handle, the writer thread and recovery.
+pub(crate) struct Shared {
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    batches: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    fdatasyncs: AtomicU64,
+    flushed_batch_seq: AtomicU64,
+    disk: Mutex<DiskSync>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Turns the WAL failed; the first reason is kept.
+    pub(crate) fn fail(&self, why: String) {
+        let mut failure = lock(&self.failure);
+        if failure.is_none() {
+            *failure = Some(why);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn failed_error(&self) -> WalError {
+        WalError::Failed(
+            lock(&self.failure)
+                .clone()
+                .unwrap_or_else(|| "failed".to_string()),
+        )
+    }
+
+    /// `db.flush()` + `fdatasync` of sled's files (disk.rs).
+    pub(crate) fn durable_flush(&self, db: &sled::Db) -> Result<(), String> {
+        let synced = lock(&self.disk).flush(db)?;
+        self.fdatasyncs.fetch_add(synced, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// The write-ahead log. `Send + Sync`: share it behind an `Arc`.
+pub struct Wal {
+    db: sled::Db,
+    log: sled::Tree,
+    snapshots: sled::Tree,
+    root: PathBuf,
+    shared: Arc<Shared>,
+    /// `None` only while closing.
+    tx: Option<Sender<Op>>,
+    writer: Option<JoinHandle<Result<(), WalError>>>,
+}
+
+/// How long `open` waits for sled's file lock. sled 0.34 releases the lock on its data file
+/// only when its last internal reference goes, which can be a moment after the previous
+/// `Db` (a closed `Wal`) was dropped in the same process (sled #1234, #1289); another process
+/// holding the directory still gets an error, after this wait.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
+const SLED_LOCK_RETRY: Duration = Duration::from_millis(10);
+
+fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match config.open() {
+            // sled reports it as ErrorKind::Other with this text (config.rs:598-606).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(SLED_LOCK_RETRY)
+            }
+            other => return other,
+        }
+    }
+}
+
+fn io(what: &str) -> impl FnOnce(sled::Error) -> WalError + '_ {
+    move |e| WalError::Io(format!("{what}: {e}"))
+}
+
+impl Wal {
+    /// Opens (creating if needed) the sled database in `dir/wal` and starts the writer thread.
+    pub fn open(dir: &Path, config: WalConfig) -> Result<Wal, WalError> {
+        let root = dir.join(WAL_SUBDIR);
+        std::fs::create_dir_all(&root)
+            .map_err(|e| WalError::Io(format!("cannot create {}: {e}", root.display())))?;
+        let sled_config = sled::Config::new()
+            .path(&root)
+            .cache_capacity(config.cache_capacity_bytes)
+            // No background flusher: the writer thread decides when the disk is written
+            // (every batch in Sync mode, every async_flush_interval_ms in Async mode) and
+            // follows each flush with the fdatasync sled lacks. sled's default (500 ms)
+            // would add uncounted flushes + fsyncs racing the group commit, and is longer
+            // than the Async window anyway.
+            .flush_every_ms(None);
+        let db = open_sled(&sled_config)
+            .map_err(io(&format!("cannot open sled in {}", root.display())))?;
+        let log = db.open_tree(LOG_TREE).map_err(io("cannot open tree log"))?;
+        let snapshots = db
+            .open_tree(SNAPSHOTS_TREE)
+            .map_err(io("cannot open tree snapshots"))?;
+        let shared = Arc::new(Shared {
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            batches: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            fdatasyncs: AtomicU64::new(0),
+            flushed_batch_seq: AtomicU64::new(0),
+            disk: Mutex::new(DiskSync::open(&root).map_err(WalError::Io)?),
+        });
+        // The trees' creation and sled's new files become durable before any write.
+        shared.durable_flush(&db).map_err(WalError::Io)?;
+
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_ops_max.max(1));
+        let writer = Writer {
+            rx,
+            db: db.clone(),
+            log: log.clone(),
+            snapshots: snapshots.clone(),
+            shared: shared.clone(),
+            durability: config.durability,
+            batch_records_max: config.batch_records_max.max(1),
+            async_interval: Duration::from_millis(config.async_flush_interval_ms),
+        };
+        let writer = std::thread::Builder::new()
+            .name(WRITER_THREAD_NAME.to_string())
+            .spawn(move || writer.run())
+            .map_err(|e| WalError::Io(format!("cannot start the writer thread: {e}")))?;
+        Ok(Wal {
+            db,
+            log,
+            snapshots,
+            root,
+            shared,
+            tx: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Queues records (possibly none: a barrier) in submission order. `ack` is called exactly
+    /// once, from the writer thread: with Sync after the batch holding them is durably on
+    /// disk; with Async right after they are written to sled (durable within
+    /// `async_flush_interval_ms`). `Err(QueueFull)` at once when `queue_ops_max` ops wait
+    /// (the caller answers 503); `Err(Failed)` once a write or flush has failed (the node
+    /// stops taking writes). When this returns `Err`, `ack` is dropped without being called.
+    pub fn submit(&self, records: Vec<Record>, ack: Ack) -> Result<(), WalError> {
+        self.send(Op::Append { records, ack })
+    }
+
+    /// Stores a shard's snapshot taken at `seq` and deletes that shard's log records with
+    /// seq <= `seq`, in order with the appends (so a snapshot never covers records not yet
+    /// written), acked like submit. The deletion happens only once the snapshot is durable,
+    /// so a crash in between leaves stale records that recovery ignores, never a hole.
+    pub fn submit_snapshot(
+        &self,
+        shard: u32,
+        seq: u64,
+        payload: Vec<u8>,
+        ack: Ack,
+    ) -> Result<(), WalError> {
+        self.send(Op::Snapshot {
+            shard,
+            seq,
+            payload,
+            ack,
+        })
+    }
+
+    fn send(&self, op: Op) -> Result<(), WalError> {
+        if self.shared.is_failed() {
+            return Err(self.shared.failed_error());
+        }
+        let tx = self.tx.as_ref().expect("the queue is open until close");
+        match tx.try_send(op) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(WalError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => Err(self.shared.failed_error()),
+        }
+    }
+
+    /// For start-up: the shard's latest snapshot and its log records after the snapshot's
+    /// seq, in order. A record whose checksum fails, whose version byte is unknown, or a gap
+    /// in seq numbers ends the shard's log: that record and everything after it are reported
+    /// in `dropped`, deleted, and not returned (a torn tail). Records at or below the
+    /// snapshot's seq (a truncation a crash interrupted) are deleted silently. Call before any
+    /// submit for that shard.
+    pub fn recover_shard(&self, shard: u32) -> Result<Recovery, WalError> {
+        let snapshot = match self
+            .snapshots
+            .get(snapshot_key(shard))
+            .map_err(io("cannot read snapshots"))?
+        {
+            Some(value) => {
+                let (seq, payload) = decode_snapshot(&snapshot_key(shard), &value)
+                    .map_err(|why| WalError::Corrupt(format!("shard {shard} snapshot: {why}")))?;
+                Some((seq, payload.to_vec()))
+            }
+            None => None,
+        };
+        let snapshot_seq = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+
+        let mut records = Vec::new();
+        let mut dropped: Vec<Dropped> = Vec::new();
+        let mut delete = sled::Batch::default();
+        let mut deletes = 0usize;
+        let mut expected = snapshot_seq + 1;
+        let range = log_key(shard, 0)..=log_key(shard, u64::MAX);
+        for entry in self.log.range(range) {
+            let (key, value) = entry.map_err(io("cannot read the log"))?;
+            let Some((_, seq)) = parse_log_key(&key) else {
+                return Err(WalError::Corrupt(format!(
+                    "shard {shard}: a log key of {} bytes (expected {LOG_KEY_LEN})",
+                    key.len()
+                )));
+            };
+            if seq <= snapshot_seq {
+                delete.remove(key);
+                deletes += 1;
+                continue;
+            }
+            if let Some(first) = dropped.first() {
+                dropped.push(Dropped {
+                    seq,
+                    reason: format!("after the end of the log (record {} was bad)", first.seq),
+                });
+                delete.remove(key);
+                deletes += 1;
+                continue;
+            }
+            let bad = if seq != expected {
+                Some(format!("gap: expected seq {expected}, found {seq}"))
+            } else {
+                decode_record(&key, &value).err()
+            };
+            match bad {
+                Some(reason) => {
+                    dropped.push(Dropped { seq, reason });
+                    delete.remove(key);
+                    deletes += 1;
+                }
+                None => {
+                    let payload = decode_record(&key, &value).expect("checked above");
+                    records.push((seq, payload.to_vec()));
+                    expected += 1;
+                }
+            }
+        }
+        if deletes > 0 {
+            self.log
+                .apply_batch(delete)
+                .map_err(io("cannot delete a torn tail"))?;
+            self.shared.durable_flush(&self.db).map_err(WalError::Io)?;
+        }
+        Ok(Recovery {
+            snapshot,
+            records,
+            dropped,
+        })
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let s = &self.shared;
+        WalStats {
+            batches: s.batches.load(Ordering::Acquire),
+            records: s.records.load(Ordering::Acquire),
+            bytes: s.bytes.load(Ordering::Acquire),
+            fdatasyncs: s.fdatasyncs.load(Ordering::Acquire),
+            flushed_batch_seq: s.flushed_batch_seq.load(Ordering::Acquire),
+            queued_ops: self.tx.as_ref().map_or(0, |tx| tx.len() as u64),
+        }
+    }
+
+    /// True once a write or flush failed: every later submit gets `Err(Failed)`.
+    pub fn is_failed(&self) -> bool {
+        self.shared.is_failed()
+    }
+
+    /// Bytes of the files in `dir/wal` (sled's data file, blobs, its own snapshots).
+    pub fn size_on_disk_bytes(&self) -> u64 {
+        disk::size_of_dir(&self.root)
+    }
+
+    /// Flushes everything queued (durably), stops the writer thread, returns when done.
+    /// `Err(Failed)` if a write or flush failed at any time since `open`.
+    pub fn close(mut self) -> Result<(), WalError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), WalError> {
+        // Dropping the only sender lets the writer drain the queue, flush and return.
+        drop(self.tx.take());
+        match self.writer.take() {
+            // The last handle dropped inside an ack, on the writer thread itself: it cannot
+            // wait for itself; it finishes the queue and flushes on its own once it returns.
+            Some(writer) if writer.thread().id() == std::thread::current().id() => Ok(()),
+            Some(writer) => writer.join().unwrap_or_else(|_| {
+                Err(WalError::Failed("the writer thread panicked".to_string()))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Test hook: overwrite the stored bytes of one log record (to simulate a torn or corrupt
+    /// write).
+    #[doc(hidden)]
+    pub fn overwrite_raw_record_for_test(
+        &self,
+        shard: u32,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<(), WalError> {
+        self.log
+            .insert(log_key(shard, seq), bytes)
+            .map_err(io("cannot overwrite a record"))?;
+        self.db.flush().map_err(io("cannot flush"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Wal {
+    /// Like `close`, without the answer: queued ops are written and acked before the writer
+    /// stops.
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn the_handle_can_be_shared_between_threads() {
+        assert_send_sync::<Wal>();
+        assert_send_sync::<WalError>();
+    }
+
+    #[test]
+    fn defaults_are_the_named_constants() {
+        let config = WalConfig::new(Durability::Sync);
+        assert_eq!(config.batch_records_max, BATCH_RECORDS_MAX_DEFAULT);
+        assert_eq!(config.queue_ops_max, QUEUE_OPS_MAX_DEFAULT);
+        assert_eq!(
+            config.async_flush_interval_ms,
+            ASYNC_FLUSH_INTERVAL_MS_DEFAULT
+        );
+        assert_eq!(config.cache_capacity_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn a_failure_fails_every_pending_and_later_write() {
+        let dir = std::env::temp_dir().join(format!(
+            "holdfast-wal-unit-failure-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let wait = Duration::from_secs(30);
+        let wal = Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap();
+        // Hold the writer in the first ack, queue one more op, fail, release.
+        let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let first_tx = tx.clone();
+        wal.submit(
+            Vec::new(),
+            Box::new(move |result| {
+                first_tx.send(result).unwrap();
+                entered_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(wait);
+            }),
+        )
+        .unwrap();
+        entered_rx.recv_timeout(wait).unwrap();
+        let pending_tx = tx.clone();
+        let record = Record {
+            shard: 0,
+            seq: 1,
+            payload: b"x".to_vec(),
+        };
+        wal.submit(
+            vec![record.clone()],
+            Box::new(move |result| pending_tx.send(result).unwrap()),
+        )
+        .unwrap();
+        wal.shared.fail("injected".to_string());
+        release_tx.send(()).unwrap();
+        let failed = WalError::Failed("injected".to_string());
+        assert_eq!(rx.recv_timeout(wait).unwrap(), Ok(()));
+        assert_eq!(rx.recv_timeout(wait).unwrap(), Err(failed.clone()));
+        assert!(wal.is_failed());
+        assert_eq!(
+            wal.submit(vec![record], Box::new(|_| panic!("never called"))),
+            Err(failed.clone())
+        );
+        assert_eq!(
+            wal.submit_snapshot(0, 1, Vec::new(), Box::new(|_| panic!("never called"))),
+            Err(failed.clone())
+        );
+        // Nothing of the failed batch reached sled.
+        assert!(wal.recover_shard(0).unwrap().records.is_empty());
+        assert_eq!(wal.close(), Err(failed));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_ack_does_not_stop_the_writer() {
+        let dir = std::env::temp_dir().join(format!(
+            "holdfast-wal-unit-panic-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let wal = Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap();
+        wal.submit(
+            Vec::new(),
+            Box::new(|_| panic!("an ack that panics (expected)")),
+        )
+        .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        wal.submit(Vec::new(), Box::new(move |result| tx.send(result).unwrap()))
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), Ok(()));
+        assert!(!wal.is_failed());
+        wal.close().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_last_handle_dropped_inside_an_ack_does_not_deadlock() {
+        let dir = std::env::temp_dir().join(format!(
+            "holdfast-wal-unit-self-drop-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let wal = Arc::new(Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let holder = Arc::new(Mutex::new(Some(wal.clone())));
+        let in_ack = holder.clone();
+        wal.submit(
+            Vec::new(),
+            Box::new(move |_| {
+                // Drops what may be the last handle, on the writer thread.
+                let taken = lock(&in_ack).take();
+                drop(taken);
+                tx.send(()).unwrap();
+            }),
+        )
+        .unwrap();
+        drop(wal);
+        rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(lock(&holder).is_none());
+        // The writer finishes and releases sled's lock: the directory opens again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let reopened = loop {
+            match Wal::open(&dir, WalConfig::new(Durability::Sync)) {
+                Ok(wal) => break wal,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        reopened.close().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn errors_say_what_happened() {
+        assert!(WalError::QueueFull.to_string().contains("full"));
+        assert!(WalError::Failed("disk gone".into())
+            .to_string()
+            .contains("disk gone"));
+    }
+}
