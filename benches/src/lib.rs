@@ -314,6 +314,56 @@ pub fn clinic_per_shard(node: &Node) -> Vec<String> {
         .collect()
 }
 
+// ---- disk -----------------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir, removed (with everything in it) on drop.
+pub struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// `<temp>/holdfast-bench-<label>-<pid>-<nanos>`, created empty.
+    pub fn new(label: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "holdfast-bench-{label}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create the bench temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// This process's resident set size in KiB (`VmRSS` of /proc/self/status), if readable.
+pub fn vm_rss_kib() -> Option<u64> {
+    proc_status_kib("VmRSS:")
+}
+
+/// This process's peak resident set size in KiB (`VmHWM`), if readable.
+pub fn vm_hwm_kib() -> Option<u64> {
+    proc_status_kib("VmHWM:")
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
