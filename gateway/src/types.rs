@@ -260,7 +260,9 @@ pub struct SlotBody {
     pub priority_reserve: u32,
 }
 
-/// One slot of `POST /v1/clinics/{clinic_id}/slots`.
+/// One slot of `POST /v1/clinics/{clinic_id}/slots`. It repeats `SlotBody`'s fields rather
+/// than flattening them in, because `#[serde(flatten)]` disables `deny_unknown_fields` (and
+/// unknown fields must stay a 400).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkSlotBody {
