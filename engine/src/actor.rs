@@ -10,9 +10,16 @@
 //!
 //! Hold deadlines live in the shard's deadline queue; a companion timer task (one per shard,
 //! not one per hold) sleeps until the earliest deadline, learned through a `watch` channel,
-//! and sends `Tick`. Ticks also run housekeeping (purging old idempotency records). At start
-//! the shard recovers: its latest snapshot, then its log tail through the same `apply` the
-//! live path uses, then the holds whose deadline passed while it was down expire at once.
+//! and sends `Tick`. Ticks also run housekeeping (purging old idempotency records).
+//!
+//! Recovery is the shard's first message, not part of `pre_start`: the node (and the HTTP
+//! listener) is up at once, every shard recovers in its own task, and the shard's
+//! [`ShardPhase`] (published through a `watch` channel) tells the node whether to route to
+//! it. A recovering shard answers nothing (the node refuses its requests with 503 and
+//! `Retry-After`); once its latest snapshot and its log tail are replayed through the same
+//! `apply` the live path uses, the holds whose deadline passed while it was down expire at
+//! once, and it turns `Ready`. A shard whose log cannot be replayed turns `Failed` and stays
+//! unavailable; the other shards serve.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +63,19 @@ pub enum IdemOutcome {
     Finished(Option<StoredResponse>),
 }
 
+/// Where a shard is in its life. The node routes only to `Ready` shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardPhase {
+    /// Loading its snapshot and replaying its log tail.
+    Recovering,
+    Ready,
+    /// Its log could not be replayed (the reason); it takes no requests.
+    Failed(String),
+}
+
 pub enum ShardMsg {
+    /// The first message of every shard (sent by `pre_start`): recover, then turn `Ready`.
+    Recover,
     Exec(Command, RpcReplyPort<ExecResult>),
     /// Many commands in one message: one mailbox hop, one journal append, one wake-up.
     Batch(
@@ -84,6 +103,8 @@ pub struct ShardArgs {
     pub idempotency_retention_ms: i64,
     pub journal: Arc<dyn Journal>,
     pub snapshot_every_records: u64,
+    /// Where the shard publishes its phase; the node holds a receiver.
+    pub phase: Arc<watch::Sender<ShardPhase>>,
 }
 
 pub struct ShardActor;
@@ -109,6 +130,7 @@ pub struct ShardRuntime {
     /// recovers from the log).
     poisoned: Option<String>,
     recovered_dropped: usize,
+    phase: Arc<watch::Sender<ShardPhase>>,
 }
 
 /// Figures the operator endpoint shows that the state does not know.
@@ -253,55 +275,63 @@ impl ShardRuntime {
     }
 }
 
-/// Rebuilds a shard from its snapshot and log tail (the same `apply` as live traffic).
-fn recover(
-    args: &ShardArgs,
-) -> Result<(ShardState, Vec<IdempotencyRecord>, u64, u64, usize), String> {
-    let recovered = args.journal.recover(args.shard)?;
-    for (seq, reason) in &recovered.dropped {
-        tracing::warn!(shard = args.shard, seq, %reason, "log record dropped at recovery (torn or corrupt tail)");
-    }
-    let (mut state, mut idempotency, snapshot_seq) = match recovered.snapshot {
-        Some((seq, bytes)) => {
-            let snapshot: Snapshot =
-                decode(&bytes).map_err(|e| format!("shard {} snapshot {seq}: {e}", args.shard))?;
-            if snapshot.state.shard() != args.shard || snapshot.seq != seq {
-                return Err(format!(
-                    "shard {} snapshot {seq} belongs elsewhere",
-                    args.shard
-                ));
+impl ShardRuntime {
+    /// Rebuilds the shard from its snapshot and log tail (the same `apply` as live traffic)
+    /// and makes it writable. On an error nothing is kept: the shard stays unavailable.
+    fn recover(&mut self) -> Result<(), String> {
+        let shard = self.shard;
+        let recovered = self.journal.recover(shard)?;
+        for (seq, reason) in &recovered.dropped {
+            tracing::warn!(shard, seq, %reason, "log record dropped at recovery (torn or corrupt tail)");
+        }
+        let (mut state, mut records, snapshot_seq) = match recovered.snapshot {
+            Some((seq, bytes)) => {
+                let snapshot: Snapshot =
+                    decode(&bytes).map_err(|e| format!("shard {shard} snapshot {seq}: {e}"))?;
+                if snapshot.state.shard() != shard || snapshot.seq != seq {
+                    return Err(format!("shard {shard} snapshot {seq} belongs elsewhere"));
+                }
+                (snapshot.state, snapshot.idempotency, seq)
             }
-            (snapshot.state, snapshot.idempotency, seq)
+            None => (ShardState::new(shard), Vec::new(), 0),
+        };
+        let mut wal_seq = snapshot_seq;
+        for (seq, bytes) in recovered.records {
+            if seq != wal_seq + 1 {
+                return Err(format!("shard {shard}: log jumps from {wal_seq} to {seq}"));
+            }
+            match decode::<LogRecord>(&bytes)
+                .map_err(|e| format!("shard {shard} record {seq}: {e}"))?
+            {
+                LogRecord::Event(event) => state.apply(&event),
+                LogRecord::Idempotency(record) => records.push(record),
+            }
+            wal_seq = seq;
         }
-        None => (ShardState::new(args.shard), Vec::new(), 0),
-    };
-    let mut wal_seq = snapshot_seq;
-    for (seq, bytes) in recovered.records {
-        if seq != wal_seq + 1 {
-            return Err(format!(
-                "shard {}: log jumps from {wal_seq} to {seq}",
-                args.shard
-            ));
+        // A replayed shard must satisfy what the live one did; refuse to serve a broken one.
+        state
+            .check_invariants()
+            .map_err(|e| format!("shard {shard} after recovery: {e}"))?;
+        for r in records {
+            let key = IdemKey {
+                caller: r.caller,
+                key: r.key,
+            };
+            let response = StoredResponse {
+                status: r.status,
+                body: r.body,
+            };
+            self.idempotency
+                .restore(key, r.fingerprint, response, r.stored_at_ms);
         }
-        match decode::<LogRecord>(&bytes)
-            .map_err(|e| format!("shard {} record {seq}: {e}", args.shard))?
-        {
-            LogRecord::Event(event) => state.apply(&event),
-            LogRecord::Idempotency(record) => idempotency.push(record),
-        }
-        wal_seq = seq;
+        self.state = state;
+        self.wal_seq = wal_seq;
+        self.snapshot_seq = snapshot_seq;
+        self.records_since_snapshot = wal_seq - snapshot_seq;
+        self.recovered_dropped = recovered.dropped.len();
+        self.poisoned = None;
+        Ok(())
     }
-    // A replayed shard must satisfy what the live one did; refuse to serve a broken one.
-    state
-        .check_invariants()
-        .map_err(|e| format!("shard {} after recovery: {e}", args.shard))?;
-    Ok((
-        state,
-        idempotency,
-        wal_seq,
-        snapshot_seq,
-        recovered.dropped.len(),
-    ))
 }
 
 impl Actor for ShardActor {
@@ -314,58 +344,58 @@ impl Actor for ShardActor {
         myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardRuntime, ActorProcessingErr> {
-        let (state, records, wal_seq, snapshot_seq, dropped) =
-            recover(&args).map_err(ActorProcessingErr::from)?;
-        let mut idempotency =
-            IdempotencyTable::new(args.idempotency_records_max, args.idempotency_retention_ms);
-        for r in records {
-            let key = IdemKey {
-                caller: r.caller,
-                key: r.key,
-            };
-            idempotency.restore(
-                key,
-                r.fingerprint,
-                StoredResponse {
-                    status: r.status,
-                    body: r.body,
-                },
-                r.stored_at_ms,
-            );
-        }
-        let (earliest_tx, earliest_rx) = watch::channel(None);
-        tokio::spawn(timer_task(myself, args.clock.clone(), earliest_rx));
-        let mut rt = ShardRuntime {
+        // Nobody holds a reference to this actor yet, so `Recover` is its first message.
+        myself.cast(ShardMsg::Recover)?;
+        let (earliest_tx, _) = watch::channel(None);
+        Ok(ShardRuntime {
             shard: args.shard,
-            state,
+            state: ShardState::new(args.shard),
             clock: args.clock,
-            idempotency,
+            idempotency: IdempotencyTable::new(
+                args.idempotency_records_max,
+                args.idempotency_retention_ms,
+            ),
             earliest_tx,
             journal: args.journal,
             events: Vec::new(),
             events_applied: 0,
-            wal_seq,
-            snapshot_seq,
+            wal_seq: 0,
+            snapshot_seq: 0,
             last_snapshot_at_ms: None,
-            records_since_snapshot: wal_seq - snapshot_seq,
+            records_since_snapshot: 0,
             snapshot_every_records: args.snapshot_every_records.max(1),
-            poisoned: None,
-            recovered_dropped: dropped,
-        };
-        // Holds whose deadline passed while the node was down expire now.
-        rt.expire_due();
-        rt.idempotency.purge(rt.clock.now_ms());
-        rt.publish_earliest();
-        Ok(rt)
+            poisoned: Some("recovering".to_string()),
+            recovered_dropped: 0,
+            phase: args.phase,
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<ShardMsg>,
+        myself: ActorRef<ShardMsg>,
         message: ShardMsg,
         rt: &mut ShardRuntime,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            ShardMsg::Recover => {
+                let phase = match rt.recover() {
+                    Ok(()) => {
+                        let (earliest_tx, earliest_rx) = watch::channel(None);
+                        rt.earliest_tx = earliest_tx;
+                        tokio::spawn(timer_task(myself, rt.clock.clone(), earliest_rx));
+                        // Holds whose deadline passed while the node was down expire now.
+                        rt.expire_due();
+                        rt.idempotency.purge(rt.clock.now_ms());
+                        ShardPhase::Ready
+                    }
+                    Err(reason) => {
+                        tracing::error!(shard = rt.shard, %reason, "shard recovery failed; it stays unavailable");
+                        rt.poisoned = Some(reason.clone());
+                        ShardPhase::Failed(reason)
+                    }
+                };
+                rt.phase.send_replace(phase);
+            }
             ShardMsg::Exec(command, reply) => match rt.admit_write() {
                 Err(e) => {
                     let _ = reply.send(Err(e));

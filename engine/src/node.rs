@@ -11,14 +11,14 @@
 //! arrives. At `inflight_per_shard_max` a request is refused with `Overloaded` (HTTP 503 with
 //! Retry-After) instead of queueing without end.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorRef, RpcReplyPort};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::actor::{
-    IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardRuntime,
+    IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardPhase, ShardRuntime,
     SNAPSHOT_EVERY_RECORDS_DEFAULT,
 };
 use crate::clock::{Clock, UnixMs};
@@ -74,8 +74,13 @@ pub enum EngineError {
     Overloaded {
         shard: u32,
     },
-    /// The shard is not served here (owned by another node, or its actor is gone).
+    /// The shard is not served here (owned by another node, its actor is gone, its journal
+    /// failed, or its log could not be recovered).
     Unavailable {
+        shard: u32,
+    },
+    /// The shard is loading its snapshot and log; it serves once that is done.
+    Recovering {
         shard: u32,
     },
 }
@@ -96,6 +101,9 @@ impl std::fmt::Display for EngineError {
             EngineError::Unavailable { shard } => {
                 write!(f, "shard {shard} is not available on this node")
             }
+            EngineError::Recovering { shard } => {
+                write!(f, "shard {shard} is recovering its log; retry shortly")
+            }
         }
     }
 }
@@ -105,6 +113,7 @@ impl std::error::Error for EngineError {}
 struct ShardHandle {
     actor: ActorRef<ShardMsg>,
     inflight: AtomicU32,
+    phase: watch::Receiver<ShardPhase>,
 }
 
 /// Releases one in-flight slot of a shard when dropped.
@@ -131,6 +140,9 @@ pub struct BookRequest {
 pub struct ShardStatus {
     pub shard: u32,
     pub node: String,
+    /// `Recovering`, `Ready`, or `Failed` (its log could not be replayed).
+    pub phase: ShardPhase,
+    /// Whether the shard answered (its counts are known).
     pub ready: bool,
     pub counts: ShardCounts,
     pub runtime: RuntimeCounts,
@@ -142,12 +154,10 @@ pub struct Node {
     ring: Ring,
     clock: Arc<dyn Clock>,
     shards: Vec<ShardHandle>,
-    ready: AtomicBool,
     journal: Arc<dyn Journal>,
 }
 
 impl Node {
-    /// Starts one actor per shard this node owns.
     /// Starts a node that keeps nothing on disk (tests and benchmarks of the engine alone).
     pub async fn start(
         config: NodeConfig,
@@ -157,8 +167,23 @@ impl Node {
         Node::start_with_journal(config, ring, clock, Arc::new(NoJournal)).await
     }
 
-    /// Starts one actor per shard this node owns; each recovers from `journal` first.
+    /// Starts one actor per shard this node owns and waits until every one has recovered
+    /// from `journal`; an error names each shard that could not.
     pub async fn start_with_journal(
+        config: NodeConfig,
+        ring: Ring,
+        clock: Arc<dyn Clock>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Arc<Node>, String> {
+        let node = Node::spawn_with_journal(config, ring, clock, journal).await?;
+        node.wait_recovered().await?;
+        Ok(node)
+    }
+
+    /// Starts one actor per shard this node owns and returns at once: each shard recovers
+    /// from `journal` in its own task, and answers `Recovering` until it has. See
+    /// [`Node::wait_recovered`] and [`Node::is_ready`].
+    pub async fn spawn_with_journal(
         config: NodeConfig,
         ring: Ring,
         clock: Arc<dyn Clock>,
@@ -173,8 +198,9 @@ impl Node {
         if !ring.nodes().contains(&config.node_name) {
             return Err(format!("node {} is not in the ring", config.node_name));
         }
-        let mut shards = Vec::with_capacity(config.shards as usize);
+        let mut shards: Vec<ShardHandle> = Vec::with_capacity(config.shards as usize);
         for shard in 0..config.shards {
+            let (phase_tx, phase_rx) = watch::channel(ShardPhase::Recovering);
             let args = ShardArgs {
                 shard,
                 clock: clock.clone(),
@@ -182,25 +208,54 @@ impl Node {
                 idempotency_retention_ms: config.idempotency_retention_ms,
                 journal: journal.clone(),
                 snapshot_every_records: config.snapshot_every_records,
+                phase: Arc::new(phase_tx),
             };
-            let (actor, _join) = Actor::spawn(None, ShardActor, args)
-                .await
-                .map_err(|e| format!("shard {shard} failed to start: {e}"))?;
+            let spawned = Actor::spawn(None, ShardActor, args).await;
+            let (actor, _join) = match spawned {
+                Ok(spawned) => spawned,
+                Err(e) => {
+                    for started in &shards {
+                        started.actor.stop(None);
+                    }
+                    return Err(format!("shard {shard} failed to start: {e}"));
+                }
+            };
             shards.push(ShardHandle {
                 actor,
                 inflight: AtomicU32::new(0),
+                phase: phase_rx,
             });
         }
-        let node = Arc::new(Node {
+        Ok(Arc::new(Node {
             config,
             ring,
             clock,
             shards,
-            ready: AtomicBool::new(false),
             journal,
-        });
-        node.ready.store(true, Ordering::Release);
-        Ok(node)
+        }))
+    }
+
+    /// Waits until no shard is recovering any more. `Err` lists the shards whose log could
+    /// not be replayed (they stay unavailable; the others serve).
+    pub async fn wait_recovered(&self) -> Result<(), String> {
+        let mut failures = Vec::new();
+        for (shard, handle) in self.shards.iter().enumerate() {
+            let mut phase = handle.phase.clone();
+            let settled = phase
+                .wait_for(|p| *p != ShardPhase::Recovering)
+                .await
+                .map(|p| p.clone());
+            match settled {
+                Ok(ShardPhase::Failed(reason)) => failures.push(reason),
+                Ok(_) => {}
+                Err(_) => failures.push(format!("shard {shard} stopped while recovering")),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
     }
 
     /// Stops every shard actor (their timer tasks end with them).
@@ -228,15 +283,47 @@ impl Node {
 
     /// True once every shard this node owns has recovered, and while its journal works.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.journal.failed().is_none()
+        self.journal.failed().is_none()
+            && self
+                .shards
+                .iter()
+                .all(|h| *h.phase.borrow() == ShardPhase::Ready)
     }
 
-    /// Snapshots every shard (graceful shutdown), each answered once stored.
-    pub async fn snapshot_all(&self) -> Result<(), EngineError> {
+    /// Why the journal takes no more writes, if it does not.
+    pub fn journal_failure(&self) -> Option<String> {
+        self.journal.failed()
+    }
+
+    /// The phase of `shard` (`None`: no such shard here).
+    pub fn shard_phase(&self, shard: u32) -> Option<ShardPhase> {
+        self.shards
+            .get(shard as usize)
+            .map(|h| h.phase.borrow().clone())
+    }
+
+    /// Snapshots every ready shard (graceful shutdown), each answered once stored. A shard
+    /// that is not ready is skipped: its log is what it has. `Err` names every shard that
+    /// could not snapshot (their logs are kept, so nothing is lost).
+    pub async fn snapshot_all(&self) -> Result<(), String> {
+        let mut failures = Vec::new();
         for shard in 0..self.config.shards {
-            self.ask(shard, false, ShardMsg::SnapshotNow).await??;
+            if self.shard_phase(shard) != Some(ShardPhase::Ready) {
+                continue;
+            }
+            if let Err(e) = self
+                .ask(shard, false, ShardMsg::SnapshotNow)
+                .await
+                .and_then(|r| r)
+            {
+                failures.push(format!("shard {shard}: {e}"));
+            }
         }
-        Ok(())
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
     }
 
     pub fn clinic_shard(&self, clinic_id: &str) -> u32 {
@@ -256,14 +343,25 @@ impl Node {
         AppointmentId::parse(id, self.config.shards)
     }
 
-    /// The local handle of `shard`, if the ring says this node owns it.
+    /// The local handle of `shard`, if the ring says this node owns it and it has recovered.
     fn route(&self, shard: u32) -> Result<&ShardHandle, EngineError> {
         if self.ring.owner(shard) != self.config.node_name {
             return Err(EngineError::Unavailable { shard });
         }
-        self.shards
+        let handle = self
+            .shards
             .get(shard as usize)
-            .ok_or(EngineError::Unavailable { shard })
+            .ok_or(EngineError::Unavailable { shard })?;
+        // After a failed flush, memory may hold changes the log does not: answer nothing
+        // (reads included) until a restart recovers from the log.
+        if self.journal.failed().is_some() {
+            return Err(EngineError::Unavailable { shard });
+        }
+        match *handle.phase.borrow() {
+            ShardPhase::Ready => Ok(handle),
+            ShardPhase::Recovering => Err(EngineError::Recovering { shard }),
+            ShardPhase::Failed(_) => Err(EngineError::Unavailable { shard }),
+        }
     }
 
     fn admit(&self, shard: u32) -> Result<(&ShardHandle, InflightGuard<'_>), EngineError> {
@@ -395,9 +493,17 @@ impl Node {
                 .shards
                 .get(shard as usize)
                 .map_or(0, |h| h.inflight.load(Ordering::Acquire));
-            let answer = self
-                .read(shard, |rt| (rt.state().counts(), rt.runtime_counts()))
-                .await;
+            let phase = self
+                .shard_phase(shard)
+                .unwrap_or_else(|| ShardPhase::Failed("not on this node".into()));
+            // A recovering shard is not asked: it answers once recovered.
+            let answer = match phase {
+                ShardPhase::Ready => {
+                    self.read(shard, |rt| (rt.state().counts(), rt.runtime_counts()))
+                        .await
+                }
+                _ => Err(EngineError::Unavailable { shard }),
+            };
             let (ready, counts, runtime) = match answer {
                 Ok((counts, runtime)) => (true, counts, runtime),
                 Err(_) => (false, ShardCounts::default(), RuntimeCounts::default()),
@@ -405,6 +511,7 @@ impl Node {
             out.push(ShardStatus {
                 shard,
                 node,
+                phase,
                 ready,
                 counts,
                 runtime,

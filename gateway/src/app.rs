@@ -106,6 +106,11 @@ impl From<EngineError> for ApiError {
                 RETRY_AFTER_S,
                 format!("shard {shard} is not available; retry shortly"),
             ),
+            EngineError::Recovering { shard } => ApiError::unavailable(
+                RETRY_AFTER_S,
+                format!("shard {shard} is recovering its log; retry shortly"),
+            )
+            .with_detail("shard", shard),
         }
     }
 }

@@ -82,9 +82,7 @@ impl Journal for WalJournal {
     }
 
     fn failed(&self) -> Option<String> {
-        self.wal
-            .is_failed()
-            .then(|| "the write-ahead log failed a write or a flush".to_string())
+        self.wal.failure()
     }
 
     fn busy(&self) -> bool {

@@ -25,6 +25,8 @@ pub enum Storage {
     Memory,
     /// The write-ahead log in `dir` (sled, group commit).
     Wal { dir: PathBuf, config: WalConfig },
+    /// Any other journal (tests that control recovery or failures; embedding).
+    Journal(Arc<dyn Journal>),
 }
 
 /// How long a graceful shutdown waits for the shards to let go of the log before closing it.
@@ -51,12 +53,24 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, snapshots every shard, stops the
     /// shards and closes the log (flushing it).
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop(true).await
+    }
+
+    /// Stops like [`RunningServer::shutdown`] but takes no snapshot, so the next start
+    /// replays the log tail, as after a crash (tests of recovery; the log itself is closed
+    /// cleanly, which a crash cannot do, but every acknowledged record was flushed before its
+    /// answer anyway).
+    pub async fn stop_without_snapshot(self) {
+        self.stop(false).await
+    }
+
+    async fn stop(mut self, snapshot: bool) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
-        if self.wal.is_some() {
+        if self.wal.is_some() && snapshot {
             if let Err(e) = self.state.node.snapshot_all().await {
                 tracing::warn!(error = %e, "not every shard could snapshot; recovery replays their logs");
             }
@@ -93,8 +107,21 @@ impl RunningServer {
     }
 }
 
-/// Starts the node and the HTTP listener.
+/// Starts the node, waits until every shard has recovered, then opens the HTTP listener
+/// (tests and embedding: the first request finds every shard ready).
 pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
+    start_inner(config, true).await
+}
+
+/// Opens the HTTP listener at once while the shards recover (`holdfast serve`): `/healthz`
+/// answers, `/readyz` is 503 `NOT_READY` until every shard has recovered, and a request for
+/// a recovering shard is 503 `UNAVAILABLE` with `Retry-After`. Wait with
+/// [`Node::wait_recovered`] on `state.node`.
+pub async fn start_listening(config: ServerConfig) -> Result<RunningServer, String> {
+    start_inner(config, false).await
+}
+
+async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, String> {
     let jwt = JwtKey::from_secret_file_bytes(&config.jwt_secret)?;
     let qr = QrKey::derive(&config.jwt_secret);
     let ring = Ring::single(&config.node.node_name);
@@ -110,14 +137,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
             let journal = Arc::new(WalJournal::new(opened, &wal_config));
             (journal.clone(), Some(journal))
         }
+        Storage::Journal(journal) => (journal, None),
     };
-    let recovery = std::time::Instant::now();
-    let node = Node::start_with_journal(config.node, ring, config.clock, journal).await?;
-    if wal.is_some() {
-        tracing::info!(
-            elapsed_ms = recovery.elapsed().as_millis() as u64,
-            "every shard recovered"
-        );
+    let node = Node::spawn_with_journal(config.node, ring, config.clock, journal).await?;
+    if wait {
+        if let Err(e) = node.wait_recovered().await {
+            node.stop();
+            return Err(format!("recovery failed: {e}"));
+        }
     }
     let state = AppState {
         node,
@@ -213,9 +240,30 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             config: WalConfig::new(durability),
         },
     };
-    let server = start(config).await?;
-    tracing::info!(addr = %server.addr, shards = data_dir.shards(), data_dir = %data_dir.path().display(), "holdfast is serving");
+    let recovery = std::time::Instant::now();
+    let server = start_listening(config).await?;
+    tracing::info!(addr = %server.addr, shards = data_dir.shards(), data_dir = %data_dir.path().display(), "holdfast is listening; shards are recovering");
+    let recovered = {
+        let node = server.state.node.clone();
+        tokio::spawn(async move {
+            let result = node.wait_recovered().await;
+            match &result {
+                Ok(()) => tracing::info!(
+                    elapsed_ms = recovery.elapsed().as_millis() as u64,
+                    "every shard recovered; ready"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "some shards could not recover; they stay unavailable and /readyz stays 503")
+                }
+            }
+            result
+        })
+    };
     if args.demo {
+        recovered
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("recovery failed, so the demo cannot load: {e}"))?;
         let summary = crate::demo::load(&server.state.node, server.state.node.now_ms()).await?;
         crate::demo::print_banner(&server.state, server.addr, &summary, &secret_path);
     }

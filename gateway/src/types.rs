@@ -683,6 +683,11 @@ pub struct ShardJson {
     pub snapshot_seq: Option<u64>,
     pub last_snapshot_at: Option<String>,
     pub idempotency_records: usize,
+    /// Log records recovery found torn or corrupt at the tail of this shard's log and cut
+    /// off (they were never acknowledged: an answer waits for its record's flush).
+    pub recovery_dropped_records: usize,
+    /// Why the shard is unavailable (null when it is not).
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -702,4 +707,6 @@ pub struct ShardsJson {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HealthJson {
     pub status: String,
+    /// The server's version (`holdfast --version`), so load reports can name what they ran against.
+    pub version: String,
 }

@@ -14,7 +14,7 @@ mod wal;
 
 pub use datadir::{write_atomically, DataDir, Manifest, FORMAT_VERSION};
 pub use wal::{
-    Ack, Dropped, Durability, Record, Recovery, Wal, WalConfig, WalError, WalStats,
+    Ack, Dropped, Durability, FlushFault, Record, Recovery, Wal, WalConfig, WalError, WalStats,
     ASYNC_FLUSH_INTERVAL_MS_DEFAULT, BATCH_RECORDS_MAX_DEFAULT, CACHE_CAPACITY_BYTES_DEFAULT,
     QUEUE_OPS_MAX_DEFAULT, RECORD_FORMAT_VERSION, WAL_SUBDIR,
 };

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use holdfast_engine::actor::ShardPhase;
 use holdfast_engine::node::RETRY_AFTER_S;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -36,6 +37,7 @@ async fn healthz() -> Response {
         StatusCode::OK,
         &HealthJson {
             status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
         },
     ))
 }
@@ -49,6 +51,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             StatusCode::OK,
             &HealthJson {
                 status: "ready".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
             },
         ))
     } else {
@@ -69,29 +72,41 @@ async fn admin_shards(State(state): State<AppState>, caller: Caller) -> Response
         .shard_status()
         .await
         .into_iter()
-        .map(|s| ShardJson {
-            shard: s.shard,
-            node: s.node,
-            status: if s.ready && s.runtime.writable {
-                "ready"
-            } else {
-                "unavailable"
+        .map(|s| {
+            let journal_failure = node.journal_failure();
+            let (status, reason) = match (&s.phase, s.ready && s.runtime.writable) {
+                (ShardPhase::Recovering, _) => ("recovering", None),
+                (ShardPhase::Failed(reason), _) => ("unavailable", Some(reason.clone())),
+                (ShardPhase::Ready, true) => ("ready", None),
+                (ShardPhase::Ready, false) => (
+                    "unavailable",
+                    Some(journal_failure.unwrap_or_else(|| {
+                        "the shard stopped taking writes (see the log)".to_string()
+                    })),
+                ),
+            };
+            let known = s.ready;
+            ShardJson {
+                shard: s.shard,
+                node: s.node,
+                status: status.to_string(),
+                clinics: s.counts.clinics,
+                slots: s.counts.slots,
+                pending: s.counts.pending,
+                confirmed: s.counts.confirmed,
+                administered: s.counts.administered,
+                timers: s.counts.timers,
+                next_expiry: s.counts.next_expiry_ms.map(rfc3339),
+                mailbox: s.inflight,
+                mailbox_max: node.config().inflight_per_shard_max,
+                events_applied: s.runtime.events_applied,
+                wal_seq: known.then_some(s.runtime.wal_seq),
+                snapshot_seq: known.then_some(s.runtime.snapshot_seq),
+                last_snapshot_at: s.runtime.last_snapshot_at_ms.map(rfc3339),
+                idempotency_records: s.runtime.idempotency_records,
+                recovery_dropped_records: s.runtime.recovered_dropped,
+                reason,
             }
-            .to_string(),
-            clinics: s.counts.clinics,
-            slots: s.counts.slots,
-            pending: s.counts.pending,
-            confirmed: s.counts.confirmed,
-            administered: s.counts.administered,
-            timers: s.counts.timers,
-            next_expiry: s.counts.next_expiry_ms.map(rfc3339),
-            mailbox: s.inflight,
-            mailbox_max: node.config().inflight_per_shard_max,
-            events_applied: s.runtime.events_applied,
-            wal_seq: Some(s.runtime.wal_seq),
-            snapshot_seq: Some(s.runtime.snapshot_seq),
-            last_snapshot_at: s.runtime.last_snapshot_at_ms.map(rfc3339),
-            idempotency_records: s.runtime.idempotency_records,
         })
         .collect();
     let ring = RingJson {

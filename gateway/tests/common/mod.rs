@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use holdfast_engine::{NodeConfig, SystemClock};
 use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
-use holdfast_gateway::server::{start, RunningServer, ServerConfig, Storage};
+use holdfast_gateway::server::{start, start_listening, RunningServer, ServerConfig, Storage};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -538,19 +538,37 @@ impl Harness {
 
     /// A server with any node configuration (e.g. a tiny in-flight bound).
     pub async fn start_node(node: NodeConfig, hold_ttl_ms: i64, max_hold_ms: i64) -> Harness {
-        let server = start(ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            node,
-            jwt_secret: SECRET.to_vec(),
-            settings: Settings {
-                hold_ttl_ms,
-                max_hold_ms,
-            },
-            clock: Arc::new(SystemClock),
-            storage: Storage::Memory,
-        })
-        .await
-        .expect("the server starts");
+        let server = start(test_config(node, hold_ttl_ms, max_hold_ms, Storage::Memory))
+            .await
+            .expect("the server starts");
+        Harness::around(server)
+    }
+
+    /// A server on any storage, started once every shard has recovered.
+    pub async fn start_storage(shards: u32, storage: Storage) -> Result<Harness, String> {
+        let config = test_config(
+            NodeConfig::embedded(shards),
+            HOLD_TTL_MS,
+            MAX_HOLD_MS,
+            storage,
+        );
+        Ok(Harness::around(start(config).await?))
+    }
+
+    /// A server on any storage that opens its listener while its shards recover
+    /// (`holdfast serve`'s way).
+    pub async fn start_listening(shards: u32, storage: Storage) -> Harness {
+        let config = test_config(
+            NodeConfig::embedded(shards),
+            HOLD_TTL_MS,
+            MAX_HOLD_MS,
+            storage,
+        );
+        let server = start_listening(config).await.expect("the listener opens");
+        Harness::around(server)
+    }
+
+    fn around(server: RunningServer) -> Harness {
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -567,6 +585,25 @@ impl Harness {
         }
     }
 
+    /// One shard's entry of `GET /v1/admin/shards`.
+    pub async fn shard_entry(&self, shard: u32) -> Value {
+        let status = self
+            .send(Req::get("/v1/admin/shards").token(&self.operator))
+            .await
+            .expect(200);
+        status["shards"]
+            .as_array()
+            .expect("shards is an array")
+            .iter()
+            .find(|s| s["shard"] == shard)
+            .cloned()
+            .unwrap_or_else(|| panic!("no shard {shard} in {status}"))
+    }
+
+    pub fn node(&self) -> &holdfast_engine::Node {
+        &self.server.state.node
+    }
+
     pub fn configured_shards(&self) -> u32 {
         self.server.state.node.shards()
     }
@@ -575,6 +612,33 @@ impl Harness {
         tokio::time::timeout(Duration::from_secs(10), self.server.shutdown())
             .await
             .expect("the server shuts down within 10 s");
+    }
+
+    /// Stops without snapshots: the next start replays the log tail.
+    pub async fn stop_without_snapshot(self) {
+        tokio::time::timeout(Duration::from_secs(10), self.server.stop_without_snapshot())
+            .await
+            .expect("the server stops within 10 s");
+    }
+}
+
+/// A test server's configuration: loopback on a free port, the test secret, the system clock.
+pub fn test_config(
+    node: NodeConfig,
+    hold_ttl_ms: i64,
+    max_hold_ms: i64,
+    storage: Storage,
+) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        node,
+        jwt_secret: SECRET.to_vec(),
+        settings: Settings {
+            hold_ttl_ms,
+            max_hold_ms,
+        },
+        clock: Arc::new(SystemClock),
+        storage,
     }
 }
 

@@ -70,7 +70,34 @@ pub struct WalConfig {
     pub async_flush_interval_ms: u64,
     /// sled's `cache_capacity`: its in-memory page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// A fault hook for tests of what happens when the disk fails: once armed, every durable
+    /// flush fails as an I/O error would. Never armed unless a caller arms it.
+    pub flush_fault: FlushFault,
 }
+
+/// Makes durable flushes fail on demand (tests of the failure path through the real
+/// writer). Clones share one switch.
+#[derive(Debug, Clone, Default)]
+pub struct FlushFault(Arc<AtomicBool>);
+
+impl FlushFault {
+    /// From now on, every durable flush fails.
+    pub fn arm(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl PartialEq for FlushFault {
+    fn eq(&self, other: &FlushFault) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for FlushFault {}
 
 impl WalConfig {
     pub fn new(durability: Durability) -> Self {
@@ -80,6 +107,7 @@ impl WalConfig {
             queue_ops_max: QUEUE_OPS_MAX_DEFAULT,
             async_flush_interval_ms: ASYNC_FLUSH_INTERVAL_MS_DEFAULT,
             cache_capacity_bytes: CACHE_CAPACITY_BYTES_DEFAULT,
+            flush_fault: FlushFault::default(),
         }
     }
 }
@@ -173,6 +201,7 @@ pub(crate) struct Shared {
     fdatasyncs: AtomicU64,
     flushed_batch_seq: AtomicU64,
     disk: Mutex<DiskSync>,
+    flush_fault: FlushFault,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,6 +234,9 @@ impl Shared {
 
     /// `db.flush()` + `fdatasync` of sled's files (disk.rs).
     pub(crate) fn durable_flush(&self, db: &sled::Db) -> Result<(), String> {
+        if self.flush_fault.is_armed() {
+            return Err("fdatasync failed: injected I/O error (flush fault hook)".to_string());
+        }
         let synced = lock(&self.disk).flush(db)?;
         self.fdatasyncs.fetch_add(synced, Ordering::AcqRel);
         Ok(())
@@ -280,6 +312,7 @@ impl Wal {
             fdatasyncs: AtomicU64::new(0),
             flushed_batch_seq: AtomicU64::new(0),
             disk: Mutex::new(DiskSync::open(&root).map_err(WalError::Io)?),
+            flush_fault: config.flush_fault.clone(),
         });
         // The trees' creation and sled's new files become durable before any write.
         shared.durable_flush(&db).map_err(WalError::Io)?;
@@ -446,6 +479,13 @@ impl Wal {
     /// True once a write or flush failed: every later submit gets `Err(Failed)`.
     pub fn is_failed(&self) -> bool {
         self.shared.is_failed()
+    }
+
+    /// Why the WAL failed (the first failure), if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .is_failed()
+            .then(|| self.shared.failed_error().to_string())
     }
 
     /// Bytes of the files in `dir/wal` (sled's data file, blobs, its own snapshots).
