@@ -6,6 +6,7 @@
 //! and the persistence crate sit on either side.
 
 pub mod actor;
+pub mod appointments;
 pub mod clock;
 pub mod eligibility;
 pub mod event;

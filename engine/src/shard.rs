@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::appointments::{AppointmentTable, SeqList};
 use crate::clock::UnixMs;
 use crate::event::{Command, DomainError, Event};
 use crate::ids::AppointmentId;
@@ -81,9 +82,9 @@ pub struct ShardState {
     clinics: Vec<Clinic>,
     clinic_index: FxHashMap<Arc<str>, u32>,
     citizens: FxHashMap<Arc<str>, Arc<CitizenRecord>>,
-    appointments: FxHashMap<u64, Appointment>,
+    appointments: AppointmentTable,
     /// Appointments of this shard's clinics by citizen, for the citizen's listing.
-    by_citizen: FxHashMap<Arc<str>, Vec<u64>>,
+    by_citizen: FxHashMap<Arc<str>, SeqList>,
     next_seq: u64,
     timers: crate::timers::DeadlineQueue,
     counts: ShardCounts,
@@ -98,7 +99,7 @@ impl ShardState {
             clinics: Vec::new(),
             clinic_index: FxHashMap::default(),
             citizens: FxHashMap::default(),
-            appointments: FxHashMap::default(),
+            appointments: AppointmentTable::default(),
             by_citizen: FxHashMap::default(),
             next_seq: 1,
             timers: Default::default(),
@@ -629,16 +630,19 @@ impl ShardState {
                 stock.reserved += 1;
                 debug_assert!(stock.reserved <= stock.on_hand, "reserved beyond on hand");
                 c.appointments.push(a.seq);
-                self.by_citizen
-                    .entry(a.citizen.clone())
-                    .or_default()
-                    .push(a.seq);
+                match self.by_citizen.entry(a.citizen.clone()) {
+                    std::collections::hash_map::Entry::Occupied(mut seqs) => {
+                        seqs.get_mut().push(a.seq)
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(SeqList::One(a.seq));
+                    }
+                }
                 self.timers
                     .push(a.expires_at_ms.expect("a hold has a deadline"), a.seq);
                 self.counts.pending += 1;
                 self.next_seq = self.next_seq.max(a.seq + 1);
-                let previous = self.appointments.insert(a.seq, a);
-                assert!(previous.is_none(), "appointment sequence reused");
+                self.appointments.push(a);
             }
             Event::AppointmentConfirmed { seq, at_ms } => {
                 let a = self.appointments.get_mut(seq).expect("known appointment");
@@ -977,7 +981,8 @@ impl ShardState {
         self.by_citizen
             .get(citizen_id)
             .map(|seqs| {
-                seqs.iter()
+                seqs.as_slice()
+                    .iter()
                     .filter_map(|&seq| self.appointment_view(seq))
                     .collect()
             })
@@ -1196,11 +1201,7 @@ impl ShardState {
     }
 }
 
-fn is_live_deadline(
-    appointments: &FxHashMap<u64, Appointment>,
-    seq: u64,
-    deadline: UnixMs,
-) -> bool {
+fn is_live_deadline(appointments: &AppointmentTable, seq: u64, deadline: UnixMs) -> bool {
     appointments
         .get(&seq)
         .is_some_and(|a| a.status == Status::Pending && a.expires_at_ms == Some(deadline))

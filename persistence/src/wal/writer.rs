@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::format::{encode_record, encode_snapshot, log_key, snapshot_key};
-use super::{Ack, Durability, Record, Shared, WalError};
+use super::{Ack, Durability, Record, Shared, WalError, SLED_BATCH_RECORDS_MAX};
 
 pub(crate) enum Op {
     Append {
@@ -128,13 +128,21 @@ impl Writer {
             self.fail_all(batch.into_iter().map(Op::into_ack).collect());
             return;
         }
-        let mut log_batch = sled::Batch::default();
+        // Whole ops per sled batch, at most SLED_BATCH_RECORDS_MAX records each (mod.rs).
+        let mut log_batches = vec![sled::Batch::default()];
+        let mut in_last = 0usize;
         let mut snapshot_batch = sled::Batch::default();
         let mut snapshots = Vec::new();
         let (mut records, mut bytes) = (0u64, 0u64);
         for op in batch {
             match op {
                 Op::Append { records: list, ack } => {
+                    if in_last > 0 && in_last + list.len() > SLED_BATCH_RECORDS_MAX {
+                        log_batches.push(sled::Batch::default());
+                        in_last = 0;
+                    }
+                    let log_batch = log_batches.last_mut().expect("one batch at least");
+                    in_last += list.len();
                     for record in list {
                         let key = log_key(record.shard, record.seq);
                         let value = encode_record(&key, &record.payload);
@@ -176,9 +184,9 @@ impl Writer {
         }
         // Log first, then snapshots: a snapshot is never stored ahead of the records of
         // this batch it may cover.
-        let applied = self
-            .log
-            .apply_batch(log_batch)
+        let applied = log_batches
+            .into_iter()
+            .try_for_each(|log_batch| self.log.apply_batch(log_batch))
             .and_then(|()| self.snapshots.apply_batch(snapshot_batch));
         if let Err(e) = applied {
             self.shared.fail(format!("sled write: {e}"));
