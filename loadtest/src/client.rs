@@ -1,0 +1,284 @@
+//! The HTTP client of the harness: per-request timeouts, bounded retries of timed-out
+//! requests (creates with the same Idempotency-Key, so a retry can never book twice), and
+//! token minting from the server's secret.
+
+use std::time::Duration;
+
+use holdfast_gateway::auth::{Claims, JwtKey, Role};
+use serde_json::Value;
+
+/// Lifetime of every token the harness mints: longer than any sensible run, so no token
+/// expires mid-run (the server allows 5 s of leeway only).
+pub const TOKEN_TTL_S: i64 = 24 * 3600;
+/// Pause before retrying a timed-out request: enough for a stalled server to breathe, short
+/// enough not to distort a run.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Mints HS256 tokens like the server's own `holdfast token`.
+#[derive(Debug)]
+pub struct Tokens {
+    key: JwtKey,
+}
+
+impl Tokens {
+    pub fn from_secret(bytes: &[u8]) -> Result<Tokens, String> {
+        Ok(Tokens {
+            key: JwtKey::from_secret_file_bytes(bytes)?,
+        })
+    }
+
+    fn sign(&self, role: Role, sub: String, citizen_id: Option<&str>) -> String {
+        let claims = Claims {
+            sub,
+            role,
+            exp: chrono::Utc::now().timestamp() + TOKEN_TTL_S,
+            citizen_id: citizen_id.map(str::to_string),
+            clinic_id: None,
+        };
+        format!("Bearer {}", self.key.sign(&claims))
+    }
+
+    /// `Authorization` header value for the authority (campaign set-up, checker).
+    pub fn authority(&self) -> String {
+        self.sign(Role::Authority, "holdfast-load-authority".into(), None)
+    }
+
+    /// `Authorization` header value for a citizen; `sub` is per citizen, so Idempotency-Keys
+    /// are scoped to the citizen as a real frontend's would be.
+    pub fn citizen(&self, citizen_id: &str) -> String {
+        self.sign(
+            Role::Citizen,
+            format!("citizen:{citizen_id}"),
+            Some(citizen_id),
+        )
+    }
+
+    /// The bare token (without `Bearer `), for the checker.
+    pub fn authority_token(&self) -> String {
+        self.authority().trim_start_matches("Bearer ").to_string()
+    }
+}
+
+/// One answer, or a transport failure (status 0).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status, 0 when no answer came.
+    pub status: u16,
+    /// `error.code` of an error body; `TIMEOUT` or `TRANSPORT` for status 0; empty on success.
+    pub code: String,
+    /// The JSON body (`Null` when absent or not JSON).
+    pub body: Value,
+    /// How many times the request was sent (1 + retries).
+    pub attempts: u32,
+}
+
+impl Reply {
+    fn failure(code: &str, message: String) -> Reply {
+        Reply {
+            status: 0,
+            code: code.to_string(),
+            body: Value::String(message),
+            attempts: 1,
+        }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.status == 0 && self.code == "TIMEOUT"
+    }
+
+    pub fn is_transport_failure(&self) -> bool {
+        self.status == 0
+    }
+}
+
+/// A base URL and a client; cheap to clone (the connection pool is shared).
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl Api {
+    pub fn new(
+        base: &str,
+        connections: usize,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<Api, String> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Api {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            timeout,
+            retries,
+        })
+    }
+
+    /// The same client against another base URL (a restarted server on a new port).
+    pub fn with_base(&self, base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            ..self.clone()
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends once with the per-request timeout.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = match request.timeout(self.timeout).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Reply::failure("TIMEOUT", e.to_string()),
+            Err(e) => return Reply::failure("TRANSPORT", error_chain(&e)),
+        };
+        let status = response.status().as_u16();
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return Reply::failure("TIMEOUT", e.to_string()),
+            Err(e) => return Reply::failure("TRANSPORT", error_chain(&e)),
+        };
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let code = if status >= 400 {
+            body["error"]["code"]
+                .as_str()
+                .unwrap_or("NO_ERROR_CODE")
+                .to_string()
+        } else {
+            String::new()
+        };
+        Reply {
+            status,
+            code,
+            body,
+            attempts: 1,
+        }
+    }
+
+    /// Sends, and re-sends a request that timed out, up to `retries` more times. `build`
+    /// makes the identical request each time (for a create: the same Idempotency-Key and
+    /// body, so whatever the first attempt did, the retry gets its answer).
+    pub async fn send_retrying(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Reply {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut reply = self.send(build()).await;
+            reply.attempts = attempts;
+            if !reply.is_timeout() || attempts > self.retries {
+                return reply;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// `POST /v1/appointments` with an Idempotency-Key, retried with the same key on timeout.
+    pub async fn create(&self, bearer: &str, key: &str, body: &Value) -> Reply {
+        let url = self.url("/v1/appointments");
+        self.send_retrying(|| {
+            self.http
+                .post(&url)
+                .header("authorization", bearer)
+                .header("idempotency-key", key)
+                .json(body)
+        })
+        .await
+    }
+
+    /// `POST /v1/appointments/{id}/{action}` (`confirm` or `cancel`); repeating a transition
+    /// that already happened answers 200 with the current appointment, so a timed-out one is
+    /// safely retried.
+    pub async fn transition(&self, bearer: &str, id: &str, action: &str) -> Reply {
+        let url = self.url(&format!("/v1/appointments/{id}/{action}"));
+        self.send_retrying(|| self.http.post(&url).header("authorization", bearer))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    /// An authority call with a JSON body (`PUT` or `POST`), for the campaign set-up.
+    pub async fn authority_call(
+        &self,
+        method: reqwest::Method,
+        bearer: &str,
+        path: &str,
+        body: &Value,
+    ) -> Reply {
+        let url = self.url(path);
+        self.send_retrying(|| {
+            self.http
+                .request(method.clone(), &url)
+                .header("authorization", bearer)
+                .json(body)
+        })
+        .await
+    }
+
+    /// `GET /healthz` reading the body but not parsing it: the ceiling measures HTTP, not
+    /// the harness's JSON parser.
+    pub async fn noop(&self) -> u16 {
+        match self
+            .http
+            .get(self.url("/healthz"))
+            .timeout(self.timeout)
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                match r.bytes().await {
+                    Ok(_) => status,
+                    Err(_) => 0,
+                }
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Poll period of [`Api::wait_ready`].
+pub const READY_POLL: Duration = Duration::from_millis(50);
+
+impl Api {
+    /// Waits until the server answers `GET /readyz` with 200 (every shard recovered), at
+    /// most `limit`. After a restart the listener accepts connections before it is ready.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let mut last = String::from("no answer");
+        while started.elapsed() < limit {
+            let reply = self.get("/readyz").await;
+            if reply.status == 200 {
+                return Ok(());
+            }
+            last = match reply.status {
+                0 => reply.body.as_str().unwrap_or_default().to_string(),
+                s => format!("{s} {}", reply.code),
+            };
+            tokio::time::sleep(READY_POLL).await;
+        }
+        Err(format!(
+            "{} is not ready after {limit:?} (last: {last})",
+            self.base
+        ))
+    }
+}
+
+/// An error with its sources ("error sending request <- connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(" <- ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

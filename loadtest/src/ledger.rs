@@ -1,0 +1,154 @@
+//! The ledger: every change the server acknowledged during a run, so the checker can prove
+//! that nothing acknowledged was lost (across kills too) and that replays were faithful.
+//!
+//! Scenarios record each 2xx answer to a create, confirm or cancel here, and each deliberate
+//! Idempotency-Key replay. The ledger keeps, per appointment, the furthest status an
+//! acknowledgement showed; the checker compares that with what the server reports later.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// The operations whose acknowledgements the ledger keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckKind {
+    Create,
+    Confirm,
+    Cancel,
+}
+
+/// What the server acknowledged for one appointment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Acked {
+    pub appointment_id: String,
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub vaccine: String,
+    pub citizen_id: String,
+    /// The last acknowledged operation ([`AckKind::Create`] < `Confirm` < `Cancel` in a run).
+    pub kind: AckKind,
+    /// The status the acknowledging answer carried (`PENDING`, `CONFIRMED`, `RELEASED`,
+    /// `CANCELLED`, ...).
+    pub status: String,
+}
+
+/// One deliberate replay of a successful create with the same Idempotency-Key and body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Replay {
+    pub idempotency_key: String,
+    pub citizen_id: String,
+    pub first_status: u16,
+    pub first_appointment_id: Option<String>,
+    pub replay_status: u16,
+    pub replay_appointment_id: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    appointments: HashMap<String, Acked>,
+    replays: Vec<Replay>,
+}
+
+/// Thread-safe; one per run, shared by every connection (an `Arc<Ledger>`).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    inner: Mutex<Inner>,
+}
+
+fn field(body: &serde_json::Value, name: &str) -> Option<String> {
+    body.get(name).and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Records a 2xx answer whose body is an appointment. A body without an
+    /// `appointment_id` is ignored and reported as `false`.
+    pub fn record(&self, kind: AckKind, appointment: &serde_json::Value) -> bool {
+        let (Some(id), Some(status)) = (
+            field(appointment, "appointment_id"),
+            field(appointment, "status"),
+        ) else {
+            return false;
+        };
+        let acked = Acked {
+            appointment_id: id.clone(),
+            clinic_id: field(appointment, "clinic_id").unwrap_or_default(),
+            slot_id: field(appointment, "slot_id").unwrap_or_default(),
+            vaccine: field(appointment, "vaccine").unwrap_or_default(),
+            citizen_id: field(appointment, "citizen_id").unwrap_or_default(),
+            kind,
+            status,
+        };
+        let mut inner = self.inner.lock().expect("ledger lock");
+        match inner.appointments.get_mut(&id) {
+            // Answers can arrive out of order (a slow create answer after its confirm):
+            // keep the furthest operation.
+            Some(existing) if existing.kind as u8 > kind as u8 => {}
+            Some(existing) => *existing = acked,
+            None => {
+                inner.appointments.insert(id, acked);
+            }
+        }
+        true
+    }
+
+    pub fn record_replay(&self, replay: Replay) {
+        self.inner.lock().expect("ledger lock").replays.push(replay);
+    }
+
+    /// Every acknowledged appointment, sorted by id (stable reports).
+    pub fn acked(&self) -> Vec<Acked> {
+        let inner = self.inner.lock().expect("ledger lock");
+        let mut all: Vec<Acked> = inner.appointments.values().cloned().collect();
+        all.sort_by(|a, b| a.appointment_id.cmp(&b.appointment_id));
+        all
+    }
+
+    pub fn replays(&self) -> Vec<Replay> {
+        self.inner.lock().expect("ledger lock").replays.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("ledger lock").appointments.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(id: &str, status: &str) -> serde_json::Value {
+        json!({"appointment_id": id, "status": status, "clinic_id": "c", "slot_id": "s",
+               "vaccine": "v", "citizen_id": "p"})
+    }
+
+    #[test]
+    fn keeps_the_furthest_acknowledgement_whatever_the_arrival_order() {
+        let ledger = Ledger::new();
+        assert!(ledger.record(AckKind::Confirm, &body("a1", "CONFIRMED")));
+        assert!(ledger.record(AckKind::Create, &body("a1", "PENDING")));
+        let acked = ledger.acked();
+        assert_eq!(acked.len(), 1);
+        assert_eq!(acked[0].kind, AckKind::Confirm);
+        assert_eq!(acked[0].status, "CONFIRMED");
+        assert!(ledger.record(AckKind::Cancel, &body("a1", "CANCELLED")));
+        assert_eq!(ledger.acked()[0].status, "CANCELLED");
+    }
+
+    #[test]
+    fn a_body_without_an_appointment_is_not_recorded() {
+        let ledger = Ledger::new();
+        assert!(!ledger.record(AckKind::Create, &json!({"error": {"code": "SOLD_OUT"}})));
+        assert!(ledger.is_empty());
+    }
+}

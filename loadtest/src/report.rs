@@ -1,0 +1,618 @@
+//! What a run found: per-scenario figures (tables on stdout) and the whole run as JSON
+//! (`--report FILE.json`). Both are built from the same structs, so the JSON has exactly the
+//! figures the tables show.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::campaign::SetUp;
+use crate::checker::CheckReport;
+use crate::stats::{is_error, Op, Stats};
+
+/// Percentiles every operation row shows.
+pub const PERCENTILES: [(f64, &str); 4] =
+    [(50.0, "p50"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9")];
+/// Scenarios whose booking rate is stated as a fraction of the ceiling.
+pub const CLOSED_LOOP_BOOKING: [&str; 2] = ["launch", "crash"];
+/// Violations printed per check (all of them are in the JSON report).
+pub const VIOLATIONS_PRINTED: usize = 20;
+/// Ids printed per violation line.
+const IDS_PRINTED: usize = 6;
+
+/// One operation's row.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpRow {
+    pub op: Op,
+    pub count: u64,
+    pub rate_per_s: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+/// One outcome's row: how many answers of `op` had this status and code.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomeRow {
+    pub op: Op,
+    pub status: u16,
+    pub code: String,
+    pub count: u64,
+    pub error: bool,
+}
+
+/// One run of the invariant checker.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckEntry {
+    /// When it ran: `end`, `restart 1`, ...
+    pub after: String,
+    pub ok: bool,
+    pub violations: usize,
+    /// The checker's own report (violations with ids, counts), or the reason it could not
+    /// run.
+    pub report: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl CheckEntry {
+    pub fn from_report(after: &str, report: &CheckReport) -> CheckEntry {
+        CheckEntry {
+            after: after.to_string(),
+            ok: report.ok(),
+            violations: report.violations_total,
+            report: serde_json::to_value(report).unwrap_or(Value::Null),
+            error: None,
+        }
+    }
+
+    /// The checker could not take its picture: that is a failed check (nothing proven).
+    pub fn unavailable(after: &str, error: String) -> CheckEntry {
+        CheckEntry {
+            after: after.to_string(),
+            ok: false,
+            violations: 0,
+            report: Value::Null,
+            error: Some(error),
+        }
+    }
+}
+
+/// Launch figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct LaunchFigures {
+    /// `sold_out`, `duration`, `citizens_exhausted` or `stopped`.
+    pub end_reason: String,
+    /// Seconds from the first request until every seat was taken (held or confirmed).
+    pub sell_out_s: Option<f64>,
+    pub sellable: u64,
+    pub created: u64,
+    pub confirmed: u64,
+    pub released: u64,
+    pub abandoned: u64,
+    pub citizens_served: u64,
+    pub sold_out_checks: u64,
+}
+
+/// Steady figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteadyFigures {
+    pub target_rate_per_s: u64,
+    pub achieved_rate_per_s: f64,
+    /// Requests whose start was later than intended (the server or the client fell
+    /// behind); their latency counts from the intended start.
+    pub late_starts: u64,
+    pub read_pct: u32,
+}
+
+/// Expiry figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpiryFigures {
+    pub holds: u64,
+    pub hold_seconds: u64,
+    pub seen_expired: u64,
+    pub not_seen_expired: u64,
+    pub lateness_p50_ms: Option<f64>,
+    pub lateness_p99_ms: Option<f64>,
+    pub lateness_max_ms: Option<f64>,
+    pub lateness_min_ms: Option<f64>,
+    /// The measurement's resolution: the largest gap between two consecutive availability
+    /// answers (an expiry is seen at most this late after it became visible).
+    pub resolution_ms: f64,
+    pub poll_period_mean_ms: f64,
+    pub polls: u64,
+}
+
+/// Crash figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrashFigures {
+    pub kills: usize,
+    /// Milliseconds after each round's load started when the SIGKILL came.
+    pub kill_after_ms: Vec<u64>,
+    /// Seconds from each restart until `/readyz` said 200.
+    pub recovery_s: Vec<f64>,
+    pub acknowledged: usize,
+    pub replays_after_restart: usize,
+    /// Creates left without an answer by a kill, sent again with the same key after the
+    /// restart; and how many of those answered 201 (applied before the kill, or now).
+    pub in_doubt_resent: usize,
+    pub in_doubt_booked: usize,
+    /// Of those, the ones created before the kill: applied and durable, though their
+    /// client never heard; the replay returned the stored answer.
+    pub in_doubt_applied_before_kill: usize,
+}
+
+/// `pass`, or `fail` with reasons.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+}
+
+/// Everything about one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub campaign: Option<SetUp>,
+    pub seconds: f64,
+    pub connections: usize,
+    pub requests: u64,
+    pub requests_per_s: f64,
+    /// Holds, confirms, releases and cancels per second (the booking rate).
+    pub booking_requests_per_s: f64,
+    pub holds_plus_confirms_per_s: f64,
+    /// `booking_requests_per_s` / the ceiling's rate, when `ceiling` ran in the same run.
+    pub booking_fraction_of_ceiling: Option<f64>,
+    pub errors: u64,
+    pub server_errors: u64,
+    pub retries: u64,
+    pub ops: Vec<OpRow>,
+    pub outcomes: Vec<OutcomeRow>,
+    /// CPU of the harness process, % of one core (the machine has `cpus` cores).
+    pub client_cpu_pct: Option<f64>,
+    /// CPU of the server process, % of one core (spawned, or --server-pid).
+    pub server_cpu_pct: Option<f64>,
+    pub launch: Option<LaunchFigures>,
+    pub steady: Option<SteadyFigures>,
+    pub expiry: Option<ExpiryFigures>,
+    pub crash: Option<CrashFigures>,
+    pub checks: Vec<CheckEntry>,
+    pub notes: Vec<String>,
+    pub verdict: Verdict,
+    pub failures: Vec<String>,
+}
+
+impl ScenarioReport {
+    /// A report from merged stats; the scenario adds its own figures and checks.
+    pub fn new(scenario: &str, stats: &Stats, seconds: f64, connections: usize) -> Self {
+        let seconds = seconds.max(f64::EPSILON);
+        let ops: Vec<OpRow> = stats
+            .latency
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(op, h)| {
+                let ms = |v: u64| v as f64 / 1000.0;
+                OpRow {
+                    op: *op,
+                    count: h.len(),
+                    rate_per_s: h.len() as f64 / seconds,
+                    p50_ms: ms(h.value_at_percentile(PERCENTILES[0].0)),
+                    p90_ms: ms(h.value_at_percentile(PERCENTILES[1].0)),
+                    p99_ms: ms(h.value_at_percentile(PERCENTILES[2].0)),
+                    p999_ms: ms(h.value_at_percentile(PERCENTILES[3].0)),
+                    max_ms: ms(h.max()),
+                    mean_ms: h.mean() / 1000.0,
+                }
+            })
+            .collect();
+        let outcomes = stats
+            .outcomes
+            .iter()
+            .map(|(k, n)| OutcomeRow {
+                op: k.op,
+                status: k.status,
+                code: k.code.clone(),
+                count: *n,
+                error: is_error(k.status),
+            })
+            .collect();
+        let requests: u64 = ops.iter().map(|o| o.count).sum();
+        let booking: u64 = ops
+            .iter()
+            .filter(|o| o.op.is_booking())
+            .map(|o| o.count)
+            .sum();
+        ScenarioReport {
+            scenario: scenario.to_string(),
+            campaign: None,
+            seconds,
+            connections,
+            requests,
+            requests_per_s: requests as f64 / seconds,
+            booking_requests_per_s: booking as f64 / seconds,
+            holds_plus_confirms_per_s: (stats.count(Op::Hold) + stats.count(Op::Confirm)) as f64
+                / seconds,
+            booking_fraction_of_ceiling: None,
+            errors: stats.errors(),
+            server_errors: stats.server_errors(),
+            retries: 0,
+            ops,
+            outcomes,
+            client_cpu_pct: None,
+            server_cpu_pct: None,
+            launch: None,
+            steady: None,
+            expiry: None,
+            crash: None,
+            checks: Vec::new(),
+            notes: Vec::new(),
+            verdict: Verdict::Pass,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Adds the failures of the checks and the server errors to any the scenario recorded
+    /// itself, and passes the scenario only when there are none.
+    pub fn decide(&mut self) {
+        for check in &self.checks {
+            if let Some(e) = &check.error {
+                self.failures
+                    .push(format!("check after {}: could not run: {e}", check.after));
+            } else if !check.ok {
+                self.failures.push(format!(
+                    "check after {}: {} violation(s)",
+                    check.after, check.violations
+                ));
+            }
+        }
+        if self.server_errors > 0 {
+            self.failures.push(format!(
+                "{} answers were 5xx other than 503 (a 500 is a bug by the contract)",
+                self.server_errors
+            ));
+        }
+        self.verdict = if self.failures.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        };
+    }
+
+    /// The human-readable tables.
+    pub fn render(&self, cpus: usize) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(
+            w,
+            "\n== {} ==  {:.2} s, {} connections",
+            self.scenario, self.seconds, self.connections
+        );
+        if let Some(c) = &self.campaign {
+            let s = &c.spec;
+            let _ = writeln!(
+                w,
+                "campaign {}: {} clinics x {} slots x {} seats ({} seats; {} doses per clinic; {} sellable), {} citizens; set up in {:.1} s ({} requests)",
+                s.prefix, s.clinics, s.slots_per_clinic, s.capacity, c.seats, s.doses, c.sellable, s.citizens, c.seconds, c.requests
+            );
+        }
+        if let Some(l) = &self.launch {
+            let sold = l.sell_out_s.map_or("not sold out".to_string(), |s| {
+                format!("sold out in {s:.2} s")
+            });
+            let _ = writeln!(
+                w,
+                "launch: {sold} (ended: {}); {} holds: {} confirmed, {} released, {} abandoned; {} of {} sellable seats taken; {} citizens served",
+                l.end_reason, l.created, l.confirmed, l.released, l.abandoned,
+                l.created.saturating_sub(l.released), l.sellable, l.citizens_served
+            );
+        }
+        if let Some(s) = &self.steady {
+            let _ = writeln!(
+                w,
+                "steady: target {} req/s, achieved {:.0} req/s, {} reads %, {} late starts (latency counted from the intended start)",
+                s.target_rate_per_s, s.achieved_rate_per_s, s.read_pct, s.late_starts
+            );
+        }
+        if let Some(e) = &self.expiry {
+            let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+            let _ = writeln!(
+                w,
+                "expiry: {} holds of {} s; {} seen expired, {} not; lateness p50 {} p99 {} max {} (min {}); resolution {:.2} ms (largest gap between polls; mean {:.2} ms, {} polls)",
+                e.holds, e.hold_seconds, e.seen_expired, e.not_seen_expired,
+                f(e.lateness_p50_ms), f(e.lateness_p99_ms), f(e.lateness_max_ms), f(e.lateness_min_ms),
+                e.resolution_ms, e.poll_period_mean_ms, e.polls
+            );
+        }
+        if let Some(c) = &self.crash {
+            let _ = writeln!(
+                w,
+                "crash: {} kills (at {:?} ms into each round), recovery {:?} s, {} acknowledged appointments verified, {} replays after restarts, {} in-doubt creates resent ({} booked, {} of them applied before the kill)",
+                c.kills,
+                c.kill_after_ms,
+                c.recovery_s.iter().map(|s| (s * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                c.acknowledged,
+                c.replays_after_restart,
+                c.in_doubt_resent,
+                c.in_doubt_booked,
+                c.in_doubt_applied_before_kill
+            );
+        }
+        let _ = writeln!(
+            w,
+            "{:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "op", "count", "rate/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        for o in &self.ops {
+            let _ = writeln!(
+                w,
+                "{:<9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                o.op.name(),
+                o.count,
+                o.rate_per_s,
+                o.p50_ms,
+                o.p90_ms,
+                o.p99_ms,
+                o.p999_ms,
+                o.max_ms
+            );
+        }
+        let booking = if self.booking_requests_per_s > 0.0 {
+            format!(
+                "   booking requests {:.0}/s, holds+confirms {:.0}/s{}",
+                self.booking_requests_per_s,
+                self.holds_plus_confirms_per_s,
+                self.booking_fraction_of_ceiling
+                    .map_or(String::new(), |f| format!(
+                        ", {:.0}% of the ceiling",
+                        f * 100.0
+                    ))
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            w,
+            "total     {:>9} {:>10.0}{booking}",
+            self.requests, self.requests_per_s
+        );
+        let _ = writeln!(w, "outcomes:");
+        for o in &self.outcomes {
+            let _ = writeln!(
+                w,
+                "  {:<9} {:>3} {:<22} {:>9}{}",
+                o.op.name(),
+                o.status,
+                if o.code.is_empty() { "-" } else { &o.code },
+                o.count,
+                if o.error { "  (error)" } else { "" }
+            );
+        }
+        let pct = |v: Option<f64>| {
+            v.map_or("n/a".to_string(), |p| {
+                format!("{p:.0}% of one core ({:.0}% of {cpus})", p / cpus as f64)
+            })
+        };
+        let _ = writeln!(
+            w,
+            "cpu: client {}, server {}",
+            pct(self.client_cpu_pct),
+            pct(self.server_cpu_pct)
+        );
+        if self.retries > 0 {
+            let _ = writeln!(w, "retries of timed-out requests: {}", self.retries);
+        }
+        for note in &self.notes {
+            let _ = writeln!(w, "note: {note}");
+        }
+        for check in &self.checks {
+            render_check(w, check);
+        }
+        let _ = writeln!(
+            w,
+            "verdict: {}{}",
+            match self.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail => "FAIL",
+            },
+            if self.failures.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.failures.join("; "))
+            }
+        );
+        out
+    }
+}
+
+fn render_check(w: &mut String, check: &CheckEntry) {
+    if let Some(e) = &check.error {
+        let _ = writeln!(w, "check after {}: COULD NOT RUN: {e}", check.after);
+        return;
+    }
+    let r = &check.report;
+    let n = |f: &str| r[f].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        w,
+        "check after {}: {} violation(s); {} clinics, {} slots, {} appointments, {} acknowledged, {} replays checked",
+        check.after,
+        check.violations,
+        n("clinics"),
+        n("slots"),
+        n("appointments"),
+        n("acked_checked"),
+        n("replays_checked")
+    );
+    if let Some(violations) = r["violations"].as_array() {
+        for v in violations.iter().take(VIOLATIONS_PRINTED) {
+            let ids: Vec<&str> = v["ids"]
+                .as_array()
+                .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let more = ids.len().saturating_sub(IDS_PRINTED);
+            let _ = writeln!(
+                w,
+                "  VIOLATION {}: {} [{}{}]",
+                match &v["kind"] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                v["message"].as_str().unwrap_or_default(),
+                ids[..ids.len().min(IDS_PRINTED)].join(", "),
+                if more > 0 {
+                    format!(", {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if violations.len() > VIOLATIONS_PRINTED {
+            let _ = writeln!(
+                w,
+                "  ... {} more in the JSON report",
+                violations.len() - VIOLATIONS_PRINTED
+            );
+        }
+    }
+}
+
+/// The server the run targeted.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub url: String,
+    pub version: Option<String>,
+    pub spawned: bool,
+    pub durability: Option<String>,
+    pub pid: Option<u32>,
+    pub data_dir: Option<String>,
+}
+
+/// The whole run (`--report`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub tool: &'static str,
+    pub tool_version: &'static str,
+    pub started_at: String,
+    pub command_line: Vec<String>,
+    pub flags: Value,
+    pub seed: u64,
+    pub prefix: String,
+    pub machine_cpus: usize,
+    pub server: ServerInfo,
+    pub ceiling_requests_per_s: Option<f64>,
+    pub scenarios: Vec<ScenarioReport>,
+    /// Set-up errors (exit code 2).
+    pub errors: Vec<String>,
+    pub verdict: Verdict,
+}
+
+impl RunReport {
+    /// Fills `booking_fraction_of_ceiling` of the closed-loop booking scenarios (`launch`,
+    /// `crash`: as fast as the server answers, like the ceiling) from the ceiling's rate
+    /// measured in the same run. Open-loop `steady` runs at the rate it was told, and
+    /// `expiry` mostly waits, so a fraction of the ceiling would say nothing about them.
+    pub fn relate_to_ceiling(&mut self) {
+        let ceiling = self
+            .scenarios
+            .iter()
+            .find(|s| s.scenario == "ceiling")
+            .map(|s| s.requests_per_s)
+            .filter(|r| *r > 0.0);
+        self.ceiling_requests_per_s = ceiling;
+        if let Some(c) = ceiling {
+            for s in &mut self.scenarios {
+                if CLOSED_LOOP_BOOKING.contains(&s.scenario.as_str())
+                    && s.booking_requests_per_s > 0.0
+                {
+                    s.booking_fraction_of_ceiling = Some(s.booking_requests_per_s / c);
+                }
+            }
+        }
+    }
+
+    pub fn decide(&mut self) {
+        self.verdict = if self.errors.is_empty()
+            && self.scenarios.iter().all(|s| s.verdict == Verdict::Pass)
+        {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        };
+    }
+
+    /// The closing summary: one line per scenario and the verdict.
+    pub fn render_summary(&self) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(
+            w,
+            "\n== summary ==  server {} {} ({}), seed {}, {} cpus",
+            self.server.url,
+            self.server.version.as_deref().unwrap_or("?"),
+            match (&self.server.spawned, &self.server.durability) {
+                (true, Some(d)) => format!("spawned, durability {d}"),
+                (true, None) => "spawned".to_string(),
+                (false, _) => "running".to_string(),
+            },
+            self.seed,
+            self.machine_cpus
+        );
+        if let Some(c) = self.ceiling_requests_per_s {
+            let _ = writeln!(w, "ceiling (GET /healthz): {c:.0} req/s");
+        }
+        for s in &self.scenarios {
+            let p99 = |op: Op| {
+                s.ops
+                    .iter()
+                    .find(|o| o.op == op)
+                    .map_or("-".to_string(), |o| format!("{:.2} ms", o.p99_ms))
+            };
+            let booking = if s.booking_requests_per_s > 0.0 {
+                format!(
+                    ", booking {:.0} req/s{}, holds+confirms {:.0}/s, p99 hold {} confirm {}",
+                    s.booking_requests_per_s,
+                    s.booking_fraction_of_ceiling
+                        .map_or(String::new(), |f| format!(
+                            " ({:.0}% of ceiling)",
+                            f * 100.0
+                        )),
+                    s.holds_plus_confirms_per_s,
+                    p99(Op::Hold),
+                    p99(Op::Confirm)
+                )
+            } else {
+                format!(", p99 {}", p99(Op::Noop))
+            };
+            let _ = writeln!(
+                w,
+                "{:<8} {:>8.0} req/s{booking}, cpu client {} server {}, {}",
+                s.scenario,
+                s.requests_per_s,
+                s.client_cpu_pct
+                    .map_or("n/a".into(), |p| format!("{p:.0}%")),
+                s.server_cpu_pct
+                    .map_or("n/a".into(), |p| format!("{p:.0}%")),
+                match s.verdict {
+                    Verdict::Pass => "pass",
+                    Verdict::Fail => "FAIL",
+                }
+            );
+        }
+        for e in &self.errors {
+            let _ = writeln!(w, "error: {e}");
+        }
+        let _ = writeln!(
+            w,
+            "verdict: {}",
+            match self.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail => "FAIL",
+            }
+        );
+        out
+    }
+}

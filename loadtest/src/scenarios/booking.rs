@@ -1,0 +1,556 @@
+//! Citizens booking as they do on a launch morning, shared by `launch` and `crash`.
+//!
+//! Each connection takes the next citizen, picks a clinic by Zipf popularity and a slot in
+//! it, and holds a seat; the hold is then confirmed, released or abandoned by the given
+//! percentages. A citizen whose slot is sold out tries another one. Sold-out slots (and
+//! clinics out of stock) are marked on a shared [`Board`] so nobody keeps knocking on a
+//! full door; when the board is all closed, a controller asks the server's availability
+//! whether anything is left (a release elsewhere may have returned a seat), reopens what is,
+//! and otherwise declares the campaign sold out.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::campaign::CampaignSpec;
+use crate::client::{Api, Reply, Tokens};
+use crate::ledger::{AckKind, Ledger, Replay};
+use crate::stats::{Live, Op, Stats};
+use crate::zipf::{Rng, Zipf};
+
+/// Zipf draws before a connection falls back to scanning for any open clinic (late in a
+/// launch, when the hot clinics are full).
+pub const ZIPF_TRIES: usize = 8;
+/// Slots one citizen tries before giving up (each failed try closes a slot on the board,
+/// so this only bounds a citizen in a pathological race).
+pub const SLOT_TRIES_PER_CITIZEN: usize = 64;
+/// How long a connection waits while the controller verifies a sold-out board.
+pub const BOARD_WAIT: Duration = Duration::from_millis(5);
+/// Controller period: checks whether workers are done and the board is closed.
+pub const CONTROL_TICK: Duration = Duration::from_millis(10);
+/// Concurrent availability reads when verifying a sold-out board.
+pub const VERIFY_CONCURRENCY: usize = 16;
+/// In-doubt creates remembered per round (see [`Booker::in_doubt`]).
+pub const IN_DOUBT_MAX: usize = 256;
+/// Creates remembered per run for replays after a restart (the crash scenario).
+pub const RECENT_CREATES: usize = 64;
+
+/// Which slots are still worth trying.
+pub struct Board {
+    slots_per_clinic: usize,
+    open: Vec<AtomicBool>,
+    open_in_clinic: Vec<AtomicUsize>,
+    open_clinics: AtomicUsize,
+}
+
+impl Board {
+    pub fn new(clinics: usize, slots_per_clinic: usize) -> Board {
+        Board {
+            slots_per_clinic,
+            open: (0..clinics * slots_per_clinic)
+                .map(|_| AtomicBool::new(true))
+                .collect(),
+            open_in_clinic: (0..clinics)
+                .map(|_| AtomicUsize::new(slots_per_clinic))
+                .collect(),
+            open_clinics: AtomicUsize::new(clinics),
+        }
+    }
+
+    pub fn all_closed(&self) -> bool {
+        self.open_clinics.load(Ordering::Acquire) == 0
+    }
+
+    pub fn close_slot(&self, clinic: usize, slot: usize) {
+        if self.open[clinic * self.slots_per_clinic + slot].swap(false, Ordering::AcqRel)
+            && self.open_in_clinic[clinic].fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            self.open_clinics.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn close_clinic(&self, clinic: usize) {
+        for slot in 0..self.slots_per_clinic {
+            self.close_slot(clinic, slot);
+        }
+    }
+
+    pub fn reopen_slot(&self, clinic: usize, slot: usize) {
+        if !self.open[clinic * self.slots_per_clinic + slot].swap(true, Ordering::AcqRel)
+            && self.open_in_clinic[clinic].fetch_add(1, Ordering::AcqRel) == 0
+        {
+            self.open_clinics.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn open_slot_in(&self, clinic: usize, rng: &mut Rng) -> Option<usize> {
+        if self.open_in_clinic[clinic].load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let first = rng.below(self.slots_per_clinic as u64) as usize;
+        (0..self.slots_per_clinic)
+            .map(|k| (first + k) % self.slots_per_clinic)
+            .find(|&s| self.open[clinic * self.slots_per_clinic + s].load(Ordering::Acquire))
+    }
+
+    /// An open (clinic, slot): the clinic by popularity, or any open one when the popular
+    /// ones are full.
+    pub fn pick(&self, zipf: &Zipf, rng: &mut Rng) -> Option<(usize, usize)> {
+        if self.all_closed() {
+            return None;
+        }
+        for _ in 0..ZIPF_TRIES {
+            let clinic = zipf.sample(rng);
+            if let Some(slot) = self.open_slot_in(clinic, rng) {
+                return Some((clinic, slot));
+            }
+        }
+        let clinics = self.open_in_clinic.len();
+        let first = rng.below(clinics as u64) as usize;
+        (0..clinics).find_map(|k| {
+            let clinic = (first + k) % clinics;
+            self.open_slot_in(clinic, rng).map(|slot| (clinic, slot))
+        })
+    }
+}
+
+/// A create the server acknowledged, kept for a later replay.
+#[derive(Debug, Clone)]
+pub struct CreatedRecord {
+    pub key: String,
+    pub citizen_id: String,
+    pub body: Value,
+    pub appointment_id: String,
+}
+
+/// Why a booking run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    SoldOut,
+    Duration,
+    CitizensExhausted,
+    Stopped,
+}
+
+impl EndReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::SoldOut => "sold_out",
+            EndReason::Duration => "duration",
+            EndReason::CitizensExhausted => "citizens_exhausted",
+            EndReason::Stopped => "stopped",
+        }
+    }
+}
+
+/// Everything the connections of one booking run share.
+pub struct Booker {
+    pub api: Api,
+    pub tokens: Arc<Tokens>,
+    pub spec: CampaignSpec,
+    pub vaccine: String,
+    pub zipf: Zipf,
+    pub board: Board,
+    pub ledger: Arc<Ledger>,
+    pub live: Arc<Live>,
+    /// Next citizen index (shared across crash rounds).
+    pub next_citizen: Arc<AtomicUsize>,
+    pub stop: AtomicBool,
+    pub deadline: Instant,
+    pub confirm_pct: u32,
+    pub release_pct: u32,
+    pub replay_pct: f64,
+    pub seed: u64,
+    /// Prefix of Idempotency-Keys (unique per run and round); a sequence number follows,
+    /// so a key is never reused for another body (that would be 422 by the contract).
+    pub key_prefix: String,
+    pub key_seq: AtomicU64,
+    /// Percentage of confirmed appointments cancelled right after (returning the seat and
+    /// the citizen). 0 for a launch (citizens book once); the crash scenario recycles
+    /// seats and citizens so every round has load, however small the campaign.
+    pub cancel_confirmed_pct: u32,
+    /// Citizens free to book again (after a release or a cancel), when recycling.
+    pub returned: Arc<Mutex<VecDeque<usize>>>,
+    pub abandoned: AtomicU64,
+    pub citizens_served: AtomicU64,
+    pub retries: AtomicU64,
+    pub recent: Mutex<VecDeque<CreatedRecord>>,
+    /// Creates that got no answer at all (the server died with them in flight), as
+    /// (key, citizen, body), at most [`IN_DOUBT_MAX`]: after a restart, the crash scenario
+    /// sends them again with the same key to learn what happened.
+    pub in_doubt: Mutex<Vec<(String, String, Value)>>,
+}
+
+/// The result of [`run`].
+pub struct BookingRun {
+    pub stats: Stats,
+    pub seconds: f64,
+    pub end_reason: EndReason,
+    pub sell_out: Option<Duration>,
+    pub sold_out_checks: u64,
+}
+
+fn record(stats: &mut Stats, live: &Live, op: Op, started: Instant, reply: &Reply) {
+    stats.record(op, started.elapsed(), reply.status, &reply.code);
+    live.count(reply.status);
+}
+
+impl Booker {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline
+    }
+
+    /// One connection: citizens one after another until stopped, out of citizens or out of
+    /// seats.
+    async fn connection(self: Arc<Self>, index: u64) -> Stats {
+        let mut stats = Stats::new();
+        let mut rng = Rng::for_worker(self.seed, index);
+        while !self.stopped() {
+            let citizen = self.next_citizen.fetch_add(1, Ordering::Relaxed);
+            let citizen = if citizen < self.spec.citizens {
+                citizen
+            } else {
+                match self.returned.lock().ok().and_then(|mut r| r.pop_front()) {
+                    Some(c) => c,
+                    None => break,
+                }
+            };
+            self.citizen(citizen, &mut rng, &mut stats).await;
+            self.citizens_served.fetch_add(1, Ordering::Relaxed);
+        }
+        stats
+    }
+
+    async fn citizen(&self, citizen: usize, rng: &mut Rng, stats: &mut Stats) {
+        let citizen_id = self.spec.citizen_id(citizen);
+        let bearer = self.tokens.citizen(&citizen_id);
+        let mut tries = 0;
+        while tries < SLOT_TRIES_PER_CITIZEN && !self.stopped() {
+            let Some((clinic, slot)) = self.board.pick(&self.zipf, rng) else {
+                // Sold out as far as we know: wait for the controller's verdict.
+                tokio::time::sleep(BOARD_WAIT).await;
+                continue;
+            };
+            tries += 1;
+            let body = json!({
+                "clinic_id": self.spec.clinic_id(clinic),
+                "slot_id": CampaignSpec::slot_id(slot),
+                "vaccine": self.vaccine,
+                "citizen_id": citizen_id,
+            });
+            let key = format!(
+                "{}{}",
+                self.key_prefix,
+                self.key_seq.fetch_add(1, Ordering::Relaxed)
+            );
+            let started = Instant::now();
+            let reply = self.api.create(&bearer, &key, &body).await;
+            record(stats, &self.live, Op::Hold, started, &reply);
+            self.retries
+                .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+            match (reply.status, reply.code.as_str()) {
+                (201, _) => {
+                    self.ledger.record(AckKind::Create, &reply.body);
+                    self.live.seats_taken(1);
+                    let Some(id) = reply.body["appointment_id"].as_str().map(str::to_string) else {
+                        return;
+                    };
+                    if let Ok(mut recent) = self.recent.lock() {
+                        if recent.len() == RECENT_CREATES {
+                            recent.pop_front();
+                        }
+                        recent.push_back(CreatedRecord {
+                            key: key.clone(),
+                            citizen_id: citizen_id.clone(),
+                            body: body.clone(),
+                            appointment_id: id.clone(),
+                        });
+                    }
+                    if rng.percent(self.replay_pct) {
+                        replay(
+                            &self.api,
+                            &self.ledger,
+                            &self.live,
+                            stats,
+                            &bearer,
+                            &key,
+                            &citizen_id,
+                            &body,
+                            &id,
+                        )
+                        .await;
+                    }
+                    self.follow_up(&bearer, &id, citizen, (clinic, slot), rng, stats)
+                        .await;
+                    return;
+                }
+                (409, "SOLD_OUT") => self.board.close_slot(clinic, slot),
+                (409, "OUT_OF_STOCK") => self.board.close_clinic(clinic),
+                (0, _) => {
+                    if let Ok(mut d) = self.in_doubt.lock() {
+                        if d.len() < IN_DOUBT_MAX {
+                            d.push((key, citizen_id.clone(), body));
+                        }
+                    }
+                    return;
+                }
+                // Anything else (ALREADY_BOOKED after a crash lost our answer, 503 while a
+                // shard recovers): this citizen stops here.
+                _ => return,
+            }
+        }
+    }
+
+    fn recycle(&self, citizen: usize) {
+        if self.cancel_confirmed_pct > 0 {
+            if let Ok(mut r) = self.returned.lock() {
+                r.push_back(citizen);
+            }
+        }
+    }
+
+    async fn follow_up(
+        &self,
+        bearer: &str,
+        id: &str,
+        citizen: usize,
+        (clinic, slot): (usize, usize),
+        rng: &mut Rng,
+        stats: &mut Stats,
+    ) {
+        let roll = rng.below(100) as u32;
+        let (op, action, kind) = if roll < self.confirm_pct {
+            (Op::Confirm, "confirm", AckKind::Confirm)
+        } else if roll < self.confirm_pct + self.release_pct {
+            (Op::Release, "cancel", AckKind::Cancel)
+        } else {
+            self.abandoned.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let started = Instant::now();
+        let reply = self.api.transition(bearer, id, action).await;
+        record(stats, &self.live, op, started, &reply);
+        self.retries
+            .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+        if reply.status != 200 {
+            return;
+        }
+        self.ledger.record(kind, &reply.body);
+        if op == Op::Release {
+            self.live.seats_taken(-1);
+            self.board.reopen_slot(clinic, slot);
+            self.recycle(citizen);
+            return;
+        }
+        if rng.below(100) < u64::from(self.cancel_confirmed_pct) {
+            let started = Instant::now();
+            let reply = self.api.transition(bearer, id, "cancel").await;
+            record(stats, &self.live, Op::Cancel, started, &reply);
+            if reply.status == 200 {
+                self.ledger.record(AckKind::Cancel, &reply.body);
+                self.live.seats_taken(-1);
+                self.board.reopen_slot(clinic, slot);
+                self.recycle(citizen);
+            }
+        }
+    }
+}
+
+/// Sends a create again with the same key and body, and records what came back.
+#[allow(clippy::too_many_arguments)]
+pub async fn replay(
+    api: &Api,
+    ledger: &Ledger,
+    live: &Live,
+    stats: &mut Stats,
+    bearer: &str,
+    key: &str,
+    citizen_id: &str,
+    body: &Value,
+    first_id: &str,
+) {
+    let started = Instant::now();
+    let again = api.create(bearer, key, body).await;
+    record(stats, live, Op::Replay, started, &again);
+    if again.is_transport_failure() {
+        return; // No answer: nothing to compare.
+    }
+    ledger.record_replay(Replay {
+        idempotency_key: key.to_string(),
+        citizen_id: citizen_id.to_string(),
+        first_status: 201,
+        first_appointment_id: Some(first_id.to_string()),
+        replay_status: again.status,
+        replay_appointment_id: again.body["appointment_id"].as_str().map(str::to_string),
+    });
+}
+
+/// Asks the server whether any seat is left; reopens every slot that has one. Returns how
+/// many slots were reopened, or an error when availability could not be read.
+async fn verify_sold_out(booker: &Booker) -> Result<usize, String> {
+    let clinics = booker.spec.clinics;
+    let next = Arc::new(AtomicUsize::new(0));
+    let reopened = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..VERIFY_CONCURRENCY.min(clinics) {
+        let (api, spec, vaccine, next, reopened) = (
+            booker.api.clone(),
+            booker.spec.clone(),
+            booker.vaccine.clone(),
+            next.clone(),
+            reopened.clone(),
+        );
+        tasks.spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let clinic = next.fetch_add(1, Ordering::Relaxed);
+                if clinic >= spec.clinics {
+                    return Ok::<_, String>(open);
+                }
+                let reply = api
+                    .get(&format!(
+                        "/v1/clinics/{}/availability?vaccine={vaccine}",
+                        spec.clinic_id(clinic)
+                    ))
+                    .await;
+                if reply.status != 200 {
+                    return Err(format!(
+                        "availability of {}: {} {}",
+                        spec.clinic_id(clinic),
+                        reply.status,
+                        reply.code
+                    ));
+                }
+                let doses = reply.body["stock"][&vaccine]["available"]
+                    .as_i64()
+                    .unwrap_or(0);
+                if doses <= 0 {
+                    continue;
+                }
+                for slot in reply.body["slots"].as_array().into_iter().flatten() {
+                    let remaining = slot["remaining"].as_u64().unwrap_or(0);
+                    let index = slot["slot_id"]
+                        .as_str()
+                        .and_then(|s| s.strip_prefix('s'))
+                        .and_then(|s| s.parse::<usize>().ok());
+                    if let (true, Some(index)) = (remaining > 0, index) {
+                        if index < spec.slots_per_clinic {
+                            open.push((clinic, index));
+                            reopened.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(open)) => {
+                for (clinic, slot) in open {
+                    booker.board.reopen_slot(clinic, slot);
+                }
+            }
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => first_error = first_error.or(Some(e.to_string())),
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(reopened.load(Ordering::Relaxed)),
+    }
+}
+
+/// Runs `connections` connections until sold out, out of citizens, stopped or the deadline.
+pub async fn run(booker: Arc<Booker>, connections: usize) -> BookingRun {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..connections {
+        tasks.spawn(booker.clone().connection(index as u64));
+    }
+    let mut stats = Stats::new();
+    let mut sell_out = None;
+    let mut sold_out_checks = 0;
+    let mut closed_since: Option<Instant> = None;
+    let mut ticker = tokio::time::interval(CONTROL_TICK);
+    while !tasks.is_empty() {
+        tokio::select! {
+            done = tasks.join_next() => {
+                if let Some(Ok(s)) = done {
+                    stats.merge(&s);
+                }
+            }
+            _ = ticker.tick() => {
+                if sell_out.is_some() || booker.stop.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if !booker.board.all_closed() {
+                    closed_since = None;
+                    continue;
+                }
+                let since = *closed_since.get_or_insert_with(Instant::now);
+                sold_out_checks += 1;
+                match verify_sold_out(&booker).await {
+                    Ok(0) => {
+                        sell_out = Some(since.duration_since(started));
+                        booker.stop.store(true, Ordering::Relaxed);
+                    }
+                    Ok(_) => closed_since = None,
+                    // Could not read availability (the server is going down): leave the
+                    // board closed and let the deadline or the stop flag end the run.
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let end_reason = if sell_out.is_some() {
+        EndReason::SoldOut
+    } else if booker.next_citizen.load(Ordering::Relaxed) >= booker.spec.citizens {
+        EndReason::CitizensExhausted
+    } else if Instant::now() >= booker.deadline {
+        EndReason::Duration
+    } else {
+        EndReason::Stopped
+    };
+    BookingRun {
+        stats,
+        seconds,
+        end_reason,
+        sell_out,
+        sold_out_checks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_board_closes_and_reopens() {
+        let board = Board::new(3, 2);
+        let zipf = Zipf::new(3, 1.0);
+        let mut rng = Rng::new(1);
+        assert!(board.pick(&zipf, &mut rng).is_some());
+        board.close_clinic(0);
+        board.close_slot(1, 0);
+        board.close_slot(1, 0); // twice: counted once
+        for _ in 0..100 {
+            let (c, s) = board.pick(&zipf, &mut rng).unwrap();
+            assert!(c != 0 && (c, s) != (1, 0));
+        }
+        board.close_slot(1, 1);
+        board.close_clinic(2);
+        assert!(board.all_closed());
+        assert_eq!(board.pick(&zipf, &mut rng), None);
+        board.reopen_slot(0, 1);
+        board.reopen_slot(0, 1);
+        assert!(!board.all_closed());
+        assert_eq!(board.pick(&zipf, &mut rng), Some((0, 1)));
+        board.close_slot(0, 1);
+        assert!(board.all_closed());
+    }
+}

@@ -1,0 +1,207 @@
+//! `crash` (with `--spawn`): citizens book under load while the server is killed with
+//! SIGKILL at a random moment, `--kills` times. After every restart on the same data
+//! directory (and once `/readyz` says 200), a sample of acknowledged creates is replayed
+//! with the same Idempotency-Key (the answers must name the same appointments, so the
+//! idempotency records survived), and the invariant checker runs against everything the
+//! server acknowledged before the kill.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cpu::{process_cpu_seconds, CpuMeter};
+use crate::ledger::{AckKind, Ledger};
+use crate::progress::Progress;
+use crate::report::{CrashFigures, ScenarioReport};
+use crate::spawn::Spawned;
+use crate::stats::{Live, Op, Stats};
+use crate::zipf::{Rng, Zipf};
+
+use super::booking::{self, Board, Booker};
+use super::Ctx;
+
+/// The earliest a kill comes after a round's load started: the connections must be busy.
+pub const KILL_DELAY_MIN_MS: u64 = 200;
+/// Acknowledged creates replayed after each restart.
+pub const REPLAYS_PER_RESTART: usize = 16;
+/// Extra time a round's connections get to notice the kill, beyond their own request
+/// timeouts.
+pub const ROUND_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Percentage of confirmed appointments cancelled at once, so seats and citizens recycle
+/// and every round has load however small the campaign (a sold-out server is idle).
+pub const CANCEL_CONFIRMED_PCT: u32 = 50;
+/// Salt of the kill-moment random stream (independent of the connections' streams).
+const KILL_STREAM: u64 = 0x00C4_A511;
+
+pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, String> {
+    let args = &ctx.args;
+    let spec = ctx.campaign_spec("crash", None);
+    let set_up = ctx.set_up(&spec).await?;
+    let ledger = Arc::new(Ledger::new());
+    let live = Arc::new(Live::new(Some(spec.sellable() as i64)));
+    let next_citizen = Arc::new(AtomicUsize::new(0));
+    // Citizens free to book again, shared by the rounds.
+    let returned = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+    let mut rng = Rng::for_worker(ctx.seed, KILL_STREAM);
+    let window_ms = args.kill_window.as_millis() as u64;
+    let connection_bound = args.timeout * (args.retries + 1) + ROUND_STOP_GRACE;
+
+    let mut stats = Stats::new();
+    let mut figures = CrashFigures {
+        kills: 0,
+        kill_after_ms: Vec::new(),
+        recovery_s: Vec::new(),
+        acknowledged: 0,
+        replays_after_restart: 0,
+        in_doubt_resent: 0,
+        in_doubt_booked: 0,
+        in_doubt_applied_before_kill: 0,
+    };
+    let mut checks = Vec::new();
+    let mut retries = 0;
+    let mut server_cpu = Some(0.0);
+    let client_meter = CpuMeter::for_self();
+    let progress = Progress::start(
+        "crash",
+        live.clone(),
+        Some(spec.sellable()),
+        args.kill_window * args.kills as u32,
+        args.quiet,
+    );
+    let started = Instant::now();
+    for round in 0..args.kills {
+        let api = ctx.api.with_base(&server.base);
+        let booker = Arc::new(Booker {
+            api: api.clone(),
+            tokens: ctx.tokens.clone(),
+            vaccine: spec.vaccine(),
+            zipf: Zipf::new(spec.clinics, args.skew),
+            board: Board::new(spec.clinics, spec.slots_per_clinic),
+            ledger: ledger.clone(),
+            live: live.clone(),
+            next_citizen: next_citizen.clone(),
+            stop: AtomicBool::new(false),
+            deadline: Instant::now() + args.kill_window + connection_bound,
+            confirm_pct: args.confirm_pct,
+            release_pct: args.release_pct,
+            replay_pct: args.replay_pct,
+            seed: ctx.seed.wrapping_add(round as u64),
+            key_prefix: format!("{}-r{round}-k", spec.prefix),
+            key_seq: AtomicU64::new(0),
+            cancel_confirmed_pct: CANCEL_CONFIRMED_PCT,
+            returned: returned.clone(),
+            abandoned: AtomicU64::new(0),
+            citizens_served: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            recent: Mutex::new(Default::default()),
+            in_doubt: Mutex::new(Vec::new()),
+            spec: spec.clone(),
+        });
+        let pid = server.pid();
+        let cpu_before = pid.and_then(process_cpu_seconds);
+        let load = tokio::spawn(booking::run(booker.clone(), args.connections));
+        let delay = KILL_DELAY_MIN_MS + rng.below(window_ms - KILL_DELAY_MIN_MS + 1);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let cpu_after = pid.and_then(process_cpu_seconds);
+        server_cpu = match (server_cpu, cpu_before, cpu_after) {
+            (Some(total), Some(a), Some(b)) => Some(total + (b - a)),
+            _ => None,
+        };
+        booker.stop.store(true, Ordering::Relaxed);
+        server.kill();
+        let killed_at = chrono::Utc::now();
+        figures.kills += 1;
+        figures.kill_after_ms.push(delay);
+        match tokio::time::timeout(connection_bound, load).await {
+            Ok(Ok(result)) => stats.merge(&result.stats),
+            Ok(Err(e)) => return Err(format!("crash round {round}: load task failed: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "crash round {round}: connections did not stop within {connection_bound:?}"
+                ))
+            }
+        }
+        retries += booker.retries.load(Ordering::Relaxed);
+        let restart = Instant::now();
+        server.restart(&ctx.api).await?;
+        figures.recovery_s.push(restart.elapsed().as_secs_f64());
+        let api = ctx.api.with_base(&server.base);
+        let recent: Vec<_> = booker
+            .recent
+            .lock()
+            .map(|r| r.iter().rev().take(REPLAYS_PER_RESTART).cloned().collect())
+            .unwrap_or_default();
+        for created in &recent {
+            let bearer = ctx.tokens.citizen(&created.citizen_id);
+            booking::replay(
+                &api,
+                &ledger,
+                &live,
+                &mut stats,
+                &bearer,
+                &created.key,
+                &created.citizen_id,
+                &created.body,
+                &created.appointment_id,
+            )
+            .await;
+            figures.replays_after_restart += 1;
+        }
+        // Creates the kill left without an answer: the same key again tells what happened
+        // (the stored answer if the create was applied, else a fresh decision), and a 201
+        // is an acknowledgement like any other.
+        let in_doubt = booker
+            .in_doubt
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        for (key, citizen_id, body) in in_doubt {
+            let bearer = ctx.tokens.citizen(&citizen_id);
+            let t = Instant::now();
+            let reply = api.create(&bearer, &key, &body).await;
+            stats.record(Op::Hold, t.elapsed(), reply.status, &reply.code);
+            figures.in_doubt_resent += 1;
+            if reply.status == 201 {
+                ledger.record(AckKind::Create, &reply.body);
+                figures.in_doubt_booked += 1;
+                let created = reply.body["created_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                if created.is_some_and(|t| t < killed_at) {
+                    figures.in_doubt_applied_before_kill += 1;
+                }
+            }
+        }
+        checks.push(
+            ctx.check(
+                &api,
+                &format!("restart {}", round + 1),
+                &spec.clinic_ids(),
+                &ledger,
+            )
+            .await,
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    figures.acknowledged = ledger.len();
+    let mut report = ScenarioReport::new("crash", &stats, seconds, args.connections);
+    report.client_cpu_pct = client_meter.percent();
+    // Server CPU over the load phases only (from each start until its kill): a restart's
+    // recovery is another process's work and is reported as recovery time instead.
+    let load_seconds = figures.kill_after_ms.iter().sum::<u64>() as f64 / 1000.0;
+    report.server_cpu_pct = server_cpu
+        .filter(|_| load_seconds > 0.0)
+        .map(|s| s / load_seconds * 100.0);
+    report.campaign = Some(set_up);
+    report.retries = retries;
+    if figures.acknowledged == 0 {
+        report
+            .failures
+            .push("no booking was acknowledged: the crash scenario drove no load".to_string());
+    }
+    report.crash = Some(figures);
+    report.checks = checks;
+    report.decide();
+    Ok(report)
+}

@@ -1,0 +1,87 @@
+//! `launch`: every citizen tries to book at once (closed loop, `--connections`), until the
+//! campaign is sold out or `--duration` passes; reports the time to sell out and checks the
+//! invariants at the end.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::ledger::Ledger;
+use crate::progress::Progress;
+use crate::report::{LaunchFigures, ScenarioReport};
+use crate::stats::{Live, Op};
+use crate::zipf::Zipf;
+
+use super::booking::{self, Board, Booker, EndReason};
+use super::{Ctx, Meters};
+
+pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
+    let args = &ctx.args;
+    let spec = ctx.campaign_spec("launch", None);
+    let set_up = ctx.set_up(&spec).await?;
+    let ledger = Arc::new(Ledger::new());
+    let live = Arc::new(Live::new(Some(spec.sellable() as i64)));
+    let booker = Arc::new(Booker {
+        api: ctx.api.clone(),
+        tokens: ctx.tokens.clone(),
+        vaccine: spec.vaccine(),
+        zipf: Zipf::new(spec.clinics, args.skew),
+        board: Board::new(spec.clinics, spec.slots_per_clinic),
+        ledger: ledger.clone(),
+        live: live.clone(),
+        next_citizen: Arc::new(AtomicUsize::new(0)),
+        stop: AtomicBool::new(false),
+        deadline: Instant::now() + args.duration,
+        confirm_pct: args.confirm_pct,
+        release_pct: args.release_pct,
+        replay_pct: args.replay_pct,
+        seed: ctx.seed,
+        key_prefix: format!("{}-k", spec.prefix),
+        key_seq: AtomicU64::new(0),
+        cancel_confirmed_pct: 0,
+        returned: Default::default(),
+        abandoned: AtomicU64::new(0),
+        citizens_served: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
+        recent: Mutex::new(Default::default()),
+        in_doubt: Mutex::new(Vec::new()),
+        spec: spec.clone(),
+    });
+    let meters = Meters::start(ctx.server_pid);
+    let progress = Progress::start(
+        "launch",
+        live,
+        Some(spec.sellable()),
+        args.duration,
+        args.quiet,
+    );
+    let result = booking::run(booker.clone(), args.connections).await;
+    progress.finish();
+    let mut report = ScenarioReport::new("launch", &result.stats, result.seconds, args.connections);
+    meters.finish(&mut report);
+    report.campaign = Some(set_up);
+    report.retries = booker.retries.load(Ordering::Relaxed);
+    let s = &result.stats;
+    report.launch = Some(LaunchFigures {
+        end_reason: result.end_reason.name().to_string(),
+        sell_out_s: result.sell_out.map(|d| d.as_secs_f64()),
+        sellable: spec.sellable(),
+        created: s.count_status(Op::Hold, 201),
+        confirmed: s.count_status(Op::Confirm, 200),
+        released: s.count_status(Op::Release, 200),
+        abandoned: booker.abandoned.load(Ordering::Relaxed),
+        citizens_served: booker.citizens_served.load(Ordering::Relaxed),
+        sold_out_checks: result.sold_out_checks,
+    });
+    if result.end_reason == EndReason::CitizensExhausted {
+        report.notes.push(
+            "every citizen had its turn before the campaign sold out: raise --citizens".to_string(),
+        );
+    }
+    report.checks.push(
+        ctx.check(&ctx.api, "end", &spec.clinic_ids(), &ledger)
+            .await,
+    );
+    report.decide();
+    Ok(report)
+}

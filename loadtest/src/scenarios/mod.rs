@@ -1,0 +1,117 @@
+//! The scenarios, and what they share: the run's context, CPU metering, campaign set-up
+//! and the invariant check that ends every scenario.
+
+pub mod booking;
+pub mod ceiling;
+pub mod crash;
+pub mod expiry;
+pub mod launch;
+pub mod steady;
+
+use std::sync::Arc;
+
+use crate::campaign::{self, CampaignSpec, SetUp};
+use crate::checker::{self, CheckOptions};
+use crate::cli::Args;
+use crate::client::{Api, Tokens};
+use crate::cpu::CpuMeter;
+use crate::ledger::Ledger;
+use crate::report::{CheckEntry, ScenarioReport};
+
+/// Share of the sellable seats added as extra citizens by default, so a launch can sell out
+/// even though some citizens release their hold.
+pub const EXTRA_CITIZENS_PCT: u64 = 20;
+
+/// What every scenario gets.
+#[derive(Clone)]
+pub struct Ctx {
+    pub args: Arc<Args>,
+    pub api: Api,
+    pub tokens: Arc<Tokens>,
+    pub seed: u64,
+    /// The run's id prefix; each scenario adds its own name.
+    pub prefix: String,
+    /// The server's process id, for its CPU use (spawned, or `--server-pid`).
+    pub server_pid: Option<u32>,
+}
+
+impl Ctx {
+    /// The campaign of `scenario`, sized by the flags; `citizens` overrides the default
+    /// (every sellable seat plus [`EXTRA_CITIZENS_PCT`]).
+    pub fn campaign_spec(&self, scenario: &str, citizens: Option<usize>) -> CampaignSpec {
+        let a = &self.args;
+        let mut spec = CampaignSpec {
+            prefix: format!("{}-{scenario}", self.prefix),
+            clinics: a.clinics,
+            slots_per_clinic: a.slots_per_clinic,
+            capacity: a.capacity,
+            doses: a.doses,
+            citizens: 0,
+        };
+        let sellable = spec.sellable();
+        spec.citizens = citizens
+            .or(a.citizens)
+            .unwrap_or_else(|| (sellable + sellable * EXTRA_CITIZENS_PCT / 100).max(1) as usize);
+        spec
+    }
+
+    /// Sets the campaign up, saying so on stderr (it takes seconds for a large one, before
+    /// any progress bar).
+    pub async fn set_up(&self, spec: &CampaignSpec) -> Result<SetUp, String> {
+        if !self.args.quiet {
+            eprintln!(
+                "holdfast-load: setting up campaign {}: {} clinics x {} slots, {} citizens ...",
+                spec.prefix, spec.clinics, spec.slots_per_clinic, spec.citizens
+            );
+        }
+        campaign::set_up(&self.api, &self.tokens.authority(), spec).await
+    }
+
+    /// Runs the invariant checker over `clinic_ids` with the run's ledger.
+    pub async fn check(
+        &self,
+        api: &Api,
+        after: &str,
+        clinic_ids: &[String],
+        ledger: &Ledger,
+    ) -> CheckEntry {
+        match checker::fetch_picture(
+            &api.http,
+            &api.base,
+            &self.tokens.authority_token(),
+            clinic_ids,
+        )
+        .await
+        {
+            Ok(picture) => {
+                let options = CheckOptions {
+                    one_active_per_citizen: self.args.check_one_active_per_citizen,
+                    expiry_slack: self.args.expiry_slack,
+                };
+                let report = checker::check(&picture, ledger, &options);
+                CheckEntry::from_report(after, &report)
+            }
+            Err(e) => CheckEntry::unavailable(after, e),
+        }
+    }
+}
+
+/// Client and server CPU over a scenario.
+pub struct Meters {
+    client: CpuMeter,
+    server: Option<CpuMeter>,
+}
+
+impl Meters {
+    pub fn start(server_pid: Option<u32>) -> Meters {
+        Meters {
+            client: CpuMeter::for_self(),
+            server: server_pid.map(CpuMeter::start),
+        }
+    }
+
+    pub fn finish(&self, report: &mut ScenarioReport) {
+        report.client_cpu_pct = self.client.percent();
+        report.server_cpu_pct = self.server.as_ref().and_then(CpuMeter::percent);
+    }
+}

@@ -1,0 +1,108 @@
+//! The harness end to end: `holdfast-load --spawn --scenario launch` starts the real server
+//! on a temporary directory, sets up a small campaign through the API, books it to sell-out
+//! with every hold confirmed, runs the invariant checker, and writes its JSON report. The
+//! test reads the report: sold out, confirmed seats equal to the sellable seats exactly,
+//! zero violations, exit code 0.
+//!
+//! The server binary is `$HOLDFAST_BIN`, or `holdfast` beside the harness binary (built by
+//! `cargo test --workspace`); when missing it is built first.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::run_harness;
+
+const CLINICS: u64 = 4;
+const SLOTS: u64 = 3;
+const CAPACITY: u64 = 10;
+/// Fewer doses than seats in each clinic, so both SOLD_OUT and OUT_OF_STOCK happen.
+const DOSES: u64 = 25;
+
+#[test]
+fn launch_sells_out_exactly_with_zero_violations() {
+    let (code, report, stdout) = run_harness(
+        &[
+            "--spawn",
+            "--shards",
+            "8",
+            "--scenario",
+            "launch",
+            "--clinics",
+            &CLINICS.to_string(),
+            "--slots-per-clinic",
+            &SLOTS.to_string(),
+            "--capacity",
+            &CAPACITY.to_string(),
+            "--doses",
+            &DOSES.to_string(),
+            "--confirm-pct",
+            "100",
+            "--release-pct",
+            "0",
+            "--replay-pct",
+            "20",
+            "--connections",
+            "16",
+            "--duration",
+            "60s",
+            "--seed",
+            "7",
+        ],
+        "launch",
+    );
+    assert_eq!(code, 0, "exit code; output:\n{stdout}");
+    assert_eq!(report["verdict"], "pass");
+    let scenario = &report["scenarios"][0];
+    assert_eq!(scenario["scenario"], "launch");
+    let launch = &scenario["launch"];
+    let sellable = CLINICS * DOSES.min(SLOTS * CAPACITY);
+    assert_eq!(launch["sellable"], sellable);
+    assert_eq!(launch["end_reason"], "sold_out", "{launch}");
+    assert!(launch["sell_out_s"].as_f64().is_some_and(|s| s > 0.0));
+    // Every seat confirmed, none twice: confirmed == capacity exactly.
+    assert_eq!(launch["created"], sellable, "{launch}");
+    assert_eq!(launch["confirmed"], sellable, "{launch}");
+    // The checker ran and found nothing.
+    let checks = scenario["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 1);
+    assert_eq!(checks[0]["ok"], true, "{}", checks[0]);
+    assert_eq!(checks[0]["violations"], 0);
+    // Some clinics ran out of doses before seats: the answers say so.
+    let outcomes = scenario["outcomes"].as_array().expect("outcomes");
+    assert!(
+        outcomes.iter().any(|o| o["code"] == "OUT_OF_STOCK"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| o["error"] == false), "{outcomes:?}");
+    // Replays were sent on purpose and checked.
+    assert!(scenario["ops"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .any(|o| o["op"] == "replay"));
+    // The report carries what a reader needs.
+    assert_eq!(report["server"]["spawned"], true);
+    assert!(report["server"]["version"].is_string());
+    assert!(scenario["client_cpu_pct"].is_number());
+    assert!(scenario["server_cpu_pct"].is_number());
+    assert_eq!(report["flags"]["confirm_pct"], 100);
+}
+
+#[test]
+fn bad_flags_exit_with_code_2() {
+    let status = Command::new(env!("CARGO_BIN_EXE_holdfast-load"))
+        .args(["--spawn", "--confirm-pct", "90", "--release-pct", "20"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the harness starts");
+    assert_eq!(status.code(), Some(2));
+    let status = Command::new(env!("CARGO_BIN_EXE_holdfast-load"))
+        .args(["--scenario", "nonsense"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the harness starts");
+    assert_eq!(status.code(), Some(2));
+}
