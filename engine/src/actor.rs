@@ -54,6 +54,37 @@ pub type ReadFn = Box<dyn FnOnce(&ShardRuntime) + Send>;
 /// The answer to one command.
 pub type ExecResult = Result<Output, EngineError>;
 
+/// Resolves once the records a command produced (and everything its shard submitted before
+/// them) are stored by the journal. A caller may do more work first, then wait: answers
+/// leave only after their events are durable, but two writes of one request can share a
+/// group commit instead of waiting for one flush each.
+#[must_use = "an answer may leave only after its events are durable: wait for it"]
+pub struct Durable {
+    shard: u32,
+    stored: tokio::sync::oneshot::Receiver<Result<(), String>>,
+}
+
+impl Durable {
+    fn new(shard: u32) -> (Durable, Done) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: Done = Box::new(move |stored| {
+            let _ = tx.send(stored);
+        });
+        (Durable { shard, stored: rx }, done)
+    }
+
+    /// Waits until stored; `Unavailable` when the journal failed (or the shard is gone).
+    pub async fn wait(self) -> Result<(), EngineError> {
+        match self.stored.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(EngineError::Unavailable { shard: self.shard }),
+        }
+    }
+}
+
+/// A command's outcome, decided and applied, and what to wait for before telling it.
+pub type Deferred = (Result<Output, DomainError>, Durable);
+
 /// What an idempotency waiter is finally told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdemOutcome {
@@ -82,13 +113,17 @@ pub enum ShardMsg {
         Vec<Command>,
         RpcReplyPort<Result<Vec<Result<Output, DomainError>>, EngineError>>,
     ),
+    /// Like `Exec`, but answered as soon as the command is applied, with a [`Durable`] that
+    /// resolves once its records are stored.
+    ExecDeferred(Command, RpcReplyPort<Result<Deferred, EngineError>>),
     Read(ReadFn),
     IdemBegin(IdemKey, Fingerprint, RpcReplyPort<IdemOutcome>),
-    /// Stores (durably) or forgets an in-flight key; answered once stored.
+    /// Stores (durably) or forgets an in-flight key. Answered at once, with a [`Durable`]
+    /// that resolves once the record is stored.
     IdemFinish(
         IdemKey,
         Option<StoredResponse>,
-        RpcReplyPort<Result<(), EngineError>>,
+        RpcReplyPort<Result<Durable, EngineError>>,
     ),
     Tick,
     /// Writes a snapshot now (graceful shutdown); answered with its sequence number once
@@ -439,6 +474,21 @@ impl Actor for ShardActor {
                     rt.maybe_snapshot();
                 }
             },
+            ShardMsg::ExecDeferred(command, reply) => match rt.admit_write() {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(()) => {
+                    let result = rt.run(command);
+                    let records = rt.take_records();
+                    let (durable, done) = Durable::new(rt.shard);
+                    // Submitted before the answer leaves, so anything the caller writes next
+                    // is queued behind these records.
+                    rt.submit(records, done);
+                    let _ = reply.send(Ok((result, durable)));
+                    rt.maybe_snapshot();
+                }
+            },
             ShardMsg::Read(read) => read(rt),
             ShardMsg::IdemBegin(key, fingerprint, reply) => {
                 let now_ms = rt.clock.now_ms();
@@ -463,18 +513,21 @@ impl Actor for ShardActor {
                             stored_at_ms: now_ms,
                         };
                         let records = vec![(rt.wal_seq, encode(&LogRecord::Idempotency(record)))];
-                        let shard = rt.shard;
+                        let (durable, stored) = Durable::new(rt.shard);
                         rt.submit(
                             records,
-                            Box::new(move |stored| {
-                                for waiter in waiters {
-                                    let _ =
-                                        waiter.send(IdemOutcome::Finished(Some(response.clone())));
+                            Box::new(move |result| {
+                                // Waiters answer with the response only once it is stored.
+                                if result.is_ok() {
+                                    for waiter in waiters {
+                                        let _ = waiter
+                                            .send(IdemOutcome::Finished(Some(response.clone())));
+                                    }
                                 }
-                                let _ = reply
-                                    .send(stored.map_err(|_| EngineError::Unavailable { shard }));
+                                stored(result);
                             }),
                         );
+                        let _ = reply.send(Ok(durable));
                         rt.maybe_snapshot();
                     }
                     (response, _) => {
@@ -485,7 +538,9 @@ impl Actor for ShardActor {
                             let _ = waiter.send(IdemOutcome::Finished(response.clone()));
                         }
                         let _ = reply.send(if stored {
-                            Ok(())
+                            let (durable, done) = Durable::new(rt.shard);
+                            done(Ok(()));
+                            Ok(durable)
                         } else {
                             Err(EngineError::Unavailable { shard: rt.shard })
                         });

@@ -18,8 +18,8 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::{oneshot, watch};
 
 use crate::actor::{
-    IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardPhase, ShardRuntime,
-    SNAPSHOT_EVERY_RECORDS_DEFAULT,
+    Deferred, Durable, IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardPhase,
+    ShardRuntime, SNAPSHOT_EVERY_RECORDS_DEFAULT,
 };
 use crate::clock::{Clock, UnixMs};
 use crate::event::{Command, DomainError};
@@ -398,10 +398,27 @@ impl Node {
             .await?
     }
 
-    /// Compensation must not be refused by the bound it protects: the saga that needs it
-    /// already holds a slot of work, so these are bounded by the sagas in flight.
-    async fn exec_compensation(&self, shard: u32, command: Command) -> Result<Output, EngineError> {
-        self.ask(shard, false, |reply| ShardMsg::Exec(command, reply))
+    /// Applies `command` and answers at once, with a [`Durable`] to wait on before the
+    /// outcome may be told to anyone (a refusal too: it depends on what the shard applied
+    /// before it).
+    pub async fn exec_deferred(
+        &self,
+        shard: u32,
+        command: Command,
+    ) -> Result<Deferred, EngineError> {
+        self.ask(shard, true, |reply| ShardMsg::ExecDeferred(command, reply))
+            .await?
+    }
+
+    /// [`Node::exec_deferred`] for compensation, which must not be refused by the bound it
+    /// protects: the saga that needs it already holds a slot of work, so these are bounded
+    /// by the sagas in flight.
+    async fn exec_compensation_deferred(
+        &self,
+        shard: u32,
+        command: Command,
+    ) -> Result<Deferred, EngineError> {
+        self.ask(shard, false, |reply| ShardMsg::ExecDeferred(command, reply))
             .await?
     }
 
@@ -552,6 +569,21 @@ impl Node {
         key: &str,
         response: Option<StoredResponse>,
     ) -> Result<(), EngineError> {
+        self.idempotency_finish_deferred(caller, key, response)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// [`Node::idempotency_finish`], answered as soon as the record is applied, with a
+    /// [`Durable`] for its storage: the caller can wait for it together with the events of
+    /// the answer it stores (one group commit instead of two).
+    pub async fn idempotency_finish_deferred(
+        &self,
+        caller: &str,
+        key: &str,
+        response: Option<StoredResponse>,
+    ) -> Result<Durable, EngineError> {
         let shard = self.caller_shard(caller);
         let idem_key = IdemKey {
             caller: caller.into(),
@@ -577,14 +609,32 @@ impl Node {
     ///
     /// Every step is idempotent by appointment id, so a retried compensation converges.
     pub async fn book(&self, request: BookRequest) -> Result<AppointmentView, EngineError> {
+        let (outcome, durable) = self.book_deferred(request).await;
+        for d in durable {
+            d.wait().await?;
+        }
+        outcome
+    }
+
+    /// [`Node::book`] without waiting for the log: the outcome, and what must be durable
+    /// before it may be told (the hold, a refusal's barrier, a compensation).
+    pub async fn book_deferred(
+        &self,
+        request: BookRequest,
+    ) -> (Result<AppointmentView, EngineError>, Vec<Durable>) {
         let clinic_shard = self.clinic_shard(&request.clinic_id);
         let citizen_shard = self.citizen_shard(&request.citizen_id);
+        let mut durable = Vec::with_capacity(2);
 
         // Step 1: the citizen.
         let citizen_id: Arc<str> = request.citizen_id.as_str().into();
-        let citizen = self
+        let citizen = match self
             .read(citizen_shard, move |rt| rt.state().citizen(&citizen_id))
-            .await?;
+            .await
+        {
+            Ok(citizen) => citizen,
+            Err(e) => return (Err(e), durable),
+        };
 
         // Step 2: the hold.
         let hold = Command::Hold {
@@ -595,15 +645,22 @@ impl Node {
             hold_ms: request.hold_ms,
             rebook_priority: false,
         };
-        let (appointment, context) = match self.exec(clinic_shard, hold).await? {
-            Output::Held(appointment, context) => (appointment, context),
-            other => unreachable!("a hold answers Held, got {other:?}"),
+        let (appointment, context) = match self.exec_deferred(clinic_shard, hold).await {
+            Err(e) => return (Err(e), durable),
+            Ok((outcome, stored)) => {
+                durable.push(stored);
+                match outcome {
+                    Ok(Output::Held(appointment, context)) => (appointment, context),
+                    Ok(other) => unreachable!("a hold answers Held, got {other:?}"),
+                    Err(refused) => return (Err(EngineError::Domain(refused)), durable),
+                }
+            }
         };
 
         // Step 3: checks while the seat and the dose are held.
         let reasons = crate::eligibility::check(&request.vaccine, citizen.as_deref(), &context);
         if reasons.is_empty() {
-            return Ok(appointment);
+            return (Ok(appointment), durable);
         }
 
         // Compensation, in reverse.
@@ -611,11 +668,17 @@ impl Node {
             seq: appointment.id.seq,
             reasons: reasons.clone(),
         };
-        if let Err(e) = self.exec_compensation(clinic_shard, reject).await {
+        match self.exec_compensation_deferred(clinic_shard, reject).await {
+            Ok((_, stored)) => durable.push(stored),
             // The hold still expires at its deadline, which returns the seat and the dose.
-            tracing::warn!(appointment = %appointment.id, error = %e, "rejecting an ineligible hold failed; it will expire");
+            Err(e) => {
+                tracing::warn!(appointment = %appointment.id, error = %e, "rejecting an ineligible hold failed; it will expire")
+            }
         }
-        Err(EngineError::Domain(DomainError::NotEligible { reasons }))
+        (
+            Err(EngineError::Domain(DomainError::NotEligible { reasons })),
+            durable,
+        )
     }
 }
 

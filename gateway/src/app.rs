@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use holdfast_engine::actor::IdemOutcome;
+use holdfast_engine::actor::{Durable, IdemOutcome};
 use holdfast_engine::idempotency::{Begin, StoredResponse};
 use holdfast_engine::node::RETRY_AFTER_S;
 use holdfast_engine::{DomainError, EngineError, Node};
@@ -147,6 +147,46 @@ fn domain_error(e: DomainError) -> ApiError {
 /// A JSON answer: status and body.
 pub type Answer = Result<(StatusCode, String), ApiError>;
 
+/// An answer decided before the events it reports are durable, with what to wait for before
+/// it may leave. Lets a request's idempotency record join the same group commit as its
+/// events instead of waiting for a flush of its own.
+pub struct Deferred {
+    pub answer: Answer,
+    pub durable: Vec<Durable>,
+}
+
+/// What an idempotent handler returns: an [`Answer`] whose events are already durable, or a
+/// [`Deferred`] one.
+pub trait IntoDeferred {
+    fn into_deferred(self) -> Deferred;
+}
+
+impl IntoDeferred for Answer {
+    fn into_deferred(self) -> Deferred {
+        Deferred {
+            answer: self,
+            durable: Vec::new(),
+        }
+    }
+}
+
+impl IntoDeferred for Deferred {
+    fn into_deferred(self) -> Deferred {
+        self
+    }
+}
+
+/// Waits for every one of `durable`; the first failure replaces the answer (503).
+async fn settle(answer: Answer, durable: Vec<Durable>) -> Answer {
+    for d in durable {
+        if let Err(e) = d.wait().await {
+            tracing::warn!(error = %e, "an answer's events could not be stored");
+            return Err(e.into());
+        }
+    }
+    answer
+}
+
 pub fn ok<T: Serialize>(status: StatusCode, body: &T) -> Answer {
     serde_json::to_string(body)
         .map(|b| (status, b))
@@ -226,7 +266,7 @@ fn replay(stored: &StoredResponse) -> Response {
 /// way, and the requests waiting on the same key still get its answer. `what` (method and
 /// path) and `body` make the fingerprint, so the same key on another path or with another
 /// body is `IDEMPOTENCY_KEY_REUSED`.
-pub async fn idempotent<B, F, Fut>(
+pub async fn idempotent<B, F, Fut, R>(
     state: &AppState,
     caller: &Claims,
     key: Option<String>,
@@ -237,7 +277,8 @@ pub async fn idempotent<B, F, Fut>(
 where
     B: Serialize,
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Answer> + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoDeferred,
 {
     let Some(key) = key else {
         return run_detached(run).await;
@@ -254,16 +295,27 @@ where
         match node.idempotency_begin(&caller, &key, fingerprint).await {
             Err(e) => into_response(Err(e.into())),
             Ok(IdemOutcome::Begin(Begin::Proceed)) => {
-                let answer = run().await;
+                let Deferred {
+                    answer,
+                    mut durable,
+                } = run().await.into_deferred();
                 let (status, body) = answer_to_stored(&answer);
                 let stored = is_stored(status).then(|| StoredResponse {
                     status: status.as_u16(),
                     body: body.into(),
                 });
-                // The answer leaves only once its idempotency record is stored, so a replay
-                // after a crash finds it instead of running the request again.
-                match node.idempotency_finish(&caller, &key, stored).await {
-                    Ok(()) => into_response(answer),
+                // The answer leaves only once its events and its idempotency record are
+                // stored, so a replay after a crash finds it instead of running the request
+                // again. The record is queued behind the events (one writer, in order), so
+                // both usually share one group commit.
+                match node
+                    .idempotency_finish_deferred(&caller, &key, stored)
+                    .await
+                {
+                    Ok(record) => {
+                        durable.push(record);
+                        into_response(settle(answer, durable).await)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not store an idempotent answer");
                         into_response(Err(e.into()))
@@ -296,12 +348,17 @@ where
         .unwrap_or_else(|e| ApiError::internal(format!("request task failed: {e}")).into_response())
 }
 
-async fn run_detached<F, Fut>(run: F) -> Response
+async fn run_detached<F, Fut, R>(run: F) -> Response
 where
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Answer> + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoDeferred,
 {
-    match tokio::spawn(async move { run().await }).await {
+    let task = tokio::spawn(async move {
+        let Deferred { answer, durable } = run().await.into_deferred();
+        settle(answer, durable).await
+    });
+    match task.await {
         Ok(answer) => into_response(answer),
         Err(e) => ApiError::internal(format!("request task failed: {e}")).into_response(),
     }

@@ -10,7 +10,7 @@ use holdfast_engine::{AppointmentId, Command, Output, Status};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::{idempotency_key, idempotent, into_response, ok, Answer, AppState};
+use crate::app::{idempotency_key, idempotent, into_response, ok, Answer, AppState, Deferred};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
@@ -131,8 +131,11 @@ async fn create_appointment(
         "POST /v1/appointments",
         &body,
         move || async move {
-            let appointment = app.node.book(request).await?;
-            ok(StatusCode::CREATED, &render(&app, &appointment))
+            let (outcome, durable) = app.node.book_deferred(request).await;
+            let answer = outcome
+                .map_err(ApiError::from)
+                .and_then(|appointment| ok(StatusCode::CREATED, &render(&app, &appointment)));
+            Deferred { answer, durable }
         },
     )
     .await
