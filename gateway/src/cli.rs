@@ -37,9 +37,14 @@ pub enum Durability {
 
 #[derive(Debug, Clone, Parser)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on. Port 0 picks a free port; see --addr-file.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Once listening, write the bound address (`127.0.0.1:41234`) to this file (atomically,
+    /// so a reader never sees half of it). With `--listen 127.0.0.1:0` this is how a test or
+    /// the load harness learns the port without racing another process for it.
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
     /// Data directory (its manifest fixes the shard count).
     #[arg(long, default_value = "./holdfast-data")]
     pub data_dir: PathBuf,

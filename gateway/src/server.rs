@@ -243,6 +243,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let recovery = std::time::Instant::now();
     let server = start_listening(config).await?;
     tracing::info!(addr = %server.addr, shards = data_dir.shards(), data_dir = %data_dir.path().display(), "holdfast is listening; shards are recovering");
+    if let Some(path) = &args.addr_file {
+        holdfast_persistence::write_atomically(path, server.addr.to_string().as_bytes())
+            .map_err(|e| format!("--addr-file: {e}"))?;
+    }
     let recovered = {
         let node = server.state.node.clone();
         tokio::spawn(async move {

@@ -6,7 +6,6 @@
 //! original answer byte for byte.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -37,17 +36,13 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// Starts the binary on a port the kernel picks (`--listen 127.0.0.1:0`) and learns it from
+/// `--addr-file`: choosing a "free" port first and passing it on would race the other tests'
+/// servers for it, and a readiness probe could then be answered by somebody else's server.
 async fn start(dir: &Path, secret: &Path) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+    let addr_file = dir.with_extension("addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
         .args([
             "serve",
             "--shards",
@@ -57,8 +52,10 @@ async fn start(dir: &Path, secret: &Path) -> Server {
             "--durability",
             "sync",
             "--listen",
+            "127.0.0.1:0",
         ])
-        .arg(format!("127.0.0.1:{port}"))
+        .arg("--addr-file")
+        .arg(&addr_file)
         .arg("--data-dir")
         .arg(dir)
         .arg("--jwt-secret-file")
@@ -68,12 +65,25 @@ async fn start(dir: &Path, secret: &Path) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the holdfast binary starts");
+    let started = Instant::now();
+    let addr = loop {
+        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+            break addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited during start-up: {status}");
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            let _ = child.kill();
+            panic!("the server did not listen within {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let server = Server {
         child,
-        base: format!("http://127.0.0.1:{port}"),
+        base: format!("http://{}", addr.trim()),
     };
     let client = reqwest::Client::new();
-    let started = Instant::now();
     loop {
         if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await {
             if r.status() == 200 {

@@ -1,11 +1,11 @@
 //! `--spawn`: the harness starts the real `holdfast` binary on a fresh temporary data
-//! directory and a free loopback port, kills it with SIGKILL (the crash scenario), restarts
+//! directory and a loopback port the kernel picks (the server binds port 0 and writes the
+//! address to `--addr-file`, so no other process can race it for the port), kills it with SIGKILL (the crash scenario), restarts
 //! it on the same directory, and always stops it at the end: the child is killed on drop,
 //! so neither a panic nor an early error leaves a server behind.
 
 use std::fs::OpenOptions;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,8 +19,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const BIN_ENV: &str = "HOLDFAST_BIN";
 /// Bytes of the server log quoted when it fails to start.
 const LOG_TAIL_BYTES: usize = 2_000;
-/// How long a spawned server may take to hand its port back before a restart; after a
-/// SIGKILL the kernel frees it at once, this only bounds the check.
+/// How often a start looks for the server's address file, and the pause after a kill before
+/// a restart.
 const CHILD_POLL: Duration = Duration::from_millis(20);
 
 /// Finds the `holdfast` binary: `explicit`, else `$HOLDFAST_BIN`, else `holdfast` next to
@@ -58,17 +58,6 @@ pub fn find_server_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
          `cargo build --release --bin holdfast`, or name it with --server-bin or ${BIN_ENV}",
         exe.display()
     ))
-}
-
-/// A free loopback port (bound, read, released: another process could take it in between,
-/// which a start then reports clearly).
-pub fn free_port() -> Result<u16, String> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
 }
 
 /// Asks Linux to SIGKILL the server when the harness dies, so even a harness killed with
@@ -159,8 +148,9 @@ impl Spawned {
         self.child.as_ref().map(Child::id)
     }
 
-    async fn launch(&mut self, api: &Api) -> Result<(), String> {
-        let port = free_port()?;
+    async fn launch(&mut self, api_for: &Api) -> Result<(), String> {
+        let addr_file = self.spec.data_dir.with_extension("addr");
+        let _ = std::fs::remove_file(&addr_file);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -171,7 +161,9 @@ impl Spawned {
         let child = command
             .arg("serve")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg("127.0.0.1:0")
+            .arg("--addr-file")
+            .arg(&addr_file)
             .arg("--data-dir")
             .arg(&self.spec.data_dir)
             .arg("--jwt-secret-file")
@@ -192,11 +184,10 @@ impl Spawned {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.spec.bin.display()))?;
         self.child = Some(child);
-        self.port = port;
-        self.base = format!("http://127.0.0.1:{port}");
         self.starts += 1;
-        let api = api.with_base(&self.base);
+        self.base = format!("(address not yet written to {})", addr_file.display());
         let started = Instant::now();
+        let mut api = None;
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -207,6 +198,16 @@ impl Spawned {
                     ));
                 }
             }
+            if api.is_none() {
+                if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                    let addr: std::net::SocketAddr = addr.trim().parse().map_err(|e| {
+                        format!("the server wrote {addr:?} to {}: {e}", addr_file.display())
+                    })?;
+                    self.port = addr.port();
+                    self.base = format!("http://{addr}");
+                    api = Some(api_for.with_base(&self.base));
+                }
+            }
             let remaining = READY_TIMEOUT.saturating_sub(started.elapsed());
             if remaining.is_zero() {
                 return Err(format!(
@@ -215,12 +216,18 @@ impl Spawned {
                     self.log_tail()
                 ));
             }
-            if api
-                .wait_ready(remaining.min(Duration::from_secs(1)))
-                .await
-                .is_ok()
-            {
-                return Ok(());
+            match &api {
+                // Not listening yet (recovery runs after the listener opens, so this is short).
+                None => tokio::time::sleep(CHILD_POLL).await,
+                Some(api) => {
+                    if api
+                        .wait_ready(remaining.min(Duration::from_secs(1)))
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
@@ -233,7 +240,7 @@ impl Spawned {
         }
     }
 
-    /// Kill (if running) and start again on the same data directory, on a new free port;
+    /// Kill (if running) and start again on the same data directory, on a new port;
     /// returns once ready.
     pub async fn restart(&mut self, api: &Api) -> Result<(), String> {
         self.kill();
@@ -277,10 +284,5 @@ mod tests {
         assert!(path.is_dir());
         drop(dir);
         assert!(!path.exists());
-    }
-
-    #[test]
-    fn free_ports_are_nonzero() {
-        assert_ne!(free_port().unwrap(), 0);
     }
 }
