@@ -18,6 +18,10 @@
 //!
 //! Run: `cargo bench -p holdfast-benches -- --noplot`.
 
+/// The allocator of the `holdfast` binary (gateway/src/main.rs), so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

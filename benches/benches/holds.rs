@@ -19,6 +19,10 @@
 //! are upper bounds; their resolution is the longest gap between two looks at one shard
 //! (printed).
 
+/// The allocator of the `holdfast` binary (gateway/src/main.rs), so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Duration;
 

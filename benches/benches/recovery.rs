@@ -16,6 +16,10 @@
 //! A plain `main` (harness = false), not criterion: one recovery takes seconds.
 //! Run: `cargo bench -p holdfast-benches --bench recovery`.
 
+/// The allocator of the `holdfast` binary (gateway/src/main.rs), so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -14,6 +14,10 @@
 //!
 //! Run: `cargo bench -p holdfast-benches --bench wal -- --noplot`.
 
+/// The allocator of the `holdfast` binary (gateway/src/main.rs), so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
