@@ -560,24 +560,11 @@ impl Node {
     }
 
     /// Stores the response of a request that began with `Proceed` (or forgets the key when
-    /// `response` is `None`) and answers every waiter; returns once the record is stored, so
-    /// a replay after a crash finds it. Not bounded: it ends work already admitted, and a
+    /// `response` is `None`) and, once stored, answers every waiter. Answered as soon as the
+    /// record is applied, with a [`Durable`] for its storage: the caller waits for it
+    /// together with the events of the answer it stores (one group commit instead of two),
+    /// so a replay after a crash finds it. Not bounded: it ends work already admitted, and a
     /// refused finish would leave waiters hanging.
-    pub async fn idempotency_finish(
-        &self,
-        caller: &str,
-        key: &str,
-        response: Option<StoredResponse>,
-    ) -> Result<(), EngineError> {
-        self.idempotency_finish_deferred(caller, key, response)
-            .await?
-            .wait()
-            .await
-    }
-
-    /// [`Node::idempotency_finish`], answered as soon as the record is applied, with a
-    /// [`Durable`] for its storage: the caller can wait for it together with the events of
-    /// the answer it stores (one group commit instead of two).
     pub async fn idempotency_finish_deferred(
         &self,
         caller: &str,
