@@ -73,8 +73,8 @@ invariants: no slot oversold, stock counters equal to the appointments, at most 
 appointment per citizen, every acknowledged change still there, replays faithful.
 
 It targets a running server (--url and --jwt-secret-file), or with --spawn starts the
-`holdfast` binary itself on a fresh temporary data directory and a free loopback port, and
-stops it at the end. Reports: a live progress bar on stderr, tables on stdout (per operation:
+`holdfast` binary itself on a fresh temporary data directory and a loopback port the kernel
+picks, and stops it at the end. Reports: a live progress bar on stderr, tables on stdout (per operation:
 count, rate, p50/p90/p99/p99.9/max from HDR histograms; outcomes by status and error code;
 client and server CPU), and --report FILE.json with the same figures and the verdict.";
 
@@ -155,8 +155,9 @@ pub struct Args {
     /// fresh secret is made when absent. Example: --jwt-secret-file holdfast-data/jwt-secret
     #[arg(long, help_heading = "Target")]
     pub jwt_secret_file: Option<PathBuf>,
-    /// Start the `holdfast` binary on a fresh temporary data directory and a free loopback
-    /// port, and stop it at the end (required by the crash scenario).
+    /// Start the `holdfast` binary on a fresh temporary data directory, on a loopback port
+    /// the kernel picks (read back from its --addr-file), and stop it at the end (required
+    /// by the crash scenario).
     #[arg(long, help_heading = "Target")]
     pub spawn: bool,
     /// The `holdfast` binary for --spawn. Default: $HOLDFAST_BIN, else `holdfast` next to

@@ -622,7 +622,8 @@ impl Harness {
     }
 }
 
-/// A test server's configuration: loopback on a free port, the test secret, the system clock.
+/// A test server's configuration: loopback on a port the kernel picks (port 0), the test
+/// secret, the system clock.
 pub fn test_config(
     node: NodeConfig,
     hold_ttl_ms: i64,
