@@ -111,8 +111,9 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_booking_is_answered_only_once_its_hold_and_its_idempotency_record_are_stored() {
+/// A server on a [`ManualJournal`] that stores at once until held back, with clinic `c1`
+/// (slot `s1` of `seats` seats, 10 doses) and the adult citizen `p1`.
+async fn start(seats: u32) -> (Harness, Arc<ManualJournal>) {
     let journal = Arc::new(ManualJournal {
         auto: Mutex::new(true),
         ..Default::default()
@@ -121,8 +122,14 @@ async fn a_booking_is_answered_only_once_its_hold_and_its_idempotency_record_are
         .await
         .expect("starts");
     h.standard_vaccine(VACCINE).await;
-    h.clinic_with_slot("c1", "s1", 10, 10).await;
+    h.clinic_with_slot("c1", "s1", seats, 10).await;
     h.put_adult("p1").await;
+    (h, journal)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_is_answered_only_once_its_hold_and_its_idempotency_record_are_stored() {
+    let (h, journal) = start(10).await;
 
     journal.hold_back();
     let api = h.api.clone();
@@ -171,16 +178,7 @@ async fn a_booking_is_answered_only_once_its_hold_and_its_idempotency_record_are
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_waits_for_what_its_shard_applied_before_it() {
-    let journal = Arc::new(ManualJournal {
-        auto: Mutex::new(true),
-        ..Default::default()
-    });
-    let h = Harness::start_storage(SHARDS, Storage::Journal(journal.clone()))
-        .await
-        .expect("starts");
-    h.standard_vaccine(VACCINE).await;
-    h.clinic_with_slot("c1", "s1", 1, 10).await;
-    h.put_adult("p1").await;
+    let (h, journal) = start(1).await;
     h.put_adult("p2").await;
 
     journal.hold_back();
