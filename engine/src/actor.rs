@@ -83,7 +83,7 @@ impl Durable {
 }
 
 /// A command's outcome, decided and applied, and what to wait for before telling it.
-pub type Deferred = (Result<Output, DomainError>, Durable);
+pub type Applied = (Result<Output, DomainError>, Durable);
 
 /// What an idempotency waiter is finally told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,7 @@ pub enum ShardMsg {
     ),
     /// Like `Exec`, but answered as soon as the command is applied, with a [`Durable`] that
     /// resolves once its records are stored.
-    ExecDeferred(Command, RpcReplyPort<Result<Deferred, EngineError>>),
+    ExecDeferred(Command, RpcReplyPort<Result<Applied, EngineError>>),
     Read(ReadFn),
     IdemBegin(IdemKey, Fingerprint, RpcReplyPort<IdemOutcome>),
     /// Stores (durably) or forgets an in-flight key. Answered at once, with a [`Durable`]

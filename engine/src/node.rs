@@ -18,7 +18,7 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::{oneshot, watch};
 
 use crate::actor::{
-    Deferred, Durable, IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardPhase,
+    Applied, Durable, IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardPhase,
     ShardRuntime, SNAPSHOT_EVERY_RECORDS_DEFAULT,
 };
 use crate::clock::{Clock, UnixMs};
@@ -405,7 +405,7 @@ impl Node {
         &self,
         shard: u32,
         command: Command,
-    ) -> Result<Deferred, EngineError> {
+    ) -> Result<Applied, EngineError> {
         self.ask(shard, true, |reply| ShardMsg::ExecDeferred(command, reply))
             .await?
     }
@@ -417,7 +417,7 @@ impl Node {
         &self,
         shard: u32,
         command: Command,
-    ) -> Result<Deferred, EngineError> {
+    ) -> Result<Applied, EngineError> {
         self.ask(shard, false, |reply| ShardMsg::ExecDeferred(command, reply))
             .await?
     }
