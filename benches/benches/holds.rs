@@ -30,8 +30,10 @@ use holdfast_benches::{
     clinic_command, clinic_per_shard, vaccine_command, vm_hwm_kib, vm_rss_kib, SeatPlan, TempDir,
     VACCINE,
 };
+use holdfast_engine::actor::RuntimeCounts;
 use holdfast_engine::journal::Journal;
 use holdfast_engine::ring::Ring;
+use holdfast_engine::view::ShardCounts;
 use holdfast_engine::{Command, Node, NodeConfig, Output, SystemClock};
 use holdfast_gateway::journal::WalJournal;
 use holdfast_persistence::{Durability, Wal, WalConfig};
@@ -53,6 +55,16 @@ const DRAIN_MS: i64 = 30_000;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Every shard's counters, as of when each shard looked.
+async fn statuses(node: &Node) -> Vec<(ShardCounts, RuntimeCounts)> {
+    let asks: Vec<_> = (0..node.shards()).map(|s| node.status_of(s)).collect();
+    let mut out = Vec::with_capacity(asks.len());
+    for ask in asks {
+        out.push(ask.await.expect("counts"));
+    }
+    out
 }
 
 fn mib(kib: Option<u64>) -> String {
@@ -160,11 +172,10 @@ async fn main() {
         now_ms() < window_start_ms,
         "set-up took {setup_ms} ms, beyond the {SETUP_BUDGET_MS} ms budget: holds expired early"
     );
-    let pending: u64 = node
-        .read_all(|rt| rt.state().counts().pending)
+    let pending: u64 = statuses(&node)
         .await
-        .expect("counts")
         .into_iter()
+        .map(|(counts, _)| counts.pending)
         .sum();
     let rss_held = vm_rss_kib();
     println!(
@@ -180,7 +191,7 @@ async fn main() {
     );
 
     if std::env::var("HOLDS_MEMORY_ONLY").is_ok_and(|v| v == "1") {
-        node.stop();
+        node.stop().await;
         return;
     }
 
@@ -194,10 +205,10 @@ async fn main() {
     while lateness.len() < pending as usize && now_ms() < end_ms {
         // Each shard reports its PENDING count and the time it looked, inside the shard: the
         // time is when the state was observed, not when the answer arrived.
-        let counts = node
-            .read_all(|rt| (rt.state().counts().pending, now_ms()))
+        let counts = statuses(&node)
             .await
-            .expect("counts");
+            .into_iter()
+            .map(|(counts, runtime)| (counts.pending, runtime.as_of_ms));
         polls += 1;
         for (shard, (left, at)) in counts.into_iter().enumerate() {
             let gone = HOLDS_PER_SHARD as usize - left as usize;
@@ -226,5 +237,5 @@ async fn main() {
             pending as usize - lateness.len()
         );
     }
-    node.stop();
+    node.stop().await;
 }

@@ -29,7 +29,7 @@ use holdfast_benches::{
 };
 use holdfast_engine::journal::Journal;
 use holdfast_engine::ring::Ring;
-use holdfast_engine::{Command, EngineError, Node, NodeConfig, SystemClock};
+use holdfast_engine::{Command, Node, NodeConfig, SystemClock};
 use holdfast_gateway::journal::WalJournal;
 use holdfast_persistence::{Durability, Wal, WalConfig};
 
@@ -73,34 +73,12 @@ async fn start(dir: &std::path::Path) -> (Arc<Node>, Arc<WalJournal>) {
 }
 
 /// Stops the shards, waits until the journal's only user is us, closes the WAL.
-async fn stop(node: Arc<Node>, mut journal: Arc<WalJournal>) {
-    node.stop();
-    for shard in 0..node.shards() {
-        for _ in 0..400 {
-            match node.read(shard, |_| ()).await {
-                Err(EngineError::Unavailable { .. }) => break,
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    }
+async fn stop(node: Arc<Node>, journal: Arc<WalJournal>) {
+    node.stop().await;
     drop(node);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match Arc::try_unwrap(journal) {
-            Ok(journal) => {
-                journal.into_wal().close().expect("close the WAL");
-                return;
-            }
-            Err(shared) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the shards never let go of the WAL"
-                );
-                journal = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let journal =
+        Arc::try_unwrap(journal).unwrap_or_else(|_| panic!("the stopped node let go of the WAL"));
+    journal.into_wal().close().expect("close the WAL");
 }
 
 fn hold(clinic: &str, slot: &str, citizen: &str) -> Command {

@@ -6,7 +6,6 @@
 //! OUT_OF_STOCK, and the benches count the successful answers to prove it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::NaiveDate;
 use holdfast_engine::model::{
@@ -15,9 +14,7 @@ use holdfast_engine::model::{
 use holdfast_engine::ring::Ring;
 use holdfast_engine::shard::ShardState;
 use holdfast_engine::view::Output;
-use holdfast_engine::{
-    Clock, Command, EngineError, Event, Node, NodeConfig, Status, SystemClock, UnixMs,
-};
+use holdfast_engine::{Clock, Command, Event, Node, NodeConfig, Status, SystemClock, UnixMs};
 
 /// The one vaccine of the benches.
 pub const VACCINE: &str = "bench-vx";
@@ -280,15 +277,7 @@ impl BenchNode {
     /// Stops the actors and waits (bounded) until every shard has stopped answering, so the
     /// old shards' memory is released before the next measurement starts.
     pub async fn shutdown(self) {
-        self.node.stop();
-        for shard in 0..self.node.shards() {
-            for _ in 0..400 {
-                match self.node.read(shard, |_| ()).await {
-                    Err(EngineError::Unavailable { .. }) => break,
-                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        }
+        self.node.stop().await;
     }
 }
 

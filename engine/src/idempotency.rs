@@ -1,4 +1,7 @@
-//! Idempotency records: per caller and key, the first response and the request's fingerprint.
+//! The shard's side of idempotency, in one room: per caller and key, the first response and
+//! the request's fingerprint ([`IdempotencyTable`]), the record written to the log for each
+//! ([`IdempotencyRecord`]), and what a waiting request is finally told ([`IdemOutcome`]). The
+//! gateway's side (the header, the fingerprint of a request, replays) is in the gateway.
 //!
 //! A record is `InFlight` while the first request runs (later requests with the same key wait
 //! for it rather than getting a 409), then `Done` with the stored response, replayed for
@@ -12,6 +15,8 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::clock::UnixMs;
 
 /// The contract promises replays for at least 24 h.
@@ -22,7 +27,7 @@ pub const RECORDS_PER_SHARD_MAX_DEFAULT: usize = 32_768;
 pub const WAITERS_PER_KEY_MAX: usize = 1024;
 
 /// Who asked (`sub` of the token) and their key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IdemKey {
     pub caller: Arc<str>,
     pub key: Arc<str>,
@@ -32,14 +37,34 @@ pub struct IdemKey {
 pub type Fingerprint = [u8; 32];
 
 /// A response as first sent: status and body bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredResponse {
     pub status: u16,
     pub body: Arc<str>,
 }
 
+/// A stored idempotent answer as the log and snapshots keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub caller: Arc<str>,
+    pub key: Arc<str>,
+    pub fingerprint: Fingerprint,
+    pub status: u16,
+    pub body: Arc<str>,
+    pub stored_at_ms: UnixMs,
+}
+
+/// What an idempotency waiter is finally told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdemOutcome {
+    Begin(Begin),
+    /// The first request finished: its stored response (or `None`: it never reached a
+    /// decision, retry).
+    Finished(Option<StoredResponse>),
+}
+
 /// What the first look at a key says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Begin {
     /// New key: the caller runs the request and then calls `finish`.
     Proceed,
@@ -202,17 +227,37 @@ impl<W> IdempotencyTable<W> {
     }
 
     /// Every completed record, oldest first, for a snapshot.
-    pub fn completed(&self) -> Vec<(IdemKey, Fingerprint, StoredResponse, UnixMs)> {
+    pub fn records(&self) -> Vec<IdempotencyRecord> {
         self.completed
             .iter()
             .filter_map(|(at, key)| match self.entries.get(key) {
                 Some(Entry::Done {
                     fingerprint,
                     response,
-                }) => Some((key.clone(), *fingerprint, response.clone(), *at)),
+                }) => Some(IdempotencyRecord {
+                    caller: key.caller.clone(),
+                    key: key.key.clone(),
+                    fingerprint: *fingerprint,
+                    status: response.status,
+                    body: response.body.clone(),
+                    stored_at_ms: *at,
+                }),
                 _ => None,
             })
             .collect()
+    }
+
+    /// Puts back a completed record found at recovery (oldest first).
+    pub fn restore_record(&mut self, record: IdempotencyRecord) {
+        let key = IdemKey {
+            caller: record.caller,
+            key: record.key,
+        };
+        let response = StoredResponse {
+            status: record.status,
+            body: record.body,
+        };
+        self.restore(key, record.fingerprint, response, record.stored_at_ms);
     }
 
     /// Drops completed records older than the retention.

@@ -16,7 +16,9 @@ pub fn is_valid_client_id(s: &str) -> bool {
 }
 
 /// A parsed appointment id: the shard that owns it and its sequence number in that shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct AppointmentId {
     pub shard: u32,
     pub seq: u64,

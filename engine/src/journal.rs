@@ -7,32 +7,21 @@
 //! commit) without knowing what they mean. A shard answers a caller only when the journal says
 //! the records the answer depends on are stored.
 
-use std::sync::Arc;
-
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::clock::UnixMs;
+use crate::error::{EngineError, JournalError};
 use crate::event::Event;
-use crate::idempotency::Fingerprint;
+use crate::idempotency::IdempotencyRecord;
 use crate::shard::ShardState;
 
 /// Version of the encoding of log records and snapshots. A different byte is refused at
 /// recovery rather than misread.
-pub const ENCODING_VERSION: u8 = 1;
+/// Version 2: the deadline queue became an exact, typed index (snapshots of version 1 stored
+/// a heap of bare holds).
+pub const ENCODING_VERSION: u8 = 2;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.
 pub const DECODE_BYTES_MAX: usize = 1 << 30;
-
-/// A stored idempotent answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
-    pub caller: Arc<str>,
-    pub key: Arc<str>,
-    pub fingerprint: Fingerprint,
-    pub status: u16,
-    pub body: Arc<str>,
-    pub stored_at_ms: UnixMs,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LogRecord {
@@ -63,6 +52,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bytes
 }
 
+/// Decodes what [`encode`] wrote; `Err` says why not (the caller names the record).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
         Some((&ENCODING_VERSION, body)) => {
@@ -73,21 +63,51 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
             }
             Ok(value)
         }
-        Some((version, _)) => Err(format!("unknown encoding version {version}")),
+        Some((version, _)) => Err(format!(
+            "encoding version {version} was written by another build (this build reads \
+             version {ENCODING_VERSION})"
+        )),
         None => Err("empty record".into()),
     }
 }
 
 /// Called once the journal has stored (or failed to store) what was handed to it.
-pub type Done = Box<dyn FnOnce(Result<(), String>) + Send + 'static>;
+pub type Done = Box<dyn FnOnce(Result<(), JournalError>) + Send + 'static>;
 
-/// Why the journal did not take a write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// Its queue is at its bound: answer 503 and let the client retry.
-    Full,
-    /// A write failed earlier: the node takes no more writes.
-    Failed(String),
+/// Resolves once the records a command produced (and everything its shard submitted before
+/// them) are stored by the journal. A caller may do more work first, then wait: answers
+/// leave only after their events are durable, but two writes of one request can share a
+/// group commit instead of waiting for one flush each.
+#[must_use = "an answer may leave only after its events are durable: wait for it"]
+pub struct Durable {
+    shard: u32,
+    stored: tokio::sync::oneshot::Receiver<Result<(), JournalError>>,
+}
+
+impl Durable {
+    /// A `Durable` and the completion that resolves it.
+    pub fn new(shard: u32) -> (Durable, Done) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: Done = Box::new(move |stored| {
+            let _ = tx.send(stored);
+        });
+        (Durable { shard, stored: rx }, done)
+    }
+
+    /// A `Durable` with nothing to wait for.
+    pub fn stored(shard: u32) -> Durable {
+        let (durable, done) = Durable::new(shard);
+        done(Ok(()));
+        durable
+    }
+
+    /// Waits until stored; `Unavailable` when the journal failed (or the shard is gone).
+    pub async fn wait(self) -> Result<(), EngineError> {
+        match self.stored.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(EngineError::Unavailable { shard: self.shard }),
+        }
+    }
 }
 
 /// What a shard finds at start-up.
@@ -104,12 +124,23 @@ pub struct Recovered {
 pub trait Journal: Send + Sync + 'static {
     /// Stores `records` (sequence number, bytes) of `shard`; an empty list is a barrier that
     /// completes once everything submitted before it is stored.
-    fn append(&self, shard: u32, records: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), Refusal>;
+    fn append(
+        &self,
+        shard: u32,
+        records: Vec<(u64, Vec<u8>)>,
+        done: Done,
+    ) -> Result<(), JournalError>;
     /// Stores a snapshot at `seq` and drops the shard's records up to it.
-    fn snapshot(&self, shard: u32, seq: u64, bytes: Vec<u8>, done: Done) -> Result<(), Refusal>;
-    fn recover(&self, shard: u32) -> Result<Recovered, String>;
-    /// True once a write failed; the shard then refuses writes.
-    fn failed(&self) -> Option<String>;
+    fn snapshot(
+        &self,
+        shard: u32,
+        seq: u64,
+        bytes: Vec<u8>,
+        done: Done,
+    ) -> Result<(), JournalError>;
+    fn recover(&self, shard: u32) -> Result<Recovered, JournalError>;
+    /// Set once a write failed; the shards then refuse writes.
+    fn failed(&self) -> Option<JournalError>;
     /// True while the journal's queue is above its high-water mark: new writes are refused
     /// with 503 before they change anything.
     fn busy(&self) -> bool;
@@ -126,18 +157,24 @@ impl Journal for NoJournal {
         _shard: u32,
         _records: Vec<(u64, Vec<u8>)>,
         done: Done,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), JournalError> {
         done(Ok(()));
         Ok(())
     }
-    fn snapshot(&self, _shard: u32, _seq: u64, _bytes: Vec<u8>, done: Done) -> Result<(), Refusal> {
+    fn snapshot(
+        &self,
+        _shard: u32,
+        _seq: u64,
+        _bytes: Vec<u8>,
+        done: Done,
+    ) -> Result<(), JournalError> {
         done(Ok(()));
         Ok(())
     }
-    fn recover(&self, _shard: u32) -> Result<Recovered, String> {
+    fn recover(&self, _shard: u32) -> Result<Recovered, JournalError> {
         Ok(Recovered::default())
     }
-    fn failed(&self) -> Option<String> {
+    fn failed(&self) -> Option<JournalError> {
         None
     }
     fn busy(&self) -> bool {

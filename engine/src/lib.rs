@@ -1,14 +1,20 @@
 //! holdfast-engine: the reservation engine's core.
 //!
-//! Start reading at [`shard`] (the state machine: pure `decide`, one `apply`), then [`actor`]
-//! (one ractor actor owns one shard), then [`node`] (the shards of one process, their bounds,
-//! routing through the [`ring`] and the booking saga). No HTTP and no disk here: the gateway
-//! and the persistence crate sit on either side.
+//! Start reading at [`shard`] (the state machine: pure `decide`, one `apply`, queries,
+//! invariants), then [`actor`] (one ractor actor owns one shard; answers wait for the
+//! journal), then [`client`] and [`node`] (every call into a shard is a value sent through a
+//! `ShardClient`; the node routes through the [`ring`] and bounds each shard), then [`saga`]
+//! (booking across two shards) and [`publish`] (durable changes, published once). No HTTP
+//! and no disk here: the gateway and the persistence crate sit on either side.
 
 pub mod actor;
 pub mod appointments;
+pub mod client;
 pub mod clock;
+pub mod command;
+pub mod deadlines;
 pub mod eligibility;
+pub mod error;
 pub mod event;
 pub mod hash;
 pub mod idempotency;
@@ -16,14 +22,20 @@ pub mod ids;
 pub mod journal;
 pub mod model;
 pub mod node;
+pub mod publish;
 pub mod ring;
+pub mod saga;
 pub mod shard;
-pub mod timers;
 pub mod view;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMs};
-pub use event::{Command, DomainError, Event};
+pub use command::{Command, Query, QueryAnswer};
+pub use error::{
+    DomainError, EngineError, JournalError, Limit, RecoveryError, Resource, StartError,
+};
+pub use event::Event;
 pub use ids::AppointmentId;
 pub use model::Status;
-pub use node::{EngineError, Node, NodeConfig};
+pub use node::{Node, NodeConfig};
+pub use saga::BookRequest;
 pub use view::Output;

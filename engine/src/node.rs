@@ -1,38 +1,40 @@
-//! The node: the shards one process owns, the bound in front of each, routing through the
-//! ring, and the booking saga.
+//! The node: the shards one process owns, reached through [`ShardClient`]s, the bound in
+//! front of each, routing through the ring, start and stop. The booking saga is in
+//! [`crate::saga`].
 //!
 //! Every request names a shard (a clinic's, a citizen's, a caller's or an appointment's) and
-//! goes through [`Node::route`], which asks the ring who owns it. In the embedded default the
-//! ring has one node, this process; a shard owned elsewhere answers `Unavailable` until remote
-//! routing lands, never a guess.
+//! goes through [`Node::route`], which asks the ring who owns it. A node spawns only the shards
+//! the ring gives it; a shard owned elsewhere answers `Unavailable` until remote clients land,
+//! never a guess.
 //!
 //! ractor mailboxes are unbounded and their length is not public, so the bound is ours: an
-//! in-flight counter per shard, taken before a message is sent and released when its answer
+//! in-flight counter per shard, taken before a call is sent and released when its answer
 //! arrives. At `inflight_per_shard_max` a request is refused with `Overloaded` (HTTP 503 with
 //! Retry-After) instead of queueing without end.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use ractor::{Actor, ActorRef, RpcReplyPort};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, watch};
 
-use crate::actor::{
-    Applied, Durable, IdemOutcome, RuntimeCounts, ShardActor, ShardArgs, ShardMsg, ShardPhase,
-    ShardRuntime, SNAPSHOT_EVERY_RECORDS_DEFAULT,
-};
+use crate::actor::{Applied, RuntimeCounts, ShardArgs, ShardPhase, SNAPSHOT_EVERY_RECORDS_DEFAULT};
+use crate::client::{LocalShard, ShardClient};
 use crate::clock::{Clock, UnixMs};
-use crate::event::{Command, DomainError};
+use crate::command::{Command, Query, QueryAnswer};
+use crate::error::{DomainError, EngineError, JournalError, StartError};
 use crate::hash::shard_of;
 use crate::idempotency::{
-    Fingerprint, IdemKey, StoredResponse, RECORDS_PER_SHARD_MAX_DEFAULT, RETENTION_MS_DEFAULT,
+    Fingerprint, IdemKey, IdemOutcome, StoredResponse, RECORDS_PER_SHARD_MAX_DEFAULT,
+    RETENTION_MS_DEFAULT,
 };
 use crate::ids::AppointmentId;
-use crate::journal::{Journal, NoJournal};
+use crate::journal::{Durable, Journal, NoJournal};
+use crate::model::{CitizenRecord, Status};
+use crate::publish::{Published, Publisher};
 use crate::ring::Ring;
-use crate::view::{AppointmentView, Output, ShardCounts};
+use crate::view::{AppointmentView, AvailabilityView, ClinicSummary, Output, ShardCounts};
 
-/// Default shard count (API.md `--shards`).
+/// Default shard count (`--shards`).
 pub const SHARDS_DEFAULT: u32 = 64;
 /// Largest shard count a data directory may be created with.
 pub const SHARDS_MAX: u32 = 4096;
@@ -66,54 +68,10 @@ impl NodeConfig {
     }
 }
 
-/// Why the engine did not answer with a domain outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EngineError {
-    Domain(DomainError),
-    /// The shard's in-flight bound was reached.
-    Overloaded {
-        shard: u32,
-    },
-    /// The shard is not served here (owned by another node, its actor is gone, its journal
-    /// failed, or its log could not be recovered).
-    Unavailable {
-        shard: u32,
-    },
-    /// The shard is loading its snapshot and log; it serves once that is done.
-    Recovering {
-        shard: u32,
-    },
-}
-
-impl From<DomainError> for EngineError {
-    fn from(e: DomainError) -> Self {
-        EngineError::Domain(e)
-    }
-}
-
-impl std::fmt::Display for EngineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EngineError::Domain(e) => e.fmt(f),
-            EngineError::Overloaded { shard } => {
-                write!(f, "shard {shard} is overloaded; retry shortly")
-            }
-            EngineError::Unavailable { shard } => {
-                write!(f, "shard {shard} is not available on this node")
-            }
-            EngineError::Recovering { shard } => {
-                write!(f, "shard {shard} is recovering its log; retry shortly")
-            }
-        }
-    }
-}
-
-impl std::error::Error for EngineError {}
-
-struct ShardHandle {
-    actor: ActorRef<ShardMsg>,
+/// A shard this node serves: its client and the bound in front of it.
+struct Routed {
+    client: Box<dyn ShardClient>,
     inflight: AtomicU32,
-    phase: watch::Receiver<ShardPhase>,
 }
 
 /// Releases one in-flight slot of a shard when dropped.
@@ -125,14 +83,14 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
-/// A citizen's request for an appointment (API.md `POST /v1/appointments`), validated.
-#[derive(Debug, Clone)]
-pub struct BookRequest {
-    pub clinic_id: String,
-    pub slot_id: String,
-    pub vaccine: String,
-    pub citizen_id: String,
-    pub hold_ms: i64,
+/// Whether a call counts against the shard's in-flight bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    /// New work: refused at the bound.
+    Admit,
+    /// Work that ends work already admitted (a compensation, storing an answer, a
+    /// snapshot): refusing it would leave the first half hanging.
+    Exempt,
 }
 
 /// One shard as the operator endpoint shows it.
@@ -153,8 +111,10 @@ pub struct Node {
     config: NodeConfig,
     ring: Ring,
     clock: Arc<dyn Clock>,
-    shards: Vec<ShardHandle>,
+    /// Indexed by shard; `None` for shards the ring gives to other nodes.
+    shards: Vec<Option<Routed>>,
     journal: Arc<dyn Journal>,
+    publisher: Arc<Publisher>,
 }
 
 impl Node {
@@ -163,68 +123,73 @@ impl Node {
         config: NodeConfig,
         ring: Ring,
         clock: Arc<dyn Clock>,
-    ) -> Result<Arc<Node>, String> {
+    ) -> Result<Arc<Node>, StartError> {
         Node::start_with_journal(config, ring, clock, Arc::new(NoJournal)).await
     }
 
-    /// Starts one actor per shard this node owns and waits until every one has recovered
-    /// from `journal`; an error names each shard that could not.
+    /// Starts the shards this node owns and waits until every one has recovered from
+    /// `journal`; an error names each shard that could not.
     pub async fn start_with_journal(
         config: NodeConfig,
         ring: Ring,
         clock: Arc<dyn Clock>,
         journal: Arc<dyn Journal>,
-    ) -> Result<Arc<Node>, String> {
+    ) -> Result<Arc<Node>, StartError> {
         let node = Node::spawn_with_journal(config, ring, clock, journal).await?;
         node.wait_recovered().await?;
         Ok(node)
     }
 
-    /// Starts one actor per shard this node owns and returns at once: each shard recovers
-    /// from `journal` in its own task, and answers `Recovering` until it has. See
+    /// Starts one actor per shard the ring gives this node and returns at once: each shard
+    /// recovers from `journal` in its own task, and answers `Recovering` until it has. See
     /// [`Node::wait_recovered`] and [`Node::is_ready`].
     pub async fn spawn_with_journal(
         config: NodeConfig,
         ring: Ring,
         clock: Arc<dyn Clock>,
         journal: Arc<dyn Journal>,
-    ) -> Result<Arc<Node>, String> {
+    ) -> Result<Arc<Node>, StartError> {
         if config.shards == 0 || config.shards > SHARDS_MAX {
-            return Err(format!(
-                "--shards must be 1..={SHARDS_MAX}, got {}",
-                config.shards
-            ));
+            return Err(StartError::ShardCount {
+                shards: config.shards,
+                max: SHARDS_MAX,
+            });
         }
         if !ring.nodes().contains(&config.node_name) {
-            return Err(format!("node {} is not in the ring", config.node_name));
+            return Err(StartError::NotInRing {
+                node: config.node_name.clone(),
+            });
         }
-        let mut shards: Vec<ShardHandle> = Vec::with_capacity(config.shards as usize);
+        let publisher = Arc::new(Publisher::default());
+        let mut shards: Vec<Option<Routed>> = Vec::with_capacity(config.shards as usize);
         for shard in 0..config.shards {
-            let (phase_tx, phase_rx) = watch::channel(ShardPhase::Recovering);
+            if ring.owner(shard) != config.node_name {
+                shards.push(None);
+                continue;
+            }
+            let (phase_tx, _) = watch::channel(ShardPhase::Recovering);
             let args = ShardArgs {
                 shard,
                 clock: clock.clone(),
                 idempotency_records_max: config.idempotency_records_per_shard_max,
                 idempotency_retention_ms: config.idempotency_retention_ms,
                 journal: journal.clone(),
+                publisher: publisher.clone(),
                 snapshot_every_records: config.snapshot_every_records,
                 phase: Arc::new(phase_tx),
             };
-            let spawned = Actor::spawn(None, ShardActor, args).await;
-            let (actor, _join) = match spawned {
-                Ok(spawned) => spawned,
+            match LocalShard::spawn(args).await {
+                Ok(client) => shards.push(Some(Routed {
+                    client: Box::new(client),
+                    inflight: AtomicU32::new(0),
+                })),
                 Err(e) => {
-                    for started in &shards {
-                        started.actor.stop(None);
+                    for started in shards.iter().flatten() {
+                        started.client.stop().await;
                     }
-                    return Err(format!("shard {shard} failed to start: {e}"));
+                    return Err(e);
                 }
-            };
-            shards.push(ShardHandle {
-                actor,
-                inflight: AtomicU32::new(0),
-                phase: phase_rx,
-            });
+            }
         }
         Ok(Arc::new(Node {
             config,
@@ -232,36 +197,43 @@ impl Node {
             clock,
             shards,
             journal,
+            publisher,
         }))
+    }
+
+    fn served(&self) -> impl Iterator<Item = &Routed> {
+        self.shards.iter().flatten()
     }
 
     /// Waits until no shard is recovering any more. `Err` lists the shards whose log could
     /// not be replayed (they stay unavailable; the others serve).
-    pub async fn wait_recovered(&self) -> Result<(), String> {
+    pub async fn wait_recovered(&self) -> Result<(), StartError> {
         let mut failures = Vec::new();
-        for (shard, handle) in self.shards.iter().enumerate() {
-            let mut phase = handle.phase.clone();
-            let settled = phase
-                .wait_for(|p| *p != ShardPhase::Recovering)
-                .await
-                .map(|p| p.clone());
-            match settled {
-                Ok(ShardPhase::Failed(reason)) => failures.push(reason),
-                Ok(_) => {}
-                Err(_) => failures.push(format!("shard {shard} stopped while recovering")),
+        for routed in self.served() {
+            match routed.client.recovered().await {
+                ShardPhase::Failed(reason) => failures.push(reason),
+                ShardPhase::Ready => {}
+                ShardPhase::Recovering => {
+                    return Err(StartError::Stopped {
+                        shard: routed.client.shard(),
+                    })
+                }
             }
         }
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(failures.join("; "))
+            Err(StartError::Recovery(failures))
         }
     }
 
-    /// Stops every shard actor (their timer tasks end with them).
-    pub fn stop(&self) {
-        for shard in &self.shards {
-            shard.actor.stop(None);
+    /// Stops every shard this node serves: each handles what it already received (so every
+    /// answer in flight still leaves), then exits; resolves once all are gone. Their timer
+    /// tasks end with them. The journal can be closed after this.
+    pub async fn stop(&self) {
+        let stopping: Vec<_> = self.served().map(|r| r.client.stop()).collect();
+        for stopped in stopping {
+            stopped.await;
         }
     }
 
@@ -281,48 +253,54 @@ impl Node {
         self.clock.now_ms()
     }
 
+    /// Every change of this node's shards, once durable, names resolved (see
+    /// [`crate::publish`] for what happens to a subscriber that falls behind).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+        self.publisher.subscribe()
+    }
+
     /// True once every shard this node owns has recovered, and while its journal works.
     pub fn is_ready(&self) -> bool {
         self.journal.failed().is_none()
-            && self
-                .shards
-                .iter()
-                .all(|h| *h.phase.borrow() == ShardPhase::Ready)
+            && self.served().all(|r| r.client.phase() == ShardPhase::Ready)
     }
 
     /// Why the journal takes no more writes, if it does not.
-    pub fn journal_failure(&self) -> Option<String> {
+    pub fn journal_failure(&self) -> Option<JournalError> {
         self.journal.failed()
     }
 
-    /// The phase of `shard` (`None`: no such shard here).
+    /// The phase of `shard` (`None`: not served by this node).
     pub fn shard_phase(&self, shard: u32) -> Option<ShardPhase> {
-        self.shards
-            .get(shard as usize)
-            .map(|h| h.phase.borrow().clone())
+        self.routed(shard).map(|r| r.client.phase())
+    }
+
+    fn routed(&self, shard: u32) -> Option<&Routed> {
+        self.shards.get(shard as usize)?.as_ref()
     }
 
     /// Snapshots every ready shard (graceful shutdown), each answered once stored. A shard
     /// that is not ready is skipped: its log is what it has. `Err` names every shard that
     /// could not snapshot (their logs are kept, so nothing is lost).
-    pub async fn snapshot_all(&self) -> Result<(), String> {
+    pub async fn snapshot_all(&self) -> Result<(), Vec<(u32, EngineError)>> {
         let mut failures = Vec::new();
-        for shard in 0..self.config.shards {
-            if self.shard_phase(shard) != Some(ShardPhase::Ready) {
+        for routed in self.served() {
+            let shard = routed.client.shard();
+            if routed.client.phase() != ShardPhase::Ready {
                 continue;
             }
-            if let Err(e) = self
-                .ask(shard, false, ShardMsg::SnapshotNow)
-                .await
-                .and_then(|r| r)
-            {
-                failures.push(format!("shard {shard}: {e}"));
+            let taken = match self.route(shard, Bound::Exempt) {
+                Ok((client, _guard)) => client.snapshot().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = taken {
+                failures.push((shard, e));
             }
         }
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(failures.join("; "))
+            Err(failures)
         }
     }
 
@@ -343,59 +321,45 @@ impl Node {
         AppointmentId::parse(id, self.config.shards)
     }
 
-    /// The local handle of `shard`, if the ring says this node owns it and it has recovered.
-    fn route(&self, shard: u32) -> Result<&ShardHandle, EngineError> {
+    /// The client of `shard`, if this node serves it and it is ready, with a slot of its
+    /// in-flight bound when the call is `Admit`.
+    fn route(
+        &self,
+        shard: u32,
+        bound: Bound,
+    ) -> Result<(&dyn ShardClient, Option<InflightGuard<'_>>), EngineError> {
         if self.ring.owner(shard) != self.config.node_name {
             return Err(EngineError::Unavailable { shard });
         }
-        let handle = self
-            .shards
-            .get(shard as usize)
+        let routed = self
+            .routed(shard)
             .ok_or(EngineError::Unavailable { shard })?;
         // After a failed flush, memory may hold changes the log does not: answer nothing
-        // (reads included) until a restart recovers from the log.
+        // (queries included) until a restart recovers from the log.
         if self.journal.failed().is_some() {
             return Err(EngineError::Unavailable { shard });
         }
-        match *handle.phase.borrow() {
-            ShardPhase::Ready => Ok(handle),
-            ShardPhase::Recovering => Err(EngineError::Recovering { shard }),
-            ShardPhase::Failed(_) => Err(EngineError::Unavailable { shard }),
+        match routed.client.phase() {
+            ShardPhase::Ready => {}
+            ShardPhase::Recovering => return Err(EngineError::Recovering { shard }),
+            ShardPhase::Failed(_) => return Err(EngineError::Unavailable { shard }),
         }
-    }
-
-    fn admit(&self, shard: u32) -> Result<(&ShardHandle, InflightGuard<'_>), EngineError> {
-        let handle = self.route(shard)?;
-        let before = handle.inflight.fetch_add(1, Ordering::AcqRel);
-        let guard = InflightGuard(&handle.inflight);
+        if bound == Bound::Exempt {
+            return Ok((routed.client.as_ref(), None));
+        }
+        let before = routed.inflight.fetch_add(1, Ordering::AcqRel);
+        let guard = InflightGuard(&routed.inflight);
         if before >= self.config.inflight_per_shard_max {
             return Err(EngineError::Overloaded { shard });
         }
-        Ok((handle, guard))
+        Ok((routed.client.as_ref(), Some(guard)))
     }
 
-    /// Sends a request to `shard` and waits for its answer, within the shard's bound.
-    async fn ask<T: Send + 'static>(
-        &self,
-        shard: u32,
-        bounded: bool,
-        build: impl FnOnce(RpcReplyPort<T>) -> ShardMsg,
-    ) -> Result<T, EngineError> {
-        let (handle, _guard) = if bounded {
-            let (h, g) = self.admit(shard)?;
-            (h, Some(g))
-        } else {
-            (self.route(shard)?, None)
-        };
-        match handle.actor.call(build, None).await {
-            Ok(ractor::rpc::CallResult::Success(answer)) => Ok(answer),
-            _ => Err(EngineError::Unavailable { shard }),
-        }
-    }
+    // ---- commands ------------------------------------------------------------------
 
     pub async fn exec(&self, shard: u32, command: Command) -> Result<Output, EngineError> {
-        self.ask(shard, true, |reply| ShardMsg::Exec(command, reply))
-            .await?
+        let (client, _guard) = self.route(shard, Bound::Admit)?;
+        client.execute(command).await
     }
 
     /// Applies `command` and answers at once, with a [`Durable`] to wait on before the
@@ -406,20 +370,20 @@ impl Node {
         shard: u32,
         command: Command,
     ) -> Result<Applied, EngineError> {
-        self.ask(shard, true, |reply| ShardMsg::ExecDeferred(command, reply))
-            .await?
+        let (client, _guard) = self.route(shard, Bound::Admit)?;
+        client.execute_deferred(command).await
     }
 
     /// [`Node::exec_deferred`] for compensation, which must not be refused by the bound it
     /// protects: the saga that needs it already holds a slot of work, so these are bounded
     /// by the sagas in flight.
-    async fn exec_compensation_deferred(
+    pub(crate) async fn exec_compensation_deferred(
         &self,
         shard: u32,
         command: Command,
     ) -> Result<Applied, EngineError> {
-        self.ask(shard, false, |reply| ShardMsg::ExecDeferred(command, reply))
-            .await?
+        let (client, _guard) = self.route(shard, Bound::Exempt)?;
+        client.execute_deferred(command).await
     }
 
     /// Many commands to one shard in one message.
@@ -428,35 +392,16 @@ impl Node {
         shard: u32,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<Output, DomainError>>, EngineError> {
-        self.ask(shard, true, |reply| ShardMsg::Batch(commands, reply))
-            .await?
-    }
-
-    /// Runs `read` on the shard's state, ordered after every write sent before it.
-    pub async fn read<T: Send + 'static>(
-        &self,
-        shard: u32,
-        read: impl FnOnce(&ShardRuntime) -> T + Send + 'static,
-    ) -> Result<T, EngineError> {
-        let (handle, _guard) = self.admit(shard)?;
-        let (tx, rx) = oneshot::channel();
-        let message = ShardMsg::Read(Box::new(move |rt| {
-            let _ = tx.send(read(rt));
-        }));
-        handle
-            .actor
-            .cast(message)
-            .map_err(|_| EngineError::Unavailable { shard })?;
-        rx.await.map_err(|_| EngineError::Unavailable { shard })
+        let (client, _guard) = self.route(shard, Bound::Admit)?;
+        client.execute_batch(commands).await
     }
 
     /// The same command to every shard (the vaccine catalogue lives in each). Answers once
     /// all have applied it, so a following request on any shard sees it.
     pub async fn broadcast(&self, command: Command) -> Result<Output, EngineError> {
-        let mut answers = Vec::with_capacity(self.shards.len());
-        for shard in 0..self.config.shards {
-            answers.push(self.exec(shard, command.clone()));
-        }
+        let answers: Vec<_> = (0..self.config.shards)
+            .map(|shard| self.exec(shard, command.clone()))
+            .collect();
         let mut first = None;
         for answer in answers {
             let output = answer.await?;
@@ -465,17 +410,22 @@ impl Node {
         Ok(first.unwrap_or(Output::Ack))
     }
 
-    /// Runs `read` on every shard and gathers the answers.
-    pub async fn read_all<T: Send + 'static>(
-        &self,
-        read: impl Fn(&ShardRuntime) -> T + Send + Sync + Clone + 'static,
-    ) -> Result<Vec<T>, EngineError> {
+    // ---- queries -------------------------------------------------------------------
+
+    /// Reads `shard`, after every write sent to it before.
+    pub async fn query(&self, shard: u32, query: Query) -> Result<QueryAnswer, EngineError> {
+        let (client, _guard) = self.route(shard, Bound::Admit)?;
+        client.query(query).await
+    }
+
+    /// The same query to every shard, answers in shard order.
+    pub async fn query_all(&self, query: Query) -> Result<Vec<QueryAnswer>, EngineError> {
         let pending: Vec<_> = (0..self.config.shards)
-            .map(|shard| self.read(shard, read.clone()))
+            .map(|shard| self.query(shard, query.clone()))
             .collect();
         let mut out = Vec::with_capacity(pending.len());
-        for p in pending {
-            out.push(p.await?);
+        for answer in pending {
+            out.push(answer.await?);
         }
         Ok(out)
     }
@@ -484,8 +434,13 @@ impl Node {
         &self,
         id: AppointmentId,
     ) -> Result<Option<AppointmentView>, EngineError> {
-        self.read(id.shard, move |rt| rt.state().get_appointment(id.seq))
-            .await
+        match self
+            .query(id.shard, Query::Appointment { seq: id.seq })
+            .await?
+        {
+            QueryAnswer::Appointment(found) => Ok(found),
+            other => Err(mismatch(id.shard, &other)),
+        }
     }
 
     /// A citizen's appointments from every shard, oldest first.
@@ -493,32 +448,140 @@ impl Node {
         &self,
         citizen_id: &str,
     ) -> Result<Vec<AppointmentView>, EngineError> {
-        let citizen: Arc<str> = citizen_id.into();
-        let per_shard = self
-            .read_all(move |rt| rt.state().citizen_appointments(&citizen))
-            .await?;
-        let mut all: Vec<AppointmentView> = per_shard.into_iter().flatten().collect();
+        let query = Query::CitizenAppointments {
+            citizen_id: citizen_id.to_string(),
+        };
+        let mut all = Vec::new();
+        for (shard, answer) in self.query_all(query).await?.into_iter().enumerate() {
+            match answer {
+                QueryAnswer::Appointments(found) => all.extend(found),
+                other => return Err(mismatch(shard as u32, &other)),
+            }
+        }
         all.sort_by_key(|a| (a.created_at_ms, a.id));
         Ok(all)
     }
 
+    /// A clinic's appointments, oldest first, optionally of one slot and one status.
+    pub async fn clinic_appointments(
+        &self,
+        clinic_id: &str,
+        slot_id: Option<String>,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<AppointmentView>, EngineError> {
+        let shard = self.clinic_shard(clinic_id);
+        let query = Query::ClinicAppointments {
+            clinic_id: clinic_id.to_string(),
+            slot_id,
+            status,
+            limit,
+        };
+        match self.query(shard, query).await? {
+            QueryAnswer::Appointments(found) => Ok(found),
+            other => Err(mismatch(shard, &other)),
+        }
+    }
+
+    /// A clinic's stock and slots, optionally of one vaccine and a window of start times.
+    pub async fn availability(
+        &self,
+        clinic_id: &str,
+        vaccine: Option<String>,
+        from_ms: Option<UnixMs>,
+        to_ms: Option<UnixMs>,
+    ) -> Result<AvailabilityView, EngineError> {
+        let shard = self.clinic_shard(clinic_id);
+        let query = Query::Availability {
+            clinic_id: clinic_id.to_string(),
+            vaccine,
+            from_ms,
+            to_ms,
+        };
+        match self.query(shard, query).await? {
+            QueryAnswer::Availability(view) => Ok(view),
+            other => Err(mismatch(shard, &other)),
+        }
+    }
+
+    /// Every clinic matching the filters, from every shard (in shard order).
+    pub async fn clinics(
+        &self,
+        region: Option<String>,
+        vaccine: Option<String>,
+    ) -> Result<Vec<ClinicSummary>, EngineError> {
+        let mut all = Vec::new();
+        let answers = self.query_all(Query::Clinics { region, vaccine }).await?;
+        for (shard, answer) in answers.into_iter().enumerate() {
+            match answer {
+                QueryAnswer::Clinics(found) => all.extend(found),
+                other => return Err(mismatch(shard as u32, &other)),
+            }
+        }
+        Ok(all)
+    }
+
+    pub async fn citizen(
+        &self,
+        citizen_id: &str,
+    ) -> Result<Option<Arc<CitizenRecord>>, EngineError> {
+        let shard = self.citizen_shard(citizen_id);
+        let query = Query::Citizen {
+            citizen_id: citizen_id.to_string(),
+        };
+        match self.query(shard, query).await? {
+            QueryAnswer::Citizen(found) => Ok(found),
+            other => Err(mismatch(shard, &other)),
+        }
+    }
+
+    /// True when the clinic already stocks `batch` of `vaccine`.
+    pub async fn has_batch(
+        &self,
+        clinic_id: &str,
+        vaccine: &str,
+        batch: &str,
+    ) -> Result<bool, EngineError> {
+        let shard = self.clinic_shard(clinic_id);
+        let query = Query::HasBatch {
+            clinic_id: clinic_id.to_string(),
+            vaccine: vaccine.to_string(),
+            batch: batch.to_string(),
+        };
+        match self.query(shard, query).await? {
+            QueryAnswer::HasBatch(found) => Ok(found),
+            other => Err(mismatch(shard, &other)),
+        }
+    }
+
+    /// Recomputes `shard`'s counters from its appointments; `Ok(Err(..))` names the first
+    /// broken invariant.
+    pub async fn check_invariants(&self, shard: u32) -> Result<Result<(), String>, EngineError> {
+        match self.query(shard, Query::CheckInvariants).await? {
+            QueryAnswer::Invariants(checked) => Ok(checked),
+            other => Err(mismatch(shard, &other)),
+        }
+    }
+
+    /// One shard's counters and runtime figures.
+    pub async fn status_of(&self, shard: u32) -> Result<(ShardCounts, RuntimeCounts), EngineError> {
+        match self.query(shard, Query::Status).await? {
+            QueryAnswer::Status { counts, runtime } => Ok((counts, runtime)),
+            other => Err(mismatch(shard, &other)),
+        }
+    }
+
     pub async fn shard_status(&self) -> Vec<ShardStatus> {
-        let mut out = Vec::with_capacity(self.shards.len());
+        let mut out = Vec::with_capacity(self.config.shards as usize);
         for shard in 0..self.config.shards {
             let node = self.ring.owner(shard).to_string();
             let inflight = self
-                .shards
-                .get(shard as usize)
-                .map_or(0, |h| h.inflight.load(Ordering::Acquire));
-            let phase = self
-                .shard_phase(shard)
-                .unwrap_or_else(|| ShardPhase::Failed("not on this node".into()));
+                .routed(shard)
+                .map_or(0, |r| r.inflight.load(Ordering::Acquire));
+            let phase = self.shard_phase(shard).unwrap_or(ShardPhase::Recovering);
             // A recovering shard is not asked: it answers once recovered.
             let answer = match phase {
-                ShardPhase::Ready => {
-                    self.read(shard, |rt| (rt.state().counts(), rt.runtime_counts()))
-                        .await
-                }
+                ShardPhase::Ready => self.status_of(shard).await,
                 _ => Err(EngineError::Unavailable { shard }),
             };
             let (ready, counts, runtime) = match answer {
@@ -549,14 +612,12 @@ impl Node {
         fingerprint: Fingerprint,
     ) -> Result<IdemOutcome, EngineError> {
         let shard = self.caller_shard(caller);
-        let idem_key = IdemKey {
+        let key = IdemKey {
             caller: caller.into(),
             key: key.into(),
         };
-        self.ask(shard, true, |reply| {
-            ShardMsg::IdemBegin(idem_key, fingerprint, reply)
-        })
-        .await
+        let (client, _guard) = self.route(shard, Bound::Admit)?;
+        client.idempotency_begin(key, fingerprint).await
     }
 
     /// Stores the response of a request that began with `Proceed` (or forgets the key when
@@ -572,105 +633,22 @@ impl Node {
         response: Option<StoredResponse>,
     ) -> Result<Durable, EngineError> {
         let shard = self.caller_shard(caller);
-        let idem_key = IdemKey {
+        let key = IdemKey {
             caller: caller.into(),
             key: key.into(),
         };
-        self.ask(shard, false, |reply| {
-            ShardMsg::IdemFinish(idem_key, response, reply)
-        })
-        .await?
-    }
-
-    // ---- the booking saga ----------------------------------------------------------
-
-    /// Books an appointment as a saga across the citizen's shard and the clinic's shard:
-    ///
-    /// 1. citizen step (citizen shard): today it reads the citizen's record; the citizen-saga
-    ///    work turns it into the claim that enforces one active appointment per citizen, with
-    ///    its own compensation (release the claim).
-    /// 2. hold (clinic shard): seat and dose in one single-writer step, with a deadline.
-    /// 3. checks while held: the eligibility rules.
-    /// 4. answer. On a failure after the hold, compensate in reverse: reject the hold, which
-    ///    returns the seat and the dose.
-    ///
-    /// Every step is idempotent by appointment id, so a retried compensation converges.
-    pub async fn book(&self, request: BookRequest) -> Result<AppointmentView, EngineError> {
-        let (outcome, durable) = self.book_deferred(request).await;
-        for d in durable {
-            d.wait().await?;
-        }
-        outcome
-    }
-
-    /// [`Node::book`] without waiting for the log: the outcome, and what must be durable
-    /// before it may be told (the hold, a refusal's barrier, a compensation).
-    pub async fn book_deferred(
-        &self,
-        request: BookRequest,
-    ) -> (Result<AppointmentView, EngineError>, Vec<Durable>) {
-        let clinic_shard = self.clinic_shard(&request.clinic_id);
-        let citizen_shard = self.citizen_shard(&request.citizen_id);
-        let mut durable = Vec::with_capacity(2);
-
-        // Step 1: the citizen.
-        let citizen_id: Arc<str> = request.citizen_id.as_str().into();
-        let citizen = match self
-            .read(citizen_shard, move |rt| rt.state().citizen(&citizen_id))
-            .await
-        {
-            Ok(citizen) => citizen,
-            Err(e) => return (Err(e), durable),
-        };
-
-        // Step 2: the hold.
-        let hold = Command::Hold {
-            clinic_id: request.clinic_id,
-            slot_id: request.slot_id,
-            vaccine: request.vaccine.clone(),
-            citizen_id: request.citizen_id,
-            hold_ms: request.hold_ms,
-            rebook_priority: false,
-        };
-        let (appointment, context) = match self.exec_deferred(clinic_shard, hold).await {
-            Err(e) => return (Err(e), durable),
-            Ok((outcome, stored)) => {
-                durable.push(stored);
-                match outcome {
-                    Ok(Output::Held(appointment, context)) => (appointment, context),
-                    Ok(other) => unreachable!("a hold answers Held, got {other:?}"),
-                    Err(refused) => return (Err(EngineError::Domain(refused)), durable),
-                }
-            }
-        };
-
-        // Step 3: checks while the seat and the dose are held.
-        let reasons = crate::eligibility::check(&request.vaccine, citizen.as_deref(), &context);
-        if reasons.is_empty() {
-            return (Ok(appointment), durable);
-        }
-
-        // Compensation, in reverse.
-        let reject = Command::Reject {
-            seq: appointment.id.seq,
-            reasons: reasons.clone(),
-        };
-        match self.exec_compensation_deferred(clinic_shard, reject).await {
-            Ok((_, stored)) => durable.push(stored),
-            // The hold still expires at its deadline, which returns the seat and the dose.
-            Err(e) => {
-                tracing::warn!(appointment = %appointment.id, error = %e, "rejecting an ineligible hold failed; it will expire")
-            }
-        }
-        (
-            Err(EngineError::Domain(DomainError::NotEligible { reasons })),
-            durable,
-        )
+        let (client, _guard) = self.route(shard, Bound::Exempt)?;
+        client.idempotency_finish(key, response).await
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A shard answered a query with the wrong kind of answer: a client and a shard of different
+/// builds. Refused like an unavailable shard, never guessed at.
+fn mismatch(shard: u32, answer: &QueryAnswer) -> EngineError {
+    tracing::error!(
+        shard,
+        ?answer,
+        "a shard answered a query with the wrong kind of answer"
+    );
+    EngineError::Unavailable { shard }
 }

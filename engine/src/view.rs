@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMs;
 use crate::ids::AppointmentId;
 use crate::model::{ClinicInfo, Status, VaccineRules};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppointmentView {
     pub id: AppointmentId,
     pub status: Status,
@@ -27,7 +27,7 @@ pub struct AppointmentView {
     pub rebook_priority: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotView {
     pub slot_id: Arc<str>,
     pub start_ms: UnixMs,
@@ -43,7 +43,7 @@ pub struct SlotView {
     pub cancelled: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockView {
     pub vaccine: Arc<str>,
     pub on_hand: i64,
@@ -51,14 +51,14 @@ pub struct StockView {
     pub available: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AvailabilityView {
     pub clinic_id: Arc<str>,
     pub stock: Vec<StockView>,
     pub slots: Vec<SlotView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClinicSummary {
     pub clinic_id: Arc<str>,
     pub info: ClinicInfo,
@@ -67,7 +67,7 @@ pub struct ClinicSummary {
 }
 
 /// What the booking saga needs to run the eligibility checks while the hold is in place.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HoldContext {
     pub slot_start_ms: UnixMs,
     pub clinic_region: String,
@@ -76,7 +76,7 @@ pub struct HoldContext {
 }
 
 /// Per-shard figures for the operator endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardCounts {
     pub clinics: u64,
     pub slots: u64,
@@ -88,7 +88,7 @@ pub struct ShardCounts {
 }
 
 /// The answer to a command.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Output {
     Ack,
     Appointment(AppointmentView),

@@ -22,7 +22,7 @@ use holdfast_engine::idempotency::{Begin, IdemKey, IdempotencyTable, StoredRespo
 use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
 use holdfast_engine::shard::ShardState;
 use holdfast_engine::view::Output;
-use holdfast_engine::{Command, DomainError, Event, Status};
+use holdfast_engine::{Command, DomainError, Event, Limit, Resource, Status};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -350,7 +350,7 @@ impl Model {
                     rebook_priority: priority,
                 };
                 let Some(s) = s else {
-                    return Some((command, Expect::Err(DomainError::NotFound("slot"))));
+                    return Some((command, Expect::Err(DomainError::NotFound(Resource::Slot))));
                 };
                 let ms = &self.slots[c][s];
                 let expect = if ms.cancelled {
@@ -397,7 +397,10 @@ impl Model {
                 let seq = self.pick_seq(pick);
                 let command = Command::Confirm { seq, citizen: None };
                 let Some(a) = self.appts.get(&seq).cloned() else {
-                    return Some((command, Expect::Err(DomainError::NotFound("appointment"))));
+                    return Some((
+                        command,
+                        Expect::Err(DomainError::NotFound(Resource::Appointment)),
+                    ));
                 };
                 let expect = match a.status {
                     Status::Pending if self.is_expired(&a) => {
@@ -424,7 +427,10 @@ impl Model {
                 let seq = self.pick_seq(pick);
                 let command = Command::Cancel { seq, citizen: None };
                 let Some(a) = self.appts.get(&seq).cloned() else {
-                    return Some((command, Expect::Err(DomainError::NotFound("appointment"))));
+                    return Some((
+                        command,
+                        Expect::Err(DomainError::NotFound(Resource::Appointment)),
+                    ));
                 };
                 let expect = match a.status {
                     Status::Pending if self.is_expired(&a) => {
@@ -461,7 +467,10 @@ impl Model {
                     reasons: vec!["below_min_age".to_string()],
                 };
                 let Some(a) = self.appts.get(&seq).cloned() else {
-                    return Some((command, Expect::Err(DomainError::NotFound("appointment"))));
+                    return Some((
+                        command,
+                        Expect::Err(DomainError::NotFound(Resource::Appointment)),
+                    ));
                 };
                 let expect = match a.status {
                     // Compensation returns the seat even after the deadline.
@@ -517,9 +526,9 @@ impl Model {
                 let reserved = self.reserved(c, vaccine);
                 let stock = &mut self.stock[c][vaccine];
                 let expect = if delta == 0 {
-                    Expect::Err(DomainError::LimitReached("stock adjustment"))
+                    Expect::Err(DomainError::LimitReached(Limit::StockAdjustment))
                 } else if unknown_batch || !stock.batch_exists {
-                    Expect::Err(DomainError::NotFound("batch"))
+                    Expect::Err(DomainError::NotFound(Resource::Batch))
                 } else if stock.on_hand + delta < 0 {
                     Expect::Err(DomainError::InsufficientStock {
                         on_hand: stock.on_hand,
@@ -565,7 +574,7 @@ impl Model {
                     reason: "staff ill".to_string(),
                 };
                 let Some(s) = s else {
-                    return Some((command, Expect::Err(DomainError::NotFound("slot"))));
+                    return Some((command, Expect::Err(DomainError::NotFound(Resource::Slot))));
                 };
                 if !self.slots[c][s].cancelled {
                     let live: Vec<u64> = self

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use holdfast_engine::error::JournalError;
+use holdfast_engine::journal::{Done, Journal, Recovered};
 use holdfast_engine::model::{CitizenRecord, ClinicInfo, SlotSpec, VaccineRules};
-use holdfast_engine::node::BookRequest;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::view::{AvailabilityView, Output};
 use holdfast_engine::{
-    Clock, Command, DomainError, EngineError, Node, NodeConfig, Status, SystemClock,
+    BookRequest, Clock, Command, DomainError, EngineError, Node, NodeConfig, Query, Status,
+    SystemClock,
 };
 
 const VACCINE: &str = "vx";
@@ -120,15 +122,13 @@ fn hold(clinic: &str, slot: &str, citizen: &str) -> Command {
 
 async fn availability(node: &Node, clinic: &str) -> AvailabilityView {
     let shard = node.clinic_shard(clinic);
-    let clinic: Arc<str> = clinic.into();
-    bounded(node.read(shard, move |rt| {
-        rt.state().check_invariants().expect("invariants hold");
-        rt.state()
-            .availability(&clinic, Some(VACCINE), None, None)
-            .expect("clinic exists")
-    }))
-    .await
-    .expect("read")
+    bounded(node.check_invariants(shard))
+        .await
+        .expect("read")
+        .expect("invariants hold");
+    bounded(node.availability(clinic, Some(VACCINE.to_string()), None, None))
+        .await
+        .expect("clinic exists")
 }
 
 /// Spawns one task per command, all at once, and gathers the answers in order.
@@ -190,7 +190,7 @@ async fn thousand_holds_on_fifty_seats_sell_exactly_fifty() {
         (stock.on_hand, stock.reserved, stock.available),
         (10_000, 50, 9_950)
     );
-    node.stop();
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -225,7 +225,7 @@ async fn three_doses_over_two_slots_sell_exactly_three() {
     let remaining: u32 = view.slots.iter().map(|s| s.remaining).sum();
     assert_eq!(pending, 3);
     assert_eq!(remaining, 197);
-    node.stop();
+    node.stop().await;
 }
 
 async fn put_citizen(node: &Node, citizen: &str, birth_date: &str) {
@@ -318,35 +318,94 @@ async fn saga_books_exactly_capacity_and_compensates_ineligible() {
         assert_eq!(appointments[0].status, Status::Rejected, "{citizen}");
         assert_eq!(&*appointments[0].slot_id, "s5");
     }
-    node.stop();
+    node.stop().await;
+}
+
+/// A journal that stores at once until the test closes its gate, then holds every
+/// completion (so every answer waits) until the test opens it again.
+#[derive(Default)]
+struct GatedJournal {
+    closed: std::sync::atomic::AtomicBool,
+    held: std::sync::Mutex<Vec<Done>>,
+}
+
+impl GatedJournal {
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+    fn open(&self) {
+        self.closed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for done in self.held.lock().unwrap().drain(..) {
+            done(Ok(()));
+        }
+    }
+    fn complete(&self, done: Done) {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.held.lock().unwrap().push(done);
+        } else {
+            done(Ok(()));
+        }
+    }
+}
+
+impl Journal for GatedJournal {
+    fn append(&self, _: u32, _: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), JournalError> {
+        self.complete(done);
+        Ok(())
+    }
+    fn snapshot(&self, _: u32, _: u64, _: Vec<u8>, done: Done) -> Result<(), JournalError> {
+        self.complete(done);
+        Ok(())
+    }
+    fn recover(&self, _: u32) -> Result<Recovered, JournalError> {
+        Ok(Recovered::default())
+    }
+    fn failed(&self) -> Option<JournalError> {
+        None
+    }
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 /// With a bound of one request in flight per shard, a request that is held inside the shard
-/// (a read that waits for the test's signal) makes every other bounded request to that shard
-/// `Overloaded` — deterministically, since the in-flight count is taken before sending and
-/// released only when the answer arrives. Other shards are unaffected.
+/// (a command whose answer waits for the journal, which the test holds) makes every other
+/// bounded request to that shard `Overloaded` — deterministically, since the in-flight count
+/// is taken before sending and released only when the answer arrives. Other shards are
+/// unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inflight_bound_refuses_with_overloaded() {
     let mut config = NodeConfig::embedded(4);
     config.inflight_per_shard_max = 1;
-    let node = start(config).await;
+    let journal = Arc::new(GatedJournal::default());
+    let node = Node::start_with_journal(
+        config,
+        Ring::single("local"),
+        Arc::new(SystemClock),
+        journal.clone(),
+    )
+    .await
+    .expect("node starts");
     let shard = set_up_clinic(&node, "clinic-busy", None, 100, &[("s1", 100)]).await;
     let other_shard = (shard + 1) % 4;
 
-    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    // A command that changes nothing still answers only after the journal's barrier.
+    journal.close();
     let blocker = {
         let node = node.clone();
-        tokio::spawn(async move {
-            node.read(shard, move |_rt| {
-                let _ = entered_tx.send(());
-                // Bounded: the test releases it long before this.
-                let _ = release_rx.recv_timeout(Duration::from_secs(5));
-            })
-            .await
-        })
+        tokio::spawn(async move { node.exec(shard, Command::ExpireDue).await })
     };
-    bounded(entered_rx).await.expect("the blocking read runs");
+    for _ in 0..1000 {
+        if journal.held() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(journal.held(), 1, "the blocking command is in the shard");
 
     let commands = (0..50)
         .map(|i| hold("clinic-busy", "s1", &format!("citizen-{i}")))
@@ -358,17 +417,28 @@ async fn inflight_bound_refuses_with_overloaded() {
             .all(|r| matches!(r, Err(EngineError::Overloaded { shard: s }) if *s == shard)),
         "{results:?}"
     );
-    let read = bounded(node.read(shard, |_| ())).await;
-    assert_eq!(read, Err(EngineError::Overloaded { shard }));
-    // The bound is per shard.
-    let elsewhere = bounded(node.exec(other_shard, Command::ExpireDue)).await;
-    assert!(matches!(elsewhere, Ok(Output::Expired(0))), "{elsewhere:?}");
+    let read = bounded(node.query(shard, Query::Status)).await;
+    assert_eq!(read.err(), Some(EngineError::Overloaded { shard }));
+    // The bound is per shard (its answer waits for the journal too: open the gate).
+    let elsewhere = {
+        let node = node.clone();
+        tokio::spawn(async move { node.exec(other_shard, Command::ExpireDue).await })
+    };
+    for _ in 0..1000 {
+        if journal.held() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(journal.held(), 2, "the other shard admitted its command");
 
-    release_tx.send(()).expect("blocker waits");
+    journal.open();
+    let elsewhere = bounded(elsewhere).await.expect("no panic");
+    assert!(matches!(elsewhere, Ok(Output::Expired(0))), "{elsewhere:?}");
     bounded(blocker)
         .await
         .expect("no panic")
-        .expect("the blocking read was admitted");
+        .expect("the blocking command was admitted");
 
     // Released: the shard serves again, and nothing of the refused holds was applied.
     let answer = bounded(node.exec(shard, hold("clinic-busy", "s1", "late"))).await;
@@ -376,7 +446,7 @@ async fn inflight_bound_refuses_with_overloaded() {
     let view = availability(&node, "clinic-busy").await;
     assert_eq!(view.slots[0].pending, 1);
     assert_eq!(view.stock[0].reserved, 1);
-    node.stop();
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,5 +467,5 @@ async fn inflight_bound_of_zero_refuses_everything_bounded() {
             shard: citizen_shard
         })
     );
-    node.stop();
+    node.stop().await;
 }

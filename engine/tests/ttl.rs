@@ -117,14 +117,13 @@ async fn status(node: &Node, id: AppointmentId) -> Status {
 }
 
 async fn availability(node: &Node, shard: u32) -> AvailabilityView {
-    bounded(node.read(shard, |rt| {
-        rt.state().check_invariants().expect("invariants hold");
-        rt.state()
-            .availability(CLINIC, Some(VACCINE), None, None)
-            .expect("clinic")
-    }))
-    .await
-    .expect("read")
+    bounded(node.check_invariants(shard))
+        .await
+        .expect("read")
+        .expect("invariants hold");
+    bounded(node.availability(CLINIC, Some(VACCINE.to_string()), None, None))
+        .await
+        .expect("clinic")
 }
 
 /// (remaining, pending, confirmed) of the slot and (reserved, available) of the doses.
@@ -188,7 +187,7 @@ async fn unconfirmed_hold_expires_by_itself_with_the_real_clock() {
         Some(EngineError::Domain(DomainError::HoldExpired))
     );
     assert_eq!(status(&node, expiring.id).await, Status::Expired);
-    node.stop();
+    node.stop().await;
 }
 
 /// With a manual clock and tokio's paused time nothing ticks unless the test lets it: the
@@ -258,5 +257,5 @@ async fn late_confirm_expires_the_hold_before_any_tick() {
         ((2, 0, 1), (1, 9))
     );
     assert_eq!(status(&node, on_time.id).await, Status::Confirmed);
-    node.stop();
+    node.stop().await;
 }

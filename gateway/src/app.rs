@@ -7,8 +7,8 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use holdfast_engine::actor::{Durable, IdemOutcome};
-use holdfast_engine::idempotency::{Begin, StoredResponse};
+use holdfast_engine::idempotency::{Begin, IdemOutcome, StoredResponse};
+use holdfast_engine::journal::Durable;
 use holdfast_engine::node::RETRY_AFTER_S;
 use holdfast_engine::{DomainError, EngineError, Node};
 use serde::Serialize;
@@ -119,7 +119,9 @@ fn domain_error(e: DomainError) -> ApiError {
     let message = e.to_string();
     let code = e.code();
     match e {
-        DomainError::NotFound(what) => ApiError::not_found(message).with_detail("resource", what),
+        DomainError::NotFound(what) => {
+            ApiError::not_found(message).with_detail("resource", what.as_str())
+        }
         DomainError::NotYours => ApiError::forbidden(message),
         DomainError::NotEligible { reasons } => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)

@@ -222,9 +222,8 @@ pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
         let shard = node.clinic_shard(&id);
         for (vaccine, quantity) in [("pfz", 1500), ("mdn", 800)] {
             let batch = format!("B-{i:03}-{vaccine}-1");
-            let (c, v, b) = (id.clone(), vaccine.to_string(), batch.clone());
             let stocked = node
-                .read(shard, move |rt| rt.state().has_batch(&c, &v, &b))
+                .has_batch(&id, vaccine, &batch)
                 .await
                 .map_err(|e| e.to_string())?;
             if !stocked {
@@ -315,22 +314,20 @@ mod tests {
     use std::sync::Arc;
 
     async fn totals(node: &Node) -> (u64, u64, i64) {
-        let per_shard = node
-            .read_all(|rt| {
-                let counts = rt.state().counts();
-                let on_hand: i64 = rt
-                    .state()
-                    .clinics(None, None)
-                    .iter()
-                    .flat_map(|c| c.available_doses.iter().map(|(_, n)| *n))
-                    .sum();
-                (counts.clinics, counts.slots, on_hand)
-            })
+        let mut totals = (0, 0, 0);
+        for shard in 0..node.shards() {
+            let (counts, _) = node.status_of(shard).await.unwrap();
+            totals.0 += counts.clinics;
+            totals.1 += counts.slots;
+        }
+        totals.2 = node
+            .clinics(None, None)
             .await
-            .unwrap();
-        per_shard
+            .unwrap()
             .iter()
-            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+            .flat_map(|c| c.available_doses.iter().map(|(_, n)| *n))
+            .sum();
+        totals
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +349,7 @@ mod tests {
         assert_eq!(totals(&node).await, after_first);
         // The printed walk-through books citizen 1 at clinic 1's first slot: it must be eligible.
         let booked = node
-            .book(holdfast_engine::node::BookRequest {
+            .book(holdfast_engine::BookRequest {
                 clinic_id: clinic_id(1),
                 slot_id: first.first_slot_id.clone(),
                 vaccine: "pfz".into(),
@@ -362,7 +359,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(booked.status, holdfast_engine::Status::Pending);
-        node.stop();
+        node.stop().await;
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! commit). The engine hands numbered records as bytes; the log stores them; this adapter is
 //! the only place that knows both.
 
-use holdfast_engine::journal::{Done, Journal, Recovered, Refusal};
+use holdfast_engine::journal::{Done, Journal, Recovered};
+use holdfast_engine::JournalError;
 use holdfast_persistence::{Record, Wal, WalConfig, WalError};
 
 /// Above this many queued operations the journal reports busy, and shards refuse new writes
@@ -36,15 +37,24 @@ impl WalJournal {
     }
 }
 
-fn refusal(e: WalError) -> Refusal {
+fn refusal(e: WalError) -> JournalError {
     match e {
-        WalError::QueueFull => Refusal::Full,
-        other => Refusal::Failed(other.to_string()),
+        WalError::QueueFull => JournalError::Full,
+        other => JournalError::Failed(other.to_string()),
     }
 }
 
+fn completion(done: Done) -> holdfast_persistence::Ack {
+    Box::new(move |r| done(r.map_err(refusal)))
+}
+
 impl Journal for WalJournal {
-    fn append(&self, shard: u32, records: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), Refusal> {
+    fn append(
+        &self,
+        shard: u32,
+        records: Vec<(u64, Vec<u8>)>,
+        done: Done,
+    ) -> Result<(), JournalError> {
         let records = records
             .into_iter()
             .map(|(seq, payload)| Record {
@@ -53,27 +63,26 @@ impl Journal for WalJournal {
                 payload,
             })
             .collect();
+        self.wal.submit(records, completion(done)).map_err(refusal)
+    }
+
+    fn snapshot(
+        &self,
+        shard: u32,
+        seq: u64,
+        bytes: Vec<u8>,
+        done: Done,
+    ) -> Result<(), JournalError> {
         self.wal
-            .submit(
-                records,
-                Box::new(move |r| done(r.map_err(|e| e.to_string()))),
-            )
+            .submit_snapshot(shard, seq, bytes, completion(done))
             .map_err(refusal)
     }
 
-    fn snapshot(&self, shard: u32, seq: u64, bytes: Vec<u8>, done: Done) -> Result<(), Refusal> {
-        self.wal
-            .submit_snapshot(
-                shard,
-                seq,
-                bytes,
-                Box::new(move |r| done(r.map_err(|e| e.to_string()))),
-            )
-            .map_err(refusal)
-    }
-
-    fn recover(&self, shard: u32) -> Result<Recovered, String> {
-        let r = self.wal.recover_shard(shard).map_err(|e| e.to_string())?;
+    fn recover(&self, shard: u32) -> Result<Recovered, JournalError> {
+        let r = self
+            .wal
+            .recover_shard(shard)
+            .map_err(|e| JournalError::Read(e.to_string()))?;
         Ok(Recovered {
             snapshot: r.snapshot,
             records: r.records,
@@ -81,8 +90,8 @@ impl Journal for WalJournal {
         })
     }
 
-    fn failed(&self) -> Option<String> {
-        self.wal.failure()
+    fn failed(&self) -> Option<JournalError> {
+        self.wal.failure().map(JournalError::Failed)
     }
 
     fn busy(&self) -> bool {

@@ -29,9 +29,6 @@ pub enum Storage {
     Journal(Arc<dyn Journal>),
 }
 
-/// How long a graceful shutdown waits for the shards to let go of the log before closing it.
-const WAL_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// What a server needs to start, decided from the command line (or by a test).
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -71,33 +68,29 @@ impl RunningServer {
         }
         let _ = (&mut self.task).await;
         if self.wal.is_some() && snapshot {
-            if let Err(e) = self.state.node.snapshot_all().await {
-                tracing::warn!(error = %e, "not every shard could snapshot; recovery replays their logs");
+            if let Err(failures) = self.state.node.snapshot_all().await {
+                for (shard, error) in failures {
+                    tracing::warn!(shard, %error, "no snapshot; recovery replays this shard's log");
+                }
             }
         }
-        self.state.node.stop();
-        let Some(mut wal) = self.wal.take() else {
+        // Every shard handles what it already received, answers it, and exits: after this
+        // no shard holds the log.
+        self.state.node.stop().await;
+        let Some(wal) = self.wal.take() else {
             return;
         };
+        // The node (and its handle on the log) goes with the last application state.
         drop(self.state);
-        let deadline = std::time::Instant::now() + WAL_RELEASE_TIMEOUT;
-        loop {
-            match Arc::try_unwrap(wal) {
-                Ok(journal) => {
-                    if let Err(e) = journal.into_wal().close() {
-                        tracing::error!(error = %e, "closing the write-ahead log failed");
-                    }
-                    return;
-                }
-                Err(still_shared) if std::time::Instant::now() < deadline => {
-                    wal = still_shared;
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                Err(_) => {
-                    tracing::warn!("shards still hold the log; it is flushed by its last user");
-                    return;
+        match Arc::try_unwrap(wal) {
+            Ok(journal) => {
+                if let Err(e) = journal.into_wal().close() {
+                    tracing::error!(error = %e, "closing the write-ahead log failed");
                 }
             }
+            // A caller kept a handle on the node (a test, an embedding): the log's writer
+            // drains, flushes and stops when that last handle goes.
+            Err(_) => tracing::warn!("the node outlives the server; its log closes with it"),
         }
     }
 
@@ -139,10 +132,12 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         }
         Storage::Journal(journal) => (journal, None),
     };
-    let node = Node::spawn_with_journal(config.node, ring, config.clock, journal).await?;
+    let node = Node::spawn_with_journal(config.node, ring, config.clock, journal)
+        .await
+        .map_err(|e| e.to_string())?;
     if wait {
         if let Err(e) = node.wait_recovered().await {
-            node.stop();
+            node.stop().await;
             return Err(format!("recovery failed: {e}"));
         }
     }

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use holdfast_engine::journal::{decode, Done, Journal, LogRecord, Recovered, Refusal};
+use holdfast_engine::journal::{decode, Done, Journal, LogRecord, Recovered};
+use holdfast_engine::JournalError;
 use holdfast_gateway::server::Storage;
 
 /// How long the test waits for something that should happen (bounded loops).
@@ -72,7 +73,12 @@ impl ManualJournal {
 }
 
 impl Journal for ManualJournal {
-    fn append(&self, shard: u32, records: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), Refusal> {
+    fn append(
+        &self,
+        shard: u32,
+        records: Vec<(u64, Vec<u8>)>,
+        done: Done,
+    ) -> Result<(), JournalError> {
         if *self.auto.lock().unwrap() {
             done(Ok(()));
             return Ok(());
@@ -88,14 +94,14 @@ impl Journal for ManualJournal {
         });
         Ok(())
     }
-    fn snapshot(&self, _: u32, _: u64, _: Vec<u8>, done: Done) -> Result<(), Refusal> {
+    fn snapshot(&self, _: u32, _: u64, _: Vec<u8>, done: Done) -> Result<(), JournalError> {
         done(Ok(()));
         Ok(())
     }
-    fn recover(&self, _: u32) -> Result<Recovered, String> {
+    fn recover(&self, _: u32) -> Result<Recovered, JournalError> {
         Ok(Recovered::default())
     }
-    fn failed(&self) -> Option<String> {
+    fn failed(&self) -> Option<JournalError> {
         None
     }
     fn busy(&self) -> bool {

@@ -12,7 +12,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::*;
-use holdfast_engine::journal::{Done, Journal, Recovered, Refusal};
+use holdfast_engine::journal::{Done, Journal, Recovered};
+use holdfast_engine::JournalError;
 use holdfast_gateway::server::Storage;
 
 /// Longest a gated recovery waits for the test to open the gate (so a failing test ends).
@@ -44,19 +45,19 @@ impl GatedJournal {
 }
 
 impl Journal for GatedJournal {
-    fn append(&self, _: u32, _: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), Refusal> {
+    fn append(&self, _: u32, _: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), JournalError> {
         done(Ok(()));
         Ok(())
     }
-    fn snapshot(&self, _: u32, _: u64, _: Vec<u8>, done: Done) -> Result<(), Refusal> {
+    fn snapshot(&self, _: u32, _: u64, _: Vec<u8>, done: Done) -> Result<(), JournalError> {
         done(Ok(()));
         Ok(())
     }
-    fn recover(&self, shard: u32) -> Result<Recovered, String> {
+    fn recover(&self, shard: u32) -> Result<Recovered, JournalError> {
         if Some(shard) == self.failing {
-            return Err(format!(
+            return Err(JournalError::Read(format!(
                 "shard {shard}: snapshot checksum mismatch (injected)"
-            ));
+            )));
         }
         if Some(shard) == self.gated {
             let open = self.open.lock().unwrap();
@@ -65,12 +66,12 @@ impl Journal for GatedJournal {
                 .wait_timeout_while(open, GATE_TIMEOUT, |open| !*open)
                 .unwrap();
             if !*open {
-                return Err("the test never opened the gate".into());
+                return Err(JournalError::Read("the test never opened the gate".into()));
             }
         }
         Ok(Recovered::default())
     }
-    fn failed(&self) -> Option<String> {
+    fn failed(&self) -> Option<JournalError> {
         None
     }
     fn busy(&self) -> bool {
@@ -147,7 +148,7 @@ async fn a_shard_that_cannot_recover_stays_unavailable_with_its_reason_and_the_r
     let outcome = tokio::time::timeout(Duration::from_secs(10), h.node().wait_recovered())
         .await
         .expect("recovery settles");
-    let err = outcome.expect_err("one shard failed");
+    let err = outcome.expect_err("one shard failed").to_string();
     assert!(err.contains("injected"), "{err}");
 
     assert_eq!(

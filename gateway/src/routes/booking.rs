@@ -4,9 +4,8 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use holdfast_engine::node::BookRequest;
 use holdfast_engine::view::AppointmentView;
-use holdfast_engine::{AppointmentId, Command, Output, Status};
+use holdfast_engine::{AppointmentId, BookRequest, Command, Output, Status};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -345,18 +344,10 @@ async fn clinic_appointments(
                 })?),
                 None => None,
             };
-        let shard = state.node.clinic_shard(&clinic_id);
         let list = state
             .node
-            .read(shard, move |rt| {
-                rt.state().clinic_appointments(
-                    &clinic_id,
-                    slot.as_deref(),
-                    status,
-                    LISTING_APPOINTMENTS_MAX,
-                )
-            })
-            .await??;
+            .clinic_appointments(&clinic_id, slot, status, LISTING_APPOINTMENTS_MAX)
+            .await?;
         ok(
             StatusCode::OK,
             &AppointmentsJson {

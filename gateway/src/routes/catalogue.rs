@@ -459,15 +459,9 @@ async fn list_clinics(
         if let Some(v) = &vaccine {
             check_id("vaccine", v)?;
         }
-        let per_shard = state
-            .node
-            .read_all(move |rt| rt.state().clinics(region.as_deref(), vaccine.as_deref()))
-            .await?;
-        let mut clinics: Vec<ClinicSummaryJson> = per_shard
-            .iter()
-            .flatten()
-            .map(ClinicSummaryJson::from)
-            .collect();
+        let found = state.node.clinics(region, vaccine).await?;
+        let mut clinics: Vec<ClinicSummaryJson> =
+            found.iter().map(ClinicSummaryJson::from).collect();
         clinics.sort_by(|a, b| a.clinic_id.cmp(&b.clinic_id));
         ok(StatusCode::OK, &ClinicsJson { clinics })
     };
@@ -490,16 +484,12 @@ async fn availability(
         if let Some(v) = &vaccine {
             check_id("vaccine", v)?;
         }
-        let shard = state.node.clinic_shard(&clinic_id);
         let from = query_instant_ms("from", &query.from)?;
         let to = query_instant_ms("to", &query.to)?;
         let view = state
             .node
-            .read(shard, move |rt| {
-                rt.state()
-                    .availability(&clinic_id, vaccine.as_deref(), from, to)
-            })
-            .await??;
+            .availability(&clinic_id, vaccine, from, to)
+            .await?;
         ok(StatusCode::OK, &AvailabilityJson::from(&view))
     };
     into_response(answer.await)

@@ -76,13 +76,14 @@ async fn admin_shards(State(state): State<AppState>, caller: Caller) -> Response
             let journal_failure = node.journal_failure();
             let (status, reason) = match (&s.phase, s.ready && s.runtime.writable) {
                 (ShardPhase::Recovering, _) => ("recovering", None),
-                (ShardPhase::Failed(reason), _) => ("unavailable", Some(reason.clone())),
+                (ShardPhase::Failed(reason), _) => ("unavailable", Some(reason.to_string())),
                 (ShardPhase::Ready, true) => ("ready", None),
                 (ShardPhase::Ready, false) => (
                     "unavailable",
-                    Some(journal_failure.unwrap_or_else(|| {
-                        "the shard stopped taking writes (see the log)".to_string()
-                    })),
+                    Some(journal_failure.map_or_else(
+                        || "the shard stopped taking writes (see the log)".to_string(),
+                        |e| e.to_string(),
+                    )),
                 ),
             };
             let known = s.ready;

@@ -1,0 +1,163 @@
+//! One ractor actor owns one shard: it is the single writer of the shard's state, so a hold's
+//! two decrements (a seat and a dose) are one step with no lock.
+//!
+//! Messages are handled one at a time and nothing slow is awaited inside a handler: a command
+//! is decided and applied in memory, its events are handed to the [`Journal`] with the
+//! shard's next sequence numbers, and the answer is sent by the journal's completion once the
+//! records are stored. Because the journal completes in submission order, an answer also
+//! waits for every record its shard applied before it (a refusal included: it is answered
+//! through an empty append, a barrier). Queries do not wait.
+//!
+//! The rooms: this file (messages and their dispatch), [`runtime`] (what a message does to
+//! the shard: execute, journal, publish, snapshot), [`recovery`] (the shard's first message:
+//! snapshot + log tail through the same `apply`), [`timer`] (one task per shard wakes it for
+//! its earliest deadline).
+//!
+//! Recovery is the shard's first message, not part of `pre_start`: the node (and the HTTP
+//! listener) is up at once, every shard recovers in its own task, and the shard's
+//! [`ShardPhase`] (published through a `watch` channel) tells the node whether to route to
+//! it. A shard whose log cannot be replayed turns `Failed` and stays unavailable; the others
+//! serve.
+//!
+//! [`Journal`]: crate::journal::Journal
+
+mod recovery;
+mod runtime;
+mod timer;
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::clock::{Clock, UnixMs};
+use crate::command::{Command, Query, QueryAnswer};
+use crate::error::{DomainError, EngineError, RecoveryError};
+use crate::idempotency::{Fingerprint, IdemKey, IdemOutcome, StoredResponse};
+use crate::journal::{Durable, Journal};
+use crate::publish::Publisher;
+use crate::view::Output;
+
+pub use runtime::ShardRuntime;
+pub use timer::HOUSEKEEPING_INTERVAL_MS;
+
+/// A shard snapshots after this many records, so recovery replays at most this many (plus
+/// what arrives while the snapshot is written) and the log before it can be dropped.
+pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 100_000;
+
+/// The answer to one command.
+pub type ExecResult = Result<Output, EngineError>;
+
+/// A command's outcome, decided and applied, and what to wait for before telling it.
+pub type Applied = (Result<Output, DomainError>, Durable);
+
+/// Where a shard is in its life. The node routes only to `Ready` shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardPhase {
+    /// Loading its snapshot and replaying its log tail.
+    Recovering,
+    Ready,
+    /// Its log could not be replayed; it takes no requests.
+    Failed(RecoveryError),
+}
+
+pub enum ShardMsg {
+    /// The first message of every shard (sent by `pre_start`): recover, then turn `Ready`.
+    Recover,
+    Exec(Command, RpcReplyPort<ExecResult>),
+    /// Many commands in one message: one mailbox hop, one journal append, one wake-up.
+    Batch(
+        Vec<Command>,
+        RpcReplyPort<Result<Vec<Result<Output, DomainError>>, EngineError>>,
+    ),
+    /// Like `Exec`, but answered as soon as the command is applied, with a [`Durable`] that
+    /// resolves once its records are stored.
+    ExecDeferred(Command, RpcReplyPort<Result<Applied, EngineError>>),
+    Query(Query, RpcReplyPort<Result<QueryAnswer, DomainError>>),
+    IdemBegin(IdemKey, Fingerprint, RpcReplyPort<IdemOutcome>),
+    /// Stores (durably) or forgets an in-flight key. Answered at once, with a [`Durable`]
+    /// that resolves once the record is stored.
+    IdemFinish(
+        IdemKey,
+        Option<StoredResponse>,
+        RpcReplyPort<Result<Durable, EngineError>>,
+    ),
+    /// The timer's wake-up: act on due deadlines, housekeeping.
+    Tick,
+    /// Writes a snapshot now (graceful shutdown); answered with its sequence number once
+    /// stored.
+    SnapshotNow(RpcReplyPort<Result<u64, EngineError>>),
+}
+
+pub struct ShardArgs {
+    pub shard: u32,
+    pub clock: Arc<dyn Clock>,
+    pub idempotency_records_max: usize,
+    pub idempotency_retention_ms: i64,
+    pub journal: Arc<dyn Journal>,
+    pub publisher: Arc<Publisher>,
+    pub snapshot_every_records: u64,
+    /// Where the shard publishes its phase; the node holds a receiver.
+    pub phase: Arc<watch::Sender<ShardPhase>>,
+}
+
+pub struct ShardActor;
+
+/// Figures the operator endpoint shows that the state does not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeCounts {
+    /// When the shard looked (its clock): the figures are as of this instant, not of when
+    /// the answer arrived.
+    pub as_of_ms: UnixMs,
+    pub events_applied: u64,
+    pub idempotency_records: usize,
+    pub wal_seq: u64,
+    pub snapshot_seq: u64,
+    pub last_snapshot_at_ms: Option<UnixMs>,
+    pub writable: bool,
+    pub recovered_dropped: usize,
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardRuntime;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardRuntime, ActorProcessingErr> {
+        // Nobody holds a reference to this actor yet, so `Recover` is its first message.
+        myself.cast(ShardMsg::Recover)?;
+        Ok(ShardRuntime::new(args))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        message: ShardMsg,
+        rt: &mut ShardRuntime,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMsg::Recover => rt.recover_and_serve(myself),
+            ShardMsg::Exec(command, reply) => rt.exec(command, reply),
+            ShardMsg::Batch(commands, reply) => rt.exec_batch(commands, reply),
+            ShardMsg::ExecDeferred(command, reply) => rt.exec_deferred(command, reply),
+            ShardMsg::Query(query, reply) => {
+                let _ = reply.send(rt.query(&query));
+            }
+            ShardMsg::IdemBegin(key, fingerprint, reply) => {
+                rt.idempotency_begin(key, fingerprint, reply)
+            }
+            ShardMsg::IdemFinish(key, response, reply) => {
+                rt.idempotency_finish(key, response, reply)
+            }
+            ShardMsg::Tick => rt.tick(),
+            ShardMsg::SnapshotNow(reply) => rt.snapshot_now(reply),
+        }
+        rt.publish_earliest();
+        Ok(())
+    }
+}

@@ -1,0 +1,394 @@
+//! What a message does to a shard: execute commands and hand their events to the journal,
+//! answer queries, keep idempotency records, act on due deadlines, snapshot. Each answer that
+//! reports a change leaves through the journal's completion, after the change is stored; the
+//! same completion publishes the change (names resolved) to the node's [`Publisher`].
+
+use std::sync::Arc;
+
+use ractor::RpcReplyPort;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::{Applied, ExecResult, RuntimeCounts, ShardArgs, ShardPhase};
+use crate::clock::{Clock, UnixMs};
+use crate::command::{Command, Query, QueryAnswer};
+use crate::error::{DomainError, EngineError, JournalError};
+use crate::event::Event;
+use crate::idempotency::{
+    Fingerprint, IdemKey, IdemOutcome, IdempotencyRecord, IdempotencyTable, StoredResponse,
+};
+use crate::journal::{encode, Done, Durable, Journal, LogRecord};
+use crate::publish::{Published, Publisher};
+use crate::shard::ShardState;
+use crate::view::Output;
+
+/// Log records of one message, and the changes to publish once they are stored.
+struct Taken {
+    records: Vec<(u64, Vec<u8>)>,
+    published: Vec<Published>,
+}
+
+pub struct ShardRuntime {
+    pub(super) shard: u32,
+    pub(super) state: ShardState,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) idempotency: IdempotencyTable<RpcReplyPort<IdemOutcome>>,
+    pub(super) earliest_tx: watch::Sender<Option<UnixMs>>,
+    pub(super) journal: Arc<dyn Journal>,
+    publisher: Arc<Publisher>,
+    /// Events applied by the current message, on their way to the journal.
+    events: Vec<Event>,
+    events_applied: u64,
+    /// Sequence number of the last record handed to the journal.
+    pub(super) wal_seq: u64,
+    pub(super) snapshot_seq: u64,
+    last_snapshot_at_ms: Option<UnixMs>,
+    pub(super) records_since_snapshot: u64,
+    snapshot_every_records: u64,
+    /// Set when the shard must take no writes: while it recovers, when its log could not be
+    /// replayed, or when a record could not be handed to the journal after its change was
+    /// applied in memory (memory and log may differ; a restart recovers from the log).
+    pub(super) poisoned: Option<String>,
+    pub(super) recovered_dropped: usize,
+    pub(super) phase: Arc<watch::Sender<ShardPhase>>,
+}
+
+/// The same fields as [`crate::journal::Snapshot`], borrowed, so a snapshot does not clone
+/// the state.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    seq: u64,
+    state: &'a ShardState,
+    idempotency: Vec<IdempotencyRecord>,
+}
+
+impl ShardRuntime {
+    pub(super) fn new(args: ShardArgs) -> Self {
+        let (earliest_tx, _) = watch::channel(None);
+        ShardRuntime {
+            shard: args.shard,
+            state: ShardState::new(args.shard),
+            clock: args.clock,
+            idempotency: IdempotencyTable::new(
+                args.idempotency_records_max,
+                args.idempotency_retention_ms,
+            ),
+            earliest_tx,
+            journal: args.journal,
+            publisher: args.publisher,
+            events: Vec::new(),
+            events_applied: 0,
+            wal_seq: 0,
+            snapshot_seq: 0,
+            last_snapshot_at_ms: None,
+            records_since_snapshot: 0,
+            snapshot_every_records: args.snapshot_every_records.max(1),
+            poisoned: Some("recovering".to_string()),
+            recovered_dropped: 0,
+            phase: args.phase,
+        }
+    }
+
+    pub fn state(&self) -> &ShardState {
+        &self.state
+    }
+
+    pub fn runtime_counts(&self) -> RuntimeCounts {
+        RuntimeCounts {
+            as_of_ms: self.clock.now_ms(),
+            events_applied: self.events_applied,
+            idempotency_records: self.idempotency.len(),
+            wal_seq: self.wal_seq,
+            snapshot_seq: self.snapshot_seq,
+            last_snapshot_at_ms: self.last_snapshot_at_ms,
+            writable: self.poisoned.is_none() && self.journal.failed().is_none(),
+            recovered_dropped: self.recovered_dropped,
+        }
+    }
+
+    /// Tells the timer the earliest deadline, when it moved.
+    pub(super) fn publish_earliest(&self) {
+        let earliest = self.state.next_deadline();
+        self.earliest_tx.send_if_modified(|current| {
+            let changed = *current != earliest;
+            *current = earliest;
+            changed
+        });
+    }
+
+    // ---- commands ------------------------------------------------------------------
+
+    pub(super) fn exec(&mut self, command: Command, reply: RpcReplyPort<ExecResult>) {
+        if let Err(e) = self.admit_write() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let result = self.run(command).map_err(EngineError::Domain);
+        let shard = self.shard;
+        self.submit_applied(Box::new(move |stored| {
+            // A caller that gave up is not an error of the shard.
+            let _ = reply.send(
+                stored
+                    .map_err(|_| EngineError::Unavailable { shard })
+                    .and(result),
+            );
+        }));
+    }
+
+    pub(super) fn exec_batch(
+        &mut self,
+        commands: Vec<Command>,
+        reply: RpcReplyPort<Result<Vec<Result<Output, DomainError>>, EngineError>>,
+    ) {
+        if let Err(e) = self.admit_write() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let results: Vec<_> = commands.into_iter().map(|c| self.run(c)).collect();
+        let shard = self.shard;
+        self.submit_applied(Box::new(move |stored| {
+            let _ = reply.send(
+                stored
+                    .map_err(|_| EngineError::Unavailable { shard })
+                    .map(|()| results),
+            );
+        }));
+    }
+
+    pub(super) fn exec_deferred(
+        &mut self,
+        command: Command,
+        reply: RpcReplyPort<Result<Applied, EngineError>>,
+    ) {
+        if let Err(e) = self.admit_write() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let result = self.run(command);
+        let (durable, done) = Durable::new(self.shard);
+        // Submitted before the answer leaves, so anything the caller writes next is queued
+        // behind these records.
+        self.submit_applied(done);
+        let _ = reply.send(Ok((result, durable)));
+    }
+
+    pub(super) fn query(&self, query: &Query) -> Result<QueryAnswer, DomainError> {
+        match query {
+            Query::Status => Ok(QueryAnswer::Status {
+                counts: self.state.counts(),
+                runtime: self.runtime_counts(),
+            }),
+            query => self.state.query(query),
+        }
+    }
+
+    /// The timer's wake-up: due deadlines, then housekeeping.
+    pub(super) fn tick(&mut self) {
+        self.expire_due();
+        self.idempotency.purge(self.clock.now_ms());
+        self.maybe_snapshot();
+    }
+
+    /// Acts on due deadlines and journals what that changed.
+    pub(super) fn expire_due(&mut self) {
+        if self.admit_write().is_err() {
+            return; // the next tick tries again
+        }
+        let _ = self.run(Command::ExpireDue);
+        if !self.events.is_empty() {
+            let taken = self.take_events();
+            self.submit(taken, Box::new(|_| {}));
+        }
+    }
+
+    /// Refuses a write before it changes anything when the journal cannot take it.
+    fn admit_write(&self) -> Result<(), EngineError> {
+        if self.poisoned.is_some() || self.journal.failed().is_some() {
+            return Err(EngineError::Unavailable { shard: self.shard });
+        }
+        if self.journal.busy() {
+            return Err(EngineError::Overloaded { shard: self.shard });
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, command: Command) -> Result<Output, DomainError> {
+        let now_ms = self.clock.now_ms();
+        self.state.execute(command, now_ms, &mut self.events)
+    }
+
+    /// Journals the events applied since the last call; `done` runs once they are stored.
+    fn submit_applied(&mut self, done: Done) {
+        let taken = self.take_events();
+        self.submit(taken, done);
+        self.maybe_snapshot();
+    }
+
+    /// The events applied since the last call, as numbered log records, and (when someone
+    /// watches) as changes to publish.
+    fn take_events(&mut self) -> Taken {
+        self.events_applied += self.events.len() as u64;
+        let watched = self.publisher.is_watched();
+        let at_ms = if watched { self.clock.now_ms() } else { 0 };
+        let mut records = Vec::with_capacity(self.events.len());
+        let mut published = Vec::new();
+        for event in self.events.drain(..) {
+            self.wal_seq += 1;
+            if watched {
+                published.push(Published {
+                    shard: self.shard,
+                    wal_seq: self.wal_seq,
+                    at_ms,
+                    change: self.state.describe(&event),
+                });
+            }
+            records.push((self.wal_seq, encode(&LogRecord::Event(event))));
+        }
+        Taken { records, published }
+    }
+
+    /// Hands records to the journal; once stored, their changes are published and `done`
+    /// runs.
+    fn submit(&mut self, taken: Taken, done: Done) {
+        let Taken { records, published } = taken;
+        let done: Done = if published.is_empty() {
+            done
+        } else {
+            let publisher = self.publisher.clone();
+            Box::new(move |stored| {
+                if stored.is_ok() {
+                    publisher.publish(published);
+                }
+                done(stored);
+            })
+        };
+        self.records_since_snapshot += records.len() as u64;
+        if let Err(refusal) = self.journal.append(self.shard, records, done) {
+            let reason = match refusal {
+                JournalError::Full => {
+                    "the journal queue was full after the change was applied".to_string()
+                }
+                other => other.to_string(),
+            };
+            tracing::error!(shard = self.shard, %reason, "shard stops taking writes");
+            self.poisoned = Some(reason);
+        }
+    }
+
+    // ---- idempotency ---------------------------------------------------------------
+
+    pub(super) fn idempotency_begin(
+        &mut self,
+        key: IdemKey,
+        fingerprint: Fingerprint,
+        reply: RpcReplyPort<IdemOutcome>,
+    ) {
+        let now_ms = self.clock.now_ms();
+        let (begin, waiter) = self.idempotency.begin(key, fingerprint, reply, now_ms);
+        if let Some(reply) = waiter {
+            let _ = reply.send(IdemOutcome::Begin(begin));
+        }
+    }
+
+    /// Ends an in-flight key: with a response, the record is journaled and the waiters are
+    /// answered once it is stored; without one (or when the journal cannot take it), the
+    /// waiters are answered at once and nothing is stored.
+    pub(super) fn idempotency_finish(
+        &mut self,
+        key: IdemKey,
+        response: Option<StoredResponse>,
+        reply: RpcReplyPort<Result<Durable, EngineError>>,
+    ) {
+        let now_ms = self.clock.now_ms();
+        let fingerprint = self.idempotency.fingerprint_of(&key);
+        let waiters = self.idempotency.finish(&key, response.clone(), now_ms);
+        let writable = self.admit_write().is_ok();
+        let (Some(response), Some(fingerprint), true) = (response.clone(), fingerprint, writable)
+        else {
+            // Nothing to store (no decision was reached), or the journal cannot take it: the
+            // record stays in memory only, and the answer says so.
+            for waiter in waiters {
+                let _ = waiter.send(IdemOutcome::Finished(response.clone()));
+            }
+            let _ = reply.send(if response.is_none() || writable {
+                Ok(Durable::stored(self.shard))
+            } else {
+                Err(EngineError::Unavailable { shard: self.shard })
+            });
+            return;
+        };
+        self.wal_seq += 1;
+        let record = IdempotencyRecord {
+            caller: key.caller,
+            key: key.key,
+            fingerprint,
+            status: response.status,
+            body: response.body.clone(),
+            stored_at_ms: now_ms,
+        };
+        let records = vec![(self.wal_seq, encode(&LogRecord::Idempotency(record)))];
+        let (durable, stored) = Durable::new(self.shard);
+        let done: Done = Box::new(move |result| {
+            // Waiters answer with the response only once it is stored.
+            if result.is_ok() {
+                for waiter in waiters {
+                    let _ = waiter.send(IdemOutcome::Finished(Some(response.clone())));
+                }
+            }
+            stored(result);
+        });
+        let taken = Taken {
+            records,
+            published: Vec::new(),
+        };
+        self.submit(taken, done);
+        let _ = reply.send(Ok(durable));
+        self.maybe_snapshot();
+    }
+
+    // ---- snapshots -----------------------------------------------------------------
+
+    fn maybe_snapshot(&mut self) {
+        if self.records_since_snapshot >= self.snapshot_every_records && self.poisoned.is_none() {
+            self.snapshot(Box::new(|_| {}));
+        }
+    }
+
+    pub(super) fn snapshot_now(&mut self, reply: RpcReplyPort<Result<u64, EngineError>>) {
+        let shard = self.shard;
+        if let Some(reason) = &self.poisoned {
+            tracing::warn!(shard, %reason, "no snapshot of a shard that stopped taking writes");
+            let _ = reply.send(Err(EngineError::Unavailable { shard }));
+            return;
+        }
+        let seq = self.wal_seq;
+        self.snapshot(Box::new(move |stored| {
+            let _ = reply.send(
+                stored
+                    .map(|()| seq)
+                    .map_err(|_| EngineError::Unavailable { shard }),
+            );
+        }));
+    }
+
+    fn snapshot(&mut self, done: Done) -> u64 {
+        let snapshot = SnapshotRef {
+            seq: self.wal_seq,
+            state: &self.state,
+            idempotency: self.idempotency.records(),
+        };
+        let bytes = encode(&snapshot);
+        let seq = self.wal_seq;
+        self.records_since_snapshot = 0;
+        self.snapshot_seq = seq;
+        self.last_snapshot_at_ms = Some(self.clock.now_ms());
+        if let Err(refusal) = self.journal.snapshot(self.shard, seq, bytes, done) {
+            tracing::warn!(
+                shard = self.shard,
+                %refusal,
+                "snapshot not taken; the log is kept"
+            );
+        }
+        seq
+    }
+}

@@ -1,0 +1,206 @@
+//! [`ShardClient`]: the one trait every call into a shard goes through. A call is a value (a
+//! [`Command`], a [`Query`], an idempotency step) and so is its answer, so the node and its
+//! callers never reach into a shard's memory. [`LocalShard`] is the client of a shard actor in
+//! this process; a client of a shard owned by another node implements the same trait, and
+//! nothing above the node changes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::actor::{Applied, ShardActor, ShardArgs, ShardMsg, ShardPhase};
+use crate::command::{Command, Query, QueryAnswer};
+use crate::error::{DomainError, EngineError, StartError};
+use crate::idempotency::{Fingerprint, IdemKey, IdemOutcome, StoredResponse};
+use crate::journal::Durable;
+use crate::view::Output;
+
+/// A boxed future: the trait is used as `dyn ShardClient`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long stopping waits for one shard to drain its mailbox and exit before it is left
+/// behind (its log is still complete: every answer waited for its records).
+pub const SHARD_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Calls into one shard.
+pub trait ShardClient: Send + Sync {
+    fn shard(&self) -> u32;
+    /// Where the shard is in its life, as last known.
+    fn phase(&self) -> ShardPhase;
+    /// Waits until the shard has left `Recovering`; answers the phase it reached.
+    fn recovered(&self) -> BoxFuture<'_, ShardPhase>;
+    /// Applies `command`; answers once its records are stored.
+    fn execute(&self, command: Command) -> BoxFuture<'_, Result<Output, EngineError>>;
+    /// Applies `command`; answers at once, with what to wait for before telling anyone.
+    fn execute_deferred(&self, command: Command) -> BoxFuture<'_, Result<Applied, EngineError>>;
+    /// Many commands in one call; answered once all their records are stored.
+    fn execute_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Output, DomainError>>, EngineError>>;
+    /// Reads the shard after every write sent before it.
+    fn query(&self, query: Query) -> BoxFuture<'_, Result<QueryAnswer, EngineError>>;
+    /// First look at an Idempotency-Key (waits while a request with the same key runs).
+    fn idempotency_begin(
+        &self,
+        key: IdemKey,
+        fingerprint: Fingerprint,
+    ) -> BoxFuture<'_, Result<IdemOutcome, EngineError>>;
+    /// Stores (or forgets) the response of a key that began with `Proceed`.
+    fn idempotency_finish(
+        &self,
+        key: IdemKey,
+        response: Option<StoredResponse>,
+    ) -> BoxFuture<'_, Result<Durable, EngineError>>;
+    /// Snapshots the shard; answers the sequence number once stored.
+    fn snapshot(&self) -> BoxFuture<'_, Result<u64, EngineError>>;
+    /// Stops the shard once it has handled what it already received; resolves when it is
+    /// gone (or after [`SHARD_STOP_TIMEOUT`]).
+    fn stop(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The client of a shard actor in this process.
+pub struct LocalShard {
+    shard: u32,
+    actor: ActorRef<ShardMsg>,
+    phase: watch::Receiver<ShardPhase>,
+    join: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LocalShard {
+    /// Spawns the shard's actor; it recovers as its first message.
+    pub async fn spawn(args: ShardArgs) -> Result<LocalShard, StartError> {
+        let shard = args.shard;
+        let phase = args.phase.subscribe();
+        let (actor, join) =
+            Actor::spawn(None, ShardActor, args)
+                .await
+                .map_err(|e| StartError::Spawn {
+                    shard,
+                    reason: e.to_string(),
+                })?;
+        Ok(LocalShard {
+            shard,
+            actor,
+            phase,
+            join: Mutex::new(Some(join)),
+        })
+    }
+
+    async fn ask<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<T>) -> ShardMsg,
+    ) -> Result<T, EngineError> {
+        match self.actor.call(build, None).await {
+            Ok(ractor::rpc::CallResult::Success(answer)) => Ok(answer),
+            _ => Err(EngineError::Unavailable { shard: self.shard }),
+        }
+    }
+}
+
+impl ShardClient for LocalShard {
+    fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    fn phase(&self) -> ShardPhase {
+        self.phase.borrow().clone()
+    }
+
+    fn recovered(&self) -> BoxFuture<'_, ShardPhase> {
+        Box::pin(async move {
+            let mut phase = self.phase.clone();
+            let settled = phase
+                .wait_for(|p| *p != ShardPhase::Recovering)
+                .await
+                .map(|p| p.clone());
+            // The sender is gone: the actor stopped before it settled.
+            settled.unwrap_or(ShardPhase::Recovering)
+        })
+    }
+
+    fn execute(&self, command: Command) -> BoxFuture<'_, Result<Output, EngineError>> {
+        Box::pin(async move { self.ask(|reply| ShardMsg::Exec(command, reply)).await? })
+    }
+
+    fn execute_deferred(&self, command: Command) -> BoxFuture<'_, Result<Applied, EngineError>> {
+        Box::pin(async move {
+            self.ask(|reply| ShardMsg::ExecDeferred(command, reply))
+                .await?
+        })
+    }
+
+    fn execute_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> BoxFuture<'_, Result<Vec<Result<Output, DomainError>>, EngineError>> {
+        Box::pin(async move { self.ask(|reply| ShardMsg::Batch(commands, reply)).await? })
+    }
+
+    fn query(&self, query: Query) -> BoxFuture<'_, Result<QueryAnswer, EngineError>> {
+        Box::pin(async move {
+            self.ask(|reply| ShardMsg::Query(query, reply))
+                .await?
+                .map_err(EngineError::Domain)
+        })
+    }
+
+    fn idempotency_begin(
+        &self,
+        key: IdemKey,
+        fingerprint: Fingerprint,
+    ) -> BoxFuture<'_, Result<IdemOutcome, EngineError>> {
+        Box::pin(self.ask(move |reply| ShardMsg::IdemBegin(key, fingerprint, reply)))
+    }
+
+    fn idempotency_finish(
+        &self,
+        key: IdemKey,
+        response: Option<StoredResponse>,
+    ) -> BoxFuture<'_, Result<Durable, EngineError>> {
+        Box::pin(async move {
+            self.ask(|reply| ShardMsg::IdemFinish(key, response, reply))
+                .await?
+        })
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<u64, EngineError>> {
+        Box::pin(async move { self.ask(ShardMsg::SnapshotNow).await? })
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Drain: what is already in the mailbox is handled (and answered), later
+            // messages are refused; then the actor exits and its timer task ends with it.
+            if self.actor.drain().is_err() {
+                self.actor.stop(None);
+            }
+            let join = self.join.lock().expect("not poisoned").take();
+            if let Some(join) = join {
+                if tokio::time::timeout(SHARD_STOP_TIMEOUT, join)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        shard = self.shard,
+                        "shard did not stop in time; left behind"
+                    );
+                    self.actor.kill();
+                }
+            }
+        })
+    }
+}
+
+impl Drop for LocalShard {
+    /// A node dropped without [`ShardClient::stop`] still stops its actors (tests, errors on
+    /// start): the actor exits after the message it is handling.
+    fn drop(&mut self) {
+        self.actor.stop(None);
+    }
+}

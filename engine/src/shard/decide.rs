@@ -1,0 +1,540 @@
+//! Decisions: state + command -> the events that would happen and the answer, or a domain
+//! error. Pure: nothing here mutates the state (`apply` does). One `decide_<command>` per
+//! command; [`ShardState::decide`] is the table of contents.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+
+use super::{ShardState, EXPIRE_BATCH_MAX, SLOTS_PER_CLINIC_MAX};
+use crate::clock::UnixMs;
+use crate::command::Command;
+use crate::deadlines::Deadline;
+use crate::error::{DomainError, Limit, Resource};
+use crate::event::Event;
+use crate::model::{
+    Appointment, CitizenRecord, ClinicInfo, SlotSpec, Status, VaccineIdx, VaccineRules,
+    SLOTS_BULK_MAX, SLOT_CAPACITY_MAX, STOCK_QUANTITY_MAX, VACCINES_MAX,
+};
+
+/// What a decision answers, in terms of the state after its events are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ack,
+    Appointment(u64),
+    Held(u64),
+    Slots {
+        clinic: u32,
+        slot_ids: Vec<Arc<str>>,
+    },
+    SlotCancelled {
+        clinic: u32,
+        slot: u32,
+    },
+    Stock {
+        clinic: u32,
+        vaccine: VaccineIdx,
+    },
+    Expired(usize),
+}
+
+/// The outcome of a decision: events to apply, then the answer. Some refusals still carry
+/// events (a confirm that arrives after the deadline expires the hold and answers 410).
+#[derive(Debug)]
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub outcome: Result<Reply, DomainError>,
+}
+
+impl Decision {
+    fn ok(events: Vec<Event>, reply: Reply) -> Self {
+        Decision {
+            events,
+            outcome: Ok(reply),
+        }
+    }
+
+    fn err(error: DomainError) -> Self {
+        Decision {
+            events: Vec::new(),
+            outcome: Err(error),
+        }
+    }
+
+    fn refused_with(events: Vec<Event>, error: DomainError) -> Self {
+        Decision {
+            events,
+            outcome: Err(error),
+        }
+    }
+}
+
+impl From<Result<Decision, DomainError>> for Decision {
+    fn from(decided: Result<Decision, DomainError>) -> Self {
+        decided.unwrap_or_else(Decision::err)
+    }
+}
+
+/// The fields of a hold, borrowed from [`Command::Hold`].
+struct HoldRequest<'a> {
+    clinic_id: &'a str,
+    slot_id: &'a str,
+    vaccine: &'a str,
+    citizen_id: &'a str,
+    hold_ms: i64,
+    rebook_priority: bool,
+}
+
+impl ShardState {
+    /// The pure decision for `command` at `now_ms`.
+    pub fn decide(&self, command: &Command, now_ms: UnixMs) -> Decision {
+        use Command as C;
+        match command {
+            C::PutVaccine { name, rules } => self.decide_put_vaccine(name, rules),
+            C::PutClinic { clinic_id, info } => self.decide_put_clinic(clinic_id, info),
+            C::ReceiveStock {
+                clinic_id: c,
+                vaccine: v,
+                batch: b,
+                quantity: q,
+                expires_on: e,
+            } => self.decide_receive_stock(c, v, b, *q, *e).into(),
+            C::AdjustStock {
+                clinic_id: c,
+                vaccine: v,
+                batch: b,
+                delta: d,
+                ..
+            } => self.decide_adjust_stock(c, v, b, *d).into(),
+            C::PutSlots { clinic_id, slots } => self.decide_put_slots(clinic_id, slots).into(),
+            C::CancelSlot {
+                clinic_id, slot_id, ..
+            } => self.decide_cancel_slot(clinic_id, slot_id).into(),
+            C::PutCitizen { citizen_id, record } => self.decide_put_citizen(citizen_id, record),
+            C::Hold {
+                clinic_id,
+                slot_id,
+                vaccine,
+                citizen_id,
+                hold_ms,
+                rebook_priority,
+            } => {
+                let request = HoldRequest {
+                    clinic_id,
+                    slot_id,
+                    vaccine,
+                    citizen_id,
+                    hold_ms: *hold_ms,
+                    rebook_priority: *rebook_priority,
+                };
+                self.decide_hold(&request, now_ms).into()
+            }
+            C::Confirm { seq, citizen } => self.decide_confirm(*seq, citizen, now_ms).into(),
+            C::Cancel { seq, citizen } => self.decide_cancel(*seq, citizen, now_ms).into(),
+            C::Reject { seq, .. } => self.decide_reject(*seq).into(),
+            C::ExpireDue => self.decide_expire_due(now_ms),
+        }
+    }
+
+    fn decide_put_vaccine(&self, name: &str, rules: &VaccineRules) -> Decision {
+        match self.vaccine_index.get(name) {
+            Some(&v) if *self.vaccines[v as usize].rules == *rules => {
+                Decision::ok(vec![], Reply::Ack)
+            }
+            None if self.vaccines.len() >= VACCINES_MAX => {
+                Decision::err(DomainError::LimitReached(Limit::VaccinesInCatalogue))
+            }
+            _ => Decision::ok(
+                vec![Event::VaccinePut {
+                    name: name.into(),
+                    rules: Arc::new(rules.clone()),
+                }],
+                Reply::Ack,
+            ),
+        }
+    }
+
+    fn decide_put_clinic(&self, clinic_id: &str, info: &ClinicInfo) -> Decision {
+        match self.clinic_index.get(clinic_id) {
+            Some(&c) if self.clinics[c as usize].info == *info => Decision::ok(vec![], Reply::Ack),
+            _ => Decision::ok(
+                vec![Event::ClinicPut {
+                    clinic_id: clinic_id.into(),
+                    info: info.clone(),
+                }],
+                Reply::Ack,
+            ),
+        }
+    }
+
+    fn decide_receive_stock(
+        &self,
+        clinic_id: &str,
+        vaccine: &str,
+        batch: &str,
+        quantity: i64,
+        expires_on: NaiveDate,
+    ) -> Result<Decision, DomainError> {
+        let (clinic, vaccine) = self.clinic_and_vaccine(clinic_id, vaccine)?;
+        if !(1..=STOCK_QUANTITY_MAX).contains(&quantity) {
+            return Err(DomainError::LimitReached(Limit::StockQuantity));
+        }
+        let stock = self.clinics[clinic as usize].stock.get(&vaccine);
+        if let Some(existing) = stock.and_then(|s| s.batches.get(batch)) {
+            if existing.expires_on != expires_on {
+                return Err(DomainError::BatchMismatch {
+                    expires_on: existing.expires_on,
+                });
+            }
+        }
+        Ok(Decision::ok(
+            vec![Event::StockReceived {
+                clinic,
+                vaccine,
+                batch: batch.to_string(),
+                quantity,
+                expires_on,
+            }],
+            Reply::Stock { clinic, vaccine },
+        ))
+    }
+
+    fn decide_adjust_stock(
+        &self,
+        clinic_id: &str,
+        vaccine: &str,
+        batch: &str,
+        delta: i64,
+    ) -> Result<Decision, DomainError> {
+        let (clinic, vaccine) = self.clinic_and_vaccine(clinic_id, vaccine)?;
+        if delta == 0 || delta.abs() > STOCK_QUANTITY_MAX {
+            return Err(DomainError::LimitReached(Limit::StockAdjustment));
+        }
+        let stock = self.clinics[clinic as usize].stock.get(&vaccine);
+        let existing = stock
+            .and_then(|s| s.batches.get(batch))
+            .ok_or(DomainError::NotFound(Resource::Batch))?;
+        if existing.on_hand + delta < 0 {
+            return Err(DomainError::InsufficientStock {
+                on_hand: existing.on_hand,
+            });
+        }
+        Ok(Decision::ok(
+            vec![Event::StockAdjusted {
+                clinic,
+                vaccine,
+                batch: batch.to_string(),
+                delta,
+            }],
+            Reply::Stock { clinic, vaccine },
+        ))
+    }
+
+    fn decide_put_slots(
+        &self,
+        clinic_id: &str,
+        slots: &[(String, SlotSpec)],
+    ) -> Result<Decision, DomainError> {
+        let clinic = self.clinic_of(clinic_id)?;
+        if slots.len() > SLOTS_BULK_MAX {
+            return Err(DomainError::LimitReached(Limit::SlotsInOneUpload));
+        }
+        let c = &self.clinics[clinic as usize];
+        let new_slots = slots
+            .iter()
+            .filter(|(id, _)| !c.slot_index.contains_key(id.as_str()))
+            .count();
+        if c.slots.len() + new_slots > SLOTS_PER_CLINIC_MAX {
+            return Err(DomainError::LimitReached(Limit::SlotsPerClinic));
+        }
+        let events = slots
+            .iter()
+            .map(|(slot_id, spec)| self.decide_one_slot(clinic, slot_id, spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A new slot's index is known only after apply, so the reply names slots by id.
+        let slot_ids = slots.iter().map(|(id, _)| Arc::from(id.as_str())).collect();
+        Ok(Decision::ok(events, Reply::Slots { clinic, slot_ids }))
+    }
+
+    /// One slot of an upload: its fields, its vaccines, and what an existing slot allows.
+    fn decide_one_slot(
+        &self,
+        clinic: u32,
+        slot_id: &str,
+        spec: &SlotSpec,
+    ) -> Result<Event, DomainError> {
+        if spec.capacity == 0
+            || spec.capacity > SLOT_CAPACITY_MAX
+            || spec.priority_reserve > spec.capacity
+            || spec.end_ms <= spec.start_ms
+        {
+            return Err(DomainError::LimitReached(Limit::SlotFields));
+        }
+        let mut vaccines = Vec::with_capacity(spec.vaccines.len());
+        for name in &spec.vaccines {
+            let v = self.vaccine_of(name)?;
+            if !vaccines.contains(&v) {
+                vaccines.push(v);
+            }
+        }
+        let c = &self.clinics[clinic as usize];
+        if let Some(&s) = c.slot_index.get(slot_id) {
+            let existing = &c.slots[s as usize];
+            if existing.cancelled {
+                return Err(DomainError::SlotCancelled);
+            }
+            if spec.capacity < existing.taken() {
+                return Err(DomainError::CapacityInUse {
+                    taken: existing.taken(),
+                });
+            }
+        }
+        Ok(Event::SlotPut {
+            clinic,
+            slot_id: slot_id.into(),
+            spec: spec.clone(),
+            vaccines,
+        })
+    }
+
+    fn decide_cancel_slot(&self, clinic_id: &str, slot_id: &str) -> Result<Decision, DomainError> {
+        let (clinic, slot) = self.clinic_and_slot(clinic_id, slot_id)?;
+        let reply = Reply::SlotCancelled { clinic, slot };
+        if self.clinics[clinic as usize].slots[slot as usize].cancelled {
+            return Ok(Decision::ok(vec![], reply));
+        }
+        let mut events: Vec<Event> = self
+            .slot_appointments(clinic, slot)
+            .filter(|a| a.status.is_active())
+            .map(|a| Event::AppointmentClinicCancelled { seq: a.seq })
+            .collect();
+        events.push(Event::SlotCancelled { clinic, slot });
+        Ok(Decision::ok(events, reply))
+    }
+
+    fn decide_put_citizen(&self, citizen_id: &str, record: &CitizenRecord) -> Decision {
+        match self.citizens.get(citizen_id) {
+            Some(existing) if **existing == *record => Decision::ok(vec![], Reply::Ack),
+            _ => Decision::ok(
+                vec![Event::CitizenPut {
+                    citizen_id: citizen_id.into(),
+                    record: Arc::new(record.clone()),
+                }],
+                Reply::Ack,
+            ),
+        }
+    }
+
+    fn decide_hold(&self, r: &HoldRequest<'_>, now_ms: UnixMs) -> Result<Decision, DomainError> {
+        let (clinic, slot) = self.clinic_and_slot(r.clinic_id, r.slot_id)?;
+        let vaccine = self.vaccine_of(r.vaccine)?;
+        let c = &self.clinics[clinic as usize];
+        let s = &c.slots[slot as usize];
+        if s.cancelled {
+            return Err(DomainError::SlotCancelled);
+        }
+        if now_ms >= s.start_ms {
+            return Err(DomainError::SlotStarted);
+        }
+        if !s.vaccines.contains(&vaccine) {
+            return Err(DomainError::VaccineNotOffered);
+        }
+        // A priority rebooking may take the reserve; anyone else leaves it alone.
+        let seats_open = if r.rebook_priority {
+            s.remaining() > 0
+        } else {
+            s.remaining() > s.reserve_unused()
+        };
+        if !seats_open {
+            return Err(DomainError::SoldOut);
+        }
+        if c.stock.get(&vaccine).is_none_or(|s| s.available() <= 0) {
+            return Err(DomainError::OutOfStock);
+        }
+        debug_assert!(r.hold_ms > 0);
+        let seq = self.next_seq;
+        let appointment = Appointment {
+            seq,
+            status: Status::Pending,
+            clinic,
+            slot,
+            vaccine,
+            citizen: r.citizen_id.into(),
+            created_at_ms: now_ms,
+            expires_at_ms: Some(now_ms + r.hold_ms.max(1)),
+            confirmed_at_ms: None,
+            administered_at_ms: None,
+            batch: None,
+            needs_review: false,
+            at_risk: false,
+            rebook_priority: r.rebook_priority,
+        };
+        Ok(Decision::ok(
+            vec![Event::AppointmentReserved(Box::new(appointment))],
+            Reply::Held(seq),
+        ))
+    }
+
+    fn decide_confirm(
+        &self,
+        seq: u64,
+        citizen: &Option<String>,
+        now_ms: UnixMs,
+    ) -> Result<Decision, DomainError> {
+        let a = self.owned_appointment(seq, citizen.as_deref())?;
+        Ok(match a.status {
+            Status::Pending if hold_has_expired(a, now_ms) => Decision::refused_with(
+                vec![Event::AppointmentExpired { seq }],
+                DomainError::HoldExpired,
+            ),
+            Status::Pending => Decision::ok(
+                vec![Event::AppointmentConfirmed { seq, at_ms: now_ms }],
+                Reply::Appointment(seq),
+            ),
+            Status::Confirmed => Decision::ok(vec![], Reply::Appointment(seq)),
+            Status::Expired => Decision::err(DomainError::HoldExpired),
+            status => Decision::err(DomainError::InvalidTransition { status }),
+        })
+    }
+
+    fn decide_cancel(
+        &self,
+        seq: u64,
+        citizen: &Option<String>,
+        now_ms: UnixMs,
+    ) -> Result<Decision, DomainError> {
+        let a = self.owned_appointment(seq, citizen.as_deref())?;
+        Ok(match a.status {
+            Status::Pending if hold_has_expired(a, now_ms) => Decision::refused_with(
+                vec![Event::AppointmentExpired { seq }],
+                DomainError::InvalidTransition {
+                    status: Status::Expired,
+                },
+            ),
+            Status::Pending => Decision::ok(
+                vec![Event::AppointmentReleased { seq }],
+                Reply::Appointment(seq),
+            ),
+            Status::Confirmed => Decision::ok(
+                vec![Event::AppointmentCancelled { seq }],
+                Reply::Appointment(seq),
+            ),
+            Status::Released | Status::Cancelled => Decision::ok(vec![], Reply::Appointment(seq)),
+            status => Decision::err(DomainError::InvalidTransition { status }),
+        })
+    }
+
+    fn decide_reject(&self, seq: u64) -> Result<Decision, DomainError> {
+        let a = self
+            .appointments
+            .get(&seq)
+            .ok_or(DomainError::NotFound(Resource::Appointment))?;
+        Ok(match a.status {
+            // Compensation of a failed booking: it must return the seat even when the
+            // deadline has passed meanwhile, and a repeat is a no-op.
+            Status::Pending => Decision::ok(
+                vec![Event::AppointmentRejected { seq }],
+                Reply::Appointment(seq),
+            ),
+            Status::Rejected | Status::Expired => Decision::ok(vec![], Reply::Appointment(seq)),
+            status => Decision::err(DomainError::InvalidTransition { status }),
+        })
+    }
+
+    /// Acts on the deadlines that have passed, earliest first, at most `EXPIRE_BATCH_MAX`.
+    /// Reads the queue only: applying each event removes its deadline.
+    fn decide_expire_due(&self, now_ms: UnixMs) -> Decision {
+        let events: Vec<Event> = self
+            .deadlines
+            .due(now_ms, EXPIRE_BATCH_MAX)
+            .map(|(_, deadline)| match deadline {
+                Deadline::Hold { seq } => Event::AppointmentExpired { seq },
+            })
+            .collect();
+        let count = events.len();
+        Decision::ok(events, Reply::Expired(count))
+    }
+
+    /// A derived decision after events that change a clinic's doses or reservations: when
+    /// more doses are reserved than on hand, the newest active appointments beyond what is on
+    /// hand are flagged at risk; the flags clear when stock covers them again.
+    pub(super) fn decide_at_risk(&self, applied: &[Event]) -> Vec<Event> {
+        let mut touched: Vec<(u32, VaccineIdx)> = Vec::new();
+        for event in applied {
+            if let Some(pair) = self.stock_touched_by(event) {
+                if !touched.contains(&pair) {
+                    touched.push(pair);
+                }
+            }
+        }
+        touched
+            .into_iter()
+            .flat_map(|(clinic, vaccine)| self.at_risk_flags(clinic, vaccine))
+            .collect()
+    }
+
+    /// The (clinic, vaccine) whose doses or reservations `event` changed.
+    fn stock_touched_by(&self, event: &Event) -> Option<(u32, VaccineIdx)> {
+        match event {
+            Event::StockReceived {
+                clinic, vaccine, ..
+            }
+            | Event::StockAdjusted {
+                clinic, vaccine, ..
+            } => Some((*clinic, *vaccine)),
+            Event::AppointmentReleased { seq }
+            | Event::AppointmentExpired { seq }
+            | Event::AppointmentRejected { seq }
+            | Event::AppointmentCancelled { seq }
+            | Event::AppointmentClinicCancelled { seq } => {
+                self.appointments.get(seq).map(|a| (a.clinic, a.vaccine))
+            }
+            _ => None,
+        }
+    }
+
+    /// The flag changes that make exactly the newest uncovered appointments at risk.
+    fn at_risk_flags(&self, clinic: u32, vaccine: VaccineIdx) -> Vec<Event> {
+        let c = &self.clinics[clinic as usize];
+        let Some(stock) = c.stock.get(&vaccine) else {
+            return Vec::new();
+        };
+        let mut uncovered = (stock.reserved - stock.on_hand).max(0);
+        let mut events = Vec::new();
+        for seq in c.appointments.iter().rev() {
+            let a = &self.appointments[seq];
+            if a.vaccine != vaccine || !a.status.is_active() {
+                continue;
+            }
+            let should = uncovered > 0;
+            uncovered -= i64::from(should);
+            if a.at_risk != should {
+                events.push(Event::AppointmentAtRisk {
+                    seq: *seq,
+                    at_risk: should,
+                });
+            }
+        }
+        events
+    }
+
+    /// The appointment `seq`, which must be `citizen`'s when one is named.
+    fn owned_appointment(
+        &self,
+        seq: u64,
+        citizen: Option<&str>,
+    ) -> Result<&Appointment, DomainError> {
+        let a = self
+            .appointments
+            .get(&seq)
+            .ok_or(DomainError::NotFound(Resource::Appointment))?;
+        match citizen {
+            Some(c) if *a.citizen != *c => Err(DomainError::NotYours),
+            _ => Ok(a),
+        }
+    }
+}
+
+fn hold_has_expired(a: &Appointment, now_ms: UnixMs) -> bool {
+    a.expires_at_ms.is_some_and(|deadline| now_ms >= deadline)
+}

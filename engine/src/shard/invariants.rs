@@ -1,0 +1,136 @@
+//! The invariants of a shard, recomputed from its appointments: checked after every step of
+//! the property model, after every recovery (a replayed shard must satisfy what the live one
+//! did) and by the races tests. O(state): never on the hot path.
+//!
+//! 1. Per slot that is not cancelled: `remaining + pending + confirmed + administered +
+//!    no_show == capacity`, none negative; a cancelled slot holds no live seat.
+//! 2. Per clinic and vaccine: `reserved` equals the PENDING + CONFIRMED appointments, and the
+//!    batches sum to `on_hand`.
+//! 3. The shard totals match, and the deadline queue times exactly the PENDING holds, each at
+//!    its `expires_at`.
+
+use rustc_hash::FxHashMap;
+
+use super::ShardState;
+use crate::deadlines::Deadline;
+use crate::model::{Clinic, Status, VaccineIdx};
+
+impl ShardState {
+    /// `Err` names the first broken invariant.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut pending = 0u64;
+        let mut confirmed = 0u64;
+        for (ci, c) in self.clinics.iter().enumerate() {
+            let (p, cf) = self.check_clinic(ci, c)?;
+            pending += p;
+            confirmed += cf;
+        }
+        if pending != self.counts.pending || confirmed != self.counts.confirmed {
+            return Err(format!(
+                "shard totals pending {} confirmed {}, appointments say {pending} {confirmed}",
+                self.counts.pending, self.counts.confirmed
+            ));
+        }
+        self.check_deadlines(pending)
+    }
+
+    /// Invariants 1 and 2 for one clinic; answers its (pending, confirmed) counts.
+    fn check_clinic(&self, ci: usize, c: &Clinic) -> Result<(u64, u64), String> {
+        let mut per_slot = vec![[0u32; 5]; c.slots.len()];
+        let mut per_vaccine: FxHashMap<VaccineIdx, i64> = FxHashMap::default();
+        let (mut pending, mut confirmed) = (0u64, 0u64);
+        for seq in &c.appointments {
+            let a = &self.appointments[seq];
+            if a.clinic as usize != ci {
+                return Err(format!("appointment {seq} listed under the wrong clinic"));
+            }
+            let counters = &mut per_slot[a.slot as usize];
+            match a.status {
+                Status::Pending => counters[0] += 1,
+                Status::Confirmed => counters[1] += 1,
+                Status::Administered => counters[2] += 1,
+                Status::NoShow => counters[3] += 1,
+                _ => {}
+            }
+            let holds_seat = matches!(
+                a.status,
+                Status::Pending | Status::Confirmed | Status::Administered | Status::NoShow
+            );
+            if a.rebook_priority && holds_seat {
+                counters[4] += 1;
+            }
+            if a.status.is_active() {
+                *per_vaccine.entry(a.vaccine).or_default() += 1;
+            }
+            pending += u64::from(a.status == Status::Pending);
+            confirmed += u64::from(a.status == Status::Confirmed);
+        }
+        for (s, counters) in c.slots.iter().zip(&per_slot) {
+            let expect = [
+                s.pending,
+                s.confirmed,
+                s.administered,
+                s.no_show,
+                s.priority_taken,
+            ];
+            let at = || format!("{}/{}", c.id, s.id);
+            if *counters != expect {
+                return Err(format!(
+                    "slot {}: counters {expect:?}, appointments say {counters:?}",
+                    at()
+                ));
+            }
+            if s.cancelled && (s.pending != 0 || s.confirmed != 0) {
+                return Err(format!("cancelled slot {} still holds seats", at()));
+            }
+            if !s.cancelled && s.remaining() + s.taken() != s.capacity {
+                return Err(format!("slot {}: counters do not sum to capacity", at()));
+            }
+            if s.taken() > s.capacity {
+                return Err(format!("slot {} oversold", at()));
+            }
+        }
+        for (v, stock) in &c.stock {
+            let active = per_vaccine.get(v).copied().unwrap_or(0);
+            if stock.reserved != active {
+                return Err(format!(
+                    "clinic {} vaccine {v}: reserved {} but {active} active",
+                    c.id, stock.reserved
+                ));
+            }
+            let batches: i64 = stock.batches.values().map(|b| b.on_hand).sum();
+            if batches != stock.on_hand || stock.batches.values().any(|b| b.on_hand < 0) {
+                return Err(format!(
+                    "clinic {} vaccine {v}: on_hand disagrees with batches",
+                    c.id
+                ));
+            }
+        }
+        Ok((pending, confirmed))
+    }
+
+    /// The deadline queue times exactly the `pending` holds, each at its deadline.
+    fn check_deadlines(&self, pending: u64) -> Result<(), String> {
+        for (at_ms, deadline) in self.deadlines.iter() {
+            match deadline {
+                Deadline::Hold { seq } => {
+                    let live = self.appointments.get(&seq).is_some_and(|a| {
+                        a.status == Status::Pending && a.expires_at_ms == Some(at_ms)
+                    });
+                    if !live {
+                        return Err(format!(
+                            "hold {seq} is timed at {at_ms} but not pending then"
+                        ));
+                    }
+                }
+            }
+        }
+        if self.deadlines.len() as u64 != pending {
+            return Err(format!(
+                "{} deadlines timed for {pending} pending holds",
+                self.deadlines.len()
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! The state of one shard and its state machine, one room per concern:
+//!
+//! - [`decide`](self::decide): pure decisions, state + command -> events and an answer (or a
+//!   domain error), one `decide_<command>` per command;
+//! - [`apply`](self::apply): the only code that mutates the state, one event at a time; live
+//!   traffic ([`ShardState::execute`]) and recovery (replay of the log) share it;
+//! - [`query`](self::query): the read models and the answers to queries;
+//! - [`invariants`](self::invariants): the invariants, recomputed from the appointments.
+//!
+//! Nothing here knows about actors, HTTP or disks.
+
+mod apply;
+mod decide;
+mod invariants;
+mod query;
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::appointments::{AppointmentTable, SeqList};
+use crate::clock::UnixMs;
+use crate::command::Command;
+use crate::deadlines::DeadlineQueue;
+use crate::error::{DomainError, Resource};
+use crate::event::Event;
+use crate::model::{Appointment, CitizenRecord, Clinic, Vaccine, VaccineIdx};
+use crate::view::{Output, ShardCounts};
+
+pub use decide::{Decision, Reply};
+
+/// Most deadlines one `ExpireDue` acts on. A pass that finds more leaves the rest for the next
+/// wake-up (which the timer arms at once), so a burst of expiries never stalls the shard's
+/// other callers for long.
+pub const EXPIRE_BATCH_MAX: usize = 4096;
+/// Most slots one clinic may have (14 days of 15-minute slots is 1,344).
+pub const SLOTS_PER_CLINIC_MAX: usize = 100_000;
+
+/// Snapshotted with bincode: plain fields only.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ShardState {
+    shard: u32,
+    vaccines: Vec<Vaccine>,
+    vaccine_index: FxHashMap<Arc<str>, VaccineIdx>,
+    clinics: Vec<Clinic>,
+    clinic_index: FxHashMap<Arc<str>, u32>,
+    citizens: FxHashMap<Arc<str>, Arc<CitizenRecord>>,
+    appointments: AppointmentTable,
+    /// Appointments of this shard's clinics by citizen, for the citizen's listing.
+    by_citizen: FxHashMap<Arc<str>, SeqList>,
+    next_seq: u64,
+    deadlines: DeadlineQueue,
+    counts: ShardCounts,
+}
+
+impl ShardState {
+    pub fn new(shard: u32) -> Self {
+        ShardState {
+            shard,
+            vaccines: Vec::new(),
+            vaccine_index: FxHashMap::default(),
+            clinics: Vec::new(),
+            clinic_index: FxHashMap::default(),
+            citizens: FxHashMap::default(),
+            appointments: AppointmentTable::default(),
+            by_citizen: FxHashMap::default(),
+            next_seq: 1,
+            deadlines: DeadlineQueue::default(),
+            counts: ShardCounts::default(),
+        }
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Decides, applies and answers one command. Applied events are appended to `sink` (the
+    /// write-ahead log's feed), follow-up decisions (the at-risk flags) after them.
+    pub fn execute(
+        &mut self,
+        command: Command,
+        now_ms: UnixMs,
+        sink: &mut Vec<Event>,
+    ) -> Result<Output, DomainError> {
+        let decision = self.decide(&command, now_ms);
+        let first_new = sink.len();
+        self.apply_all(decision.events, sink);
+        let follow_ups = self.decide_at_risk(&sink[first_new..]);
+        self.apply_all(follow_ups, sink);
+        decision.outcome.map(|reply| self.render(reply))
+    }
+
+    fn apply_all(&mut self, events: Vec<Event>, sink: &mut Vec<Event>) {
+        for event in events {
+            self.apply(&event);
+            sink.push(event);
+        }
+    }
+
+    /// The earliest deadline in the queue (the shard's timer sleeps until it).
+    pub fn next_deadline(&self) -> Option<UnixMs> {
+        self.deadlines.earliest()
+    }
+
+    // ---- lookups shared by decisions and queries -------------------------------------
+
+    fn clinic_of(&self, clinic_id: &str) -> Result<u32, DomainError> {
+        self.clinic_index
+            .get(clinic_id)
+            .copied()
+            .ok_or(DomainError::NotFound(Resource::Clinic))
+    }
+
+    fn vaccine_of(&self, vaccine: &str) -> Result<VaccineIdx, DomainError> {
+        self.vaccine_index
+            .get(vaccine)
+            .copied()
+            .ok_or(DomainError::NotFound(Resource::Vaccine))
+    }
+
+    fn clinic_and_vaccine(
+        &self,
+        clinic_id: &str,
+        vaccine: &str,
+    ) -> Result<(u32, VaccineIdx), DomainError> {
+        Ok((self.clinic_of(clinic_id)?, self.vaccine_of(vaccine)?))
+    }
+
+    fn clinic_and_slot(&self, clinic_id: &str, slot_id: &str) -> Result<(u32, u32), DomainError> {
+        let clinic = self.clinic_of(clinic_id)?;
+        let slot = *self.clinics[clinic as usize]
+            .slot_index
+            .get(slot_id)
+            .ok_or(DomainError::NotFound(Resource::Slot))?;
+        Ok((clinic, slot))
+    }
+
+    fn slot_appointments(&self, clinic: u32, slot: u32) -> impl Iterator<Item = &Appointment> {
+        self.clinics[clinic as usize]
+            .appointments
+            .iter()
+            .map(|seq| &self.appointments[seq])
+            .filter(move |a| a.slot == slot)
+    }
+}
