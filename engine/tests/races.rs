@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use holdfast_engine::error::JournalError;
-use holdfast_engine::journal::{Done, Journal, Recovered};
 use holdfast_engine::model::{CitizenRecord, ClinicInfo, SlotSpec, VaccineRules};
 use holdfast_engine::ring::Ring;
 use holdfast_engine::view::{AvailabilityView, Output};
@@ -17,6 +15,9 @@ use holdfast_engine::{
     BookRequest, Clock, Command, DomainError, EngineError, Node, NodeConfig, Query, Status,
     SystemClock,
 };
+
+mod common;
+use common::GatedJournal;
 
 const VACCINE: &str = "vx";
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -319,57 +320,6 @@ async fn saga_books_exactly_capacity_and_compensates_ineligible() {
         assert_eq!(&*appointments[0].slot_id, "s5");
     }
     node.stop().await;
-}
-
-/// A journal that stores at once until the test closes its gate, then holds every
-/// completion (so every answer waits) until the test opens it again.
-#[derive(Default)]
-struct GatedJournal {
-    closed: std::sync::atomic::AtomicBool,
-    held: std::sync::Mutex<Vec<Done>>,
-}
-
-impl GatedJournal {
-    fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-    fn held(&self) -> usize {
-        self.held.lock().unwrap().len()
-    }
-    fn open(&self) {
-        self.closed
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        for done in self.held.lock().unwrap().drain(..) {
-            done(Ok(()));
-        }
-    }
-    fn complete(&self, done: Done) {
-        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            self.held.lock().unwrap().push(done);
-        } else {
-            done(Ok(()));
-        }
-    }
-}
-
-impl Journal for GatedJournal {
-    fn append(&self, _: u32, _: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), JournalError> {
-        self.complete(done);
-        Ok(())
-    }
-    fn snapshot(&self, _: u32, _: u64, _: Vec<u8>, done: Done) -> Result<(), JournalError> {
-        self.complete(done);
-        Ok(())
-    }
-    fn recover(&self, _: u32) -> Result<Recovered, JournalError> {
-        Ok(Recovered::default())
-    }
-    fn failed(&self) -> Option<JournalError> {
-        None
-    }
-    fn busy(&self) -> bool {
-        false
-    }
 }
 
 /// With a bound of one request in flight per shard, a request that is held inside the shard

@@ -1,0 +1,67 @@
+//! Fixtures shared by the engine's integration tests.
+
+use holdfast_engine::error::JournalError;
+use holdfast_engine::journal::{Done, Journal, Recovered};
+
+/// A journal that stores at once until the test closes its gate, then holds every
+/// completion (so every answer waits) until the test opens it again.
+#[derive(Default)]
+pub struct GatedJournal {
+    closed: std::sync::atomic::AtomicBool,
+    fail_next: std::sync::atomic::AtomicBool,
+    held: std::sync::Mutex<Vec<Done>>,
+}
+
+impl GatedJournal {
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+    pub fn open(&self) {
+        self.closed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for done in self.held.lock().unwrap().drain(..) {
+            done(Ok(()));
+        }
+    }
+    /// The next completion reports a failed write.
+    #[allow(dead_code)] // not every test binary fails a write
+    pub fn fail_next(&self) {
+        self.fail_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn complete(&self, done: Done) {
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            done(Err(JournalError::Failed("injected by the test".into())));
+        } else if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.held.lock().unwrap().push(done);
+        } else {
+            done(Ok(()));
+        }
+    }
+}
+
+impl Journal for GatedJournal {
+    fn append(&self, _: u32, _: Vec<(u64, Vec<u8>)>, done: Done) -> Result<(), JournalError> {
+        self.complete(done);
+        Ok(())
+    }
+    fn snapshot(&self, _: u32, _: u64, _: Vec<u8>, done: Done) -> Result<(), JournalError> {
+        self.complete(done);
+        Ok(())
+    }
+    fn recover(&self, _: u32) -> Result<Recovered, JournalError> {
+        Ok(Recovered::default())
+    }
+    fn failed(&self) -> Option<JournalError> {
+        None
+    }
+    fn busy(&self) -> bool {
+        false
+    }
+}
