@@ -65,31 +65,7 @@ impl ShardState {
             pending += u64::from(a.status == Status::Pending);
             confirmed += u64::from(a.status == Status::Confirmed);
         }
-        for (s, counters) in c.slots.iter().zip(&per_slot) {
-            let expect = [
-                s.pending,
-                s.confirmed,
-                s.administered,
-                s.no_show,
-                s.priority_taken,
-            ];
-            let at = || format!("{}/{}", c.id, s.id);
-            if *counters != expect {
-                return Err(format!(
-                    "slot {}: counters {expect:?}, appointments say {counters:?}",
-                    at()
-                ));
-            }
-            if s.cancelled && (s.pending != 0 || s.confirmed != 0) {
-                return Err(format!("cancelled slot {} still holds seats", at()));
-            }
-            if !s.cancelled && s.remaining() + s.taken() != s.capacity {
-                return Err(format!("slot {}: counters do not sum to capacity", at()));
-            }
-            if s.taken() > s.capacity {
-                return Err(format!("slot {} oversold", at()));
-            }
-        }
+        check_slots(c, &per_slot)?;
         for (v, stock) in &c.stock {
             let active = per_vaccine.get(v).copied().unwrap_or(0);
             if stock.reserved != active {
@@ -133,4 +109,35 @@ impl ShardState {
         }
         Ok(())
     }
+}
+
+/// Invariant 1 for each slot of `c`, against what its appointments say (`per_slot`:
+/// pending, confirmed, administered, no-show and priority seats).
+fn check_slots(c: &Clinic, per_slot: &[[u32; 5]]) -> Result<(), String> {
+    for (s, counters) in c.slots.iter().zip(per_slot) {
+        let expect = [
+            s.pending,
+            s.confirmed,
+            s.administered,
+            s.no_show,
+            s.priority_taken,
+        ];
+        let at = || format!("{}/{}", c.id, s.id);
+        if *counters != expect {
+            return Err(format!(
+                "slot {}: counters {expect:?}, appointments say {counters:?}",
+                at()
+            ));
+        }
+        if s.cancelled && (s.pending != 0 || s.confirmed != 0) {
+            return Err(format!("cancelled slot {} still holds seats", at()));
+        }
+        if !s.cancelled && s.remaining() + s.taken() != s.capacity {
+            return Err(format!("slot {}: counters do not sum to capacity", at()));
+        }
+        if s.taken() > s.capacity {
+            return Err(format!("slot {} oversold", at()));
+        }
+    }
+    Ok(())
 }
