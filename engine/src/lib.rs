@@ -7,6 +7,8 @@
 //! (booking across two shards) and [`publish`] (durable changes, published once). No HTTP
 //! and no disk here: the gateway and the persistence crate sit on either side.
 
+#![forbid(unsafe_code)]
+
 pub mod actor;
 pub mod appointments;
 pub mod client;

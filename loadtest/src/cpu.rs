@@ -24,6 +24,7 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+#[allow(unsafe_code)] // a libc call; see the SAFETY note
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf reads a constant of the C library; it has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

@@ -63,6 +63,7 @@ pub fn find_server_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
 /// Asks Linux to SIGKILL the server when the harness dies, so even a harness killed with
 /// SIGKILL (whose drop guards never run) leaves no server behind.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // pre_exec is unsafe by contract; see the SAFETY note
 fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl,

@@ -9,6 +9,8 @@
 //! The crate knows bytes and sequence numbers only: what a record means is the engine's
 //! business, and nothing here knows HTTP.
 
+#![forbid(unsafe_code)]
+
 mod datadir;
 mod wal;
 
