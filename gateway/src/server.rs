@@ -197,7 +197,7 @@ fn load_secret(args: &ServeArgs) -> Result<(Vec<u8>, PathBuf), String> {
 
 fn write_secret(path: &Path) -> Result<(), String> {
     let secret = crate::auth::generate_secret();
-    holdfast_persistence::write_atomically(path, &secret)?;
+    holdfast_persistence::write_atomically(path, &secret).map_err(|e| e.to_string())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -215,7 +215,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.hold_ttl.as_millis() == 0 || args.max_hold < args.hold_ttl {
         return Err("--hold-ttl must be positive and not above --max-hold".into());
     }
-    let data_dir = DataDir::open(&args.data_dir, args.shards, SHARDS_DEFAULT)?;
+    let data_dir =
+        DataDir::open(&args.data_dir, args.shards, SHARDS_DEFAULT).map_err(|e| e.to_string())?;
     let (secret, secret_path) = load_secret(&args)?;
     let durability = match args.durability {
         Durability::Sync => holdfast_persistence::Durability::Sync,

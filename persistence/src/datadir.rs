@@ -2,6 +2,7 @@
 //! directory is created (`--shards` takes effect only then; ARCHITECTURE.md, "Partitioning"),
 //! and `write_atomically` for small files that must be either old or new after a crash.
 
+use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,71 @@ pub struct DataDir {
     created: bool,
 }
 
+/// Why a data directory could not be opened or a file in it written; each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDirError {
+    /// The manifest exists but does not parse.
+    UnreadableManifest { path: PathBuf, reason: String },
+    /// The directory was written by a build with another on-disk format.
+    UnsupportedFormat { path: PathBuf, found: u32 },
+    /// `--shards` differs from the count the directory was created with.
+    ShardsFixed {
+        path: PathBuf,
+        shards: u32,
+        requested: u32,
+    },
+    /// A file or the directory could not be created, read, written or synced.
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+impl fmt::Display for DataDirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataDirError::UnreadableManifest { path, reason } => write!(
+                f,
+                "{}: unreadable manifest ({reason}); is this a holdfast data directory?",
+                path.display()
+            ),
+            DataDirError::UnsupportedFormat { path, found } => write!(
+                f,
+                "{}: data format version {found} is not supported by this build (it reads \
+                 version {FORMAT_VERSION}); run the build that wrote it, or use a new --data-dir",
+                path.display()
+            ),
+            DataDirError::ShardsFixed {
+                path,
+                shards,
+                requested,
+            } => write!(
+                f,
+                "{} was created with --shards {shards}; it cannot change to {requested}. Omit \
+                 --shards, or use a new --data-dir",
+                path.display()
+            ),
+            DataDirError::Io { what, path, reason } => write!(
+                f,
+                "{what} {}: {reason}; check the disk and the permissions of the data directory",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DataDirError {}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError {
+    let path = path.to_path_buf();
+    move |e| DataDirError::Io {
+        what,
+        path,
+        reason: e.to_string(),
+    }
+}
+
 impl DataDir {
     /// Opens `path`, creating it (with `shards_requested`, or `shards_default` when absent)
     /// if it has no manifest. An existing directory keeps its shard count: asking for a
@@ -35,30 +101,29 @@ impl DataDir {
         path: &Path,
         shards_requested: Option<u32>,
         shards_default: u32,
-    ) -> Result<DataDir, String> {
+    ) -> Result<DataDir, DataDirError> {
         let manifest_path = path.join(MANIFEST_FILE);
         match fs::read(&manifest_path) {
             Ok(bytes) => {
                 let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                    format!(
-                        "{}: unreadable manifest ({e}); is this a holdfast data directory?",
-                        manifest_path.display()
-                    )
+                    DataDirError::UnreadableManifest {
+                        path: manifest_path.clone(),
+                        reason: e.to_string(),
+                    }
                 })?;
                 if manifest.format_version != FORMAT_VERSION {
-                    return Err(format!(
-                        "{}: data format version {} is not supported by this build (it reads version {FORMAT_VERSION})",
-                        path.display(),
-                        manifest.format_version
-                    ));
+                    return Err(DataDirError::UnsupportedFormat {
+                        path: path.to_path_buf(),
+                        found: manifest.format_version,
+                    });
                 }
                 if let Some(requested) = shards_requested {
                     if requested != manifest.shards {
-                        return Err(format!(
-                            "{} was created with --shards {}; it cannot change to {requested}. Omit --shards, or use a new --data-dir",
-                            path.display(),
-                            manifest.shards
-                        ));
+                        return Err(DataDirError::ShardsFixed {
+                            path: path.to_path_buf(),
+                            shards: manifest.shards,
+                            requested,
+                        });
                     }
                 }
                 Ok(DataDir {
@@ -68,8 +133,7 @@ impl DataDir {
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(path)
-                    .map_err(|e| format!("cannot create data directory {}: {e}", path.display()))?;
+                fs::create_dir_all(path).map_err(io_error("cannot create data directory", path))?;
                 let manifest = Manifest {
                     format_version: FORMAT_VERSION,
                     shards: shards_requested.unwrap_or(shards_default),
@@ -84,7 +148,7 @@ impl DataDir {
                     created: true,
                 })
             }
-            Err(e) => Err(format!("cannot read {}: {e}", manifest_path.display())),
+            Err(e) => Err(io_error("cannot read", &manifest_path)(e)),
         }
     }
 
@@ -104,17 +168,17 @@ impl DataDir {
 
 /// Writes `bytes` to `path` so a crash leaves either the old file or the new one: a
 /// temporary file, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("tmp");
-    let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
-    let mut file = fs::File::create(&tmp).map_err(|e| fail("cannot create", e))?;
-    file.write_all(bytes).map_err(|e| fail("cannot write", e))?;
-    file.sync_all().map_err(|e| fail("cannot sync", e))?;
-    fs::rename(&tmp, path).map_err(|e| fail("cannot rename into", e))?;
+    let mut file = fs::File::create(&tmp).map_err(io_error("cannot create", path))?;
+    file.write_all(bytes)
+        .map_err(io_error("cannot write", path))?;
+    file.sync_all().map_err(io_error("cannot sync", path))?;
+    fs::rename(&tmp, path).map_err(io_error("cannot rename into", path))?;
     if let Some(dir) = path.parent() {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| fail("cannot sync directory of", e))?;
+            .map_err(io_error("cannot sync directory of", path))?;
     }
     Ok(())
 }
@@ -142,7 +206,7 @@ mod tests {
         assert!(!reopened.created());
         assert_eq!(reopened.shards(), 8);
         assert_eq!(DataDir::open(&dir, Some(8), 64).unwrap().shards(), 8);
-        let err = DataDir::open(&dir, Some(16), 64).unwrap_err();
+        let err = DataDir::open(&dir, Some(16), 64).unwrap_err().to_string();
         assert!(err.contains("--shards 8"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -158,10 +222,12 @@ mod tests {
         .unwrap();
         assert!(DataDir::open(&dir, None, 64)
             .unwrap_err()
+            .to_string()
             .contains("version 99"));
         fs::write(dir.join(MANIFEST_FILE), b"garbage").unwrap();
         assert!(DataDir::open(&dir, None, 64)
             .unwrap_err()
+            .to_string()
             .contains("unreadable"));
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -14,7 +14,7 @@
 mod datadir;
 mod wal;
 
-pub use datadir::{write_atomically, DataDir, Manifest, FORMAT_VERSION};
+pub use datadir::{write_atomically, DataDir, DataDirError, Manifest, FORMAT_VERSION};
 pub use wal::{
     Ack, Dropped, Durability, FlushFault, Record, Recovery, Wal, WalConfig, WalError, WalStats,
     ASYNC_FLUSH_INTERVAL_MS_DEFAULT, BATCH_RECORDS_MAX_DEFAULT, CACHE_CAPACITY_BYTES_DEFAULT,
