@@ -1,4 +1,4 @@
-//! Engine throughput in hold+confirm pairs (PERFORMANCE.md: at least 1,000,000 pairs per
+//! Engine throughput in hold+confirm pairs (docs/PERFORMANCE.md: at least 1,000,000 pairs per
 //! second across all shards, in process, no HTTP, no disk).
 //!
 //! - `state_machine/hold_confirm`: the BARE STATE MACHINE — one `ShardState` driven directly

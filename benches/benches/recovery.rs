@@ -1,5 +1,5 @@
 //! Recovery time of a node holding 1,000,000 appointments: every shard's snapshot plus a
-//! 100,000-record log tail (PERFORMANCE.md target: under 3 s).
+//! 100,000-record log tail (docs/PERFORMANCE.md target: a country's state in under 5 s).
 //!
 //! Set-up (untimed, once): a node on a `WalJournal` (Sync) in a fresh temp dir, 64 shards,
 //! one clinic per shard with exactly enough seats and doses, automatic snapshots off

@@ -1,4 +1,4 @@
-//! Eligibility rules of a booking, checked while its seat and dose are held (API.md,
+//! Eligibility rules of a booking, checked while its seat and dose are held (docs/API.md,
 //! "Rules a booking must pass"). Pure functions of the rules, the citizen and the slot.
 
 use chrono::{Datelike, NaiveDate, TimeZone};

@@ -7,7 +7,7 @@
 /// Longest client-chosen id (`clinic_id`, `slot_id`, `citizen_id`, `vaccine`, `batch`).
 pub const CLIENT_ID_BYTES_MAX: usize = 64;
 
-/// True when `s` is 1..=64 characters of `[A-Za-z0-9_-]` (API.md, Conventions).
+/// True when `s` is 1..=64 characters of `[A-Za-z0-9_-]` (docs/API.md, Conventions).
 pub fn is_valid_client_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= CLIENT_ID_BYTES_MAX

@@ -18,14 +18,14 @@ use crate::clock::UnixMs;
 pub type VaccineIdx = u16;
 /// Largest catalogue; a `u16` index with room to spare.
 pub const VACCINES_MAX: usize = 1024;
-/// Most slots one bulk upload may carry (API.md).
+/// Most slots one bulk upload may carry (docs/API.md).
 pub const SLOTS_BULK_MAX: usize = 1000;
-/// Largest slot capacity (API.md).
+/// Largest slot capacity (docs/API.md).
 pub const SLOT_CAPACITY_MAX: u32 = 100_000;
-/// Largest quantity of one stock delivery or adjustment (API.md: 1..=10^7).
+/// Largest quantity of one stock delivery or adjustment (docs/API.md: 1..=10^7).
 pub const STOCK_QUANTITY_MAX: i64 = 10_000_000;
 
-/// Eligibility rules of a vaccine (API.md, `PUT /v1/vaccines/{vaccine}`).
+/// Eligibility rules of a vaccine (docs/API.md, `PUT /v1/vaccines/{vaccine}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaccineRules {
     pub min_age: Option<u32>,
@@ -107,7 +107,7 @@ pub struct Batch {
     pub expires_on: NaiveDate,
 }
 
-/// Doses of one vaccine at one clinic (API.md, "Counting").
+/// Doses of one vaccine at one clinic (docs/API.md, "Counting").
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VaccineStock {
     pub batches: BTreeMap<String, Batch>,
@@ -143,7 +143,7 @@ pub struct DoseRecord {
     pub date: NaiveDate,
 }
 
-/// What an authority says about a citizen (API.md, `PUT /v1/citizens/{citizen_id}`).
+/// What an authority says about a citizen (docs/API.md, `PUT /v1/citizens/{citizen_id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CitizenRecord {
     pub birth_date: NaiveDate,
@@ -153,7 +153,7 @@ pub struct CitizenRecord {
     pub doses: Vec<DoseRecord>,
 }
 
-/// Appointment statuses (API.md, "Booking"). Transitions only go forward.
+/// Appointment statuses (docs/API.md, "Booking"). Transitions only go forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {

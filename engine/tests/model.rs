@@ -4,7 +4,7 @@
 //!    cancels, rejects, clock moves, expiry passes, stock adjustments and slot cancellations.
 //!    After every step the command's outcome must agree with the model, the shard's own
 //!    `check_invariants` must pass, every slot's and every stock's counters must equal the
-//!    model's (ARCHITECTURE.md invariants 1 and 2), and no appointment status may move
+//!    model's (docs/ARCHITECTURE.md invariants 1 and 2), and no appointment status may move
 //!    backward (invariant 4). At the end of each case the collected events are replayed into
 //!    a fresh state, which must equal the live one.
 //! 2. The idempotency table against a plain model: random interleavings of begin / finish /
@@ -211,7 +211,7 @@ fn is_active(s: Status) -> bool {
     matches!(s, Status::Pending | Status::Confirmed)
 }
 
-/// The forward-only status graph (API.md "Booking"); staying put is always allowed.
+/// The forward-only status graph (docs/API.md "Booking"); staying put is always allowed.
 fn transition_allowed(from: Status, to: Status) -> bool {
     use Status::*;
     from == to

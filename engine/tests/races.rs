@@ -1,5 +1,5 @@
 //! Concurrency through the shard actors: many callers at once against one slot or one clinic's
-//! doses must never oversell, and the counters must add up afterwards (ARCHITECTURE.md
+//! doses must never oversell, and the counters must add up afterwards (docs/ARCHITECTURE.md
 //! invariants 1 and 2). Also the booking saga's compensation under concurrency, and the
 //! per-shard in-flight bound.
 

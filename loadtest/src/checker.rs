@@ -1,6 +1,6 @@
 //! The invariant checker: after a scenario (and after every restart of a crash rehearsal)
 //! the harness reads the campaign's clinics through the public API into a [`Picture`] and
-//! checks it, together with the run's [`Ledger`], against the invariants of ARCHITECTURE.md.
+//! checks it, together with the run's [`Ledger`], against the invariants of docs/ARCHITECTURE.md.
 //!
 //! Taking the picture ([`fetch_picture`]) is the only I/O; [`check`] is a pure function, so
 //! tests can feed it any picture, consistent or deliberately broken, and prove that every
@@ -55,7 +55,7 @@ pub const IDS_PER_VIOLATION_MAX: usize = 50;
 /// Characters of an unexpected answer body quoted in an error.
 const BODY_EXCERPT_CHARS: usize = 300;
 
-/// Every appointment status of the contract (API.md, Booking).
+/// Every appointment status of the contract (docs/API.md, Booking).
 pub const STATUSES: [&str; 9] = [
     "PENDING",
     "CONFIRMED",

@@ -423,7 +423,7 @@ fn negative_stock_on_hand() {
 #[test]
 fn a_negative_available_after_a_stock_adjustment_is_allowed() {
     let mut picture = consistent();
-    // Staff adjusted stock below what is reserved: API.md reports it negative, unclamped.
+    // Staff adjusted stock below what is reserved: docs/API.md reports it negative, unclamped.
     *stock_mut(&mut picture, "c1", "pfz") = stock(1, 2);
     let report = run(&picture, &ledger_for(&picture));
     assert!(report.ok(), "{:#?}", report.violations);

@@ -1,5 +1,5 @@
 //! The data directory's manifest: the format version and the shard count, fixed when the
-//! directory is created (`--shards` takes effect only then; ARCHITECTURE.md, "Partitioning"),
+//! directory is created (`--shards` takes effect only then; docs/ARCHITECTURE.md, "Partitioning"),
 //! and `write_atomically` for small files that must be either old or new after a crash.
 
 use std::fmt;

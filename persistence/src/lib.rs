@@ -4,7 +4,7 @@
 //!   and [`write_atomically`] for small files.
 //! - [`Wal`]: the write-ahead log and per-shard snapshots on sled 0.34, with group commit
 //!   (one writer thread, one `db.flush()` + `fdatasync` per batch in `Sync` mode) and
-//!   recovery that cuts a torn or corrupt tail (ARCHITECTURE.md, "Durability").
+//!   recovery that cuts a torn or corrupt tail (docs/ARCHITECTURE.md, "Durability").
 //!
 //! The crate knows bytes and sequence numbers only: what a record means is the engine's
 //! business, and nothing here knows HTTP.

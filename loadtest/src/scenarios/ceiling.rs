@@ -1,6 +1,6 @@
 //! `ceiling`: the same client, connections and duration against `GET /healthz`, an endpoint
 //! that does nothing. No HTTP booking path on this machine can beat it, so booking rates in
-//! the same run are reported as a fraction of it (PERFORMANCE.md compares ratios, never
+//! the same run are reported as a fraction of it (docs/PERFORMANCE.md compares ratios, never
 //! absolute figures from different runs).
 
 use std::sync::Arc;

@@ -47,7 +47,7 @@ pub const QUEUE_OPS_MAX_DEFAULT: usize = 65_536;
 pub const SLED_BATCH_RECORDS_MAX: usize = 256;
 /// In `Async` mode, the longest an acknowledged write waits for its flush to disk.
 pub const ASYNC_FLUSH_INTERVAL_MS_DEFAULT: u64 = 5;
-/// sled's page cache (its default is 1 GiB, too much for PERFORMANCE.md's memory target).
+/// sled's page cache (its default is 1 GiB, too much for docs/PERFORMANCE.md's memory target).
 /// The log is written at its end and read only at recovery, so a small cache costs nothing:
 /// with 16 MiB instead of 64, WAL appends measured no slower (`--bench wal`, 162 K records/s)
 /// and the node with a million live holds 116 MiB smaller (`--bench holds`, 456 MiB). sled
