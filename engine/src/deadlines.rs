@@ -65,11 +65,6 @@ impl DeadlineQueue {
             .copied()
     }
 
-    /// True when `deadline` is timed at `at_ms`.
-    pub fn contains(&self, at_ms: UnixMs, deadline: Deadline) -> bool {
-        self.entries.contains(&(at_ms, deadline))
-    }
-
     /// Every entry, earliest first (for invariant checks).
     pub fn iter(&self) -> impl Iterator<Item = (UnixMs, Deadline)> + '_ {
         self.entries.iter().copied()

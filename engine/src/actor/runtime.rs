@@ -89,10 +89,6 @@ impl ShardRuntime {
         }
     }
 
-    pub fn state(&self) -> &ShardState {
-        &self.state
-    }
-
     pub fn runtime_counts(&self) -> RuntimeCounts {
         RuntimeCounts {
             as_of_ms: self.clock.now_ms(),

@@ -309,10 +309,6 @@ impl ShardState {
             .is_some_and(|s| s.batches.contains_key(batch))
     }
 
-    pub fn vaccine_known(&self, name: &str) -> bool {
-        self.vaccine_index.contains_key(name)
-    }
-
     /// The change `event` made, by name, for the publisher. Read after the event is applied:
     /// every name it needs exists by then and never changes.
     pub fn describe(&self, event: &Event) -> Change {
