@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use common::GatedJournal;
+use common::{rules, GatedJournal};
 use holdfast_engine::ids::AppointmentId;
-use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
+use holdfast_engine::model::{ClinicInfo, SlotSpec};
 use holdfast_engine::publish::{Change, Published};
 use holdfast_engine::ring::Ring;
 use holdfast_engine::{Clock, Command, Node, NodeConfig, Output, Status, SystemClock};
@@ -30,17 +30,9 @@ async fn node_with(journal: Arc<GatedJournal>) -> Arc<Node> {
 }
 
 async fn clinic(node: &Node) -> u32 {
-    let rules = VaccineRules {
-        min_age: None,
-        max_age: None,
-        regions: vec![],
-        series_doses: 0,
-        min_interval_days: 0,
-        contraindications: vec![],
-    };
     node.broadcast(Command::PutVaccine {
         name: "vx".into(),
-        rules,
+        rules: rules(None),
     })
     .await
     .expect("vaccine");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use holdfast_engine::model::{CitizenRecord, ClinicInfo, SlotSpec, VaccineRules};
+use holdfast_engine::model::{CitizenRecord, ClinicInfo, SlotSpec};
 use holdfast_engine::ring::Ring;
 use holdfast_engine::view::{AvailabilityView, Output};
 use holdfast_engine::{
@@ -17,7 +17,7 @@ use holdfast_engine::{
 };
 
 mod common;
-use common::GatedJournal;
+use common::{rules, GatedJournal};
 
 const VACCINE: &str = "vx";
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -25,17 +25,6 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 const HOLD_MS: i64 = 10 * 60 * 1000;
 /// Bound on any single await in these tests, so a lost reply fails instead of hanging.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn rules(min_age: Option<u32>) -> VaccineRules {
-    VaccineRules {
-        min_age,
-        max_age: None,
-        regions: vec![],
-        series_doses: 0,
-        min_interval_days: 0,
-        contraindications: vec![],
-    }
-}
 
 fn date(s: &str) -> NaiveDate {
     s.parse().expect("valid date")

@@ -2,6 +2,7 @@
 
 use holdfast_engine::error::JournalError;
 use holdfast_engine::journal::{Done, Journal, Recovered};
+use holdfast_engine::model::VaccineRules;
 
 /// A journal that stores at once until the test closes its gate, then holds every
 /// completion (so every answer waits) until the test opens it again.
@@ -63,5 +64,18 @@ impl Journal for GatedJournal {
     }
     fn busy(&self) -> bool {
         false
+    }
+}
+
+/// A vaccine's rules with no restriction but an optional minimum age.
+#[allow(dead_code)] // not every test binary uses it
+pub fn rules(min_age: Option<u32>) -> VaccineRules {
+    VaccineRules {
+        min_age,
+        max_age: None,
+        regions: vec![],
+        series_doses: 0,
+        min_interval_days: 0,
+        contraindications: vec![],
     }
 }
