@@ -10,11 +10,12 @@ use holdfast_engine::{AppointmentId, Command, Output, Status};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::{idempotency_key, idempotent, into_response, ok, Answer, AppState, Deferred};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
+use crate::idempotency::{idempotency_key, idempotent, into_response, ok, Answer, Deferred};
 use crate::routes::require_authority_or_staff_of;
+use crate::state::AppState;
 use crate::types::*;
 
 /// Most appointments one listing returns.

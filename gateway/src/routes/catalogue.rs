@@ -8,11 +8,12 @@ use holdfast_engine::{Command, Output};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::{idempotency_key, idempotent, into_response, ok, AppState};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{StrictJson, StrictJsonBulk, StrictPath, StrictQuery};
+use crate::idempotency::{idempotency_key, idempotent, into_response, ok, Answer};
 use crate::routes::require_authority_or_staff_of;
+use crate::state::AppState;
 use crate::types::*;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -139,8 +140,6 @@ fn stock_answer(clinic_id: String, output: Output) -> Answer {
         other => Err(unexpected(other)),
     }
 }
-
-use crate::app::Answer;
 
 /// Receives doses into a batch (created on first delivery; later deliveries add to it).
 #[utoipa::path(post, path = "/v1/clinics/{clinic_id}/stock", tag = "catalogue",

@@ -8,9 +8,10 @@ use holdfast_engine::node::RETRY_AFTER_S;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::{into_response, ok, AppState};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
+use crate::idempotency::{into_response, ok};
+use crate::state::AppState;
 use crate::types::*;
 
 pub fn router() -> OpenApiRouter<AppState> {
