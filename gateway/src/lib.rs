@@ -18,4 +18,3 @@ pub mod qr;
 pub mod routes;
 pub mod server;
 pub mod state;
-pub mod types;

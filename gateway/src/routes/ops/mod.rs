@@ -1,5 +1,7 @@
 //! Operator endpoints: liveness, readiness and the per-shard status.
 
+pub mod types;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -11,8 +13,10 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{into_response, ok};
+use crate::routes::fields::rfc3339;
 use crate::state::AppState;
-use crate::types::*;
+
+use self::types::{HealthJson, RingJson, ShardJson, ShardsJson};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

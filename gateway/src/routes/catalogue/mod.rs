@@ -1,6 +1,8 @@
 //! Catalogue (authority; stock adjustments and slot cancellation also staff of the clinic)
 //! and the public availability reads.
 
+pub mod types;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,9 +14,16 @@ use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{StrictJson, StrictJsonBulk, StrictPath, StrictQuery};
 use crate::idempotency::{idempotency_key, idempotent, into_response, ok, Answer};
+use crate::routes::fields::{check_id, non_empty, TEXT_BYTES_MAX};
 use crate::routes::require_authority_or_staff_of;
 use crate::state::AppState;
-use crate::types::*;
+
+use self::types::{
+    query_instant_ms, slot_spec, AdjustBody, AvailabilityJson, AvailabilityQuery, BulkSlotsBody,
+    CancelSlotBody, CitizenBody, CitizenJson, ClinicBody, ClinicJson, ClinicStockJson,
+    ClinicSummaryJson, ClinicsJson, ClinicsQuery, SlotBody, SlotCancelledJson, SlotJson, SlotsJson,
+    StockBody, VaccineBody, VaccineJson,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -1,6 +1,8 @@
 //! Booking: create (the saga, under a required Idempotency-Key), confirm, cancel, read, the
 //! QR code, and the listings by citizen and by clinic.
 
+pub mod types;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,9 +16,14 @@ use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
 use crate::idempotency::{idempotency_key, idempotent, into_response, ok, Answer, Deferred};
+use crate::routes::fields::{check_id, non_empty};
 use crate::routes::require_authority_or_staff_of;
 use crate::state::AppState;
-use crate::types::*;
+
+use self::types::{
+    AppointmentJson, AppointmentsJson, ClinicAppointmentsQuery, CreateAppointmentBody,
+    HOLD_SECONDS_MAX,
+};
 
 /// Most appointments one listing returns.
 pub const LISTING_APPOINTMENTS_MAX: usize = 10_000;
