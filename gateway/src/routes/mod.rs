@@ -8,6 +8,8 @@ pub mod catalogue;
 pub mod fields;
 pub mod ops;
 
+use holdfast_engine::Output;
+
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 
@@ -24,4 +26,9 @@ pub(crate) fn require_authority_or_staff_of(
         )),
         _ => caller.require_role(&[Role::Authority, Role::Staff]),
     }
+}
+
+/// An engine answer of the wrong kind for the command sent: a bug, 500.
+pub(crate) fn unexpected(output: Output) -> ApiError {
+    ApiError::internal(format!("unexpected engine answer: {output:?}"))
 }

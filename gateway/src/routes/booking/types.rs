@@ -1,12 +1,15 @@
 //! The bodies of the booking routes (API.md, Booking), with their OpenAPI schemas and
 //! validation.
 
+use holdfast_engine::node::BookRequest;
 use holdfast_engine::view::AppointmentView;
+use holdfast_engine::Status;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::routes::fields::{check_id, rfc3339};
+use crate::routes::fields::{check_id, non_empty, rfc3339};
+use crate::state::Settings;
 
 /// Longest hold a client may ask for before `--max-hold` clamps it; anything above is
 /// clamped anyway, this only keeps the arithmetic far from overflow.
@@ -40,6 +43,22 @@ impl CreateAppointmentBody {
             }
         }
         Ok(())
+    }
+
+    /// The saga's request: the hold asked for, clamped to `--max-hold`, or `--hold-ttl`.
+    pub fn book_request(&self, settings: &Settings) -> BookRequest {
+        let hold_ms = self
+            .hold_seconds
+            .map(|s| s.min(HOLD_SECONDS_MAX) * 1000)
+            .unwrap_or(settings.hold_ttl_ms)
+            .min(settings.max_hold_ms);
+        BookRequest {
+            clinic_id: self.clinic_id.clone(),
+            slot_id: self.slot_id.clone(),
+            vaccine: self.vaccine.clone(),
+            citizen_id: self.citizen_id.clone(),
+            hold_ms,
+        }
     }
 }
 
@@ -99,4 +118,21 @@ pub struct AppointmentsJson {
 pub struct ClinicAppointmentsQuery {
     pub slot_id: Option<String>,
     pub status: Option<String>,
+}
+
+impl ClinicAppointmentsQuery {
+    /// The slot and the status to list, each `None` for all.
+    pub fn filters(&self) -> Result<(Option<String>, Option<Status>), ApiError> {
+        let slot = non_empty(&self.slot_id).map(str::to_string);
+        if let Some(slot) = &slot {
+            check_id("slot_id", slot)?;
+        }
+        let status = non_empty(&self.status)
+            .map(|s| {
+                Status::parse(s)
+                    .ok_or_else(|| ApiError::bad_request("status", format!("unknown status {s}")))
+            })
+            .transpose()?;
+        Ok((slot, status))
+    }
 }

@@ -3,26 +3,30 @@
 
 pub mod types;
 
+use std::sync::Arc;
+
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use holdfast_engine::{Command, Output};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use holdfast_engine::model::SlotSpec;
+use holdfast_engine::{Command, Node, Output};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{StrictJson, StrictJsonBulk, StrictPath, StrictQuery};
-use crate::idempotency::{idempotency_key, idempotent, into_response, ok, Answer};
-use crate::routes::fields::{check_id, non_empty, TEXT_BYTES_MAX};
-use crate::routes::require_authority_or_staff_of;
+use crate::idempotency::{idempotent, json, Answer, IdempotencyHeader};
+use crate::routes::fields::check_id;
+use crate::routes::{require_authority_or_staff_of, unexpected};
 use crate::state::AppState;
 
 use self::types::{
-    query_instant_ms, slot_spec, AdjustBody, AvailabilityJson, AvailabilityQuery, BulkSlotsBody,
-    CancelSlotBody, CitizenBody, CitizenJson, ClinicBody, ClinicJson, ClinicStockJson,
-    ClinicSummaryJson, ClinicsJson, ClinicsQuery, SlotBody, SlotCancelledJson, SlotJson, SlotsJson,
-    StockBody, VaccineBody, VaccineJson,
+    AdjustBody, AvailabilityJson, AvailabilityQuery, BulkSlotsBody, CancelSlotBody, CitizenBody,
+    CitizenJson, ClinicBody, ClinicJson, ClinicStockJson, ClinicSummaryJson, ClinicsJson,
+    ClinicsQuery, SlotBody, SlotCancelledJson, SlotJson, SlotsJson, StockBody, VaccineBody,
+    VaccineJson,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,10 +43,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(availability))
 }
 
-fn unexpected(output: Output) -> ApiError {
-    ApiError::internal(format!("unexpected engine answer: {output:?}"))
-}
-
 /// Creates or updates a vaccine and its eligibility rules (every shard keeps the catalogue).
 #[utoipa::path(put, path = "/v1/vaccines/{vaccine}", tag = "catalogue",
     params(("vaccine" = String, Path, description = "vaccine id")),
@@ -53,37 +53,29 @@ fn unexpected(output: Output) -> ApiError {
 async fn put_vaccine(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath(vaccine): StrictPath<String>,
     StrictJson(body): StrictJson<VaccineBody>,
-) -> Response {
-    let prepared = (|| {
-        caller.require_role(&[Role::Authority])?;
-        check_id("vaccine", &vaccine)?;
-        Ok::<_, ApiError>((body.clone().validate()?, idempotency_key(&headers)?))
-    })();
-    let (rules, key) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Authority])?;
+    check_id("vaccine", &vaccine)?;
+    let rules = body.clone().validate()?;
+    let key = key.optional()?;
     let what = format!("PUT /v1/vaccines/{vaccine}");
     let node = state.node.clone();
-    let echo = body.clone();
-    idempotent(&state, &caller.0, key, &what, &body, move || async move {
-        node.broadcast(Command::PutVaccine {
-            name: vaccine.clone(),
+    let echo = VaccineJson {
+        vaccine: vaccine.clone(),
+        rules: body.clone(),
+    };
+    let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
+        let command = Command::PutVaccine {
+            name: vaccine,
             rules,
-        })
-        .await?;
-        ok(
-            StatusCode::OK,
-            &VaccineJson {
-                vaccine,
-                rules: echo,
-            },
-        )
-    })
-    .await
+        };
+        node.broadcast(command).await?;
+        json(StatusCode::OK, &echo)
+    });
+    Ok(answer.await)
 }
 
 /// Creates or updates a clinic.
@@ -96,56 +88,38 @@ async fn put_vaccine(
 async fn put_clinic(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath(clinic_id): StrictPath<String>,
     StrictJson(body): StrictJson<ClinicBody>,
-) -> Response {
-    let prepared = (|| {
-        caller.require_role(&[Role::Authority])?;
-        check_id("clinic_id", &clinic_id)?;
-        Ok::<_, ApiError>((body.clone().validate()?, idempotency_key(&headers)?))
-    })();
-    let (info, key) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Authority])?;
+    check_id("clinic_id", &clinic_id)?;
+    let info = body.clone().validate()?;
+    let key = key.optional()?;
     let what = format!("PUT /v1/clinics/{clinic_id}");
     let node = state.node.clone();
-    idempotent(&state, &caller.0, key, &what, &body, move || async move {
+    let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         let shard = node.clinic_shard(&clinic_id);
-        node.exec(
-            shard,
-            Command::PutClinic {
-                clinic_id: clinic_id.clone(),
-                info: info.clone(),
-            },
-        )
-        .await?;
-        ok(
-            StatusCode::OK,
-            &ClinicJson {
-                clinic_id,
-                name: info.name,
-                region: info.region,
-                timezone: info.timezone,
-            },
-        )
-    })
-    .await
+        let command = Command::PutClinic {
+            clinic_id: clinic_id.clone(),
+            info: info.clone(),
+        };
+        node.exec(shard, command).await?;
+        let clinic = ClinicJson {
+            clinic_id,
+            name: info.name,
+            region: info.region,
+            timezone: info.timezone,
+        };
+        json(StatusCode::OK, &clinic)
+    });
+    Ok(answer.await)
 }
 
-fn stock_answer(clinic_id: String, output: Output) -> Answer {
-    match output {
-        Output::Stock(s) => ok(
-            StatusCode::OK,
-            &ClinicStockJson {
-                clinic_id,
-                vaccine: s.vaccine.to_string(),
-                on_hand: s.on_hand,
-                reserved: s.reserved,
-                available: s.available,
-            },
-        ),
+/// Runs a stock command on the clinic's shard and answers with the batch's vaccine's stock.
+async fn exec_stock(node: Arc<Node>, clinic_id: String, command: Command) -> Answer {
+    match node.exec(node.clinic_shard(&clinic_id), command).await? {
+        Output::Stock(s) => json(StatusCode::OK, &ClinicStockJson::render(clinic_id, &s)),
         other => Err(unexpected(other)),
     }
 }
@@ -161,34 +135,20 @@ fn stock_answer(clinic_id: String, output: Output) -> Answer {
 async fn receive_stock(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath(clinic_id): StrictPath<String>,
     StrictJson(body): StrictJson<StockBody>,
-) -> Response {
-    let prepared = (|| {
-        caller.require_role(&[Role::Authority])?;
-        check_id("clinic_id", &clinic_id)?;
-        body.validate()?;
-        idempotency_key(&headers)
-    })();
-    let key = match prepared {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Authority])?;
+    check_id("clinic_id", &clinic_id)?;
+    body.validate()?;
+    let key = key.optional()?;
     let what = format!("POST /v1/clinics/{clinic_id}/stock");
-    let node = state.node.clone();
-    let command = Command::ReceiveStock {
-        clinic_id: clinic_id.clone(),
-        vaccine: body.vaccine.clone(),
-        batch: body.batch.clone(),
-        quantity: body.quantity,
-        expires_on: body.expires_on,
-    };
-    idempotent(&state, &caller.0, key, &what, &body, move || async move {
-        let output = node.exec(node.clinic_shard(&clinic_id), command).await?;
-        stock_answer(clinic_id, output)
-    })
-    .await
+    let (node, command) = (state.node.clone(), body.command(&clinic_id));
+    let answer = idempotent(&state, &caller, key, &what, &body, move || {
+        exec_stock(node, clinic_id, command)
+    });
+    Ok(answer.await)
 }
 
 /// Adjusts a batch (breakage, cold-chain loss, recount). Going below what is reserved is
@@ -203,74 +163,52 @@ async fn receive_stock(
 async fn adjust_stock(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath(clinic_id): StrictPath<String>,
     StrictJson(body): StrictJson<AdjustBody>,
-) -> Response {
-    let prepared = (|| {
-        check_id("clinic_id", &clinic_id)?;
-        require_authority_or_staff_of(&caller, &clinic_id)?;
-        body.validate()?;
-        idempotency_key(&headers)
-    })();
-    let key = match prepared {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("clinic_id", &clinic_id)?;
+    require_authority_or_staff_of(&caller, &clinic_id)?;
+    body.validate()?;
+    let key = key.optional()?;
     let what = format!("POST /v1/clinics/{clinic_id}/stock/adjust");
-    let node = state.node.clone();
-    let command = Command::AdjustStock {
-        clinic_id: clinic_id.clone(),
-        vaccine: body.vaccine.clone(),
-        batch: body.batch.clone(),
-        delta: body.delta,
-        reason: body.reason.clone(),
-    };
-    idempotent(&state, &caller.0, key, &what, &body, move || async move {
-        let output = node.exec(node.clinic_shard(&clinic_id), command).await?;
-        stock_answer(clinic_id, output)
-    })
-    .await
+    let (node, command) = (state.node.clone(), body.command(&clinic_id));
+    let answer = idempotent(&state, &caller, key, &what, &body, move || {
+        exec_stock(node, clinic_id, command)
+    });
+    Ok(answer.await)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn put_slots_common(
-    state: &AppState,
-    caller: &Caller,
-    key: Option<String>,
-    what: String,
+/// How a slot upload answers: with the one slot (`PUT .../slots/{slot_id}`), or with the
+/// list of them (the bulk upload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotsAnswer {
+    One,
+    All,
+}
+
+/// Creates or updates `slots` on the clinic's shard, all or nothing.
+async fn exec_put_slots(
+    node: Arc<Node>,
     clinic_id: String,
-    slots: Vec<(String, holdfast_engine::model::SlotSpec)>,
-    body: &impl serde::Serialize,
-    single: bool,
-) -> Response {
-    let node = state.node.clone();
-    idempotent(state, &caller.0, key, &what, body, move || async move {
-        let shard = node.clinic_shard(&clinic_id);
-        match node
-            .exec(
-                shard,
-                Command::PutSlots {
-                    clinic_id: clinic_id.clone(),
-                    slots,
-                },
-            )
-            .await?
-        {
-            Output::Slots(views) if single && views.len() == 1 => {
-                ok(StatusCode::OK, &SlotJson::from(&views[0]))
-            }
-            Output::Slots(views) => ok(
-                StatusCode::OK,
-                &SlotsJson {
-                    clinic_id,
-                    slots: views.iter().map(SlotJson::from).collect(),
-                },
-            ),
-            other => Err(unexpected(other)),
+    slots: Vec<(String, SlotSpec)>,
+    answer: SlotsAnswer,
+) -> Answer {
+    let shard = node.clinic_shard(&clinic_id);
+    let command = Command::PutSlots {
+        clinic_id: clinic_id.clone(),
+        slots,
+    };
+    match node.exec(shard, command).await? {
+        Output::Slots(views) if answer == SlotsAnswer::One && views.len() == 1 => {
+            json(StatusCode::OK, &SlotJson::from(&views[0]))
         }
-    })
-    .await
+        Output::Slots(views) => {
+            let slots = views.iter().map(SlotJson::from).collect();
+            json(StatusCode::OK, &SlotsJson { clinic_id, slots })
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Creates or updates one slot. Capacity may not shrink below the seats already taken.
@@ -284,41 +222,22 @@ async fn put_slots_common(
 async fn put_slot(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath((clinic_id, slot_id)): StrictPath<(String, String)>,
     StrictJson(body): StrictJson<SlotBody>,
-) -> Response {
-    let prepared = (|| {
-        caller.require_role(&[Role::Authority])?;
-        check_id("clinic_id", &clinic_id)?;
-        check_id("slot_id", &slot_id)?;
-        let b = body.clone();
-        let spec = slot_spec(
-            "",
-            b.start,
-            b.end,
-            b.capacity,
-            b.vaccines,
-            b.priority_reserve,
-        )?;
-        Ok::<_, ApiError>((spec, idempotency_key(&headers)?))
-    })();
-    let (spec, key) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Authority])?;
+    check_id("clinic_id", &clinic_id)?;
+    check_id("slot_id", &slot_id)?;
+    let spec = body.validate()?;
+    let key = key.optional()?;
     let what = format!("PUT /v1/clinics/{clinic_id}/slots/{slot_id}");
-    put_slots_common(
-        &state,
-        &caller,
-        key,
-        what,
-        clinic_id,
-        vec![(slot_id, spec)],
-        &body,
-        true,
-    )
-    .await
+    let node = state.node.clone();
+    let slots = vec![(slot_id, spec)];
+    let answer = idempotent(&state, &caller, key, &what, &body, move || {
+        exec_put_slots(node, clinic_id, slots, SlotsAnswer::One)
+    });
+    Ok(answer.await)
 }
 
 /// Creates or updates up to 1,000 slots at once, all or nothing (body up to 1 MiB).
@@ -332,21 +251,20 @@ async fn put_slot(
 async fn put_slots(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath(clinic_id): StrictPath<String>,
     StrictJsonBulk(body): StrictJsonBulk<BulkSlotsBody>,
-) -> Response {
-    let prepared = (|| {
-        caller.require_role(&[Role::Authority])?;
-        check_id("clinic_id", &clinic_id)?;
-        Ok::<_, ApiError>((body.clone().validate()?, idempotency_key(&headers)?))
-    })();
-    let (slots, key) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Authority])?;
+    check_id("clinic_id", &clinic_id)?;
+    let slots = body.clone().validate()?;
+    let key = key.optional()?;
     let what = format!("POST /v1/clinics/{clinic_id}/slots");
-    put_slots_common(&state, &caller, key, what, clinic_id, slots, &body, false).await
+    let node = state.node.clone();
+    let answer = idempotent(&state, &caller, key, &what, &body, move || {
+        exec_put_slots(node, clinic_id, slots, SlotsAnswer::All)
+    });
+    Ok(answer.await)
 }
 
 /// Cancels a slot: its PENDING and CONFIRMED appointments become CLINIC_CANCELLED with
@@ -360,26 +278,15 @@ async fn put_slots(
 async fn cancel_slot(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath((clinic_id, slot_id)): StrictPath<(String, String)>,
     StrictJson(body): StrictJson<CancelSlotBody>,
-) -> Response {
-    let prepared = (|| {
-        check_id("clinic_id", &clinic_id)?;
-        check_id("slot_id", &slot_id)?;
-        require_authority_or_staff_of(&caller, &clinic_id)?;
-        if body.reason.trim().is_empty() || body.reason.len() > TEXT_BYTES_MAX {
-            return Err(ApiError::bad_request(
-                "reason",
-                format!("reason must be 1-{TEXT_BYTES_MAX} bytes"),
-            ));
-        }
-        idempotency_key(&headers)
-    })();
-    let key = match prepared {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("clinic_id", &clinic_id)?;
+    check_id("slot_id", &slot_id)?;
+    require_authority_or_staff_of(&caller, &clinic_id)?;
+    body.validate()?;
+    let key = key.optional()?;
     let what = format!("POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel");
     let node = state.node.clone();
     let command = Command::CancelSlot {
@@ -387,20 +294,20 @@ async fn cancel_slot(
         slot_id,
         reason: body.reason.clone(),
     };
-    idempotent(&state, &caller.0, key, &what, &body, move || async move {
+    let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         match node.exec(node.clinic_shard(&clinic_id), command).await? {
-            Output::SlotCancelled { slot, affected } => ok(
-                StatusCode::OK,
-                &SlotCancelledJson {
+            Output::SlotCancelled { slot, affected } => {
+                let cancelled = SlotCancelledJson {
                     clinic_id,
                     slot: SlotJson::from(&slot),
                     affected_appointment_ids: affected.iter().map(ToString::to_string).collect(),
-                },
-            ),
+                };
+                json(StatusCode::OK, &cancelled)
+            }
             other => Err(unexpected(other)),
         }
-    })
-    .await
+    });
+    Ok(answer.await)
 }
 
 /// Creates or updates a citizen's record (on the citizen's own shard).
@@ -413,41 +320,27 @@ async fn cancel_slot(
 async fn put_citizen(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath(citizen_id): StrictPath<String>,
     StrictJson(body): StrictJson<CitizenBody>,
-) -> Response {
-    let prepared = (|| {
-        caller.require_role(&[Role::Authority])?;
-        check_id("citizen_id", &citizen_id)?;
-        Ok::<_, ApiError>((body.clone().validate()?, idempotency_key(&headers)?))
-    })();
-    let (record, key) = match prepared {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Authority])?;
+    check_id("citizen_id", &citizen_id)?;
+    let record = body.clone().validate()?;
+    let key = key.optional()?;
     let what = format!("PUT /v1/citizens/{citizen_id}");
     let node = state.node.clone();
-    let echo = body.clone();
-    idempotent(&state, &caller.0, key, &what, &body, move || async move {
+    let echo = CitizenJson {
+        citizen_id: citizen_id.clone(),
+        citizen: body.clone(),
+    };
+    let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         let shard = node.citizen_shard(&citizen_id);
-        node.exec(
-            shard,
-            Command::PutCitizen {
-                citizen_id: citizen_id.clone(),
-                record,
-            },
-        )
-        .await?;
-        ok(
-            StatusCode::OK,
-            &CitizenJson {
-                citizen_id,
-                citizen: echo,
-            },
-        )
-    })
-    .await
+        node.exec(shard, Command::PutCitizen { citizen_id, record })
+            .await?;
+        json(StatusCode::OK, &echo)
+    });
+    Ok(answer.await)
 }
 
 /// Clinics, optionally of one region and offering one vaccine, with available doses.
@@ -457,29 +350,19 @@ async fn put_citizen(
 async fn list_clinics(
     State(state): State<AppState>,
     StrictQuery(query): StrictQuery<ClinicsQuery>,
-) -> Response {
-    let answer = async {
-        let region = non_empty(&query.region).map(str::to_string);
-        let vaccine = non_empty(&query.vaccine).map(str::to_string);
-        if let Some(r) = &region {
-            check_id("region", r)?;
-        }
-        if let Some(v) = &vaccine {
-            check_id("vaccine", v)?;
-        }
-        let per_shard = state
-            .node
-            .read_all(move |rt| rt.state().clinics(region.as_deref(), vaccine.as_deref()))
-            .await?;
-        let mut clinics: Vec<ClinicSummaryJson> = per_shard
-            .iter()
-            .flatten()
-            .map(ClinicSummaryJson::from)
-            .collect();
-        clinics.sort_by(|a, b| a.clinic_id.cmp(&b.clinic_id));
-        ok(StatusCode::OK, &ClinicsJson { clinics })
-    };
-    into_response(answer.await)
+) -> Result<impl IntoResponse, ApiError> {
+    let (region, vaccine) = query.filters()?;
+    let per_shard = state
+        .node
+        .read_all(move |rt| rt.state().clinics(region.as_deref(), vaccine.as_deref()))
+        .await?;
+    let mut clinics: Vec<ClinicSummaryJson> = per_shard
+        .iter()
+        .flatten()
+        .map(ClinicSummaryJson::from)
+        .collect();
+    clinics.sort_by(|a, b| a.clinic_id.cmp(&b.clinic_id));
+    Ok(Json(ClinicsJson { clinics }))
 }
 
 /// A clinic's stock and slots, optionally for one vaccine and a window of start times.
@@ -491,24 +374,16 @@ async fn availability(
     State(state): State<AppState>,
     StrictPath(clinic_id): StrictPath<String>,
     StrictQuery(query): StrictQuery<AvailabilityQuery>,
-) -> Response {
-    let answer = async {
-        check_id("clinic_id", &clinic_id)?;
-        let vaccine = non_empty(&query.vaccine).map(str::to_string);
-        if let Some(v) = &vaccine {
-            check_id("vaccine", v)?;
-        }
-        let shard = state.node.clinic_shard(&clinic_id);
-        let from = query_instant_ms("from", &query.from)?;
-        let to = query_instant_ms("to", &query.to)?;
-        let view = state
-            .node
-            .read(shard, move |rt| {
-                rt.state()
-                    .availability(&clinic_id, vaccine.as_deref(), from, to)
-            })
-            .await??;
-        ok(StatusCode::OK, &AvailabilityJson::from(&view))
-    };
-    into_response(answer.await)
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("clinic_id", &clinic_id)?;
+    let (vaccine, from, to) = query.filters()?;
+    let shard = state.node.clinic_shard(&clinic_id);
+    let view = state
+        .node
+        .read(shard, move |rt| {
+            rt.state()
+                .availability(&clinic_id, vaccine.as_deref(), from, to)
+        })
+        .await??;
+    Ok(Json(AvailabilityJson::from(&view)))
 }

@@ -13,11 +13,14 @@ use holdfast_engine::model::{
     SLOT_CAPACITY_MAX, STOCK_QUANTITY_MAX,
 };
 use holdfast_engine::view::{AvailabilityView, ClinicSummary, SlotView, StockView};
+use holdfast_engine::Command;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::routes::fields::{check_id, check_list, check_text, non_empty, rfc3339, LIST_ITEMS_MAX};
+use crate::routes::fields::{
+    check_id, check_list, check_text, non_empty, rfc3339, LIST_ITEMS_MAX, TEXT_BYTES_MAX,
+};
 
 /// `PUT /v1/vaccines/{vaccine}`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -141,6 +144,16 @@ impl StockBody {
         }
         Ok(())
     }
+
+    pub fn command(&self, clinic_id: &str) -> Command {
+        Command::ReceiveStock {
+            clinic_id: clinic_id.to_string(),
+            vaccine: self.vaccine.clone(),
+            batch: self.batch.clone(),
+            quantity: self.quantity,
+            expires_on: self.expires_on,
+        }
+    }
 }
 
 /// `POST /v1/clinics/{clinic_id}/stock/adjust`
@@ -165,6 +178,16 @@ impl AdjustBody {
             ));
         }
         check_text("reason", &self.reason)
+    }
+
+    pub fn command(&self, clinic_id: &str) -> Command {
+        Command::AdjustStock {
+            clinic_id: clinic_id.to_string(),
+            vaccine: self.vaccine.clone(),
+            batch: self.batch.clone(),
+            delta: self.delta,
+            reason: self.reason.clone(),
+        }
     }
 }
 
@@ -195,6 +218,18 @@ pub struct ClinicStockJson {
     pub available: i64,
 }
 
+impl ClinicStockJson {
+    pub fn render(clinic_id: String, s: &StockView) -> Self {
+        ClinicStockJson {
+            clinic_id,
+            vaccine: s.vaccine.to_string(),
+            on_hand: s.on_hand,
+            reserved: s.reserved,
+            available: s.available,
+        }
+    }
+}
+
 /// `PUT /v1/clinics/{clinic_id}/slots/{slot_id}`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +241,19 @@ pub struct SlotBody {
     pub vaccines: Vec<String>,
     #[serde(default)]
     pub priority_reserve: u32,
+}
+
+impl SlotBody {
+    pub fn validate(&self) -> Result<SlotSpec, ApiError> {
+        slot_spec(
+            "",
+            self.start,
+            self.end,
+            self.capacity,
+            self.vaccines.clone(),
+            self.priority_reserve,
+        )
+    }
 }
 
 /// One slot of `POST /v1/clinics/{clinic_id}/slots`. It repeats `SlotBody`'s fields rather
@@ -230,7 +278,8 @@ pub struct BulkSlotsBody {
     pub slots: Vec<BulkSlotBody>,
 }
 
-pub fn slot_spec(
+/// A slot's fields, checked; `prefix` starts the field paths of its errors (`slots[3].`).
+fn slot_spec(
     prefix: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
@@ -352,6 +401,18 @@ pub struct SlotsJson {
 #[serde(deny_unknown_fields)]
 pub struct CancelSlotBody {
     pub reason: String,
+}
+
+impl CancelSlotBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.reason.trim().is_empty() || self.reason.len() > TEXT_BYTES_MAX {
+            return Err(ApiError::bad_request(
+                "reason",
+                format!("reason must be 1-{TEXT_BYTES_MAX} bytes"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -483,6 +544,21 @@ pub struct ClinicsQuery {
     pub vaccine: Option<String>,
 }
 
+impl ClinicsQuery {
+    /// The region and the vaccine to list, each `None` for all.
+    pub fn filters(&self) -> Result<(Option<String>, Option<String>), ApiError> {
+        let region = non_empty(&self.region).map(str::to_string);
+        let vaccine = non_empty(&self.vaccine).map(str::to_string);
+        if let Some(r) = &region {
+            check_id("region", r)?;
+        }
+        if let Some(v) = &vaccine {
+            check_id("vaccine", v)?;
+        }
+        Ok((region, vaccine))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AvailabilityQuery {
@@ -493,8 +569,23 @@ pub struct AvailabilityQuery {
     pub to: Option<String>,
 }
 
+/// The filters of an availability read: a vaccine, and a window of start times in unix ms.
+pub type AvailabilityFilters = (Option<String>, Option<i64>, Option<i64>);
+
+impl AvailabilityQuery {
+    pub fn filters(&self) -> Result<AvailabilityFilters, ApiError> {
+        let vaccine = non_empty(&self.vaccine).map(str::to_string);
+        if let Some(v) = &vaccine {
+            check_id("vaccine", v)?;
+        }
+        let from = query_instant_ms("from", &self.from)?;
+        let to = query_instant_ms("to", &self.to)?;
+        Ok((vaccine, from, to))
+    }
+}
+
 /// An optional RFC 3339 instant from a query parameter, in unix ms.
-pub fn query_instant_ms(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
+fn query_instant_ms(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
     match non_empty(value) {
         None => Ok(None),
         Some(v) => DateTime::parse_from_rfc3339(v)

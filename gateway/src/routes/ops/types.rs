@@ -1,7 +1,12 @@
 //! The bodies of the operator routes (API.md, Operators).
 
+use holdfast_engine::actor::ShardPhase;
+use holdfast_engine::node::ShardStatus;
+use holdfast_engine::Node;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::routes::fields::rfc3339;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ShardJson {
@@ -35,6 +40,47 @@ pub struct ShardJson {
     pub reason: Option<String>,
 }
 
+impl ShardJson {
+    /// One shard's status for `/v1/admin/shards`; `node` supplies the mailbox bound and, for
+    /// a shard that stopped taking writes, the journal's failure.
+    pub fn render(s: &ShardStatus, node: &Node) -> ShardJson {
+        let journal_failure = node.journal_failure();
+        let (status, reason) = match (&s.phase, s.ready && s.runtime.writable) {
+            (ShardPhase::Recovering, _) => ("recovering", None),
+            (ShardPhase::Failed(reason), _) => ("unavailable", Some(reason.clone())),
+            (ShardPhase::Ready, true) => ("ready", None),
+            (ShardPhase::Ready, false) => (
+                "unavailable",
+                Some(journal_failure.unwrap_or_else(|| {
+                    "the shard stopped taking writes (see the log)".to_string()
+                })),
+            ),
+        };
+        let known = s.ready;
+        ShardJson {
+            shard: s.shard,
+            node: s.node.clone(),
+            status: status.to_string(),
+            clinics: s.counts.clinics,
+            slots: s.counts.slots,
+            pending: s.counts.pending,
+            confirmed: s.counts.confirmed,
+            administered: s.counts.administered,
+            timers: s.counts.timers,
+            next_expiry: s.counts.next_expiry_ms.map(rfc3339),
+            mailbox: s.inflight,
+            mailbox_max: node.config().inflight_per_shard_max,
+            events_applied: s.runtime.events_applied,
+            wal_seq: known.then_some(s.runtime.wal_seq),
+            snapshot_seq: known.then_some(s.runtime.snapshot_seq),
+            last_snapshot_at: s.runtime.last_snapshot_at_ms.map(rfc3339),
+            idempotency_records: s.runtime.idempotency_records,
+            recovery_dropped_records: s.runtime.recovered_dropped,
+            reason,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RingJson {
     pub nodes: Vec<String>,
@@ -54,4 +100,14 @@ pub struct HealthJson {
     pub status: String,
     /// The server's version (`holdfast --version`), so load reports can name what they ran against.
     pub version: String,
+}
+
+impl HealthJson {
+    /// `status` and this server's version.
+    pub fn new(status: &str) -> HealthJson {
+        HealthJson {
+            status: status.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
 }
