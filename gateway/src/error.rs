@@ -12,11 +12,16 @@
 //!
 //! [`ErrorBody`] is the serialised form. It exists separately from [`ApiError`] so the OpenAPI
 //! document describes exactly the bytes [`IntoResponse`] writes: both go through it.
+//!
+//! The engine's errors become answers here too (`From<EngineError>`, `From<DomainError>`), so
+//! a handler can `?` any engine call.
 
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use holdfast_engine::node::RETRY_AFTER_S;
+use holdfast_engine::{DomainError, EngineError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -235,6 +240,63 @@ pub async fn not_found_fallback() -> ApiError {
 /// install it after its last `route` call.
 pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::method_not_allowed()
+}
+
+// ---- engine errors as HTTP ------------------------------------------------------------
+
+/// Overload and shards that cannot serve yet are 503 with `Retry-After`; domain refusals get
+/// their own status (see `From<DomainError>`).
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::Domain(d) => d.into(),
+            EngineError::Overloaded { shard } => ApiError::unavailable(
+                RETRY_AFTER_S,
+                format!("shard {shard} is overloaded; retry shortly"),
+            ),
+            EngineError::Unavailable { shard } => ApiError::unavailable(
+                RETRY_AFTER_S,
+                format!("shard {shard} is not available; retry shortly"),
+            ),
+            EngineError::Recovering { shard } => ApiError::unavailable(
+                RETRY_AFTER_S,
+                format!("shard {shard} is recovering its log; retry shortly"),
+            )
+            .with_detail("shard", shard),
+        }
+    }
+}
+
+/// A domain refusal keeps the engine's code and message; the status and the details that
+/// help a client act on it are chosen here.
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> ApiError {
+        let message = e.to_string();
+        let code = e.code();
+        let conflict = |message| ApiError::new(StatusCode::CONFLICT, code, message);
+        match e {
+            DomainError::NotFound(what) => {
+                ApiError::not_found(message).with_detail("resource", what.as_str())
+            }
+            DomainError::NotYours => ApiError::forbidden(message),
+            DomainError::NotEligible { reasons } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+                    .with_detail("reasons", reasons)
+            }
+            DomainError::HoldExpired => ApiError::new(StatusCode::GONE, code, message),
+            DomainError::InvalidTransition { status } => {
+                conflict(message).with_detail("status", status.as_str())
+            }
+            DomainError::CapacityInUse { taken } => conflict(message).with_detail("taken", taken),
+            DomainError::InsufficientStock { on_hand } => {
+                conflict(message).with_detail("on_hand", on_hand)
+            }
+            DomainError::BatchMismatch { expires_on } => {
+                conflict(message).with_detail("expires_on", expires_on.to_string())
+            }
+            _ => conflict(message),
+        }
+    }
 }
 
 #[cfg(test)]

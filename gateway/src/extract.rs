@@ -7,7 +7,8 @@
 //!   body ([`BODY_BYTES_MAX`] / [`BULK_BODY_BYTES_MAX`]) or 413, then deserialisation where
 //!   every failure (syntax, wrong type, missing or unknown field, empty body) is 400
 //!   `BAD_REQUEST` with `details.field` naming the offending field path, e.g.
-//!   `slots[3].capacity`, or `body` when the body as a whole is wrong.
+//!   `slots[3].capacity` (tracked by `serde_path_to_error`), or `body` when the body as a
+//!   whole is wrong.
 //! - [`OptionalEmptyBody`]: for POSTs that take no body; reads and drops up to
 //!   [`BODY_BYTES_MAX`].
 //! - [`StrictQuery`] and [`StrictPath`]: 400 with `details.field` instead of plain text.
@@ -148,8 +149,15 @@ pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError>
             "the request body is empty; a JSON body is required",
         ));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|err| ApiError::bad_request(&json_error_field(bytes, &err), err.to_string()))
+    // What serde_json::from_slice does, with the path of the value being read tracked.
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|err| ApiError::bad_request(&json_error_field(&err), err.inner().to_string()))?;
+    // Anything but whitespace after the value is a syntax error of the whole body.
+    deserializer
+        .end()
+        .map_err(|err| ApiError::bad_request("body", err.to_string()))?;
+    Ok(value)
 }
 
 /// The one implementation behind [`StrictJson`] and [`StrictJsonBulk`].
@@ -235,127 +243,34 @@ async fn drain(body: &mut Body) {
     let _ = tokio::time::timeout(OVERSIZED_DRAIN_TIMEOUT, read).await;
 }
 
-/// The field path a serde_json error is about, `body` when it is about the body as a whole.
+/// The field path a failed deserialisation is about (`slots[3].capacity`), `body` when it is
+/// about the body as a whole.
 ///
-/// serde_json reports where it stopped (line and column) but not the field path, so the path
-/// is recovered by scanning the input up to that point with [`json_path_at`]. Only data errors
-/// (wrong type, missing or unknown field) get a path; a syntax error or an empty body is a
-/// problem of the whole body.
-fn json_error_field(input: &[u8], err: &serde_json::Error) -> String {
-    if err.classify() != serde_json::error::Category::Data {
+/// `serde_path_to_error` tracks the path of the value being read. Only data errors (wrong
+/// type, missing or unknown field) get a path; a syntax error or an empty body is a problem
+/// of the whole body.
+fn json_error_field(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    if err.inner().classify() != serde_json::error::Category::Data {
         return "body".to_owned();
     }
-    let message = err.to_string();
-    let path = byte_offset(input, err.line(), err.column())
-        .map(|offset| json_path_at(&input[..offset]))
-        .unwrap_or_default();
-    // serde reports a missing field after the object's closing brace has been consumed, so the
-    // path at that point is the object's own; the field belongs below it.
-    if let Some(name) = backticked_after(&message, "missing field `") {
-        return join_path(&path, name);
-    }
-    if !path.is_empty() {
-        return path;
-    }
-    // No position to go by: the message may still name the field.
-    ["unknown field `", "duplicate field `"]
+    // The path of the top level is ".".
+    let path = err.path().to_string();
+    let path = if path == "." { "" } else { path.as_str() };
+    // serde reports a missing or duplicate field from the object that holds it, after the
+    // field's own key (or the object's end), so the path is the object's and only the
+    // message names the field.
+    let message = err.inner().to_string();
+    if let Some(name) = ["missing field `", "duplicate field `"]
         .iter()
         .find_map(|prefix| backticked_after(&message, prefix))
-        .unwrap_or("body")
-        .to_owned()
-}
-
-/// Converts serde_json's 1-based line and 0-based byte column into an offset into `input`.
-/// `None` when the error carries no position (line 0).
-fn byte_offset(input: &[u8], line: usize, column: usize) -> Option<usize> {
-    if line == 0 {
-        return None;
+    {
+        return join_path(path, name);
     }
-    let line_start = if line == 1 {
-        0
+    if path.is_empty() {
+        "body".to_owned()
     } else {
-        input
-            .iter()
-            .enumerate()
-            .filter(|&(_, &b)| b == b'\n')
-            .nth(line - 2)
-            .map(|(i, _)| i + 1)?
-    };
-    Some((line_start + column).min(input.len()))
-}
-
-/// One level of nesting while scanning JSON.
-enum Frame {
-    /// Inside an object; `key` is the key whose value is being read, `None` between members.
-    Object { key: Option<String> },
-    /// Inside an array, at element `index`.
-    Array { index: usize },
-}
-
-/// The path (`a.b[2].c`) of the value being read at the end of `prefix`, a prefix of a JSON
-/// text. Tolerates a prefix that stops in the middle of a token.
-fn json_path_at(prefix: &[u8]) -> String {
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut i = 0;
-    while i < prefix.len() {
-        match prefix[i] {
-            b'{' => stack.push(Frame::Object { key: None }),
-            b'[' => stack.push(Frame::Array { index: 0 }),
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b',' => match stack.last_mut() {
-                Some(Frame::Object { key }) => *key = None,
-                Some(Frame::Array { index }) => *index += 1,
-                None => {}
-            },
-            b'"' => {
-                let end = string_end(prefix, i);
-                // A string in an object where no key is pending is the next member's key.
-                if let Some(Frame::Object { key: key @ None }) = stack.last_mut() {
-                    *key = Some(decode_json_string(&prefix[i..end]));
-                }
-                i = end;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
+        path.to_owned()
     }
-
-    let mut path = String::new();
-    for frame in &stack {
-        match frame {
-            Frame::Object { key: Some(key) } => path = join_path(&path, key),
-            Frame::Object { key: None } => {}
-            Frame::Array { index } => path.push_str(&format!("[{index}]")),
-        }
-    }
-    path
-}
-
-/// The index just past the string literal starting at `input[start] == b'"'` (or the end of
-/// the input when the literal is cut off).
-fn string_end(input: &[u8], start: usize) -> usize {
-    let mut i = start + 1;
-    while i < input.len() {
-        match input[i] {
-            b'\\' => i += 2,
-            b'"' => return i + 1,
-            _ => i += 1,
-        }
-    }
-    input.len()
-}
-
-/// The text of a JSON string literal (quotes included), escapes resolved; a cut-off or broken
-/// literal is returned as its raw text, good enough to name a field in an error.
-fn decode_json_string(literal: &[u8]) -> String {
-    serde_json::from_slice(literal).unwrap_or_else(|_| {
-        let inner = literal.strip_prefix(b"\"").unwrap_or(literal);
-        let inner = inner.strip_suffix(b"\"").unwrap_or(inner);
-        String::from_utf8_lossy(inner).into_owned()
-    })
 }
 
 fn join_path(parent: &str, name: &str) -> String {
@@ -776,12 +691,41 @@ mod tests {
     }
 
     #[test]
-    fn path_scanner_follows_nesting() {
-        assert_eq!(json_path_at(br#"{"a": {"b": [1, {"c": "#), "a.b[1].c");
-        assert_eq!(json_path_at(br#"{"a": {"b": 1}, "#), "");
-        assert_eq!(json_path_at(br#"{"a\"b": 1"#), "a\"b");
-        assert_eq!(json_path_at(br#"{"k": "v,}]{[", "n": 1"#), "n");
-        assert_eq!(json_path_at(br#"{"cut"#), "cut");
+    fn field_paths_follow_nesting_and_ignore_string_contents() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            #[serde(default)]
+            k: String,
+            #[serde(default)]
+            a: Option<Middle>,
+            #[serde(default)]
+            n: u32,
+        }
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Middle {
+            b: Vec<Inner>,
+        }
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            c: u32,
+        }
+        let field = |body: &str| {
+            from_json_slice::<Outer>(body.as_bytes())
+                .unwrap_err()
+                .details["field"]
+                .clone()
+        };
+        assert_eq!(field(r#"{"a": {"b": [{"c": 1}, {"c": "x"}]}}"#), "a.b[1].c");
+        assert_eq!(field(r#"{"a": {"b": [{"c": 1}, {}]}}"#), "a.b[1].c");
+        assert_eq!(field(r#"{"a": {"b": [{"c": 1, "c": 2}]}}"#), "a.b[0].c");
+        assert_eq!(field(r#"{"a\"b": 1}"#), "a\"b");
+        assert_eq!(field(r#"{"k": "v,}]{[", "n": "x"}"#), "n");
     }
 
     /// Sends `request` as raw bytes to the router served on a real socket and returns the

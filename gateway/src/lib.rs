@@ -1,9 +1,10 @@
 //! holdfast-gateway: the HTTP API of holdfast (axum), its auth and validation, routing to the
 //! engine's shards, and the `holdfast` command line.
 //!
-//! Start at [`app`] (state, router, engine outcomes as HTTP, Idempotency-Key), then
-//! [`routes`] (one module per part of API.md), [`types`] (bodies and validation), [`auth`],
-//! [`extract`] and [`error`] (the error shape).
+//! Start at [`app`] (the router and its OpenAPI document) and [`state`] (what handlers
+//! share), then [`routes`] (one module per part of API.md, each with its bodies),
+//! [`idempotency`] (the Idempotency-Key protocol), [`auth`], [`extract`] and [`error`] (the
+//! error shape, and engine errors as HTTP).
 
 pub mod app;
 pub mod auth;
@@ -11,8 +12,9 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod journal;
 pub mod qr;
 pub mod routes;
 pub mod server;
-pub mod types;
+pub mod state;

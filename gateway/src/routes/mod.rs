@@ -1,9 +1,14 @@
 //! HTTP handlers, one module per part of the contract (API.md): the catalogue and
-//! availability, booking, and operators.
+//! availability, booking, and operators. Each family keeps its request and response bodies
+//! beside its handlers (`<family>/types.rs`); what they share is in [`fields`], and the
+//! authorisation checks several families use are here.
 
 pub mod booking;
 pub mod catalogue;
+pub mod fields;
 pub mod ops;
+
+use holdfast_engine::Output;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
@@ -21,4 +26,9 @@ pub(crate) fn require_authority_or_staff_of(
         )),
         _ => caller.require_role(&[Role::Authority, Role::Staff]),
     }
+}
+
+/// An engine answer of the wrong kind for the command sent: a bug, 500.
+pub(crate) fn unexpected(output: Output) -> ApiError {
+    ApiError::internal(format!("unexpected engine answer: {output:?}"))
 }

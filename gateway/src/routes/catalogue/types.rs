@@ -1,4 +1,5 @@
-//! The JSON bodies of the HTTP API (API.md), with their OpenAPI schemas and validation.
+//! The bodies of the catalogue and availability routes (API.md, Catalogue and
+//! Availability), with their OpenAPI schemas and validation.
 //!
 //! Request types deny unknown fields and are validated into engine commands here, so the
 //! handlers never see an unchecked id, time or range. Response types render engine views;
@@ -6,70 +7,20 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use holdfast_engine::ids::is_valid_client_id;
+use chrono::{DateTime, NaiveDate, Utc};
 use holdfast_engine::model::{
     CitizenRecord, ClinicInfo, DoseRecord, SlotSpec, VaccineRules, SLOTS_BULK_MAX,
     SLOT_CAPACITY_MAX, STOCK_QUANTITY_MAX,
 };
-use holdfast_engine::view::{
-    AppointmentView, AvailabilityView, ClinicSummary, SlotView, StockView,
-};
+use holdfast_engine::view::{AvailabilityView, ClinicSummary, SlotView, StockView};
+use holdfast_engine::Command;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-
-/// Longest free text (names, reasons, insurance ids).
-pub const TEXT_BYTES_MAX: usize = 256;
-/// Most entries in a short list field (regions, allergies, contraindications, vaccines of a
-/// slot, doses of a citizen).
-pub const LIST_ITEMS_MAX: usize = 64;
-/// Longest hold a client may ask for before `--max-hold` clamps it; anything above is
-/// clamped anyway, this only keeps the arithmetic far from overflow.
-pub const HOLD_SECONDS_MAX: i64 = 366 * 24 * 3600;
-
-pub fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
-    if is_valid_client_id(value) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            field,
-            format!("{field} must be 1-64 characters of [A-Za-z0-9_-]"),
-        ))
-    }
-}
-
-fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty()
-        || value.len() > TEXT_BYTES_MAX
-        || value.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(
-            field,
-            format!("{field} must be 1-{TEXT_BYTES_MAX} bytes of printable text"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_list(field: &str, values: &[String]) -> Result<(), ApiError> {
-    if values.len() > LIST_ITEMS_MAX {
-        return Err(ApiError::bad_request(
-            field,
-            format!("{field} has more than {LIST_ITEMS_MAX} entries"),
-        ));
-    }
-    values.iter().try_for_each(|v| check_id(field, v))
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-// ---- catalogue ---------------------------------------------------------------------
+use crate::routes::fields::{
+    check_id, check_list, check_text, non_empty, rfc3339, LIST_ITEMS_MAX, TEXT_BYTES_MAX,
+};
 
 /// `PUT /v1/vaccines/{vaccine}`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -193,6 +144,16 @@ impl StockBody {
         }
         Ok(())
     }
+
+    pub fn command(&self, clinic_id: &str) -> Command {
+        Command::ReceiveStock {
+            clinic_id: clinic_id.to_string(),
+            vaccine: self.vaccine.clone(),
+            batch: self.batch.clone(),
+            quantity: self.quantity,
+            expires_on: self.expires_on,
+        }
+    }
 }
 
 /// `POST /v1/clinics/{clinic_id}/stock/adjust`
@@ -217,6 +178,16 @@ impl AdjustBody {
             ));
         }
         check_text("reason", &self.reason)
+    }
+
+    pub fn command(&self, clinic_id: &str) -> Command {
+        Command::AdjustStock {
+            clinic_id: clinic_id.to_string(),
+            vaccine: self.vaccine.clone(),
+            batch: self.batch.clone(),
+            delta: self.delta,
+            reason: self.reason.clone(),
+        }
     }
 }
 
@@ -247,6 +218,18 @@ pub struct ClinicStockJson {
     pub available: i64,
 }
 
+impl ClinicStockJson {
+    pub fn render(clinic_id: String, s: &StockView) -> Self {
+        ClinicStockJson {
+            clinic_id,
+            vaccine: s.vaccine.to_string(),
+            on_hand: s.on_hand,
+            reserved: s.reserved,
+            available: s.available,
+        }
+    }
+}
+
 /// `PUT /v1/clinics/{clinic_id}/slots/{slot_id}`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +241,19 @@ pub struct SlotBody {
     pub vaccines: Vec<String>,
     #[serde(default)]
     pub priority_reserve: u32,
+}
+
+impl SlotBody {
+    pub fn validate(&self) -> Result<SlotSpec, ApiError> {
+        slot_spec(
+            "",
+            self.start,
+            self.end,
+            self.capacity,
+            self.vaccines.clone(),
+            self.priority_reserve,
+        )
+    }
 }
 
 /// One slot of `POST /v1/clinics/{clinic_id}/slots`. It repeats `SlotBody`'s fields rather
@@ -282,7 +278,8 @@ pub struct BulkSlotsBody {
     pub slots: Vec<BulkSlotBody>,
 }
 
-pub fn slot_spec(
+/// A slot's fields, checked; `prefix` starts the field paths of its errors (`slots[3].`).
+fn slot_spec(
     prefix: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
@@ -404,6 +401,18 @@ pub struct SlotsJson {
 #[serde(deny_unknown_fields)]
 pub struct CancelSlotBody {
     pub reason: String,
+}
+
+impl CancelSlotBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.reason.trim().is_empty() || self.reason.len() > TEXT_BYTES_MAX {
+            return Err(ApiError::bad_request(
+                "reason",
+                format!("reason must be 1-{TEXT_BYTES_MAX} bytes"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -535,6 +544,21 @@ pub struct ClinicsQuery {
     pub vaccine: Option<String>,
 }
 
+impl ClinicsQuery {
+    /// The region and the vaccine to list, each `None` for all.
+    pub fn filters(&self) -> Result<(Option<String>, Option<String>), ApiError> {
+        let region = non_empty(&self.region).map(str::to_string);
+        let vaccine = non_empty(&self.vaccine).map(str::to_string);
+        if let Some(r) = &region {
+            check_id("region", r)?;
+        }
+        if let Some(v) = &vaccine {
+            check_id("vaccine", v)?;
+        }
+        Ok((region, vaccine))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AvailabilityQuery {
@@ -545,13 +569,23 @@ pub struct AvailabilityQuery {
     pub to: Option<String>,
 }
 
-/// A query parameter given empty (`?region=`) means "no filter".
-pub fn non_empty(value: &Option<String>) -> Option<&str> {
-    value.as_deref().filter(|v| !v.is_empty())
+/// The filters of an availability read: a vaccine, and a window of start times in unix ms.
+pub type AvailabilityFilters = (Option<String>, Option<i64>, Option<i64>);
+
+impl AvailabilityQuery {
+    pub fn filters(&self) -> Result<AvailabilityFilters, ApiError> {
+        let vaccine = non_empty(&self.vaccine).map(str::to_string);
+        if let Some(v) = &vaccine {
+            check_id("vaccine", v)?;
+        }
+        let from = query_instant_ms("from", &self.from)?;
+        let to = query_instant_ms("to", &self.to)?;
+        Ok((vaccine, from, to))
+    }
 }
 
 /// An optional RFC 3339 instant from a query parameter, in unix ms.
-pub fn query_instant_ms(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
+fn query_instant_ms(field: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
     match non_empty(value) {
         None => Ok(None),
         Some(v) => DateTime::parse_from_rfc3339(v)
@@ -563,150 +597,4 @@ pub fn query_instant_ms(field: &str, value: &Option<String>) -> Result<Option<i6
                 )
             }),
     }
-}
-
-// ---- booking -----------------------------------------------------------------------
-
-/// `POST /v1/appointments`
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateAppointmentBody {
-    pub clinic_id: String,
-    pub slot_id: String,
-    pub vaccine: String,
-    pub citizen_id: String,
-    /// At least 1; above `--max-hold` it is clamped. Absent: `--hold-ttl`.
-    #[serde(default)]
-    pub hold_seconds: Option<i64>,
-}
-
-impl CreateAppointmentBody {
-    pub fn validate(&self) -> Result<(), ApiError> {
-        check_id("clinic_id", &self.clinic_id)?;
-        check_id("slot_id", &self.slot_id)?;
-        check_id("vaccine", &self.vaccine)?;
-        check_id("citizen_id", &self.citizen_id)?;
-        if let Some(s) = self.hold_seconds {
-            if s < 1 {
-                return Err(ApiError::bad_request(
-                    "hold_seconds",
-                    "hold_seconds must be 1 or more",
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// An appointment: every field is always present, `null` where it does not apply.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct AppointmentJson {
-    pub appointment_id: String,
-    /// PENDING, CONFIRMED, ADMINISTERED, EXPIRED, RELEASED, REJECTED, CANCELLED, NO_SHOW,
-    /// CLINIC_CANCELLED
-    pub status: String,
-    pub clinic_id: String,
-    pub slot_id: String,
-    pub vaccine: String,
-    pub citizen_id: String,
-    pub created_at: String,
-    /// Set while PENDING.
-    pub expires_at: Option<String>,
-    pub confirmed_at: Option<String>,
-    pub administered_at: Option<String>,
-    pub batch: Option<String>,
-    pub needs_review: bool,
-    pub at_risk: bool,
-    pub rebook_priority: bool,
-    /// Set while CONFIRMED: the token the clinic scans (also as `qr.svg`).
-    pub qr_token: Option<String>,
-}
-
-impl AppointmentJson {
-    pub fn render(a: &AppointmentView, qr_token: Option<String>) -> Self {
-        AppointmentJson {
-            appointment_id: a.id.to_string(),
-            status: a.status.as_str().to_string(),
-            clinic_id: a.clinic_id.to_string(),
-            slot_id: a.slot_id.to_string(),
-            vaccine: a.vaccine.to_string(),
-            citizen_id: a.citizen_id.to_string(),
-            created_at: rfc3339(a.created_at_ms),
-            expires_at: a.expires_at_ms.map(rfc3339),
-            confirmed_at: a.confirmed_at_ms.map(rfc3339),
-            administered_at: a.administered_at_ms.map(rfc3339),
-            batch: a.batch.clone(),
-            needs_review: a.needs_review,
-            at_risk: a.at_risk,
-            rebook_priority: a.rebook_priority,
-            qr_token,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct AppointmentsJson {
-    pub appointments: Vec<AppointmentJson>,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ClinicAppointmentsQuery {
-    pub slot_id: Option<String>,
-    pub status: Option<String>,
-}
-
-// ---- operators ---------------------------------------------------------------------
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ShardJson {
-    pub shard: u32,
-    pub node: String,
-    /// ready | recovering | unavailable
-    pub status: String,
-    pub clinics: u64,
-    pub slots: u64,
-    pub pending: u64,
-    pub confirmed: u64,
-    pub administered: u64,
-    /// Entries in the shard's deadline queue (live holds plus not yet compacted ones).
-    pub timers: u64,
-    pub next_expiry: Option<String>,
-    /// Requests admitted to the shard and not yet answered (the bound is `mailbox_max`).
-    pub mailbox: u32,
-    pub mailbox_max: u32,
-    /// Events applied since start.
-    pub events_applied: u64,
-    /// Sequence number of the shard's last log record, of its last snapshot, and when that
-    /// snapshot was taken (null until one is, since start).
-    pub wal_seq: Option<u64>,
-    pub snapshot_seq: Option<u64>,
-    pub last_snapshot_at: Option<String>,
-    pub idempotency_records: usize,
-    /// Log records recovery found torn or corrupt at the tail of this shard's log and cut
-    /// off (they were never acknowledged: an answer waits for its record's flush).
-    pub recovery_dropped_records: usize,
-    /// Why the shard is unavailable (null when it is not).
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RingJson {
-    pub nodes: Vec<String>,
-    pub vnodes_per_node: u32,
-    pub shards: u32,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ShardsJson {
-    pub node: String,
-    pub ring: RingJson,
-    pub shards: Vec<ShardJson>,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct HealthJson {
-    pub status: String,
-    /// The server's version (`holdfast --version`), so load reports can name what they ran against.
-    pub version: String,
 }

@@ -1,20 +1,30 @@
 //! Booking: create (the saga, under a required Idempotency-Key), confirm, cancel, read, the
 //! QR code, and the listings by citizen and by clinic.
 
+pub mod types;
+
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
 use holdfast_engine::view::AppointmentView;
-use holdfast_engine::{AppointmentId, BookRequest, Command, Output, Status};
+use holdfast_engine::{AppointmentId, Command, Output, Status};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::{idempotency_key, idempotent, into_response, ok, Answer, AppState, Deferred};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
-use crate::routes::require_authority_or_staff_of;
-use crate::types::*;
+use crate::idempotency::{idempotent, json, Deferred, IdempotencyHeader};
+use crate::qr::QrKey;
+use crate::routes::fields::check_id;
+use crate::routes::{require_authority_or_staff_of, unexpected};
+use crate::state::AppState;
+
+use self::types::{
+    AppointmentJson, AppointmentsJson, ClinicAppointmentsQuery, CreateAppointmentBody,
+};
 
 /// Most appointments one listing returns.
 pub const LISTING_APPOINTMENTS_MAX: usize = 10_000;
@@ -33,6 +43,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 fn render(state: &AppState, a: &AppointmentView) -> AppointmentJson {
     let qr = (a.status == Status::Confirmed).then(|| state.qr.token(&a.id.to_string()));
     AppointmentJson::render(a, qr)
+}
+
+/// Who may book for `citizen_id`: that citizen, or an authority.
+fn may_book(caller: &Caller, citizen_id: &str) -> Result<(), ApiError> {
+    match caller.0.role {
+        Role::Authority => Ok(()),
+        Role::Citizen if caller.0.citizen_id.as_deref() == Some(citizen_id) => Ok(()),
+        Role::Citizen => Err(ApiError::forbidden(
+            "a citizen may book only for their own citizen_id",
+        )),
+        _ => Err(ApiError::forbidden(
+            "only citizens (or an authority) may book",
+        )),
+    }
 }
 
 /// Who may read an appointment: its citizen, staff of its clinic, an authority.
@@ -78,115 +102,87 @@ async fn load(state: &AppState, id: &str) -> Result<AppointmentView, ApiError> {
 async fn create_appointment(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictJson(body): StrictJson<CreateAppointmentBody>,
-) -> Response {
-    let prepared = (|| {
-        body.validate()?;
-        let key = idempotency_key(&headers)?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "IDEMPOTENCY_KEY_REQUIRED",
-                "POST /v1/appointments requires an Idempotency-Key header",
-            )
-        })?;
-        match caller.0.role {
-            Role::Authority => {}
-            Role::Citizen if caller.0.citizen_id.as_deref() == Some(body.citizen_id.as_str()) => {}
-            Role::Citizen => {
-                return Err(ApiError::forbidden(
-                    "a citizen may book only for their own citizen_id",
-                ))
-            }
-            _ => {
-                return Err(ApiError::forbidden(
-                    "only citizens (or an authority) may book",
-                ))
-            }
-        }
-        Ok(key)
-    })();
-    let key = match prepared {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    let hold_ms = body
-        .hold_seconds
-        .map(|s| s.min(HOLD_SECONDS_MAX) * 1000)
-        .unwrap_or(state.settings.hold_ttl_ms)
-        .min(state.settings.max_hold_ms);
-    let request = BookRequest {
-        clinic_id: body.clinic_id.clone(),
-        slot_id: body.slot_id.clone(),
-        vaccine: body.vaccine.clone(),
-        citizen_id: body.citizen_id.clone(),
-        hold_ms,
-    };
+) -> Result<impl IntoResponse, ApiError> {
+    const WHAT: &str = "POST /v1/appointments";
+    body.validate()?;
+    let key = key.required(WHAT)?;
+    may_book(&caller, &body.citizen_id)?;
+    let request = body.book_request(&state.settings);
     let app = state.clone();
-    idempotent(
+    let answer = idempotent(
         &state,
-        &caller.0,
+        &caller,
         Some(key),
-        "POST /v1/appointments",
+        WHAT,
         &body,
         move || async move {
             let (outcome, durable) = app.node.book_deferred(request).await;
             let answer = outcome
                 .map_err(ApiError::from)
-                .and_then(|appointment| ok(StatusCode::CREATED, &render(&app, &appointment)));
+                .and_then(|appointment| json(StatusCode::CREATED, &render(&app, &appointment)));
             Deferred { answer, durable }
         },
-    )
-    .await
+    );
+    Ok(answer.await)
+}
+
+/// What a citizen (or an authority) may do to an appointment after booking it.
+#[derive(Debug, Clone, Copy)]
+enum Transition {
+    Confirm,
+    Cancel,
+}
+
+impl Transition {
+    fn verb(self) -> &'static str {
+        match self {
+            Transition::Confirm => "confirm",
+            Transition::Cancel => "cancel",
+        }
+    }
+
+    /// `citizen`: the only citizen the appointment may belong to, `None` for an authority.
+    fn command(self, seq: u64, citizen: Option<String>) -> Command {
+        match self {
+            Transition::Confirm => Command::Confirm { seq, citizen },
+            Transition::Cancel => Command::Cancel { seq, citizen },
+        }
+    }
 }
 
 async fn transition(
     state: AppState,
     caller: Caller,
-    headers: &HeaderMap,
+    key: IdempotencyHeader,
     id: String,
-    confirm: bool,
-) -> Response {
-    let key = match idempotency_key(headers) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    let Some(parsed) = state.node.parse_appointment_id(&id) else {
-        return ApiError::not_found("appointment not found")
-            .with_detail("resource", "appointment")
-            .into_response();
-    };
+    change: Transition,
+) -> Result<impl IntoResponse, ApiError> {
+    let key = key.optional()?;
+    let parsed = state.node.parse_appointment_id(&id).ok_or_else(|| {
+        ApiError::not_found("appointment not found").with_detail("resource", "appointment")
+    })?;
     // The shard checks ownership in the same step as the transition: one hop, no race.
     let citizen = match caller.0.role {
         Role::Authority => None,
         Role::Citizen => caller.0.citizen_id.clone(),
         _ => {
-            return ApiError::forbidden(
+            return Err(ApiError::forbidden(
                 "only the citizen or an authority may change an appointment",
-            )
-            .into_response()
+            ))
         }
     };
-    let what = format!(
-        "POST /v1/appointments/{id}/{}",
-        if confirm { "confirm" } else { "cancel" }
-    );
+    let what = format!("POST /v1/appointments/{id}/{}", change.verb());
+    let command = change.command(parsed.seq, citizen);
     let app = state.clone();
-    idempotent(&state, &caller.0, key, &what, &(), move || async move {
-        let seq = parsed.seq;
-        let command = if confirm {
-            Command::Confirm { seq, citizen }
-        } else {
-            Command::Cancel { seq, citizen }
-        };
+    let answer = idempotent(&state, &caller, key, &what, &(), move || async move {
         match app.node.exec(parsed.shard, command).await? {
-            Output::Appointment(a) => ok(StatusCode::OK, &render(&app, &a)),
-            other => Err(ApiError::internal(format!(
-                "unexpected engine answer: {other:?}"
-            ))),
+            Output::Appointment(a) => json(StatusCode::OK, &render(&app, &a)),
+            other => Err(unexpected(other)),
         }
-    })
-    .await
+    });
+    Ok(answer.await)
 }
 
 /// Confirms a PENDING appointment before its `expires_at`; answers with its `qr_token`.
@@ -199,11 +195,11 @@ async fn transition(
 async fn confirm_appointment(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath(id): StrictPath<String>,
     _body: OptionalEmptyBody,
-) -> Response {
-    transition(state, caller, &headers, id, true).await
+) -> Result<impl IntoResponse, ApiError> {
+    transition(state, caller, key, id, Transition::Confirm).await
 }
 
 /// Cancels: RELEASED from PENDING, CANCELLED from CONFIRMED; the seat and the dose return
@@ -217,11 +213,11 @@ async fn confirm_appointment(
 async fn cancel_appointment(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     StrictPath(id): StrictPath<String>,
     _body: OptionalEmptyBody,
-) -> Response {
-    transition(state, caller, &headers, id, false).await
+) -> Result<impl IntoResponse, ApiError> {
+    transition(state, caller, key, id, Transition::Cancel).await
 }
 
 /// One appointment (its citizen, staff of its clinic, an authority).
@@ -234,14 +230,10 @@ async fn get_appointment(
     State(state): State<AppState>,
     caller: Caller,
     StrictPath(id): StrictPath<String>,
-) -> Response {
-    let answer: Answer = async {
-        let a = load(&state, &id).await?;
-        may_read(&caller, &a)?;
-        ok(StatusCode::OK, &render(&state, &a))
-    }
-    .await;
-    into_response(answer)
+) -> Result<impl IntoResponse, ApiError> {
+    let a = load(&state, &id).await?;
+    may_read(&caller, &a)?;
+    Ok(Json(render(&state, &a)))
 }
 
 /// The QR code of a CONFIRMED appointment's `qr_token`, as SVG.
@@ -255,32 +247,22 @@ async fn appointment_qr(
     State(state): State<AppState>,
     caller: Caller,
     StrictPath(id): StrictPath<String>,
-) -> Response {
-    let svg = async {
-        let a = load(&state, &id).await?;
-        may_read(&caller, &a)?;
-        if a.status != Status::Confirmed {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "NOT_CONFIRMED",
-                "only a CONFIRMED appointment has a QR code",
-            )
-            .with_detail("status", a.status.as_str()));
-        }
-        crate::qr::QrKey::svg(&state.qr.token(&a.id.to_string())).map_err(ApiError::internal)
+) -> Result<impl IntoResponse, ApiError> {
+    let a = load(&state, &id).await?;
+    may_read(&caller, &a)?;
+    if a.status != Status::Confirmed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "NOT_CONFIRMED",
+            "only a CONFIRMED appointment has a QR code",
+        )
+        .with_detail("status", a.status.as_str()));
     }
-    .await;
-    match svg {
-        Ok(svg) => {
-            let mut response = (StatusCode::OK, svg).into_response();
-            response.headers_mut().insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("image/svg+xml"),
-            );
-            response
-        }
-        Err(e) => e.into_response(),
-    }
+    let svg = QrKey::svg(&state.qr.token(&a.id.to_string())).map_err(ApiError::internal)?;
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"))],
+        svg,
+    ))
 }
 
 /// A citizen's appointments, oldest first (the citizen, an authority).
@@ -293,28 +275,25 @@ async fn citizen_appointments(
     State(state): State<AppState>,
     caller: Caller,
     StrictPath(citizen_id): StrictPath<String>,
-) -> Response {
-    let answer: Answer = async {
-        check_id("citizen_id", &citizen_id)?;
-        match caller.0.role {
-            Role::Authority => {}
-            Role::Citizen if caller.0.citizen_id.as_deref() == Some(citizen_id.as_str()) => {}
-            _ => {
-                return Err(ApiError::forbidden(
-                    "only the citizen or an authority may list these appointments",
-                ))
-            }
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("citizen_id", &citizen_id)?;
+    let own = caller.0.citizen_id.as_deref() == Some(citizen_id.as_str());
+    match caller.0.role {
+        Role::Authority => {}
+        Role::Citizen if own => {}
+        _ => {
+            return Err(ApiError::forbidden(
+                "only the citizen or an authority may list these appointments",
+            ))
         }
-        let all = state.node.citizen_appointments(&citizen_id).await?;
-        let appointments = all
-            .iter()
-            .take(LISTING_APPOINTMENTS_MAX)
-            .map(|a| render(&state, a))
-            .collect();
-        ok(StatusCode::OK, &AppointmentsJson { appointments })
     }
-    .await;
-    into_response(answer)
+    let all = state.node.citizen_appointments(&citizen_id).await?;
+    let appointments = all
+        .iter()
+        .take(LISTING_APPOINTMENTS_MAX)
+        .map(|a| render(&state, a))
+        .collect();
+    Ok(Json(AppointmentsJson { appointments }))
 }
 
 /// A clinic's appointments, oldest first, optionally of one slot and one status (staff of
@@ -329,32 +308,14 @@ async fn clinic_appointments(
     caller: Caller,
     StrictPath(clinic_id): StrictPath<String>,
     StrictQuery(query): StrictQuery<ClinicAppointmentsQuery>,
-) -> Response {
-    let answer: Answer = async {
-        check_id("clinic_id", &clinic_id)?;
-        require_authority_or_staff_of(&caller, &clinic_id)?;
-        let slot = non_empty(&query.slot_id).map(str::to_string);
-        if let Some(slot) = &slot {
-            check_id("slot_id", slot)?;
-        }
-        let status =
-            match non_empty(&query.status) {
-                Some(s) => Some(Status::parse(s).ok_or_else(|| {
-                    ApiError::bad_request("status", format!("unknown status {s}"))
-                })?),
-                None => None,
-            };
-        let list = state
-            .node
-            .clinic_appointments(&clinic_id, slot, status, LISTING_APPOINTMENTS_MAX)
-            .await?;
-        ok(
-            StatusCode::OK,
-            &AppointmentsJson {
-                appointments: list.iter().map(|a| render(&state, a)).collect(),
-            },
-        )
-    }
-    .await;
-    into_response(answer)
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("clinic_id", &clinic_id)?;
+    require_authority_or_staff_of(&caller, &clinic_id)?;
+    let (slot, status) = query.filters()?;
+    let list = state
+        .node
+        .clinic_appointments(&clinic_id, slot, status, LISTING_APPOINTMENTS_MAX)
+        .await?;
+    let appointments = list.iter().map(|a| render(&state, a)).collect();
+    Ok(Json(AppointmentsJson { appointments }))
 }

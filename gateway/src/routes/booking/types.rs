@@ -1,0 +1,138 @@
+//! The bodies of the booking routes (API.md, Booking), with their OpenAPI schemas and
+//! validation.
+
+use holdfast_engine::view::AppointmentView;
+use holdfast_engine::BookRequest;
+use holdfast_engine::Status;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::routes::fields::{check_id, non_empty, rfc3339};
+use crate::state::Settings;
+
+/// Longest hold a client may ask for before `--max-hold` clamps it; anything above is
+/// clamped anyway, this only keeps the arithmetic far from overflow.
+pub const HOLD_SECONDS_MAX: i64 = 366 * 24 * 3600;
+
+/// `POST /v1/appointments`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAppointmentBody {
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub vaccine: String,
+    pub citizen_id: String,
+    /// At least 1; above `--max-hold` it is clamped. Absent: `--hold-ttl`.
+    #[serde(default)]
+    pub hold_seconds: Option<i64>,
+}
+
+impl CreateAppointmentBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_id("clinic_id", &self.clinic_id)?;
+        check_id("slot_id", &self.slot_id)?;
+        check_id("vaccine", &self.vaccine)?;
+        check_id("citizen_id", &self.citizen_id)?;
+        if let Some(s) = self.hold_seconds {
+            if s < 1 {
+                return Err(ApiError::bad_request(
+                    "hold_seconds",
+                    "hold_seconds must be 1 or more",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The saga's request: the hold asked for, clamped to `--max-hold`, or `--hold-ttl`.
+    pub fn book_request(&self, settings: &Settings) -> BookRequest {
+        let hold_ms = self
+            .hold_seconds
+            .map(|s| s.min(HOLD_SECONDS_MAX) * 1000)
+            .unwrap_or(settings.hold_ttl_ms)
+            .min(settings.max_hold_ms);
+        BookRequest {
+            clinic_id: self.clinic_id.clone(),
+            slot_id: self.slot_id.clone(),
+            vaccine: self.vaccine.clone(),
+            citizen_id: self.citizen_id.clone(),
+            hold_ms,
+        }
+    }
+}
+
+/// An appointment: every field is always present, `null` where it does not apply.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AppointmentJson {
+    pub appointment_id: String,
+    /// PENDING, CONFIRMED, ADMINISTERED, EXPIRED, RELEASED, REJECTED, CANCELLED, NO_SHOW,
+    /// CLINIC_CANCELLED
+    pub status: String,
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub vaccine: String,
+    pub citizen_id: String,
+    pub created_at: String,
+    /// Set while PENDING.
+    pub expires_at: Option<String>,
+    pub confirmed_at: Option<String>,
+    pub administered_at: Option<String>,
+    pub batch: Option<String>,
+    pub needs_review: bool,
+    pub at_risk: bool,
+    pub rebook_priority: bool,
+    /// Set while CONFIRMED: the token the clinic scans (also as `qr.svg`).
+    pub qr_token: Option<String>,
+}
+
+impl AppointmentJson {
+    pub fn render(a: &AppointmentView, qr_token: Option<String>) -> Self {
+        AppointmentJson {
+            appointment_id: a.id.to_string(),
+            status: a.status.as_str().to_string(),
+            clinic_id: a.clinic_id.to_string(),
+            slot_id: a.slot_id.to_string(),
+            vaccine: a.vaccine.to_string(),
+            citizen_id: a.citizen_id.to_string(),
+            created_at: rfc3339(a.created_at_ms),
+            expires_at: a.expires_at_ms.map(rfc3339),
+            confirmed_at: a.confirmed_at_ms.map(rfc3339),
+            administered_at: a.administered_at_ms.map(rfc3339),
+            batch: a.batch.clone(),
+            needs_review: a.needs_review,
+            at_risk: a.at_risk,
+            rebook_priority: a.rebook_priority,
+            qr_token,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AppointmentsJson {
+    pub appointments: Vec<AppointmentJson>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicAppointmentsQuery {
+    pub slot_id: Option<String>,
+    pub status: Option<String>,
+}
+
+impl ClinicAppointmentsQuery {
+    /// The slot and the status to list, each `None` for all.
+    pub fn filters(&self) -> Result<(Option<String>, Option<Status>), ApiError> {
+        let slot = non_empty(&self.slot_id).map(str::to_string);
+        if let Some(slot) = &slot {
+            check_id("slot_id", slot)?;
+        }
+        let status = non_empty(&self.status)
+            .map(|s| {
+                Status::parse(s)
+                    .ok_or_else(|| ApiError::bad_request("status", format!("unknown status {s}")))
+            })
+            .transpose()?;
+        Ok((slot, status))
+    }
+}

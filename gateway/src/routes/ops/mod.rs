@@ -1,0 +1,78 @@
+//! Operator endpoints: liveness, readiness and the per-shard status.
+
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use holdfast_engine::node::RETRY_AFTER_S;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+use self::types::{HealthJson, RingJson, ShardJson, ShardsJson};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(admin_shards))
+}
+
+/// This document: OpenAPI 3.1, generated from the routes.
+#[utoipa::path(get, path = "/openapi.json", tag = "operators",
+    responses((status = 200, content_type = "application/json", description = "the OpenAPI document")))]
+async fn openapi_json(
+    Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> impl IntoResponse {
+    Json(document)
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operators", responses((status = 200, body = HealthJson)))]
+async fn healthz() -> impl IntoResponse {
+    Json(HealthJson::new("ok"))
+}
+
+/// Every shard this node owns has recovered and serves.
+#[utoipa::path(get, path = "/readyz", tag = "operators",
+    responses((status = 200, body = HealthJson), (status = 503, body = ErrorBody, description = "NOT_READY")))]
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    if !state.node.is_ready() {
+        return Err(ApiError::not_ready(RETRY_AFTER_S));
+    }
+    Ok(Json(HealthJson::new("ready")))
+}
+
+/// Per-shard status for operators.
+#[utoipa::path(get, path = "/v1/admin/shards", tag = "operators",
+    responses((status = 200, body = ShardsJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn admin_shards(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Operator])?;
+    let node = &state.node;
+    let statuses = node.shard_status().await;
+    let shards = statuses
+        .iter()
+        .map(|s| ShardJson::render(s, node))
+        .collect();
+    let ring = RingJson {
+        nodes: node.ring().nodes().to_vec(),
+        vnodes_per_node: node.ring().vnodes_per_node(),
+        shards: node.shards(),
+    };
+    Ok(Json(ShardsJson {
+        node: node.config().node_name.clone(),
+        ring,
+        shards,
+    }))
+}

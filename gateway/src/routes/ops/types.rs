@@ -1,0 +1,114 @@
+//! The bodies of the operator routes (API.md, Operators).
+
+use holdfast_engine::actor::ShardPhase;
+use holdfast_engine::node::ShardStatus;
+use holdfast_engine::Node;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::routes::fields::rfc3339;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ShardJson {
+    pub shard: u32,
+    pub node: String,
+    /// ready | recovering | unavailable
+    pub status: String,
+    pub clinics: u64,
+    pub slots: u64,
+    pub pending: u64,
+    pub confirmed: u64,
+    pub administered: u64,
+    /// Entries in the shard's deadline queue (live holds plus not yet compacted ones).
+    pub timers: u64,
+    pub next_expiry: Option<String>,
+    /// Requests admitted to the shard and not yet answered (the bound is `mailbox_max`).
+    pub mailbox: u32,
+    pub mailbox_max: u32,
+    /// Events applied since start.
+    pub events_applied: u64,
+    /// Sequence number of the shard's last log record, of its last snapshot, and when that
+    /// snapshot was taken (null until one is, since start).
+    pub wal_seq: Option<u64>,
+    pub snapshot_seq: Option<u64>,
+    pub last_snapshot_at: Option<String>,
+    pub idempotency_records: usize,
+    /// Log records recovery found torn or corrupt at the tail of this shard's log and cut
+    /// off (they were never acknowledged: an answer waits for its record's flush).
+    pub recovery_dropped_records: usize,
+    /// Why the shard is unavailable (null when it is not).
+    pub reason: Option<String>,
+}
+
+impl ShardJson {
+    /// One shard's status for `/v1/admin/shards`; `node` supplies the mailbox bound and, for
+    /// a shard that stopped taking writes, the journal's failure.
+    pub fn render(s: &ShardStatus, node: &Node) -> ShardJson {
+        let journal_failure = node.journal_failure();
+        let (status, reason) = match (&s.phase, s.ready && s.runtime.writable) {
+            (ShardPhase::Recovering, _) => ("recovering", None),
+            (ShardPhase::Failed(reason), _) => ("unavailable", Some(reason.to_string())),
+            (ShardPhase::Ready, true) => ("ready", None),
+            (ShardPhase::Ready, false) => (
+                "unavailable",
+                Some(journal_failure.map_or_else(
+                    || "the shard stopped taking writes (see the log)".to_string(),
+                    |e| e.to_string(),
+                )),
+            ),
+        };
+        let known = s.ready;
+        ShardJson {
+            shard: s.shard,
+            node: s.node.clone(),
+            status: status.to_string(),
+            clinics: s.counts.clinics,
+            slots: s.counts.slots,
+            pending: s.counts.pending,
+            confirmed: s.counts.confirmed,
+            administered: s.counts.administered,
+            timers: s.counts.timers,
+            next_expiry: s.counts.next_expiry_ms.map(rfc3339),
+            mailbox: s.inflight,
+            mailbox_max: node.config().inflight_per_shard_max,
+            events_applied: s.runtime.events_applied,
+            wal_seq: known.then_some(s.runtime.wal_seq),
+            snapshot_seq: known.then_some(s.runtime.snapshot_seq),
+            last_snapshot_at: s.runtime.last_snapshot_at_ms.map(rfc3339),
+            idempotency_records: s.runtime.idempotency_records,
+            recovery_dropped_records: s.runtime.recovered_dropped,
+            reason,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RingJson {
+    pub nodes: Vec<String>,
+    pub vnodes_per_node: u32,
+    pub shards: u32,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ShardsJson {
+    pub node: String,
+    pub ring: RingJson,
+    pub shards: Vec<ShardJson>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HealthJson {
+    pub status: String,
+    /// The server's version (`holdfast --version`), so load reports can name what they ran against.
+    pub version: String,
+}
+
+impl HealthJson {
+    /// `status` and this server's version.
+    pub fn new(status: &str) -> HealthJson {
+        HealthJson {
+            status: status.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}

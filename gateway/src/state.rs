@@ -1,0 +1,34 @@
+//! What every handler shares: the node, the keys, and the settings from the command line.
+//!
+//! Apart from the router ([`crate::app`]) so that the route modules can depend on it without
+//! depending on the router that mounts them.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use holdfast_engine::Node;
+
+use crate::auth::JwtKey;
+use crate::qr::QrKey;
+
+/// How the server runs; from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hold_ttl_ms: i64,
+    pub max_hold_ms: i64,
+}
+
+/// The state of the HTTP application, cloned into every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub jwt: Arc<JwtKey>,
+    pub qr: Arc<QrKey>,
+    pub settings: Arc<Settings>,
+}
+
+impl FromRef<AppState> for Arc<JwtKey> {
+    fn from_ref(state: &AppState) -> Arc<JwtKey> {
+        state.jwt.clone()
+    }
+}
