@@ -1,5 +1,5 @@
-//! holdfast-gateway: the HTTP API of holdfast (axum), its auth and validation, routing to the
-//! engine's shards, and the `holdfast` command line.
+//! holdfast-gateway: the HTTP API of holdfast (axum), its auth and validation, and routing to
+//! the engine's shards. The `holdfast` binary that serves it is in holdfast-server.
 //!
 //! Start at [`app`] (state, router, engine outcomes as HTTP, Idempotency-Key), then
 //! [`routes`] (one module per part of API.md), [`types`] (bodies and validation), [`auth`],
@@ -7,12 +7,8 @@
 
 pub mod app;
 pub mod auth;
-pub mod cli;
-pub mod demo;
 pub mod error;
 pub mod extract;
-pub mod journal;
 pub mod qr;
 pub mod routes;
-pub mod server;
 pub mod types;

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use holdfast_gateway::server::Storage;
 use holdfast_persistence::{Durability, FlushFault, Wal, WalConfig};
+use holdfast_server::Storage;
 
 const SHARDS_HERE: u32 = 4;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use holdfast_engine::journal::{Done, Journal, Recovered, Refusal};
-use holdfast_gateway::server::Storage;
+use holdfast_server::Storage;
 
 /// Longest a gated recovery waits for the test to open the gate (so a failing test ends).
 const GATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -178,7 +178,7 @@ async fn start_that_waits_for_recovery_reports_a_shard_that_cannot_recover() {
         MAX_HOLD_MS,
         Storage::Journal(journal),
     );
-    let err = match holdfast_gateway::server::start(config).await {
+    let err = match holdfast_server::start(config).await {
         Ok(_) => panic!("a server with a broken shard must not report itself started"),
         Err(e) => e,
     };

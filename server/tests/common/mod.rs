@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use holdfast_engine::{NodeConfig, SystemClock};
 use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
-use holdfast_gateway::server::{start, start_listening, RunningServer, ServerConfig, Storage};
+use holdfast_server::{start, start_listening, RunningServer, ServerConfig, Storage};
 use reqwest::Method;
 use serde_json::{json, Value};
 

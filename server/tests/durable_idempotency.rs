@@ -7,8 +7,8 @@ use std::sync::Arc;
 use holdfast_engine::{ManualClock, NodeConfig};
 use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
-use holdfast_gateway::server::{start, RunningServer, ServerConfig, Storage};
 use holdfast_persistence::{Durability, WalConfig};
+use holdfast_server::{start, RunningServer, ServerConfig, Storage};
 use serde_json::{json, Value};
 
 const SECRET: &[u8] = b"durable-idempotency";

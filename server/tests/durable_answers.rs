@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use holdfast_engine::journal::{decode, Done, Journal, LogRecord, Recovered, Refusal};
-use holdfast_gateway::server::Storage;
+use holdfast_server::Storage;
 
 /// How long the test waits for something that should happen (bounded loops).
 const WAIT: Duration = Duration::from_secs(10);
