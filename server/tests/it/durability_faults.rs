@@ -8,14 +8,13 @@
 //!   write leaves it): start-up recovers everything before it, cuts the record off and
 //!   reports it in the log and in `/v1/admin/shards`.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
 use holdfast_persistence::{Durability, FlushFault, Wal, WalConfig};
 use holdfast_server::Storage;
+
+use crate::common::*;
 
 const SHARDS_HERE: u32 = 4;
 

@@ -3,7 +3,6 @@
 //!
 //! Every helper talks HTTP to a real listener (`127.0.0.1:0`), so these tests see exactly what
 //! a client sees: status, headers and body bytes.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

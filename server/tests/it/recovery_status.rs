@@ -6,14 +6,13 @@
 //! The journal here is a real `Journal` whose `recover` is held at a gate for one shard (or
 //! fails for one shard), so the test controls exactly when recovery ends.
 
-mod common;
-
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use common::*;
 use holdfast_engine::journal::{Done, Journal, Recovered, Refusal};
 use holdfast_server::Storage;
+
+use crate::common::*;
 
 /// Longest a gated recovery waits for the test to open the gate (so a failing test ends).
 const GATE_TIMEOUT: Duration = Duration::from_secs(30);
