@@ -19,7 +19,7 @@
 //! are upper bounds; their resolution is the longest gap between two looks at one shard
 //! (printed).
 
-/// The allocator of the `holdfast` binary (gateway/src/main.rs), so the figures are the server's.
+/// The allocator of the `holdfast` binary (server/src/main.rs), so the figures are the server's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -35,8 +35,8 @@ use holdfast_engine::journal::Journal;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::view::ShardCounts;
 use holdfast_engine::{Command, Node, NodeConfig, Output, SystemClock};
-use holdfast_gateway::journal::WalJournal;
 use holdfast_persistence::{Durability, Wal, WalConfig};
+use holdfast_server::journal::WalJournal;
 
 const SHARDS: u32 = 64;
 /// 64 × 15,625 = 1,000,000.

@@ -16,7 +16,7 @@
 //! A plain `main` (harness = false), not criterion: one recovery takes seconds.
 //! Run: `cargo bench -p holdfast-benches --bench recovery`.
 
-/// The allocator of the `holdfast` binary (gateway/src/main.rs), so the figures are the server's.
+/// The allocator of the `holdfast` binary (server/src/main.rs), so the figures are the server's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -30,8 +30,8 @@ use holdfast_benches::{
 use holdfast_engine::journal::Journal;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::{Command, Node, NodeConfig, SystemClock};
-use holdfast_gateway::journal::WalJournal;
 use holdfast_persistence::{Durability, Wal, WalConfig};
+use holdfast_server::journal::WalJournal;
 
 const SHARDS: u32 = 64;
 /// Holds per shard before the snapshot: 64 × 14,062 = 899,968.

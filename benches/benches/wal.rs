@@ -14,7 +14,7 @@
 //!
 //! Run: `cargo bench -p holdfast-benches --bench wal -- --noplot`.
 
-/// The allocator of the `holdfast` binary (gateway/src/main.rs), so the figures are the server's.
+/// The allocator of the `holdfast` binary (server/src/main.rs), so the figures are the server's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

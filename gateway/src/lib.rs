@@ -1,20 +1,16 @@
-//! holdfast-gateway: the HTTP API of holdfast (axum), its auth and validation, routing to the
-//! engine's shards, and the `holdfast` command line.
+//! holdfast-gateway: the HTTP API of holdfast (axum), its auth and validation, and routing to
+//! the engine's shards. The `holdfast` binary that serves it is in holdfast-server.
 //!
 //! Start at [`app`] (the router and its OpenAPI document) and [`state`] (what handlers
-//! share), then [`routes`] (one module per part of API.md, each with its bodies),
+//! share), then [`routes`] (one module per part of docs/API.md, each with its bodies),
 //! [`idempotency`] (the Idempotency-Key protocol), [`auth`], [`extract`] and [`error`] (the
 //! error shape, and engine errors as HTTP).
 
 pub mod app;
 pub mod auth;
-pub mod cli;
-pub mod demo;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
-pub mod journal;
 pub mod qr;
 pub mod routes;
-pub mod server;
 pub mod state;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use holdfast_gateway::cli::parse_duration;
+use holdfast_server::cli::parse_duration;
 use serde::Serialize;
 
 /// The longest id prefix: ids are at most 64 characters and the harness appends up to

@@ -12,12 +12,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use holdfast_engine::{NodeConfig, SystemClock};
 use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
-use holdfast_gateway::server::{start, ServerConfig, Storage};
 use holdfast_loadtest::checker::{
     check, fetch_picture, Appointment, Availability, CheckOptions, CheckReport, ClinicPicture,
     Picture, SlotState, StockLevel, Violation, ViolationKind,
 };
 use holdfast_loadtest::ledger::{AckKind, Ledger, Replay};
+use holdfast_server::{start, ServerConfig, Storage};
 use serde_json::{json, Value};
 
 // ---- building pictures -----------------------------------------------------------------

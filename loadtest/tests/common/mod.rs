@@ -21,7 +21,7 @@ pub fn server_binary() -> PathBuf {
     let bin = dir.join(format!("holdfast{}", std::env::consts::EXE_SUFFIX));
     if !bin.is_file() {
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-p", "holdfast-gateway", "--bin", "holdfast"]);
+        build.args(["build", "-p", "holdfast-server", "--bin", "holdfast"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }

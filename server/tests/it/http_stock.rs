@@ -1,12 +1,11 @@
 //! Stock and slot changes under live appointments over HTTP: slot cancellation, stock
 //! adjustments below what is reserved (`at_risk`), and rebooking with priority.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use serde_json::json;
+
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_slot_cancels_its_appointments_and_returns_seats_and_doses() {

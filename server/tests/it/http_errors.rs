@@ -1,10 +1,9 @@
 //! Bad input over HTTP: every answer has the error shape and the contract's status, and the
 //! server stays healthy after each one.
 
-mod common;
-
-use common::*;
 use serde_json::{json, Value};
+
+use crate::common::*;
 
 /// Asserts the error shape, status and code, then that `/healthz` still answers 200;
 /// returns `details`.

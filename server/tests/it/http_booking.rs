@@ -1,14 +1,13 @@
 //! Booking over HTTP: the races for the last seat and the last dose, and the appointment's
 //! life cycle (create, confirm, QR code, cancel, listings).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::*;
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
+
+use crate::common::*;
 
 /// Sends one booking per citizen at once (each with its own token and key, all released by
 /// a barrier) and returns `(status, error code or "")` per citizen.

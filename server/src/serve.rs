@@ -9,15 +9,15 @@ use holdfast_engine::journal::{Journal, NoJournal};
 use holdfast_engine::node::SHARDS_DEFAULT;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
+use holdfast_gateway::app::{build_app, AppState, Settings};
+use holdfast_gateway::auth::JwtKey;
+use holdfast_gateway::qr::QrKey;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::app::{build_app, AppState, Settings};
-use crate::auth::JwtKey;
 use crate::cli::{Durability, ServeArgs};
 use crate::journal::WalJournal;
-use crate::qr::QrKey;
 
 /// Where shards keep their state.
 pub enum Storage {
@@ -196,7 +196,7 @@ fn load_secret(args: &ServeArgs) -> Result<(Vec<u8>, PathBuf), String> {
 }
 
 fn write_secret(path: &Path) -> Result<(), String> {
-    let secret = crate::auth::generate_secret();
+    let secret = holdfast_gateway::auth::generate_secret();
     holdfast_persistence::write_atomically(path, &secret).map_err(|e| e.to_string())?;
     #[cfg(unix)]
     {

@@ -3,8 +3,8 @@
 //!
 //! Every helper talks HTTP to a real listener (`127.0.0.1:0`), so these tests see exactly what
 //! a client sees: status, headers and body bytes.
-#![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use holdfast_engine::{NodeConfig, SystemClock};
 use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
-use holdfast_gateway::server::{start, start_listening, RunningServer, ServerConfig, Storage};
+use holdfast_persistence::WalConfig;
+use holdfast_server::{start, start_listening, RunningServer, ServerConfig, Storage};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -50,6 +51,30 @@ static KEYS: AtomicU64 = AtomicU64::new(0);
 /// A fresh Idempotency-Key, unique within the test process.
 pub fn fresh_key(prefix: &str) -> String {
     format!("{prefix}-{}", KEYS.fetch_add(1, Ordering::Relaxed))
+}
+
+static DIRS: AtomicU64 = AtomicU64::new(0);
+
+/// A new empty directory `holdfast-<name>-<pid>-<micros>-<n>` under the system's temporary
+/// directory: the process id and the time keep it apart from other runs, the counter from
+/// the other tests of this process, which run in parallel threads.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "holdfast-{name}-{}-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_micros(),
+        DIRS.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The write-ahead log in `dir`.
+pub fn wal_storage(dir: &Path, config: WalConfig) -> Storage {
+    Storage::Wal {
+        dir: dir.to_path_buf(),
+        config,
+    }
 }
 
 // ---- requests ------------------------------------------------------------------------
@@ -160,6 +185,18 @@ pub struct Api {
 }
 
 impl Api {
+    /// The API of a server at `base` (`http://127.0.0.1:41234`), with the test authority.
+    pub fn new(base: String) -> Api {
+        Api {
+            client: reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                .expect("a client"),
+            base,
+            authority: token(Role::Authority, "authority-1", None, None),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -538,10 +575,13 @@ impl Harness {
 
     /// A server with any node configuration (e.g. a tiny in-flight bound).
     pub async fn start_node(node: NodeConfig, hold_ttl_ms: i64, max_hold_ms: i64) -> Harness {
-        let server = start(test_config(node, hold_ttl_ms, max_hold_ms, Storage::Memory))
-            .await
-            .expect("the server starts");
-        Harness::around(server)
+        Harness::start_config(test_config(node, hold_ttl_ms, max_hold_ms, Storage::Memory)).await
+    }
+
+    /// A server with any configuration (e.g. another clock), started once every shard has
+    /// recovered.
+    pub async fn start_config(config: ServerConfig) -> Harness {
+        Harness::around(start(config).await.expect("the server starts"))
     }
 
     /// A server on any storage, started once every shard has recovered.
@@ -569,18 +609,9 @@ impl Harness {
     }
 
     fn around(server: RunningServer) -> Harness {
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .expect("a client");
-        let api = Api {
-            client,
-            base: format!("http://{}", server.addr),
-            authority: token(Role::Authority, "authority-1", None, None),
-        };
         Harness {
+            api: Api::new(format!("http://{}", server.addr)),
             server,
-            api,
             operator: token(Role::Operator, "operator-1", None, None),
         }
     }

@@ -1,13 +1,12 @@
 //! The Idempotency-Key protocol over HTTP (API.md, Conventions).
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use holdfast_gateway::auth::Role;
 use serde_json::json;
 use tokio::sync::Barrier;
+
+use crate::common::*;
 
 async fn setup(h: &Harness, capacity: u32) {
     h.standard_vaccine(VACCINE).await;

@@ -13,9 +13,8 @@ use std::path::Path;
 use chrono::{Datelike, Duration, NaiveDate, NaiveTime, TimeZone};
 use holdfast_engine::model::{CitizenRecord, ClinicInfo, DoseRecord, SlotSpec, VaccineRules};
 use holdfast_engine::{Command, Node, UnixMs};
-
-use crate::app::AppState;
-use crate::auth::{Claims, Role};
+use holdfast_gateway::app::AppState;
+use holdfast_gateway::auth::{Claims, Role};
 
 pub const CLINICS: usize = 200;
 pub const CITIZENS: usize = 20_000;

@@ -8,33 +8,13 @@
 //!   write leaves it): start-up recovers everything before it, cuts the record off and
 //!   reports it in the log and in `/v1/admin/shards`.
 
-mod common;
-
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
-use holdfast_gateway::server::Storage;
 use holdfast_persistence::{Durability, FlushFault, Wal, WalConfig};
 
+use crate::common::*;
+
 const SHARDS_HERE: u32 = 4;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "holdfast-{name}-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn wal_storage(dir: &std::path::Path, config: WalConfig) -> Storage {
-    Storage::Wal {
-        dir: dir.to_path_buf(),
-        config,
-    }
-}
 
 /// The catalogue both tests book in: one clinic `c1` with one slot `s1` (10 seats, 10
 /// doses) and two eligible citizens.

@@ -1,8 +1,6 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 document of the whole contract (API.md, Operators).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Every route of API.md that this build serves, as (method, path).
 const SERVED_ROUTES: [(&str, &str); 20] = [

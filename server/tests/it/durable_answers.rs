@@ -6,15 +6,14 @@
 //! completes them in order, one by one. So the test sees exactly which records exist when
 //! the client gets its answer.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use holdfast_engine::journal::{decode, Done, Journal, LogRecord, Recovered};
 use holdfast_engine::JournalError;
-use holdfast_gateway::server::Storage;
+use holdfast_server::Storage;
+
+use crate::common::*;
 
 /// How long the test waits for something that should happen (bounded loops).
 const WAIT: Duration = Duration::from_secs(10);

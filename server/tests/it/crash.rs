@@ -6,15 +6,16 @@
 //! original answer byte for byte.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use holdfast_gateway::auth::{Claims, JwtKey, Role};
+use holdfast_gateway::auth::Role;
 use serde_json::{json, Value};
 
-const SECRET: &[u8] = b"crash-test-secret";
+use crate::common::*;
+
 const KILLS: usize = 3;
 const CLIENTS: usize = 24;
 /// Citizens booking in each round (each books once), so every round drives load.
@@ -26,7 +27,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Server {
     child: Child,
-    base: String,
+    api: Api,
 }
 
 impl Drop for Server {
@@ -81,12 +82,11 @@ async fn start(dir: &Path, secret: &Path) -> Server {
     };
     let server = Server {
         child,
-        base: format!("http://{}", addr.trim()),
+        api: Api::new(format!("http://{}", addr.trim())),
     };
-    let client = reqwest::Client::new();
     loop {
-        if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await {
-            if r.status() == 200 {
+        if let Ok(r) = server.api.try_send(Req::get("/readyz")).await {
+            if r.status == 200 {
                 return server;
             }
         }
@@ -96,25 +96,6 @@ async fn start(dir: &Path, secret: &Path) -> Server {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn token(role: Role, sub: &str, citizen: Option<&str>) -> String {
-    let key = JwtKey::from_secret_file_bytes(SECRET).unwrap();
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    key.sign(&Claims {
-        sub: sub.into(),
-        role,
-        exp,
-        citizen_id: citizen.map(Into::into),
-        clinic_id: None,
-    })
-}
-
-async fn call(client: &reqwest::Client, req: reqwest::RequestBuilder) -> Option<(u16, String)> {
-    let _ = client;
-    let r = req.timeout(Duration::from_secs(10)).send().await.ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().await.ok()?))
 }
 
 /// What clients saw acknowledged, per appointment: the last status and the create's key and
@@ -133,75 +114,45 @@ fn allowed_after(acked: &str, now: &str) -> bool {
     }
 }
 
-async fn set_up(base: &str, client: &reqwest::Client) {
-    let auth = format!("Bearer {}", token(Role::Authority, "crash-authority", None));
-    let put = |path: String, body: Value| {
-        client
-            .put(format!("{base}{path}"))
-            .header("authorization", &auth)
-            .json(&body)
-    };
-    let post = |path: String, body: Value| {
-        client
-            .post(format!("{base}{path}"))
-            .header("authorization", &auth)
-            .json(&body)
-    };
-    let ok = |r: Option<(u16, String)>| assert_eq!(r.as_ref().map(|r| r.0), Some(200), "{r:?}");
-    ok(call(
-        client,
-        put(
-            "/v1/vaccines/vx".into(),
-            json!({"series_doses": 2, "min_interval_days": 0}),
-        ),
-    )
-    .await);
+/// The campaign: three clinics `k0`..`k2`, each with two slots `s0`, `s1` of [`CAPACITY`]
+/// seats the day after tomorrow and 1,000 doses, and [`CITIZENS`] adults `p0`, `p1`, ...
+async fn set_up(api: &Api) {
+    api.standard_vaccine(VACCINE).await;
     let start = chrono::Utc::now() + chrono::Duration::days(2);
     for c in 0..3 {
-        ok(call(
-            client,
-            put(
-                format!("/v1/clinics/k{c}"),
-                json!({"name": "k", "region": "r", "timezone": "UTC"}),
-            ),
-        )
-        .await);
+        let clinic = format!("k{c}");
+        api.put_clinic(&clinic).await;
         let slots: Vec<Value> = (0..2)
             .map(|s| {
                 let t = start + chrono::Duration::minutes(15 * s);
-                json!({"slot_id": format!("s{s}"), "start": t.to_rfc3339(), "end": (t + chrono::Duration::minutes(15)).to_rfc3339(),
-                       "capacity": CAPACITY, "vaccines": ["vx"]})
+                let end = t + chrono::Duration::minutes(15);
+                let mut slot = slot_body(t.to_rfc3339(), end.to_rfc3339(), CAPACITY, &[VACCINE], 0);
+                slot["slot_id"] = json!(format!("s{s}"));
+                slot
             })
             .collect();
-        ok(call(
-            client,
-            post(format!("/v1/clinics/k{c}/slots"), json!({"slots": slots})),
+        api.send(
+            Req::post(format!("/v1/clinics/{clinic}/slots"))
+                .token(&api.authority)
+                .json(&json!({"slots": slots})),
         )
-        .await);
-        ok(call(
-            client,
-            post(
-                format!("/v1/clinics/k{c}/stock"),
-                json!({"vaccine": "vx", "batch": "B", "quantity": 1000, "expires_on": "2030-01-01"}),
-            ),
-        )
-        .await);
+        .await
+        .expect(200);
+        api.receive_stock(&clinic, VACCINE, "B", 1000).await;
     }
     for i in 0..CITIZENS {
-        let body = json!({"birth_date": "1980-01-01", "region": "r", "insurance_id": "I", "allergies": [], "doses": []});
-        ok(call(client, put(format!("/v1/citizens/p{i}"), body)).await);
+        api.put_adult(&format!("p{i}")).await;
     }
 }
 
 /// One client: books, then confirms, cancels or leaves the hold, until the server dies.
 async fn client_loop(
-    base: String,
+    api: Api,
     acked: Arc<Mutex<Acked>>,
     worker: usize,
     round: usize,
     next: Arc<Mutex<usize>>,
 ) {
-    let client = reqwest::Client::new();
     let mut rng = (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ round as u64;
     loop {
         let i = {
@@ -216,22 +167,27 @@ async fn client_loop(
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let citizen = format!("p{i}");
-        let auth = format!(
-            "Bearer {}",
-            token(Role::Citizen, &format!("citizen:{citizen}"), Some(&citizen))
+        let token = api.citizen_token(&citizen);
+        let body = booking_body(
+            &citizen,
+            &format!("k{}", rng % 3),
+            &format!("s{}", (rng >> 8) % 2),
+            VACCINE,
         );
-        let body = json!({"clinic_id": format!("k{}", rng % 3), "slot_id": format!("s{}", (rng >> 8) % 2), "vaccine": "vx", "citizen_id": citizen});
         let key = format!("r{round}-c{i}");
-        let req = client
-            .post(format!("{base}/v1/appointments"))
-            .header("authorization", &auth)
-            .header("idempotency-key", &key)
+        let req = Req::post("/v1/appointments")
+            .token(&token)
+            .idem(&key)
             .json(&body);
-        let Some((201, answer)) = call(&client, req).await else {
-            if client.get(format!("{base}/healthz")).send().await.is_err() {
-                return; // the server is gone
+        // A transport failure is expected here: the server is killed under load.
+        let answer = match api.try_send(req).await {
+            Ok(r) if r.status == 201 => r.text,
+            _ => {
+                if api.try_send(Req::get("/healthz")).await.is_err() {
+                    return; // the server is gone
+                }
+                continue;
             }
-            continue;
         };
         let created: Value = serde_json::from_str(&answer).unwrap();
         let id = created["appointment_id"].as_str().unwrap().to_string();
@@ -245,57 +201,39 @@ async fn client_loop(
             1 => "cancel",
             _ => continue,
         };
-        let req = client
-            .post(format!("{base}/v1/appointments/{id}/{action}"))
-            .header("authorization", &auth);
-        if let Some((200, answer)) = call(&client, req).await {
-            let v: Value = serde_json::from_str(&answer).unwrap();
-            acked
-                .lock()
-                .unwrap()
-                .status
-                .insert(id, v["status"].as_str().unwrap().to_string());
+        let req = Req::post(format!("/v1/appointments/{id}/{action}")).token(&token);
+        if let Ok(r) = api.try_send(req).await {
+            if r.status == 200 {
+                let v: Value = serde_json::from_str(&r.text).unwrap();
+                acked
+                    .lock()
+                    .unwrap()
+                    .status
+                    .insert(id, v["status"].as_str().unwrap().to_string());
+            }
         }
     }
 }
 
-async fn verify(base: &str, acked: &Acked) {
-    let client = reqwest::Client::new();
-    let auth = format!("Bearer {}", token(Role::Authority, "crash-authority", None));
+async fn verify(api: &Api, acked: &Acked) {
     // Every acknowledged change is there, and statuses only moved forward from it.
     let mut by_id: HashMap<String, Value> = HashMap::new();
     let mut total_seen = 0;
     for c in 0..3 {
-        let (status, body) = call(
-            &client,
-            client
-                .get(format!("{base}/v1/clinics/k{c}/appointments"))
-                .header("authorization", &auth),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 200, "{body}");
-        let list: Value = serde_json::from_str(&body).unwrap();
-        for a in list["appointments"].as_array().unwrap() {
+        let clinic = format!("k{c}");
+        let list = api.clinic_appointments(&clinic, "").await;
+        for a in &list {
             by_id.insert(a["appointment_id"].as_str().unwrap().to_string(), a.clone());
             total_seen += 1;
         }
         // Counters agree with the appointments; nothing oversold.
-        let (_, body) = call(
-            &client,
-            client.get(format!("{base}/v1/clinics/k{c}/availability")),
-        )
-        .await
-        .unwrap();
-        let availability: Value = serde_json::from_str(&body).unwrap();
-        let active = list["appointments"]
-            .as_array()
-            .unwrap()
+        let availability = api.availability(&clinic).await;
+        let active = list
             .iter()
             .filter(|a| ["PENDING", "CONFIRMED"].contains(&a["status"].as_str().unwrap()))
             .count();
         assert_eq!(
-            availability["stock"]["vx"]["reserved"].as_i64().unwrap(),
+            stock(&availability, VACCINE).1,
             active as i64,
             "clinic k{c}: reserved vs appointments"
         );
@@ -316,9 +254,7 @@ async fn verify(base: &str, acked: &Acked) {
                 "clinic k{c} slot {}: counters {slot}",
                 slot["slot_id"]
             );
-            let holding = list["appointments"]
-                .as_array()
-                .unwrap()
+            let holding = list
                 .iter()
                 .filter(|a| {
                     a["slot_id"] == slot["slot_id"]
@@ -345,50 +281,31 @@ async fn verify(base: &str, acked: &Acked) {
     // A replay of an acknowledged create returns the original answer, byte for byte.
     for (key, body, answer) in acked.creates.iter().rev().take(5) {
         let citizen = body["citizen_id"].as_str().unwrap();
-        let auth = format!(
-            "Bearer {}",
-            token(Role::Citizen, &format!("citizen:{citizen}"), Some(citizen))
-        );
-        let req = client
-            .post(format!("{base}/v1/appointments"))
-            .header("authorization", &auth)
-            .header("idempotency-key", key)
-            .json(body);
-        let (status, replayed) = call(&client, req).await.unwrap();
+        let replayed = api.book_with(&api.citizen_token(citizen), key, body).await;
         assert_eq!(
-            (status, replayed.as_str()),
+            (replayed.status, replayed.text.as_str()),
             (201, answer.as_str()),
             "replay of {key}"
         );
     }
 }
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "holdfast-crash-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_changes_survive_kill_9() {
-    let dir = temp_dir();
+    let dir = temp_dir("crash");
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let data = dir.join("data");
     let acked = Arc::new(Mutex::new(Acked::default()));
     let mut server = start(&data, &secret).await;
-    set_up(&server.base, &reqwest::Client::new()).await;
+    set_up(&server.api).await;
     let mut rng = chrono::Utc::now().timestamp_micros() as u64 | 1;
     for round in 0..KILLS {
         let next = Arc::new(Mutex::new(round * CITIZENS_PER_ROUND));
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|w| {
                 tokio::spawn(client_loop(
-                    server.base.clone(),
+                    server.api.clone(),
                     acked.clone(),
                     w,
                     round,
@@ -416,7 +333,7 @@ async fn acknowledged_changes_survive_kill_9() {
             "round {round}: killed; {} acknowledged appointments checked after restart",
             snapshot.status.len()
         );
-        verify(&server.base, &snapshot).await;
+        verify(&server.api, &snapshot).await;
         *acked.lock().unwrap() = snapshot;
     }
     let acknowledged = acked.lock().unwrap().status.len();
@@ -428,75 +345,32 @@ async fn acknowledged_changes_survive_kill_9() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn book(
-    client: &reqwest::Client,
-    base: &str,
-    citizen: &str,
-    clinic: &str,
-    hold_seconds: Option<i64>,
-) -> Value {
-    let auth = format!(
-        "Bearer {}",
-        token(Role::Citizen, &format!("citizen:{citizen}"), Some(citizen))
-    );
-    let mut body =
-        json!({"clinic_id": clinic, "slot_id": "s0", "vaccine": "vx", "citizen_id": citizen});
+/// Books slot `s0` of `clinic` for `citizen` (asserts 201).
+async fn book(api: &Api, citizen: &str, clinic: &str, hold_seconds: Option<i64>) -> Value {
+    let mut body = booking_body(citizen, clinic, "s0", VACCINE);
     if let Some(s) = hold_seconds {
         body["hold_seconds"] = json!(s);
     }
-    let req = client
-        .post(format!("{base}/v1/appointments"))
-        .header("authorization", &auth)
-        .header("idempotency-key", format!("b-{citizen}"))
-        .json(&body);
-    let (status, answer) = call(client, req).await.unwrap();
-    assert_eq!(status, 201, "{answer}");
-    serde_json::from_str(&answer).unwrap()
+    api.book_with(&api.citizen_token(citizen), &format!("b-{citizen}"), &body)
+        .await
+        .expect(201)
 }
 
-async fn appointment(client: &reqwest::Client, base: &str, id: &str) -> Value {
-    let auth = format!("Bearer {}", token(Role::Authority, "crash-authority", None));
-    let (status, body) = call(
-        client,
-        client
-            .get(format!("{base}/v1/appointments/{id}"))
-            .header("authorization", &auth),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-async fn slot_s0(client: &reqwest::Client, base: &str, clinic: &str) -> Value {
-    let (_, body) = call(
-        client,
-        client.get(format!("{base}/v1/clinics/{clinic}/availability")),
-    )
-    .await
-    .unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["slot_id"] == "s0")
-        .unwrap()
-        .clone()
+async fn slot_s0(api: &Api, clinic: &str) -> Value {
+    slot(&api.availability(clinic).await, "s0").clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_that_expire_while_down_are_released_at_recovery() {
-    let dir = temp_dir();
+    let dir = temp_dir("crash");
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let data = dir.join("data");
-    let client = reqwest::Client::new();
     let mut server = start(&data, &secret).await;
-    set_up(&server.base, &client).await;
-    let short = book(&client, &server.base, "p1", "k0", Some(1)).await;
-    let long = book(&client, &server.base, "p2", "k0", Some(600)).await;
-    assert_eq!(slot_s0(&client, &server.base, "k0").await["pending"], 2);
+    set_up(&server.api).await;
+    let short = book(&server.api, "p1", "k0", Some(1)).await;
+    let long = book(&server.api, "p2", "k0", Some(600)).await;
+    assert_eq!(slot_s0(&server.api, "k0").await["pending"], 2);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     drop(server);
@@ -506,14 +380,14 @@ async fn holds_that_expire_while_down_are_released_at_recovery() {
     let short_id = short["appointment_id"].as_str().unwrap();
     let long_id = long["appointment_id"].as_str().unwrap();
     assert_eq!(
-        appointment(&client, &server.base, short_id).await["status"],
+        server.api.appointment_json(short_id).await["status"],
         "EXPIRED"
     );
     assert_eq!(
-        appointment(&client, &server.base, long_id).await["status"],
+        server.api.appointment_json(long_id).await["status"],
         "PENDING"
     );
-    let slot = slot_s0(&client, &server.base, "k0").await;
+    let slot = slot_s0(&server.api, "k0").await;
     assert_eq!(
         (slot["pending"].as_u64(), slot["remaining"].as_u64()),
         (Some(1), Some(u64::from(CAPACITY) - 1))
@@ -524,14 +398,13 @@ async fn holds_that_expire_while_down_are_released_at_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_snapshots_every_shard_and_recovery_starts_from_the_snapshots() {
-    let dir = temp_dir();
+    let dir = temp_dir("crash");
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let data = dir.join("data");
-    let client = reqwest::Client::new();
     let mut server = start(&data, &secret).await;
-    set_up(&server.base, &client).await;
-    let booked = book(&client, &server.base, "p7", "k1", None).await;
+    set_up(&server.api).await;
+    let booked = book(&server.api, "p7", "k1", None).await;
     let pid = server.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
@@ -549,16 +422,12 @@ async fn sigterm_snapshots_every_shard_and_recovery_starts_from_the_snapshots() 
     assert!(exit.success(), "exit after SIGTERM: {exit:?}");
     drop(server);
     let server = start(&data, &secret).await;
-    let operator = format!("Bearer {}", token(Role::Operator, "crash-operator", None));
-    let (_, body) = call(
-        &client,
-        client
-            .get(format!("{}/v1/admin/shards", server.base))
-            .header("authorization", &operator),
-    )
-    .await
-    .unwrap();
-    let shards: Value = serde_json::from_str(&body).unwrap();
+    let operator = token(Role::Operator, "crash-operator", None, None);
+    let shards = server
+        .api
+        .send(Req::get("/v1/admin/shards").token(&operator))
+        .await
+        .json();
     for shard in shards["shards"].as_array().unwrap() {
         // Every shard snapshotted at its last record on the way down, so nothing was replayed
         // past it (and no expiry happened since).
@@ -573,11 +442,8 @@ async fn sigterm_snapshots_every_shard_and_recovery_starts_from_the_snapshots() 
         .sum();
     assert!(total_seq > 0);
     let id = booked["appointment_id"].as_str().unwrap();
-    assert_eq!(
-        appointment(&client, &server.base, id).await["status"],
-        "PENDING"
-    );
-    assert_eq!(slot_s0(&client, &server.base, "k1").await["pending"], 1);
+    assert_eq!(server.api.appointment_json(id).await["status"], "PENDING");
+    assert_eq!(slot_s0(&server.api, "k1").await["pending"], 1);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,11 +1,10 @@
 //! Operator endpoints over HTTP: `/v1/admin/shards`, `/healthz`, `/readyz`.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use holdfast_engine::NodeConfig;
+
+use crate::common::*;
 
 /// Every field API.md lists for one shard of `/v1/admin/shards`.
 const SHARD_FIELDS: [&str; 14] = [

@@ -1,13 +1,12 @@
 //! Authentication and authorisation over HTTP (API.md, Auth).
 
-mod common;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::Utc;
-use common::*;
 use holdfast_gateway::auth::Role;
 use serde_json::json;
+
+use crate::common::*;
 
 async fn setup(h: &Harness) -> String {
     h.standard_vaccine(VACCINE).await;

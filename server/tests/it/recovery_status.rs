@@ -6,15 +6,14 @@
 //! The journal here is a real `Journal` whose `recover` is held at a gate for one shard (or
 //! fails for one shard), so the test controls exactly when recovery ends.
 
-mod common;
-
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use common::*;
 use holdfast_engine::journal::{Done, Journal, Recovered};
 use holdfast_engine::JournalError;
-use holdfast_gateway::server::Storage;
+use holdfast_server::Storage;
+
+use crate::common::*;
 
 /// Longest a gated recovery waits for the test to open the gate (so a failing test ends).
 const GATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -179,7 +178,7 @@ async fn start_that_waits_for_recovery_reports_a_shard_that_cannot_recover() {
         MAX_HOLD_MS,
         Storage::Journal(journal),
     );
-    let err = match holdfast_gateway::server::start(config).await {
+    let err = match holdfast_server::start(config).await {
         Ok(_) => panic!("a server with a broken shard must not report itself started"),
         Err(e) => e,
     };

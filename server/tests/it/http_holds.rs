@@ -1,12 +1,11 @@
 //! Holds over HTTP: expiry at `--hold-ttl`, `hold_seconds` clamped by `--max-hold`, and a
 //! confirm after the deadline.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::json;
+
+use crate::common::*;
 
 const TTL_MS: i64 = 500;
 const MAX_HOLD_MS: i64 = 2_000;

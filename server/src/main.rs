@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
-use holdfast_gateway::cli::{Cli, Command, TokenArgs};
+use holdfast_server::cli::{Cli, Command, TokenArgs};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))
-            .and_then(|rt| rt.block_on(holdfast_gateway::server::serve(args))),
+            .and_then(|rt| rt.block_on(holdfast_server::serve(args))),
         Command::Token(args) => token(args),
     };
     match result {

@@ -1,0 +1,14 @@
+//! holdfast-server: the composition root of holdfast. It wires the engine, the persistence
+//! crate and the HTTP gateway together: the `holdfast` command line ([`cli`]), starting and
+//! stopping a server ([`start`], [`start_listening`], [`RunningServer`],
+//! [`serve`](fn@serve)), the demo campaign ([`demo`]) and the engine's journal on the
+//! write-ahead log ([`journal`]).
+//!
+//! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
+
+pub mod cli;
+pub mod demo;
+pub mod journal;
+mod serve;
+
+pub use serve::{serve, start, start_listening, RunningServer, ServerConfig, Storage};

@@ -1,0 +1,24 @@
+//! The HTTP and process-level tests of holdfast, in one test binary (one link of axum, sled
+//! and the engine instead of one per file). Each module was a test file of its own; the
+//! modules run in parallel threads of one process, so none of them may install a global,
+//! set an environment variable or count anything process-wide.
+//!
+//! `common` starts in-process servers and holds the shared fixtures; `crash` runs the real
+//! `holdfast` binary (`CARGO_BIN_EXE_holdfast`, which exists only for the tests of the
+//! package that has the binary).
+
+mod common;
+
+mod crash;
+mod durability_faults;
+mod durable_answers;
+mod durable_idempotency;
+mod http_auth;
+mod http_booking;
+mod http_errors;
+mod http_holds;
+mod http_idempotency;
+mod http_ops;
+mod http_stock;
+mod openapi;
+mod recovery_status;
