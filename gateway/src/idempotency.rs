@@ -1,4 +1,4 @@
-//! The gateway's side of the Idempotency-Key protocol (API.md, Conventions): the header and
+//! The gateway's side of the Idempotency-Key protocol (docs/API.md, Conventions): the header and
 //! its validation, the request's fingerprint, begin / replay / finish against the caller's
 //! shard, which answers are stored, and answers that wait for their events' records.
 //!
@@ -30,7 +30,7 @@ use crate::state::AppState;
 // ---- the header -----------------------------------------------------------------------
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-/// Longest Idempotency-Key (API.md).
+/// Longest Idempotency-Key (docs/API.md).
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 /// Sent with a replayed answer.
 const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -218,7 +218,7 @@ fn replay(stored: &StoredResponse) -> Response {
 
 // ---- the protocol ---------------------------------------------------------------------
 
-/// Runs a mutating request under the Idempotency-Key protocol (API.md, Conventions).
+/// Runs a mutating request under the Idempotency-Key protocol (docs/API.md, Conventions).
 ///
 /// The request runs in its own task: a client that disconnects does not abandon a saga half
 /// way, and the requests waiting on the same key still get its answer. `what` (method and

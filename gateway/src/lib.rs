@@ -6,6 +6,8 @@
 //! [`idempotency`] (the Idempotency-Key protocol), [`auth`], [`extract`] and [`error`] (the
 //! error shape, and engine errors as HTTP).
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod auth;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The command line: `holdfast serve` and `holdfast token` (API.md, "Server flags").
+//! The command line: `holdfast serve` and `holdfast token` (docs/API.md, "Server flags").
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

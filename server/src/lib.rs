@@ -6,6 +6,8 @@
 //!
 //! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod demo;
 pub mod journal;

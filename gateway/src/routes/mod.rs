@@ -1,4 +1,4 @@
-//! HTTP handlers, one module per part of the contract (API.md): the catalogue and
+//! HTTP handlers, one module per part of the contract (docs/API.md): the catalogue and
 //! availability, booking, and operators. Each family keeps its request and response bodies
 //! beside its handlers (`<family>/types.rs`); what they share is in [`fields`], and the
 //! authorisation checks several families use are here.

@@ -28,7 +28,7 @@ pub const MAX_HOLD_MS: i64 = 900_000;
 /// Every request of a test gives up after this long, so no test can hang.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every field an appointment body always has (API.md, Booking).
+/// Every field an appointment body always has (docs/API.md, Booking).
 pub const APPOINTMENT_FIELDS: [&str; 14] = [
     "appointment_id",
     "status",
@@ -804,7 +804,7 @@ pub fn reasons(details: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Asserts every appointment field is present and typed as API.md says.
+/// Asserts every appointment field is present and typed as docs/API.md says.
 pub fn check_appointment_shape(a: &Value) {
     let object = a
         .as_object()

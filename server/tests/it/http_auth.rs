@@ -1,4 +1,4 @@
-//! Authentication and authorisation over HTTP (API.md, Auth).
+//! Authentication and authorisation over HTTP (docs/API.md, Auth).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -1,4 +1,4 @@
-//! The Idempotency-Key protocol over HTTP (API.md, Conventions).
+//! The Idempotency-Key protocol over HTTP (docs/API.md, Conventions).
 
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@ use holdfast_engine::NodeConfig;
 
 use crate::common::*;
 
-/// Every field API.md lists for one shard of `/v1/admin/shards`.
+/// Every field docs/API.md lists for one shard of `/v1/admin/shards`.
 const SHARD_FIELDS: [&str; 14] = [
     "shard",
     "node",

@@ -1,8 +1,8 @@
-//! `GET /openapi.json`: an OpenAPI 3.1 document of the whole contract (API.md, Operators).
+//! `GET /openapi.json`: an OpenAPI 3.1 document of the whole contract (docs/API.md, Operators).
 
 use crate::common::*;
 
-/// Every route of API.md that this build serves, as (method, path).
+/// Every route of docs/API.md that this build serves, as (method, path).
 const SERVED_ROUTES: [(&str, &str); 20] = [
     ("put", "/v1/vaccines/{vaccine}"),
     ("put", "/v1/clinics/{clinic_id}"),
@@ -26,7 +26,7 @@ const SERVED_ROUTES: [(&str, &str); 20] = [
     ("get", "/v1/admin/shards"),
 ];
 
-/// Routes of API.md that the document (and the server) do not have yet.
+/// Routes of docs/API.md that the document (and the server) do not have yet.
 const CONTRACT_ROUTES_MISSING: [(&str, &str); 4] = [
     ("post", "/v1/appointments/{id}/administer"),
     ("get", "/v1/events"),

@@ -1,4 +1,4 @@
-//! The bodies of the booking routes (API.md, Booking), with their OpenAPI schemas and
+//! The bodies of the booking routes (docs/API.md, Booking), with their OpenAPI schemas and
 //! validation.
 
 use holdfast_engine::view::AppointmentView;

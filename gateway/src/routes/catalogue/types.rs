@@ -1,4 +1,4 @@
-//! The bodies of the catalogue and availability routes (API.md, Catalogue and
+//! The bodies of the catalogue and availability routes (docs/API.md, Catalogue and
 //! Availability), with their OpenAPI schemas and validation.
 //!
 //! Request types deny unknown fields and are validated into engine commands here, so the

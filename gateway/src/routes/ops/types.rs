@@ -1,4 +1,4 @@
-//! The bodies of the operator routes (API.md, Operators).
+//! The bodies of the operator routes (docs/API.md, Operators).
 
 use holdfast_engine::actor::ShardPhase;
 use holdfast_engine::node::ShardStatus;
