@@ -30,10 +30,10 @@ use holdfast_benches::{
     clinic_command, clinic_per_shard, vaccine_command, vm_hwm_kib, vm_rss_kib, SeatPlan, TempDir,
     VACCINE,
 };
-use holdfast_engine::actor::RuntimeCounts;
+
 use holdfast_engine::journal::Journal;
 use holdfast_engine::ring::Ring;
-use holdfast_engine::view::ShardCounts;
+use holdfast_engine::view::{RuntimeCounts, ShardCounts};
 use holdfast_engine::{Command, Node, NodeConfig, Output, SystemClock};
 use holdfast_persistence::{Durability, Wal, WalConfig};
 use holdfast_server::journal::WalJournal;

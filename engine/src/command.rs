@@ -8,10 +8,9 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use crate::actor::RuntimeCounts;
 use crate::clock::UnixMs;
 use crate::model::{CitizenRecord, ClinicInfo, SlotSpec, Status, VaccineRules};
-use crate::view::{AppointmentView, AvailabilityView, ClinicSummary, ShardCounts};
+use crate::view::{AppointmentView, AvailabilityView, ClinicSummary, RuntimeCounts, ShardCounts};
 
 /// A request that may change a shard.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -25,6 +25,7 @@ pub mod journal;
 pub mod model;
 pub mod node;
 pub mod publish;
+pub mod queries;
 pub mod ring;
 pub mod saga;
 pub mod shard;

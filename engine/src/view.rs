@@ -101,3 +101,18 @@ pub enum Output {
     Stock(StockView),
     Expired(usize),
 }
+
+/// Figures the operator endpoint shows that the state does not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeCounts {
+    /// When the shard looked (its clock): the figures are as of this instant, not of when
+    /// the answer arrived.
+    pub as_of_ms: UnixMs,
+    pub events_applied: u64,
+    pub idempotency_records: usize,
+    pub wal_seq: u64,
+    pub snapshot_seq: u64,
+    pub last_snapshot_at_ms: Option<UnixMs>,
+    pub writable: bool,
+    pub recovered_dropped: usize,
+}

@@ -28,10 +28,9 @@ mod timer;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::clock::{Clock, UnixMs};
+use crate::clock::Clock;
 use crate::command::{Command, Query, QueryAnswer};
 use crate::error::{DomainError, EngineError, RecoveryError};
 use crate::idempotency::{Fingerprint, IdemKey, IdemOutcome, StoredResponse};
@@ -103,21 +102,6 @@ pub struct ShardArgs {
 }
 
 pub struct ShardActor;
-
-/// Figures the operator endpoint shows that the state does not know.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuntimeCounts {
-    /// When the shard looked (its clock): the figures are as of this instant, not of when
-    /// the answer arrived.
-    pub as_of_ms: UnixMs,
-    pub events_applied: u64,
-    pub idempotency_records: usize,
-    pub wal_seq: u64,
-    pub snapshot_seq: u64,
-    pub last_snapshot_at_ms: Option<UnixMs>,
-    pub writable: bool,
-    pub recovered_dropped: usize,
-}
 
 impl Actor for ShardActor {
     type Msg = ShardMsg;

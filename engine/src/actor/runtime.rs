@@ -9,7 +9,7 @@ use ractor::RpcReplyPort;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{Applied, ExecResult, RuntimeCounts, ShardArgs, ShardPhase};
+use super::{Applied, ExecResult, ShardArgs, ShardPhase};
 use crate::clock::{Clock, UnixMs};
 use crate::command::{Command, Query, QueryAnswer};
 use crate::error::{DomainError, EngineError, JournalError};
@@ -20,7 +20,7 @@ use crate::idempotency::{
 use crate::journal::{encode, Done, Durable, Journal, LogRecord};
 use crate::publish::{Published, Publisher};
 use crate::shard::ShardState;
-use crate::view::Output;
+use crate::view::{Output, RuntimeCounts};
 
 /// Log records of one message, and the changes to publish once they are stored.
 struct Taken {
