@@ -23,8 +23,9 @@ use crate::view::Output;
 /// A boxed future: the trait is used as `dyn ShardClient`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// How long stopping waits for one shard to drain its mailbox and exit before it is left
-/// behind (its log is still complete: every answer waited for its records).
+/// How long a node's stop waits for its shards to drain their mailboxes and exit (all at
+/// once, not each in turn) before it leaves the rest behind; their logs are still complete,
+/// since every answer waited for its records.
 pub const SHARD_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Calls into one shard.
@@ -59,8 +60,8 @@ pub trait ShardClient: Send + Sync {
     ) -> BoxFuture<'_, Result<Durable, EngineError>>;
     /// Snapshots the shard; answers the sequence number once stored.
     fn snapshot(&self) -> BoxFuture<'_, Result<u64, EngineError>>;
-    /// Stops the shard once it has handled what it already received; resolves when it is
-    /// gone (or after [`SHARD_STOP_TIMEOUT`]).
+    /// Tells the shard to stop once it has handled what it already received (at once, when
+    /// called); the future resolves when it is gone.
     fn stop(&self) -> BoxFuture<'_, ()>;
 }
 
@@ -174,24 +175,15 @@ impl ShardClient for LocalShard {
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {
+        // Drain: what is already in the mailbox is handled (and answered), later messages are
+        // refused; then the actor exits and its timer task ends with it.
+        if self.actor.drain().is_err() {
+            self.actor.stop(None);
+        }
+        let join = self.join.lock().expect("not poisoned").take();
         Box::pin(async move {
-            // Drain: what is already in the mailbox is handled (and answered), later
-            // messages are refused; then the actor exits and its timer task ends with it.
-            if self.actor.drain().is_err() {
-                self.actor.stop(None);
-            }
-            let join = self.join.lock().expect("not poisoned").take();
             if let Some(join) = join {
-                if tokio::time::timeout(SHARD_STOP_TIMEOUT, join)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        shard = self.shard,
-                        "shard did not stop in time; left behind"
-                    );
-                    self.actor.kill();
-                }
+                let _ = join.await;
             }
         })
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 
 use crate::actor::{Applied, ShardArgs, ShardPhase, SNAPSHOT_EVERY_RECORDS_DEFAULT};
-use crate::client::{LocalShard, ShardClient};
+use crate::client::{LocalShard, ShardClient, SHARD_STOP_TIMEOUT};
 use crate::clock::{Clock, UnixMs};
 use crate::command::{Command, Query, QueryAnswer};
 use crate::error::{DomainError, EngineError, JournalError, StartError};
@@ -228,11 +228,21 @@ impl Node {
 
     /// Stops every shard this node serves: each handles what it already received (so every
     /// answer in flight still leaves), then exits; resolves once all are gone. Their timer
-    /// tasks end with them. The journal can be closed after this.
+    /// tasks end with them. The journal can be closed after this. Waits at most
+    /// [`SHARD_STOP_TIMEOUT`] for all of them together.
     pub async fn stop(&self) {
+        // Every shard is told at once; then they are awaited together under one bound.
         let stopping: Vec<_> = self.served().map(|r| r.client.stop()).collect();
-        for stopped in stopping {
-            stopped.await;
+        let all = async {
+            for stopped in stopping {
+                stopped.await;
+            }
+        };
+        if tokio::time::timeout(SHARD_STOP_TIMEOUT, all).await.is_err() {
+            tracing::warn!(
+                timeout_s = SHARD_STOP_TIMEOUT.as_secs(),
+                "not every shard stopped in time; they are left behind (their logs are complete)"
+            );
         }
     }
 

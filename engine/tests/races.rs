@@ -408,3 +408,47 @@ async fn inflight_bound_of_zero_refuses_everything_bounded() {
     );
     node.stop().await;
 }
+
+/// `Node::stop` drains and joins the shards: an answer already on its way still leaves, every
+/// shard lets go of the journal (so the log can be closed without polling), and later calls
+/// are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drains_the_shards_and_lets_go_of_the_journal() {
+    let journal = Arc::new(GatedJournal::default());
+    let node = Node::start_with_journal(
+        NodeConfig::embedded(4),
+        Ring::single("local"),
+        Arc::new(SystemClock),
+        journal.clone(),
+    )
+    .await
+    .expect("node starts");
+    let shard = set_up_clinic(&node, "clinic-stop", None, 10, &[("s1", 10)]).await;
+    // The test, the node and its 4 shards hold the journal.
+    assert_eq!(Arc::strong_count(&journal), 6);
+
+    journal.close();
+    let in_flight = {
+        let node = node.clone();
+        tokio::spawn(async move { node.exec(shard, hold("clinic-stop", "s1", "ada")).await })
+    };
+    for _ in 0..1000 {
+        if journal.held() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(journal.held(), 1, "the hold waits for its record");
+
+    bounded(node.stop()).await;
+    assert_eq!(
+        Arc::strong_count(&journal),
+        2,
+        "only the test and the node hold it"
+    );
+    journal.open();
+    let answer = bounded(in_flight).await.expect("no panic");
+    assert!(matches!(answer, Ok(Output::Held(..))), "{answer:?}");
+    let after = bounded(node.exec(shard, hold("clinic-stop", "s1", "bob"))).await;
+    assert_eq!(after.err(), Some(EngineError::Unavailable { shard }));
+}
