@@ -783,3 +783,36 @@ fn large_snapshots_go_to_blob_files_and_do_not_pile_up() {
     let last = *sizes.last().unwrap();
     assert!(last < 20 << 20, "{last} B on disk");
 }
+
+/// A data directory that vanishes under a running log: the next write that needs a new file
+/// (a snapshot large enough to be one of sled's blob files) fails and says so, and closing the
+/// log still returns instead of waiting forever on sled's flush of a buffer whose write failed
+/// (SIGTERM of a server must finish).
+#[test]
+fn closing_after_the_directory_vanished_returns() {
+    let dir = TempDir::new("vanished");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    append(&wal, records(0, 1..=10));
+    std::fs::remove_dir_all(dir.path()).unwrap();
+
+    let (tx, rx) = unbounded();
+    let big = vec![7u8; 4 << 20];
+    let stored = match wal.submit_snapshot(0, 10, big, ack_to(&tx)) {
+        Err(e) => Err(e),
+        Ok(()) => rx.recv_timeout(WAIT).expect("the snapshot is answered"),
+    };
+    assert!(
+        stored.is_err(),
+        "a snapshot into a vanished directory is not stored"
+    );
+    assert!(wal.failure().is_some());
+
+    let (closed_tx, closed_rx) = bounded(1);
+    std::thread::spawn(move || {
+        let _ = closed_tx.send(wal.close());
+    });
+    let closed = closed_rx
+        .recv_timeout(WAIT)
+        .expect("close returned within its bound");
+    assert!(closed.is_err(), "close reports the failure");
+}

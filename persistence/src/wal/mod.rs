@@ -513,7 +513,7 @@ impl Wal {
     fn stop(&mut self) -> Result<(), WalError> {
         // Dropping the only sender lets the writer drain the queue, flush and return.
         drop(self.tx.take());
-        match self.writer.take() {
+        let stopped = match self.writer.take() {
             // The last handle dropped inside an ack, on the writer thread itself: it cannot
             // wait for itself; it finishes the queue and flushes on its own once it returns.
             Some(writer) if writer.thread().id() == std::thread::current().id() => Ok(()),
@@ -521,7 +521,22 @@ impl Wal {
                 Err(WalError::Failed("the writer thread panicked".to_string()))
             }),
             None => Ok(()),
+        };
+        if self.shared.is_failed() {
+            self.leave_sled_unflushed();
         }
+        stopped
+    }
+
+    /// After a failed write, sled 0.34.7 cannot be dropped: dropping its last tree flushes,
+    /// and that flush waits forever for the buffer whose write failed (seen when the data
+    /// directory vanished under a running server: SIGTERM never finished). Nothing more can be
+    /// made durable anyway, and every acknowledged record already was, so the handles are left
+    /// alive (one extra reference each, never released) and the process may exit.
+    fn leave_sled_unflushed(&self) {
+        std::mem::forget(self.db.clone());
+        std::mem::forget(self.log.clone());
+        std::mem::forget(self.snapshots.clone());
     }
 
     /// Test hook: overwrite the stored bytes of one log record (to simulate a torn or corrupt
