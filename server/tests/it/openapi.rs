@@ -111,3 +111,43 @@ async fn the_document_lists_every_route_of_the_contract() {
     }
     h.shutdown().await;
 }
+
+/// The API reference and the server's own document are kept in step: every operation of
+/// `/openapi.json` is a row of `docs/API.md`'s endpoint table marked served ("yes"), and every
+/// row marked served is an operation of the document (but `/openapi.json` itself, which the
+/// document does not list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reference_marks_exactly_the_served_routes() {
+    let h = Harness::start().await;
+    let doc = document(&h).await;
+    let reference_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/API.md");
+    let reference = std::fs::read_to_string(reference_path).expect("docs/API.md is readable");
+    let served_in_reference: std::collections::BTreeSet<(String, String)> = reference
+        .lines()
+        .filter_map(|line| {
+            // | `METHOD /path` | who may call it | served |
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let route = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let (method, path) = route.split_once(' ')?;
+            let path = path.split('?').next()?;
+            (matches!(method, "GET" | "POST" | "PUT" | "DELETE") && cells.get(3) == Some(&"yes"))
+                .then(|| (method.to_lowercase(), path.to_string()))
+        })
+        .collect();
+    let mut in_document: std::collections::BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, operations)| {
+            operations
+                .as_object()
+                .expect("operations")
+                .keys()
+                .filter(|m| matches!(m.as_str(), "get" | "post" | "put" | "delete" | "patch"))
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .collect();
+    in_document.insert(("get".to_string(), "/openapi.json".to_string()));
+    assert_eq!(served_in_reference, in_document);
+    h.shutdown().await;
+}
