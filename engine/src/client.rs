@@ -93,13 +93,20 @@ impl LocalShard {
         })
     }
 
-    async fn ask<T: Send + 'static>(
+    /// Sends the message now and returns a small future that waits for its answer. The
+    /// command moves into the mailbox once; the future holds only the reply's receiver (the
+    /// boxed future of a `dyn` call then stays small, and moving it costs nothing).
+    fn send<T: Send + 'static>(
         &self,
         build: impl FnOnce(RpcReplyPort<T>) -> ShardMsg,
-    ) -> Result<T, EngineError> {
-        match self.actor.call(build, None).await {
-            Ok(ractor::rpc::CallResult::Success(answer)) => Ok(answer),
-            _ => Err(EngineError::Unavailable { shard: self.shard }),
+    ) -> impl Future<Output = Result<T, EngineError>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.actor.cast(build(RpcReplyPort::from(tx)));
+        let unavailable = EngineError::Unavailable { shard: self.shard };
+        async move {
+            // Not sent (the actor is gone), or dropped unanswered: the shard is not there.
+            sent.map_err(|_| unavailable.clone())?;
+            rx.await.map_err(|_| unavailable)
         }
     }
 }
@@ -126,29 +133,26 @@ impl ShardClient for LocalShard {
     }
 
     fn execute(&self, command: Command) -> BoxFuture<'_, Result<Output, EngineError>> {
-        Box::pin(async move { self.ask(|reply| ShardMsg::Exec(command, reply)).await? })
+        let answer = self.send(|reply| ShardMsg::Exec(command, reply));
+        Box::pin(async move { answer.await? })
     }
 
     fn execute_deferred(&self, command: Command) -> BoxFuture<'_, Result<Applied, EngineError>> {
-        Box::pin(async move {
-            self.ask(|reply| ShardMsg::ExecDeferred(command, reply))
-                .await?
-        })
+        let answer = self.send(|reply| ShardMsg::ExecDeferred(command, reply));
+        Box::pin(async move { answer.await? })
     }
 
     fn execute_batch(
         &self,
         commands: Vec<Command>,
     ) -> BoxFuture<'_, Result<Vec<Result<Output, DomainError>>, EngineError>> {
-        Box::pin(async move { self.ask(|reply| ShardMsg::Batch(commands, reply)).await? })
+        let answer = self.send(|reply| ShardMsg::Batch(commands, reply));
+        Box::pin(async move { answer.await? })
     }
 
     fn query(&self, query: Query) -> BoxFuture<'_, Result<QueryAnswer, EngineError>> {
-        Box::pin(async move {
-            self.ask(|reply| ShardMsg::Query(query, reply))
-                .await?
-                .map_err(EngineError::Domain)
-        })
+        let answer = self.send(|reply| ShardMsg::Query(query, reply));
+        Box::pin(async move { answer.await?.map_err(EngineError::Domain) })
     }
 
     fn idempotency_begin(
@@ -156,7 +160,7 @@ impl ShardClient for LocalShard {
         key: IdemKey,
         fingerprint: Fingerprint,
     ) -> BoxFuture<'_, Result<IdemOutcome, EngineError>> {
-        Box::pin(self.ask(move |reply| ShardMsg::IdemBegin(key, fingerprint, reply)))
+        Box::pin(self.send(move |reply| ShardMsg::IdemBegin(key, fingerprint, reply)))
     }
 
     fn idempotency_finish(
@@ -164,14 +168,13 @@ impl ShardClient for LocalShard {
         key: IdemKey,
         response: Option<StoredResponse>,
     ) -> BoxFuture<'_, Result<Durable, EngineError>> {
-        Box::pin(async move {
-            self.ask(|reply| ShardMsg::IdemFinish(key, response, reply))
-                .await?
-        })
+        let answer = self.send(|reply| ShardMsg::IdemFinish(key, response, reply));
+        Box::pin(async move { answer.await? })
     }
 
     fn snapshot(&self) -> BoxFuture<'_, Result<u64, EngineError>> {
-        Box::pin(async move { self.ask(ShardMsg::SnapshotNow).await? })
+        let answer = self.send(ShardMsg::SnapshotNow);
+        Box::pin(async move { answer.await? })
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {
