@@ -89,9 +89,14 @@ impl DiskSync {
 
     /// `db.flush()` and everything it leaves in the page cache: see the module docs.
     /// Returns how many `fdatasync`s of the data file it did (always 1 on success).
-    pub(crate) fn flush(&mut self, db: &sled::Db) -> Result<u64, String> {
+    /// `Err((sled_failed, why))`: `sled_failed` when sled's own flush failed (not our sync).
+    pub(crate) fn flush(&mut self, db: &sled::Db) -> Result<u64, (bool, String)> {
         db.flush()
-            .map_err(|e| format!("sled flush of {}: {e}", self.root.display()))?;
+            .map_err(|e| (true, format!("sled flush of {}: {e}", self.root.display())))?;
+        self.sync_after_sled_flush().map_err(|why| (false, why))
+    }
+
+    fn sync_after_sled_flush(&mut self) -> Result<u64, String> {
         self.db_file
             .sync_data()
             .map_err(context("fdatasync", &self.root.join(SLED_DATA_FILE)))?;

@@ -205,6 +205,9 @@ pub struct WalStats {
 /// State shared by the handle, the writer thread and recovery.
 pub(crate) struct Shared {
     failed: AtomicBool,
+    /// Set when sled itself returned an error (not our own sync, not the fault hook): sled
+    /// 0.34.7 then cannot be dropped without hanging (see `Wal::leave_sled_unflushed`).
+    sled_failed: AtomicBool,
     failure: Mutex<Option<String>>,
     batches: AtomicU64,
     records: AtomicU64,
@@ -235,6 +238,12 @@ impl Shared {
         self.failed.store(true, Ordering::Release);
     }
 
+    /// Like `fail`, for an error sled itself returned.
+    pub(crate) fn fail_in_sled(&self, why: String) {
+        self.sled_failed.store(true, Ordering::Release);
+        self.fail(why);
+    }
+
     pub(crate) fn failed_error(&self) -> WalError {
         WalError::Failed(
             lock(&self.failure)
@@ -248,7 +257,15 @@ impl Shared {
         if self.flush_fault.is_armed() {
             return Err("fdatasync failed: injected I/O error (flush fault hook)".to_string());
         }
-        let synced = lock(&self.disk).flush(db)?;
+        let synced = match lock(&self.disk).flush(db) {
+            Ok(synced) => synced,
+            Err((sled_failed, why)) => {
+                if sled_failed {
+                    self.sled_failed.store(true, Ordering::Release);
+                }
+                return Err(why);
+            }
+        };
         self.fdatasyncs.fetch_add(synced, Ordering::AcqRel);
         Ok(())
     }
@@ -316,6 +333,7 @@ impl Wal {
             .map_err(io("cannot open tree snapshots"))?;
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
+            sled_failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             batches: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -522,13 +540,13 @@ impl Wal {
             }),
             None => Ok(()),
         };
-        if self.shared.is_failed() {
+        if self.shared.sled_failed.load(Ordering::Acquire) {
             self.leave_sled_unflushed();
         }
         stopped
     }
 
-    /// After a failed write, sled 0.34.7 cannot be dropped: dropping its last tree flushes,
+    /// After sled failed a write, it cannot be dropped: dropping its last tree flushes,
     /// and that flush waits forever for the buffer whose write failed (seen when the data
     /// directory vanished under a running server: SIGTERM never finished). Nothing more can be
     /// made durable anyway, and every acknowledged record already was, so the handles are left

@@ -199,7 +199,7 @@ impl Writer {
             Ok(())
         })();
         if let Err(e) = applied {
-            self.shared.fail(format!("sled write: {e}"));
+            self.shared.fail_in_sled(format!("sled write: {e}"));
             self.fail_all(acks);
             return;
         }
@@ -253,7 +253,7 @@ impl Writer {
         let covered = std::mem::take(&mut state.unflushed_snapshots);
         for (shard, seq) in covered {
             if let Err(e) = self.truncate(shard, seq) {
-                self.shared.fail(format!("sled delete: {e}"));
+                self.shared.fail_in_sled(format!("sled delete: {e}"));
                 return;
             }
             // The deletes reach the disk with the next flush; until then, or if a crash
