@@ -30,6 +30,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Thro
 use holdfast_benches::{
     citizens, held_seq, hold_command, is_confirmed, BareShard, BenchNode, SeatPlan, SHARDS,
 };
+use holdfast_engine::command::Confirm;
 use holdfast_engine::Command;
 
 /// Pairs per `exec_batch` round trip in the batched bench.
@@ -129,7 +130,7 @@ fn actors_batched(c: &mut Criterion) {
                                 let confirms: Vec<Command> = held
                                     .iter()
                                     .filter_map(held_seq)
-                                    .map(|seq| Command::Confirm { seq, citizen: None })
+                                    .map(|seq| Command::Confirm(Confirm { seq, citizen: None }))
                                     .collect();
                                 let answers =
                                     node.exec_batch(shard, confirms).await.expect("confirms");
@@ -190,7 +191,7 @@ fn actors_batched(c: &mut Criterion) {
                                     panic!("hold refused: {held:?}");
                                 };
                                 let answer = node
-                                    .exec(shard, Command::Confirm { seq, citizen: None })
+                                    .exec(shard, Command::Confirm(Confirm { seq, citizen: None }))
                                     .await;
                                 confirmed += u64::from(is_confirmed(&answer));
                             }

@@ -31,6 +31,7 @@ use holdfast_benches::{
     VACCINE,
 };
 
+use holdfast_engine::command::Hold;
 use holdfast_engine::journal::Journal;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::view::{RuntimeCounts, ShardCounts};
@@ -139,14 +140,14 @@ async fn main() {
                         let k = i * u64::from(SHARDS) + u64::from(shard);
                         let target = window_start_ms
                             + (k as i64 * WINDOW_MS) / (HOLDS_PER_SHARD * u64::from(SHARDS)) as i64;
-                        Command::Hold {
+                        Command::Hold(Hold {
                             clinic_id: clinic.clone(),
                             slot_id: plan.take().to_string(),
                             vaccine: VACCINE.to_string(),
                             citizen_id: format!("citizen-{shard:02}-{i:07}"),
                             hold_ms: target - now,
                             rebook_priority: false,
-                        }
+                        })
                     })
                     .collect();
                 for answer in node.exec_batch(shard, commands).await.expect("holds") {

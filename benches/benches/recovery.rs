@@ -27,6 +27,7 @@ use holdfast_benches::{
     clinic_command, clinic_per_shard, held_seq, vaccine_command, vm_hwm_kib, vm_rss_kib, SeatPlan,
     TempDir, VACCINE,
 };
+use holdfast_engine::command::{Confirm, Hold};
 use holdfast_engine::journal::Journal;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::{Command, Node, NodeConfig, SystemClock};
@@ -82,14 +83,14 @@ async fn stop(node: Arc<Node>, journal: Arc<WalJournal>) {
 }
 
 fn hold(clinic: &str, slot: &str, citizen: &str) -> Command {
-    Command::Hold {
+    Command::Hold(Hold {
         clinic_id: clinic.to_string(),
         slot_id: slot.to_string(),
         vaccine: VACCINE.to_string(),
         citizen_id: citizen.to_string(),
         hold_ms: HOLD_MS,
         rebook_priority: false,
-    }
+    })
 }
 
 /// `count` holds on every shard, concurrently, in batches of `BATCH`; confirms one in
@@ -130,7 +131,7 @@ async fn holds(
                         let confirms: Vec<Command> = seqs
                             .iter()
                             .step_by(confirm_every)
-                            .map(|&seq| Command::Confirm { seq, citizen: None })
+                            .map(|&seq| Command::Confirm(Confirm { seq, citizen: None }))
                             .collect();
                         let want = confirms.len() as u64;
                         let answers = node

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
+use holdfast_engine::command::{Confirm, Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock};
 use holdfast_engine::model::{
     ClinicInfo, SlotSpec, VaccineRules, SLOTS_BULK_MAX, SLOT_CAPACITY_MAX, STOCK_QUANTITY_MAX,
 };
@@ -33,7 +34,7 @@ pub fn citizens() -> Arc<Vec<String>> {
 }
 
 pub fn vaccine_command() -> Command {
-    Command::PutVaccine {
+    Command::PutVaccine(PutVaccine {
         name: VACCINE.to_string(),
         rules: VaccineRules {
             min_age: None,
@@ -43,30 +44,30 @@ pub fn vaccine_command() -> Command {
             min_interval_days: 0,
             contraindications: vec![],
         },
-    }
+    })
 }
 
 pub fn clinic_command(clinic_id: &str) -> Command {
-    Command::PutClinic {
+    Command::PutClinic(PutClinic {
         clinic_id: clinic_id.to_string(),
         info: ClinicInfo {
             name: format!("Bench clinic {clinic_id}"),
             region: "north".to_string(),
             timezone: "UTC".to_string(),
         },
-    }
+    })
 }
 
 /// A hold as the gateway builds it: owned strings, a deadline, no priority.
 pub fn hold_command(clinic_id: &str, slot_id: &str, citizen_id: &str) -> Command {
-    Command::Hold {
+    Command::Hold(Hold {
         clinic_id: clinic_id.to_string(),
         slot_id: slot_id.to_string(),
         vaccine: VACCINE.to_string(),
         citizen_id: citizen_id.to_string(),
         hold_ms: HOLD_MS,
         rebook_priority: false,
-    }
+    })
 }
 
 /// Slots that together have exactly `seats` seats (none above `SLOT_CAPACITY_MAX`), handed
@@ -120,35 +121,37 @@ impl SeatPlan {
         let mut commands: Vec<Command> = self
             .slots
             .chunks(SLOTS_BULK_MAX)
-            .map(|chunk| Command::PutSlots {
-                clinic_id: clinic_id.to_string(),
-                slots: chunk
-                    .iter()
-                    .map(|(id, capacity)| {
-                        (
-                            id.clone(),
-                            SlotSpec {
-                                start_ms,
-                                end_ms: start_ms + 15 * 60 * 1000,
-                                capacity: *capacity,
-                                vaccines: vec![VACCINE.to_string()],
-                                priority_reserve: 0,
-                            },
-                        )
-                    })
-                    .collect(),
+            .map(|chunk| {
+                Command::PutSlots(PutSlots {
+                    clinic_id: clinic_id.to_string(),
+                    slots: chunk
+                        .iter()
+                        .map(|(id, capacity)| {
+                            (
+                                id.clone(),
+                                SlotSpec {
+                                    start_ms,
+                                    end_ms: start_ms + 15 * 60 * 1000,
+                                    capacity: *capacity,
+                                    vaccines: vec![VACCINE.to_string()],
+                                    priority_reserve: 0,
+                                },
+                            )
+                        })
+                        .collect(),
+                })
             })
             .collect();
         let mut doses = self.seats() as i64;
         while doses > 0 {
             let quantity = doses.min(STOCK_QUANTITY_MAX);
-            commands.push(Command::ReceiveStock {
+            commands.push(Command::ReceiveStock(ReceiveStock {
                 clinic_id: clinic_id.to_string(),
                 vaccine: VACCINE.to_string(),
                 batch: BATCH.to_string(),
                 quantity,
                 expires_on: NaiveDate::from_ymd_opt(2099, 1, 1).expect("valid date"),
-            });
+            }));
             doses -= quantity;
         }
         commands
@@ -219,7 +222,7 @@ impl BareShard {
             return false;
         };
         let confirmed = self.state.execute(
-            Command::Confirm { seq, citizen: None },
+            Command::Confirm(Confirm { seq, citizen: None }),
             self.now_ms,
             &mut self.sink,
         );

@@ -12,72 +12,113 @@ use crate::clock::UnixMs;
 use crate::model::{CitizenRecord, ClinicInfo, SlotSpec, Status, VaccineRules};
 use crate::view::{AppointmentView, AvailabilityView, ClinicSummary, RuntimeCounts, ShardCounts};
 
-/// A request that may change a shard.
+/// A request that may change a shard: one variant per command, each carrying its own payload
+/// type, so a shard's decision is one `decide_<command>` per variant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
-    PutVaccine {
-        name: String,
-        rules: VaccineRules,
-    },
-    PutClinic {
-        clinic_id: String,
-        info: ClinicInfo,
-    },
-    ReceiveStock {
-        clinic_id: String,
-        vaccine: String,
-        batch: String,
-        quantity: i64,
-        expires_on: NaiveDate,
-    },
-    AdjustStock {
-        clinic_id: String,
-        vaccine: String,
-        batch: String,
-        delta: i64,
-        reason: String,
-    },
-    /// One or many slots, all or nothing (a single `PUT` is a batch of one).
-    PutSlots {
-        clinic_id: String,
-        slots: Vec<(String, SlotSpec)>,
-    },
-    CancelSlot {
-        clinic_id: String,
-        slot_id: String,
-        reason: String,
-    },
-    PutCitizen {
-        citizen_id: String,
-        record: CitizenRecord,
-    },
-    /// Take a seat and a dose for `hold_ms`.
-    Hold {
-        clinic_id: String,
-        slot_id: String,
-        vaccine: String,
-        citizen_id: String,
-        hold_ms: i64,
-        rebook_priority: bool,
-    },
-    /// `citizen`: when set, the appointment must be this citizen's (else `NotYours`), so the
-    /// ownership check and the transition are one step on the shard.
-    Confirm {
-        seq: u64,
-        citizen: Option<String>,
-    },
-    Cancel {
-        seq: u64,
-        citizen: Option<String>,
-    },
-    /// Saga compensation: the booking failed its checks while held.
-    Reject {
-        seq: u64,
-        reasons: Vec<String>,
-    },
+    PutVaccine(PutVaccine),
+    PutClinic(PutClinic),
+    ReceiveStock(ReceiveStock),
+    AdjustStock(AdjustStock),
+    PutSlots(PutSlots),
+    CancelSlot(CancelSlot),
+    PutCitizen(PutCitizen),
+    Hold(Hold),
+    Confirm(Confirm),
+    Cancel(Cancel),
+    Reject(Reject),
     /// Act on every deadline of the shard's deadline queue that has passed (at most
     /// `EXPIRE_BATCH_MAX` per command): today, expire the holds.
     ExpireDue,
+}
+
+/// Creates or updates a vaccine and its eligibility rules (every shard keeps the catalogue).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutVaccine {
+    pub name: String,
+    pub rules: VaccineRules,
+}
+
+/// Creates or updates a clinic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutClinic {
+    pub clinic_id: String,
+    pub info: ClinicInfo,
+}
+
+/// Doses into a batch (created on its first delivery).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiveStock {
+    pub clinic_id: String,
+    pub vaccine: String,
+    pub batch: String,
+    pub quantity: i64,
+    pub expires_on: NaiveDate,
+}
+
+/// A correction of a batch (breakage, cold-chain loss, recount).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdjustStock {
+    pub clinic_id: String,
+    pub vaccine: String,
+    pub batch: String,
+    pub delta: i64,
+    pub reason: String,
+}
+
+/// One or many slots, all or nothing (a single `PUT` is a batch of one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutSlots {
+    pub clinic_id: String,
+    pub slots: Vec<(String, SlotSpec)>,
+}
+
+/// The clinic cancels a slot and every live appointment in it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelSlot {
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub reason: String,
+}
+
+/// Creates or updates a citizen's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutCitizen {
+    pub citizen_id: String,
+    pub record: CitizenRecord,
+}
+
+/// Take a seat and a dose for `hold_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hold {
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub vaccine: String,
+    pub citizen_id: String,
+    pub hold_ms: i64,
+    pub rebook_priority: bool,
+}
+
+/// `citizen`: when set, the appointment must be this citizen's (else `NotYours`), so the
+/// ownership check and the transition are one step on the shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Confirm {
+    pub seq: u64,
+    pub citizen: Option<String>,
+}
+
+/// RELEASED from PENDING, CANCELLED from CONFIRMED; `citizen` as for [`Confirm`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cancel {
+    pub seq: u64,
+    pub citizen: Option<String>,
+}
+
+/// Saga compensation: the booking failed its checks while held.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reject {
+    pub seq: u64,
+    pub reasons: Vec<String>,
 }
 
 /// A read of one shard. Answered between two writes, so it sees every earlier write.

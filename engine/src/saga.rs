@@ -12,6 +12,7 @@
 //! Every step is idempotent by appointment id, so a retried compensation converges.
 
 use crate::command::Command;
+use crate::command::{Hold, Reject};
 use crate::error::{DomainError, EngineError};
 use crate::journal::Durable;
 use crate::node::Node;
@@ -54,14 +55,14 @@ impl Node {
         };
 
         // Step 2: the hold.
-        let hold = Command::Hold {
+        let hold = Command::Hold(Hold {
             clinic_id: request.clinic_id,
             slot_id: request.slot_id,
             vaccine: request.vaccine.clone(),
             citizen_id: request.citizen_id,
             hold_ms: request.hold_ms,
             rebook_priority: false,
-        };
+        });
         let (appointment, context) = match self.exec_deferred(clinic_shard, hold).await {
             Err(e) => return (Err(e), durable),
             Ok((outcome, stored)) => {
@@ -81,10 +82,10 @@ impl Node {
         }
 
         // Compensation, in reverse.
-        let reject = Command::Reject {
+        let reject = Command::Reject(Reject {
             seq: appointment.id.seq,
             reasons: reasons.clone(),
-        };
+        });
         match self.exec_compensation_deferred(clinic_shard, reject).await {
             Ok((_, stored)) => durable.push(stored),
             // The hold still expires at its deadline, which returns the seat and the dose.

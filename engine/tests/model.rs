@@ -18,6 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
+use holdfast_engine::command::{
+    AdjustStock, Cancel, CancelSlot, Confirm, Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock,
+    Reject,
+};
 use holdfast_engine::idempotency::{Begin, IdemKey, IdempotencyTable, StoredResponse};
 use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
 use holdfast_engine::shard::ShardState;
@@ -341,14 +345,14 @@ impl Model {
             } => {
                 let c = clinic as usize % self.clinics();
                 let s = self.pick_slot(c, slot);
-                let command = Command::Hold {
+                let command = Command::Hold(Hold {
                     clinic_id: clinic_id(c),
                     slot_id: s.map_or_else(|| "no-such-slot".to_string(), slot_id),
                     vaccine: VACCINES[vaccine].to_string(),
                     citizen_id: format!("citizen-{citizen}"),
                     hold_ms,
                     rebook_priority: priority,
-                };
+                });
                 let Some(s) = s else {
                     return Some((command, Expect::Err(DomainError::NotFound(Resource::Slot))));
                 };
@@ -395,7 +399,7 @@ impl Model {
             }
             Op::Confirm(pick) => {
                 let seq = self.pick_seq(pick);
-                let command = Command::Confirm { seq, citizen: None };
+                let command = Command::Confirm(Confirm { seq, citizen: None });
                 let Some(a) = self.appts.get(&seq).cloned() else {
                     return Some((
                         command,
@@ -425,7 +429,7 @@ impl Model {
             }
             Op::Cancel(pick) => {
                 let seq = self.pick_seq(pick);
-                let command = Command::Cancel { seq, citizen: None };
+                let command = Command::Cancel(Cancel { seq, citizen: None });
                 let Some(a) = self.appts.get(&seq).cloned() else {
                     return Some((
                         command,
@@ -462,10 +466,10 @@ impl Model {
             }
             Op::Reject(pick) => {
                 let seq = self.pick_seq(pick);
-                let command = Command::Reject {
+                let command = Command::Reject(Reject {
                     seq,
                     reasons: vec!["below_min_age".to_string()],
-                };
+                });
                 let Some(a) = self.appts.get(&seq).cloned() else {
                     return Some((
                         command,
@@ -511,7 +515,7 @@ impl Model {
                 unknown_batch,
             } => {
                 let c = clinic as usize % self.clinics();
-                let command = Command::AdjustStock {
+                let command = Command::AdjustStock(AdjustStock {
                     clinic_id: clinic_id(c),
                     vaccine: VACCINES[vaccine].to_string(),
                     batch: if unknown_batch {
@@ -522,7 +526,7 @@ impl Model {
                     .to_string(),
                     delta,
                     reason: "count".to_string(),
-                };
+                });
                 let reserved = self.reserved(c, vaccine);
                 let stock = &mut self.stock[c][vaccine];
                 let expect = if delta == 0 {
@@ -548,13 +552,13 @@ impl Model {
                 quantity,
             } => {
                 let c = clinic as usize % self.clinics();
-                let command = Command::ReceiveStock {
+                let command = Command::ReceiveStock(ReceiveStock {
                     clinic_id: clinic_id(c),
                     vaccine: VACCINES[vaccine].to_string(),
                     batch: BATCH.to_string(),
                     quantity,
                     expires_on: expiry_date(),
-                };
+                });
                 let reserved = self.reserved(c, vaccine);
                 let stock = &mut self.stock[c][vaccine];
                 stock.batch_exists = true;
@@ -568,11 +572,11 @@ impl Model {
             Op::CancelSlot { clinic, slot } => {
                 let c = clinic as usize % self.clinics();
                 let s = self.pick_slot(c, slot);
-                let command = Command::CancelSlot {
+                let command = Command::CancelSlot(CancelSlot {
                     clinic_id: clinic_id(c),
                     slot_id: s.map_or_else(|| "no-such-slot".to_string(), slot_id),
                     reason: "staff ill".to_string(),
-                };
+                });
                 let Some(s) = s else {
                     return Some((command, Expect::Err(DomainError::NotFound(Resource::Slot))));
                 };
@@ -775,10 +779,10 @@ fn build(setup: &[ClinicSetup]) -> (ShardState, Model, Vec<Event>) {
     let mut log = Vec::new();
     let now = T0;
     for vaccine in VACCINES {
-        let put = Command::PutVaccine {
+        let put = Command::PutVaccine(PutVaccine {
             name: vaccine.to_string(),
             rules: no_rules(),
-        };
+        });
         state.execute(put, now, &mut log).expect("vaccine");
     }
     let mut model = Model {
@@ -789,25 +793,25 @@ fn build(setup: &[ClinicSetup]) -> (ShardState, Model, Vec<Event>) {
         next_seq: 1,
     };
     for (c, clinic) in setup.iter().enumerate() {
-        let put = Command::PutClinic {
+        let put = Command::PutClinic(PutClinic {
             clinic_id: clinic_id(c),
             info: ClinicInfo {
                 name: format!("Clinic {c}"),
                 region: "north".to_string(),
                 timezone: "UTC".to_string(),
             },
-        };
+        });
         state.execute(put, now, &mut log).expect("clinic");
         let mut stock: [MStock; 2] = Default::default();
         for (v, quantity) in clinic.stock.iter().enumerate() {
             if let Some(quantity) = *quantity {
-                let receive = Command::ReceiveStock {
+                let receive = Command::ReceiveStock(ReceiveStock {
                     clinic_id: clinic_id(c),
                     vaccine: VACCINES[v].to_string(),
                     batch: BATCH.to_string(),
                     quantity,
                     expires_on: expiry_date(),
-                };
+                });
                 state.execute(receive, now, &mut log).expect("stock");
                 stock[v] = MStock {
                     batch_exists: true,
@@ -837,10 +841,10 @@ fn build(setup: &[ClinicSetup]) -> (ShardState, Model, Vec<Event>) {
                 )
             })
             .collect();
-        let put = Command::PutSlots {
+        let put = Command::PutSlots(PutSlots {
             clinic_id: clinic_id(c),
             slots: specs,
-        };
+        });
         state.execute(put, now, &mut log).expect("slots");
         model.stock.push(stock);
         model.slots.push(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use common::{rules, GatedJournal};
+use holdfast_engine::command::{Confirm, Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock};
 use holdfast_engine::ids::AppointmentId;
 use holdfast_engine::model::{ClinicInfo, SlotSpec};
 use holdfast_engine::publish::{Change, Published};
@@ -30,31 +31,31 @@ async fn node_with(journal: Arc<GatedJournal>) -> Arc<Node> {
 }
 
 async fn clinic(node: &Node) -> u32 {
-    node.broadcast(Command::PutVaccine {
+    node.broadcast(Command::PutVaccine(PutVaccine {
         name: "vx".into(),
         rules: rules(None),
-    })
+    }))
     .await
     .expect("vaccine");
     let shard = node.clinic_shard("c1");
     let start_ms = SystemClock.now_ms() + 24 * 60 * 60 * 1000;
     let commands = vec![
-        Command::PutClinic {
+        Command::PutClinic(PutClinic {
             clinic_id: "c1".into(),
             info: ClinicInfo {
                 name: "One".into(),
                 region: "north".into(),
                 timezone: "UTC".into(),
             },
-        },
-        Command::ReceiveStock {
+        }),
+        Command::ReceiveStock(ReceiveStock {
             clinic_id: "c1".into(),
             vaccine: "vx".into(),
             batch: "b1".into(),
             quantity: 10,
             expires_on: NaiveDate::from_ymd_opt(2030, 1, 1).expect("date"),
-        },
-        Command::PutSlots {
+        }),
+        Command::PutSlots(PutSlots {
             clinic_id: "c1".into(),
             slots: vec![(
                 "s1".into(),
@@ -66,7 +67,7 @@ async fn clinic(node: &Node) -> u32 {
                     priority_reserve: 0,
                 },
             )],
-        },
+        }),
     ];
     for answer in node.exec_batch(shard, commands).await.expect("set up") {
         answer.expect("set-up command");
@@ -75,14 +76,14 @@ async fn clinic(node: &Node) -> u32 {
 }
 
 fn hold() -> Command {
-    Command::Hold {
+    Command::Hold(Hold {
         clinic_id: "c1".into(),
         slot_id: "s1".into(),
         vaccine: "vx".into(),
         citizen_id: "ada".into(),
         hold_ms: 600_000,
         rebook_priority: false,
-    }
+    })
 }
 
 async fn next(events: &mut Receiver<Arc<Published>>) -> Arc<Published> {
@@ -137,10 +138,10 @@ async fn a_change_is_published_after_it_is_stored_with_its_names() {
     );
 
     // The next change of the shard follows it in log order, exactly once.
-    let confirm = Command::Confirm {
+    let confirm = Command::Confirm(Confirm {
         seq: held.id.seq,
         citizen: None,
-    };
+    });
     node.exec(shard, confirm).await.expect("confirmed");
     let confirmed = next(&mut events).await;
     assert_eq!(confirmed.wal_seq, published.wal_seq + 1);

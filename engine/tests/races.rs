@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use holdfast_engine::command::{Hold, PutCitizen, PutClinic, PutSlots, PutVaccine, ReceiveStock};
 use holdfast_engine::model::{CitizenRecord, ClinicInfo, SlotSpec};
 use holdfast_engine::ring::Ring;
 use holdfast_engine::view::{AvailabilityView, Output};
@@ -51,29 +52,29 @@ async fn set_up_clinic(
     doses: i64,
     slots: &[(&str, u32)],
 ) -> u32 {
-    bounded(node.broadcast(Command::PutVaccine {
+    bounded(node.broadcast(Command::PutVaccine(PutVaccine {
         name: VACCINE.to_string(),
         rules: rules(min_age),
-    }))
+    })))
     .await
     .expect("vaccine");
     let shard = node.clinic_shard(clinic);
-    let put = Command::PutClinic {
+    let put = Command::PutClinic(PutClinic {
         clinic_id: clinic.to_string(),
         info: ClinicInfo {
             name: "Race Clinic".to_string(),
             region: "north".to_string(),
             timezone: "Europe/Berlin".to_string(),
         },
-    };
+    });
     bounded(node.exec(shard, put)).await.expect("clinic");
-    let receive = Command::ReceiveStock {
+    let receive = Command::ReceiveStock(ReceiveStock {
         clinic_id: clinic.to_string(),
         vaccine: VACCINE.to_string(),
         batch: "b1".to_string(),
         quantity: doses,
         expires_on: date("2099-01-01"),
-    };
+    });
     bounded(node.exec(shard, receive)).await.expect("stock");
     let start_ms = SystemClock.now_ms() + DAY_MS;
     let specs = slots
@@ -91,23 +92,23 @@ async fn set_up_clinic(
             )
         })
         .collect();
-    let put = Command::PutSlots {
+    let put = Command::PutSlots(PutSlots {
         clinic_id: clinic.to_string(),
         slots: specs,
-    };
+    });
     bounded(node.exec(shard, put)).await.expect("slots");
     shard
 }
 
 fn hold(clinic: &str, slot: &str, citizen: &str) -> Command {
-    Command::Hold {
+    Command::Hold(Hold {
         clinic_id: clinic.to_string(),
         slot_id: slot.to_string(),
         vaccine: VACCINE.to_string(),
         citizen_id: citizen.to_string(),
         hold_ms: HOLD_MS,
         rebook_priority: false,
-    }
+    })
 }
 
 async fn availability(node: &Node, clinic: &str) -> AvailabilityView {
@@ -219,7 +220,7 @@ async fn three_doses_over_two_slots_sell_exactly_three() {
 }
 
 async fn put_citizen(node: &Node, citizen: &str, birth_date: &str) {
-    let put = Command::PutCitizen {
+    let put = Command::PutCitizen(PutCitizen {
         citizen_id: citizen.to_string(),
         record: CitizenRecord {
             birth_date: date(birth_date),
@@ -228,7 +229,7 @@ async fn put_citizen(node: &Node, citizen: &str, birth_date: &str) {
             insurance_id: format!("ins-{citizen}"),
             doses: vec![],
         },
-    };
+    });
     bounded(node.exec(node.citizen_shard(citizen), put))
         .await
         .expect("citizen");

@@ -3,6 +3,10 @@
 //! whole log, for every k.
 
 use chrono::NaiveDate;
+use holdfast_engine::command::{
+    AdjustStock, Cancel, CancelSlot, Confirm, Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock,
+    Reject,
+};
 use holdfast_engine::journal::{decode, encode, LogRecord, Snapshot};
 use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
 use holdfast_engine::shard::ShardState;
@@ -12,7 +16,7 @@ const NOW_MS: i64 = 1_800_000_000_000;
 
 fn workload() -> Vec<Command> {
     let mut commands = vec![
-        Command::PutVaccine {
+        Command::PutVaccine(PutVaccine {
             name: "vx".into(),
             rules: VaccineRules {
                 min_age: None,
@@ -22,16 +26,16 @@ fn workload() -> Vec<Command> {
                 min_interval_days: 0,
                 contraindications: vec![],
             },
-        },
-        Command::PutClinic {
+        }),
+        Command::PutClinic(PutClinic {
             clinic_id: "k".into(),
             info: ClinicInfo {
                 name: "k".into(),
                 region: "r".into(),
                 timezone: "UTC".into(),
             },
-        },
-        Command::PutSlots {
+        }),
+        Command::PutSlots(PutSlots {
             clinic_id: "k".into(),
             slots: (0..3)
                 .map(|i| {
@@ -48,47 +52,47 @@ fn workload() -> Vec<Command> {
                     )
                 })
                 .collect(),
-        },
-        Command::ReceiveStock {
+        }),
+        Command::ReceiveStock(ReceiveStock {
             clinic_id: "k".into(),
             vaccine: "vx".into(),
             batch: "B".into(),
             quantity: 12,
             expires_on: NaiveDate::from_ymd_opt(2030, 1, 1).unwrap(),
-        },
+        }),
     ];
     for i in 0..14u64 {
-        commands.push(Command::Hold {
+        commands.push(Command::Hold(Hold {
             clinic_id: "k".into(),
             slot_id: format!("s{}", i % 3),
             vaccine: "vx".into(),
             citizen_id: format!("p{i}"),
             hold_ms: 60_000,
             rebook_priority: i.is_multiple_of(5),
-        });
+        }));
     }
     for seq in 1..=12u64 {
         commands.push(match seq % 4 {
-            0 => Command::Cancel { seq, citizen: None },
-            1 | 2 => Command::Confirm { seq, citizen: None },
-            _ => Command::Reject {
+            0 => Command::Cancel(Cancel { seq, citizen: None }),
+            1 | 2 => Command::Confirm(Confirm { seq, citizen: None }),
+            _ => Command::Reject(Reject {
                 seq,
                 reasons: vec!["test".into()],
-            },
+            }),
         });
     }
-    commands.push(Command::AdjustStock {
+    commands.push(Command::AdjustStock(AdjustStock {
         clinic_id: "k".into(),
         vaccine: "vx".into(),
         batch: "B".into(),
         delta: -8,
         reason: "loss".into(),
-    });
-    commands.push(Command::CancelSlot {
+    }));
+    commands.push(Command::CancelSlot(CancelSlot {
         clinic_id: "k".into(),
         slot_id: "s1".into(),
         reason: "closed".into(),
-    });
+    }));
     commands
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use holdfast_engine::command::{Confirm, Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock};
 use holdfast_engine::ids::AppointmentId;
 use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
 use holdfast_engine::ring::Ring;
@@ -29,7 +30,7 @@ async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
 /// The vaccine everywhere, one clinic with `doses` and one slot of `capacity` starting a day
 /// after `now_ms`.
 async fn set_up(node: &Node, now_ms: i64, capacity: u32, doses: i64) -> u32 {
-    bounded(node.broadcast(Command::PutVaccine {
+    bounded(node.broadcast(Command::PutVaccine(PutVaccine {
         name: VACCINE.to_string(),
         rules: VaccineRules {
             min_age: None,
@@ -39,27 +40,27 @@ async fn set_up(node: &Node, now_ms: i64, capacity: u32, doses: i64) -> u32 {
             min_interval_days: 0,
             contraindications: vec![],
         },
-    }))
+    })))
     .await
     .expect("vaccine");
     let shard = node.clinic_shard(CLINIC);
     let commands = vec![
-        Command::PutClinic {
+        Command::PutClinic(PutClinic {
             clinic_id: CLINIC.to_string(),
             info: ClinicInfo {
                 name: "TTL Clinic".to_string(),
                 region: "north".to_string(),
                 timezone: "UTC".to_string(),
             },
-        },
-        Command::ReceiveStock {
+        }),
+        Command::ReceiveStock(ReceiveStock {
             clinic_id: CLINIC.to_string(),
             vaccine: VACCINE.to_string(),
             batch: "b1".to_string(),
             quantity: doses,
             expires_on: NaiveDate::from_ymd_opt(2099, 1, 1).expect("date"),
-        },
-        Command::PutSlots {
+        }),
+        Command::PutSlots(PutSlots {
             clinic_id: CLINIC.to_string(),
             slots: vec![(
                 SLOT.to_string(),
@@ -71,7 +72,7 @@ async fn set_up(node: &Node, now_ms: i64, capacity: u32, doses: i64) -> u32 {
                     priority_reserve: 0,
                 },
             )],
-        },
+        }),
     ];
     for result in bounded(node.exec_batch(shard, commands))
         .await
@@ -83,14 +84,14 @@ async fn set_up(node: &Node, now_ms: i64, capacity: u32, doses: i64) -> u32 {
 }
 
 async fn hold(node: &Node, shard: u32, citizen: &str, hold_ms: i64) -> AppointmentView {
-    let command = Command::Hold {
+    let command = Command::Hold(Hold {
         clinic_id: CLINIC.to_string(),
         slot_id: SLOT.to_string(),
         vaccine: VACCINE.to_string(),
         citizen_id: citizen.to_string(),
         hold_ms,
         rebook_priority: false,
-    };
+    });
     match bounded(node.exec(shard, command)).await {
         Ok(Output::Held(view, _)) => view,
         other => panic!("hold failed: {other:?}"),
@@ -100,10 +101,10 @@ async fn hold(node: &Node, shard: u32, citizen: &str, hold_ms: i64) -> Appointme
 async fn confirm(node: &Node, id: AppointmentId) -> Result<Output, EngineError> {
     bounded(node.exec(
         id.shard,
-        Command::Confirm {
+        Command::Confirm(Confirm {
             seq: id.seq,
             citizen: None,
-        },
+        }),
     ))
     .await
 }

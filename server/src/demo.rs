@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveTime, TimeZone};
+use holdfast_engine::command::{PutCitizen, PutClinic, PutSlots, PutVaccine, ReceiveStock};
 use holdfast_engine::model::{CitizenRecord, ClinicInfo, DoseRecord, SlotSpec, VaccineRules};
 use holdfast_engine::{Command, Node, UnixMs};
 use holdfast_gateway::app::AppState;
@@ -177,7 +178,7 @@ async fn run_grouped(node: &Node, commands: Vec<(u32, Command)>) -> Result<(), S
 /// Loads the demo campaign into `node` (idempotently).
 pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
     for (name, rules) in vaccines() {
-        node.broadcast(Command::PutVaccine { name, rules })
+        node.broadcast(Command::PutVaccine(PutVaccine { name, rules }))
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -191,14 +192,14 @@ pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
         let shard = node.clinic_shard(&id);
         catalogue.push((
             shard,
-            Command::PutClinic {
+            Command::PutClinic(PutClinic {
                 clinic_id: id.clone(),
                 info: ClinicInfo {
                     name: format!("Vaccination centre {i:03} ({region})"),
                     region: region.into(),
                     timezone: timezone.into(),
                 },
-            },
+            }),
         ));
         let slots = clinic_slots(timezone, now_ms);
         if i == 1 {
@@ -207,10 +208,10 @@ pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
         slots_total += slots.len();
         catalogue.push((
             shard,
-            Command::PutSlots {
+            Command::PutSlots(PutSlots {
                 clinic_id: id.clone(),
                 slots,
-            },
+            }),
         ));
     }
     run_grouped(node, catalogue).await?;
@@ -228,13 +229,13 @@ pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
             if !stocked {
                 deliveries.push((
                     shard,
-                    Command::ReceiveStock {
+                    Command::ReceiveStock(ReceiveStock {
                         clinic_id: id.clone(),
                         vaccine: vaccine.into(),
                         batch,
                         quantity,
                         expires_on: NaiveDate::from_ymd_opt(2027, 6, 30).expect("valid"),
-                    },
+                    }),
                 ));
             }
         }
@@ -246,10 +247,10 @@ pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
             let id = citizen_id(i);
             (
                 node.citizen_shard(&id),
-                Command::PutCitizen {
+                Command::PutCitizen(PutCitizen {
                     citizen_id: id,
                     record: citizen(i),
-                },
+                }),
             )
         })
         .collect();

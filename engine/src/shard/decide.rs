@@ -4,17 +4,18 @@
 
 use std::sync::Arc;
 
-use chrono::NaiveDate;
-
 use super::{ShardState, EXPIRE_BATCH_MAX, SLOTS_PER_CLINIC_MAX};
 use crate::clock::UnixMs;
-use crate::command::Command;
+use crate::command::{
+    AdjustStock, Cancel, CancelSlot, Command, Confirm, Hold, PutCitizen, PutClinic, PutSlots,
+    PutVaccine, ReceiveStock, Reject,
+};
 use crate::deadlines::Deadline;
 use crate::error::{DomainError, Limit, Resource};
 use crate::event::Event;
 use crate::model::{
-    Appointment, CitizenRecord, ClinicInfo, SlotSpec, Status, VaccineIdx, VaccineRules,
-    SLOTS_BULK_MAX, SLOT_CAPACITY_MAX, STOCK_QUANTITY_MAX, VACCINES_MAX,
+    Appointment, SlotSpec, Status, VaccineIdx, SLOTS_BULK_MAX, SLOT_CAPACITY_MAX,
+    STOCK_QUANTITY_MAX, VACCINES_MAX,
 };
 
 /// What a decision answers, in terms of the state after its events are applied.
@@ -75,69 +76,27 @@ impl From<Result<Decision, DomainError>> for Decision {
     }
 }
 
-/// The fields of a hold, borrowed from [`Command::Hold`].
-struct HoldRequest<'a> {
-    clinic_id: &'a str,
-    slot_id: &'a str,
-    vaccine: &'a str,
-    citizen_id: &'a str,
-    hold_ms: i64,
-    rebook_priority: bool,
-}
-
 impl ShardState {
-    /// The pure decision for `command` at `now_ms`.
+    /// The pure decision for `command` at `now_ms`: the table of contents.
     pub fn decide(&self, command: &Command, now_ms: UnixMs) -> Decision {
-        use Command as C;
         match command {
-            C::PutVaccine { name, rules } => self.decide_put_vaccine(name, rules),
-            C::PutClinic { clinic_id, info } => self.decide_put_clinic(clinic_id, info),
-            C::ReceiveStock {
-                clinic_id: c,
-                vaccine: v,
-                batch: b,
-                quantity: q,
-                expires_on: e,
-            } => self.decide_receive_stock(c, v, b, *q, *e).into(),
-            C::AdjustStock {
-                clinic_id: c,
-                vaccine: v,
-                batch: b,
-                delta: d,
-                ..
-            } => self.decide_adjust_stock(c, v, b, *d).into(),
-            C::PutSlots { clinic_id, slots } => self.decide_put_slots(clinic_id, slots).into(),
-            C::CancelSlot {
-                clinic_id, slot_id, ..
-            } => self.decide_cancel_slot(clinic_id, slot_id).into(),
-            C::PutCitizen { citizen_id, record } => self.decide_put_citizen(citizen_id, record),
-            C::Hold {
-                clinic_id,
-                slot_id,
-                vaccine,
-                citizen_id,
-                hold_ms,
-                rebook_priority,
-            } => {
-                let request = HoldRequest {
-                    clinic_id,
-                    slot_id,
-                    vaccine,
-                    citizen_id,
-                    hold_ms: *hold_ms,
-                    rebook_priority: *rebook_priority,
-                };
-                self.decide_hold(&request, now_ms).into()
-            }
-            C::Confirm { seq, citizen } => self.decide_confirm(*seq, citizen, now_ms).into(),
-            C::Cancel { seq, citizen } => self.decide_cancel(*seq, citizen, now_ms).into(),
-            C::Reject { seq, .. } => self.decide_reject(*seq).into(),
-            C::ExpireDue => self.decide_expire_due(now_ms),
+            Command::PutVaccine(c) => self.decide_put_vaccine(c),
+            Command::PutClinic(c) => self.decide_put_clinic(c),
+            Command::ReceiveStock(c) => self.decide_receive_stock(c).into(),
+            Command::AdjustStock(c) => self.decide_adjust_stock(c).into(),
+            Command::PutSlots(c) => self.decide_put_slots(c).into(),
+            Command::CancelSlot(c) => self.decide_cancel_slot(c).into(),
+            Command::PutCitizen(c) => self.decide_put_citizen(c),
+            Command::Hold(c) => self.decide_hold(c, now_ms).into(),
+            Command::Confirm(c) => self.decide_confirm(c, now_ms).into(),
+            Command::Cancel(c) => self.decide_cancel(c, now_ms).into(),
+            Command::Reject(c) => self.decide_reject(c).into(),
+            Command::ExpireDue => self.decide_expire_due(now_ms),
         }
     }
 
-    fn decide_put_vaccine(&self, name: &str, rules: &VaccineRules) -> Decision {
-        match self.vaccine_index.get(name) {
+    fn decide_put_vaccine(&self, PutVaccine { name, rules }: &PutVaccine) -> Decision {
+        match self.vaccine_index.get(name.as_str()) {
             Some(&v) if *self.vaccines[v as usize].rules == *rules => {
                 Decision::ok(vec![], Reply::Ack)
             }
@@ -146,7 +105,7 @@ impl ShardState {
             }
             _ => Decision::ok(
                 vec![Event::VaccinePut {
-                    name: name.into(),
+                    name: name.as_str().into(),
                     rules: Arc::new(rules.clone()),
                 }],
                 Reply::Ack,
@@ -154,12 +113,12 @@ impl ShardState {
         }
     }
 
-    fn decide_put_clinic(&self, clinic_id: &str, info: &ClinicInfo) -> Decision {
-        match self.clinic_index.get(clinic_id) {
+    fn decide_put_clinic(&self, PutClinic { clinic_id, info }: &PutClinic) -> Decision {
+        match self.clinic_index.get(clinic_id.as_str()) {
             Some(&c) if self.clinics[c as usize].info == *info => Decision::ok(vec![], Reply::Ack),
             _ => Decision::ok(
                 vec![Event::ClinicPut {
-                    clinic_id: clinic_id.into(),
+                    clinic_id: clinic_id.as_str().into(),
                     info: info.clone(),
                 }],
                 Reply::Ack,
@@ -167,14 +126,15 @@ impl ShardState {
         }
     }
 
-    fn decide_receive_stock(
-        &self,
-        clinic_id: &str,
-        vaccine: &str,
-        batch: &str,
-        quantity: i64,
-        expires_on: NaiveDate,
-    ) -> Result<Decision, DomainError> {
+    fn decide_receive_stock(&self, c: &ReceiveStock) -> Result<Decision, DomainError> {
+        let ReceiveStock {
+            clinic_id,
+            vaccine,
+            batch,
+            quantity,
+            expires_on,
+        } = c;
+        let (quantity, expires_on) = (*quantity, *expires_on);
         let (clinic, vaccine) = self.clinic_and_vaccine(clinic_id, vaccine)?;
         if !(1..=STOCK_QUANTITY_MAX).contains(&quantity) {
             return Err(DomainError::LimitReached(Limit::StockQuantity));
@@ -199,13 +159,15 @@ impl ShardState {
         ))
     }
 
-    fn decide_adjust_stock(
-        &self,
-        clinic_id: &str,
-        vaccine: &str,
-        batch: &str,
-        delta: i64,
-    ) -> Result<Decision, DomainError> {
+    fn decide_adjust_stock(&self, c: &AdjustStock) -> Result<Decision, DomainError> {
+        let AdjustStock {
+            clinic_id,
+            vaccine,
+            batch,
+            delta,
+            ..
+        } = c;
+        let delta = *delta;
         let (clinic, vaccine) = self.clinic_and_vaccine(clinic_id, vaccine)?;
         if delta == 0 || delta.abs() > STOCK_QUANTITY_MAX {
             return Err(DomainError::LimitReached(Limit::StockAdjustment));
@@ -232,8 +194,7 @@ impl ShardState {
 
     fn decide_put_slots(
         &self,
-        clinic_id: &str,
-        slots: &[(String, SlotSpec)],
+        PutSlots { clinic_id, slots }: &PutSlots,
     ) -> Result<Decision, DomainError> {
         let clinic = self.clinic_of(clinic_id)?;
         if slots.len() > SLOTS_BULK_MAX {
@@ -297,7 +258,10 @@ impl ShardState {
         })
     }
 
-    fn decide_cancel_slot(&self, clinic_id: &str, slot_id: &str) -> Result<Decision, DomainError> {
+    fn decide_cancel_slot(&self, c: &CancelSlot) -> Result<Decision, DomainError> {
+        let CancelSlot {
+            clinic_id, slot_id, ..
+        } = c;
         let (clinic, slot) = self.clinic_and_slot(clinic_id, slot_id)?;
         let reply = Reply::SlotCancelled { clinic, slot };
         if self.clinics[clinic as usize].slots[slot as usize].cancelled {
@@ -312,12 +276,12 @@ impl ShardState {
         Ok(Decision::ok(events, reply))
     }
 
-    fn decide_put_citizen(&self, citizen_id: &str, record: &CitizenRecord) -> Decision {
-        match self.citizens.get(citizen_id) {
+    fn decide_put_citizen(&self, PutCitizen { citizen_id, record }: &PutCitizen) -> Decision {
+        match self.citizens.get(citizen_id.as_str()) {
             Some(existing) if **existing == *record => Decision::ok(vec![], Reply::Ack),
             _ => Decision::ok(
                 vec![Event::CitizenPut {
-                    citizen_id: citizen_id.into(),
+                    citizen_id: citizen_id.as_str().into(),
                     record: Arc::new(record.clone()),
                 }],
                 Reply::Ack,
@@ -325,9 +289,9 @@ impl ShardState {
         }
     }
 
-    fn decide_hold(&self, r: &HoldRequest<'_>, now_ms: UnixMs) -> Result<Decision, DomainError> {
-        let (clinic, slot) = self.clinic_and_slot(r.clinic_id, r.slot_id)?;
-        let vaccine = self.vaccine_of(r.vaccine)?;
+    fn decide_hold(&self, r: &Hold, now_ms: UnixMs) -> Result<Decision, DomainError> {
+        let (clinic, slot) = self.clinic_and_slot(&r.clinic_id, &r.slot_id)?;
+        let vaccine = self.vaccine_of(&r.vaccine)?;
         let c = &self.clinics[clinic as usize];
         let s = &c.slots[slot as usize];
         if s.cancelled {
@@ -359,7 +323,7 @@ impl ShardState {
             clinic,
             slot,
             vaccine,
-            citizen: r.citizen_id.into(),
+            citizen: r.citizen_id.as_str().into(),
             created_at_ms: now_ms,
             expires_at_ms: Some(now_ms + r.hold_ms.max(1)),
             confirmed_at_ms: None,
@@ -377,8 +341,7 @@ impl ShardState {
 
     fn decide_confirm(
         &self,
-        seq: u64,
-        citizen: &Option<String>,
+        &Confirm { seq, ref citizen }: &Confirm,
         now_ms: UnixMs,
     ) -> Result<Decision, DomainError> {
         let a = self.owned_appointment(seq, citizen.as_deref())?;
@@ -399,8 +362,7 @@ impl ShardState {
 
     fn decide_cancel(
         &self,
-        seq: u64,
-        citizen: &Option<String>,
+        &Cancel { seq, ref citizen }: &Cancel,
         now_ms: UnixMs,
     ) -> Result<Decision, DomainError> {
         let a = self.owned_appointment(seq, citizen.as_deref())?;
@@ -424,7 +386,7 @@ impl ShardState {
         })
     }
 
-    fn decide_reject(&self, seq: u64) -> Result<Decision, DomainError> {
+    fn decide_reject(&self, &Reject { seq, .. }: &Reject) -> Result<Decision, DomainError> {
         let a = self
             .appointments
             .get(&seq)

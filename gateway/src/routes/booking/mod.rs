@@ -8,6 +8,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use holdfast_engine::command::{Cancel, Confirm};
 use holdfast_engine::view::AppointmentView;
 use holdfast_engine::{AppointmentId, Command, Output, Status};
 use utoipa_axum::router::OpenApiRouter;
@@ -146,8 +147,8 @@ impl Transition {
     /// `citizen`: the only citizen the appointment may belong to, `None` for an authority.
     fn command(self, seq: u64, citizen: Option<String>) -> Command {
         match self {
-            Transition::Confirm => Command::Confirm { seq, citizen },
-            Transition::Cancel => Command::Cancel { seq, citizen },
+            Transition::Confirm => Command::Confirm(Confirm { seq, citizen }),
+            Transition::Cancel => Command::Cancel(Cancel { seq, citizen }),
         }
     }
 }

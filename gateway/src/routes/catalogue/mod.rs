@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use holdfast_engine::command::{CancelSlot, PutCitizen, PutClinic, PutSlots, PutVaccine};
 use holdfast_engine::model::SlotSpec;
 use holdfast_engine::{Command, Node, Output};
 use utoipa_axum::router::OpenApiRouter;
@@ -68,10 +69,10 @@ async fn put_vaccine(
         rules: body.clone(),
     };
     let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
-        let command = Command::PutVaccine {
+        let command = Command::PutVaccine(PutVaccine {
             name: vaccine,
             rules,
-        };
+        });
         node.broadcast(command).await?;
         json(StatusCode::OK, &echo)
     });
@@ -100,10 +101,10 @@ async fn put_clinic(
     let node = state.node.clone();
     let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         let shard = node.clinic_shard(&clinic_id);
-        let command = Command::PutClinic {
+        let command = Command::PutClinic(PutClinic {
             clinic_id: clinic_id.clone(),
             info: info.clone(),
-        };
+        });
         node.exec(shard, command).await?;
         let clinic = ClinicJson {
             clinic_id,
@@ -195,10 +196,10 @@ async fn exec_put_slots(
     answer: SlotsAnswer,
 ) -> Answer {
     let shard = node.clinic_shard(&clinic_id);
-    let command = Command::PutSlots {
+    let command = Command::PutSlots(PutSlots {
         clinic_id: clinic_id.clone(),
         slots,
-    };
+    });
     match node.exec(shard, command).await? {
         Output::Slots(views) if answer == SlotsAnswer::One && views.len() == 1 => {
             json(StatusCode::OK, &SlotJson::from(&views[0]))
@@ -289,11 +290,11 @@ async fn cancel_slot(
     let key = key.optional()?;
     let what = format!("POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel");
     let node = state.node.clone();
-    let command = Command::CancelSlot {
+    let command = Command::CancelSlot(CancelSlot {
         clinic_id: clinic_id.clone(),
         slot_id,
         reason: body.reason.clone(),
-    };
+    });
     let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         match node.exec(node.clinic_shard(&clinic_id), command).await? {
             Output::SlotCancelled { slot, affected } => {
@@ -336,8 +337,11 @@ async fn put_citizen(
     };
     let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         let shard = node.citizen_shard(&citizen_id);
-        node.exec(shard, Command::PutCitizen { citizen_id, record })
-            .await?;
+        node.exec(
+            shard,
+            Command::PutCitizen(PutCitizen { citizen_id, record }),
+        )
+        .await?;
         json(StatusCode::OK, &echo)
     });
     Ok(answer.await)

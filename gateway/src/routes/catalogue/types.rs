@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use holdfast_engine::command::{AdjustStock, ReceiveStock};
 use holdfast_engine::model::{
     CitizenRecord, ClinicInfo, DoseRecord, SlotSpec, VaccineRules, SLOTS_BULK_MAX,
     SLOT_CAPACITY_MAX, STOCK_QUANTITY_MAX,
@@ -146,13 +147,13 @@ impl StockBody {
     }
 
     pub fn command(&self, clinic_id: &str) -> Command {
-        Command::ReceiveStock {
+        Command::ReceiveStock(ReceiveStock {
             clinic_id: clinic_id.to_string(),
             vaccine: self.vaccine.clone(),
             batch: self.batch.clone(),
             quantity: self.quantity,
             expires_on: self.expires_on,
-        }
+        })
     }
 }
 
@@ -181,13 +182,13 @@ impl AdjustBody {
     }
 
     pub fn command(&self, clinic_id: &str) -> Command {
-        Command::AdjustStock {
+        Command::AdjustStock(AdjustStock {
             clinic_id: clinic_id.to_string(),
             vaccine: self.vaccine.clone(),
             batch: self.batch.clone(),
             delta: self.delta,
             reason: self.reason.clone(),
-        }
+        })
     }
 }
 
