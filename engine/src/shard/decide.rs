@@ -127,20 +127,18 @@ impl ShardState {
     }
 
     fn decide_receive_stock(&self, c: &ReceiveStock) -> Result<Decision, DomainError> {
-        let ReceiveStock {
-            clinic_id,
-            vaccine,
-            batch,
+        let &ReceiveStock {
+            ref clinic_id,
+            ref vaccine,
+            ref batch,
             quantity,
             expires_on,
         } = c;
-        let (quantity, expires_on) = (*quantity, *expires_on);
         let (clinic, vaccine) = self.clinic_and_vaccine(clinic_id, vaccine)?;
         if !(1..=STOCK_QUANTITY_MAX).contains(&quantity) {
             return Err(DomainError::LimitReached(Limit::StockQuantity));
         }
-        let stock = self.clinics[clinic as usize].stock.get(&vaccine);
-        if let Some(existing) = stock.and_then(|s| s.batches.get(batch)) {
+        if let Some(existing) = self.batch(clinic, vaccine, batch) {
             if existing.expires_on != expires_on {
                 return Err(DomainError::BatchMismatch {
                     expires_on: existing.expires_on,
@@ -160,21 +158,19 @@ impl ShardState {
     }
 
     fn decide_adjust_stock(&self, c: &AdjustStock) -> Result<Decision, DomainError> {
-        let AdjustStock {
-            clinic_id,
-            vaccine,
-            batch,
+        let &AdjustStock {
+            ref clinic_id,
+            ref vaccine,
+            ref batch,
             delta,
             ..
         } = c;
-        let delta = *delta;
         let (clinic, vaccine) = self.clinic_and_vaccine(clinic_id, vaccine)?;
         if delta == 0 || delta.abs() > STOCK_QUANTITY_MAX {
             return Err(DomainError::LimitReached(Limit::StockAdjustment));
         }
-        let stock = self.clinics[clinic as usize].stock.get(&vaccine);
-        let existing = stock
-            .and_then(|s| s.batches.get(batch))
+        let existing = self
+            .batch(clinic, vaccine, batch)
             .ok_or(DomainError::NotFound(Resource::Batch))?;
         if existing.on_hand + delta < 0 {
             return Err(DomainError::InsufficientStock {

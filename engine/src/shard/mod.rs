@@ -24,7 +24,7 @@ use crate::command::Command;
 use crate::deadlines::DeadlineQueue;
 use crate::error::{DomainError, Resource};
 use crate::event::Event;
-use crate::model::{Appointment, CitizenRecord, Clinic, Vaccine, VaccineIdx};
+use crate::model::{Appointment, Batch, CitizenRecord, Clinic, Vaccine, VaccineIdx};
 use crate::view::{Output, ShardCounts};
 
 pub use decide::{Decision, Reply};
@@ -133,6 +133,13 @@ impl ShardState {
             .get(slot_id)
             .ok_or(DomainError::NotFound(Resource::Slot))?;
         Ok((clinic, slot))
+    }
+
+    fn batch(&self, clinic: u32, vaccine: VaccineIdx, batch: &str) -> Option<&Batch> {
+        self.clinics[clinic as usize]
+            .stock
+            .get(&vaccine)
+            .and_then(|s| s.batches.get(batch))
     }
 
     fn slot_appointments(&self, clinic: u32, slot: u32) -> impl Iterator<Item = &Appointment> {

@@ -305,8 +305,8 @@ impl ShardState {
     pub fn has_batch(&self, clinic_id: &str, vaccine: &str, batch: &str) -> bool {
         self.clinic_and_vaccine(clinic_id, vaccine)
             .ok()
-            .and_then(|(c, v)| self.clinics[c as usize].stock.get(&v))
-            .is_some_and(|s| s.batches.contains_key(batch))
+            .and_then(|(c, v)| self.batch(c, v, batch))
+            .is_some()
     }
 
     /// The change `event` made, by name, for the publisher. Read after the event is applied:
