@@ -27,6 +27,7 @@ pub enum Command {
     Confirm(Confirm),
     Cancel(Cancel),
     Reject(Reject),
+    MarkForReview(MarkForReview),
     /// Act on every deadline of the shard's deadline queue that has passed (at most
     /// `EXPIRE_BATCH_MAX` per command): today, expire the holds.
     ExpireDue,
@@ -119,6 +120,13 @@ pub struct Cancel {
 pub struct Reject {
     pub seq: u64,
     pub reasons: Vec<String>,
+}
+
+/// The booking was made while the external check was unavailable, under the `provisional`
+/// outage policy: flag it `needs_review`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MarkForReview {
+    pub seq: u64,
 }
 
 /// A read of one shard. Answered between two writes, so it sees every earlier write.

@@ -173,6 +173,12 @@ pub enum EngineError {
     Recovering {
         shard: u32,
     },
+    /// An external dependency (the eligibility check) did not answer within its budget, or
+    /// its circuit is open, and the outage policy is to refuse.
+    DependencyUnavailable {
+        dependency: String,
+        retry_after_s: u32,
+    },
 }
 
 impl From<DomainError> for EngineError {
@@ -193,6 +199,9 @@ impl std::fmt::Display for EngineError {
             }
             EngineError::Recovering { shard } => {
                 write!(f, "shard {shard} is recovering its log; retry shortly")
+            }
+            EngineError::DependencyUnavailable { dependency, .. } => {
+                write!(f, "the {dependency} check is unavailable; retry later")
             }
         }
     }

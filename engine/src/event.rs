@@ -74,4 +74,7 @@ pub enum Event {
         seq: u64,
         at_risk: bool,
     },
+    AppointmentNeedsReview {
+        seq: u64,
+    },
 }

@@ -18,6 +18,7 @@ pub mod deadlines;
 pub mod eligibility;
 pub mod error;
 pub mod event;
+pub mod external;
 pub mod hash;
 pub mod idempotency;
 pub mod ids;

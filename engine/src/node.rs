@@ -13,7 +13,7 @@
 //! Retry-After) instead of queueing without end.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{broadcast, watch};
 
@@ -22,6 +22,7 @@ use crate::client::{LocalShard, ShardClient, SHARD_STOP_TIMEOUT};
 use crate::clock::{Clock, UnixMs};
 use crate::command::{Command, Query, QueryAnswer};
 use crate::error::{DomainError, EngineError, JournalError, StartError};
+use crate::external::{DependencyStatus, ExternalCheck, OutagePolicy};
 use crate::hash::shard_of;
 use crate::idempotency::{
     Fingerprint, IdemKey, IdemOutcome, StoredResponse, RECORDS_PER_SHARD_MAX_DEFAULT,
@@ -114,6 +115,8 @@ pub struct Node {
     shards: Vec<Option<Routed>>,
     journal: Arc<dyn Journal>,
     publisher: Arc<Publisher>,
+    /// The external eligibility check and its outage policy, when configured.
+    external: OnceLock<(Arc<dyn ExternalCheck>, OutagePolicy)>,
 }
 
 impl Node {
@@ -197,6 +200,7 @@ impl Node {
             shards,
             journal,
             publisher,
+            external: OnceLock::new(),
         }))
     }
 
@@ -244,6 +248,25 @@ impl Node {
                 "not every shard stopped in time; they are left behind (their logs are complete)"
             );
         }
+    }
+
+    /// Makes every booking ask `check` while its seat and dose are held (once, before
+    /// serving; a second call is refused and returns `false`).
+    pub fn set_external_check(&self, check: Arc<dyn ExternalCheck>, policy: OutagePolicy) -> bool {
+        self.external.set((check, policy)).is_ok()
+    }
+
+    pub(crate) fn external_check(&self) -> Option<&(Arc<dyn ExternalCheck>, OutagePolicy)> {
+        self.external.get()
+    }
+
+    /// The node's external dependencies and their breakers, for operators.
+    pub fn dependencies(&self) -> Vec<DependencyStatus> {
+        self.external
+            .get()
+            .map(|(c, _)| c.status())
+            .into_iter()
+            .collect()
     }
 
     pub fn config(&self) -> &NodeConfig {

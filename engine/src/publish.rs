@@ -80,6 +80,11 @@ pub enum Change {
         clinic_id: Arc<str>,
         at_risk: bool,
     },
+    /// Booked while the external check was unavailable (`provisional` policy).
+    AppointmentNeedsReview {
+        appointment_id: AppointmentId,
+        clinic_id: Arc<str>,
+    },
 }
 
 /// The node's publisher; shards hold it, consumers [`Publisher::subscribe`].

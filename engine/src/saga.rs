@@ -12,9 +12,11 @@
 //! Every step is idempotent by appointment id, so a retried compensation converges.
 
 use crate::command::Command;
-use crate::command::{Hold, Reject};
+use crate::command::{Hold, MarkForReview, Reject};
 use crate::error::{DomainError, EngineError};
+use crate::external::{ExternalRequest, ExternalVerdict, OutagePolicy};
 use crate::journal::Durable;
+use crate::model::CitizenRecord;
 use crate::node::Node;
 use crate::view::{AppointmentView, Output};
 
@@ -76,8 +78,36 @@ impl Node {
         };
 
         // Step 3: checks while the seat and the dose are held.
-        let reasons = crate::eligibility::check(&request.vaccine, citizen.as_deref(), &context);
-        if reasons.is_empty() {
+        let mut reasons = crate::eligibility::check(&request.vaccine, citizen.as_deref(), &context);
+        let mut refusal = None;
+        if let (true, Some(citizen)) = (reasons.is_empty(), citizen.as_deref()) {
+            match self.ask_external(&request_for(&appointment, citizen)).await {
+                External::Passed => return (Ok(appointment), durable),
+                External::Review => {
+                    let mark = Command::MarkForReview(MarkForReview {
+                        seq: appointment.id.seq,
+                    });
+                    return match self.exec_compensation_deferred(clinic_shard, mark).await {
+                        Ok((Ok(Output::Appointment(marked)), stored)) => {
+                            durable.push(stored);
+                            (Ok(marked), durable)
+                        }
+                        Ok((other, stored)) => {
+                            durable.push(stored);
+                            tracing::warn!(
+                                ?other,
+                                "marking a provisional booking answered otherwise"
+                            );
+                            (Ok(appointment), durable)
+                        }
+                        Err(e) => (Err(e), durable),
+                    };
+                }
+                External::Refused(reason) => reasons.push(reason),
+                External::Unavailable(e) => refusal = Some(e),
+            }
+        }
+        if reasons.is_empty() && refusal.is_none() {
             return (Ok(appointment), durable);
         }
 
@@ -93,9 +123,48 @@ impl Node {
                 tracing::warn!(appointment = %appointment.id, error = %e, "rejecting an ineligible hold failed; it will expire")
             }
         }
-        (
-            Err(EngineError::Domain(DomainError::NotEligible { reasons })),
-            durable,
-        )
+        let error = refusal.unwrap_or(EngineError::Domain(DomainError::NotEligible { reasons }));
+        (Err(error), durable)
+    }
+
+    /// Asks the external check, when one is configured, and applies the outage policy.
+    async fn ask_external(&self, request: &ExternalRequest) -> External {
+        let Some((check, policy)) = self.external_check() else {
+            return External::Passed;
+        };
+        match check.check(request.clone()).await {
+            ExternalVerdict::Eligible => External::Passed,
+            ExternalVerdict::NotEligible { reason } => {
+                External::Refused(format!("external:{reason}"))
+            }
+            ExternalVerdict::Unavailable { retry_after_s, why } => match policy {
+                OutagePolicy::Provisional => External::Review,
+                OutagePolicy::Reject => {
+                    tracing::info!(%why, "eligibility check unavailable; booking refused");
+                    External::Unavailable(EngineError::DependencyUnavailable {
+                        dependency: "eligibility".to_string(),
+                        retry_after_s,
+                    })
+                }
+            },
+        }
+    }
+}
+
+/// What the external check means for one booking.
+enum External {
+    Passed,
+    /// Unavailable, and the policy is to book for review.
+    Review,
+    Refused(String),
+    Unavailable(EngineError),
+}
+
+fn request_for(a: &AppointmentView, citizen: &CitizenRecord) -> ExternalRequest {
+    ExternalRequest {
+        citizen_id: a.citizen_id.to_string(),
+        insurance_id: citizen.insurance_id.clone(),
+        vaccine: a.vaccine.to_string(),
+        clinic_id: a.clinic_id.to_string(),
     }
 }

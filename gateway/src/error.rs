@@ -263,6 +263,14 @@ impl From<EngineError> for ApiError {
                 format!("shard {shard} is recovering its log; retry shortly"),
             )
             .with_detail("shard", shard),
+            EngineError::DependencyUnavailable {
+                dependency,
+                retry_after_s,
+            } => ApiError::unavailable(
+                retry_after_s,
+                format!("the {dependency} check is unavailable; retry later"),
+            )
+            .with_detail("dependency", dependency),
         }
     }
 }

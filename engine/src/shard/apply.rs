@@ -79,6 +79,9 @@ impl ShardState {
             Event::AppointmentAtRisk { seq, at_risk } => {
                 self.appointment_mut(*seq).at_risk = *at_risk;
             }
+            Event::AppointmentNeedsReview { seq } => {
+                self.appointment_mut(*seq).needs_review = true;
+            }
         }
     }
 

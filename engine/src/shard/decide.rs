@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::{ShardState, EXPIRE_BATCH_MAX, SLOTS_PER_CLINIC_MAX};
 use crate::clock::UnixMs;
 use crate::command::{
-    AdjustStock, Cancel, CancelSlot, Command, Confirm, Hold, PutCitizen, PutClinic, PutSlots,
-    PutVaccine, ReceiveStock, Reject,
+    AdjustStock, Cancel, CancelSlot, Command, Confirm, Hold, MarkForReview, PutCitizen, PutClinic,
+    PutSlots, PutVaccine, ReceiveStock, Reject,
 };
 use crate::deadlines::Deadline;
 use crate::error::{DomainError, Limit, Resource};
@@ -91,6 +91,7 @@ impl ShardState {
             Command::Confirm(c) => self.decide_confirm(c, now_ms).into(),
             Command::Cancel(c) => self.decide_cancel(c, now_ms).into(),
             Command::Reject(c) => self.decide_reject(c).into(),
+            Command::MarkForReview(c) => self.decide_mark_for_review(c).into(),
             Command::ExpireDue => self.decide_expire_due(now_ms),
         }
     }
@@ -397,6 +398,22 @@ impl ShardState {
             Status::Rejected | Status::Expired => Decision::ok(vec![], Reply::Appointment(seq)),
             status => Decision::err(DomainError::InvalidTransition { status }),
         })
+    }
+
+    fn decide_mark_for_review(
+        &self,
+        &MarkForReview { seq }: &MarkForReview,
+    ) -> Result<Decision, DomainError> {
+        let a = self
+            .appointments
+            .get(&seq)
+            .ok_or(DomainError::NotFound(Resource::Appointment))?;
+        let events = if a.needs_review || !a.status.is_active() {
+            vec![]
+        } else {
+            vec![Event::AppointmentNeedsReview { seq }]
+        };
+        Ok(Decision::ok(events, Reply::Appointment(seq)))
     }
 
     /// Acts on the deadlines that have passed, earliest first, at most `EXPIRE_BATCH_MAX`.

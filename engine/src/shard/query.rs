@@ -367,6 +367,10 @@ impl ShardState {
                 clinic_id: clinic_id(self.appointments[seq].clinic),
                 at_risk: *at_risk,
             },
+            Event::AppointmentNeedsReview { seq } => Change::AppointmentNeedsReview {
+                appointment_id: self.id_of(*seq),
+                clinic_id: clinic_id(self.appointments[seq].clinic),
+            },
         }
     }
 
