@@ -147,12 +147,17 @@ async fn main() {
                             citizen_id: format!("citizen-{shard:02}-{i:07}"),
                             hold_ms: target - now,
                             rebook_priority: false,
+                            citizen: None,
+                            claim: 0,
+                            not_after_ms: None,
+                            confirmed: false,
+                            rescheduled_from: None,
                         })
                     })
                     .collect();
                 for answer in node.exec_batch(shard, commands).await.expect("holds") {
                     match answer {
-                        Ok(Output::Held(view, _)) => {
+                        Ok(Output::Appointment(view)) => {
                             deadlines.push(view.expires_at_ms.expect("a hold has a deadline"))
                         }
                         other => panic!("a hold failed: {other:?}"),

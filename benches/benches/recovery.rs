@@ -90,6 +90,11 @@ fn hold(clinic: &str, slot: &str, citizen: &str) -> Command {
         citizen_id: citizen.to_string(),
         hold_ms: HOLD_MS,
         rebook_priority: false,
+        citizen: None,
+        claim: 0,
+        not_after_ms: None,
+        confirmed: false,
+        rescheduled_from: None,
     })
 }
 

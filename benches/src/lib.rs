@@ -67,6 +67,11 @@ pub fn hold_command(clinic_id: &str, slot_id: &str, citizen_id: &str) -> Command
         citizen_id: citizen_id.to_string(),
         hold_ms: HOLD_MS,
         rebook_priority: false,
+        citizen: None,
+        claim: 0,
+        not_after_ms: None,
+        confirmed: false,
+        rescheduled_from: None,
     })
 }
 
@@ -161,7 +166,7 @@ impl SeatPlan {
 /// True when `output` is a successful hold; its appointment's sequence number.
 pub fn held_seq(output: &Result<Output, impl std::fmt::Debug>) -> Option<u64> {
     match output {
-        Ok(Output::Held(view, _)) => Some(view.id.seq),
+        Ok(Output::Appointment(view)) => Some(view.id.seq),
         _ => None,
     }
 }

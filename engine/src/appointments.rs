@@ -114,51 +114,6 @@ impl<'de> Deserialize<'de> for AppointmentTable {
     }
 }
 
-/// The sequence numbers of one citizen's appointments at a shard. Most citizens have one, so
-/// that case is stored inline: no allocation per citizen (a `Vec` would cost a heap block of
-/// 32 bytes plus the allocator's overhead for each of a million citizens).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SeqList {
-    One(u64),
-    Many(Vec<u64>),
-}
-
-impl SeqList {
-    pub fn push(&mut self, seq: u64) {
-        match self {
-            SeqList::One(first) => *self = SeqList::Many(vec![*first, seq]),
-            SeqList::Many(seqs) => seqs.push(seq),
-        }
-    }
-
-    pub fn as_slice(&self) -> &[u64] {
-        match self {
-            SeqList::One(seq) => std::slice::from_ref(seq),
-            SeqList::Many(seqs) => seqs,
-        }
-    }
-}
-
-impl Serialize for SeqList {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.as_slice().serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for SeqList {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut seqs = Vec::<u64>::deserialize(deserializer)?;
-        match seqs.len() {
-            0 => Err(serde::de::Error::custom("an empty appointment list")),
-            1 => Ok(SeqList::One(seqs[0])),
-            _ => {
-                seqs.shrink_to_fit();
-                Ok(SeqList::Many(seqs))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +136,9 @@ mod tests {
             needs_review: false,
             at_risk: false,
             rebook_priority: false,
+            claim: 0,
+            rescheduled_from: None,
+            rescheduled_to: None,
         }
     }
 
@@ -200,22 +158,6 @@ mod tests {
         table.get_mut(&5).unwrap().status = Status::Confirmed;
         assert_eq!(table[&5].status, Status::Confirmed);
         assert!(table.iter().map(|a| a.seq).eq(1..=(2 * PAGE as u64 + 3)));
-    }
-
-    #[test]
-    fn a_seq_list_starts_inline_and_grows() {
-        let mut list = SeqList::One(4);
-        assert_eq!(list.as_slice(), &[4]);
-        list.push(9);
-        list.push(12);
-        assert_eq!(list.as_slice(), &[4, 9, 12]);
-        let config = bincode::config::standard();
-        for list in [SeqList::One(4), list] {
-            let bytes = bincode::serde::encode_to_vec(&list, config).unwrap();
-            let (back, _): (SeqList, _) =
-                bincode::serde::decode_from_slice(&bytes, config).unwrap();
-            assert_eq!(back, list);
-        }
     }
 
     #[test]

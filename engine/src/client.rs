@@ -13,8 +13,8 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::actor::{Applied, ShardActor, ShardArgs, ShardMsg, ShardPhase};
-use crate::command::{Command, Query, QueryAnswer};
+use crate::actor::{Applied, BeginAnswer, ShardActor, ShardArgs, ShardMsg, ShardPhase};
+use crate::command::{Command, Query, QueryAnswer, SettleClaims, TakeClaim};
 use crate::error::{DomainError, EngineError, StartError};
 use crate::idempotency::{Fingerprint, IdemKey, IdemOutcome, StoredResponse};
 use crate::journal::Durable;
@@ -57,6 +57,18 @@ pub trait ShardClient: Send + Sync {
         &self,
         key: IdemKey,
         response: Option<StoredResponse>,
+    ) -> BoxFuture<'_, Result<Durable, EngineError>>;
+    /// Begins a booking on the citizen's shard: the key (when given) and the claim.
+    fn begin_booking(
+        &self,
+        key: Option<(IdemKey, Fingerprint)>,
+        take: TakeClaim,
+    ) -> BoxFuture<'_, Result<BeginAnswer, EngineError>>;
+    /// Ends a booking on the citizen's shard: the claim's settlement and the key's answer.
+    fn finish_booking(
+        &self,
+        settle: SettleClaims,
+        key: Option<(IdemKey, Option<StoredResponse>)>,
     ) -> BoxFuture<'_, Result<Durable, EngineError>>;
     /// Snapshots the shard; answers the sequence number once stored.
     fn snapshot(&self) -> BoxFuture<'_, Result<u64, EngineError>>;
@@ -169,6 +181,23 @@ impl ShardClient for LocalShard {
         response: Option<StoredResponse>,
     ) -> BoxFuture<'_, Result<Durable, EngineError>> {
         let answer = self.send(|reply| ShardMsg::IdemFinish(key, response, reply));
+        Box::pin(async move { answer.await? })
+    }
+
+    fn begin_booking(
+        &self,
+        key: Option<(IdemKey, Fingerprint)>,
+        take: TakeClaim,
+    ) -> BoxFuture<'_, Result<BeginAnswer, EngineError>> {
+        Box::pin(self.send(move |reply| ShardMsg::BeginBooking(key, take, reply)))
+    }
+
+    fn finish_booking(
+        &self,
+        settle: SettleClaims,
+        key: Option<(IdemKey, Option<StoredResponse>)>,
+    ) -> BoxFuture<'_, Result<Durable, EngineError>> {
+        let answer = self.send(|reply| ShardMsg::FinishBooking(settle, key, reply));
         Box::pin(async move { answer.await? })
     }
 

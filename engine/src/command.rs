@@ -8,7 +8,10 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
+use crate::claims::{Claim, Origin, Settle, Stale};
 use crate::clock::UnixMs;
+use crate::error::DomainError;
+use crate::ids::AppointmentId;
 use crate::model::{CitizenRecord, ClinicInfo, SlotSpec, Status, VaccineRules};
 use crate::view::{AppointmentView, AvailabilityView, ClinicSummary, RuntimeCounts, ShardCounts};
 
@@ -28,6 +31,9 @@ pub enum Command {
     Cancel(Cancel),
     Reject(Reject),
     MarkForReview(MarkForReview),
+    Move(Move),
+    TakeClaim(TakeClaim),
+    SettleClaims(SettleClaims),
     /// Act on every deadline of the shard's deadline queue that has passed (at most
     /// `EXPIRE_BATCH_MAX` per command): today, expire the holds.
     ExpireDue,
@@ -89,7 +95,8 @@ pub struct PutCitizen {
     pub record: CitizenRecord,
 }
 
-/// Take a seat and a dose for `hold_ms`.
+/// Take a seat and a dose for `hold_ms`, and check the rules on `citizen` (the record the
+/// citizen's shard answered with the claim) in the same step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hold {
     pub clinic_id: String,
@@ -98,6 +105,69 @@ pub struct Hold {
     pub citizen_id: String,
     pub hold_ms: i64,
     pub rebook_priority: bool,
+    /// The citizen's record; `None` skips the rules (benchmarks of the clinic side alone).
+    pub citizen: Option<Arc<CitizenRecord>>,
+    /// The claim's attempt (0: none).
+    pub claim: u64,
+    /// Refused after this instant (the claim's `not_after_ms`).
+    pub not_after_ms: Option<UnixMs>,
+    /// Made CONFIRMED at once (a reschedule of a CONFIRMED appointment).
+    pub confirmed: bool,
+    pub rescheduled_from: Option<AppointmentId>,
+}
+
+impl Hold {
+    /// A plain hold: no claim, no rules, not a reschedule.
+    pub fn new(
+        clinic_id: &str,
+        slot_id: &str,
+        vaccine: &str,
+        citizen_id: &str,
+        hold_ms: i64,
+    ) -> Hold {
+        Hold {
+            clinic_id: clinic_id.to_string(),
+            slot_id: slot_id.to_string(),
+            vaccine: vaccine.to_string(),
+            citizen_id: citizen_id.to_string(),
+            hold_ms,
+            rebook_priority: false,
+            citizen: None,
+            claim: 0,
+            not_after_ms: None,
+            confirmed: false,
+            rescheduled_from: None,
+        }
+    }
+}
+
+/// A reschedule's last step on the old appointment: RELEASED (from PENDING) or CANCELLED
+/// (from CONFIRMED), linked to the new one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Move {
+    pub seq: u64,
+    pub to: AppointmentId,
+}
+
+/// Claims the citizen for a booking attempt (the citizen's shard).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TakeClaim {
+    pub citizen_id: String,
+    pub clinic_shard: u32,
+    pub origin: Origin,
+    /// The hold's deadline.
+    pub expires_at_ms: UnixMs,
+    /// Replace this claim (verified stale by the saga).
+    pub replace: Option<Stale>,
+    /// A reschedule: the appointment being moved, whose claim this one replaces for now.
+    pub moving: Option<AppointmentId>,
+}
+
+/// Notices about claims (the citizen's shard); each is a no-op unless its attempt is the
+/// citizen's claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettleClaims {
+    pub settles: Vec<Settle>,
 }
 
 /// `citizen`: when set, the appointment must be this citizen's (else `NotYours`), so the
@@ -115,7 +185,8 @@ pub struct Cancel {
     pub citizen: Option<String>,
 }
 
-/// Saga compensation: the booking failed its checks while held.
+/// Saga compensation: the booking failed its checks while held (or a reschedule could not
+/// release the old appointment): the seat and the dose return.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reject {
     pub seq: u64,
@@ -135,10 +206,31 @@ pub enum Query {
     Appointment {
         seq: u64,
     },
-    /// This shard's appointments of one citizen, oldest first.
+    /// The ids of a citizen's appointments, oldest first (the citizen's shard).
     CitizenAppointments {
         citizen_id: String,
     },
+    /// Appointments by sequence number (unknown ones are left out).
+    Appointments {
+        seqs: Vec<u64>,
+    },
+    /// The PENDING hold made for a claim's attempt, if any.
+    FindHold {
+        citizen_id: String,
+        attempt: u64,
+    },
+    /// The checks of a booking that come before `ALREADY_BOOKED` (not found, cancelled,
+    /// started, not offered).
+    Bookable {
+        clinic_id: String,
+        slot_id: String,
+        vaccine: String,
+        now_ms: UnixMs,
+    },
+    /// Every claim of the shard's citizens (the reconciliation after recovery).
+    Claims,
+    /// Every PENDING and CONFIRMED appointment of the shard (O(appointments): checks).
+    ActiveAppointments,
     Citizen {
         citizen_id: String,
     },
@@ -176,6 +268,9 @@ pub enum Query {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum QueryAnswer {
     Appointment(Option<AppointmentView>),
+    AppointmentIds(Vec<AppointmentId>),
+    Bookable(Result<(), DomainError>),
+    Claims(Vec<(Arc<str>, Claim)>),
     Appointments(Vec<AppointmentView>),
     Citizen(Option<Arc<CitizenRecord>>),
     Availability(AvailabilityView),

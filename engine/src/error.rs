@@ -93,6 +93,9 @@ pub enum DomainError {
     LimitReached(Limit),
     /// The appointment belongs to another citizen.
     NotYours,
+    /// A hold arrived after its claim's `not_after_ms` (the booking's steps took longer than
+    /// the saga's budget): nothing was held; the client may retry.
+    ClaimLapsed,
 }
 
 impl DomainError {
@@ -114,6 +117,7 @@ impl DomainError {
             DomainError::BatchMismatch { .. } => "BATCH_MISMATCH",
             DomainError::LimitReached(_) => "LIMIT_REACHED",
             DomainError::NotYours => "FORBIDDEN",
+            DomainError::ClaimLapsed => "UNAVAILABLE",
         }
     }
 }
@@ -150,6 +154,9 @@ impl std::fmt::Display for DomainError {
             }
             DomainError::LimitReached(what) => write!(f, "limit reached: {}", what.as_str()),
             DomainError::NotYours => f.write_str("this appointment belongs to someone else"),
+            DomainError::ClaimLapsed => {
+                f.write_str("the booking took longer than its budget; nothing was held, retry")
+            }
         }
     }
 }
@@ -338,6 +345,8 @@ pub enum StartError {
     Stopped {
         shard: u32,
     },
+    /// The claims could not be settled against their appointments after recovery.
+    Reconcile(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -362,6 +371,9 @@ impl std::fmt::Display for StartError {
                     f,
                     "shard {shard} stopped while recovering; see the log above"
                 )
+            }
+            StartError::Reconcile(reason) => {
+                write!(f, "claims could not be reconciled after recovery: {reason}")
             }
         }
     }

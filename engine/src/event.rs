@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 
+use crate::claims::{Claim, SettleOutcome};
 use crate::clock::UnixMs;
+use crate::ids::AppointmentId;
 use crate::model::{Appointment, CitizenRecord, ClinicInfo, SlotSpec, VaccineIdx, VaccineRules};
 
 /// A change to a shard's state. `ShardState::apply` is the only code that mutates state.
@@ -76,5 +78,22 @@ pub enum Event {
     },
     AppointmentNeedsReview {
         seq: u64,
+    },
+    /// A reschedule released (from PENDING) or cancelled (from CONFIRMED) the old
+    /// appointment, linked to the new one.
+    AppointmentMoved {
+        seq: u64,
+        to: AppointmentId,
+    },
+    /// The citizen's shard: a booking attempt claims the citizen (replacing any claim).
+    ClaimTaken {
+        citizen_id: Arc<str>,
+        claim: Box<Claim>,
+    },
+    /// The citizen's shard: what became of a claim's appointment.
+    ClaimSettled {
+        citizen_id: Arc<str>,
+        attempt: u64,
+        outcome: SettleOutcome,
     },
 }

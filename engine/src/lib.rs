@@ -11,6 +11,7 @@
 
 pub mod actor;
 pub mod appointments;
+pub mod claims;
 pub mod client;
 pub mod clock;
 pub mod command;
@@ -27,6 +28,7 @@ pub mod model;
 pub mod node;
 pub mod publish;
 pub mod queries;
+pub mod reconcile;
 pub mod ring;
 pub mod saga;
 pub mod shard;

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMs;
+use crate::ids::AppointmentId;
 
 /// Index of a vaccine in a shard's catalogue. Every shard holds the same catalogue, built by
 /// the same sequence of `VaccinePut` events, so indices agree (and replay reproduces them).
@@ -226,4 +227,10 @@ pub struct Appointment {
     pub needs_review: bool,
     pub at_risk: bool,
     pub rebook_priority: bool,
+    /// The citizen's claim (its attempt number in the citizen's shard) this appointment was
+    /// made under; 0 for a hold made without one (benchmarks of the clinic side alone).
+    pub claim: u64,
+    /// Rescheduling links (docs/API.md, reschedule).
+    pub rescheduled_from: Option<AppointmentId>,
+    pub rescheduled_to: Option<AppointmentId>,
 }

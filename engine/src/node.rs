@@ -12,15 +12,15 @@
 //! arrives. At `inflight_per_shard_max` a request is refused with `Overloaded` (HTTP 503 with
 //! Retry-After) instead of queueing without end.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{broadcast, watch};
 
-use crate::actor::{Applied, ShardArgs, ShardPhase, SNAPSHOT_EVERY_RECORDS_DEFAULT};
+use crate::actor::{Applied, BeginAnswer, ShardArgs, ShardPhase, SNAPSHOT_EVERY_RECORDS_DEFAULT};
 use crate::client::{LocalShard, ShardClient, SHARD_STOP_TIMEOUT};
 use crate::clock::{Clock, UnixMs};
-use crate::command::{Command, Query, QueryAnswer};
+use crate::command::{Command, Query, QueryAnswer, SettleClaims, TakeClaim};
 use crate::error::{DomainError, EngineError, JournalError, StartError};
 use crate::external::{DependencyStatus, ExternalCheck, OutagePolicy};
 use crate::hash::shard_of;
@@ -31,6 +31,7 @@ use crate::idempotency::{
 use crate::ids::AppointmentId;
 use crate::journal::{Durable, Journal, NoJournal};
 use crate::publish::{Published, Publisher};
+use crate::reconcile::{run_settler, Settler};
 use crate::ring::Ring;
 use crate::view::{Output, RuntimeCounts, ShardCounts};
 
@@ -117,6 +118,10 @@ pub struct Node {
     publisher: Arc<Publisher>,
     /// The external eligibility check and its outage policy, when configured.
     external: OnceLock<(Arc<dyn ExternalCheck>, OutagePolicy)>,
+    /// Set once the claims were reconciled after recovery (the node is ready only then);
+    /// the lock makes concurrent waiters reconcile once.
+    reconciled: AtomicBool,
+    reconciling: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -163,6 +168,7 @@ impl Node {
             });
         }
         let publisher = Arc::new(Publisher::default());
+        let (settler, inbox) = Settler::channel();
         let mut shards: Vec<Option<Routed>> = Vec::with_capacity(config.shards as usize);
         for shard in 0..config.shards {
             if ring.owner(shard) != config.node_name {
@@ -179,6 +185,7 @@ impl Node {
                 publisher: publisher.clone(),
                 snapshot_every_records: config.snapshot_every_records,
                 phase: Arc::new(phase_tx),
+                settler: Some(settler.clone()),
             };
             match LocalShard::spawn(args).await {
                 Ok(client) => shards.push(Some(Routed {
@@ -193,7 +200,8 @@ impl Node {
                 }
             }
         }
-        Ok(Arc::new(Node {
+        drop(settler);
+        let node = Arc::new(Node {
             config,
             ring,
             clock,
@@ -201,15 +209,25 @@ impl Node {
             journal,
             publisher,
             external: OnceLock::new(),
-        }))
+            reconciled: AtomicBool::new(false),
+            reconciling: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(run_settler(Arc::downgrade(&node), inbox));
+        Ok(node)
     }
 
     fn served(&self) -> impl Iterator<Item = &Routed> {
         self.shards.iter().flatten()
     }
 
-    /// Waits until no shard is recovering any more. `Err` lists the shards whose log could
-    /// not be replayed (they stay unavailable; the others serve).
+    /// The shards this node serves.
+    pub fn served_shards(&self) -> impl Iterator<Item = u32> + '_ {
+        self.served().map(|r| r.client.shard())
+    }
+
+    /// Waits until no shard is recovering any more, then reconciles the claims once (the
+    /// node is ready only after that). `Err` lists the shards whose log could not be
+    /// replayed (they stay unavailable; the others serve).
     pub async fn wait_recovered(&self) -> Result<(), StartError> {
         let mut failures = Vec::new();
         for routed in self.served() {
@@ -223,11 +241,29 @@ impl Node {
                 }
             }
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(StartError::Recovery(failures))
+        if !failures.is_empty() {
+            return Err(StartError::Recovery(failures));
         }
+        self.reconcile_after_recovery().await
+    }
+
+    /// Settles every claim against its appointment once, after recovery (see
+    /// [`crate::reconcile`]); `Err` when a shard did not answer.
+    async fn reconcile_after_recovery(&self) -> Result<(), StartError> {
+        let _once = self.reconciling.lock().await;
+        if self.reconciled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let result = match self.reconcile_claims().await {
+            Ok(0) => Ok(()),
+            Ok(changed) => {
+                tracing::info!(claims = changed, "claims reconciled after recovery");
+                Ok(())
+            }
+            Err(e) => Err(StartError::Reconcile(e.to_string())),
+        };
+        self.reconciled.store(result.is_ok(), Ordering::Release);
+        result
     }
 
     /// Stops every shard this node serves: each handles what it already received (so every
@@ -294,6 +330,7 @@ impl Node {
     /// True once every shard this node owns has recovered, and while its journal works.
     pub fn is_ready(&self) -> bool {
         self.journal.failed().is_none()
+            && self.reconciled.load(Ordering::Acquire)
             && self.served().all(|r| r.client.phase() == ShardPhase::Ready)
     }
 
@@ -418,6 +455,17 @@ impl Node {
         client.execute_deferred(command).await
     }
 
+    /// [`Node::exec`] for work that ends work already admitted (see
+    /// [`Node::exec_compensation_deferred`]).
+    pub(crate) async fn exec_compensation(
+        &self,
+        shard: u32,
+        command: Command,
+    ) -> Result<Output, EngineError> {
+        let (client, _guard) = self.route(shard, Bound::Exempt)?;
+        client.execute(command).await
+    }
+
     /// Many commands to one shard in one message.
     pub async fn exec_batch(
         &self,
@@ -447,6 +495,17 @@ impl Node {
     /// Reads `shard`, after every write sent to it before.
     pub async fn query(&self, shard: u32, query: Query) -> Result<QueryAnswer, EngineError> {
         let (client, _guard) = self.route(shard, Bound::Admit)?;
+        client.query(query).await
+    }
+
+    /// [`Node::query`] outside the in-flight bound: the node's own housekeeping (the
+    /// reconciliation after recovery), which must not be refused by the bound it serves.
+    pub(crate) async fn query_exempt(
+        &self,
+        shard: u32,
+        query: Query,
+    ) -> Result<QueryAnswer, EngineError> {
+        let (client, _guard) = self.route(shard, Bound::Exempt)?;
         client.query(query).await
     }
 
@@ -492,22 +551,50 @@ impl Node {
         out
     }
 
+    // ---- the citizen side of a booking -------------------------------------------
+
+    pub(crate) async fn begin_booking(
+        &self,
+        shard: u32,
+        key: Option<(IdemKey, Fingerprint)>,
+        take: TakeClaim,
+    ) -> Result<BeginAnswer, EngineError> {
+        let (client, _guard) = self.route(shard, Bound::Admit)?;
+        client.begin_booking(key, take).await
+    }
+
+    /// Not bounded: it ends work already admitted.
+    pub(crate) async fn finish_booking(
+        &self,
+        shard: u32,
+        settle: SettleClaims,
+        key: Option<(IdemKey, Option<StoredResponse>)>,
+    ) -> Result<Durable, EngineError> {
+        let (client, _guard) = self.route(shard, Bound::Exempt)?;
+        client.finish_booking(settle, key).await
+    }
+
     // ---- idempotency ---------------------------------------------------------------
 
-    /// First look at an Idempotency-Key; waits (without a timeout of its own) while another
-    /// request with the same key and body runs, and then answers with its response.
-    pub async fn idempotency_begin(
+    /// Where a caller's Idempotency-Keys live: a citizen's in the citizen's own shard (so a
+    /// booking begins its key and takes its claim in one message), anyone else's by `sub`.
+    pub fn idempotency_home(&self, sub: &str, citizen_id: Option<&str>) -> u32 {
+        match citizen_id {
+            Some(citizen_id) => self.citizen_shard(citizen_id),
+            None => self.caller_shard(sub),
+        }
+    }
+
+    /// First look at an Idempotency-Key on its `home` shard; waits (without a timeout of its
+    /// own) while another request with the same key and body runs, and then answers with
+    /// its response.
+    pub async fn idempotency_begin_at(
         &self,
-        caller: &str,
-        key: &str,
+        home: u32,
+        key: IdemKey,
         fingerprint: Fingerprint,
     ) -> Result<IdemOutcome, EngineError> {
-        let shard = self.caller_shard(caller);
-        let key = IdemKey {
-            caller: caller.into(),
-            key: key.into(),
-        };
-        let (client, _guard) = self.route(shard, Bound::Admit)?;
+        let (client, _guard) = self.route(home, Bound::Admit)?;
         client.idempotency_begin(key, fingerprint).await
     }
 
@@ -517,18 +604,13 @@ impl Node {
     /// together with the events of the answer it stores (one group commit instead of two),
     /// so a replay after a crash finds it. Not bounded: it ends work already admitted, and a
     /// refused finish would leave waiters hanging.
-    pub async fn idempotency_finish_deferred(
+    pub async fn idempotency_finish_at(
         &self,
-        caller: &str,
-        key: &str,
+        home: u32,
+        key: IdemKey,
         response: Option<StoredResponse>,
     ) -> Result<Durable, EngineError> {
-        let shard = self.caller_shard(caller);
-        let key = IdemKey {
-            caller: caller.into(),
-            key: key.into(),
-        };
-        let (client, _guard) = self.route(shard, Bound::Exempt)?;
+        let (client, _guard) = self.route(home, Bound::Exempt)?;
         client.idempotency_finish(key, response).await
     }
 }

@@ -66,6 +66,10 @@ pub enum Change {
     CitizenPut {
         citizen_id: Arc<str>,
     },
+    /// A citizen's claim was taken or settled (the citizen side of booking).
+    CitizenClaim {
+        citizen_id: Arc<str>,
+    },
     /// An appointment took `status` (PENDING when it was created).
     AppointmentStatus {
         appointment_id: AppointmentId,

@@ -2,6 +2,7 @@
 //! (or to every shard, for the listings that span them) and unpacks its answer. Handlers and
 //! tools read through these, never through a shard's memory.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::clock::UnixMs;
@@ -26,19 +27,31 @@ impl Node {
         }
     }
 
-    /// A citizen's appointments from every shard, oldest first.
+    /// A citizen's appointments, oldest first, at most `limit`: the citizen's shard knows
+    /// their ids, and only the shards holding them are asked.
     pub async fn citizen_appointments(
         &self,
         citizen_id: &str,
+        limit: usize,
     ) -> Result<Vec<AppointmentView>, EngineError> {
+        let shard = self.citizen_shard(citizen_id);
         let query = Query::CitizenAppointments {
             citizen_id: citizen_id.to_string(),
         };
+        let mut ids = match self.query(shard, query).await? {
+            QueryAnswer::AppointmentIds(ids) => ids,
+            other => return Err(mismatch(shard, &other)),
+        };
+        ids.truncate(limit);
+        let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for id in ids {
+            by_shard.entry(id.shard).or_default().push(id.seq);
+        }
         let mut all = Vec::new();
-        for (shard, answer) in self.query_all(query).await?.into_iter().enumerate() {
-            match answer {
+        for (shard, seqs) in by_shard {
+            match self.query(shard, Query::Appointments { seqs }).await? {
                 QueryAnswer::Appointments(found) => all.extend(found),
-                other => return Err(mismatch(shard as u32, &other)),
+                other => return Err(mismatch(shard, &other)),
             }
         }
         all.sort_by_key(|a| (a.created_at_ms, a.id));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::claims::ClaimOutcome;
 use crate::clock::UnixMs;
 use crate::ids::AppointmentId;
 use crate::model::{ClinicInfo, Status, VaccineRules};
@@ -25,6 +26,10 @@ pub struct AppointmentView {
     pub needs_review: bool,
     pub at_risk: bool,
     pub rebook_priority: bool,
+    pub rescheduled_from: Option<AppointmentId>,
+    pub rescheduled_to: Option<AppointmentId>,
+    /// When its slot starts (the reschedule notice reads it).
+    pub slot_start_ms: UnixMs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +71,7 @@ pub struct ClinicSummary {
     pub available_doses: Vec<(Arc<str>, i64)>,
 }
 
-/// What the booking saga needs to run the eligibility checks while the hold is in place.
+/// What the eligibility rules read about a booking's slot (its clinic's shard builds it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HoldContext {
     pub slot_start_ms: UnixMs,
@@ -92,7 +97,6 @@ pub struct ShardCounts {
 pub enum Output {
     Ack,
     Appointment(AppointmentView),
-    Held(AppointmentView, HoldContext),
     Slots(Vec<SlotView>),
     SlotCancelled {
         slot: SlotView,
@@ -100,6 +104,7 @@ pub enum Output {
     },
     Stock(StockView),
     Expired(usize),
+    Claim(ClaimOutcome),
 }
 
 /// Figures the operator endpoint shows that the state does not know.

@@ -352,6 +352,11 @@ impl Model {
                     citizen_id: format!("citizen-{citizen}"),
                     hold_ms,
                     rebook_priority: priority,
+                    citizen: None,
+                    claim: 0,
+                    not_after_ms: None,
+                    confirmed: false,
+                    rescheduled_from: None,
                 });
                 let Some(s) = s else {
                     return Some((command, Expect::Err(DomainError::NotFound(Resource::Slot))));
@@ -619,7 +624,7 @@ fn check_outcome(
 ) -> Result<(), TestCaseError> {
     match (expect, actual) {
         (Expect::Err(want), Err(got)) => prop_assert_eq!(want, got),
-        (Expect::Held { seq, expires_at }, Ok(Output::Held(view, _))) => {
+        (Expect::Held { seq, expires_at }, Ok(Output::Appointment(view))) => {
             prop_assert_eq!(view.id.seq, *seq);
             prop_assert_eq!(view.status, Status::Pending);
             prop_assert_eq!(view.expires_at_ms, Some(*expires_at));

@@ -83,6 +83,11 @@ fn hold() -> Command {
         citizen_id: "ada".into(),
         hold_ms: 600_000,
         rebook_priority: false,
+        citizen: None,
+        claim: 0,
+        not_after_ms: None,
+        confirmed: false,
+        rescheduled_from: None,
     })
 }
 
@@ -117,7 +122,7 @@ async fn a_change_is_published_after_it_is_stored_with_its_names() {
 
     journal.open();
     let held = match tokio::time::timeout(STEP_TIMEOUT, booking).await {
-        Ok(Ok(Ok(Output::Held(appointment, _)))) => appointment,
+        Ok(Ok(Ok(Output::Appointment(appointment)))) => appointment,
         other => panic!("the hold answers once stored: {other:?}"),
     };
     let published = next(&mut events).await;

@@ -69,6 +69,11 @@ fn workload() -> Vec<Command> {
             citizen_id: format!("p{i}"),
             hold_ms: 60_000,
             rebook_priority: i.is_multiple_of(5),
+            citizen: None,
+            claim: 0,
+            not_after_ms: None,
+            confirmed: false,
+            rescheduled_from: None,
         }));
     }
     for seq in 1..=12u64 {

@@ -91,9 +91,14 @@ async fn hold(node: &Node, shard: u32, citizen: &str, hold_ms: i64) -> Appointme
         citizen_id: citizen.to_string(),
         hold_ms,
         rebook_priority: false,
+        citizen: None,
+        claim: 0,
+        not_after_ms: None,
+        confirmed: false,
+        rescheduled_from: None,
     });
     match bounded(node.exec(shard, command)).await {
-        Ok(Output::Held(view, _)) => view,
+        Ok(Output::Appointment(view)) => view,
         other => panic!("hold failed: {other:?}"),
     }
 }

@@ -287,6 +287,7 @@ impl From<DomainError> for ApiError {
                 ApiError::not_found(message).with_detail("resource", what.as_str())
             }
             DomainError::NotYours => ApiError::forbidden(message),
+            DomainError::ClaimLapsed => ApiError::unavailable(RETRY_AFTER_S, message),
             DomainError::NotEligible { reasons } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
                     .with_detail("reasons", reasons)

@@ -15,10 +15,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header::CONTENT_TYPE, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use holdfast_engine::idempotency::IdemOutcome;
-use holdfast_engine::idempotency::{Begin, Fingerprint, StoredResponse};
+use holdfast_engine::idempotency::{Begin, Fingerprint, IdemKey, IdemOutcome, StoredResponse};
 use holdfast_engine::journal::Durable;
 use holdfast_engine::node::RETRY_AFTER_S;
+use holdfast_engine::saga::IdemRequest;
 use holdfast_engine::Node;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -179,7 +179,7 @@ async fn settle(answer: Answer, durable: Vec<Durable>) -> Answer {
 /// the body as the handler read it, serialised again (so key order and whitespace do not
 /// matter). Fingerprints are stored with their keys: changing this computation would turn
 /// every retry of a stored key into `IDEMPOTENCY_KEY_REUSED` after an upgrade.
-fn fingerprint<B: Serialize>(what: &str, body: &B) -> Fingerprint {
+pub(crate) fn fingerprint<B: Serialize>(what: &str, body: &B) -> Fingerprint {
     let mut hasher = Sha256::new();
     hasher.update(what.as_bytes());
     hasher.update(b"\n");
@@ -193,7 +193,7 @@ fn is_stored(status: StatusCode) -> bool {
 }
 
 /// The stored form of `answer`, `None` when it is not stored (the key is then forgotten).
-fn to_stored(answer: &Answer) -> Option<StoredResponse> {
+pub(crate) fn to_stored(answer: &Answer) -> Option<StoredResponse> {
     let (status, body) = match answer {
         Ok(json) => (json.status, json.body.clone()),
         Err(e) => (
@@ -207,7 +207,7 @@ fn to_stored(answer: &Answer) -> Option<StoredResponse> {
     })
 }
 
-fn replay(stored: &StoredResponse) -> Response {
+pub(crate) fn replay(stored: &StoredResponse) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, stored.body.to_string());
     response
@@ -217,6 +217,49 @@ fn replay(stored: &StoredResponse) -> Response {
 }
 
 // ---- the protocol ---------------------------------------------------------------------
+
+/// The key of `caller` as the engine keeps it: the caller, the key, the fingerprint of
+/// `what` and `body`, and the shard where the caller's keys live (a citizen's own shard).
+pub(crate) fn idem_request<B: Serialize>(
+    state: &AppState,
+    caller: &Caller,
+    key: &IdempotencyKey,
+    what: &str,
+    body: &B,
+) -> IdemRequest {
+    IdemRequest {
+        caller: caller.0.sub.as_str().into(),
+        key: key.as_str().into(),
+        fingerprint: fingerprint(what, body),
+        home: home_of(state, caller),
+    }
+}
+
+/// The shard where `caller`'s keys live.
+fn home_of(state: &AppState, caller: &Caller) -> u32 {
+    let citizen = match caller.0.role {
+        crate::auth::Role::Citizen => caller.0.citizen_id.as_deref(),
+        _ => None,
+    };
+    state.node.idempotency_home(&caller.0.sub, citizen)
+}
+
+/// `IDEMPOTENCY_KEY_REUSED`.
+pub(crate) fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "IDEMPOTENCY_KEY_REUSED",
+        "this Idempotency-Key was used with a different request",
+    )
+}
+
+/// The first request with a key did not finish, or a bound was reached: retry.
+pub(crate) fn key_busy() -> ApiError {
+    ApiError::unavailable(
+        RETRY_AFTER_S,
+        "the request with this Idempotency-Key did not complete, or too many are in flight; retry shortly",
+    )
+}
 
 /// Runs a mutating request under the Idempotency-Key protocol (docs/API.md, Conventions).
 ///
@@ -244,66 +287,49 @@ where
             settle(answer, durable).await.into_response()
         }),
         Some(key) => {
-            let fingerprint = fingerprint(what, body);
+            let idem = idem_request(state, caller, &key, what, body);
             let node = state.node.clone();
-            let caller = caller.0.sub.clone();
-            tokio::spawn(async move { under_key(&node, &caller, &key, fingerprint, run).await })
+            tokio::spawn(async move { under_key(&node, idem, run).await })
         }
     };
     task.await
         .unwrap_or_else(|e| ApiError::internal(format!("request task failed: {e}")).into_response())
 }
 
-/// Begins `key` on the caller's shard and acts on what it says: run the request, replay a
+/// Begins the key on its home shard and acts on what it says: run the request, replay a
 /// stored answer, or refuse.
-async fn under_key<F, Fut, R>(
-    node: &Node,
-    caller: &str,
-    key: &IdempotencyKey,
-    fingerprint: Fingerprint,
-    run: F,
-) -> Response
+async fn under_key<F, Fut, R>(node: &Node, idem: IdemRequest, run: F) -> Response
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
     R: IntoDeferred,
 {
+    let key = IdemKey {
+        caller: idem.caller.clone(),
+        key: idem.key.clone(),
+    };
     let outcome = match node
-        .idempotency_begin(caller, key.as_str(), fingerprint)
+        .idempotency_begin_at(idem.home, key.clone(), idem.fingerprint)
         .await
     {
         Ok(outcome) => outcome,
         Err(e) => return ApiError::from(e).into_response(),
     };
     match outcome {
-        IdemOutcome::Begin(Begin::Proceed) => first(node, caller, key, run).await,
+        IdemOutcome::Begin(Begin::Proceed) => first(node, idem.home, key, run).await,
         IdemOutcome::Begin(Begin::Replay(stored)) | IdemOutcome::Finished(Some(stored)) => {
             replay(&stored)
         }
-        IdemOutcome::Begin(Begin::Mismatch) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "IDEMPOTENCY_KEY_REUSED",
-            "this Idempotency-Key was used with a different request",
-        )
-        .into_response(),
-        IdemOutcome::Finished(None) => ApiError::unavailable(
-            RETRY_AFTER_S,
-            "the first request with this Idempotency-Key did not complete; retry",
-        )
-        .into_response(),
-        IdemOutcome::Begin(Begin::Full) | IdemOutcome::Begin(Begin::Queued) => {
-            ApiError::unavailable(
-                RETRY_AFTER_S,
-                "too many idempotent requests in flight; retry shortly",
-            )
-            .into_response()
-        }
+        IdemOutcome::Begin(Begin::Mismatch) => key_reused().into_response(),
+        IdemOutcome::Finished(None)
+        | IdemOutcome::Begin(Begin::Full)
+        | IdemOutcome::Begin(Begin::Queued) => key_busy().into_response(),
     }
 }
 
 /// The first request with `key`: runs it, then finishes the key with its answer (stored, or
 /// forgotten when it may be retried).
-async fn first<F, Fut, R>(node: &Node, caller: &str, key: &IdempotencyKey, run: F) -> Response
+async fn first<F, Fut, R>(node: &Node, home: u32, key: IdemKey, run: F) -> Response
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
@@ -318,10 +344,7 @@ where
     // replay after a crash finds it instead of running the request again. The record is
     // queued behind the events (one writer, in order), so both usually share one group
     // commit.
-    match node
-        .idempotency_finish_deferred(caller, key.as_str(), stored)
-        .await
-    {
+    match node.idempotency_finish_at(home, key, stored).await {
         Ok(record) => {
             durable.push(record);
             settle(answer, durable).await.into_response()

@@ -16,6 +16,8 @@ use crate::qr::QrKey;
 pub struct Settings {
     pub hold_ttl_ms: i64,
     pub max_hold_ms: i64,
+    /// `--reschedule-notice`: no reschedule when the old slot starts within this (0: off).
+    pub reschedule_notice_ms: i64,
 }
 
 /// The state of the HTTP application, cloned into every request.

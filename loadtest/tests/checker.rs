@@ -813,6 +813,7 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
         settings: Settings {
             hold_ttl_ms: 300_000,
             max_hold_ms: 900_000,
+            reschedule_notice_ms: 0,
         },
         clock: Arc::new(SystemClock),
         storage: Storage::Memory,

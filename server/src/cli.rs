@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// operations; accepted now, acted on when that work lands).
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
     pub no_show_grace: Duration,
+    /// A reschedule is refused (409 TOO_LATE) when the old appointment's slot starts within
+    /// this much time; 0s (the default) turns the rule off.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub reschedule_notice: Duration,
     /// sync: answer after the change is on disk (sled flush + fdatasync, group-committed);
     /// async: answer before the flush; a machine crash may lose about the last 5 ms of
     /// acknowledged changes (a process crash alone loses nothing the OS already has).

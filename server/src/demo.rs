@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(totals(&node).await, after_first);
         // The printed walk-through books citizen 1 at clinic 1's first slot: it must be eligible.
         let booked = node
-            .book(holdfast_engine::BookRequest {
+            .book_and_wait(holdfast_engine::BookRequest {
                 clinic_id: clinic_id(1),
                 slot_id: first.first_slot_id.clone(),
                 vaccine: "pfz".into(),

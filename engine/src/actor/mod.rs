@@ -31,11 +31,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::command::{Command, Query, QueryAnswer};
+use crate::command::{Command, Query, QueryAnswer, SettleClaims, TakeClaim};
 use crate::error::{DomainError, EngineError, RecoveryError};
 use crate::idempotency::{Fingerprint, IdemKey, IdemOutcome, StoredResponse};
 use crate::journal::{Durable, Journal};
 use crate::publish::Publisher;
+use crate::reconcile::Settler;
 use crate::view::Output;
 
 pub use runtime::ShardRuntime;
@@ -82,11 +83,38 @@ pub enum ShardMsg {
         Option<StoredResponse>,
         RpcReplyPort<Result<Durable, EngineError>>,
     ),
+    /// Begins a booking on the citizen's shard: the Idempotency-Key (when it lives in this
+    /// shard) and the claim, in one step.
+    BeginBooking(
+        Option<(IdemKey, Fingerprint)>,
+        TakeClaim,
+        RpcReplyPort<BeginAnswer>,
+    ),
+    /// Ends a booking on the citizen's shard: settles the claim and stores the key's answer
+    /// (when it lives in this shard), in one step. Answered at once, with a [`Durable`] for
+    /// both.
+    FinishBooking(
+        SettleClaims,
+        Option<(IdemKey, Option<StoredResponse>)>,
+        RpcReplyPort<Result<Durable, EngineError>>,
+    ),
     /// The timer's wake-up: act on due deadlines, housekeeping.
     Tick,
     /// Writes a snapshot now (graceful shutdown); answered with its sequence number once
     /// stored.
     SnapshotNow(RpcReplyPort<Result<u64, EngineError>>),
+}
+
+/// What [`ShardMsg::BeginBooking`] answers.
+pub enum BeginAnswer {
+    /// The key was not new: replay, mismatch or a bound (the claim was not looked at).
+    Key(IdemOutcome),
+    /// The same key is running: its answer arrives here.
+    Wait(tokio::sync::oneshot::Receiver<IdemOutcome>),
+    /// The key is new (or there was none) and the claim was decided.
+    Claim(Box<Applied>),
+    /// The shard takes no writes now.
+    Refused(EngineError),
 }
 
 pub struct ShardArgs {
@@ -99,6 +127,8 @@ pub struct ShardArgs {
     pub snapshot_every_records: u64,
     /// Where the shard publishes its phase; the node holds a receiver.
     pub phase: Arc<watch::Sender<ShardPhase>>,
+    /// Where the shard sends the claim notices of its durable appointment changes.
+    pub settler: Option<Settler>,
 }
 
 pub struct ShardActor;
@@ -138,6 +168,8 @@ impl Actor for ShardActor {
             ShardMsg::IdemFinish(key, response, reply) => {
                 rt.idempotency_finish(key, response, reply)
             }
+            ShardMsg::BeginBooking(key, take, reply) => rt.begin_booking(key, take, reply),
+            ShardMsg::FinishBooking(settle, key, reply) => rt.finish_booking(settle, key, reply),
             ShardMsg::Tick => rt.tick(),
             ShardMsg::SnapshotNow(reply) => rt.snapshot_now(reply),
         }

@@ -9,23 +9,28 @@ use ractor::RpcReplyPort;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{Applied, ExecResult, ShardArgs, ShardPhase};
+use super::{Applied, BeginAnswer, ExecResult, ShardArgs, ShardPhase};
+use crate::claims::Settle;
 use crate::clock::{Clock, UnixMs};
-use crate::command::{Command, Query, QueryAnswer};
+use crate::command::TakeClaim;
+use crate::command::{Command, Query, QueryAnswer, SettleClaims};
 use crate::error::{DomainError, EngineError, JournalError};
 use crate::event::Event;
 use crate::idempotency::{
-    Fingerprint, IdemKey, IdemOutcome, IdempotencyRecord, IdempotencyTable, StoredResponse,
+    Begin, Fingerprint, IdemKey, IdemOutcome, IdempotencyRecord, IdempotencyTable, StoredResponse,
 };
 use crate::journal::{encode, Done, Durable, Journal, LogRecord};
 use crate::publish::{Published, Publisher};
+use crate::reconcile::Settler;
 use crate::shard::ShardState;
 use crate::view::{Output, RuntimeCounts};
 
-/// Log records of one message, and the changes to publish once they are stored.
+/// Log records of one message, and what to tell once they are stored: the changes to
+/// publish and the claim notices to send.
 struct Taken {
     records: Vec<(u64, Vec<u8>)>,
     published: Vec<Published>,
+    notices: Vec<Settle>,
 }
 
 pub struct ShardRuntime {
@@ -36,6 +41,7 @@ pub struct ShardRuntime {
     pub(super) earliest_tx: watch::Sender<Option<UnixMs>>,
     pub(super) journal: Arc<dyn Journal>,
     publisher: Arc<Publisher>,
+    settler: Option<Settler>,
     /// Events applied by the current message, on their way to the journal.
     events: Vec<Event>,
     events_applied: u64,
@@ -76,6 +82,7 @@ impl ShardRuntime {
             earliest_tx,
             journal: args.journal,
             publisher: args.publisher,
+            settler: args.settler,
             events: Vec::new(),
             events_applied: 0,
             wal_seq: 0,
@@ -228,8 +235,12 @@ impl ShardRuntime {
         let at_ms = if watched { self.clock.now_ms() } else { 0 };
         let mut records = Vec::with_capacity(self.events.len());
         let mut published = Vec::new();
+        let mut notices = Vec::new();
         for event in self.events.drain(..) {
             self.wal_seq += 1;
+            if self.settler.is_some() {
+                notices.extend(self.state.notice_for(&event));
+            }
             if watched {
                 published.push(Published {
                     shard: self.shard,
@@ -240,20 +251,34 @@ impl ShardRuntime {
             }
             records.push((self.wal_seq, encode(&LogRecord::Event(event))));
         }
-        Taken { records, published }
+        Taken {
+            records,
+            published,
+            notices,
+        }
     }
 
     /// Hands records to the journal; once stored, their changes are published and `done`
     /// runs.
     fn submit(&mut self, taken: Taken, done: Done) {
-        let Taken { records, published } = taken;
-        let done: Done = if published.is_empty() {
+        let Taken {
+            records,
+            published,
+            notices,
+        } = taken;
+        let done: Done = if published.is_empty() && notices.is_empty() {
             done
         } else {
             let publisher = self.publisher.clone();
+            let settler = self.settler.clone();
             Box::new(move |stored| {
                 if stored.is_ok() {
-                    publisher.publish(published);
+                    if !published.is_empty() {
+                        publisher.publish(published);
+                    }
+                    if let (Some(settler), false) = (settler, notices.is_empty()) {
+                        settler.send(notices);
+                    }
                 }
                 done(stored);
             })
@@ -336,10 +361,77 @@ impl ShardRuntime {
         let taken = Taken {
             records,
             published: Vec::new(),
+            notices: Vec::new(),
         };
         self.submit(taken, done);
         let _ = reply.send(Ok(durable));
         self.maybe_snapshot();
+    }
+
+    // ---- the citizen side of a booking ---------------------------------------------
+
+    /// Begins the key (when it lives here), then decides the claim: one message, one step.
+    pub(super) fn begin_booking(
+        &mut self,
+        key: Option<(IdemKey, Fingerprint)>,
+        take: TakeClaim,
+        reply: RpcReplyPort<BeginAnswer>,
+    ) {
+        if let Err(e) = self.admit_write() {
+            let _ = reply.send(BeginAnswer::Refused(e));
+            return;
+        }
+        if let Some((key, fingerprint)) = key {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let now_ms = self.clock.now_ms();
+            let waiter = RpcReplyPort::from(tx);
+            match self.idempotency.begin(key, fingerprint, waiter, now_ms).0 {
+                Begin::Proceed => {}
+                Begin::Queued => {
+                    let _ = reply.send(BeginAnswer::Wait(rx));
+                    return;
+                }
+                other => {
+                    let _ = reply.send(BeginAnswer::Key(IdemOutcome::Begin(other)));
+                    return;
+                }
+            }
+        }
+        let result = self.run(Command::TakeClaim(take));
+        let (durable, done) = Durable::new(self.shard);
+        self.submit_applied(done);
+        let _ = reply.send(BeginAnswer::Claim(Box::new((result, durable))));
+    }
+
+    /// Settles the claim, then stores the key's answer (when it lives here): queued back to
+    /// back, so the record's [`Durable`] covers both.
+    pub(super) fn finish_booking(
+        &mut self,
+        settle: SettleClaims,
+        key: Option<(IdemKey, Option<StoredResponse>)>,
+        reply: RpcReplyPort<Result<Durable, EngineError>>,
+    ) {
+        let settled = self.admit_write().is_ok();
+        if settled {
+            let _ = self.run(Command::SettleClaims(settle));
+        }
+        match key {
+            Some((key, response)) => {
+                if !self.events.is_empty() {
+                    let taken = self.take_events();
+                    self.submit(taken, Box::new(|_| {}));
+                }
+                self.idempotency_finish(key, response, reply);
+            }
+            None if settled => {
+                let (durable, done) = Durable::new(self.shard);
+                self.submit_applied(done);
+                let _ = reply.send(Ok(durable));
+            }
+            None => {
+                let _ = reply.send(Err(EngineError::Unavailable { shard: self.shard }));
+            }
+        }
     }
 
     // ---- snapshots -----------------------------------------------------------------

@@ -3,13 +3,11 @@
 //! the live shard had. An event that does not fit the state is a broken log, not a case to
 //! handle: it panics rather than corrupting counters.
 
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use super::ShardState;
-use crate::appointments::SeqList;
 use crate::deadlines::Deadline;
 use crate::event::Event;
 use crate::model::{
@@ -63,9 +61,13 @@ impl ShardState {
                 );
                 s.cancelled = true;
             }
-            Event::CitizenPut { citizen_id, record } => {
-                self.citizens.insert(citizen_id.clone(), record.clone());
-            }
+            Event::CitizenPut { citizen_id, record } => self.put_citizen(citizen_id, record),
+            Event::ClaimTaken { citizen_id, claim } => self.claim_taken(citizen_id, claim),
+            Event::ClaimSettled {
+                citizen_id,
+                attempt,
+                outcome,
+            } => self.claim_settled(citizen_id, *attempt, outcome),
             Event::AppointmentReserved(appointment) => self.reserve((**appointment).clone()),
             Event::AppointmentConfirmed { seq, at_ms } => self.confirm(*seq, *at_ms),
             Event::AppointmentReleased { seq } => self.end_active(*seq, Status::Released),
@@ -78,6 +80,14 @@ impl ShardState {
             }
             Event::AppointmentAtRisk { seq, at_risk } => {
                 self.appointment_mut(*seq).at_risk = *at_risk;
+            }
+            Event::AppointmentMoved { seq, to } => {
+                let status = match self.appointments[seq].status {
+                    Status::Pending => Status::Released,
+                    _ => Status::Cancelled,
+                };
+                self.end_active(*seq, status);
+                self.appointment_mut(*seq).rescheduled_to = Some(*to);
             }
             Event::AppointmentNeedsReview { seq } => {
                 self.appointment_mut(*seq).needs_review = true;
@@ -187,12 +197,6 @@ impl ShardState {
         stock.reserved += 1;
         debug_assert!(stock.reserved <= stock.on_hand, "reserved beyond on hand");
         c.appointments.push(a.seq);
-        match self.by_citizen.entry(a.citizen.clone()) {
-            Entry::Occupied(mut seqs) => seqs.get_mut().push(a.seq),
-            Entry::Vacant(slot) => {
-                slot.insert(SeqList::One(a.seq));
-            }
-        }
         let deadline = a.expires_at_ms.expect("a hold has a deadline");
         self.deadlines
             .insert(deadline, Deadline::Hold { seq: a.seq });

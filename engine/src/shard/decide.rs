@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use super::{ShardState, EXPIRE_BATCH_MAX, SLOTS_PER_CLINIC_MAX};
+use crate::claims::ClaimOutcome;
 use crate::clock::UnixMs;
 use crate::command::{
-    AdjustStock, Cancel, CancelSlot, Command, Confirm, Hold, MarkForReview, PutCitizen, PutClinic,
+    AdjustStock, Cancel, CancelSlot, Command, Confirm, Hold, MarkForReview, Move, PutClinic,
     PutSlots, PutVaccine, ReceiveStock, Reject,
 };
 use crate::deadlines::Deadline;
@@ -19,11 +20,10 @@ use crate::model::{
 };
 
 /// What a decision answers, in terms of the state after its events are applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Reply {
     Ack,
     Appointment(u64),
-    Held(u64),
     Slots {
         clinic: u32,
         slot_ids: Vec<Arc<str>>,
@@ -37,6 +37,7 @@ pub enum Reply {
         vaccine: VaccineIdx,
     },
     Expired(usize),
+    Claim(ClaimOutcome),
 }
 
 /// The outcome of a decision: events to apply, then the answer. Some refusals still carry
@@ -48,14 +49,14 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn ok(events: Vec<Event>, reply: Reply) -> Self {
+    pub(super) fn ok(events: Vec<Event>, reply: Reply) -> Self {
         Decision {
             events,
             outcome: Ok(reply),
         }
     }
 
-    fn err(error: DomainError) -> Self {
+    pub(super) fn err(error: DomainError) -> Self {
         Decision {
             events: Vec::new(),
             outcome: Err(error),
@@ -87,7 +88,10 @@ impl ShardState {
             Command::PutSlots(c) => self.decide_put_slots(c).into(),
             Command::CancelSlot(c) => self.decide_cancel_slot(c).into(),
             Command::PutCitizen(c) => self.decide_put_citizen(c),
+            Command::TakeClaim(c) => self.decide_take_claim(c, now_ms),
+            Command::SettleClaims(c) => self.decide_settle_claims(c),
             Command::Hold(c) => self.decide_hold(c, now_ms).into(),
+            Command::Move(c) => self.decide_move(c).into(),
             Command::Confirm(c) => self.decide_confirm(c, now_ms).into(),
             Command::Cancel(c) => self.decide_cancel(c, now_ms).into(),
             Command::Reject(c) => self.decide_reject(c).into(),
@@ -273,19 +277,6 @@ impl ShardState {
         Ok(Decision::ok(events, reply))
     }
 
-    fn decide_put_citizen(&self, PutCitizen { citizen_id, record }: &PutCitizen) -> Decision {
-        match self.citizens.get(citizen_id.as_str()) {
-            Some(existing) if **existing == *record => Decision::ok(vec![], Reply::Ack),
-            _ => Decision::ok(
-                vec![Event::CitizenPut {
-                    citizen_id: citizen_id.as_str().into(),
-                    record: Arc::new(record.clone()),
-                }],
-                Reply::Ack,
-            ),
-        }
-    }
-
     fn decide_hold(&self, r: &Hold, now_ms: UnixMs) -> Result<Decision, DomainError> {
         let (clinic, slot) = self.clinic_and_slot(&r.clinic_id, &r.slot_id)?;
         let vaccine = self.vaccine_of(&r.vaccine)?;
@@ -312,6 +303,16 @@ impl ShardState {
         if c.stock.get(&vaccine).is_none_or(|s| s.available() <= 0) {
             return Err(DomainError::OutOfStock);
         }
+        if let Some(citizen) = &r.citizen {
+            let context = self.context_of(clinic, slot, vaccine);
+            let reasons = crate::eligibility::check(&r.vaccine, Some(citizen), &context);
+            if !reasons.is_empty() {
+                return Err(DomainError::NotEligible { reasons });
+            }
+        }
+        if r.not_after_ms.is_some_and(|deadline| now_ms > deadline) {
+            return Err(DomainError::ClaimLapsed);
+        }
         debug_assert!(r.hold_ms > 0);
         let seq = self.next_seq;
         let appointment = Appointment {
@@ -329,11 +330,31 @@ impl ShardState {
             needs_review: false,
             at_risk: false,
             rebook_priority: r.rebook_priority,
+            claim: r.claim,
+            rescheduled_from: r.rescheduled_from,
+            rescheduled_to: None,
         };
-        Ok(Decision::ok(
-            vec![Event::AppointmentReserved(Box::new(appointment))],
-            Reply::Held(seq),
-        ))
+        let mut events = vec![Event::AppointmentReserved(Box::new(appointment))];
+        if r.confirmed {
+            events.push(Event::AppointmentConfirmed { seq, at_ms: now_ms });
+        }
+        Ok(Decision::ok(events, Reply::Appointment(seq)))
+    }
+
+    /// The old appointment of a reschedule, once the new one exists.
+    fn decide_move(&self, &Move { seq, to }: &Move) -> Result<Decision, DomainError> {
+        let a = self
+            .appointments
+            .get(&seq)
+            .ok_or(DomainError::NotFound(Resource::Appointment))?;
+        Ok(match a.status {
+            Status::Pending | Status::Confirmed => Decision::ok(
+                vec![Event::AppointmentMoved { seq, to }],
+                Reply::Appointment(seq),
+            ),
+            _ if a.rescheduled_to == Some(to) => Decision::ok(vec![], Reply::Appointment(seq)),
+            status => Decision::err(DomainError::InvalidTransition { status }),
+        })
     }
 
     fn decide_confirm(
@@ -389,9 +410,14 @@ impl ShardState {
             .get(&seq)
             .ok_or(DomainError::NotFound(Resource::Appointment))?;
         Ok(match a.status {
-            // Compensation of a failed booking: it must return the seat even when the
+            // Compensation of a failed booking (or of a reschedule's new appointment, made
+            // CONFIRMED when the old one was): it must return the seat even when the
             // deadline has passed meanwhile, and a repeat is a no-op.
             Status::Pending => Decision::ok(
+                vec![Event::AppointmentRejected { seq }],
+                Reply::Appointment(seq),
+            ),
+            Status::Confirmed if a.rescheduled_from.is_some() => Decision::ok(
                 vec![Event::AppointmentRejected { seq }],
                 Reply::Appointment(seq),
             ),
@@ -458,6 +484,7 @@ impl ShardState {
                 clinic, vaccine, ..
             } => Some((*clinic, *vaccine)),
             Event::AppointmentReleased { seq }
+            | Event::AppointmentMoved { seq, .. }
             | Event::AppointmentExpired { seq }
             | Event::AppointmentRejected { seq }
             | Event::AppointmentCancelled { seq }

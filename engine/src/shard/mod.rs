@@ -5,11 +5,14 @@
 //! - [`apply`](self::apply): the only code that mutates the state, one event at a time; live
 //!   traffic ([`ShardState::execute`]) and recovery (replay of the log) share it;
 //! - [`query`](self::query): the read models and the answers to queries;
-//! - [`invariants`](self::invariants): the invariants, recomputed from the appointments.
+//! - [`invariants`](self::invariants): the invariants, recomputed from the appointments;
+//! - [`claims`](self::claims): the citizen side (records, claims, the appointment index),
+//!   decided and applied like the rest (see [`crate::claims`] for the design).
 //!
 //! Nothing here knows about actors, HTTP or disks.
 
 mod apply;
+mod claims;
 mod decide;
 mod invariants;
 mod query;
@@ -18,13 +21,14 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::appointments::{AppointmentTable, SeqList};
+use crate::appointments::AppointmentTable;
+use crate::claims::CitizenEntry;
 use crate::clock::UnixMs;
 use crate::command::Command;
 use crate::deadlines::DeadlineQueue;
 use crate::error::{DomainError, Resource};
 use crate::event::Event;
-use crate::model::{Appointment, Batch, CitizenRecord, Clinic, Vaccine, VaccineIdx};
+use crate::model::{Appointment, Batch, Clinic, Vaccine, VaccineIdx};
 use crate::view::{Output, ShardCounts};
 
 pub use decide::{Decision, Reply};
@@ -44,11 +48,13 @@ pub struct ShardState {
     vaccine_index: FxHashMap<Arc<str>, VaccineIdx>,
     clinics: Vec<Clinic>,
     clinic_index: FxHashMap<Arc<str>, u32>,
-    citizens: FxHashMap<Arc<str>, Arc<CitizenRecord>>,
+    /// The citizens whose shard this is: record, claim, appointment index (see
+    /// [`crate::claims`]).
+    citizens: FxHashMap<Arc<str>, CitizenEntry>,
     appointments: AppointmentTable,
-    /// Appointments of this shard's clinics by citizen, for the citizen's listing.
-    by_citizen: FxHashMap<Arc<str>, SeqList>,
     next_seq: u64,
+    /// The next claim attempt number of this shard's citizens.
+    next_attempt: u64,
     deadlines: DeadlineQueue,
     counts: ShardCounts,
 }
@@ -63,8 +69,8 @@ impl ShardState {
             clinic_index: FxHashMap::default(),
             citizens: FxHashMap::default(),
             appointments: AppointmentTable::default(),
-            by_citizen: FxHashMap::default(),
             next_seq: 1,
+            next_attempt: 1,
             deadlines: DeadlineQueue::default(),
             counts: ShardCounts::default(),
         }

@@ -10,7 +10,7 @@ use crate::command::{Query, QueryAnswer};
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::ids::AppointmentId;
-use crate::model::{CitizenRecord, Status, VaccineIdx, VaccineStock};
+use crate::model::{Status, VaccineIdx, VaccineStock};
 use crate::publish::Change;
 use crate::view::{
     AppointmentView, AvailabilityView, ClinicSummary, HoldContext, Output, ShardCounts, SlotView,
@@ -24,8 +24,31 @@ impl ShardState {
         Ok(match query {
             Query::Appointment { seq } => QueryAnswer::Appointment(self.appointment_view(*seq)),
             Query::CitizenAppointments { citizen_id } => {
-                QueryAnswer::Appointments(self.citizen_appointments(citizen_id))
+                QueryAnswer::AppointmentIds(self.citizen_appointment_ids(citizen_id))
             }
+            Query::Appointments { seqs } => QueryAnswer::Appointments(
+                seqs.iter()
+                    .filter_map(|&seq| self.appointment_view(seq))
+                    .collect(),
+            ),
+            Query::FindHold {
+                citizen_id,
+                attempt,
+            } => QueryAnswer::Appointment(self.find_hold(citizen_id, *attempt)),
+            Query::Bookable {
+                clinic_id,
+                slot_id,
+                vaccine,
+                now_ms,
+            } => QueryAnswer::Bookable(self.bookable(clinic_id, slot_id, vaccine, *now_ms)),
+            Query::Claims => QueryAnswer::Claims(self.claims()),
+            Query::ActiveAppointments => QueryAnswer::Appointments(
+                self.appointments
+                    .iter()
+                    .filter(|a| a.status.is_active())
+                    .filter_map(|a| self.appointment_view(a.seq))
+                    .collect(),
+            ),
             Query::Citizen { citizen_id } => QueryAnswer::Citizen(self.citizen(citizen_id)),
             Query::ClinicAppointments {
                 clinic_id,
@@ -71,10 +94,7 @@ impl ShardState {
             Reply::Appointment(seq) => {
                 Output::Appointment(self.appointment_view(seq).expect("exists"))
             }
-            Reply::Held(seq) => Output::Held(
-                self.appointment_view(seq).expect("exists"),
-                self.hold_context(seq),
-            ),
+
             Reply::Slots { clinic, slot_ids } => {
                 let c = &self.clinics[clinic as usize];
                 Output::Slots(
@@ -94,17 +114,53 @@ impl ShardState {
             },
             Reply::Stock { clinic, vaccine } => Output::Stock(self.stock_view(clinic, vaccine)),
             Reply::Expired(count) => Output::Expired(count),
+            Reply::Claim(outcome) => Output::Claim(outcome),
         }
     }
 
-    fn hold_context(&self, seq: u64) -> HoldContext {
-        let a = &self.appointments[&seq];
-        let c = &self.clinics[a.clinic as usize];
+    /// The PENDING hold made under a claim's attempt (its deadline queue names every
+    /// PENDING hold, so this reads no other appointment).
+    fn find_hold(&self, citizen_id: &str, attempt: u64) -> Option<AppointmentView> {
+        self.deadlines
+            .iter()
+            .filter_map(|(_, deadline)| match deadline {
+                crate::deadlines::Deadline::Hold { seq } => self.appointments.get(&seq),
+            })
+            .find(|a| a.claim == attempt && *a.citizen == *citizen_id)
+            .and_then(|a| self.appointment_view(a.seq))
+    }
+
+    /// The checks of a booking that come before `ALREADY_BOOKED`, in the contract's order.
+    fn bookable(
+        &self,
+        clinic_id: &str,
+        slot_id: &str,
+        vaccine: &str,
+        now_ms: UnixMs,
+    ) -> Result<(), DomainError> {
+        let (clinic, slot) = self.clinic_and_slot(clinic_id, slot_id)?;
+        let vaccine = self.vaccine_of(vaccine)?;
+        let s = &self.clinics[clinic as usize].slots[slot as usize];
+        if s.cancelled {
+            return Err(DomainError::SlotCancelled);
+        }
+        if now_ms >= s.start_ms {
+            return Err(DomainError::SlotStarted);
+        }
+        if !s.vaccines.contains(&vaccine) {
+            return Err(DomainError::VaccineNotOffered);
+        }
+        Ok(())
+    }
+
+    /// What the rules of a booking read about its slot.
+    pub(super) fn context_of(&self, clinic: u32, slot: u32, vaccine: VaccineIdx) -> HoldContext {
+        let c = &self.clinics[clinic as usize];
         HoldContext {
-            slot_start_ms: c.slots[a.slot as usize].start_ms,
+            slot_start_ms: c.slots[slot as usize].start_ms,
             clinic_region: c.info.region.clone(),
             clinic_timezone: c.info.timezone.clone(),
-            rules: self.vaccines[a.vaccine as usize].rules.clone(),
+            rules: self.vaccines[vaccine as usize].rules.clone(),
         }
     }
 
@@ -133,6 +189,9 @@ impl ShardState {
             needs_review: a.needs_review,
             at_risk: a.at_risk,
             rebook_priority: a.rebook_priority,
+            rescheduled_from: a.rescheduled_from,
+            rescheduled_to: a.rescheduled_to,
+            slot_start_ms: c.slots[a.slot as usize].start_ms,
         })
     }
 
@@ -197,23 +256,6 @@ impl ShardState {
             .take(limit)
             .filter_map(|a| self.appointment_view(a.seq))
             .collect())
-    }
-
-    /// This shard's appointments of one citizen, oldest first.
-    pub fn citizen_appointments(&self, citizen_id: &str) -> Vec<AppointmentView> {
-        self.by_citizen
-            .get(citizen_id)
-            .map(|seqs| {
-                seqs.as_slice()
-                    .iter()
-                    .filter_map(|&seq| self.appointment_view(seq))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub fn citizen(&self, citizen_id: &str) -> Option<Arc<CitizenRecord>> {
-        self.citizens.get(citizen_id).cloned()
     }
 
     pub fn availability(
@@ -367,6 +409,15 @@ impl ShardState {
                 clinic_id: clinic_id(self.appointments[seq].clinic),
                 at_risk: *at_risk,
             },
+            Event::AppointmentMoved { seq, .. } => {
+                let a = &self.appointments[seq];
+                self.status_change(*seq, a.status)
+            }
+            Event::ClaimTaken { citizen_id, .. } | Event::ClaimSettled { citizen_id, .. } => {
+                Change::CitizenClaim {
+                    citizen_id: citizen_id.clone(),
+                }
+            }
             Event::AppointmentNeedsReview { seq } => Change::AppointmentNeedsReview {
                 appointment_id: self.id_of(*seq),
                 clinic_id: clinic_id(self.appointments[seq].clinic),

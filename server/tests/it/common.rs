@@ -29,7 +29,7 @@ pub const MAX_HOLD_MS: i64 = 900_000;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every field an appointment body always has (docs/API.md, Booking).
-pub const APPOINTMENT_FIELDS: [&str; 14] = [
+pub const APPOINTMENT_FIELDS: [&str; 16] = [
     "appointment_id",
     "status",
     "clinic_id",
@@ -44,6 +44,8 @@ pub const APPOINTMENT_FIELDS: [&str; 14] = [
     "needs_review",
     "at_risk",
     "rebook_priority",
+    "rescheduled_from",
+    "rescheduled_to",
 ];
 
 static KEYS: AtomicU64 = AtomicU64::new(0);
@@ -668,6 +670,7 @@ pub fn test_config(
         settings: Settings {
             hold_ttl_ms,
             max_hold_ms,
+            reschedule_notice_ms: 0,
         },
         clock: Arc::new(SystemClock),
         storage,

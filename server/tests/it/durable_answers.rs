@@ -140,37 +140,44 @@ async fn a_booking_is_answered_only_once_its_hold_and_its_idempotency_record_are
     let api = h.api.clone();
     let booking = tokio::spawn(async move { api.book("p1", "c1", "s1").await });
 
-    // Both writes of the booking are queued together, before either is stored: the hold on
-    // the clinic's shard, then the idempotency record on the caller's shard.
-    wait_until("the hold and the idempotency record to be queued", || {
-        journal.queued().len() >= 2
-    })
+    // Every write of the booking is queued before any is stored, so they can share one group
+    // commit: the claim on the citizen's shard, the hold on the clinic's shard, then the
+    // claim's binding and the idempotency record on the citizen's shard (where a citizen's
+    // keys live).
+    wait_until(
+        "the claim, the hold and the idempotency record to be queued",
+        || {
+            journal
+                .queued()
+                .iter()
+                .any(|(_, kinds)| kinds.contains(&"idempotency"))
+        },
+    )
     .await;
     let queued = journal.queued();
     let clinic_shard = h.node().clinic_shard("c1");
-    assert_eq!(queued[0].0, clinic_shard, "{queued:?}");
+    let citizen_shard = h.node().citizen_shard("p1");
+    assert_ne!(clinic_shard, citizen_shard, "the test needs two shards");
+    assert_eq!(queued[0].0, citizen_shard, "the claim first: {queued:?}");
     assert!(queued[0].1.contains(&"event"), "{queued:?}");
-    assert!(
-        queued
-            .iter()
-            .skip(1)
-            .any(|(_, kinds)| kinds.contains(&"idempotency")),
-        "{queued:?}"
-    );
+    assert_eq!(queued[1].0, clinic_shard, "then the hold: {queued:?}");
+    assert!(queued[1].1.contains(&"event"), "{queued:?}");
+    let last = queued.last().unwrap();
+    assert_eq!(last.0, citizen_shard, "{queued:?}");
+    assert!(last.1.contains(&"idempotency"), "{queued:?}");
     tokio::time::sleep(HOLD_BACK).await;
     assert!(
         !booking.is_finished(),
         "answered before anything was stored"
     );
 
-    // The hold alone is not enough.
-    journal.complete(1);
+    // The claim and the hold alone are not enough.
+    journal.complete(2);
     tokio::time::sleep(HOLD_BACK).await;
     assert!(
         !booking.is_finished(),
         "answered before its idempotency record was stored"
     );
-
     journal.complete(usize::MAX);
     let answer = tokio::time::timeout(WAIT, booking)
         .await

@@ -384,7 +384,6 @@ async fn a_confirm_or_cancel_body_is_optional() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: the citizen claim arrives with the citizen-saga work; a citizen with a PENDING or CONFIRMED appointment can book again (node.rs saga step 1 only reads the citizen)"]
 async fn a_citizen_holds_at_most_one_active_appointment() {
     let h = Harness::start().await;
     h.standard_vaccine(VACCINE).await;

@@ -196,7 +196,6 @@ async fn priority_reserve_seats_are_not_for_ordinary_bookings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: rebook priority needs the citizen side of the saga (the citizen-saga work); so a citizen whose appointment was CLINIC_CANCELLED cannot get a priority_reserve seat"]
 async fn a_clinic_cancelled_citizen_rebooks_into_the_priority_reserve() {
     let h = Harness::start().await;
     h.standard_vaccine(VACCINE).await;

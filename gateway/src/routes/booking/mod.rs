@@ -6,18 +6,21 @@ pub mod types;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use holdfast_engine::command::{Cancel, Confirm};
+use holdfast_engine::saga::{Booked, RescheduleRequest};
 use holdfast_engine::view::AppointmentView;
-use holdfast_engine::{AppointmentId, Command, Output, Status};
+use holdfast_engine::{AppointmentId, Command, DomainError, Output, Status};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
-use crate::idempotency::{idempotent, json, Deferred, IdempotencyHeader};
+use crate::idempotency::{
+    idem_request, idempotent, json, key_busy, key_reused, replay, to_stored, IdempotencyHeader,
+};
 use crate::qr::QrKey;
 use crate::routes::fields::check_id;
 use crate::routes::{require_authority_or_staff_of, unexpected};
@@ -25,6 +28,7 @@ use crate::state::AppState;
 
 use self::types::{
     AppointmentJson, AppointmentsJson, ClinicAppointmentsQuery, CreateAppointmentBody,
+    RescheduleBody,
 };
 
 /// Most appointments one listing returns.
@@ -35,6 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_appointment))
         .routes(routes!(confirm_appointment))
         .routes(routes!(cancel_appointment))
+        .routes(routes!(reschedule_appointment))
         .routes(routes!(get_appointment))
         .routes(routes!(appointment_qr))
         .routes(routes!(citizen_appointments))
@@ -111,22 +116,122 @@ async fn create_appointment(
     let key = key.required(WHAT)?;
     may_book(&caller, &body.citizen_id)?;
     let request = body.book_request(&state.settings);
+    let idem = idem_request(&state, &caller, &key, WHAT, &body);
     let app = state.clone();
-    let answer = idempotent(
-        &state,
-        &caller,
-        Some(key),
-        WHAT,
-        &body,
-        move || async move {
-            let (outcome, durable) = app.node.book_deferred(request).await;
-            let answer = outcome
-                .map_err(ApiError::from)
-                .and_then(|appointment| json(StatusCode::CREATED, &render(&app, &appointment)));
-            Deferred { answer, durable }
-        },
-    );
-    Ok(answer.await)
+    let task = tokio::spawn(async move {
+        let booked = app.node.book(request, Some(idem)).await;
+        answer_booked(&app, booked).await
+    });
+    Ok(joined(task).await)
+}
+
+/// Moves a PENDING or CONFIRMED appointment to another slot (any clinic) in one step: the
+/// new seat and dose are secured first, the old ones return once the new appointment
+/// exists. Requires an Idempotency-Key.
+#[utoipa::path(post, path = "/v1/appointments/{id}/reschedule", tag = "booking",
+    request_body = RescheduleBody,
+    params(("id" = String, Path, description = "appointment id"),
+        ("Idempotency-Key" = String, Header, description = "required; 1-128 printable ASCII")),
+    responses((status = 201, body = AppointmentJson, description = "the new appointment, with rescheduled_from"),
+        (status = 400, body = ErrorBody, description = "BAD_REQUEST or IDEMPOTENCY_KEY_REQUIRED"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "INVALID_TRANSITION, TOO_LATE, or a create error (SOLD_OUT, OUT_OF_STOCK, SLOT_CANCELLED, SLOT_STARTED, VACCINE_NOT_OFFERED, ALREADY_BOOKED)"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "NOT_ELIGIBLE (details.reasons) or IDEMPOTENCY_KEY_REUSED"),
+        (status = 503, body = ErrorBody, description = "UNAVAILABLE, with Retry-After")),
+    security(("bearer" = [])))]
+async fn reschedule_appointment(
+    State(state): State<AppState>,
+    caller: Caller,
+    key: IdempotencyHeader,
+    StrictPath(id): StrictPath<String>,
+    StrictJson(body): StrictJson<RescheduleBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let what = format!("POST /v1/appointments/{id}/reschedule");
+    body.validate()?;
+    let key = key.required(&what)?;
+    if !matches!(caller.0.role, Role::Citizen | Role::Authority) {
+        return Err(ApiError::forbidden(
+            "only the citizen or an authority may reschedule an appointment",
+        ));
+    }
+    let from = load(&state, &id).await?;
+    if caller.0.role == Role::Citizen && caller.0.citizen_id.as_deref() != Some(&*from.citizen_id) {
+        return Err(ApiError::forbidden(
+            "this appointment belongs to someone else",
+        ));
+    }
+    let idem = idem_request(&state, &caller, &key, &what, &body);
+    let app = state.clone();
+    let task = tokio::spawn(async move {
+        if let Some(refused) = may_move(&app, &from) {
+            return refused.into_response();
+        }
+        let request = RescheduleRequest {
+            from,
+            clinic_id: body.clinic_id.clone(),
+            slot_id: body.slot_id.clone(),
+            hold_ms: body.hold_ms(&app.settings),
+        };
+        let booked = app.node.reschedule(request, Some(idem)).await;
+        answer_booked(&app, booked).await
+    });
+    Ok(joined(task).await)
+}
+
+/// `INVALID_TRANSITION` unless PENDING or CONFIRMED, then `TOO_LATE` within
+/// `--reschedule-notice` of the old slot's start.
+fn may_move(state: &AppState, from: &AppointmentView) -> Option<ApiError> {
+    if !from.status.is_active() {
+        return Some(
+            DomainError::InvalidTransition {
+                status: from.status,
+            }
+            .into(),
+        );
+    }
+    let notice = state.settings.reschedule_notice_ms;
+    if notice > 0 && from.slot_start_ms - state.node.now_ms() < notice {
+        return Some(
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "TOO_LATE",
+                "the appointment starts too soon to be rescheduled",
+            )
+            .with_detail("notice_seconds", notice / 1000),
+        );
+    }
+    None
+}
+
+/// Answers a saga under its key: a replay as first sent, or the saga's outcome, stored with
+/// the claim's settlement in one message, once everything it depends on is durable.
+async fn answer_booked(state: &AppState, booked: Booked) -> Response {
+    let booking = match booked {
+        Booked::Replay(stored) => return replay(&stored),
+        Booked::KeyReused => return key_reused().into_response(),
+        Booked::Busy => return key_busy().into_response(),
+        Booked::Ran(booking) => booking,
+    };
+    let answer = match booking.outcome() {
+        Ok(a) => json(StatusCode::CREATED, &render(state, a)),
+        Err(e) => Err(ApiError::from(e.clone())),
+    };
+    let stored = to_stored(&answer);
+    match booking.finish(&state.node, stored).await {
+        Ok(_) => answer.into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "a booking's records could not be stored");
+            ApiError::from(e).into_response()
+        }
+    }
+}
+
+/// The answer of a request's own task (a client that disconnects does not abandon a saga
+/// half way).
+async fn joined(task: tokio::task::JoinHandle<Response>) -> Response {
+    task.await
+        .unwrap_or_else(|e| ApiError::internal(format!("request task failed: {e}")).into_response())
 }
 
 /// What a citizen (or an authority) may do to an appointment after booking it.
@@ -288,7 +393,10 @@ async fn citizen_appointments(
             ))
         }
     }
-    let all = state.node.citizen_appointments(&citizen_id).await?;
+    let all = state
+        .node
+        .citizen_appointments(&citizen_id, LISTING_APPOINTMENTS_MAX)
+        .await?;
     let appointments = all
         .iter()
         .take(LISTING_APPOINTMENTS_MAX)

@@ -34,24 +34,12 @@ impl CreateAppointmentBody {
         check_id("slot_id", &self.slot_id)?;
         check_id("vaccine", &self.vaccine)?;
         check_id("citizen_id", &self.citizen_id)?;
-        if let Some(s) = self.hold_seconds {
-            if s < 1 {
-                return Err(ApiError::bad_request(
-                    "hold_seconds",
-                    "hold_seconds must be 1 or more",
-                ));
-            }
-        }
-        Ok(())
+        check_hold_seconds(self.hold_seconds)
     }
 
     /// The saga's request: the hold asked for, clamped to `--max-hold`, or `--hold-ttl`.
     pub fn book_request(&self, settings: &Settings) -> BookRequest {
-        let hold_ms = self
-            .hold_seconds
-            .map(|s| s.min(HOLD_SECONDS_MAX) * 1000)
-            .unwrap_or(settings.hold_ttl_ms)
-            .min(settings.max_hold_ms);
+        let hold_ms = hold_ms(self.hold_seconds, settings);
         BookRequest {
             clinic_id: self.clinic_id.clone(),
             slot_id: self.slot_id.clone(),
@@ -60,6 +48,48 @@ impl CreateAppointmentBody {
             hold_ms,
         }
     }
+}
+
+/// `POST /v1/appointments/{id}/reschedule`: where to (vaccine and citizen stay).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleBody {
+    pub clinic_id: String,
+    pub slot_id: String,
+    /// As on create: at least 1, clamped by `--max-hold`, absent: `--hold-ttl`. Used when
+    /// the appointment moved is PENDING.
+    #[serde(default)]
+    pub hold_seconds: Option<i64>,
+}
+
+impl RescheduleBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_id("clinic_id", &self.clinic_id)?;
+        check_id("slot_id", &self.slot_id)?;
+        check_hold_seconds(self.hold_seconds)
+    }
+
+    pub fn hold_ms(&self, settings: &Settings) -> i64 {
+        hold_ms(self.hold_seconds, settings)
+    }
+}
+
+fn check_hold_seconds(hold_seconds: Option<i64>) -> Result<(), ApiError> {
+    match hold_seconds {
+        Some(s) if s < 1 => Err(ApiError::bad_request(
+            "hold_seconds",
+            "hold_seconds must be 1 or more",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The hold asked for, clamped to `--max-hold`, or `--hold-ttl`.
+fn hold_ms(hold_seconds: Option<i64>, settings: &Settings) -> i64 {
+    hold_seconds
+        .map(|s| s.min(HOLD_SECONDS_MAX) * 1000)
+        .unwrap_or(settings.hold_ttl_ms)
+        .min(settings.max_hold_ms)
 }
 
 /// An appointment: every field is always present, `null` where it does not apply.
@@ -82,6 +112,10 @@ pub struct AppointmentJson {
     pub needs_review: bool,
     pub at_risk: bool,
     pub rebook_priority: bool,
+    /// The appointment this one replaced (a reschedule).
+    pub rescheduled_from: Option<String>,
+    /// The appointment that replaced this one (a reschedule).
+    pub rescheduled_to: Option<String>,
     /// Set while CONFIRMED: the token the clinic scans (also as `qr.svg`).
     pub qr_token: Option<String>,
 }
@@ -103,6 +137,8 @@ impl AppointmentJson {
             needs_review: a.needs_review,
             at_risk: a.at_risk,
             rebook_priority: a.rebook_priority,
+            rescheduled_from: a.rescheduled_from.map(|id| id.to_string()),
+            rescheduled_to: a.rescheduled_to.map(|id| id.to_string()),
             qr_token,
         }
     }

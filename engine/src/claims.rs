@@ -1,0 +1,203 @@
+//! The citizen side of booking: one claim per citizen, kept in the citizen's shard, which
+//! enforces "at most one PENDING or CONFIRMED appointment per citizen, anywhere"
+//! (docs/ARCHITECTURE.md, "A booking across two shards").
+//!
+//! # The design
+//!
+//! A citizen's shard keeps, per citizen, the record an authority stored, the index of the
+//! citizen's appointments (so a listing asks that shard, then only the shards holding them),
+//! the `rebook_priority` a clinic cancellation earned, and at most one [`Claim`]. A claim
+//! names the booking attempt that owns the citizen: its attempt number (unique in the
+//! citizen's shard), the clinic's shard, the appointment once it exists (`seq`), the hold's
+//! deadline, the deadline after which no hold may be made for it (`not_after_ms`), and its
+//! origin (the caller, Idempotency-Key and body that started it).
+//!
+//! The clinic's shard is the authority on an appointment's status; the claim follows it:
+//!
+//! 1. **Create** (`Node::book`): one message to the citizen's shard begins the
+//!    Idempotency-Key and takes the claim (`ClaimTaken`); one message to the clinic's shard
+//!    holds seat and dose and runs the rules on the citizen's record (an appointment records
+//!    its claim's attempt); then, after the external check, one message to the citizen's
+//!    shard binds the claim to the appointment (`ClaimSettled::Bound`) and stores the
+//!    idempotency record. Each is applied at once and its records queued to the one log
+//!    writer in that order, and the answer waits for all of them: on the happy path they
+//!    share one group commit. Any failure compensates in reverse before the answer (reject
+//!    the hold, release the claim).
+//! 2. **Every later change** of the appointment (confirm, cancel, expiry, clinic
+//!    cancellation, a reschedule's move) is decided by the clinic's shard alone. Once its
+//!    records are durable, the shard sends a [`Settle`] notice for it through the node to
+//!    the citizen's shard, which confirms or ends the claim. Notices name the attempt, so a
+//!    late or repeated one is a no-op.
+//! 3. **A claim found in the way** of a new booking is verified before the answer is
+//!    `ALREADY_BOOKED`: if its appointment has ended (its notice not yet applied) or its
+//!    attempt made no hold before `not_after_ms`, the new booking replaces it in one step.
+//!    So a cancel followed at once by a new booking succeeds, whatever the notice's timing.
+//! 4. **A retry after a crash**: the key's record may be lost while the claim survived. A
+//!    claim with the same origin is then the retried booking's own: its appointment (found
+//!    by `seq`, or by attempt among the clinic's holds) is answered again, never a second.
+//!
+//! # Crash convergence
+//!
+//! Records reach the log in the order the steps queue them (one writer, one queue), so a
+//! crash keeps a prefix: a hold is never durable without the claim before it, a claim is
+//! never released before the end of its appointment is durable, and a move releases the old
+//! appointment only after the new one is durable. After recovery, `Node::reconcile_claims`
+//! walks every claim once and settles it against its clinic's shard: bound to what is
+//! active, ended when its appointment has ended or never existed, and a reschedule cut in
+//! the middle is rolled back (the new appointment rejected, the old claim restored) unless
+//! the old appointment was already released, in which case it is completed. Then no claim
+//! is without a live appointment and no live appointment without its claim.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixMs;
+use crate::hash::stable_hash64;
+use crate::idempotency::Fingerprint;
+use crate::ids::AppointmentId;
+use crate::model::CitizenRecord;
+
+/// What started a claim: the caller's Idempotency-Key and the request's fingerprint, folded
+/// into 16 bytes. [`NO_ORIGIN`] when the booking had no key.
+pub type Origin = [u8; 16];
+pub const NO_ORIGIN: Origin = [0; 16];
+
+/// The origin of a booking by `caller` with `key` and the request's `fingerprint`.
+pub fn origin_of(caller: &str, key: &str, fingerprint: &Fingerprint) -> Origin {
+    let mut bytes = Vec::with_capacity(caller.len() + key.len() + 1);
+    bytes.extend_from_slice(caller.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(key.as_bytes());
+    let mut origin = [0u8; 16];
+    origin[..8].copy_from_slice(&stable_hash64(&bytes).to_le_bytes());
+    origin[8..].copy_from_slice(&fingerprint[..8]);
+    origin
+}
+
+/// Most time a booking's steps may take between taking the claim and making the hold: a
+/// hold asked for later is refused, so after `not_after_ms` a claim with no hold is known to
+/// have none and may be replaced.
+pub const SAGA_BUDGET_MS: i64 = 30_000;
+
+/// The one booking that owns a citizen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub attempt: u64,
+    pub clinic_shard: u32,
+    pub origin: Origin,
+    /// The appointment, once bound.
+    pub seq: Option<u64>,
+    /// The hold's deadline while the appointment is PENDING.
+    pub expires_at_ms: Option<UnixMs>,
+    /// No hold is made for this attempt after this instant.
+    pub not_after_ms: UnixMs,
+    /// Booked with the citizen's `rebook_priority`.
+    pub priority: bool,
+    /// A reschedule in progress: the claim of the appointment being moved, put back if the
+    /// move fails.
+    pub previous: Option<Box<Claim>>,
+}
+
+impl Claim {
+    /// The appointment this claim is bound to.
+    pub fn appointment(&self) -> Option<AppointmentId> {
+        self.seq.map(|seq| AppointmentId {
+            shard: self.clinic_shard,
+            seq,
+        })
+    }
+
+    /// The claim without the one it replaces (what a caller is shown).
+    pub fn summary(&self) -> Claim {
+        Claim {
+            previous: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// A claim the saga found stale (its appointment ended, or it never made one), to be
+/// replaced: by attempt, and whether its appointment was cancelled by the clinic (which earns
+/// `rebook_priority`, even when the clinic's notice has not arrived yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stale {
+    pub attempt: u64,
+    pub clinic_cancelled: bool,
+}
+
+/// A citizen as the citizen's shard keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CitizenEntry {
+    pub record: Arc<CitizenRecord>,
+    pub claim: Option<Box<Claim>>,
+    /// Every appointment bound to one of the citizen's claims, oldest first.
+    pub appointments: Vec<AppointmentId>,
+    /// Earned by a clinic cancellation; spent when a booking made with it is confirmed.
+    pub rebook_priority: bool,
+}
+
+/// What became of a claim's appointment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettleOutcome {
+    /// The hold exists: bind the claim to it (and, for a move, drop the old claim).
+    Bound {
+        seq: u64,
+        expires_at_ms: Option<UnixMs>,
+    },
+    /// The appointment was confirmed: no deadline any more; a priority is spent.
+    Confirmed,
+    /// The appointment ended (or was never made): the citizen is free;
+    /// `clinic_cancelled` earns `rebook_priority`.
+    Ended { clinic_cancelled: bool },
+    /// A clinic's notice that the appointment ended: like `Ended`, except that a
+    /// reschedule's new appointment ending before the move completed gives the citizen back
+    /// the claim of the old one (the notice cannot know whether the move completed; the saga
+    /// and the reconciliation, which do, send `Ended` or `Restore`).
+    Lapsed { clinic_cancelled: bool },
+    /// A move failed: the claim of the old appointment comes back.
+    Restore,
+}
+
+/// A notice to a citizen's shard about one claim, by attempt (a stale one is a no-op).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settle {
+    pub citizen_id: Arc<str>,
+    pub attempt: u64,
+    pub outcome: SettleOutcome,
+}
+
+/// The citizen's shard's answer to `TakeClaim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClaimOutcome {
+    /// The citizen is claimed for this attempt.
+    Taken {
+        attempt: u64,
+        record: Arc<CitizenRecord>,
+        rebook_priority: bool,
+        not_after_ms: UnixMs,
+    },
+    /// Another attempt holds the citizen; the saga verifies it before answering
+    /// `ALREADY_BOOKED`. `same_origin`: it was started by this very request (a retry).
+    Held { claim: Claim, same_origin: bool },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_tell_callers_keys_and_bodies_apart() {
+        let a = origin_of("alice", "k1", &[1; 32]);
+        assert_eq!(a, origin_of("alice", "k1", &[1; 32]));
+        assert_ne!(a, origin_of("alice", "k2", &[1; 32]));
+        assert_ne!(a, origin_of("bob", "k1", &[1; 32]));
+        assert_ne!(a, origin_of("alice", "k1", &[2; 32]));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(
+            origin_of("ab", "c", &[0; 32]),
+            origin_of("a", "bc", &[0; 32])
+        );
+        assert_ne!(a, NO_ORIGIN);
+    }
+}

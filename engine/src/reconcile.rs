@@ -1,0 +1,301 @@
+//! Keeping the citizens' claims in step with their appointments (the design is in
+//! [`crate::claims`]):
+//!
+//! - while running, a clinic's shard sends a [`Settle`] notice for every durable change of
+//!   an appointment made under a claim; the [`Settler`] carries them to the citizens' shards
+//!   in batches, off every shard's message path;
+//! - after recovery, [`Node::reconcile_claims`] settles every claim against its clinic's
+//!   shard once, so a crash between two steps of a booking, a confirm, a cancel or a
+//!   reschedule leaves no claim without a live appointment and none of a reschedule's two
+//!   appointments live beside the other;
+//! - [`Node::check_claims`] recomputes the rule across shards (tests and the harness).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+
+use crate::claims::{Claim, Settle, SettleOutcome};
+use crate::command::{Command, Query, QueryAnswer, Reject, SettleClaims};
+use crate::error::EngineError;
+use crate::ids::AppointmentId;
+use crate::model::Status;
+use crate::node::{mismatch, Node};
+use crate::view::AppointmentView;
+
+/// Notices waiting for the settler, across the node. Each applied change sends at most one,
+/// and the settler drains them in batches far faster than shards make them; past the bound
+/// (a citizen's shard unreachable for a long time) they are dropped with an error in the
+/// log, and the claims they name are settled when next looked at (a new booking verifies a
+/// claim in its way) or at the next start (the reconciliation).
+pub const SETTLE_BACKLOG_MAX: usize = 1_000_000;
+/// Most notices the settler sends in one round.
+pub const SETTLE_BATCH_MAX: usize = 4096;
+
+/// The shards' side of the notice channel.
+#[derive(Clone)]
+pub struct Settler {
+    tx: mpsc::UnboundedSender<Vec<Settle>>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl Settler {
+    /// The sender shards hold, and the receiver [`run_settler`] drains.
+    pub fn channel() -> (Settler, SettlerInbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        (
+            Settler {
+                tx,
+                backlog: backlog.clone(),
+            },
+            SettlerInbox { rx, backlog },
+        )
+    }
+
+    /// Queues notices; never waits (it is called from a journal completion).
+    pub fn send(&self, notices: Vec<Settle>) {
+        let n = notices.len();
+        if self.backlog.fetch_add(n, Ordering::AcqRel) + n > SETTLE_BACKLOG_MAX {
+            self.backlog.fetch_sub(n, Ordering::AcqRel);
+            tracing::error!(
+                notices = n,
+                bound = SETTLE_BACKLOG_MAX,
+                "claim notices dropped: the backlog is full"
+            );
+            return;
+        }
+        if self.tx.send(notices).is_err() {
+            self.backlog.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
+pub struct SettlerInbox {
+    rx: mpsc::UnboundedReceiver<Vec<Settle>>,
+    backlog: Arc<AtomicUsize>,
+}
+
+/// Carries notices to the citizens' shards until every shard (every sender) is gone or the
+/// node is dropped.
+pub(crate) async fn run_settler(node: Weak<Node>, mut inbox: SettlerInbox) {
+    while let Some(mut batch) = inbox.rx.recv().await {
+        while batch.len() < SETTLE_BATCH_MAX {
+            match inbox.rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        node.settle(batch).await;
+        drop(node);
+        inbox.backlog.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Node {
+    /// Sends `settles` to their citizens' shards, one message per shard. Not bounded by the
+    /// shards' in-flight bound: it ends work already done. A failure is logged; the claims
+    /// are settled when next looked at.
+    pub(crate) async fn settle(&self, settles: Vec<Settle>) {
+        let mut by_shard: BTreeMap<u32, Vec<Settle>> = BTreeMap::new();
+        for settle in settles {
+            by_shard
+                .entry(self.citizen_shard(&settle.citizen_id))
+                .or_default()
+                .push(settle);
+        }
+        for (shard, settles) in by_shard {
+            let command = Command::SettleClaims(SettleClaims { settles });
+            if let Err(e) = self.exec_compensation_deferred(shard, command).await {
+                tracing::warn!(shard, error = %e, "claim notices not delivered");
+            }
+        }
+    }
+
+    /// Every claim of every shard this node serves, with its citizen.
+    async fn all_claims(&self) -> Result<Vec<(Arc<str>, Claim)>, EngineError> {
+        let mut all = Vec::new();
+        for shard in self.served_shards() {
+            match self.query_exempt(shard, Query::Claims).await? {
+                QueryAnswer::Claims(claims) => all.extend(claims),
+                other => return Err(mismatch(shard, &other)),
+            }
+        }
+        Ok(all)
+    }
+
+    /// Appointments by id, one query per shard.
+    async fn appointments_by_id(
+        &self,
+        ids: impl IntoIterator<Item = AppointmentId>,
+    ) -> Result<FxHashMap<AppointmentId, AppointmentView>, EngineError> {
+        let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for id in ids {
+            by_shard.entry(id.shard).or_default().push(id.seq);
+        }
+        let mut found = FxHashMap::default();
+        for (shard, seqs) in by_shard {
+            match self
+                .query_exempt(shard, Query::Appointments { seqs })
+                .await?
+            {
+                QueryAnswer::Appointments(views) => {
+                    found.extend(views.into_iter().map(|a| (a.id, a)));
+                }
+                other => return Err(mismatch(shard, &other)),
+            }
+        }
+        Ok(found)
+    }
+
+    /// The PENDING hold made under `attempt` of `citizen_id` at `clinic_shard`.
+    pub(crate) async fn find_hold(
+        &self,
+        clinic_shard: u32,
+        citizen_id: &str,
+        attempt: u64,
+    ) -> Result<Option<AppointmentView>, EngineError> {
+        let query = Query::FindHold {
+            citizen_id: citizen_id.to_string(),
+            attempt,
+        };
+        match self.query_exempt(clinic_shard, query).await? {
+            QueryAnswer::Appointment(found) => Ok(found),
+            other => Err(mismatch(clinic_shard, &other)),
+        }
+    }
+
+    /// Settles every claim against its clinic's shard (after recovery, before serving):
+    /// see the module's documentation. Answers how many claims it changed.
+    pub async fn reconcile_claims(&self) -> Result<usize, EngineError> {
+        let claims = self.all_claims().await?;
+        let mut ids: Vec<AppointmentId> = Vec::new();
+        for (_, claim) in &claims {
+            ids.extend(claim.appointment());
+            ids.extend(claim.previous.as_deref().and_then(Claim::appointment));
+        }
+        let known = self.appointments_by_id(ids).await?;
+        let mut settles = Vec::new();
+        for (citizen_id, claim) in claims {
+            let current = match claim.appointment() {
+                Some(id) => known.get(&id).cloned(),
+                None => {
+                    self.find_hold(claim.clinic_shard, &citizen_id, claim.attempt)
+                        .await?
+                }
+            };
+            let old = claim
+                .previous
+                .as_deref()
+                .and_then(Claim::appointment)
+                .and_then(|id| known.get(&id));
+            let outcome = match (claim.previous.is_some(), old) {
+                // A reschedule cut before its old appointment was released: roll it back.
+                (true, Some(old)) if old.status.is_active() => {
+                    if let Some(new) = current.filter(|a| a.status.is_active()) {
+                        self.reject_quietly(new.id).await;
+                    }
+                    SettleOutcome::Restore
+                }
+                _ => settle_against(current.as_ref()),
+            };
+            settles.push(Settle {
+                citizen_id,
+                attempt: claim.attempt,
+                outcome,
+            });
+        }
+        let changed = settles.len();
+        let mut by_shard: BTreeMap<u32, Vec<Settle>> = BTreeMap::new();
+        for settle in settles {
+            by_shard
+                .entry(self.citizen_shard(&settle.citizen_id))
+                .or_default()
+                .push(settle);
+        }
+        for (shard, settles) in by_shard {
+            self.exec_compensation(shard, Command::SettleClaims(SettleClaims { settles }))
+                .await?;
+        }
+        Ok(changed)
+    }
+
+    /// Rejects an appointment a failed saga made (its seat and dose return); a failure is
+    /// logged: the appointment then stays as it is.
+    pub(crate) async fn reject_quietly(&self, id: AppointmentId) {
+        let reject = Command::Reject(Reject {
+            seq: id.seq,
+            reasons: vec![],
+        });
+        match self.exec_compensation_deferred(id.shard, reject).await {
+            Ok((_, stored)) => {
+                if let Err(e) = stored.wait().await {
+                    tracing::warn!(appointment = %id, error = %e, "a compensation was not stored");
+                }
+            }
+            Err(e) => tracing::warn!(appointment = %id, error = %e, "a compensation failed"),
+        }
+    }
+
+    /// Checks the citizen rule across every shard this node serves: at most one PENDING or
+    /// CONFIRMED appointment per citizen, every one of them bound to its citizen's claim, and
+    /// every claim bound to one of them. `Err` names the first break. Reads every appointment
+    /// (tests, the harness, operators); a booking in flight shows as a claim not yet bound.
+    pub async fn check_claims(&self) -> Result<Result<(), String>, EngineError> {
+        let claims: FxHashMap<Arc<str>, Claim> = self.all_claims().await?.into_iter().collect();
+        let mut active: FxHashMap<Arc<str>, AppointmentId> = FxHashMap::default();
+        for shard in self.served_shards() {
+            let views = match self.query_exempt(shard, Query::ActiveAppointments).await? {
+                QueryAnswer::Appointments(views) => views,
+                other => return Err(mismatch(shard, &other)),
+            };
+            for a in views {
+                if let Some(other) = active.insert(a.citizen_id.clone(), a.id) {
+                    return Ok(Err(format!(
+                        "citizen {} has two active appointments: {other} and {}",
+                        a.citizen_id, a.id
+                    )));
+                }
+                let claim = claims.get(&a.citizen_id);
+                if claim.and_then(Claim::appointment) != Some(a.id) {
+                    return Ok(Err(format!(
+                        "appointment {} ({}) of citizen {} is not its claim ({claim:?})",
+                        a.id,
+                        a.status.as_str(),
+                        a.citizen_id
+                    )));
+                }
+            }
+        }
+        for (citizen_id, claim) in &claims {
+            if active.get(citizen_id).copied() != claim.appointment() {
+                return Ok(Err(format!(
+                    "citizen {citizen_id} has a claim without a live appointment: {claim:?}"
+                )));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// What a claim becomes, given its appointment as the clinic's shard has it now.
+fn settle_against(current: Option<&AppointmentView>) -> SettleOutcome {
+    match current {
+        Some(a) if a.status.is_active() => SettleOutcome::Bound {
+            seq: a.id.seq,
+            expires_at_ms: a.expires_at_ms,
+        },
+        Some(a) => SettleOutcome::Ended {
+            clinic_cancelled: a.status == Status::ClinicCancelled,
+        },
+        None => SettleOutcome::Ended {
+            clinic_cancelled: false,
+        },
+    }
+}

@@ -1,0 +1,260 @@
+//! The citizen side of a shard, decided and applied like the clinic side: records, the one
+//! claim per citizen, the index of a citizen's appointments. The design (and why it
+//! converges after a crash) is in [`crate::claims`].
+
+use std::sync::Arc;
+
+use super::decide::{Decision, Reply};
+use super::ShardState;
+use crate::claims::{CitizenEntry, Claim, ClaimOutcome, Settle, SettleOutcome, SAGA_BUDGET_MS};
+use crate::clock::UnixMs;
+use crate::command::{PutCitizen, SettleClaims, TakeClaim};
+use crate::error::DomainError;
+use crate::event::Event;
+use crate::ids::AppointmentId;
+use crate::model::CitizenRecord;
+
+impl ShardState {
+    pub(super) fn decide_put_citizen(
+        &self,
+        PutCitizen { citizen_id, record }: &PutCitizen,
+    ) -> Decision {
+        match self.citizens.get(citizen_id.as_str()) {
+            Some(existing) if *existing.record == *record => Decision::ok(vec![], Reply::Ack),
+            _ => Decision::ok(
+                vec![Event::CitizenPut {
+                    citizen_id: citizen_id.as_str().into(),
+                    record: Arc::new(record.clone()),
+                }],
+                Reply::Ack,
+            ),
+        }
+    }
+
+    /// Claims the citizen for a new attempt, unless another attempt holds it (answered, not
+    /// refused: the saga verifies that claim before saying `ALREADY_BOOKED`).
+    pub(super) fn decide_take_claim(&self, c: &TakeClaim, now_ms: UnixMs) -> Decision {
+        let Some(entry) = self.citizens.get(c.citizen_id.as_str()) else {
+            return Decision::err(DomainError::NotEligible {
+                reasons: vec!["unknown_citizen".to_string()],
+            });
+        };
+        let mut priority = entry.rebook_priority;
+        let previous = match entry.claim.as_deref() {
+            None => None,
+            Some(held) if c.replace.is_some_and(|stale| stale.attempt == held.attempt) => {
+                priority |= c.replace.is_some_and(|stale| stale.clinic_cancelled);
+                None
+            }
+            Some(held) if c.moving.is_some() && c.moving == held.appointment() => {
+                if held.previous.is_some() {
+                    // Another reschedule of the same appointment is under way.
+                    return Decision::err(DomainError::AlreadyBooked);
+                }
+                Some(Box::new(held.clone()))
+            }
+            Some(held) => {
+                let same_origin = c.origin != crate::claims::NO_ORIGIN && c.origin == held.origin;
+                return Decision::ok(
+                    vec![],
+                    Reply::Claim(ClaimOutcome::Held {
+                        claim: held.summary(),
+                        same_origin,
+                    }),
+                );
+            }
+        };
+        let claim = Claim {
+            attempt: self.next_attempt,
+            clinic_shard: c.clinic_shard,
+            origin: c.origin,
+            seq: None,
+            expires_at_ms: Some(c.expires_at_ms),
+            not_after_ms: now_ms + SAGA_BUDGET_MS,
+            priority,
+            previous,
+        };
+        let taken = ClaimOutcome::Taken {
+            attempt: claim.attempt,
+            record: entry.record.clone(),
+            rebook_priority: priority,
+            not_after_ms: claim.not_after_ms,
+        };
+        Decision::ok(
+            vec![Event::ClaimTaken {
+                citizen_id: c.citizen_id.as_str().into(),
+                claim: Box::new(claim),
+            }],
+            Reply::Claim(taken),
+        )
+    }
+
+    pub(super) fn decide_settle_claims(&self, SettleClaims { settles }: &SettleClaims) -> Decision {
+        let events = settles
+            .iter()
+            .filter(|s| self.settle_changes(s))
+            .map(|s| Event::ClaimSettled {
+                citizen_id: s.citizen_id.clone(),
+                attempt: s.attempt,
+                outcome: s.outcome.clone(),
+            })
+            .collect();
+        Decision::ok(events, Reply::Ack)
+    }
+
+    /// Whether `settle` names the citizen's claim and changes it.
+    fn settle_changes(&self, settle: &Settle) -> bool {
+        let Some(claim) = self
+            .citizens
+            .get(&settle.citizen_id)
+            .and_then(|e| e.claim.as_deref())
+            .filter(|c| c.attempt == settle.attempt)
+        else {
+            return false;
+        };
+        match &settle.outcome {
+            SettleOutcome::Bound { seq, expires_at_ms } => {
+                claim.seq != Some(*seq)
+                    || claim.expires_at_ms != *expires_at_ms
+                    || claim.previous.is_some()
+            }
+            SettleOutcome::Confirmed => claim.expires_at_ms.is_some() || claim.priority,
+            SettleOutcome::Ended { .. } | SettleOutcome::Lapsed { .. } => true,
+            SettleOutcome::Restore => claim.previous.is_some(),
+        }
+    }
+
+    /// The claim notice an applied event of this (clinic) shard sends once durable: the
+    /// appointment's claim is confirmed or ended. A rejection sends none: it is only ever a
+    /// saga's compensation, and the saga settles its claim itself (a notice could overtake
+    /// a reschedule's restore of the old claim).
+    pub fn notice_for(&self, event: &Event) -> Option<Settle> {
+        let (seq, outcome) = match event {
+            Event::AppointmentConfirmed { seq, .. } => (*seq, SettleOutcome::Confirmed),
+            Event::AppointmentReleased { seq }
+            | Event::AppointmentExpired { seq }
+            | Event::AppointmentCancelled { seq }
+            | Event::AppointmentMoved { seq, .. } => (
+                *seq,
+                SettleOutcome::Lapsed {
+                    clinic_cancelled: false,
+                },
+            ),
+            Event::AppointmentClinicCancelled { seq } => (
+                *seq,
+                SettleOutcome::Lapsed {
+                    clinic_cancelled: true,
+                },
+            ),
+            _ => return None,
+        };
+        let a = self.appointments.get(&seq)?;
+        (a.claim != 0).then(|| Settle {
+            citizen_id: a.citizen.clone(),
+            attempt: a.claim,
+            outcome,
+        })
+    }
+
+    // ---- apply -----------------------------------------------------------------------
+
+    pub(super) fn put_citizen(&mut self, citizen_id: &Arc<str>, record: &Arc<CitizenRecord>) {
+        match self.citizens.get_mut(citizen_id) {
+            Some(entry) => entry.record = record.clone(),
+            None => {
+                self.citizens.insert(
+                    citizen_id.clone(),
+                    CitizenEntry {
+                        record: record.clone(),
+                        claim: None,
+                        appointments: Vec::new(),
+                        rebook_priority: false,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn claim_taken(&mut self, citizen_id: &str, claim: &Claim) {
+        self.next_attempt = self.next_attempt.max(claim.attempt + 1);
+        let entry = self
+            .citizens
+            .get_mut(citizen_id)
+            .expect("a claim is taken for a known citizen");
+        // A priority the claim was taken with is the citizen's until spent (it may come
+        // from the replaced claim's clinic cancellation, ahead of its notice).
+        entry.rebook_priority |= claim.priority;
+        entry.claim = Some(Box::new(claim.clone()));
+    }
+
+    pub(super) fn claim_settled(
+        &mut self,
+        citizen_id: &str,
+        attempt: u64,
+        outcome: &SettleOutcome,
+    ) {
+        let entry = self
+            .citizens
+            .get_mut(citizen_id)
+            .expect("a claim is settled for a known citizen");
+        let claim = entry
+            .claim
+            .as_deref_mut()
+            .filter(|c| c.attempt == attempt)
+            .expect("a settle names the citizen's claim");
+        match outcome {
+            SettleOutcome::Bound { seq, expires_at_ms } => {
+                claim.seq = Some(*seq);
+                claim.expires_at_ms = *expires_at_ms;
+                claim.previous = None;
+                let id = AppointmentId {
+                    shard: claim.clinic_shard,
+                    seq: *seq,
+                };
+                if !entry.appointments.contains(&id) {
+                    entry.appointments.push(id);
+                }
+            }
+            SettleOutcome::Confirmed => {
+                claim.expires_at_ms = None;
+                if claim.priority {
+                    claim.priority = false;
+                    entry.rebook_priority = false;
+                }
+            }
+            // A reschedule's new appointment that ends before the move completed gives the
+            // citizen back the claim of the old one.
+            SettleOutcome::Lapsed { .. } if claim.previous.is_some() => {
+                entry.claim = claim.previous.take();
+            }
+            SettleOutcome::Ended { clinic_cancelled }
+            | SettleOutcome::Lapsed { clinic_cancelled } => {
+                entry.claim = None;
+                entry.rebook_priority |= *clinic_cancelled;
+            }
+            SettleOutcome::Restore => entry.claim = claim.previous.take(),
+        }
+    }
+
+    // ---- queries ---------------------------------------------------------------------
+
+    pub fn citizen(&self, citizen_id: &str) -> Option<Arc<CitizenRecord>> {
+        self.citizens.get(citizen_id).map(|e| e.record.clone())
+    }
+
+    /// The ids of the citizen's appointments, oldest first.
+    pub fn citizen_appointment_ids(&self, citizen_id: &str) -> Vec<AppointmentId> {
+        self.citizens
+            .get(citizen_id)
+            .map(|e| e.appointments.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every claim of this shard's citizens.
+    pub fn claims(&self) -> Vec<(Arc<str>, Claim)> {
+        self.citizens
+            .iter()
+            .filter_map(|(id, e)| e.claim.as_deref().map(|c| (id.clone(), c.clone())))
+            .collect()
+    }
+}
