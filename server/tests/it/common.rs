@@ -671,6 +671,7 @@ pub fn test_config(
         },
         clock: Arc::new(SystemClock),
         storage,
+        external: None,
     }
 }
 
