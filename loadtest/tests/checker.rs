@@ -817,6 +817,7 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
         },
         clock: Arc::new(SystemClock),
         storage: Storage::Memory,
+        external: None,
     })
     .await
     .expect("the server starts");

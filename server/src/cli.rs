@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use holdfast_engine::external::OutagePolicy;
+
+use crate::eligibility::ExternalConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,10 +81,63 @@ pub struct ServeArgs {
     /// commands to try it.
     #[arg(long)]
     pub demo: bool,
-    /// External eligibility service (not available yet: the server refuses to start with it
-    /// rather than pretend to check).
+    /// External eligibility service (an http:// URL): every booking POSTs {"citizen_id",
+    /// "insurance_id", "vaccine", "clinic_id"} there and expects 200 {"eligible": true|false,
+    /// "reason": "..."}. Default: none (no external check).
     #[arg(long)]
     pub eligibility_url: Option<String>,
+    /// Time budget of one booking's eligibility check, retries with back-off included (a
+    /// duration: 500ms, 2s; at most 10m).
+    #[arg(long, default_value = "800ms", value_parser = parse_duration)]
+    pub eligibility_timeout: Duration,
+    /// Failed eligibility calls in a row (retries included; a count, at least 1) that open
+    /// the circuit breaker.
+    #[arg(long, default_value_t = crate::eligibility::BREAKER_FAILURES_DEFAULT)]
+    pub breaker_failures: u32,
+    /// How long the open circuit answers bookings without calling the checker before it lets
+    /// one trial call through (a duration: 500ms, 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
+    /// What a booking does when the eligibility check is unavailable (no answer within the
+    /// budget, or the circuit open).
+    #[arg(long, value_enum, default_value = "reject")]
+    pub outage_policy: OutagePolicyArg,
+}
+
+/// `--outage-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutagePolicyArg {
+    /// Answer 503 UNAVAILABLE with Retry-After; the hold is rolled back.
+    Reject,
+    /// Book anyway, with `needs_review: true`.
+    Provisional,
+}
+
+impl From<OutagePolicyArg> for OutagePolicy {
+    fn from(policy: OutagePolicyArg) -> OutagePolicy {
+        match policy {
+            OutagePolicyArg::Reject => OutagePolicy::Reject,
+            OutagePolicyArg::Provisional => OutagePolicy::Provisional,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The external check these flags ask for (none without `--eligibility-url`), validated.
+    pub fn external_config(&self) -> Result<Option<ExternalConfig>, String> {
+        let Some(url) = &self.eligibility_url else {
+            return Ok(None);
+        };
+        let config = ExternalConfig {
+            url: url.clone(),
+            timeout: self.eligibility_timeout,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown,
+            outage_policy: self.outage_policy.into(),
+        };
+        config.validate()?;
+        Ok(Some(config))
+    }
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -153,5 +209,103 @@ mod tests {
         ])
         .unwrap();
         assert!(Cli::try_parse_from(["holdfast", "serve", "--durability", "maybe"]).is_err());
+    }
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["holdfast", "serve"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(args) => Ok(args),
+            Command::Token(_) => unreachable!("serve parses as serve"),
+        }
+    }
+
+    #[test]
+    fn eligibility_flags_default_as_documented() {
+        let args = serve_args(&[]).unwrap();
+        assert_eq!(args.external_config(), Ok(None));
+        let args = serve_args(&["--eligibility-url", "http://127.0.0.1:9000/check"]).unwrap();
+        let config = args.external_config().unwrap().expect("configured");
+        assert_eq!(config.url, "http://127.0.0.1:9000/check");
+        assert_eq!(config.timeout, Duration::from_millis(800));
+        assert_eq!(config.breaker_failures, 5);
+        assert_eq!(config.breaker_cooldown, Duration::from_secs(30));
+        assert_eq!(config.outage_policy, OutagePolicy::Reject);
+    }
+
+    #[test]
+    fn eligibility_flags_parse_and_are_validated() {
+        let args = serve_args(&[
+            "--eligibility-url",
+            "http://checker.internal:8081/v1/eligibility",
+            "--eligibility-timeout",
+            "2s",
+            "--breaker-failures",
+            "2",
+            "--breaker-cooldown",
+            "500ms",
+            "--outage-policy",
+            "provisional",
+        ])
+        .unwrap();
+        let config = args.external_config().unwrap().expect("configured");
+        assert_eq!(config.timeout, Duration::from_secs(2));
+        assert_eq!(config.breaker_failures, 2);
+        assert_eq!(config.breaker_cooldown, Duration::from_millis(500));
+        assert_eq!(config.outage_policy, OutagePolicy::Provisional);
+
+        assert!(serve_args(&["--outage-policy", "maybe"]).is_err());
+        assert!(serve_args(&["--breaker-failures", "-1"]).is_err());
+        assert!(serve_args(&["--eligibility-timeout", "800"]).is_err());
+        for bad in [
+            &["--eligibility-url", "not a url"][..],
+            &["--eligibility-url", "ftp://checker/"],
+            &[
+                "--eligibility-url",
+                "http://x/",
+                "--eligibility-timeout",
+                "0ms",
+            ],
+            &["--eligibility-url", "http://x/", "--breaker-failures", "0"],
+            &["--eligibility-url", "http://x/", "--breaker-cooldown", "0s"],
+        ] {
+            let args = serve_args(bad).unwrap();
+            assert!(args.external_config().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn every_eligibility_flag_has_help_with_its_default() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let serve = cli.find_subcommand_mut("serve").expect("serve");
+        let help = serve.render_long_help().to_string();
+        // Each option's block: its line and the description lines under it.
+        let block = |flag: &str| -> String {
+            let mut lines = help.lines().skip_while(|l| {
+                !(l.trim_start().starts_with("--") && l.trim_start()[2..].starts_with(&flag[2..]))
+            });
+            let first = lines.next().unwrap_or_default().to_string();
+            let rest: Vec<&str> = lines
+                // The next option starts with `-`; a possible value with `- `.
+                .take_while(|l| {
+                    let l = l.trim_start();
+                    !l.starts_with('-') || l.starts_with("- ")
+                })
+                .collect();
+            format!("{first}\n{}", rest.join("\n"))
+        };
+        for (flag, default) in [
+            ("--eligibility-timeout", "[default: 800ms]"),
+            ("--breaker-failures", "[default: 5]"),
+            ("--breaker-cooldown", "[default: 30s]"),
+            ("--outage-policy", "[default: reject]"),
+        ] {
+            let text = block(flag);
+            assert!(
+                text.contains(default),
+                "{flag} help has no {default}: {text}"
+            );
+        }
+        assert!(help.contains("--eligibility-url"));
     }
 }

@@ -2,15 +2,19 @@
 //! crate and the HTTP gateway together: the `holdfast` command line ([`cli`]), starting and
 //! stopping a server ([`start`], [`start_listening`], [`RunningServer`],
 //! [`serve`](fn@serve)), the demo campaign ([`demo`]) and the engine's journal on the
-//! write-ahead log ([`journal`]).
+//! write-ahead log ([`journal`]), and the external eligibility check over HTTP
+//! ([`eligibility`]) with its circuit breaker ([`breaker`]).
 //!
 //! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
 
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod cli;
 pub mod demo;
+pub mod eligibility;
 pub mod journal;
 mod serve;
 
+pub use eligibility::ExternalConfig;
 pub use serve::{serve, start, start_listening, RunningServer, ServerConfig, Storage};

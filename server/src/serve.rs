@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::cli::{Durability, ServeArgs};
+use crate::eligibility::{ExternalConfig, HttpEligibility};
 use crate::journal::WalJournal;
 
 /// Where shards keep their state.
@@ -37,6 +38,9 @@ pub struct ServerConfig {
     pub settings: Settings,
     pub clock: Arc<dyn Clock>,
     pub storage: Storage,
+    /// The external eligibility check (`--eligibility-url` and its flags); `None` for none.
+    /// Its breaker reads time from `clock`.
+    pub external: Option<ExternalConfig>,
 }
 
 pub struct RunningServer {
@@ -116,6 +120,13 @@ pub async fn start_listening(config: ServerConfig) -> Result<RunningServer, Stri
 
 async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, String> {
     let jwt = JwtKey::from_secret_file_bytes(&config.jwt_secret)?;
+    let external = match &config.external {
+        Some(external) => Some((
+            Arc::new(HttpEligibility::new(external, config.clock.clone())?),
+            external.outage_policy,
+        )),
+        None => None,
+    };
     let qr = QrKey::derive(&config.jwt_secret);
     let ring = Ring::single(&config.node.node_name);
     let (journal, wal): (Arc<dyn Journal>, Option<Arc<WalJournal>>) = match config.storage {
@@ -135,6 +146,13 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
     let node = Node::spawn_with_journal(config.node, ring, config.clock, journal)
         .await
         .map_err(|e| e.to_string())?;
+    // Before the listener opens, so no booking is served without the check.
+    if let Some((check, policy)) = external {
+        if !node.set_external_check(check, policy) {
+            node.stop().await;
+            return Err("the node already has an external check".into());
+        }
+    }
     if wait {
         if let Err(e) = node.wait_recovered().await {
             node.stop().await;
@@ -209,9 +227,7 @@ fn write_secret(path: &Path) -> Result<(), String> {
 
 /// `holdfast serve`
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
-    if args.eligibility_url.is_some() {
-        return Err("--eligibility-url is not available in this build yet (the external check arrives with the citizen-saga work); start without it".into());
-    }
+    let external = args.external_config()?;
     if args.hold_ttl.as_millis() == 0 || args.max_hold < args.hold_ttl {
         return Err("--hold-ttl must be positive and not above --max-hold".into());
     }
@@ -236,10 +252,21 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             dir: data_dir.path().to_path_buf(),
             config: WalConfig::new(durability),
         },
+        external: external.clone(),
     };
     let recovery = std::time::Instant::now();
     let server = start_listening(config).await?;
     tracing::info!(addr = %server.addr, shards = data_dir.shards(), data_dir = %data_dir.path().display(), "holdfast is listening; shards are recovering");
+    if let Some(external) = &external {
+        tracing::info!(
+            url = %external.url,
+            timeout_ms = external.timeout.as_millis() as u64,
+            breaker_failures = external.breaker_failures,
+            breaker_cooldown_ms = external.breaker_cooldown.as_millis() as u64,
+            outage_policy = ?external.outage_policy,
+            "bookings ask the external eligibility check"
+        );
+    }
     if let Some(path) = &args.addr_file {
         holdfast_persistence::write_atomically(path, server.addr.to_string().as_bytes())
             .map_err(|e| format!("--addr-file: {e}"))?;

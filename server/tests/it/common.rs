@@ -674,6 +674,7 @@ pub fn test_config(
         },
         clock: Arc::new(SystemClock),
         storage,
+        external: None,
     }
 }
 

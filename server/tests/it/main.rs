@@ -13,6 +13,7 @@ mod crash;
 mod durability_faults;
 mod durable_answers;
 mod durable_idempotency;
+mod eligibility;
 mod http_auth;
 mod http_booking;
 mod http_errors;

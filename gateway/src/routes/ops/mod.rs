@@ -1,4 +1,5 @@
-//! Operator endpoints: liveness, readiness and the per-shard status.
+//! Operator endpoints: liveness, readiness, the per-shard status and the external
+//! dependencies' circuit breakers.
 
 pub mod types;
 
@@ -15,7 +16,7 @@ use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
-use self::types::{HealthJson, RingJson, ShardJson, ShardsJson};
+use self::types::{DependencyJson, HealthJson, RingJson, ShardJson, ShardsJson};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -70,9 +71,15 @@ async fn admin_shards(
         vnodes_per_node: node.ring().vnodes_per_node(),
         shards: node.shards(),
     };
+    let dependencies = node
+        .dependencies()
+        .iter()
+        .map(DependencyJson::render)
+        .collect();
     Ok(Json(ShardsJson {
         node: node.config().node_name.clone(),
         ring,
         shards,
+        dependencies,
     }))
 }

@@ -1,6 +1,7 @@
 //! The bodies of the operator routes (docs/API.md, Operators).
 
 use holdfast_engine::actor::ShardPhase;
+use holdfast_engine::external::{BreakerState, DependencyStatus};
 use holdfast_engine::node::ShardStatus;
 use holdfast_engine::Node;
 use serde::Serialize;
@@ -94,6 +95,48 @@ pub struct ShardsJson {
     pub node: String,
     pub ring: RingJson,
     pub shards: Vec<ShardJson>,
+    /// The node's external dependencies and their circuit breakers (empty when the server
+    /// runs without `--eligibility-url`).
+    pub dependencies: Vec<DependencyJson>,
+}
+
+/// One external dependency as operators see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DependencyJson {
+    /// `eligibility`.
+    pub name: String,
+    /// closed | open | half_open. An open breaker turns half-open when the first call after
+    /// its cooldown arrives (that call is the one trial).
+    pub breaker: String,
+    /// Failed calls in a row (retries included); the breaker opens at `--breaker-failures`.
+    pub consecutive_failures: u32,
+    /// When the breaker last opened (null if it never has since start).
+    pub opened_at: Option<String>,
+    /// Calls made to the dependency since start (retries included), and how many failed.
+    pub calls_total: u64,
+    pub failures_total: u64,
+    /// Bookings answered at once, without a call, because the breaker was open or its trial
+    /// was in flight.
+    pub short_circuited_total: u64,
+}
+
+impl DependencyJson {
+    pub fn render(d: &DependencyStatus) -> DependencyJson {
+        let breaker = match d.breaker {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        };
+        DependencyJson {
+            name: d.name.clone(),
+            breaker: breaker.to_string(),
+            consecutive_failures: d.consecutive_failures,
+            opened_at: d.opened_at_ms.map(rfc3339),
+            calls_total: d.calls_total,
+            failures_total: d.failures_total,
+            short_circuited_total: d.short_circuited_total,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
