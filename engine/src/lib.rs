@@ -20,6 +20,7 @@ pub mod eligibility;
 pub mod error;
 pub mod event;
 pub mod external;
+pub mod failpoint;
 pub mod hash;
 pub mod idempotency;
 pub mod ids;

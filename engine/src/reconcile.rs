@@ -103,6 +103,13 @@ impl Node {
     /// shards' in-flight bound: it ends work already done. A failure is logged; the claims
     /// are settled when next looked at.
     pub(crate) async fn settle(&self, settles: Vec<Settle>) {
+        for settle in &settles {
+            match settle.outcome {
+                SettleOutcome::Confirmed => crate::failpoint::point("settle.confirmed").await,
+                SettleOutcome::Lapsed { .. } => crate::failpoint::point("settle.lapsed").await,
+                _ => {}
+            }
+        }
         let mut by_shard: BTreeMap<u32, Vec<Settle>> = BTreeMap::new();
         for settle in settles {
             by_shard

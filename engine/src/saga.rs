@@ -25,6 +25,7 @@ use crate::command::{
 };
 use crate::error::{DomainError, EngineError};
 use crate::external::{ExternalRequest, ExternalVerdict, OutagePolicy};
+use crate::failpoint;
 use crate::idempotency::{Begin, Fingerprint, IdemKey, IdemOutcome, StoredResponse};
 use crate::journal::Durable;
 use crate::model::{CitizenRecord, Status};
@@ -203,8 +204,10 @@ impl Node {
             Ok(Claimed::Done(outcome, settle)) => return Booked::Ran(saga.done(*outcome, settle)),
             Ok(Claimed::Taken(taken)) => taken,
         };
+        failpoint::point("book.after_claim").await;
         let hold = saga.hold(&taken, false, None);
         let outcome = saga.hold_and_check(hold, &taken).await;
+        failpoint::point("book.after_hold").await;
         let settle = saga.settle_for(
             &taken,
             &outcome,
@@ -260,6 +263,7 @@ impl Node {
                 return Booked::Ran(saga.done(Err(e), settle));
             }
         };
+        failpoint::point("reschedule.after_hold").await;
         // The new appointment exists: now the old one goes.
         let moved = Command::Move(Move {
             seq: from.id.seq,
@@ -268,6 +272,7 @@ impl Node {
         let outcome = match self.exec_compensation_deferred(from.id.shard, moved).await {
             Ok((Ok(_), stored)) => {
                 saga.durable.push(stored);
+                failpoint::point("reschedule.after_move").await;
                 let bound = SettleOutcome::Bound {
                     seq: created.id.seq,
                     expires_at_ms: created.expires_at_ms,
