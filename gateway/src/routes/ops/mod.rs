@@ -16,7 +16,7 @@ use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
-use self::types::{DependencyJson, HealthJson, RingJson, ShardJson, ShardsJson};
+use self::types::{DependencyJson, HealthJson, InvariantsJson, RingJson, ShardJson, ShardsJson};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(admin_shards))
+        .routes(routes!(admin_invariants))
 }
 
 /// This document: OpenAPI 3.1, generated from the routes.
@@ -81,5 +82,36 @@ async fn admin_shards(
         ring,
         shards,
         dependencies,
+    }))
+}
+
+/// Recomputes the invariants of docs/ARCHITECTURE.md from the appointments: every shard's
+/// counters (slots, stock, timers) and, across shards, one active appointment per citizen
+/// bound to the citizen's claim. Reads every appointment: an operator's check (after a
+/// restart, or off-peak), not a probe.
+#[utoipa::path(get, path = "/v1/admin/invariants", tag = "operators",
+    responses((status = 200, body = InvariantsJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "a shard is not ready")),
+    security(("bearer" = [])))]
+async fn admin_invariants(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Operator])?;
+    let node = &state.node;
+    let mut violations = Vec::new();
+    let shards: Vec<u32> = node.served_shards().collect();
+    for &shard in &shards {
+        if let Err(broken) = node.check_invariants(shard).await? {
+            violations.push(format!("shard {shard}: {broken}"));
+        }
+    }
+    if let Err(broken) = node.check_claims().await? {
+        violations.push(broken);
+    }
+    Ok(Json(InvariantsJson {
+        ok: violations.is_empty(),
+        shards_checked: shards.len(),
+        violations,
     }))
 }

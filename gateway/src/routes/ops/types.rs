@@ -155,3 +155,13 @@ impl HealthJson {
         }
     }
 }
+
+/// `GET /v1/admin/invariants`
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InvariantsJson {
+    /// True when no invariant is broken.
+    pub ok: bool,
+    pub shards_checked: usize,
+    /// Each broken invariant, named (the first one per shard, then the citizen rule's).
+    pub violations: Vec<String>,
+}
