@@ -122,6 +122,8 @@ pub struct Node {
     /// the lock makes concurrent waiters reconcile once.
     reconciled: AtomicBool,
     reconciling: tokio::sync::Mutex<()>,
+    /// Claim notices not yet delivered to the citizens' shards.
+    notices: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Node {
@@ -200,6 +202,7 @@ impl Node {
                 }
             }
         }
+        let notices = settler.backlog();
         drop(settler);
         let node = Arc::new(Node {
             config,
@@ -211,6 +214,7 @@ impl Node {
             external: OnceLock::new(),
             reconciled: AtomicBool::new(false),
             reconciling: tokio::sync::Mutex::new(()),
+            notices,
         });
         tokio::spawn(run_settler(Arc::downgrade(&node), inbox));
         Ok(node)
@@ -303,6 +307,12 @@ impl Node {
             .map(|(c, _)| c.status())
             .into_iter()
             .collect()
+    }
+
+    /// Claim notices of durable changes not yet delivered to the citizens' shards (0 once
+    /// every claim is in step with its appointment).
+    pub fn notices_in_flight(&self) -> usize {
+        self.notices.load(Ordering::Acquire)
     }
 
     pub fn config(&self) -> &NodeConfig {

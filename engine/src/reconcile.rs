@@ -55,6 +55,11 @@ impl Settler {
         )
     }
 
+    /// How many notices wait for the settler (across the node).
+    pub fn backlog(&self) -> Arc<AtomicUsize> {
+        self.backlog.clone()
+    }
+
     /// Queues notices; never waits (it is called from a journal completion).
     pub fn send(&self, notices: Vec<Settle>) {
         let n = notices.len();

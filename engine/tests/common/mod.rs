@@ -7,12 +7,14 @@ use holdfast_engine::model::VaccineRules;
 /// A journal that stores at once until the test closes its gate, then holds every
 /// completion (so every answer waits) until the test opens it again.
 #[derive(Default)]
+#[allow(dead_code)] // not every test binary gates its journal
 pub struct GatedJournal {
     closed: std::sync::atomic::AtomicBool,
     fail_next: std::sync::atomic::AtomicBool,
     held: std::sync::Mutex<Vec<Done>>,
 }
 
+#[allow(dead_code)] // not every test binary gates its journal
 impl GatedJournal {
     pub fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
