@@ -162,8 +162,8 @@ struct Listing {
 /// What to check beyond the invariants the server already promises.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckOptions {
-    /// At most one PENDING or CONFIRMED appointment per citizen across the picture. Off by
-    /// default: the server does not enforce the citizen rule yet.
+    /// At most one PENDING or CONFIRMED appointment per citizen across the picture (on by
+    /// default: the server enforces the citizen rule).
     pub one_active_per_citizen: bool,
     /// How long past its `expires_at` a hold may still be PENDING before that counts as
     /// "expiry did not run": expiry is a timer, and the harness's clock is not the server's.
@@ -173,7 +173,7 @@ pub struct CheckOptions {
 impl Default for CheckOptions {
     fn default() -> Self {
         CheckOptions {
-            one_active_per_citizen: false,
+            one_active_per_citizen: true,
             expiry_slack: Duration::from_secs(2),
         }
     }

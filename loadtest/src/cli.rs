@@ -280,9 +280,14 @@ pub struct Args {
     #[serde(serialize_with = "serialize_duration")]
     pub kill_window: Duration,
 
-    /// Also check that no citizen has more than one PENDING or CONFIRMED appointment (the
-    /// contract's citizen rule; off by default while the server does not enforce it yet).
-    #[arg(long, help_heading = "Checks")]
+    /// Skip the check that no citizen has more than one PENDING or CONFIRMED appointment
+    /// (the contract's citizen rule, checked by default; skip it only against a server that
+    /// does not enforce it).
+    #[arg(
+        long = "no-check-one-active-per-citizen",
+        action = clap::ArgAction::SetFalse,
+        help_heading = "Checks"
+    )]
     pub check_one_active_per_citizen: bool,
     /// How long past its `expires_at` a hold may still show PENDING before the checker calls
     /// the expiry overdue. Example: --expiry-slack 2s
