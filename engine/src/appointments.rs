@@ -69,8 +69,8 @@ impl AppointmentTable {
         self.len += 1;
     }
 
-    /// Every appointment, by sequence number.
-    pub fn iter(&self) -> impl Iterator<Item = &Appointment> {
+    /// Every appointment, by sequence number (either way).
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Appointment> {
         self.pages.iter().flatten()
     }
 }

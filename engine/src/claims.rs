@@ -108,6 +108,11 @@ impl Claim {
         })
     }
 
+    /// When the claim was taken (its appointment, if any, was made after this).
+    pub fn taken_at_ms(&self) -> UnixMs {
+        self.not_after_ms - SAGA_BUDGET_MS
+    }
+
     /// The claim without the one it replaces (what a caller is shown).
     pub fn summary(&self) -> Claim {
         Claim {

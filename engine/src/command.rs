@@ -214,10 +214,13 @@ pub enum Query {
     Appointments {
         seqs: Vec<u64>,
     },
-    /// The PENDING hold made for a claim's attempt, if any.
-    FindHold {
+    /// The appointment made under a claim's attempt, if any, whatever its status: the
+    /// appointments created since `since_ms` (when the claim was taken) are read, newest
+    /// first.
+    FindByClaim {
         citizen_id: String,
         attempt: u64,
+        since_ms: UnixMs,
     },
     /// The checks of a booking that come before `ALREADY_BOOKED` (not found, cancelled,
     /// started, not offered).

@@ -166,17 +166,20 @@ impl Node {
         Ok(found)
     }
 
-    /// The PENDING hold made under `attempt` of `citizen_id` at `clinic_shard`.
-    pub(crate) async fn find_hold(
+    /// The appointment made under `claim` of `citizen_id` (at its clinic's shard), whatever
+    /// its status. A claim's appointment is made within the saga's budget after the claim
+    /// was taken, so only appointments made since then are read.
+    pub(crate) async fn find_by_claim(
         &self,
-        clinic_shard: u32,
         citizen_id: &str,
-        attempt: u64,
+        claim: &Claim,
     ) -> Result<Option<AppointmentView>, EngineError> {
-        let query = Query::FindHold {
+        let query = Query::FindByClaim {
             citizen_id: citizen_id.to_string(),
-            attempt,
+            attempt: claim.attempt,
+            since_ms: claim.taken_at_ms(),
         };
+        let clinic_shard = claim.clinic_shard;
         match self.query_exempt(clinic_shard, query).await? {
             QueryAnswer::Appointment(found) => Ok(found),
             other => Err(mismatch(clinic_shard, &other)),
@@ -197,10 +200,7 @@ impl Node {
         for (citizen_id, claim) in claims {
             let current = match claim.appointment() {
                 Some(id) => known.get(&id).cloned(),
-                None => {
-                    self.find_hold(claim.clinic_shard, &citizen_id, claim.attempt)
-                        .await?
-                }
+                None => self.find_by_claim(&citizen_id, &claim).await?,
             };
             let old = claim
                 .previous

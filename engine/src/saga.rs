@@ -250,10 +250,32 @@ impl Node {
             idem,
         );
         let take = saga.take_claim(Some(from.id));
-        let taken = match saga.begin(take).await {
+        let claimed = match saga.begin(take).await {
             Err(early) => return early,
-            Ok(Claimed::Done(outcome, settle)) => return Booked::Ran(saga.done(*outcome, settle)),
-            Ok(Claimed::Taken(taken)) => taken,
+            Ok(claimed) => claimed,
+        };
+        if !from.status.is_active() {
+            // Only a retry of the reschedule that moved it may go on: it is answered the new
+            // appointment (found by its claim). Anything else is refused, and a claim taken
+            // for it is let go.
+            let refused = EngineError::Domain(DomainError::InvalidTransition {
+                status: from.status,
+            });
+            return Booked::Ran(match claimed {
+                Claimed::Done(outcome, settle) if outcome.is_ok() => saga.done(*outcome, settle),
+                Claimed::Done(_, settle) => saga.done(Err(refused), settle),
+                Claimed::Taken(taken) => {
+                    let ended = SettleOutcome::Ended {
+                        clinic_cancelled: false,
+                    };
+                    let settle = saga.settle_of(&taken, ended);
+                    saga.done(Err(refused), Some(settle))
+                }
+            });
+        }
+        let taken = match claimed {
+            Claimed::Done(outcome, settle) => return Booked::Ran(saga.done(*outcome, settle)),
+            Claimed::Taken(taken) => taken,
         };
         let hold = saga.hold(&taken, from.status == Status::Confirmed, Some(from.id));
         let created = match saga.hold_and_check(hold, &taken).await {
@@ -520,9 +542,7 @@ impl<'a> Saga<'a> {
         let holder = match claim.appointment() {
             Some(id) => self.node.get_appointment(id).await,
             None if same_origin || self.node.now_ms() > claim.not_after_ms => {
-                self.node
-                    .find_hold(claim.clinic_shard, &self.citizen_id, claim.attempt)
-                    .await
+                self.node.find_by_claim(&self.citizen_id, &claim).await
             }
             // A booking in flight for this citizen.
             None => return self.already_booked(None).await,

@@ -591,7 +591,10 @@ fn two_active_appointments_of_one_citizen_unless_the_rule_is_skipped() {
         one_active_per_citizen: false,
         ..CheckOptions::default()
     };
-    assert!(check(&picture, &ledger, &skipped).ok(), "skipped on request");
+    assert!(
+        check(&picture, &ledger, &skipped).ok(),
+        "skipped on request"
+    );
 }
 
 // ---- 7. expiry -------------------------------------------------------------------------

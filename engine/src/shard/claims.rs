@@ -146,7 +146,20 @@ impl ShardState {
                     clinic_cancelled: true,
                 },
             ),
-            _ => return None,
+            // Listed one by one, so a new kind of change must say whether it settles a claim.
+            Event::AppointmentReserved(_)
+            | Event::AppointmentRejected { .. }
+            | Event::AppointmentAtRisk { .. }
+            | Event::AppointmentNeedsReview { .. }
+            | Event::VaccinePut { .. }
+            | Event::ClinicPut { .. }
+            | Event::StockReceived { .. }
+            | Event::StockAdjusted { .. }
+            | Event::SlotPut { .. }
+            | Event::SlotCancelled { .. }
+            | Event::CitizenPut { .. }
+            | Event::ClaimTaken { .. }
+            | Event::ClaimSettled { .. } => return None,
         };
         let a = self.appointments.get(&seq)?;
         (a.claim != 0).then(|| Settle {

@@ -31,10 +31,11 @@ impl ShardState {
                     .filter_map(|&seq| self.appointment_view(seq))
                     .collect(),
             ),
-            Query::FindHold {
+            Query::FindByClaim {
                 citizen_id,
                 attempt,
-            } => QueryAnswer::Appointment(self.find_hold(citizen_id, *attempt)),
+                since_ms,
+            } => QueryAnswer::Appointment(self.find_by_claim(citizen_id, *attempt, *since_ms)),
             Query::Bookable {
                 clinic_id,
                 slot_id,
@@ -118,14 +119,19 @@ impl ShardState {
         }
     }
 
-    /// The PENDING hold made under a claim's attempt (its deadline queue names every
-    /// PENDING hold, so this reads no other appointment).
-    fn find_hold(&self, citizen_id: &str, attempt: u64) -> Option<AppointmentView> {
-        self.deadlines
+    /// The appointment made under a claim's attempt. Appointments are numbered in the
+    /// order they are made, so only those made since the claim was taken are read, newest
+    /// first (a PENDING hold, or a reschedule's appointment made CONFIRMED at once).
+    fn find_by_claim(
+        &self,
+        citizen_id: &str,
+        attempt: u64,
+        since_ms: UnixMs,
+    ) -> Option<AppointmentView> {
+        self.appointments
             .iter()
-            .filter_map(|(_, deadline)| match deadline {
-                crate::deadlines::Deadline::Hold { seq } => self.appointments.get(&seq),
-            })
+            .rev()
+            .take_while(|a| a.created_at_ms >= since_ms)
             .find(|a| a.claim == attempt && *a.citizen == *citizen_id)
             .and_then(|a| self.appointment_view(a.seq))
     }

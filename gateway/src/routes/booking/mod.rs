@@ -11,7 +11,7 @@ use axum::Json;
 use holdfast_engine::command::{Cancel, Confirm};
 use holdfast_engine::saga::{Booked, RescheduleRequest};
 use holdfast_engine::view::AppointmentView;
-use holdfast_engine::{AppointmentId, Command, DomainError, Output, Status};
+use holdfast_engine::{AppointmentId, Command, Output, Status};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -179,19 +179,12 @@ async fn reschedule_appointment(
     Ok(joined(task).await)
 }
 
-/// `INVALID_TRANSITION` unless PENDING or CONFIRMED, then `TOO_LATE` within
-/// `--reschedule-notice` of the old slot's start.
+/// `TOO_LATE` within `--reschedule-notice` of the old slot's start. (`INVALID_TRANSITION`,
+/// which comes first, is the saga's: an appointment that ended may be the one a retried
+/// reschedule already moved, and the retry must answer the new appointment.)
 fn may_move(state: &AppState, from: &AppointmentView) -> Option<ApiError> {
-    if !from.status.is_active() {
-        return Some(
-            DomainError::InvalidTransition {
-                status: from.status,
-            }
-            .into(),
-        );
-    }
     let notice = state.settings.reschedule_notice_ms;
-    if notice > 0 && from.slot_start_ms - state.node.now_ms() < notice {
+    if from.status.is_active() && notice > 0 && from.slot_start_ms - state.node.now_ms() < notice {
         return Some(
             ApiError::new(
                 StatusCode::CONFLICT,
