@@ -10,6 +10,7 @@
 mod common;
 
 mod crash;
+mod crash_saga;
 mod durability_faults;
 mod durable_answers;
 mod durable_idempotency;
