@@ -821,11 +821,6 @@ async fn reschedule_after_move_completes_the_move() {
 /// The client's retry of the reschedule cut after its move, with the same key and body,
 /// answers the new appointment (201), not a third one and not an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine bug: after a crash at reschedule.after_move, the client's retry of the \
-            reschedule (same key, same body) answers 409 INVALID_TRANSITION (\"not allowed \
-            from status RELEASED\") instead of 201 with the new appointment: the gateway's \
-            may_move refuses the released old appointment before the saga looks for the \
-            retried request's own claim (claims.rs, 'A retry after a crash')"]
 async fn reschedule_after_move_retry_answers_the_new_appointment() {
     let t0 = Instant::now();
     let moved = reschedule_after_move("ramr", false).await;
@@ -847,23 +842,12 @@ async fn reschedule_after_move_retry_answers_the_new_appointment() {
 /// As [`reschedule_after_hold_rolls_back_to_the_old_appointment`], moving a CONFIRMED
 /// appointment (the new one is made CONFIRMED at once, so it has no hold deadline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine bug: a reschedule of a CONFIRMED appointment cut at reschedule.after_hold \
-            is not rolled back at recovery: the new CONFIRMED appointment stays live beside \
-            the old one (invariants: 'citizen .. has two active appointments' or 'appointment \
-            .. (CONFIRMED) of citizen .. is not its claim'), because reconcile_claims finds the unbound claim's appointment with \
-            find_hold, which only scans PENDING holds' deadlines"]
 async fn reschedule_of_a_confirmed_appointment_after_hold_rolls_back() {
     reschedule_after_hold("rahc", true).await;
 }
 
 /// As [`reschedule_after_move_completes_the_move`], moving a CONFIRMED appointment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine bug: a reschedule of a CONFIRMED appointment cut at \
-            reschedule.after_move leaves the new CONFIRMED appointment without its claim after \
-            recovery (invariants: 'appointment .. (CONFIRMED) of citizen .. is not its claim \
-            (None)'; a new booking for the citizen then succeeds: two live appointments), \
-            because reconcile_claims finds the unbound claim's appointment with find_hold, \
-            which only scans PENDING holds' deadlines, and so ends the claim"]
 async fn reschedule_of_a_confirmed_appointment_after_move_completes_the_move() {
     let t0 = Instant::now();
     reschedule_after_move("ramc", true).await;
