@@ -140,19 +140,13 @@ async fn main() {
                         let k = i * u64::from(SHARDS) + u64::from(shard);
                         let target = window_start_ms
                             + (k as i64 * WINDOW_MS) / (HOLDS_PER_SHARD * u64::from(SHARDS)) as i64;
-                        Command::Hold(Hold {
-                            clinic_id: clinic.clone(),
-                            slot_id: plan.take().to_string(),
-                            vaccine: VACCINE.to_string(),
-                            citizen_id: format!("citizen-{shard:02}-{i:07}"),
-                            hold_ms: target - now,
-                            rebook_priority: false,
-                            citizen: None,
-                            claim: 0,
-                            not_after_ms: None,
-                            confirmed: false,
-                            rescheduled_from: None,
-                        })
+                        Command::Hold(Hold::new(
+                            &clinic,
+                            plan.take(),
+                            VACCINE,
+                            &format!("citizen-{shard:02}-{i:07}"),
+                            target - now,
+                        ))
                     })
                     .collect();
                 for answer in node.exec_batch(shard, commands).await.expect("holds") {

@@ -83,19 +83,7 @@ async fn stop(node: Arc<Node>, journal: Arc<WalJournal>) {
 }
 
 fn hold(clinic: &str, slot: &str, citizen: &str) -> Command {
-    Command::Hold(Hold {
-        clinic_id: clinic.to_string(),
-        slot_id: slot.to_string(),
-        vaccine: VACCINE.to_string(),
-        citizen_id: citizen.to_string(),
-        hold_ms: HOLD_MS,
-        rebook_priority: false,
-        citizen: None,
-        claim: 0,
-        not_after_ms: None,
-        confirmed: false,
-        rescheduled_from: None,
-    })
+    Command::Hold(Hold::new(clinic, slot, VACCINE, citizen, HOLD_MS))
 }
 
 /// `count` holds on every shard, concurrently, in batches of `BATCH`; confirms one in

@@ -60,19 +60,7 @@ pub fn clinic_command(clinic_id: &str) -> Command {
 
 /// A hold as the gateway builds it: owned strings, a deadline, no priority.
 pub fn hold_command(clinic_id: &str, slot_id: &str, citizen_id: &str) -> Command {
-    Command::Hold(Hold {
-        clinic_id: clinic_id.to_string(),
-        slot_id: slot_id.to_string(),
-        vaccine: VACCINE.to_string(),
-        citizen_id: citizen_id.to_string(),
-        hold_ms: HOLD_MS,
-        rebook_priority: false,
-        citizen: None,
-        claim: 0,
-        not_after_ms: None,
-        confirmed: false,
-        rescheduled_from: None,
-    })
+    Command::Hold(Hold::new(clinic_id, slot_id, VACCINE, citizen_id, HOLD_MS))
 }
 
 /// Slots that together have exactly `seats` seats (none above `SLOT_CAPACITY_MAX`), handed

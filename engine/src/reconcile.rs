@@ -115,6 +115,15 @@ impl Node {
                 _ => {}
             }
         }
+        for (shard, command) in self.settle_commands(settles) {
+            if let Err(e) = self.exec_compensation_deferred(shard, command).await {
+                tracing::warn!(shard, error = %e, "claim notices not delivered");
+            }
+        }
+    }
+
+    /// `settles` as one command per citizens' shard.
+    fn settle_commands(&self, settles: Vec<Settle>) -> Vec<(u32, Command)> {
         let mut by_shard: BTreeMap<u32, Vec<Settle>> = BTreeMap::new();
         for settle in settles {
             by_shard
@@ -122,12 +131,10 @@ impl Node {
                 .or_default()
                 .push(settle);
         }
-        for (shard, settles) in by_shard {
-            let command = Command::SettleClaims(SettleClaims { settles });
-            if let Err(e) = self.exec_compensation_deferred(shard, command).await {
-                tracing::warn!(shard, error = %e, "claim notices not delivered");
-            }
-        }
+        by_shard
+            .into_iter()
+            .map(|(shard, settles)| (shard, Command::SettleClaims(SettleClaims { settles })))
+            .collect()
     }
 
     /// Every claim of every shard this node serves, with its citizen.
@@ -224,16 +231,8 @@ impl Node {
             });
         }
         let changed = settles.len();
-        let mut by_shard: BTreeMap<u32, Vec<Settle>> = BTreeMap::new();
-        for settle in settles {
-            by_shard
-                .entry(self.citizen_shard(&settle.citizen_id))
-                .or_default()
-                .push(settle);
-        }
-        for (shard, settles) in by_shard {
-            self.exec_compensation(shard, Command::SettleClaims(SettleClaims { settles }))
-                .await?;
+        for (shard, command) in self.settle_commands(settles) {
+            self.exec_compensation(shard, command).await?;
         }
         Ok(changed)
     }

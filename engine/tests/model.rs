@@ -346,17 +346,14 @@ impl Model {
                 let c = clinic as usize % self.clinics();
                 let s = self.pick_slot(c, slot);
                 let command = Command::Hold(Hold {
-                    clinic_id: clinic_id(c),
-                    slot_id: s.map_or_else(|| "no-such-slot".to_string(), slot_id),
-                    vaccine: VACCINES[vaccine].to_string(),
-                    citizen_id: format!("citizen-{citizen}"),
-                    hold_ms,
                     rebook_priority: priority,
-                    citizen: None,
-                    claim: 0,
-                    not_after_ms: None,
-                    confirmed: false,
-                    rescheduled_from: None,
+                    ..Hold::new(
+                        &clinic_id(c),
+                        &s.map_or_else(|| "no-such-slot".to_string(), slot_id),
+                        VACCINES[vaccine],
+                        &format!("citizen-{citizen}"),
+                        hold_ms,
+                    )
                 });
                 let Some(s) = s else {
                     return Some((command, Expect::Err(DomainError::NotFound(Resource::Slot))));

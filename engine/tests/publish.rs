@@ -76,19 +76,7 @@ async fn clinic(node: &Node) -> u32 {
 }
 
 fn hold() -> Command {
-    Command::Hold(Hold {
-        clinic_id: "c1".into(),
-        slot_id: "s1".into(),
-        vaccine: "vx".into(),
-        citizen_id: "ada".into(),
-        hold_ms: 600_000,
-        rebook_priority: false,
-        citizen: None,
-        claim: 0,
-        not_after_ms: None,
-        confirmed: false,
-        rescheduled_from: None,
-    })
+    Command::Hold(Hold::new("c1", "s1", "vx", "ada", 600_000))
 }
 
 async fn next(events: &mut Receiver<Arc<Published>>) -> Arc<Published> {

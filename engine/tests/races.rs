@@ -101,19 +101,7 @@ async fn set_up_clinic(
 }
 
 fn hold(clinic: &str, slot: &str, citizen: &str) -> Command {
-    Command::Hold(Hold {
-        clinic_id: clinic.to_string(),
-        slot_id: slot.to_string(),
-        vaccine: VACCINE.to_string(),
-        citizen_id: citizen.to_string(),
-        hold_ms: HOLD_MS,
-        rebook_priority: false,
-        citizen: None,
-        claim: 0,
-        not_after_ms: None,
-        confirmed: false,
-        rescheduled_from: None,
-    })
+    Command::Hold(Hold::new(clinic, slot, VACCINE, citizen, HOLD_MS))
 }
 
 async fn availability(node: &Node, clinic: &str) -> AvailabilityView {

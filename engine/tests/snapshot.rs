@@ -63,17 +63,8 @@ fn workload() -> Vec<Command> {
     ];
     for i in 0..14u64 {
         commands.push(Command::Hold(Hold {
-            clinic_id: "k".into(),
-            slot_id: format!("s{}", i % 3),
-            vaccine: "vx".into(),
-            citizen_id: format!("p{i}"),
-            hold_ms: 60_000,
             rebook_priority: i.is_multiple_of(5),
-            citizen: None,
-            claim: 0,
-            not_after_ms: None,
-            confirmed: false,
-            rescheduled_from: None,
+            ..Hold::new("k", &format!("s{}", i % 3), "vx", &format!("p{i}"), 60_000)
         }));
     }
     for seq in 1..=12u64 {

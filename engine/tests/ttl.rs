@@ -84,19 +84,7 @@ async fn set_up(node: &Node, now_ms: i64, capacity: u32, doses: i64) -> u32 {
 }
 
 async fn hold(node: &Node, shard: u32, citizen: &str, hold_ms: i64) -> AppointmentView {
-    let command = Command::Hold(Hold {
-        clinic_id: CLINIC.to_string(),
-        slot_id: SLOT.to_string(),
-        vaccine: VACCINE.to_string(),
-        citizen_id: citizen.to_string(),
-        hold_ms,
-        rebook_priority: false,
-        citizen: None,
-        claim: 0,
-        not_after_ms: None,
-        confirmed: false,
-        rescheduled_from: None,
-    });
+    let command = Command::Hold(Hold::new(CLINIC, SLOT, VACCINE, citizen, hold_ms));
     match bounded(node.exec(shard, command)).await {
         Ok(Output::Appointment(view)) => view,
         other => panic!("hold failed: {other:?}"),

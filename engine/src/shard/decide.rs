@@ -278,19 +278,10 @@ impl ShardState {
     }
 
     fn decide_hold(&self, r: &Hold, now_ms: UnixMs) -> Result<Decision, DomainError> {
-        let (clinic, slot) = self.clinic_and_slot(&r.clinic_id, &r.slot_id)?;
-        let vaccine = self.vaccine_of(&r.vaccine)?;
+        let (clinic, slot, vaccine) =
+            self.bookable(&r.clinic_id, &r.slot_id, &r.vaccine, now_ms)?;
         let c = &self.clinics[clinic as usize];
         let s = &c.slots[slot as usize];
-        if s.cancelled {
-            return Err(DomainError::SlotCancelled);
-        }
-        if now_ms >= s.start_ms {
-            return Err(DomainError::SlotStarted);
-        }
-        if !s.vaccines.contains(&vaccine) {
-            return Err(DomainError::VaccineNotOffered);
-        }
         // A priority rebooking may take the reserve; anyone else leaves it alone.
         let seats_open = if r.rebook_priority {
             s.remaining() > 0

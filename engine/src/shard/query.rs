@@ -41,7 +41,10 @@ impl ShardState {
                 slot_id,
                 vaccine,
                 now_ms,
-            } => QueryAnswer::Bookable(self.bookable(clinic_id, slot_id, vaccine, *now_ms)),
+            } => QueryAnswer::Bookable(
+                self.bookable(clinic_id, slot_id, vaccine, *now_ms)
+                    .map(|_| ()),
+            ),
             Query::Claims => QueryAnswer::Claims(self.claims()),
             Query::ActiveAppointments => QueryAnswer::Appointments(
                 self.appointments
@@ -136,14 +139,15 @@ impl ShardState {
             .and_then(|a| self.appointment_view(a.seq))
     }
 
-    /// The checks of a booking that come before `ALREADY_BOOKED`, in the contract's order.
-    fn bookable(
+    /// The checks of a booking that come before `ALREADY_BOOKED`, in the contract's order;
+    /// answers the clinic, the slot and the vaccine.
+    pub(super) fn bookable(
         &self,
         clinic_id: &str,
         slot_id: &str,
         vaccine: &str,
         now_ms: UnixMs,
-    ) -> Result<(), DomainError> {
+    ) -> Result<(u32, u32, VaccineIdx), DomainError> {
         let (clinic, slot) = self.clinic_and_slot(clinic_id, slot_id)?;
         let vaccine = self.vaccine_of(vaccine)?;
         let s = &self.clinics[clinic as usize].slots[slot as usize];
@@ -156,7 +160,7 @@ impl ShardState {
         if !s.vaccines.contains(&vaccine) {
             return Err(DomainError::VaccineNotOffered);
         }
-        Ok(())
+        Ok((clinic, slot, vaccine))
     }
 
     /// What the rules of a booking read about its slot.
