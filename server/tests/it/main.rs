@@ -23,3 +23,4 @@ mod http_ops;
 mod http_stock;
 mod openapi;
 mod recovery_status;
+mod reschedule;
