@@ -580,6 +580,19 @@ impl Harness {
         Harness::start_config(test_config(node, hold_ttl_ms, max_hold_ms, Storage::Memory)).await
     }
 
+    /// A server with `SHARDS` shards, in memory, with these gateway settings (e.g. a
+    /// `--reschedule-notice`).
+    pub async fn start_with_settings(settings: Settings) -> Harness {
+        let mut config = test_config(
+            NodeConfig::embedded(SHARDS),
+            settings.hold_ttl_ms,
+            settings.max_hold_ms,
+            Storage::Memory,
+        );
+        config.settings = settings;
+        Harness::start_config(config).await
+    }
+
     /// A server with any configuration (e.g. another clock), started once every shard has
     /// recovered.
     pub async fn start_config(config: ServerConfig) -> Harness {
@@ -633,6 +646,40 @@ impl Harness {
             .unwrap_or_else(|| panic!("no shard {shard} in {status}"))
     }
 
+    /// `GET /v1/admin/invariants` (asserts 200 and the answer's shape).
+    pub async fn invariants(&self) -> Value {
+        let answer = self
+            .send(Req::get("/v1/admin/invariants").token(&self.operator))
+            .await
+            .expect(200);
+        assert!(answer["ok"].is_boolean(), "{answer}");
+        assert!(answer["violations"].is_array(), "{answer}");
+        assert_eq!(
+            answer["shards_checked"],
+            self.configured_shards(),
+            "{answer}"
+        );
+        answer
+    }
+
+    /// Asserts `GET /v1/admin/invariants` answers `ok` once the claim notices of the changes
+    /// already answered have been applied. A clinic's change (a cancel, a reschedule's move)
+    /// reaches the citizen's claim through a notice sent after its answer, so a check right
+    /// after a cancel may see the claim a moment before its notice: this asks up to 100
+    /// times, 20 ms apart (no timing is asserted), and fails with the last violations.
+    pub async fn assert_invariants_ok(&self) {
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            last = self.invariants().await;
+            if last["ok"] == true {
+                assert_eq!(last["violations"], json!([]), "{last}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the invariants stay broken: {last}");
+    }
+
     pub fn node(&self) -> &holdfast_engine::Node {
         &self.server.state.node
     }
@@ -676,6 +723,21 @@ pub fn test_config(
         storage,
         external: None,
     }
+}
+
+/// `n` ids `<prefix>-<i>`, each in a shard of its own among `shards` (the first id of each
+/// new shard, in order of `i`).
+pub fn ids_on_distinct_shards(prefix: &str, n: usize, shards: u32) -> Vec<String> {
+    assert!(
+        n <= shards as usize,
+        "{n} ids cannot be on distinct shards of {shards}"
+    );
+    let mut taken = std::collections::BTreeSet::new();
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| taken.insert(holdfast_engine::hash::shard_of(id, shards)))
+        .take(n)
+        .collect()
 }
 
 // ---- bodies --------------------------------------------------------------------------

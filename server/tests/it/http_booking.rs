@@ -447,3 +447,78 @@ async fn a_citizen_holds_at_most_one_active_appointment() {
     assert_eq!(active, 1);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_bookings_for_one_citizen_across_ten_shards_take_one_seat() {
+    // 16 shards, so that ten clinics can each be on a shard of their own.
+    const SHARDS_HERE: u32 = 16;
+    let h = Harness::start_with(SHARDS_HERE, HOLD_TTL_MS, MAX_HOLD_MS).await;
+    h.standard_vaccine(VACCINE).await;
+    let clinics = ids_on_distinct_shards("spread", 10, SHARDS_HERE);
+    let shards: std::collections::BTreeSet<u32> = clinics
+        .iter()
+        .map(|c| holdfast_engine::hash::shard_of(c, SHARDS_HERE))
+        .collect();
+    assert_eq!(shards.len(), 10, "{clinics:?}");
+    for c in &clinics {
+        h.clinic_with_slot(c, "s-1", 5, 7).await;
+    }
+    h.put_adult("dan").await;
+    let mut before = Vec::new();
+    for c in &clinics {
+        let avail = h.availability(c).await;
+        assert_eq!(seats(&avail, "s-1"), (5, 0, 0));
+        assert_eq!(stock(&avail, VACCINE), (7, 0, 7));
+        before.push(avail);
+    }
+
+    let barrier = Arc::new(Barrier::new(clinics.len()));
+    let tasks: Vec<_> = clinics
+        .iter()
+        .enumerate()
+        .map(|(i, clinic)| {
+            let api = h.api.clone();
+            let barrier = barrier.clone();
+            let body = booking_body("dan", clinic, "s-1", VACCINE);
+            tokio::spawn(async move {
+                let token = api.citizen_token("dan");
+                barrier.wait().await;
+                api.book_with(&token, &format!("dan-{i}"), &body).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("a booking task"));
+    }
+
+    let winners: Vec<usize> = (0..answers.len())
+        .filter(|&i| answers[i].status == 201)
+        .collect();
+    assert_eq!(winners.len(), 1, "{answers:#?}");
+    let winner = winners[0];
+    for r in answers.iter().filter(|r| r.status != 201) {
+        assert_error_code(r, 409, "ALREADY_BOOKED");
+    }
+    let won = answers[winner].json();
+    check_appointment_shape(&won);
+    assert_eq!(won["clinic_id"], clinics[winner].as_str());
+    assert_eq!(won["status"], "PENDING");
+
+    // Only the winner's slot and stock moved; the losers' clinics hold nothing at all (the
+    // claim is taken before any hold, so a refused booking leaves no appointment behind).
+    for (i, c) in clinics.iter().enumerate() {
+        let avail = h.availability(c).await;
+        if i == winner {
+            assert_eq!(seats(&avail, "s-1"), (4, 1, 0), "{c}");
+            assert_eq!(stock(&avail, VACCINE), (7, 1, 6), "{c}");
+        } else {
+            assert_eq!(avail, before[i], "{c}");
+            assert!(h.clinic_appointments(c, "").await.is_empty(), "{c}");
+        }
+    }
+    let mine = h.citizen_appointments("dan").await;
+    assert_eq!(mine, vec![won]);
+    h.assert_invariants_ok().await;
+    h.shutdown().await;
+}

@@ -24,3 +24,4 @@ mod http_ops;
 mod http_stock;
 mod openapi;
 mod recovery_status;
+mod reschedule;
