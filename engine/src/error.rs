@@ -93,6 +93,10 @@ pub enum DomainError {
     LimitReached(Limit),
     /// The appointment belongs to another citizen.
     NotYours,
+    /// A reschedule of an appointment whose slot starts within `--reschedule-notice`.
+    TooLate {
+        notice_s: i64,
+    },
     /// A hold arrived after its claim's `not_after_ms` (the booking's steps took longer than
     /// the saga's budget): nothing was held; the client may retry.
     ClaimLapsed,
@@ -118,6 +122,7 @@ impl DomainError {
             DomainError::LimitReached(_) => "LIMIT_REACHED",
             DomainError::NotYours => "FORBIDDEN",
             DomainError::ClaimLapsed => "UNAVAILABLE",
+            DomainError::TooLate { .. } => "TOO_LATE",
         }
     }
 }
@@ -154,6 +159,9 @@ impl std::fmt::Display for DomainError {
             }
             DomainError::LimitReached(what) => write!(f, "limit reached: {}", what.as_str()),
             DomainError::NotYours => f.write_str("this appointment belongs to someone else"),
+            DomainError::TooLate { .. } => {
+                f.write_str("the appointment starts too soon to be rescheduled")
+            }
             DomainError::ClaimLapsed => {
                 f.write_str("the booking took longer than its budget; nothing was held, retry")
             }

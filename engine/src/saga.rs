@@ -50,6 +50,9 @@ pub struct RescheduleRequest {
     pub clinic_id: String,
     pub slot_id: String,
     pub hold_ms: i64,
+    /// `--reschedule-notice`: refused (`TOO_LATE`) when the old slot starts within this
+    /// (0: off).
+    pub notice_ms: i64,
 }
 
 /// A request's Idempotency-Key, and `home`: the shard where the caller's keys live (the
@@ -277,6 +280,14 @@ impl Node {
             Claimed::Done(outcome, settle) => return Booked::Ran(saga.done(*outcome, settle)),
             Claimed::Taken(taken) => taken,
         };
+        // Checked once the key is looked up, so a replay is never answered TOO_LATE.
+        if request.notice_ms > 0 && from.slot_start_ms - self.now_ms() < request.notice_ms {
+            let refused = EngineError::Domain(DomainError::TooLate {
+                notice_s: request.notice_ms / 1000,
+            });
+            let settle = saga.settle_of(&taken, SettleOutcome::Restore);
+            return Booked::Ran(saga.done(Err(refused), Some(settle)));
+        }
         let hold = saga.hold(&taken, from.status == Status::Confirmed, Some(from.id));
         let created = match saga.hold_and_check(hold, &taken).await {
             Ok(new) => new,

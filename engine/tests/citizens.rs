@@ -616,6 +616,7 @@ impl World {
                     clinic_id: target.clinic_id,
                     slot_id: target.slot_id,
                     hold_ms: HOLD_MS,
+                    notice_ms: 0,
                 };
                 let booked = bounded(self.node.reschedule(request, Some(idem.clone()))).await;
                 self.answer(&idem, booked).await?;

@@ -288,6 +288,9 @@ impl From<DomainError> for ApiError {
             }
             DomainError::NotYours => ApiError::forbidden(message),
             DomainError::ClaimLapsed => ApiError::unavailable(RETRY_AFTER_S, message),
+            DomainError::TooLate { notice_s } => {
+                conflict(message).with_detail("notice_seconds", notice_s)
+            }
             DomainError::NotEligible { reasons } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
                     .with_detail("reasons", reasons)

@@ -653,7 +653,6 @@ async fn reschedule_checks_come_in_the_documented_order() {
 /// same key with another body answers 409 INVALID_TRANSITION instead of 422
 /// IDEMPOTENCY_KEY_REUSED. The stored answer exists; it is never reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a reschedule's replay after its 201 answers 409 INVALID_TRANSITION (the old appointment's status is checked before the Idempotency-Key is looked up), and the key with another body 409 instead of 422"]
 async fn a_replayed_reschedule_answers_its_first_201_again() {
     let h = Harness::start().await;
     h.standard_vaccine(VACCINE).await;

@@ -164,37 +164,17 @@ async fn reschedule_appointment(
     let idem = idem_request(&state, &caller, &key, &what, &body);
     let app = state.clone();
     let task = tokio::spawn(async move {
-        if let Some(refused) = may_move(&app, &from) {
-            return refused.into_response();
-        }
         let request = RescheduleRequest {
             from,
             clinic_id: body.clinic_id.clone(),
             slot_id: body.slot_id.clone(),
             hold_ms: body.hold_ms(&app.settings),
+            notice_ms: app.settings.reschedule_notice_ms,
         };
         let booked = app.node.reschedule(request, Some(idem)).await;
         answer_booked(&app, booked).await
     });
     Ok(joined(task).await)
-}
-
-/// `TOO_LATE` within `--reschedule-notice` of the old slot's start. (`INVALID_TRANSITION`,
-/// which comes first, is the saga's: an appointment that ended may be the one a retried
-/// reschedule already moved, and the retry must answer the new appointment.)
-fn may_move(state: &AppState, from: &AppointmentView) -> Option<ApiError> {
-    let notice = state.settings.reschedule_notice_ms;
-    if from.status.is_active() && notice > 0 && from.slot_start_ms - state.node.now_ms() < notice {
-        return Some(
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "TOO_LATE",
-                "the appointment starts too soon to be rescheduled",
-            )
-            .with_detail("notice_seconds", notice / 1000),
-        );
-    }
-    None
 }
 
 /// Answers a saga under its key: a replay as first sent, or the saga's outcome, stored with
