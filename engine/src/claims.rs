@@ -25,9 +25,10 @@
 //!    the hold, release the claim).
 //! 2. **Every later change** of the appointment (confirm, cancel, expiry, clinic
 //!    cancellation, a reschedule's move) is decided by the clinic's shard alone. Once its
-//!    records are durable, the shard sends a [`Settle`] notice for it through the node to
-//!    the citizen's shard, which confirms or ends the claim. Notices name the attempt, so a
-//!    late or repeated one is a no-op.
+//!    records are durable, the shard sends a [`Settle`] notice for each change that ends the
+//!    appointment (or spends a priority) through the node to the citizen's shard, which ends
+//!    the claim (a plain confirm leaves the claim as it is: it stays bound). Notices name
+//!    the attempt, so a late or repeated one is a no-op.
 //! 3. **A claim found in the way** of a new booking is verified before the answer is
 //!    `ALREADY_BOOKED`: if its appointment has ended (its notice not yet applied) or its
 //!    attempt made no hold before `not_after_ms`, the new booking replaces it in one step.
@@ -88,7 +89,8 @@ pub struct Claim {
     pub origin: Origin,
     /// The appointment, once bound.
     pub seq: Option<u64>,
-    /// The hold's deadline while the appointment is PENDING.
+    /// The deadline of the hold it was taken or bound for (the clinic's shard decides
+    /// expiry; a confirm does not come back to clear it).
     pub expires_at_ms: Option<UnixMs>,
     /// No hold is made for this attempt after this instant.
     pub not_after_ms: UnixMs,
@@ -150,7 +152,8 @@ pub enum SettleOutcome {
         seq: u64,
         expires_at_ms: Option<UnixMs>,
     },
-    /// The appointment was confirmed: no deadline any more; a priority is spent.
+    /// The appointment, booked with the citizen's `rebook_priority`, was confirmed: the
+    /// priority is spent. (A confirm sends no other notice: the claim stays as it is.)
     Confirmed,
     /// The appointment ended (or was never made): the citizen is free;
     /// `clinic_cancelled` earns `rebook_priority`.

@@ -217,18 +217,30 @@ impl Node {
             let outcome = match (claim.previous.is_some(), old) {
                 // A reschedule cut before its old appointment was released: roll it back.
                 (true, Some(old)) if old.status.is_active() => {
-                    if let Some(new) = current.filter(|a| a.status.is_active()) {
+                    if let Some(new) = current.as_ref().filter(|a| a.status.is_active()) {
                         self.reject_quietly(new.id).await;
                     }
                     SettleOutcome::Restore
                 }
                 _ => settle_against(current.as_ref()),
             };
+            // A confirm that spent a priority may not have reached the claim.
+            let spent = claim.priority
+                && current
+                    .as_ref()
+                    .is_some_and(|a| a.status == Status::Confirmed && a.rebook_priority);
             settles.push(Settle {
-                citizen_id,
+                citizen_id: citizen_id.clone(),
                 attempt: claim.attempt,
                 outcome,
             });
+            if spent {
+                settles.push(Settle {
+                    citizen_id,
+                    attempt: claim.attempt,
+                    outcome: SettleOutcome::Confirmed,
+                });
+            }
         }
         let changed = settles.len();
         for (shard, command) in self.settle_commands(settles) {

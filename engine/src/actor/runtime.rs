@@ -324,6 +324,9 @@ impl ShardRuntime {
         let fingerprint = self.idempotency.fingerprint_of(&key);
         let waiters = self.idempotency.finish(&key, response.clone(), now_ms);
         let writable = self.admit_write().is_ok();
+        // Events this message applied before (a booking's claim settlement) go in the same
+        // append as the record: one submission, one completion.
+        let mut taken = self.take_events();
         let (Some(response), Some(fingerprint), true) = (response.clone(), fingerprint, writable)
         else {
             // Nothing to store (no decision was reached), or the journal cannot take it: the
@@ -331,11 +334,16 @@ impl ShardRuntime {
             for waiter in waiters {
                 let _ = waiter.send(IdemOutcome::Finished(response.clone()));
             }
-            let _ = reply.send(if response.is_none() || writable {
+            let answer = if !writable && response.is_some() {
+                Err(EngineError::Unavailable { shard: self.shard })
+            } else if taken.records.is_empty() {
                 Ok(Durable::stored(self.shard))
             } else {
-                Err(EngineError::Unavailable { shard: self.shard })
-            });
+                let (durable, done) = Durable::new(self.shard);
+                self.submit(taken, done);
+                Ok(durable)
+            };
+            let _ = reply.send(answer);
             return;
         };
         self.wal_seq += 1;
@@ -347,7 +355,9 @@ impl ShardRuntime {
             body: response.body.clone(),
             stored_at_ms: now_ms,
         };
-        let records = vec![(self.wal_seq, encode(&LogRecord::Idempotency(record)))];
+        taken
+            .records
+            .push((self.wal_seq, encode(&LogRecord::Idempotency(record))));
         let (durable, stored) = Durable::new(self.shard);
         let done: Done = Box::new(move |result| {
             // Waiters answer with the response only once it is stored.
@@ -358,11 +368,6 @@ impl ShardRuntime {
             }
             stored(result);
         });
-        let taken = Taken {
-            records,
-            published: Vec::new(),
-            notices: Vec::new(),
-        };
         self.submit(taken, done);
         let _ = reply.send(Ok(durable));
         self.maybe_snapshot();
@@ -403,8 +408,8 @@ impl ShardRuntime {
         let _ = reply.send(BeginAnswer::Claim(Box::new((result, durable))));
     }
 
-    /// Settles the claim, then stores the key's answer (when it lives here): queued back to
-    /// back, so the record's [`Durable`] covers both.
+    /// Settles the claim, then stores the key's answer (when it lives here): one append, so
+    /// the record's [`Durable`] covers both.
     pub(super) fn finish_booking(
         &mut self,
         settle: SettleClaims,
@@ -416,13 +421,7 @@ impl ShardRuntime {
             let _ = self.run(Command::SettleClaims(settle));
         }
         match key {
-            Some((key, response)) => {
-                if !self.events.is_empty() {
-                    let taken = self.take_events();
-                    self.submit(taken, Box::new(|_| {}));
-                }
-                self.idempotency_finish(key, response, reply);
-            }
+            Some((key, response)) => self.idempotency_finish(key, response, reply),
             None if settled => {
                 let (durable, done) = Durable::new(self.shard);
                 self.submit_applied(done);

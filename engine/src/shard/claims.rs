@@ -118,7 +118,7 @@ impl ShardState {
                     || claim.expires_at_ms != *expires_at_ms
                     || claim.previous.is_some()
             }
-            SettleOutcome::Confirmed => claim.expires_at_ms.is_some() || claim.priority,
+            SettleOutcome::Confirmed => claim.priority,
             SettleOutcome::Ended { .. } | SettleOutcome::Lapsed { .. } => true,
             SettleOutcome::Restore => claim.previous.is_some(),
         }
@@ -130,7 +130,17 @@ impl ShardState {
     /// a reschedule's restore of the old claim).
     pub fn notice_for(&self, event: &Event) -> Option<Settle> {
         let (seq, outcome) = match event {
-            Event::AppointmentConfirmed { seq, .. } => (*seq, SettleOutcome::Confirmed),
+            // A confirm changes a claim only when it spends a priority: the claim stays bound
+            // to the same appointment either way.
+            Event::AppointmentConfirmed { seq, .. }
+                if self
+                    .appointments
+                    .get(seq)
+                    .is_some_and(|a| a.rebook_priority) =>
+            {
+                (*seq, SettleOutcome::Confirmed)
+            }
+            Event::AppointmentConfirmed { .. } => return None,
             Event::AppointmentReleased { seq }
             | Event::AppointmentExpired { seq }
             | Event::AppointmentCancelled { seq }
@@ -229,11 +239,8 @@ impl ShardState {
                 }
             }
             SettleOutcome::Confirmed => {
-                claim.expires_at_ms = None;
-                if claim.priority {
-                    claim.priority = false;
-                    entry.rebook_priority = false;
-                }
+                claim.priority = false;
+                entry.rebook_priority = false;
             }
             // A reschedule's new appointment that ends before the move completed gives the
             // citizen back the claim of the old one.
