@@ -18,7 +18,9 @@ use crate::shard::ShardState;
 /// recovery rather than misread.
 /// Version 2: the deadline queue became an exact, typed index (snapshots of version 1 stored
 /// a heap of bare holds).
-pub const ENCODING_VERSION: u8 = 2;
+/// Version 3: the citizen side (claims, the citizen's appointment index, claim events) and
+/// appointments that record their claim and their rescheduling links.
+pub const ENCODING_VERSION: u8 = 3;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.
 pub const DECODE_BYTES_MAX: usize = 1 << 30;
