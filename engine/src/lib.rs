@@ -27,6 +27,7 @@ pub mod ids;
 pub mod journal;
 pub mod model;
 pub mod node;
+pub mod notices;
 pub mod publish;
 pub mod queries;
 pub mod reconcile;

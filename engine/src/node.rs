@@ -30,8 +30,8 @@ use crate::idempotency::{
 };
 use crate::ids::AppointmentId;
 use crate::journal::{Durable, Journal, NoJournal};
+use crate::notices::Settler;
 use crate::publish::{Published, Publisher};
-use crate::reconcile::{run_settler, Settler};
 use crate::ring::Ring;
 use crate::view::{Output, RuntimeCounts, ShardCounts};
 
@@ -216,7 +216,19 @@ impl Node {
             reconciling: tokio::sync::Mutex::new(()),
             notices,
         });
-        tokio::spawn(run_settler(Arc::downgrade(&node), inbox));
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(inbox.run(move |batch| {
+            let node = weak.upgrade();
+            async move {
+                match node {
+                    Some(node) => {
+                        node.settle(batch).await;
+                        true
+                    }
+                    None => false,
+                }
+            }
+        }));
         Ok(node)
     }
 

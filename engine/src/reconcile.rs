@@ -2,8 +2,9 @@
 //! [`crate::claims`]):
 //!
 //! - while running, a clinic's shard sends a [`Settle`] notice for every durable change of
-//!   an appointment made under a claim; the [`Settler`] carries them to the citizens' shards
-//!   in batches, off every shard's message path;
+//!   an appointment that ends it (or spends a priority); the settler
+//!   ([`crate::notices`]) carries them to the citizens' shards in batches, off every shard's
+//!   message path, through [`Node::settle`];
 //! - after recovery, [`Node::reconcile_claims`] settles every claim against its clinic's
 //!   shard once, so a crash between two steps of a booking, a confirm, a cancel or a
 //!   reschedule leaves no claim without a live appointment and none of a reschedule's two
@@ -11,11 +12,9 @@
 //! - [`Node::check_claims`] recomputes the rule across shards (tests and the harness).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
 
 use crate::claims::{Claim, Settle, SettleOutcome};
 use crate::command::{Command, Query, QueryAnswer, Reject, SettleClaims};
@@ -24,84 +23,6 @@ use crate::ids::AppointmentId;
 use crate::model::Status;
 use crate::node::{mismatch, Node};
 use crate::view::AppointmentView;
-
-/// Notices waiting for the settler, across the node. Each applied change sends at most one,
-/// and the settler drains them in batches far faster than shards make them; past the bound
-/// (a citizen's shard unreachable for a long time) they are dropped with an error in the
-/// log, and the claims they name are settled when next looked at (a new booking verifies a
-/// claim in its way) or at the next start (the reconciliation).
-pub const SETTLE_BACKLOG_MAX: usize = 1_000_000;
-/// Most notices the settler sends in one round.
-pub const SETTLE_BATCH_MAX: usize = 4096;
-
-/// The shards' side of the notice channel.
-#[derive(Clone)]
-pub struct Settler {
-    tx: mpsc::UnboundedSender<Vec<Settle>>,
-    backlog: Arc<AtomicUsize>,
-}
-
-impl Settler {
-    /// The sender shards hold, and the receiver [`run_settler`] drains.
-    pub fn channel() -> (Settler, SettlerInbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
-        (
-            Settler {
-                tx,
-                backlog: backlog.clone(),
-            },
-            SettlerInbox { rx, backlog },
-        )
-    }
-
-    /// How many notices wait for the settler (across the node).
-    pub fn backlog(&self) -> Arc<AtomicUsize> {
-        self.backlog.clone()
-    }
-
-    /// Queues notices; never waits (it is called from a journal completion).
-    pub fn send(&self, notices: Vec<Settle>) {
-        let n = notices.len();
-        if self.backlog.fetch_add(n, Ordering::AcqRel) + n > SETTLE_BACKLOG_MAX {
-            self.backlog.fetch_sub(n, Ordering::AcqRel);
-            tracing::error!(
-                notices = n,
-                bound = SETTLE_BACKLOG_MAX,
-                "claim notices dropped: the backlog is full"
-            );
-            return;
-        }
-        if self.tx.send(notices).is_err() {
-            self.backlog.fetch_sub(n, Ordering::AcqRel);
-        }
-    }
-}
-
-pub struct SettlerInbox {
-    rx: mpsc::UnboundedReceiver<Vec<Settle>>,
-    backlog: Arc<AtomicUsize>,
-}
-
-/// Carries notices to the citizens' shards until every shard (every sender) is gone or the
-/// node is dropped.
-pub(crate) async fn run_settler(node: Weak<Node>, mut inbox: SettlerInbox) {
-    while let Some(mut batch) = inbox.rx.recv().await {
-        while batch.len() < SETTLE_BATCH_MAX {
-            match inbox.rx.try_recv() {
-                Ok(more) => batch.extend(more),
-                Err(_) => break,
-            }
-        }
-        let n = batch.len();
-        let Some(node) = node.upgrade() else {
-            return;
-        };
-        node.settle(batch).await;
-        drop(node);
-        inbox.backlog.fetch_sub(n, Ordering::AcqRel);
-    }
-}
 
 impl Node {
     /// Sends `settles` to their citizens' shards, one message per shard. Not bounded by the

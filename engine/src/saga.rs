@@ -258,23 +258,7 @@ impl Node {
             Ok(claimed) => claimed,
         };
         if !from.status.is_active() {
-            // Only a retry of the reschedule that moved it may go on: it is answered the new
-            // appointment (found by its claim). Anything else is refused, and a claim taken
-            // for it is let go.
-            let refused = EngineError::Domain(DomainError::InvalidTransition {
-                status: from.status,
-            });
-            return Booked::Ran(match claimed {
-                Claimed::Done(outcome, settle) if outcome.is_ok() => saga.done(*outcome, settle),
-                Claimed::Done(_, settle) => saga.done(Err(refused), settle),
-                Claimed::Taken(taken) => {
-                    let ended = SettleOutcome::Ended {
-                        clinic_cancelled: false,
-                    };
-                    let settle = saga.settle_of(&taken, ended);
-                    saga.done(Err(refused), Some(settle))
-                }
-            });
+            return Booked::Ran(saga.moved_already(claimed, from.status));
         }
         let taken = match claimed {
             Claimed::Done(outcome, settle) => return Booked::Ran(saga.done(*outcome, settle)),
@@ -297,40 +281,7 @@ impl Node {
             }
         };
         failpoint::point("reschedule.after_hold").await;
-        // The new appointment exists: now the old one goes.
-        let moved = Command::Move(Move {
-            seq: from.id.seq,
-            to: created.id,
-        });
-        let outcome = match self.exec_compensation_deferred(from.id.shard, moved).await {
-            Ok((Ok(_), stored)) => {
-                saga.durable.push(stored);
-                failpoint::point("reschedule.after_move").await;
-                let bound = SettleOutcome::Bound {
-                    seq: created.id.seq,
-                    expires_at_ms: created.expires_at_ms,
-                };
-                let settle = saga.settle_of(&taken, bound);
-                return Booked::Ran(saga.done(Ok(created), Some(settle)));
-            }
-            Ok((Err(refused), stored)) => {
-                saga.durable.push(stored);
-                EngineError::Domain(refused)
-            }
-            Err(e) => e,
-        };
-        // The old appointment could not be released: undo the new one.
-        let rejected = saga.reject(created.id).await;
-        saga.durable.extend(rejected);
-        let settle = match &outcome {
-            // It ended meanwhile (a cancel won the race): the citizen has nothing left.
-            EngineError::Domain(DomainError::InvalidTransition { .. }) => SettleOutcome::Ended {
-                clinic_cancelled: false,
-            },
-            _ => SettleOutcome::Restore,
-        };
-        let settle = (!saga.stuck).then(|| saga.settle_of(&taken, settle));
-        Booked::Ran(saga.done(Err(outcome), settle))
+        Booked::Ran(saga.release_old(&taken, from.id, created).await)
     }
 
     /// Asks the external check, when one is configured, and applies the outage policy.
@@ -475,6 +426,68 @@ impl<'a> Saga<'a> {
             Err(_) if self.stuck => None,
             Err(_) => Some(self.settle_of(taken, on_failure)),
         }
+    }
+
+    // ---- a reschedule's own steps ------------------------------------------------------
+
+    /// A reschedule of an appointment that has ended: only a retry of the reschedule that
+    /// moved it may go on, and it is answered the new appointment (found by its claim).
+    /// Anything else is `INVALID_TRANSITION`, and a claim taken for it is let go.
+    fn moved_already(self, claimed: Claimed, status: Status) -> Box<Booking> {
+        let refused = EngineError::Domain(DomainError::InvalidTransition { status });
+        match claimed {
+            Claimed::Done(outcome, settle) if outcome.is_ok() => self.done(*outcome, settle),
+            Claimed::Done(_, settle) => self.done(Err(refused), settle),
+            Claimed::Taken(taken) => {
+                let ended = SettleOutcome::Ended {
+                    clinic_cancelled: false,
+                };
+                let settle = self.settle_of(&taken, ended);
+                self.done(Err(refused), Some(settle))
+            }
+        }
+    }
+
+    /// The new appointment exists: now the old one goes (`Move`), and the claim is bound to
+    /// the new one. When the old one cannot go, the new one is undone.
+    async fn release_old(
+        mut self,
+        taken: &Taken,
+        old: crate::ids::AppointmentId,
+        created: AppointmentView,
+    ) -> Box<Booking> {
+        let moved = Command::Move(Move {
+            seq: old.seq,
+            to: created.id,
+        });
+        let outcome = match self.node.exec_compensation_deferred(old.shard, moved).await {
+            Ok((Ok(_), stored)) => {
+                self.durable.push(stored);
+                failpoint::point("reschedule.after_move").await;
+                let bound = SettleOutcome::Bound {
+                    seq: created.id.seq,
+                    expires_at_ms: created.expires_at_ms,
+                };
+                let settle = self.settle_of(taken, bound);
+                return self.done(Ok(created), Some(settle));
+            }
+            Ok((Err(refused), stored)) => {
+                self.durable.push(stored);
+                EngineError::Domain(refused)
+            }
+            Err(e) => e,
+        };
+        let rejected = self.reject(created.id).await;
+        self.durable.extend(rejected);
+        let settle = match &outcome {
+            // It ended meanwhile (a cancel won the race): the citizen has nothing left.
+            EngineError::Domain(DomainError::InvalidTransition { .. }) => SettleOutcome::Ended {
+                clinic_cancelled: false,
+            },
+            _ => SettleOutcome::Restore,
+        };
+        let settle = (!self.stuck).then(|| self.settle_of(taken, settle));
+        self.done(Err(outcome), settle)
     }
 
     // ---- step 1: the claim -------------------------------------------------------------

@@ -35,8 +35,8 @@ use crate::command::{Command, Query, QueryAnswer, SettleClaims, TakeClaim};
 use crate::error::{DomainError, EngineError, RecoveryError};
 use crate::idempotency::{Fingerprint, IdemKey, IdemOutcome, StoredResponse};
 use crate::journal::{Durable, Journal};
+use crate::notices::Settler;
 use crate::publish::Publisher;
-use crate::reconcile::Settler;
 use crate::view::Output;
 
 pub use runtime::ShardRuntime;

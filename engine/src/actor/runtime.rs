@@ -20,8 +20,8 @@ use crate::idempotency::{
     Begin, Fingerprint, IdemKey, IdemOutcome, IdempotencyRecord, IdempotencyTable, StoredResponse,
 };
 use crate::journal::{encode, Done, Durable, Journal, LogRecord};
+use crate::notices::Settler;
 use crate::publish::{Published, Publisher};
-use crate::reconcile::Settler;
 use crate::shard::ShardState;
 use crate::view::{Output, RuntimeCounts};
 
