@@ -175,16 +175,21 @@ pub struct Settle {
     pub outcome: SettleOutcome,
 }
 
+/// A claim taken for a booking attempt: what the saga goes on with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TakenClaim {
+    pub attempt: u64,
+    /// The citizen's record, for the rules the clinic's shard runs with the hold.
+    pub record: Arc<CitizenRecord>,
+    pub rebook_priority: bool,
+    pub not_after_ms: UnixMs,
+}
+
 /// The citizen's shard's answer to `TakeClaim`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClaimOutcome {
     /// The citizen is claimed for this attempt.
-    Taken {
-        attempt: u64,
-        record: Arc<CitizenRecord>,
-        rebook_priority: bool,
-        not_after_ms: UnixMs,
-    },
+    Taken(TakenClaim),
     /// Another attempt holds the citizen; the saga verifies it before answering
     /// `ALREADY_BOOKED`. `same_origin`: it was started by this very request (a retry).
     Held { claim: Claim, same_origin: bool },

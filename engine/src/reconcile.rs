@@ -20,6 +20,7 @@ use crate::claims::{Claim, Settle, SettleOutcome};
 use crate::command::{Command, Query, QueryAnswer, Reject, SettleClaims};
 use crate::error::EngineError;
 use crate::ids::AppointmentId;
+use crate::journal::Durable;
 use crate::model::Status;
 use crate::node::{mismatch, Node};
 use crate::view::AppointmentView;
@@ -170,20 +171,26 @@ impl Node {
         Ok(changed)
     }
 
-    /// Rejects an appointment a failed saga made (its seat and dose return); a failure is
-    /// logged: the appointment then stays as it is.
-    pub(crate) async fn reject_quietly(&self, id: AppointmentId) {
+    /// Rejects an appointment a failed saga made (its seat and dose return), outside the
+    /// in-flight bound: it ends work already admitted. Answers what to wait for.
+    pub(crate) async fn reject(&self, id: AppointmentId) -> Result<Durable, EngineError> {
         let reject = Command::Reject(Reject {
             seq: id.seq,
             reasons: vec![],
         });
-        match self.exec_compensation_deferred(id.shard, reject).await {
-            Ok((_, stored)) => {
-                if let Err(e) = stored.wait().await {
-                    tracing::warn!(appointment = %id, error = %e, "a compensation was not stored");
-                }
-            }
-            Err(e) => tracing::warn!(appointment = %id, error = %e, "a compensation failed"),
+        let (_, stored) = self.exec_compensation_deferred(id.shard, reject).await?;
+        Ok(stored)
+    }
+
+    /// [`Node::reject`], waited for; a failure is logged (the appointment then stays as it
+    /// is, and the next start reconciles it again).
+    async fn reject_quietly(&self, id: AppointmentId) {
+        let stored = match self.reject(id).await {
+            Ok(stored) => stored.wait().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(appointment = %id, error = %e, "a compensation failed");
         }
     }
 

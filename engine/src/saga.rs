@@ -18,8 +18,9 @@
 use std::sync::Arc;
 
 use crate::actor::BeginAnswer;
-use crate::claims::Claim;
-use crate::claims::{origin_of, ClaimOutcome, Origin, Settle, SettleOutcome, Stale, NO_ORIGIN};
+use crate::claims::{
+    origin_of, Claim, ClaimOutcome, Origin, Settle, SettleOutcome, Stale, TakenClaim, NO_ORIGIN,
+};
 use crate::command::{
     Command, Hold, MarkForReview, Move, Query, QueryAnswer, SettleClaims, TakeClaim,
 };
@@ -28,7 +29,7 @@ use crate::external::{ExternalRequest, ExternalVerdict, OutagePolicy};
 use crate::failpoint;
 use crate::idempotency::{Begin, Fingerprint, IdemKey, IdemOutcome, StoredResponse};
 use crate::journal::Durable;
-use crate::model::{CitizenRecord, Status};
+use crate::model::Status;
 use crate::node::{mismatch, Node};
 use crate::view::{AppointmentView, Output};
 
@@ -149,17 +150,9 @@ impl Booking {
     }
 }
 
-/// What a booking learned from the citizen's shard.
-struct Taken {
-    attempt: u64,
-    record: Arc<CitizenRecord>,
-    rebook_priority: bool,
-    not_after_ms: i64,
-}
-
 /// The step that takes the claim ended the saga early, or let it go on.
 enum Claimed {
-    Taken(Taken),
+    Taken(TakenClaim),
     /// The answer, and the claim's settlement to send with it.
     Done(Box<Result<AppointmentView, EngineError>>, Option<Settle>),
 }
@@ -362,7 +355,7 @@ impl<'a> Saga<'a> {
 
     fn hold(
         &self,
-        taken: &Taken,
+        taken: &TakenClaim,
         confirmed: bool,
         from: Option<crate::ids::AppointmentId>,
     ) -> Hold {
@@ -398,7 +391,7 @@ impl<'a> Saga<'a> {
         })
     }
 
-    fn settle_of(&self, taken: &Taken, outcome: SettleOutcome) -> Settle {
+    fn settle_of(&self, taken: &TakenClaim, outcome: SettleOutcome) -> Settle {
         Settle {
             citizen_id: self.citizen_id.clone(),
             attempt: taken.attempt,
@@ -410,7 +403,7 @@ impl<'a> Saga<'a> {
     /// `on_failure` (unless the hold could not be undone: then its own end settles it).
     fn settle_for(
         &self,
-        taken: &Taken,
+        taken: &TakenClaim,
         outcome: &Result<AppointmentView, EngineError>,
         on_failure: SettleOutcome,
     ) -> Option<Settle> {
@@ -452,7 +445,7 @@ impl<'a> Saga<'a> {
     /// the new one. When the old one cannot go, the new one is undone.
     async fn release_old(
         mut self,
-        taken: &Taken,
+        taken: &TakenClaim,
         old: crate::ids::AppointmentId,
         created: AppointmentView,
     ) -> Box<Booking> {
@@ -542,17 +535,7 @@ impl<'a> Saga<'a> {
 
     async fn claimed(&mut self, outcome: ClaimOutcome, take: TakeClaim) -> Claimed {
         match outcome {
-            ClaimOutcome::Taken {
-                attempt,
-                record,
-                rebook_priority,
-                not_after_ms,
-            } => Claimed::Taken(Taken {
-                attempt,
-                record,
-                rebook_priority,
-                not_after_ms,
-            }),
+            ClaimOutcome::Taken(taken) => Claimed::Taken(taken),
             ClaimOutcome::Held { claim, same_origin } => {
                 self.held_by(claim, same_origin, take).await
             }
@@ -607,17 +590,7 @@ impl<'a> Saga<'a> {
             Ok((decided, stored)) => {
                 self.durable.push(stored);
                 match decided {
-                    Ok(Output::Claim(ClaimOutcome::Taken {
-                        attempt,
-                        record,
-                        rebook_priority,
-                        not_after_ms,
-                    })) => Claimed::Taken(Taken {
-                        attempt,
-                        record,
-                        rebook_priority,
-                        not_after_ms,
-                    }),
+                    Ok(Output::Claim(ClaimOutcome::Taken(taken))) => Claimed::Taken(taken),
                     // Another booking replaced it first.
                     Ok(Output::Claim(ClaimOutcome::Held { .. })) => self.already_booked(None).await,
                     Ok(other) => Claimed::done(Err(unexpected(self.citizen_shard, other)), None),
@@ -653,7 +626,7 @@ impl<'a> Saga<'a> {
     async fn hold_and_check(
         &mut self,
         hold: Hold,
-        taken: &Taken,
+        taken: &TakenClaim,
     ) -> Result<AppointmentView, EngineError> {
         let shard = self.clinic_shard();
         let (decided, stored) = self.node.exec_deferred(shard, Command::Hold(hold)).await?;
@@ -704,12 +677,8 @@ impl<'a> Saga<'a> {
     /// Compensation: the hold goes (seat and dose return). Answers what to wait for; when
     /// the shard cannot be reached the hold ends at its deadline instead.
     async fn reject(&mut self, id: crate::ids::AppointmentId) -> Option<Durable> {
-        let reject = Command::Reject(crate::command::Reject {
-            seq: id.seq,
-            reasons: vec![],
-        });
-        match self.node.exec_compensation_deferred(id.shard, reject).await {
-            Ok((_, stored)) => Some(stored),
+        match self.node.reject(id).await {
+            Ok(stored) => Some(stored),
             Err(e) => {
                 tracing::warn!(appointment = %id, error = %e, "a compensation failed; the hold ends at its deadline");
                 self.stuck = true;

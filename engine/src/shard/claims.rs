@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::decide::{Decision, Reply};
 use super::ShardState;
-use crate::claims::{CitizenEntry, Claim, ClaimOutcome, Settle, SettleOutcome, SAGA_BUDGET_MS};
+use crate::claims::{
+    CitizenEntry, Claim, ClaimOutcome, Settle, SettleOutcome, TakenClaim, SAGA_BUDGET_MS,
+};
 use crate::clock::UnixMs;
 use crate::command::{PutCitizen, SettleClaims, TakeClaim};
 use crate::error::DomainError;
@@ -74,12 +76,12 @@ impl ShardState {
             priority,
             previous,
         };
-        let taken = ClaimOutcome::Taken {
+        let taken = ClaimOutcome::Taken(TakenClaim {
             attempt: claim.attempt,
             record: entry.record.clone(),
             rebook_priority: priority,
             not_after_ms: claim.not_after_ms,
-        };
+        });
         Decision::ok(
             vec![Event::ClaimTaken {
                 citizen_id: c.citizen_id.as_str().into(),

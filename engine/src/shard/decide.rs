@@ -334,10 +334,7 @@ impl ShardState {
 
     /// The old appointment of a reschedule, once the new one exists.
     fn decide_move(&self, &Move { seq, to }: &Move) -> Result<Decision, DomainError> {
-        let a = self
-            .appointments
-            .get(&seq)
-            .ok_or(DomainError::NotFound(Resource::Appointment))?;
+        let a = self.owned_appointment(seq, None)?;
         Ok(match a.status {
             Status::Pending | Status::Confirmed => Decision::ok(
                 vec![Event::AppointmentMoved { seq, to }],
@@ -396,10 +393,7 @@ impl ShardState {
     }
 
     fn decide_reject(&self, &Reject { seq, .. }: &Reject) -> Result<Decision, DomainError> {
-        let a = self
-            .appointments
-            .get(&seq)
-            .ok_or(DomainError::NotFound(Resource::Appointment))?;
+        let a = self.owned_appointment(seq, None)?;
         Ok(match a.status {
             // Compensation of a failed booking (or of a reschedule's new appointment, made
             // CONFIRMED when the old one was): it must return the seat even when the
@@ -421,10 +415,7 @@ impl ShardState {
         &self,
         &MarkForReview { seq }: &MarkForReview,
     ) -> Result<Decision, DomainError> {
-        let a = self
-            .appointments
-            .get(&seq)
-            .ok_or(DomainError::NotFound(Resource::Appointment))?;
+        let a = self.owned_appointment(seq, None)?;
         let events = if a.needs_review || !a.status.is_active() {
             vec![]
         } else {
