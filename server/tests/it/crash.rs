@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use holdfast_gateway::auth::Role;
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::spawned::{self, Spawned as Server};
 
 const KILLS: usize = 3;
 const CLIENTS: usize = 24;
@@ -22,80 +23,10 @@ const CLIENTS: usize = 24;
 const CITIZENS_PER_ROUND: usize = 300;
 const CITIZENS: usize = CITIZENS_PER_ROUND * KILLS;
 const CAPACITY: u32 = 200;
-/// Longest wait for the server to become ready after a (re)start.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Server {
-    child: Child,
-    api: Api,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary on a port the kernel picks (`--listen 127.0.0.1:0`) and learns it from
-/// `--addr-file`: choosing a "free" port first and passing it on would race the other tests'
-/// servers for it, and a readiness probe could then be answered by somebody else's server.
+/// Starts the binary on `dir` (see [`spawned::start`]).
 async fn start(dir: &Path, secret: &Path) -> Server {
-    let addr_file = dir.with_extension("addr");
-    let _ = std::fs::remove_file(&addr_file);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .args([
-            "serve",
-            "--shards",
-            "8",
-            "--hold-ttl",
-            "600s",
-            "--durability",
-            "sync",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--jwt-secret-file")
-        .arg(secret)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the holdfast binary starts");
-    let started = Instant::now();
-    let addr = loop {
-        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-            break addr;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the server exited during start-up: {status}");
-        }
-        if started.elapsed() > READY_TIMEOUT {
-            let _ = child.kill();
-            panic!("the server did not listen within {READY_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let server = Server {
-        child,
-        api: Api::new(format!("http://{}", addr.trim())),
-    };
-    loop {
-        if let Ok(r) = server.api.try_send(Req::get("/readyz")).await {
-            if r.status == 200 {
-                return server;
-            }
-        }
-        assert!(
-            started.elapsed() < READY_TIMEOUT,
-            "server not ready within {READY_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    spawned::start(dir, secret, &dir.with_extension("addr"), "crash", None).await
 }
 
 /// What clients saw acknowledged, per appointment: the last status and the create's key and

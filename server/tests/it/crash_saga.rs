@@ -8,10 +8,7 @@
 //! appointment (or none) the design in `engine/src/claims.rs` promises, and the client's
 //! retry with the same Idempotency-Key converges on it instead of making a second.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use holdfast_engine::hash::shard_of;
@@ -19,85 +16,12 @@ use holdfast_gateway::auth::Role;
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::spawned::{self, Spawned as Server};
 
 /// Shards of the node (`--shards`), for choosing ids on different shards.
 const NODE_SHARDS: u32 = 8;
-/// Longest wait for the server to become ready after a (re)start.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest wait for the `failpoint reached` line once the request that reaches it is sent.
-const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Seats per slot and doses per clinic.
 const CAPACITY: u32 = 10;
-
-/// A running `holdfast` child: killed (SIGKILL) and reaped when dropped, whatever happened.
-struct Server {
-    child: Child,
-    api: Api,
-    /// The child's stderr, line by line (a reader thread forwards it here).
-    stderr: mpsc::Receiver<String>,
-    tag: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// SIGKILL (`Child::kill` on unix) and reap.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        self.child.wait().expect("reap the server");
-    }
-
-    /// Waits (bounded) until `failpoint reached: <name>` was printed `times` times on the
-    /// child's stderr; kills the child and fails the test when it does not come.
-    async fn wait_for_failpoint(&mut self, name: &str, times: usize) {
-        let wanted = format!("failpoint reached: {name}");
-        let started = Instant::now();
-        let mut seen = 0;
-        loop {
-            loop {
-                match self.stderr.try_recv() {
-                    Ok(line) if line.trim_end() == wanted => {
-                        seen += 1;
-                        if seen == times {
-                            eprintln!(
-                                "[{}] {name} reached {times}x after {:?}",
-                                self.tag,
-                                started.elapsed()
-                            );
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        let _ = self.child.kill();
-                        let status = self.child.wait();
-                        panic!(
-                            "[{}] the server's stderr closed after {seen} of {times} `{wanted}` \
-                             ({status:?})",
-                            self.tag
-                        );
-                    }
-                }
-            }
-            if started.elapsed() > FAILPOINT_TIMEOUT {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "[{}] {seen} of {times} `{wanted}` on the server's stderr within \
-                     {FAILPOINT_TIMEOUT:?}",
-                    self.tag
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
 
 /// One test's files: the data directory, the secret, the address file.
 struct Dirs {
@@ -125,88 +49,16 @@ impl Drop for Dirs {
     }
 }
 
-/// Starts the binary (with `failpoint` enabled, or none), learns its port from
-/// `--addr-file` and waits (bounded) until `/readyz` answers 200.
+/// Starts the binary on this test's files (with `failpoint` enabled, or none).
 async fn start(dirs: &Dirs, tag: &str, failpoint: Option<&str>) -> Server {
-    let addr_file = &dirs.root.join("addr");
-    let _ = std::fs::remove_file(addr_file);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_holdfast"));
-    command
-        .args([
-            "serve",
-            "--shards",
-            "8",
-            "--hold-ttl",
-            "600s",
-            "--durability",
-            "sync",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--addr-file")
-        .arg(addr_file)
-        .arg("--data-dir")
-        .arg(&dirs.data)
-        .arg("--jwt-secret-file")
-        .arg(&dirs.secret)
-        .env("RUST_LOG", "warn")
-        .env_remove("HOLDFAST_FAILPOINTS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(point) = failpoint {
-        command.env("HOLDFAST_FAILPOINTS", point);
-    }
-    let mut child = command.spawn().expect("the holdfast binary starts");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    let thread_tag = tag.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("[{thread_tag} stderr] {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let started = Instant::now();
-    let mut server = Server {
-        child,
-        api: Api::new(String::new()),
-        stderr: rx,
-        tag: tag.to_string(),
-    };
-    let addr = loop {
-        // Written atomically (a rename) once the listener is open.
-        if let Ok(addr) = std::fs::read_to_string(addr_file) {
-            break addr;
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("[{tag}] the server exited during start-up: {status}");
-        }
-        assert!(
-            started.elapsed() < READY_TIMEOUT,
-            "[{tag}] the server did not listen within {READY_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    server.api = Api::new(format!("http://{}", addr.trim()));
-    loop {
-        if let Ok(r) = server.api.try_send(Req::get("/readyz")).await {
-            if r.status == 200 {
-                eprintln!("[{tag}] ready after {:?}", started.elapsed());
-                return server;
-            }
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("[{tag}] the server exited before it was ready: {status}");
-        }
-        assert!(
-            started.elapsed() < READY_TIMEOUT,
-            "[{tag}] server not ready within {READY_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    spawned::start(
+        &dirs.data,
+        &dirs.secret,
+        &dirs.root.join("addr"),
+        tag,
+        failpoint,
+    )
+    .await
 }
 
 // ---- ids on chosen shards ----------------------------------------------------------------

@@ -3,11 +3,12 @@
 //! modules run in parallel threads of one process, so none of them may install a global,
 //! set an environment variable or count anything process-wide.
 //!
-//! `common` starts in-process servers and holds the shared fixtures; `crash` runs the real
+//! `common` starts in-process servers and holds the shared fixtures; `spawned` runs the real
 //! `holdfast` binary (`CARGO_BIN_EXE_holdfast`, which exists only for the tests of the
-//! package that has the binary).
+//! package that has the binary) for `crash` and `crash_saga`.
 
 mod common;
+mod spawned;
 
 mod crash;
 mod crash_saga;
