@@ -15,14 +15,13 @@
 //! The clinic's shard is the authority on an appointment's status; the claim follows it:
 //!
 //! 1. **Create** (`Node::book`): one message to the citizen's shard begins the
-//!    Idempotency-Key and takes the claim (`ClaimTaken`); one message to the clinic's shard
+//!    Idempotency-Key and takes a **tentative** claim; one message to the clinic's shard
 //!    holds seat and dose and runs the rules on the citizen's record (an appointment records
 //!    its claim's attempt); then, after the external check, one message to the citizen's
-//!    shard binds the claim to the appointment (`ClaimSettled::Bound`) and stores the
-//!    idempotency record. Each is applied at once and its records queued to the one log
-//!    writer in that order, and the answer waits for all of them: on the happy path they
-//!    share one group commit. Any failure compensates in reverse before the answer (reject
-//!    the hold, release the claim).
+//!    shard binds the claim to the appointment and stores the idempotency record. Each is
+//!    applied at once and its records queued to the one log writer in that order, and the
+//!    answer waits for all of them. Any failure compensates in reverse before the answer
+//!    (reject the hold, drop the claim).
 //! 2. **Every later change** of the appointment (confirm, cancel, expiry, clinic
 //!    cancellation, a reschedule's move) is decided by the clinic's shard alone. Once its
 //!    records are durable, the shard sends a [`Settle`] notice for each change that ends the
@@ -37,17 +36,32 @@
 //!    claim with the same origin is then the retried booking's own: its appointment (found
 //!    by `seq`, or by attempt among the clinic's holds) is answered again, never a second.
 //!
+//! # Tentative claims
+//!
+//! A create's claim is held in memory only until it is bound, like an Idempotency-Key in
+//! flight: taking it journals nothing, binding it journals the whole claim, bound (one
+//! `ClaimTaken` record, in the same append as the key's answer), and a create that fails
+//! drops it without a record ([`crate::event::Event::is_journaled`]). Most creates on launch
+//! morning fail (`SOLD_OUT`, `OUT_OF_STOCK`); each of them so costs one record (the key's
+//! answer) instead of three, and a successful one two records fewer. A reschedule's claim is
+//! journaled when taken: it carries the moved appointment's claim (`previous`).
+//!
 //! # Crash convergence
 //!
 //! Records reach the log in the order the steps queue them (one writer, one queue), so a
-//! crash keeps a prefix: a hold is never durable without the claim before it, a claim is
-//! never released before the end of its appointment is durable, and a move releases the old
-//! appointment only after the new one is durable. After recovery, `Node::reconcile_claims`
-//! walks every claim once and settles it against its clinic's shard: bound to what is
-//! active, ended when its appointment has ended or never existed, and a reschedule cut in
-//! the middle is rolled back (the new appointment rejected, the old claim restored) unless
-//! the old appointment was already released, in which case it is completed. Then no claim
-//! is without a live appointment and no live appointment without its claim.
+//! crash keeps a prefix: a claim is never released before the end of its appointment is
+//! durable, and a move releases the old appointment only after the new one is durable. A
+//! create's hold can be durable without its claim (the crash came before the bind); its
+//! client was never answered. After recovery, `Node::reconcile_claims` walks every claim
+//! once and settles it against its clinic's shard: bound to what is active, ended when its
+//! appointment has ended or never existed, and a reschedule cut in the middle is rolled back
+//! (the new appointment rejected, the old claim restored) unless the old appointment was
+//! already released, in which case it is completed. Then it rejects every live appointment
+//! that no claim names (the holds of lost tentative claims: seat and dose return, and the
+//! client's retry books afresh). Then no claim is without a live appointment and no live
+//! appointment without its claim. A lost tentative claim's attempt number may be handed out
+//! again after a restart; its rejected appointment was made before the restart, and a
+//! claim's appointment is looked for only among those made since the claim was taken.
 
 use std::sync::Arc;
 
@@ -99,6 +113,10 @@ pub struct Claim {
     /// A reschedule in progress: the claim of the appointment being moved, put back if the
     /// move fails.
     pub previous: Option<Box<Claim>>,
+    /// Taken by a create and not bound yet: held in memory only, never journaled (see
+    /// "Tentative claims" above). Binding journals the whole claim; a failed create drops it
+    /// without a record.
+    pub tentative: bool,
 }
 
 impl Claim {

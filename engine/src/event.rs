@@ -95,5 +95,20 @@ pub enum Event {
         citizen_id: Arc<str>,
         attempt: u64,
         outcome: SettleOutcome,
+        /// It ends a tentative claim: applied, never journaled.
+        tentative: bool,
     },
+}
+
+impl Event {
+    /// Whether the event goes to the journal. Only a tentative claim's changes do not: a
+    /// create's claim lives in memory until it is bound (`crate::claims`, "Tentative
+    /// claims"), like an Idempotency-Key in flight.
+    pub fn is_journaled(&self) -> bool {
+        match self {
+            Event::ClaimTaken { claim, .. } => !claim.tentative,
+            Event::ClaimSettled { tentative, .. } => !tentative,
+            _ => true,
+        }
+    }
 }

@@ -20,7 +20,8 @@ use crate::shard::ShardState;
 /// a heap of bare holds).
 /// Version 3: the citizen side (claims, the citizen's appointment index, claim events) and
 /// appointments that record their claim and their rescheduling links.
-pub const ENCODING_VERSION: u8 = 3;
+/// Version 4: tentative claims (a create's claim is journaled only once bound).
+pub const ENCODING_VERSION: u8 = 4;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.
 pub const DECODE_BYTES_MAX: usize = 1 << 30;

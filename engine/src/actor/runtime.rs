@@ -237,6 +237,10 @@ impl ShardRuntime {
         let mut published = Vec::new();
         let mut notices = Vec::new();
         for event in self.events.drain(..) {
+            if !event.is_journaled() {
+                // A tentative claim's change: memory only (`Event::is_journaled`).
+                continue;
+            }
             self.wal_seq += 1;
             if self.settler.is_some() {
                 notices.extend(self.state.notice_for(&event));

@@ -67,6 +67,7 @@ impl ShardState {
                 citizen_id,
                 attempt,
                 outcome,
+                tentative: _,
             } => self.claim_settled(citizen_id, *attempt, outcome),
             Event::AppointmentReserved(appointment) => self.reserve((**appointment).clone()),
             Event::AppointmentConfirmed { seq, at_ms } => self.confirm(*seq, *at_ms),

@@ -74,6 +74,9 @@ impl ShardState {
             expires_at_ms: Some(c.expires_at_ms),
             not_after_ms: now_ms + SAGA_BUDGET_MS,
             priority,
+            // A reschedule's claim is journaled at once: it carries the moved appointment's
+            // claim, which a crash must not lose.
+            tentative: c.moving.is_none(),
             previous,
         };
         let taken = ClaimOutcome::Taken(TakenClaim {
@@ -94,36 +97,42 @@ impl ShardState {
     pub(super) fn decide_settle_claims(&self, SettleClaims { settles }: &SettleClaims) -> Decision {
         let events = settles
             .iter()
-            .filter(|s| self.settle_changes(s))
-            .map(|s| Event::ClaimSettled {
-                citizen_id: s.citizen_id.clone(),
-                attempt: s.attempt,
-                outcome: s.outcome.clone(),
-            })
+            .filter_map(|s| self.settle_event(s))
             .collect();
         Decision::ok(events, Reply::Ack)
     }
 
-    /// Whether `settle` names the citizen's claim and changes it.
-    fn settle_changes(&self, settle: &Settle) -> bool {
-        let Some(claim) = self
+    /// The event `settle` makes, if it names the citizen's claim and changes it. Binding a
+    /// tentative claim journals the whole claim, bound (`ClaimTaken`), so recovery needs no
+    /// earlier record of it; any other end of a tentative claim is not journaled.
+    fn settle_event(&self, settle: &Settle) -> Option<Event> {
+        let claim = self
             .citizens
             .get(&settle.citizen_id)
             .and_then(|e| e.claim.as_deref())
-            .filter(|c| c.attempt == settle.attempt)
-        else {
-            return false;
-        };
-        match &settle.outcome {
-            SettleOutcome::Bound { seq, expires_at_ms } => {
-                claim.seq != Some(*seq)
-                    || claim.expires_at_ms != *expires_at_ms
-                    || claim.previous.is_some()
-            }
-            SettleOutcome::Confirmed => claim.priority,
-            SettleOutcome::Ended { .. } | SettleOutcome::Lapsed { .. } => true,
-            SettleOutcome::Restore => claim.previous.is_some(),
+            .filter(|c| c.attempt == settle.attempt)?;
+        if !settle_changes(claim, &settle.outcome) {
+            return None;
         }
+        let citizen_id = settle.citizen_id.clone();
+        Some(match &settle.outcome {
+            SettleOutcome::Bound { seq, expires_at_ms } if claim.tentative => Event::ClaimTaken {
+                citizen_id,
+                claim: Box::new(Claim {
+                    seq: Some(*seq),
+                    expires_at_ms: *expires_at_ms,
+                    previous: None,
+                    tentative: false,
+                    ..claim.clone()
+                }),
+            },
+            outcome => Event::ClaimSettled {
+                citizen_id,
+                attempt: settle.attempt,
+                outcome: outcome.clone(),
+                tentative: claim.tentative,
+            },
+        })
     }
 
     /// The claim notice an applied event of this (clinic) shard sends once durable: the
@@ -209,6 +218,12 @@ impl ShardState {
         // A priority the claim was taken with is the citizen's until spent (it may come
         // from the replaced claim's clinic cancellation, ahead of its notice).
         entry.rebook_priority |= claim.priority;
+        // Binding a tentative claim journals it whole (`settle_event`): index its appointment.
+        if let Some(id) = claim.appointment() {
+            if !entry.appointments.contains(&id) {
+                entry.appointments.push(id);
+            }
+        }
         entry.claim = Some(Box::new(claim.clone()));
     }
 
@@ -278,5 +293,19 @@ impl ShardState {
             .iter()
             .filter_map(|(id, e)| e.claim.as_deref().map(|c| (id.clone(), c.clone())))
             .collect()
+    }
+}
+
+/// Whether `outcome` changes `claim` (the citizen's claim, of the settle's attempt).
+fn settle_changes(claim: &Claim, outcome: &SettleOutcome) -> bool {
+    match outcome {
+        SettleOutcome::Bound { seq, expires_at_ms } => {
+            claim.seq != Some(*seq)
+                || claim.expires_at_ms != *expires_at_ms
+                || claim.previous.is_some()
+        }
+        SettleOutcome::Confirmed => claim.priority,
+        SettleOutcome::Ended { .. } | SettleOutcome::Lapsed { .. } => true,
+        SettleOutcome::Restore => claim.previous.is_some(),
     }
 }

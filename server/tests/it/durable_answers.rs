@@ -141,9 +141,9 @@ async fn a_booking_is_answered_only_once_its_hold_and_its_idempotency_record_are
     let booking = tokio::spawn(async move { api.book("p1", "c1", "s1").await });
 
     // Every write of the booking is queued before any is stored, so they can share one group
-    // commit: the claim on the citizen's shard, the hold on the clinic's shard, then the
-    // claim's binding and the idempotency record on the citizen's shard (where a citizen's
-    // keys live).
+    // commit: on the citizen's shard nothing but a barrier (the claim is tentative: memory
+    // only), the hold on the clinic's shard, then the claim, bound, and the idempotency record
+    // in one append on the citizen's shard (where a citizen's keys live).
     wait_until(
         "the claim, the hold and the idempotency record to be queued",
         || {
@@ -158,13 +158,14 @@ async fn a_booking_is_answered_only_once_its_hold_and_its_idempotency_record_are
     let clinic_shard = h.node().clinic_shard("c1");
     let citizen_shard = h.node().citizen_shard("p1");
     assert_ne!(clinic_shard, citizen_shard, "the test needs two shards");
+    assert_eq!(queued.len(), 3, "{queued:?}");
     assert_eq!(queued[0].0, citizen_shard, "the claim first: {queued:?}");
-    assert!(queued[0].1.contains(&"event"), "{queued:?}");
+    assert!(queued[0].1.is_empty(), "a tentative claim: {queued:?}");
     assert_eq!(queued[1].0, clinic_shard, "then the hold: {queued:?}");
-    assert!(queued[1].1.contains(&"event"), "{queued:?}");
+    assert_eq!(queued[1].1, vec!["event"], "{queued:?}");
     let last = queued.last().unwrap();
     assert_eq!(last.0, citizen_shard, "{queued:?}");
-    assert!(last.1.contains(&"idempotency"), "{queued:?}");
+    assert_eq!(last.1, vec!["event", "idempotency"], "{queued:?}");
     tokio::time::sleep(HOLD_BACK).await;
     assert!(
         !booking.is_finished(),
@@ -224,5 +225,39 @@ async fn a_refusal_waits_for_what_its_shard_applied_before_it() {
     first.await.unwrap().expect(201);
     let refused = second.await.unwrap();
     assert_eq!(refused.expect(409)["error"]["code"], "SOLD_OUT");
+    h.shutdown().await;
+}
+
+/// A create refused for want of a seat changes nothing but its key: its tentative claim is
+/// dropped without a record, and the one record it journals is the key's stored answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_booking_journals_only_its_idempotency_record() {
+    let (h, journal) = start(1).await;
+    h.put_adult("p2").await;
+    h.api.book("p1", "c1", "s1").await.expect(201);
+
+    journal.hold_back();
+    let api = h.api.clone();
+    let refused = tokio::spawn(async move { api.book("p2", "c1", "s1").await });
+    wait_until("the refusal's idempotency record to be queued", || {
+        journal
+            .queued()
+            .iter()
+            .any(|(_, kinds)| kinds.contains(&"idempotency"))
+    })
+    .await;
+    let records: Vec<&str> = journal
+        .queued()
+        .into_iter()
+        .flat_map(|(_, kinds)| kinds)
+        .collect();
+    assert_eq!(records, vec!["idempotency"]);
+    journal.complete(usize::MAX);
+    let answer = tokio::time::timeout(WAIT, refused)
+        .await
+        .expect("answered once stored")
+        .unwrap();
+    let body = answer.expect(409);
+    assert_eq!(body["error"]["code"], "SOLD_OUT", "{body}");
     h.shutdown().await;
 }
