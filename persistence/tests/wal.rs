@@ -1,5 +1,6 @@
-//! The write-ahead log end to end: appends from many threads, group commit and ack ordering,
-//! torn tails, gaps, snapshots with truncation, back-pressure, async mode, disk growth.
+//! The write-ahead log end to end: appends from many threads, group commit into frames and ack
+//! ordering, torn frames, gaps, snapshots with truncation of frames, back-pressure, async
+//! mode, disk growth.
 //!
 //! Every wait is bounded (`WAIT`), every loop has a fixed count, and every test uses its own
 //! directory under the system temp dir, removed at the end (also when the test fails).
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver};
 use holdfast_persistence::{
-    Ack, Durability, Record, Recovery, Wal, WalConfig, WalError, WalStats, RECORD_FORMAT_VERSION,
-    WAL_SUBDIR,
+    Ack, Durability, LogSpan, Record, Recovery, Wal, WalConfig, WalError, WalStats,
+    FRAME_BYTES_MAX, FRAME_FORMAT_VERSION, WAL_SUBDIR,
 };
 
 /// The longest any test waits for an ack or a flush: far beyond what a healthy run takes.
@@ -109,23 +110,39 @@ fn seqs(recovery: &Recovery) -> Vec<u64> {
     recovery.records.iter().map(|(seq, _)| *seq).collect()
 }
 
-/// A stored log record as the format documents it: `[version][crc32(key ++ payload) LE][payload]`.
-fn raw_record(shard: u32, seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut key = shard.to_be_bytes().to_vec();
-    key.extend_from_slice(&seq.to_be_bytes());
+/// A stored frame as the format documents it: key `[frame u64 BE]`, value
+/// `[version][crc32(key ++ body) LE][body]`, body = `[shard u32 LE][seq u64 LE][len u32 LE]
+/// [payload]` per record.
+fn raw_frame(number: u64, records: &[(u32, u64, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+    let key = number.to_be_bytes().to_vec();
+    let mut body = Vec::new();
+    for (shard, seq, payload) in records {
+        body.extend_from_slice(&shard.to_le_bytes());
+        body.extend_from_slice(&seq.to_le_bytes());
+        body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        body.extend_from_slice(payload);
+    }
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&key);
-    hasher.update(payload);
-    let mut value = vec![RECORD_FORMAT_VERSION];
+    hasher.update(&body);
+    let mut value = vec![FRAME_FORMAT_VERSION];
     value.extend_from_slice(&hasher.finalize().to_le_bytes());
-    value.extend_from_slice(payload);
-    value
+    value.extend_from_slice(&body);
+    (key, value)
 }
 
-fn log_key(shard: u32, seq: u64) -> Vec<u8> {
-    let mut key = shard.to_be_bytes().to_vec();
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+/// The (shard, seq)s of a stored frame's records (the value must be a good frame).
+fn frame_records(value: &[u8]) -> Vec<(u32, u64)> {
+    let mut body = &value[5..];
+    let mut records = Vec::new();
+    while !body.is_empty() {
+        let shard = u32::from_le_bytes(body[..4].try_into().unwrap());
+        let seq = u64::from_le_bytes(body[4..12].try_into().unwrap());
+        let len = u32::from_le_bytes(body[12..16].try_into().unwrap()) as usize;
+        records.push((shard, seq));
+        body = &body[16 + len..];
+    }
+    records
 }
 
 /// Waits (bounded) until every other handle on `wal` is gone, then closes it.
@@ -369,119 +386,6 @@ fn barriers_wait_for_what_came_before_and_cost_no_flush_of_their_own() {
     wal.close().unwrap();
 }
 
-/// Writes 1..=10, damages record 8 with `damage(stored bytes of 8)`, reopens: recovery
-/// keeps 1..=7 and drops 8, 9, 10; a second recovery is clean; appends from 8 work.
-fn torn_tail_case(name: &str, damage: impl Fn(Vec<u8>) -> Vec<u8>, reason: &str) {
-    const SHARD: u32 = 3;
-    let dir = TempDir::new(name);
-    let wal = Wal::open(dir.path(), sync_config()).unwrap();
-    append(&wal, records(SHARD, 1..=10));
-    // A neighbour shard must not be touched.
-    append(&wal, records(SHARD + 1, 1..=10));
-    wal.overwrite_raw_record_for_test(SHARD, 8, &damage(raw_record(SHARD, 8, &payload(SHARD, 8))))
-        .unwrap();
-    wal.close().unwrap();
-
-    let wal = Wal::open(dir.path(), sync_config()).unwrap();
-    let recovery = wal.recover_shard(SHARD).unwrap();
-    assert_eq!(recovery.records, expected(SHARD, 1..=7), "{name}");
-    let dropped: Vec<u64> = recovery.dropped.iter().map(|d| d.seq).collect();
-    assert_eq!(dropped, vec![8, 9, 10], "{name}");
-    assert!(
-        recovery.dropped[0].reason.contains(reason),
-        "{name}: {:?}",
-        recovery.dropped
-    );
-    for later in &recovery.dropped[1..] {
-        assert!(later.reason.contains("after the end"), "{name}: {later:?}");
-    }
-    // The tail was deleted: a second recovery is clean.
-    let again = wal.recover_shard(SHARD).unwrap();
-    assert_eq!(seqs(&again), (1..=7).collect::<Vec<_>>(), "{name}");
-    assert!(again.dropped.is_empty(), "{name}: {:?}", again.dropped);
-    assert_eq!(
-        wal.recover_shard(SHARD + 1).unwrap().records,
-        expected(SHARD + 1, 1..=10)
-    );
-    // New appends from seq 8 work and survive a restart.
-    append(&wal, records(SHARD, 8..=10));
-    wal.close().unwrap();
-    let wal = Wal::open(dir.path(), sync_config()).unwrap();
-    let recovery = wal.recover_shard(SHARD).unwrap();
-    assert_eq!(recovery.records, expected(SHARD, 1..=10), "{name}");
-    assert!(recovery.dropped.is_empty());
-    wal.close().unwrap();
-}
-
-#[test]
-fn torn_tail_garbage_is_cut() {
-    torn_tail_case(
-        "garbage",
-        |_| {
-            let mut garbage = vec![RECORD_FORMAT_VERSION];
-            garbage.extend_from_slice(b"\xde\xad\xbe\xef not a record at all");
-            garbage
-        },
-        "checksum",
-    );
-}
-
-#[test]
-fn torn_tail_truncated_record_is_cut() {
-    torn_tail_case(
-        "truncated",
-        |stored| stored[..stored.len() - 5].to_vec(),
-        "checksum",
-    );
-}
-
-#[test]
-fn torn_tail_shorter_than_its_header_is_cut() {
-    torn_tail_case("short", |stored| stored[..3].to_vec(), "truncated");
-}
-
-#[test]
-fn torn_tail_unknown_version_is_cut() {
-    torn_tail_case(
-        "version",
-        |mut stored| {
-            stored[0] = 99;
-            stored
-        },
-        "version 99",
-    );
-}
-
-#[test]
-fn a_gap_ends_the_log() {
-    let dir = TempDir::new("gap");
-    let wal = Wal::open(dir.path(), sync_config()).unwrap();
-    append(&wal, records(0, [1, 2, 4]));
-    // Without a snapshot a shard's log starts at 1: a first record 2 is a gap too.
-    append(&wal, records(1, [2, 3]));
-    wal.close().unwrap();
-
-    let wal = Wal::open(dir.path(), sync_config()).unwrap();
-    let recovery = wal.recover_shard(0).unwrap();
-    assert_eq!(recovery.records, expected(0, [1, 2]));
-    assert_eq!(recovery.dropped.len(), 1, "{:?}", recovery.dropped);
-    assert_eq!(recovery.dropped[0].seq, 4);
-    assert!(
-        recovery.dropped[0]
-            .reason
-            .contains("gap: expected seq 3, found 4"),
-        "{:?}",
-        recovery.dropped
-    );
-    let recovery = wal.recover_shard(1).unwrap();
-    assert!(recovery.records.is_empty());
-    assert_eq!(
-        recovery.dropped.iter().map(|d| d.seq).collect::<Vec<_>>(),
-        vec![2, 3]
-    );
-    wal.close().unwrap();
-}
-
 /// Opens the WAL's sled database directly (the WAL must be closed), waiting (bounded) for
 /// sled to release its file lock, which it may hold a moment after a close (sled #1234).
 fn open_raw(dir: &Path) -> sled::Db {
@@ -497,18 +401,217 @@ fn open_raw(dir: &Path) -> sled::Db {
     }
 }
 
-/// The log tree's seqs for `shard`, read with sled directly (the WAL must be closed).
-fn raw_log_seqs(dir: &Path, shard: u32) -> Vec<u64> {
+/// The stored frames, read with sled directly (the WAL must be closed): (frame number,
+/// (shard, seq) of each record).
+fn raw_frames(dir: &Path) -> Vec<(u64, Vec<(u32, u64)>)> {
     let db = open_raw(dir);
-    let log = db.open_tree("log").unwrap();
-    let seqs = log
-        .scan_prefix(shard.to_be_bytes())
-        .keys()
-        .map(|key| u64::from_be_bytes(key.unwrap()[4..12].try_into().unwrap()))
+    let frames = db.open_tree("frames").unwrap();
+    let stored = frames
+        .iter()
+        .map(|entry| {
+            let (key, value) = entry.unwrap();
+            let number = u64::from_be_bytes(key[..].try_into().unwrap());
+            (number, frame_records(&value))
+        })
         .collect();
-    drop(log);
+    drop(frames);
     drop(db);
-    seqs
+    stored
+}
+
+/// The seqs of `shard` in the stored frames (the WAL must be closed).
+fn raw_log_seqs(dir: &Path, shard: u32) -> Vec<u64> {
+    raw_frames(dir)
+        .into_iter()
+        .flat_map(|(_, records)| records)
+        .filter(|(s, _)| *s == shard)
+        .map(|(_, seq)| seq)
+        .collect()
+}
+
+fn dropped_seqs(recovery: &Recovery) -> Vec<u64> {
+    recovery.dropped.iter().map(|d| d.seq).collect()
+}
+
+/// A torn frame with nothing after it: everything before it recovers; its records cannot be
+/// read, so every shard is told once, at its next seq, that they may be lost; the frame is
+/// deleted, so the next recovery is clean; appends go on from the seqs it held.
+#[test]
+fn a_torn_last_frame_is_cut_and_reported_on_every_shard() {
+    const SHARD: u32 = 3;
+    let dir = TempDir::new("torn-last");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    append(&wal, records(SHARD, 1..=7));
+    append(&wal, records(SHARD + 1, 1..=10));
+    append(&wal, records(SHARD, 8..=10));
+    wal.tear_frame_holding_for_test(SHARD, 8).unwrap();
+    assert!(wal.tear_frame_holding_for_test(SHARD, 11).is_err());
+    wal.close().unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let recovery = wal.recover_shard(SHARD).unwrap();
+    assert_eq!(recovery.records, expected(SHARD, 1..=7));
+    assert_eq!(dropped_seqs(&recovery), vec![8]);
+    let reason = &recovery.dropped[0].reason;
+    assert!(reason.contains("checksum"), "{reason}");
+    assert!(reason.contains("may have held"), "{reason}");
+    // The neighbour wrote before the tear: all of it is there, and it is told too.
+    let neighbour = wal.recover_shard(SHARD + 1).unwrap();
+    assert_eq!(neighbour.records, expected(SHARD + 1, 1..=10));
+    assert_eq!(dropped_seqs(&neighbour), vec![11]);
+    // The tail is handed out once.
+    assert!(matches!(wal.recover_shard(SHARD), Err(WalError::Io(_))));
+    wal.close().unwrap();
+    assert_eq!(raw_log_seqs(dir.path(), SHARD), (1..=7).collect::<Vec<_>>());
+
+    // The torn frame was deleted: a second recovery is clean, and appends from 8 survive.
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let again = wal.recover_shard(SHARD).unwrap();
+    assert_eq!(seqs(&again), (1..=7).collect::<Vec<_>>());
+    assert!(again.dropped.is_empty(), "{:?}", again.dropped);
+    append(&wal, records(SHARD, 8..=10));
+    wal.close().unwrap();
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let recovery = wal.recover_shard(SHARD).unwrap();
+    assert_eq!(recovery.records, expected(SHARD, 1..=10));
+    assert!(recovery.dropped.is_empty());
+    assert!(wal.recover_shard(SHARD + 1).unwrap().dropped.is_empty());
+    wal.close().unwrap();
+}
+
+/// A torn frame with frames after it: they are cut too. A shard with records after it is
+/// told exactly which seqs the torn frame held (the ones missing between its last good record
+/// and its first later one) and which later records were cut; none comes back.
+#[test]
+fn a_torn_frame_cuts_every_later_frame_and_says_what_it_held() {
+    let dir = TempDir::new("torn-middle");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    append(&wal, records(0, 1..=5));
+    append(&wal, records(1, 1..=5));
+    // One frame with records of both shards: the one torn.
+    let mut both = records(0, 6..=8);
+    both.extend(records(1, [6]));
+    append(&wal, both);
+    append(&wal, records(0, 9..=10));
+    append(&wal, records(2, 1..=2));
+    wal.tear_frame_holding_for_test(1, 6).unwrap();
+    wal.close().unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let zero = wal.recover_shard(0).unwrap();
+    assert_eq!(zero.records, expected(0, 1..=5));
+    assert_eq!(dropped_seqs(&zero), vec![6, 7, 8, 9, 10]);
+    assert!(zero.dropped[0].reason.contains("in frame"), "{zero:?}");
+    assert!(
+        zero.dropped[3].reason.contains("after the end of the log"),
+        "{zero:?}"
+    );
+    // Shard 1 has no record after the torn frame: it is told it may have lost from 6 on.
+    let one = wal.recover_shard(1).unwrap();
+    assert_eq!(one.records, expected(1, 1..=5));
+    assert_eq!(dropped_seqs(&one), vec![6]);
+    // Shard 2 wrote only after the torn frame: all of it is cut.
+    let two = wal.recover_shard(2).unwrap();
+    assert!(two.records.is_empty());
+    assert_eq!(dropped_seqs(&two), vec![1, 2]);
+    wal.close().unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    for (shard, kept) in [(0, 5), (1, 5), (2, 0)] {
+        let recovery = wal.recover_shard(shard).unwrap();
+        assert_eq!(recovery.records, expected(shard, 1..=kept), "shard {shard}");
+        assert!(recovery.dropped.is_empty(), "shard {shard}: {recovery:?}");
+    }
+    wal.close().unwrap();
+}
+
+/// A frame with a version byte this build does not know ends the log like a torn one.
+#[test]
+fn a_frame_of_an_unknown_version_is_cut() {
+    let dir = TempDir::new("version");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    append(&wal, records(0, 1..=3));
+    append(&wal, records(0, 4..=6));
+    wal.close().unwrap();
+    {
+        let db = open_raw(dir.path());
+        let frames = db.open_tree("frames").unwrap();
+        let (key, value) = frames.last().unwrap().unwrap();
+        let mut value = value.to_vec();
+        value[0] = 99;
+        frames.insert(key, value).unwrap();
+        db.flush().unwrap();
+    }
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let recovery = wal.recover_shard(0).unwrap();
+    assert_eq!(recovery.records, expected(0, 1..=3));
+    assert_eq!(dropped_seqs(&recovery), vec![4]);
+    assert!(
+        recovery.dropped[0].reason.contains("version 99"),
+        "{recovery:?}"
+    );
+    wal.close().unwrap();
+}
+
+#[test]
+fn a_gap_ends_the_log_and_what_it_cut_never_comes_back() {
+    let dir = TempDir::new("gap");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    // One op, one frame: shard 0 with a gap, and shard 2 whose records must stay.
+    let mut op = records(0, [1, 2, 4, 5]);
+    op.extend(records(2, 1..=2));
+    append(&wal, op);
+    // Without a snapshot a shard's log starts at 1: a first record 2 is a gap too.
+    append(&wal, records(1, [2, 3]));
+    // Shard 0's records after its gap, in a later frame.
+    append(&wal, records(0, [6]));
+    wal.close().unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let recovery = wal.recover_shard(0).unwrap();
+    assert_eq!(recovery.records, expected(0, [1, 2]));
+    assert_eq!(dropped_seqs(&recovery), vec![4, 5, 6]);
+    assert!(
+        recovery.dropped[0]
+            .reason
+            .contains("gap: expected seq 3, found 4"),
+        "{:?}",
+        recovery.dropped
+    );
+    assert!(
+        recovery.dropped[1].reason.contains("after the end"),
+        "{:?}",
+        recovery.dropped
+    );
+    let recovery = wal.recover_shard(1).unwrap();
+    assert!(recovery.records.is_empty());
+    assert_eq!(dropped_seqs(&recovery), vec![2, 3]);
+    assert_eq!(wal.recover_shard(2).unwrap().records, expected(2, 1..=2));
+    wal.close().unwrap();
+    // The frames were rewritten without the cut records.
+    assert_eq!(raw_log_seqs(dir.path(), 0), vec![1, 2]);
+    assert_eq!(raw_log_seqs(dir.path(), 2), vec![1, 2]);
+
+    // The shard writes new records with the cut seqs; the old ones never come back.
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let recovery = wal.recover_shard(0).unwrap();
+    assert_eq!(seqs(&recovery), vec![1, 2]);
+    assert!(recovery.dropped.is_empty(), "{:?}", recovery.dropped);
+    let new = |seq: u64| Record {
+        shard: 0,
+        seq,
+        payload: format!("new {seq}").into_bytes(),
+    };
+    append(&wal, (3..=5).map(new).collect());
+    wal.close().unwrap();
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let recovery = wal.recover_shard(0).unwrap();
+    let mut wanted = expected(0, [1, 2]);
+    wanted.extend((3..=5).map(|seq| (seq, new(seq).payload)));
+    assert_eq!(recovery.records, wanted);
+    assert!(recovery.dropped.is_empty(), "{:?}", recovery.dropped);
+    assert_eq!(wal.recover_shard(2).unwrap().records, expected(2, 1..=2));
+    wal.close().unwrap();
 }
 
 #[test]
@@ -516,20 +619,22 @@ fn a_snapshot_replaces_the_records_it_covers() {
     const SHARD: u32 = 9;
     let dir = TempDir::new("snapshot");
     let wal = Wal::open(dir.path(), sync_config()).unwrap();
-    append(&wal, records(SHARD, 1..=100));
-    append(&wal, records(SHARD + 1, 1..=100));
+    // Separate group commits: frames hold 1..=60, 61..=100 of SHARD, then the neighbour's.
+    append(&wal, records(SHARD, 1..=60));
+    append(&wal, records(SHARD, 61..=100));
+    append(&wal, records(SHARD + 1, 1..=50));
     snapshot(&wal, SHARD, 60, b"state at 60");
     append(&wal, records(SHARD, 101..=120));
     wal.close().unwrap();
 
-    // On disk: records <= 60 are gone from the log tree; the other shard is untouched.
+    // On disk: the frame of records <= 60 is gone; the other shard is untouched.
     assert_eq!(
         raw_log_seqs(dir.path(), SHARD),
         (61..=120).collect::<Vec<_>>()
     );
     assert_eq!(
         raw_log_seqs(dir.path(), SHARD + 1),
-        (1..=100).collect::<Vec<_>>()
+        (1..=50).collect::<Vec<_>>()
     );
 
     let wal = Wal::open(dir.path(), sync_config()).unwrap();
@@ -539,23 +644,30 @@ fn a_snapshot_replaces_the_records_it_covers() {
     assert!(recovery.dropped.is_empty());
     assert_eq!(wal.recover_shard(SHARD + 1).unwrap().snapshot, None);
 
-    // A newer snapshot replaces the older one.
+    // A newer snapshot replaces the older one. The neighbour still needs its frame, so that
+    // one and every later frame stay (the frame of 61..=100 before it goes)...
     snapshot(&wal, SHARD, 120, b"state at 120");
+    assert_eq!(wal.log_span().oldest_holder, Some(SHARD + 1));
     wal.close().unwrap();
-    assert!(raw_log_seqs(dir.path(), SHARD).is_empty());
+    assert_eq!(
+        raw_log_seqs(dir.path(), SHARD),
+        (101..=120).collect::<Vec<_>>()
+    );
+    // ...until the neighbour snapshots too.
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    snapshot(&wal, SHARD + 1, 50, b"neighbour at 50");
+    assert_eq!(wal.log_span().oldest_holder, None);
+    wal.close().unwrap();
+    assert!(raw_frames(dir.path()).is_empty());
 
-    // A crash between storing a snapshot and deleting what it covers leaves stale records:
-    // recovery skips them silently and deletes them.
+    // A crash between storing a snapshot and deleting what it covers leaves stale frames:
+    // recovery skips their records silently and deletes the frames no shard needs.
     {
         let db = open_raw(dir.path());
-        let log = db.open_tree("log").unwrap();
-        for seq in [100, 120] {
-            log.insert(
-                log_key(SHARD, seq),
-                raw_record(SHARD, seq, &payload(SHARD, seq)),
-            )
-            .unwrap();
-        }
+        let frames = db.open_tree("frames").unwrap();
+        let stale = [100, 120].map(|seq| (SHARD, seq, payload(SHARD, seq)));
+        let (key, value) = raw_frame(0, &stale);
+        frames.insert(key, value).unwrap();
         db.flush().unwrap();
     }
     let wal = Wal::open(dir.path(), sync_config()).unwrap();
@@ -566,6 +678,216 @@ fn a_snapshot_replaces_the_records_it_covers() {
     append(&wal, records(SHARD, [121]));
     wal.close().unwrap();
     assert_eq!(raw_log_seqs(dir.path(), SHARD), vec![121]);
+    assert!(raw_frames(dir.path()).iter().all(|(number, _)| *number > 0));
+}
+
+/// A quiet shard with one early record holds every later frame on disk, however often the
+/// busy one snapshots; `log_span` names it, and once it snapshots the frames go.
+#[test]
+fn a_quiet_shard_holds_the_log_until_it_snapshots() {
+    const BUSY: u32 = 0;
+    const QUIET: u32 = 1;
+    let dir = TempDir::new("quiet");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    append(&wal, records(BUSY, 1..=10)); // frame 0
+    append(&wal, records(QUIET, [1])); // frame 1
+    for first in (11..=400).step_by(10) {
+        append(&wal, records(BUSY, first..=first + 9));
+    }
+    snapshot(&wal, BUSY, 400, b"busy at 400");
+    let span = wal.log_span();
+    assert_eq!(span.first_live_frame, 1, "{span:?}");
+    assert_eq!(span.oldest_holder, Some(QUIET), "{span:?}");
+    // Frame 0 was deleted; every frame from the quiet shard's on is kept.
+    assert_eq!(span.live_frames, span.next_frame - 1, "{span:?}");
+    assert!(span.next_frame > 2, "{span:?}");
+    wal.close().unwrap();
+    let stored: Vec<u64> = raw_frames(dir.path()).iter().map(|(n, _)| *n).collect();
+    assert_eq!(stored, (1..span.next_frame).collect::<Vec<_>>());
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    assert_eq!(wal.log_span(), span);
+    let busy = wal.recover_shard(BUSY).unwrap();
+    assert_eq!(busy.snapshot, Some((400, b"busy at 400".to_vec())));
+    assert!(
+        busy.records.is_empty() && busy.dropped.is_empty(),
+        "{busy:?}"
+    );
+    let quiet = wal.recover_shard(QUIET).unwrap();
+    assert_eq!(quiet.records, expected(QUIET, [1]));
+    assert!(quiet.dropped.is_empty());
+
+    snapshot(&wal, QUIET, 1, b"quiet at 1");
+    let after = wal.log_span();
+    assert_eq!(
+        after,
+        LogSpan {
+            first_live_frame: span.next_frame,
+            next_frame: span.next_frame,
+            live_frames: 0,
+            oldest_holder: None,
+        }
+    );
+    wal.close().unwrap();
+    assert!(raw_frames(dir.path()).is_empty());
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    for (shard, seq) in [(BUSY, 400), (QUIET, 1)] {
+        let recovery = wal.recover_shard(shard).unwrap();
+        assert_eq!(recovery.snapshot.map(|(s, _)| s), Some(seq));
+        assert!(recovery.records.is_empty() && recovery.dropped.is_empty());
+    }
+    wal.close().unwrap();
+}
+
+/// Many ops of many shards in one group commit are a few sled inserts, not one per record.
+#[test]
+fn one_group_commit_of_many_shards_is_a_few_frames() {
+    const SHARDS: u32 = 64;
+    const PER_OP: u64 = 5;
+    let dir = TempDir::new("few-frames");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    // Hold the writer inside a barrier's ack while the ops queue up behind it.
+    let (entered_tx, entered_rx) = bounded::<()>(1);
+    let (release_tx, release_rx) = bounded::<()>(1);
+    wal.submit(
+        Vec::new(),
+        Box::new(move |_| {
+            entered_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(WAIT);
+        }),
+    )
+    .unwrap();
+    entered_rx.recv_timeout(WAIT).unwrap();
+    let before = wal.stats();
+    let (tx, rx) = unbounded();
+    for shard in 0..SHARDS {
+        wal.submit(records(shard, 1..=PER_OP), ack_to(&tx)).unwrap();
+    }
+    release_tx.send(()).unwrap();
+    expect_oks(&rx, SHARDS as usize);
+    let after = wal.stats();
+    let records = after.records - before.records;
+    let frames = after.frames - before.frames;
+    assert_eq!(records, SHARDS as u64 * PER_OP);
+    assert_eq!(after.batches - before.batches, 1, "{before:?} -> {after:?}");
+    // ~80 bytes a record: 320 records are ~25 KB, five frames of 6 KiB at most.
+    let bytes_per_frame = (after.bytes - before.bytes) / frames;
+    println!("{records} records in {frames} frames, {bytes_per_frame} B a frame");
+    assert!(frames <= 5, "{frames} frames for {records} records");
+    assert!(bytes_per_frame as usize <= FRAME_BYTES_MAX + 8);
+    wal.close().unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    for shard in 0..SHARDS {
+        let recovery = wal.recover_shard(shard).unwrap();
+        assert_eq!(recovery.records, expected(shard, 1..=PER_OP), "{shard}");
+    }
+    wal.close().unwrap();
+}
+
+/// A record larger than a frame gets a frame of its own, between small ones, and comes back.
+#[test]
+fn a_record_larger_than_a_frame_round_trips() {
+    let dir = TempDir::new("big-record");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let big: Vec<u8> = (0..FRAME_BYTES_MAX * 3)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let mut op = records(4, 1..=2);
+    op.push(Record {
+        shard: 4,
+        seq: 3,
+        payload: big.clone(),
+    });
+    op.extend(records(4, 4..=5));
+    let before = wal.stats();
+    append(&wal, op);
+    assert_eq!(wal.stats().frames - before.frames, 3);
+    wal.close().unwrap();
+    let frames = raw_frames(dir.path());
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[1].1, vec![(4, 3)]);
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let mut wanted = expected(4, 1..=2);
+    wanted.push((3, big));
+    wanted.extend(expected(4, 4..=5));
+    assert_eq!(wal.recover_shard(4).unwrap().records, wanted);
+    wal.close().unwrap();
+}
+
+/// Many group commits of interleaved shards, with records of very different sizes (some
+/// larger than a frame, many straddling frame ends): each shard gets its records back, in
+/// order, byte for byte.
+#[test]
+fn interleaved_shards_over_many_commits_come_back_in_order() {
+    const SHARDS: u32 = 6;
+    const ROUNDS: u64 = 150;
+    let dir = TempDir::new("interleaved");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let body = |shard: u32, seq: u64| -> Vec<u8> {
+        let big = if seq.is_multiple_of(37) {
+            FRAME_BYTES_MAX
+        } else {
+            0
+        };
+        let len = ((shard as u64 * 977 + seq * 131) % 2000) as usize + big;
+        (0..len)
+            .map(|i| (i as u64 ^ seq ^ shard as u64) as u8)
+            .collect()
+    };
+    let (tx, rx) = unbounded();
+    let mut next = [1u64; SHARDS as usize];
+    let mut ops = 0;
+    for round in 0..ROUNDS {
+        for shard in 0..SHARDS {
+            let count = (round + shard as u64) % 4; // 0..=3 records: some ops are barriers
+            let first = next[shard as usize];
+            let op = (first..first + count)
+                .map(|seq| Record {
+                    shard,
+                    seq,
+                    payload: body(shard, seq),
+                })
+                .collect();
+            next[shard as usize] += count;
+            wal.submit(op, ack_to(&tx)).unwrap();
+            ops += 1;
+        }
+    }
+    expect_oks(&rx, ops);
+    let stats = wal.stats();
+    assert!(stats.frames < stats.records, "{stats:?}");
+    wal.close().unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    for shard in 0..SHARDS {
+        let recovery = wal.recover_shard(shard).unwrap();
+        let wanted: Vec<_> = (1..next[shard as usize])
+            .map(|seq| (seq, body(shard, seq)))
+            .collect();
+        assert_eq!(recovery.records.len(), wanted.len(), "shard {shard}");
+        assert!(recovery.records == wanted, "shard {shard}");
+        assert!(recovery.dropped.is_empty(), "shard {shard}");
+    }
+    wal.close().unwrap();
+}
+
+/// A data directory written before frames (tree `log`, a key per record) is refused.
+#[test]
+fn a_log_in_the_older_format_is_refused() {
+    let dir = TempDir::new("legacy");
+    {
+        let db = open_raw(dir.path());
+        let log = db.open_tree("log").unwrap();
+        log.insert([0u8; 12], b"old record".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    let refused = Wal::open(dir.path(), sync_config()).err().expect("refused");
+    assert!(
+        matches!(&refused, WalError::Corrupt(why) if why.contains("older format")),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -608,6 +930,8 @@ fn a_full_queue_refuses_at_once() {
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
     wal.submit(records(0, [3]), ack_to(&tx)).unwrap();
     expect_oks(&rx, 1);
+    wal.close().unwrap();
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
     assert_eq!(seqs(&wal.recover_shard(0).unwrap()), vec![1, 2, 3]);
     wal.close().unwrap();
 }

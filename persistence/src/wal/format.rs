@@ -1,41 +1,41 @@
-//! The bytes the log stores: keys that sort by shard then sequence number, and values that
-//! carry a version byte and a CRC32 so recovery can tell a good record from a torn one.
+//! The bytes the log stores: frames (many records of many shards under one key, in the order
+//! they were written) and per-shard snapshots, each with a version byte and a CRC32 so
+//! recovery can tell a good value from a torn or corrupt one.
 //!
-//! Tree `log`:       key `[shard u32 BE][seq u64 BE]`,
-//!                   value `[RECORD_FORMAT_VERSION][crc32(key ++ payload) u32 LE][payload]`.
+//! Tree `frames`:    key `[frame number u64 BE]` (global, increasing),
+//!                   value `[FRAME_FORMAT_VERSION][crc32(key ++ body) u32 LE][body]`,
+//!                   body = one or more `[shard u32 LE][seq u64 LE][len u32 LE][payload]`.
 //! Tree `snapshots`: key `[shard u32 BE]`,
-//!                   value `[RECORD_FORMAT_VERSION][crc32(key ++ seq BE ++ payload) u32 LE]
+//!                   value `[SNAPSHOT_FORMAT_VERSION][crc32(key ++ seq BE ++ payload) u32 LE]
 //!                   [seq u64 BE][payload]`.
 //!
 //! The checksum covers the key, so a value copied under the wrong key is caught too. These are
 //! plain bytes on purpose: no serde, no bincode (their attribute pitfalls are the engine's).
+//! A frame is built in place: header first, records appended, the checksum filled in last, so
+//! a group commit's records are copied once, into the value sled stores.
 
-/// Version byte in front of every stored log record and snapshot. Recovery refuses (drops)
-/// a record with any other byte rather than misreading it.
-pub const RECORD_FORMAT_VERSION: u8 = 1;
+/// Version byte in front of every stored frame. Recovery refuses (cuts) a frame with any
+/// other byte rather than misreading it.
+pub const FRAME_FORMAT_VERSION: u8 = 1;
+/// Version byte in front of every stored snapshot; any other byte makes the snapshot corrupt.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
 
-/// Length of a log key: shard (4) + seq (8).
-pub(crate) const LOG_KEY_LEN: usize = 12;
+/// Length of a frame key: the frame number (8).
+pub(crate) const FRAME_KEY_LEN: usize = 8;
 /// Version byte + CRC32.
 pub(crate) const HEADER_LEN: usize = 5;
+/// In a frame's body, in front of each payload: shard (4) + seq (8) + payload length (4).
+pub(crate) const RECORD_HEADER_LEN: usize = 16;
 /// Header + snapshot seq.
 const SNAPSHOT_HEADER_LEN: usize = HEADER_LEN + 8;
 
-pub(crate) fn log_key(shard: u32, seq: u64) -> [u8; LOG_KEY_LEN] {
-    let mut key = [0u8; LOG_KEY_LEN];
-    key[..4].copy_from_slice(&shard.to_be_bytes());
-    key[4..].copy_from_slice(&seq.to_be_bytes());
-    key
+pub(crate) fn frame_key(number: u64) -> [u8; FRAME_KEY_LEN] {
+    number.to_be_bytes()
 }
 
-/// The (shard, seq) of a log key, or None when it is not 12 bytes long.
-pub(crate) fn parse_log_key(key: &[u8]) -> Option<(u32, u64)> {
-    if key.len() != LOG_KEY_LEN {
-        return None;
-    }
-    let shard = u32::from_be_bytes(key[..4].try_into().expect("4 bytes"));
-    let seq = u64::from_be_bytes(key[4..].try_into().expect("8 bytes"));
-    Some((shard, seq))
+/// The frame number of a frame key, or None when it is not 8 bytes long.
+pub(crate) fn parse_frame_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
 pub(crate) fn snapshot_key(shard: u32) -> [u8; 4] {
@@ -50,25 +50,59 @@ fn crc(parts: &[&[u8]]) -> u32 {
     hasher.finalize()
 }
 
-pub(crate) fn encode_record(key: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(HEADER_LEN + payload.len());
-    value.push(RECORD_FORMAT_VERSION);
-    value.extend_from_slice(&crc(&[key, payload]).to_le_bytes());
-    value.extend_from_slice(payload);
-    value
+/// One record as a frame holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameRecord<'a> {
+    pub(crate) shard: u32,
+    pub(crate) seq: u64,
+    pub(crate) payload: &'a [u8],
+}
+
+/// A frame's stored value under construction: `push` records, then `finish` with its key.
+pub(crate) struct FrameValue {
+    value: Vec<u8>,
+}
+
+impl FrameValue {
+    pub(crate) fn with_capacity(bytes: usize) -> FrameValue {
+        let mut value = Vec::with_capacity(bytes.max(HEADER_LEN));
+        value.push(FRAME_FORMAT_VERSION);
+        value.extend_from_slice(&[0; 4]);
+        FrameValue { value }
+    }
+
+    /// Bytes of the value so far (header included).
+    pub(crate) fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    pub(crate) fn push(&mut self, shard: u32, seq: u64, payload: &[u8]) {
+        let len = u32::try_from(payload.len()).expect("a record payload under 4 GiB");
+        self.value.extend_from_slice(&shard.to_le_bytes());
+        self.value.extend_from_slice(&seq.to_le_bytes());
+        self.value.extend_from_slice(&len.to_le_bytes());
+        self.value.extend_from_slice(payload);
+    }
+
+    /// The stored value, its checksum over `key` and the body filled in.
+    pub(crate) fn finish(mut self, key: &[u8]) -> Vec<u8> {
+        let sum = crc(&[key, &self.value[HEADER_LEN..]]);
+        self.value[1..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+        self.value
+    }
 }
 
 /// Checks the version byte and header length; returns (stored crc, rest).
-fn split_header(value: &[u8], header_len: usize) -> Result<(u32, &[u8]), String> {
+fn split_header(value: &[u8], header_len: usize, version: u8) -> Result<(u32, &[u8]), String> {
     if value.len() < header_len {
         return Err(format!(
             "truncated: {} bytes, shorter than the {header_len}-byte header",
             value.len()
         ));
     }
-    if value[0] != RECORD_FORMAT_VERSION {
+    if value[0] != version {
         return Err(format!(
-            "unknown format version {} (this build reads {RECORD_FORMAT_VERSION})",
+            "unknown format version {} (this build reads {version})",
             value[0]
         ));
     }
@@ -76,23 +110,64 @@ fn split_header(value: &[u8], header_len: usize) -> Result<(u32, &[u8]), String>
     Ok((stored, &value[HEADER_LEN..]))
 }
 
-/// The payload of a stored log record, or why it cannot be trusted.
-pub(crate) fn decode_record<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {
-    let (stored, payload) = split_header(value, HEADER_LEN)?;
-    let computed = crc(&[key, payload]);
-    if stored != computed {
+/// The records of a stored frame, in the order they were written, or why the frame cannot be
+/// trusted (wrong key length, truncated, unknown version, checksum mismatch, a body that does
+/// not parse, no records at all: the writer never stores an empty frame).
+pub(crate) fn decode_frame<'a>(
+    key: &[u8],
+    value: &'a [u8],
+) -> Result<Vec<FrameRecord<'a>>, String> {
+    if key.len() != FRAME_KEY_LEN {
         return Err(format!(
-            "checksum mismatch (stored {stored:08x}, computed {computed:08x} over {} payload bytes)",
-            payload.len()
+            "a frame key of {} bytes (expected {FRAME_KEY_LEN})",
+            key.len()
         ));
     }
-    Ok(payload)
+    let (stored, mut body) = split_header(value, HEADER_LEN, FRAME_FORMAT_VERSION)?;
+    let computed = crc(&[key, body]);
+    if stored != computed {
+        return Err(format!(
+            "checksum mismatch (stored {stored:08x}, computed {computed:08x} over {} body bytes)",
+            body.len()
+        ));
+    }
+    let mut records = Vec::new();
+    while !body.is_empty() {
+        if body.len() < RECORD_HEADER_LEN {
+            return Err(format!(
+                "a record header cut short after {} records",
+                records.len()
+            ));
+        }
+        let (head, rest) = body.split_at(RECORD_HEADER_LEN);
+        let shard = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        let seq = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(head[12..].try_into().expect("4 bytes")) as usize;
+        if rest.len() < len {
+            return Err(format!(
+                "record {} (shard {shard} seq {seq}) says {len} payload bytes, {} are left",
+                records.len(),
+                rest.len()
+            ));
+        }
+        let (payload, rest) = rest.split_at(len);
+        records.push(FrameRecord {
+            shard,
+            seq,
+            payload,
+        });
+        body = rest;
+    }
+    if records.is_empty() {
+        return Err("a frame with no records".to_string());
+    }
+    Ok(records)
 }
 
 pub(crate) fn encode_snapshot(key: &[u8], seq: u64, payload: &[u8]) -> Vec<u8> {
     let seq_bytes = seq.to_be_bytes();
     let mut value = Vec::with_capacity(SNAPSHOT_HEADER_LEN + payload.len());
-    value.push(RECORD_FORMAT_VERSION);
+    value.push(SNAPSHOT_FORMAT_VERSION);
     value.extend_from_slice(&crc(&[key, &seq_bytes, payload]).to_le_bytes());
     value.extend_from_slice(&seq_bytes);
     value.extend_from_slice(payload);
@@ -101,7 +176,7 @@ pub(crate) fn encode_snapshot(key: &[u8], seq: u64, payload: &[u8]) -> Vec<u8> {
 
 /// (seq, payload) of a stored snapshot, or why it cannot be trusted.
 pub(crate) fn decode_snapshot<'a>(key: &[u8], value: &'a [u8]) -> Result<(u64, &'a [u8]), String> {
-    let (stored, rest) = split_header(value, SNAPSHOT_HEADER_LEN)?;
+    let (stored, rest) = split_header(value, SNAPSHOT_HEADER_LEN, SNAPSHOT_FORMAT_VERSION)?;
     let (seq_bytes, payload) = rest.split_at(8);
     let computed = crc(&[key, seq_bytes, payload]);
     if stored != computed {
@@ -117,52 +192,96 @@ pub(crate) fn decode_snapshot<'a>(key: &[u8], value: &'a [u8]) -> Result<(u64, &
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_sort_by_shard_then_seq() {
-        let mut keys = [
-            log_key(2, 1),
-            log_key(1, 256),
-            log_key(1, 2),
-            log_key(0, u64::MAX),
-            log_key(1, 1),
-        ];
-        keys.sort();
-        let parsed: Vec<_> = keys.iter().map(|k| parse_log_key(k).unwrap()).collect();
-        assert_eq!(
-            parsed,
-            vec![(0, u64::MAX), (1, 1), (1, 2), (1, 256), (2, 1)]
-        );
-        assert_eq!(parse_log_key(&[0; 11]), None);
+    fn frame(number: u64, records: &[(u32, u64, &[u8])]) -> Vec<u8> {
+        let mut value = FrameValue::with_capacity(64);
+        for (shard, seq, payload) in records {
+            value.push(*shard, *seq, payload);
+        }
+        value.finish(&frame_key(number))
     }
 
     #[test]
-    fn record_round_trip_and_damage_is_caught() {
-        let key = log_key(3, 9);
-        let value = encode_record(&key, b"hello");
-        assert_eq!(value[0], RECORD_FORMAT_VERSION);
-        assert_eq!(value.len(), HEADER_LEN + 5);
-        assert_eq!(decode_record(&key, &value).unwrap(), b"hello");
-        // Empty payloads are legal.
-        assert_eq!(decode_record(&key, &encode_record(&key, b"")).unwrap(), b"");
+    fn frame_keys_sort_by_frame_number() {
+        let mut keys = [
+            frame_key(256),
+            frame_key(2),
+            frame_key(u64::MAX),
+            frame_key(1),
+        ];
+        keys.sort();
+        let parsed: Vec<_> = keys.iter().map(|k| parse_frame_key(k).unwrap()).collect();
+        assert_eq!(parsed, vec![1, 2, 256, u64::MAX]);
+        assert_eq!(parse_frame_key(&[0; 7]), None);
+        assert_eq!(parse_frame_key(&[0; 9]), None);
+    }
 
-        let err = decode_record(&key, &value[..value.len() - 1]).unwrap_err();
-        assert!(err.contains("checksum"), "{err}");
-        let err = decode_record(&key, &value[..3]).unwrap_err();
+    #[test]
+    fn frame_round_trip() {
+        let records: [(u32, u64, &[u8]); 4] = [
+            (3, 9, b"hello"),
+            (0, 1, b""),
+            (u32::MAX, u64::MAX, b"last shard"),
+            (3, 10, b"again"),
+        ];
+        let value = frame(7, &records);
+        assert_eq!(value[0], FRAME_FORMAT_VERSION);
+        let payloads: usize = records.iter().map(|r| r.2.len()).sum();
+        assert_eq!(value.len(), HEADER_LEN + 4 * RECORD_HEADER_LEN + payloads);
+        let decoded = decode_frame(&frame_key(7), &value).unwrap();
+        let back: Vec<(u32, u64, &[u8])> = decoded
+            .iter()
+            .map(|r| (r.shard, r.seq, r.payload))
+            .collect();
+        assert_eq!(back, records.to_vec());
+    }
+
+    #[test]
+    fn frame_damage_is_caught() {
+        let key = frame_key(7);
+        let value = frame(7, &[(1, 1, b"one"), (2, 5, b"two")]);
+        // Truncated anywhere in the body: the checksum no longer matches.
+        for cut in [value.len() - 1, HEADER_LEN + 3, HEADER_LEN] {
+            let err = decode_frame(&key, &value[..cut]).unwrap_err();
+            assert!(err.contains("checksum"), "cut at {cut}: {err}");
+        }
+        let err = decode_frame(&key, &value[..3]).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
-        let mut flipped = value.clone();
-        *flipped.last_mut().unwrap() ^= 1;
-        assert!(decode_record(&key, &flipped)
-            .unwrap_err()
-            .contains("checksum"));
+        // A flipped byte in the body, and one in the stored checksum.
+        for at in [value.len() - 1, HEADER_LEN + 2, 1] {
+            let mut flipped = value.clone();
+            flipped[at] ^= 1;
+            let err = decode_frame(&key, &flipped).unwrap_err();
+            assert!(err.contains("checksum"), "byte {at}: {err}");
+        }
         let mut version = value.clone();
         version[0] = 7;
-        assert!(decode_record(&key, &version)
-            .unwrap_err()
-            .contains("version 7"));
-        // The checksum covers the key: the same value under another key is refused.
-        assert!(decode_record(&log_key(3, 10), &value)
-            .unwrap_err()
-            .contains("checksum"));
+        let err = decode_frame(&key, &version).unwrap_err();
+        assert!(err.contains("version 7"), "{err}");
+        // The checksum covers the key: the same value under another frame number is refused.
+        let err = decode_frame(&frame_key(8), &value).unwrap_err();
+        assert!(err.contains("checksum"), "{err}");
+        let err = decode_frame(&key[..7], &value).unwrap_err();
+        assert!(err.contains("frame key of 7 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_body_that_does_not_parse_is_refused_even_with_a_good_checksum() {
+        let key = frame_key(1);
+        let seal = |body: &[u8]| {
+            let mut value = vec![FRAME_FORMAT_VERSION];
+            value.extend_from_slice(&crc(&[&key, body]).to_le_bytes());
+            value.extend_from_slice(body);
+            value
+        };
+        let err = decode_frame(&key, &seal(b"")).unwrap_err();
+        assert!(err.contains("no records"), "{err}");
+        let err = decode_frame(&key, &seal(&[1; 10])).unwrap_err();
+        assert!(err.contains("header cut short"), "{err}");
+        let mut long = vec![0u8; RECORD_HEADER_LEN];
+        long[12..].copy_from_slice(&100u32.to_le_bytes());
+        long.extend_from_slice(b"short");
+        let err = decode_frame(&key, &seal(&long)).unwrap_err();
+        assert!(err.contains("100 payload bytes, 5 are left"), "{err}");
     }
 
     #[test]
@@ -179,5 +298,10 @@ mod tests {
         assert!(decode_snapshot(&key, &value[..10])
             .unwrap_err()
             .contains("truncated"));
+        let mut version = value.clone();
+        version[0] = 9;
+        assert!(decode_snapshot(&key, &version)
+            .unwrap_err()
+            .contains("version 9"));
     }
 }

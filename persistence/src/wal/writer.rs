@@ -1,16 +1,20 @@
 //! The writer thread: drains the queue into batches, one durable flush per batch (group
 //! commit), then the batch's acks in submission order.
 //!
-//! Why two `sled::Batch`es (one per tree) and no transaction: a batch is atomic within its
-//! tree, and nothing needs the snapshot and the truncation of the log to be atomic together.
-//! The snapshot is applied after the batch's log records (so it never covers records not yet
-//! written), and the log records it covers are deleted only after a durable flush has put the
-//! snapshot on disk. A crash in between leaves records at or below the snapshot's seq, which
-//! recovery skips and deletes; it can never leave a truncated log without its snapshot. A
-//! sled transaction would need every key to delete named up front (a transactional tree
-//! cannot scan a range) and copies every write into its own buffers, for no gain here.
+//! A batch's records become frames (`frames.rs`): one sled insert per frame, not per record,
+//! which is what sled charges for (each insert clones and later frees the leaf it lands in).
+//!
+//! Why separate `sled::Batch`es (frames, then snapshots) and no transaction: a batch is
+//! atomic within its tree, and nothing needs the snapshot and the truncation of the log to be
+//! atomic together. The snapshot is applied after the batch's frames (so it never covers
+//! records not yet written), and the frames it releases are deleted only after a durable
+//! flush has put the snapshot on disk (`index.rs` says which). A crash in between leaves
+//! frames whose records are at or below their shards' snapshots, which recovery skips and
+//! deletes; it can never leave a truncated log without its snapshot. A sled transaction
+//! would copy every write into its own buffers, for no gain here.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,8 +22,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::format::{encode_record, encode_snapshot, log_key, snapshot_key};
-use super::{Ack, Durability, Record, Shared, WalError, SLED_BATCH_RECORDS_MAX};
+use super::format::{encode_snapshot, frame_key, snapshot_key};
+use super::frames::{Framed, Framer};
+use super::index::LiveIndex;
+use super::{lock, Ack, Durability, Record, Shared, WalError, SLED_BATCH_FRAMES_MAX};
 
 pub(crate) enum Op {
     Append {
@@ -48,7 +54,7 @@ impl Op {
 pub(crate) struct Writer {
     pub(crate) rx: Receiver<Op>,
     pub(crate) db: sled::Db,
-    pub(crate) log: sled::Tree,
+    pub(crate) frames: sled::Tree,
     pub(crate) snapshots: sled::Tree,
     pub(crate) shared: Arc<Shared>,
     pub(crate) durability: Durability,
@@ -57,9 +63,11 @@ pub(crate) struct Writer {
 }
 
 /// The writer's own bookkeeping between batches.
-struct State {
-    /// Snapshots written to sled but not yet flushed: shard -> highest seq. Their log
-    /// records are deleted after the next durable flush.
+pub(crate) struct State {
+    /// Which frames each shard still needs, and the next frame number.
+    pub(crate) index: LiveIndex,
+    /// Snapshots written to sled but not yet flushed: shard -> highest seq. The frames they
+    /// release are deleted after the next durable flush.
     unflushed_snapshots: BTreeMap<u32, u64>,
     /// Something was written to sled since the last durable flush.
     dirty: bool,
@@ -72,13 +80,92 @@ fn call(ack: Ack, result: Result<(), WalError>) {
     let _ = catch_unwind(AssertUnwindSafe(move || ack(result)));
 }
 
-impl Writer {
-    pub(crate) fn run(self) -> Result<(), WalError> {
-        let mut state = State {
+impl State {
+    pub(crate) fn new(index: LiveIndex) -> State {
+        State {
+            index,
             unflushed_snapshots: BTreeMap::new(),
             dirty: false,
             last_flush: Instant::now(),
-        };
+        }
+    }
+}
+
+/// Deletes the stored frames in `range` in sled batches of at most `SLED_BATCH_FRAMES_MAX`;
+/// returns how many there were.
+pub(crate) fn delete_frames(frames: &sled::Tree, range: Range<u64>) -> sled::Result<u64> {
+    let mut deleted = 0u64;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0usize;
+    for key in frames
+        .range(frame_key(range.start)..frame_key(range.end))
+        .keys()
+    {
+        batch.remove(key?);
+        in_batch += 1;
+        if in_batch == SLED_BATCH_FRAMES_MAX {
+            frames.apply_batch(std::mem::take(&mut batch))?;
+            deleted += in_batch as u64;
+            in_batch = 0;
+        }
+    }
+    if in_batch > 0 {
+        frames.apply_batch(batch)?;
+        deleted += in_batch as u64;
+    }
+    Ok(deleted)
+}
+
+/// A batch turned into what sled gets: frames, snapshots, and the acks in order.
+struct Prepared {
+    framed: Framed,
+    snapshot_batch: sled::Batch,
+    snapshots: Vec<(u32, u64)>,
+    snapshot_bytes: u64,
+    acks: Vec<Ack>,
+}
+
+fn prepare(batch: Vec<Op>, next_frame: u64) -> Prepared {
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut framer = Framer::new(next_frame);
+    let mut snapshot_batch = sled::Batch::default();
+    let mut snapshots = Vec::new();
+    let mut snapshot_bytes = 0u64;
+    for op in batch {
+        match op {
+            Op::Append { records, ack } => {
+                framer.begin_op();
+                for record in &records {
+                    framer.push(record);
+                }
+                acks.push(ack);
+            }
+            Op::Snapshot {
+                shard,
+                seq,
+                payload,
+                ack,
+            } => {
+                let key = snapshot_key(shard);
+                let value = encode_snapshot(&key, seq, &payload);
+                snapshot_bytes += (key.len() + value.len()) as u64;
+                snapshot_batch.insert(&key[..], value);
+                snapshots.push((shard, seq));
+                acks.push(ack);
+            }
+        }
+    }
+    Prepared {
+        framed: framer.finish(),
+        snapshot_batch,
+        snapshots,
+        snapshot_bytes,
+        acks,
+    }
+}
+
+impl Writer {
+    pub(crate) fn run(self, mut state: State) -> Result<(), WalError> {
         while let Some(first) = self.next_first(&mut state) {
             let mut weight = first.weight();
             let mut batch = vec![first];
@@ -123,51 +210,18 @@ impl Writer {
     }
 
     fn commit(&self, batch: Vec<Op>, state: &mut State) {
-        let mut acks = Vec::with_capacity(batch.len());
         if self.shared.is_failed() {
             self.fail_all(batch.into_iter().map(Op::into_ack).collect());
             return;
         }
-        // Whole ops per sled batch, at most SLED_BATCH_RECORDS_MAX records each (mod.rs).
-        let mut log_batches = vec![sled::Batch::default()];
-        let mut in_last = 0usize;
-        let mut snapshot_batch = sled::Batch::default();
-        let mut snapshots = Vec::new();
-        let (mut records, mut bytes) = (0u64, 0u64);
-        for op in batch {
-            match op {
-                Op::Append { records: list, ack } => {
-                    if in_last > 0 && in_last + list.len() > SLED_BATCH_RECORDS_MAX {
-                        log_batches.push(sled::Batch::default());
-                        in_last = 0;
-                    }
-                    let log_batch = log_batches.last_mut().expect("one batch at least");
-                    in_last += list.len();
-                    for record in list {
-                        let key = log_key(record.shard, record.seq);
-                        let value = encode_record(&key, &record.payload);
-                        bytes += (key.len() + value.len()) as u64;
-                        records += 1;
-                        log_batch.insert(&key[..], value);
-                    }
-                    acks.push(ack);
-                }
-                Op::Snapshot {
-                    shard,
-                    seq,
-                    payload,
-                    ack,
-                } => {
-                    let key = snapshot_key(shard);
-                    let value = encode_snapshot(&key, seq, &payload);
-                    bytes += (key.len() + value.len()) as u64;
-                    snapshot_batch.insert(&key[..], value);
-                    snapshots.push((shard, seq));
-                    acks.push(ack);
-                }
-            }
-        }
-        if records == 0 && snapshots.is_empty() {
+        let Prepared {
+            framed,
+            snapshot_batch,
+            snapshots,
+            snapshot_bytes,
+            acks,
+        } = prepare(batch, state.index.next_frame());
+        if framed.records == 0 && snapshots.is_empty() {
             // Only barriers: what they wait for was made durable (Sync) or written (Async)
             // before their predecessors were acked, so there is nothing to write or flush.
             // Refusals travel as barriers; they must not each cost an fdatasync.
@@ -182,23 +236,9 @@ impl Writer {
             }
             return;
         }
-        // Log first, then snapshots: a snapshot is never stored ahead of the records of
-        // this batch it may cover.
-        // An empty sled batch is not free: skipping them took sled from three writes and
-        // three `sync_file_range` per durable flush to two (`perf stat -e
-        // 'syscalls:sys_enter_*'` on the server during a launch run).
-        let applied = (|| -> sled::Result<()> {
-            if records > 0 {
-                for log_batch in log_batches {
-                    self.log.apply_batch(log_batch)?;
-                }
-            }
-            if !snapshots.is_empty() {
-                self.snapshots.apply_batch(snapshot_batch)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = applied {
+        let (records, frames) = (framed.records, framed.frames.len() as u64);
+        let bytes = framed.bytes + snapshot_bytes;
+        if let Err(e) = self.apply(framed, snapshot_batch, !snapshots.is_empty(), state) {
             self.shared.fail_in_sled(format!("sled write: {e}"));
             self.fail_all(acks);
             return;
@@ -206,12 +246,18 @@ impl Writer {
         let s = &self.shared;
         s.batches.fetch_add(1, Ordering::AcqRel);
         s.records.fetch_add(records, Ordering::AcqRel);
+        s.frames.fetch_add(frames, Ordering::AcqRel);
         s.bytes.fetch_add(bytes, Ordering::AcqRel);
         state.dirty = true;
         for (shard, seq) in snapshots {
             let highest = state.unflushed_snapshots.entry(shard).or_insert(seq);
             *highest = (*highest).max(seq);
         }
+        self.flush_and_ack(acks, state);
+    }
+
+    /// Sync: flush, then ack (or fail) the batch. Async: ack, then flush if it is time.
+    fn flush_and_ack(&self, acks: Vec<Ack>, state: &mut State) {
         match self.durability {
             Durability::Sync => {
                 self.flush(state);
@@ -234,7 +280,35 @@ impl Writer {
         }
     }
 
-    /// A durable flush; then deletes the log records that the now-durable snapshots cover.
+    /// Frames first, then snapshots: a snapshot is never stored ahead of the records of this
+    /// batch it may cover. The written frames join the index (and the published span).
+    fn apply(
+        &self,
+        framed: Framed,
+        snapshot_batch: sled::Batch,
+        any_snapshot: bool,
+        state: &mut State,
+    ) -> sled::Result<()> {
+        // An empty sled batch is not free: skipping them took sled from three writes and
+        // three `sync_file_range` per durable flush to two (`perf stat -e
+        // 'syscalls:sys_enter_*'` on the server during a launch run).
+        for batch in framed.batches {
+            self.frames.apply_batch(batch)?;
+        }
+        if any_snapshot {
+            self.snapshots.apply_batch(snapshot_batch)?;
+        }
+        state.index.written(framed.frames.len() as u64);
+        for (frame, shards) in framed.frames {
+            for (shard, seq) in shards {
+                state.index.note(shard, frame, seq);
+            }
+        }
+        *lock(&self.shared.span) = state.index.span();
+        Ok(())
+    }
+
+    /// A durable flush; then deletes the frames that the now-durable snapshots release.
     /// A failure marks the WAL failed.
     fn flush(&self, state: &mut State) {
         if self.shared.is_failed() {
@@ -252,32 +326,21 @@ impl Writer {
         state.last_flush = Instant::now();
         let covered = std::mem::take(&mut state.unflushed_snapshots);
         for (shard, seq) in covered {
-            if let Err(e) = self.truncate(shard, seq) {
-                self.shared.fail_in_sled(format!("sled delete: {e}"));
-                return;
+            state.index.release(shard, seq);
+        }
+        if let Some(range) = state.index.deletable() {
+            match delete_frames(&self.frames, range.clone()) {
+                Ok(count) => state.index.deleted(range.end, count),
+                Err(e) => {
+                    self.shared.fail_in_sled(format!("sled delete: {e}"));
+                    return;
+                }
             }
             // The deletes reach the disk with the next flush; until then, or if a crash
-            // comes first, recovery skips the records the snapshot covers.
+            // comes first, recovery skips the records the snapshots cover.
             state.dirty = true;
         }
-    }
-
-    /// Deletes `shard`'s log records with seq <= `seq`.
-    fn truncate(&self, shard: u32, seq: u64) -> sled::Result<()> {
-        let mut batch = sled::Batch::default();
-        let mut any = false;
-        for key in self
-            .log
-            .range(log_key(shard, 0)..=log_key(shard, seq))
-            .keys()
-        {
-            batch.remove(key?);
-            any = true;
-        }
-        if any {
-            self.log.apply_batch(batch)?;
-        }
-        Ok(())
+        *lock(&self.shared.span) = state.index.span();
     }
 
     fn shutdown(&self, state: &mut State) -> Result<(), WalError> {

@@ -4,9 +4,9 @@
 //!   that needed it is answered 503, never 2xx; the node takes no more writes and answers no
 //!   reads (memory may hold what the log does not); `/readyz` turns 503; the operator
 //!   endpoint says why; a restart recovers exactly from the log;
-//! - a torn tail (the last record of a shard's log cut short, as a crash in the middle of a
-//!   write leaves it): start-up recovers everything before it, cuts the record off and
-//!   reports it in the log and in `/v1/admin/shards`.
+//! - a torn tail (the log's last frame, holding a shard's last record, cut short as a crash in
+//!   the middle of a write leaves it): start-up recovers everything before it, cuts the frame
+//!   off and reports it in the log and in `/v1/admin/shards`.
 
 use std::time::Duration;
 
@@ -128,12 +128,12 @@ async fn a_torn_last_record_is_cut_off_and_reported_and_everything_before_it_rec
     let last = h.shard_entry(shard).await["wal_seq"].as_u64().unwrap();
     h.stop_without_snapshot().await;
 
-    // Tear it: the stored record is cut to its first bytes, as a write interrupted by a
-    // power cut leaves it (its checksum no longer matches).
+    // Tear it: the stored frame holding it is cut to its first bytes, as a write interrupted
+    // by a power cut leaves it (its checksum no longer matches). Opening the log here also
+    // recovers it; it finds nothing wrong yet, and the tear comes after.
     {
         let wal = Wal::open(&dir, sync()).unwrap();
-        wal.overwrite_raw_record_for_test(shard, last, &[1, 0, 0, 0, 7])
-            .unwrap();
+        wal.tear_frame_holding_for_test(shard, last).unwrap();
         wal.close().unwrap();
     }
 
@@ -147,8 +147,19 @@ async fn a_torn_last_record_is_cut_off_and_reported_and_everything_before_it_rec
     h.send(Req::get("/readyz")).await.expect(200);
     let entry = h.shard_entry(shard).await;
     assert_eq!(entry["status"], "ready");
+    // The torn frame's records cannot be read, so which shards it held is unknown: every
+    // shard with nothing after it is told once, at its next seq, that it may have lost
+    // records from there on. For the clinic shard that is the torn confirm.
     assert_eq!(entry["recovery_dropped_records"], 1, "{entry}");
     assert_eq!(entry["wal_seq"], last - 1, "{entry}");
+    for other in (0..SHARDS_HERE).filter(|s| *s != shard) {
+        let entry = h.shard_entry(other).await;
+        assert_eq!(entry["status"], "ready", "{entry}");
+        assert!(
+            entry["recovery_dropped_records"].as_u64().unwrap() >= 1,
+            "{entry}"
+        );
+    }
     // Everything before the torn record is there; the torn confirm is not.
     assert_eq!(h.appointment_json(&kept).await["status"], "PENDING");
     assert_eq!(h.appointment_json(&torn).await["status"], "PENDING");
