@@ -147,6 +147,12 @@ pub trait Journal: Send + Sync + 'static {
     /// True while the journal's queue is above its high-water mark: new writes are refused
     /// with 503 before they change anything.
     fn busy(&self) -> bool;
+    /// True when `shard`'s oldest record not covered by a snapshot holds back the deletion
+    /// of a long log (a quiet shard in a shared log): the shard then snapshots at its next
+    /// housekeeping tick, so the log, and the replay at the next start, stay bounded.
+    fn holds_back(&self, _shard: u32) -> bool {
+        false
+    }
 }
 
 /// Keeps nothing: for tests and benchmarks of the engine alone. Every write completes at once

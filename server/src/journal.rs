@@ -11,10 +11,16 @@ use holdfast_persistence::{Record, Wal, WalConfig, WalError};
 /// number of shards, each of which submits at most once per message it handles, so an append
 /// after a "not busy" answer always fits.
 pub const BUSY_MARGIN_OPS: u64 = 8192;
+/// The log may span this many frames (group commits, at most `FRAME_BYTES_MAX` each) before
+/// the shard holding back its oldest frame is asked for a snapshot: about a minute of launch
+/// traffic (~800 group commits a second, docs/PERFORMANCE.md), so a quiet shard snapshots
+/// about once a minute under load and never while the node is idle.
+pub const LOG_SPAN_FRAMES_MAX: u64 = 50_000;
 
 pub struct WalJournal {
     wal: Wal,
     busy_above_ops: u64,
+    span_frames_max: u64,
 }
 
 impl WalJournal {
@@ -25,7 +31,15 @@ impl WalJournal {
         WalJournal {
             wal,
             busy_above_ops,
+            span_frames_max: LOG_SPAN_FRAMES_MAX,
         }
+    }
+
+    /// The span of the log above which its oldest holder snapshots (default
+    /// [`LOG_SPAN_FRAMES_MAX`]; tests set it low).
+    pub fn with_span_frames_max(mut self, frames: u64) -> WalJournal {
+        self.span_frames_max = frames;
+        self
     }
 
     pub fn wal(&self) -> &Wal {
@@ -96,5 +110,11 @@ impl Journal for WalJournal {
 
     fn busy(&self) -> bool {
         self.wal.stats().queued_ops >= self.busy_above_ops
+    }
+
+    fn holds_back(&self, shard: u32) -> bool {
+        let span = self.wal.log_span();
+        span.oldest_holder == Some(shard)
+            && span.next_frame - span.first_live_frame > self.span_frames_max
     }
 }

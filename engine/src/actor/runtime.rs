@@ -190,6 +190,7 @@ impl ShardRuntime {
         self.expire_due();
         self.idempotency.purge(self.clock.now_ms());
         self.maybe_snapshot();
+        self.snapshot_if_holding_back();
     }
 
     /// Acts on due deadlines and journals what that changed.
@@ -441,6 +442,21 @@ impl ShardRuntime {
 
     fn maybe_snapshot(&mut self) {
         if self.records_since_snapshot >= self.snapshot_every_records && self.poisoned.is_none() {
+            self.snapshot(Box::new(|_| {}));
+        }
+    }
+
+    /// At a housekeeping tick: a snapshot when this shard holds back the log's truncation
+    /// ([`Journal::holds_back`]), however few records it wrote since its last one.
+    fn snapshot_if_holding_back(&mut self) {
+        if self.records_since_snapshot > 0
+            && self.poisoned.is_none()
+            && self.journal.holds_back(self.shard)
+        {
+            tracing::debug!(
+                shard = self.shard,
+                "snapshot: this shard holds back the log"
+            );
             self.snapshot(Box::new(|_| {}));
         }
     }

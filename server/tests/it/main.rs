@@ -23,6 +23,7 @@ mod http_holds;
 mod http_idempotency;
 mod http_ops;
 mod http_stock;
+mod log_span;
 mod openapi;
 mod recovery_status;
 mod reschedule;
