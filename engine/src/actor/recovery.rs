@@ -81,6 +81,7 @@ impl ShardRuntime {
         }
         self.state = state;
         self.wal_seq = wal_seq;
+        self.mark_stored(wal_seq);
         self.snapshot_seq = snapshot_seq;
         self.records_since_snapshot = wal_seq - snapshot_seq;
         self.recovered_dropped = recovered.dropped.len();

@@ -3,6 +3,7 @@
 //! reports a change leaves through the journal's completion, after the change is stored; the
 //! same completion publishes the change (names resolved) to the node's [`Publisher`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ractor::RpcReplyPort;
@@ -47,6 +48,10 @@ pub struct ShardRuntime {
     events_applied: u64,
     /// Sequence number of the last record handed to the journal.
     pub(super) wal_seq: u64,
+    /// The highest sequence number the journal has said is stored (set by the completions,
+    /// on the journal's thread). While it equals `wal_seq`, a barrier has nothing to wait for
+    /// and completes at once, without a trip through the journal's queue.
+    stored_seq: Arc<AtomicU64>,
     pub(super) snapshot_seq: u64,
     last_snapshot_at_ms: Option<UnixMs>,
     pub(super) records_since_snapshot: u64,
@@ -86,6 +91,7 @@ impl ShardRuntime {
             events: Vec::new(),
             events_applied: 0,
             wal_seq: 0,
+            stored_seq: Arc::new(AtomicU64::new(0)),
             snapshot_seq: 0,
             last_snapshot_at_ms: None,
             records_since_snapshot: 0,
@@ -94,6 +100,11 @@ impl ShardRuntime {
             recovered_dropped: 0,
             phase: args.phase,
         }
+    }
+
+    /// Records up to `seq` are stored (recovery read them back from the journal).
+    pub(super) fn mark_stored(&self, seq: u64) {
+        self.stored_seq.fetch_max(seq, Ordering::AcqRel);
     }
 
     pub fn runtime_counts(&self) -> RuntimeCounts {
@@ -271,6 +282,22 @@ impl ShardRuntime {
             published,
             notices,
         } = taken;
+        if records.is_empty() && self.stored_seq.load(Ordering::Acquire) >= self.wal_seq {
+            // A barrier behind nothing: everything this shard wrote is stored already.
+            done(Ok(()));
+            return;
+        }
+        let done: Done = if records.is_empty() {
+            done
+        } else {
+            let (stored_seq, last) = (self.stored_seq.clone(), self.wal_seq);
+            Box::new(move |stored| {
+                if stored.is_ok() {
+                    stored_seq.fetch_max(last, Ordering::AcqRel);
+                }
+                done(stored);
+            })
+        };
         let done: Done = if published.is_empty() && notices.is_empty() {
             done
         } else {
