@@ -23,6 +23,7 @@
 //! still needs (records after its latest durable snapshot) on (`index.rs`, [`LogSpan`]);
 //! the writer's index of those frames holds one 16-byte entry per shard per live frame.
 
+mod acker;
 mod disk;
 mod format;
 mod frames;
@@ -85,6 +86,8 @@ const FRAMES_TREE: &str = "frames";
 const LEGACY_LOG_TREE: &str = "log";
 const SNAPSHOTS_TREE: &str = "snapshots";
 const WRITER_THREAD_NAME: &str = "holdfast-wal-writer";
+const ACKER_THREAD_NAME: &str = "holdfast-wal-acks";
+pub use acker::ACK_BATCHES_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -112,7 +115,45 @@ pub struct WalConfig {
     /// A fault hook for tests of what happens when the disk fails: once armed, every durable
     /// flush fails as an I/O error would. Never armed unless a caller arms it.
     pub flush_fault: FlushFault,
+    /// A hook for tests of back-pressure: while closed, the writer waits before its next
+    /// group commit. Never closed unless a caller closes it.
+    pub writer_gate: WriterGate,
 }
+
+/// Holds the writer before its next group commit while closed (tests that need ops to wait
+/// in the queue, now that a slow ack no longer holds the writer). Clones share one gate.
+#[derive(Debug, Clone, Default)]
+pub struct WriterGate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl WriterGate {
+    pub fn close(&self) {
+        *lock(&self.0 .0) = true;
+    }
+
+    pub fn open(&self) {
+        *lock(&self.0 .0) = false;
+        self.0 .1.notify_all();
+    }
+
+    /// Waits while the gate is closed.
+    pub(crate) fn pass(&self) {
+        let (closed, opened) = &*self.0;
+        let mut closed = lock(closed);
+        while *closed {
+            closed = opened
+                .wait(closed)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+impl PartialEq for WriterGate {
+    fn eq(&self, other: &WriterGate) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for WriterGate {}
 
 /// Makes durable flushes fail on demand (tests of the failure path through the real
 /// writer). Clones share one switch.
@@ -147,6 +188,7 @@ impl WalConfig {
             async_flush_interval_ms: ASYNC_FLUSH_INTERVAL_MS_DEFAULT,
             cache_capacity_bytes: CACHE_CAPACITY_BYTES_DEFAULT,
             flush_fault: FlushFault::default(),
+            writer_gate: WriterGate::default(),
         }
     }
 }
@@ -160,9 +202,9 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-/// Called exactly once, on the writer thread, for every op the WAL accepted (never for one
-/// whose `submit` returned `Err`). It must be quick: the next batch waits for it. A panic in
-/// it is caught, so the other acks still run.
+/// Called exactly once, on the log's ack thread and in submission order, for every op the WAL
+/// accepted (never for one whose `submit` returned `Err`). It must be quick: the acks of later
+/// batches wait for it. A panic in it is caught, so the other acks still run.
 pub type Ack = Box<dyn FnOnce(Result<(), WalError>) + Send + 'static>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +361,8 @@ pub struct Wal {
     /// `None` only while closing.
     tx: Option<Sender<Op>>,
     writer: Option<JoinHandle<Result<(), WalError>>>,
+    /// Runs the acks (`acker.rs`); ends after the writer.
+    acker: Option<JoinHandle<()>>,
 }
 
 /// How long `open` waits for sled's file lock. sled 0.34 releases the lock on its data file
@@ -394,8 +438,14 @@ impl Wal {
         *lock(&shared.span) = index.span();
 
         let (tx, rx) = crossbeam_channel::bounded(config.queue_ops_max.max(1));
+        let (acks_tx, acks_rx) = acker::channel();
+        let acker = std::thread::Builder::new()
+            .name(ACKER_THREAD_NAME.to_string())
+            .spawn(move || acker::run(acks_rx))
+            .map_err(|e| WalError::Io(format!("cannot start the ack thread: {e}")))?;
         let writer = Writer {
             rx,
+            acks: acks_tx,
             db: db.clone(),
             frames: frames.clone(),
             snapshots: snapshots.clone(),
@@ -403,6 +453,7 @@ impl Wal {
             durability: config.durability,
             batch_records_max: config.batch_records_max.max(1),
             async_interval: Duration::from_millis(config.async_flush_interval_ms),
+            gate: config.writer_gate.clone(),
         };
         let writer = std::thread::Builder::new()
             .name(WRITER_THREAD_NAME.to_string())
@@ -417,11 +468,12 @@ impl Wal {
             shared,
             tx: Some(tx),
             writer: Some(writer),
+            acker: Some(acker),
         })
     }
 
     /// Queues records (possibly none: a barrier) in submission order. `ack` is called exactly
-    /// once, from the writer thread: with Sync after the batch holding them is durably on
+    /// once, from the ack thread: with Sync after the batch holding them is durably on
     /// disk; with Async right after they are written to sled (durable within
     /// `async_flush_interval_ms`). `Err(QueueFull)` at once when `queue_ops_max` ops wait
     /// (the caller answers 503); `Err(Failed)` once a write or flush has failed (the node
@@ -540,17 +592,28 @@ impl Wal {
     }
 
     fn stop(&mut self) -> Result<(), WalError> {
-        // Dropping the only sender lets the writer drain the queue, flush and return.
+        // Dropping the only sender lets the writer drain the queue, flush and return; its
+        // return ends the ack thread once that has run every ack.
         drop(self.tx.take());
+        let in_ack = self
+            .acker
+            .as_ref()
+            .is_some_and(|acker| acker.thread().id() == std::thread::current().id());
+        if in_ack {
+            // The last handle dropped inside an ack: this thread cannot wait for the writer
+            // (which may wait for this thread to take more acks) nor for itself. Both finish
+            // the queue, flush and stop on their own.
+            return Ok(());
+        }
         let stopped = match self.writer.take() {
-            // The last handle dropped inside an ack, on the writer thread itself: it cannot
-            // wait for itself; it finishes the queue and flushes on its own once it returns.
-            Some(writer) if writer.thread().id() == std::thread::current().id() => Ok(()),
             Some(writer) => writer.join().unwrap_or_else(|_| {
                 Err(WalError::Failed("the writer thread panicked".to_string()))
             }),
             None => Ok(()),
         };
+        if let Some(acker) = self.acker.take() {
+            let _ = acker.join();
+        }
         if self.shared.sled_failed.load(Ordering::Acquire) {
             self.leave_sled_unflushed();
         }
@@ -632,41 +695,32 @@ mod tests {
             std::time::SystemTime::now()
         ));
         let wait = Duration::from_secs(30);
-        let wal = Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap();
-        // Hold the writer in the first ack, queue one more op, fail, release.
-        let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
-        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+        let config = WalConfig::new(Durability::Sync);
+        let fault = config.flush_fault.clone();
+        let wal = Wal::open(&dir, config).unwrap();
+        // The next durable flush fails: the op it covers, and every op queued behind it,
+        // are answered with the failure, never Ok.
+        fault.arm();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let first_tx = tx.clone();
-        wal.submit(
-            Vec::new(),
-            Box::new(move |result| {
-                first_tx.send(result).unwrap();
-                entered_tx.send(()).unwrap();
-                let _ = release_rx.recv_timeout(wait);
-            }),
-        )
-        .unwrap();
-        entered_rx.recv_timeout(wait).unwrap();
-        let pending_tx = tx.clone();
-        let record = Record {
+        let record = |seq| Record {
             shard: 0,
-            seq: 1,
+            seq,
             payload: b"x".to_vec(),
         };
-        wal.submit(
-            vec![record.clone()],
-            Box::new(move |result| pending_tx.send(result).unwrap()),
-        )
-        .unwrap();
-        wal.shared.fail("injected".to_string());
-        release_tx.send(()).unwrap();
-        let failed = WalError::Failed("injected".to_string());
-        assert_eq!(rx.recv_timeout(wait).unwrap(), Ok(()));
-        assert_eq!(rx.recv_timeout(wait).unwrap(), Err(failed.clone()));
+        for seq in 1..=3 {
+            let tx = tx.clone();
+            wal.submit(vec![record(seq)], Box::new(move |r| tx.send(r).unwrap()))
+                .unwrap();
+        }
+        for _ in 1..=3 {
+            let answer = rx.recv_timeout(wait).unwrap();
+            assert!(matches!(answer, Err(WalError::Failed(_))), "{answer:?}");
+        }
         assert!(wal.is_failed());
+        let failed = wal.shared.failed_error();
+        assert!(failed.to_string().contains("injected"), "{failed}");
         assert_eq!(
-            wal.submit(vec![record], Box::new(|_| panic!("never called"))),
+            wal.submit(vec![record(4)], Box::new(|_| panic!("never called"))),
             Err(failed.clone())
         );
         assert_eq!(
@@ -674,9 +728,52 @@ mod tests {
             Err(failed.clone())
         );
         assert_eq!(wal.close(), Err(failed));
-        // Nothing of the failed batch reached sled.
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The acks run on their own thread, in order: a slow ack delays the acks after it, never
+    /// the writer's next group commit.
+    #[test]
+    fn a_slow_ack_does_not_hold_the_writer() {
+        let dir = std::env::temp_dir().join(format!(
+            "holdfast-wal-unit-slow-ack-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let wait = Duration::from_secs(30);
         let wal = Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap();
-        assert!(wal.recover_shard(0).unwrap().records.is_empty());
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let first_tx = tx.clone();
+        let record = |seq| Record {
+            shard: 0,
+            seq,
+            payload: b"y".to_vec(),
+        };
+        wal.submit(
+            vec![record(1)],
+            Box::new(move |r| {
+                let _ = release_rx.recv_timeout(wait);
+                first_tx.send((1, r)).unwrap();
+            }),
+        )
+        .unwrap();
+        let second_tx = tx.clone();
+        wal.submit(
+            vec![record(2)],
+            Box::new(move |r| second_tx.send((2, r)).unwrap()),
+        )
+        .unwrap();
+        // Both records are committed while the first ack still waits.
+        let deadline = std::time::Instant::now() + wait;
+        while wal.stats().records < 2 || wal.stats().flushed_batch_seq < wal.stats().batches {
+            assert!(std::time::Instant::now() < deadline, "{:?}", wal.stats());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(rx.try_recv().is_err(), "no ack overtook the slow one");
+        release_tx.send(()).unwrap();
+        assert_eq!(rx.recv_timeout(wait).unwrap(), (1, Ok(())));
+        assert_eq!(rx.recv_timeout(wait).unwrap(), (2, Ok(())));
         wal.close().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -717,7 +814,7 @@ mod tests {
         wal.submit(
             Vec::new(),
             Box::new(move |_| {
-                // Drops what may be the last handle, on the writer thread.
+                // Drops what may be the last handle, on the ack thread.
                 let taken = lock(&in_ack).take();
                 drop(taken);
                 tx.send(()).unwrap();

@@ -15,12 +15,13 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::acker::{self, AckBatch};
 
 use super::format::{encode_snapshot, frame_key, snapshot_key};
 use super::frames::{Framed, Framer};
@@ -53,6 +54,8 @@ impl Op {
 
 pub(crate) struct Writer {
     pub(crate) rx: Receiver<Op>,
+    /// To the ack thread; dropped when the writer returns, which ends that thread.
+    pub(crate) acks: Sender<AckBatch>,
     pub(crate) db: sled::Db,
     pub(crate) frames: sled::Tree,
     pub(crate) snapshots: sled::Tree,
@@ -60,6 +63,7 @@ pub(crate) struct Writer {
     pub(crate) durability: Durability,
     pub(crate) batch_records_max: usize,
     pub(crate) async_interval: Duration,
+    pub(crate) gate: super::WriterGate,
 }
 
 /// The writer's own bookkeeping between batches.
@@ -72,12 +76,6 @@ pub(crate) struct State {
     /// Something was written to sled since the last durable flush.
     dirty: bool,
     last_flush: Instant,
-}
-
-fn call(ack: Ack, result: Result<(), WalError>) {
-    // A panicking ack must not take the writer (and every later ack) down with it; the
-    // panic hook has already reported it.
-    let _ = catch_unwind(AssertUnwindSafe(move || ack(result)));
 }
 
 impl State {
@@ -178,6 +176,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.gate.pass();
             self.commit(batch, &mut state);
         }
         // The queue is closed and empty: everything accepted has been processed.
@@ -204,8 +203,20 @@ impl Writer {
     }
 
     fn fail_all(&self, acks: Vec<Ack>) {
-        for ack in acks {
-            call(ack, Err(self.shared.failed_error()));
+        self.ack(acks, Err(self.shared.failed_error()));
+    }
+
+    /// Hands a batch's acks to the ack thread (`acker.rs`), in order; runs them here only
+    /// if that thread is gone.
+    fn ack(&self, acks: Vec<Ack>, result: Result<(), WalError>) {
+        if acks.is_empty() {
+            return;
+        }
+        if let Err(returned) = self.acks.send((acks, result)) {
+            let (acks, result) = returned.into_inner();
+            for ack in acks {
+                acker::call(ack, result.clone());
+            }
         }
     }
 
@@ -231,9 +242,7 @@ impl Writer {
                     .flushed_batch_seq
                     .store(batches, Ordering::Release);
             }
-            for ack in acks {
-                call(ack, Ok(()));
-            }
+            self.ack(acks, Ok(()));
             return;
         }
         let (records, frames) = (framed.records, framed.frames.len() as u64);
@@ -265,14 +274,10 @@ impl Writer {
                     self.fail_all(acks);
                     return;
                 }
-                for ack in acks {
-                    call(ack, Ok(()));
-                }
+                self.ack(acks, Ok(()));
             }
             Durability::Async => {
-                for ack in acks {
-                    call(ack, Ok(()));
-                }
+                self.ack(acks, Ok(()));
                 if state.last_flush.elapsed() >= self.async_interval {
                     self.flush(state);
                 }
