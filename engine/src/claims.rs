@@ -65,13 +65,15 @@
 
 use std::sync::Arc;
 
+use chrono::NaiveDate;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMs;
 use crate::hash::stable_hash64;
 use crate::idempotency::Fingerprint;
 use crate::ids::AppointmentId;
-use crate::model::CitizenRecord;
+use crate::model::{CitizenRecord, DoseRecord};
 
 /// What started a claim: the caller's Idempotency-Key and the request's fingerprint, folded
 /// into 16 bytes. [`NO_ORIGIN`] when the booking had no key.
@@ -151,15 +153,151 @@ pub struct Stale {
     pub clinic_cancelled: bool,
 }
 
-/// A citizen as the citizen's shard keeps it.
+/// A citizen as the citizen's shard keeps it: the record in a compact form (a country's
+/// millions of citizens live in memory: docs/PERFORMANCE.md), the claim, the index of the
+/// citizen's appointments, the priority. [`CitizenEntry::record`] gives the record back.
+///
+/// The region is an index into the shard's [`Regions`] (regions are few); allergies and
+/// doses, which most citizens have none of, are behind one optional box; the appointment
+/// index is a boxed slice (an empty one allocates nothing).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CitizenEntry {
-    pub record: Arc<CitizenRecord>,
-    pub claim: Option<Box<Claim>>,
-    /// Every appointment bound to one of the citizen's claims, oldest first.
-    pub appointments: Vec<AppointmentId>,
+    birth_date: NaiveDate,
+    region: u32,
     /// Earned by a clinic cancellation; spent when a booking made with it is confirmed.
     pub rebook_priority: bool,
+    insurance_id: Box<str>,
+    /// Allergies and doses, when either is non-empty.
+    history: Option<Box<History>>,
+    pub claim: Option<Box<Claim>>,
+    /// Every appointment bound to one of the citizen's claims, oldest first.
+    appointments: Box<[AppointmentId]>,
+}
+
+/// The parts of a record most citizens leave empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct History {
+    allergies: Vec<String>,
+    doses: Vec<DoseRecord>,
+}
+
+impl CitizenEntry {
+    /// A citizen with `record`, no claim, no appointments.
+    pub fn new(record: &CitizenRecord, regions: &mut Regions) -> CitizenEntry {
+        let mut entry = CitizenEntry {
+            birth_date: record.birth_date,
+            region: 0,
+            rebook_priority: false,
+            insurance_id: Box::default(),
+            history: None,
+            claim: None,
+            appointments: Box::default(),
+        };
+        entry.set_record(record, regions);
+        entry
+    }
+
+    /// Replaces the record (claim, appointments and priority stay).
+    pub fn set_record(&mut self, record: &CitizenRecord, regions: &mut Regions) {
+        self.birth_date = record.birth_date;
+        self.region = regions.intern(&record.region);
+        self.insurance_id = record.insurance_id.as_str().into();
+        self.history = (!record.allergies.is_empty() || !record.doses.is_empty()).then(|| {
+            Box::new(History {
+                allergies: record.allergies.clone(),
+                doses: record.doses.clone(),
+            })
+        });
+    }
+
+    /// The record, as it was put.
+    pub fn record(&self, regions: &Regions) -> CitizenRecord {
+        let (allergies, doses) = match self.history.as_deref() {
+            Some(h) => (h.allergies.clone(), h.doses.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        CitizenRecord {
+            birth_date: self.birth_date,
+            region: regions.name(self.region).to_string(),
+            allergies,
+            insurance_id: self.insurance_id.to_string(),
+            doses,
+        }
+    }
+
+    /// Whether the record is `record` (without rebuilding it).
+    pub fn has_record(&self, record: &CitizenRecord, regions: &Regions) -> bool {
+        let (allergies, doses): (&[String], &[DoseRecord]) = match self.history.as_deref() {
+            Some(h) => (&h.allergies, &h.doses),
+            None => (&[], &[]),
+        };
+        self.birth_date == record.birth_date
+            && regions.name(self.region) == record.region
+            && *self.insurance_id == *record.insurance_id
+            && allergies == record.allergies.as_slice()
+            && doses == record.doses.as_slice()
+    }
+
+    /// Every appointment bound to one of the citizen's claims, oldest first.
+    pub fn appointments(&self) -> &[AppointmentId] {
+        &self.appointments
+    }
+
+    /// Adds `id` to the appointments, unless it is there already.
+    pub fn index_appointment(&mut self, id: AppointmentId) {
+        if self.appointments.contains(&id) {
+            return;
+        }
+        let mut ids = Vec::with_capacity(self.appointments.len() + 1);
+        ids.extend_from_slice(&self.appointments);
+        ids.push(id);
+        self.appointments = ids.into_boxed_slice();
+    }
+}
+
+/// The regions of a shard's citizens, each kept once; a citizen keeps its region's index.
+/// Only ever grows (a region no citizen has any more keeps its index). Serialized as the list
+/// of names, in index order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "Vec<Box<str>>", into = "Vec<Box<str>>")]
+pub struct Regions {
+    names: Vec<Box<str>>,
+    index: FxHashMap<Box<str>, u32>,
+}
+
+impl Regions {
+    /// The index of `name`, added if new.
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = u32::try_from(self.names.len()).expect("fewer than 2^32 regions in a shard");
+        self.names.push(name.into());
+        self.index.insert(name.into(), i);
+        i
+    }
+
+    /// The name of region `i` (an index [`Regions::intern`] gave).
+    pub fn name(&self, i: u32) -> &str {
+        &self.names[i as usize]
+    }
+}
+
+impl From<Vec<Box<str>>> for Regions {
+    fn from(names: Vec<Box<str>>) -> Regions {
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i as u32))
+            .collect();
+        Regions { names, index }
+    }
+}
+
+impl From<Regions> for Vec<Box<str>> {
+    fn from(regions: Regions) -> Vec<Box<str>> {
+        regions.names
+    }
 }
 
 /// What became of a claim's appointment.
@@ -230,5 +368,54 @@ mod tests {
             origin_of("a", "bc", &[0; 32])
         );
         assert_ne!(a, NO_ORIGIN);
+    }
+
+    fn record(region: &str, allergies: &[&str], doses: usize) -> CitizenRecord {
+        CitizenRecord {
+            birth_date: NaiveDate::from_ymd_opt(1980, 2, 29).expect("valid"),
+            region: region.to_string(),
+            allergies: allergies.iter().map(|a| a.to_string()).collect(),
+            insurance_id: "I-1".to_string(),
+            doses: (0..doses)
+                .map(|d| DoseRecord {
+                    vaccine: format!("v{d}"),
+                    date: NaiveDate::from_ymd_opt(2026, 1, 1 + d as u32).expect("valid"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_entry_gives_its_record_back_and_shares_regions() {
+        let mut regions = Regions::default();
+        let plain = record("north", &[], 0);
+        let full = record("south", &["peg", "egg"], 2);
+        let mut a = CitizenEntry::new(&plain, &mut regions);
+        let b = CitizenEntry::new(&full, &mut regions);
+        let c = CitizenEntry::new(&record("north", &[], 1), &mut regions);
+        assert_eq!(a.record(&regions), plain);
+        assert_eq!(b.record(&regions), full);
+        assert!(a.has_record(&plain, &regions) && !a.has_record(&full, &regions));
+        assert!(b.has_record(&full, &regions));
+        assert!(!c.has_record(&plain, &regions));
+        assert_eq!(a.region, c.region);
+        assert_eq!(regions.names.len(), 2);
+        a.set_record(&full, &mut regions);
+        assert_eq!(a.record(&regions), full);
+
+        let id = AppointmentId { shard: 3, seq: 7 };
+        a.index_appointment(id);
+        a.index_appointment(id);
+        a.index_appointment(AppointmentId { shard: 1, seq: 9 });
+        assert_eq!(a.appointments(), &[id, AppointmentId { shard: 1, seq: 9 }]);
+
+        // A snapshot keeps the region names; the index comes back with them.
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&regions, config).expect("encode");
+        let (back, _): (Regions, _) =
+            bincode::serde::decode_from_slice(&bytes, config).expect("decode");
+        assert_eq!(back.names, regions.names);
+        assert_eq!(back.clone().intern("south"), 1);
+        assert_eq!(b.record(&back), full);
     }
 }

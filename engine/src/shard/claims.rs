@@ -22,7 +22,9 @@ impl ShardState {
         PutCitizen { citizen_id, record }: &PutCitizen,
     ) -> Decision {
         match self.citizens.get(citizen_id.as_str()) {
-            Some(existing) if *existing.record == *record => Decision::ok(vec![], Reply::Ack),
+            Some(existing) if existing.has_record(record, &self.regions) => {
+                Decision::ok(vec![], Reply::Ack)
+            }
             _ => Decision::ok(
                 vec![Event::CitizenPut {
                     citizen_id: citizen_id.as_str().into(),
@@ -81,7 +83,7 @@ impl ShardState {
         };
         let taken = ClaimOutcome::Taken(TakenClaim {
             attempt: claim.attempt,
-            record: entry.record.clone(),
+            record: Arc::new(entry.record(&self.regions)),
             rebook_priority: priority,
             not_after_ms: claim.not_after_ms,
         });
@@ -108,7 +110,7 @@ impl ShardState {
     fn settle_event(&self, settle: &Settle) -> Option<Event> {
         let claim = self
             .citizens
-            .get(&settle.citizen_id)
+            .get(&*settle.citizen_id)
             .and_then(|e| e.claim.as_deref())
             .filter(|c| c.attempt == settle.attempt)?;
         if !settle_changes(claim, &settle.outcome) {
@@ -192,19 +194,12 @@ impl ShardState {
 
     // ---- apply -----------------------------------------------------------------------
 
-    pub(super) fn put_citizen(&mut self, citizen_id: &Arc<str>, record: &Arc<CitizenRecord>) {
+    pub(super) fn put_citizen(&mut self, citizen_id: &str, record: &CitizenRecord) {
         match self.citizens.get_mut(citizen_id) {
-            Some(entry) => entry.record = record.clone(),
+            Some(entry) => entry.set_record(record, &mut self.regions),
             None => {
-                self.citizens.insert(
-                    citizen_id.clone(),
-                    CitizenEntry {
-                        record: record.clone(),
-                        claim: None,
-                        appointments: Vec::new(),
-                        rebook_priority: false,
-                    },
-                );
+                let entry = Box::new(CitizenEntry::new(record, &mut self.regions));
+                self.citizens.insert(citizen_id.into(), entry);
             }
         }
     }
@@ -220,9 +215,7 @@ impl ShardState {
         entry.rebook_priority |= claim.priority;
         // Binding a tentative claim journals it whole (`settle_event`): index its appointment.
         if let Some(id) = claim.appointment() {
-            if !entry.appointments.contains(&id) {
-                entry.appointments.push(id);
-            }
+            entry.index_appointment(id);
         }
         entry.claim = Some(Box::new(claim.clone()));
     }
@@ -251,9 +244,7 @@ impl ShardState {
                     shard: claim.clinic_shard,
                     seq: *seq,
                 };
-                if !entry.appointments.contains(&id) {
-                    entry.appointments.push(id);
-                }
+                entry.index_appointment(id);
             }
             SettleOutcome::Confirmed => {
                 claim.priority = false;
@@ -276,14 +267,16 @@ impl ShardState {
     // ---- queries ---------------------------------------------------------------------
 
     pub fn citizen(&self, citizen_id: &str) -> Option<Arc<CitizenRecord>> {
-        self.citizens.get(citizen_id).map(|e| e.record.clone())
+        self.citizens
+            .get(citizen_id)
+            .map(|e| Arc::new(e.record(&self.regions)))
     }
 
     /// The ids of the citizen's appointments, oldest first.
     pub fn citizen_appointment_ids(&self, citizen_id: &str) -> Vec<AppointmentId> {
         self.citizens
             .get(citizen_id)
-            .map(|e| e.appointments.clone())
+            .map(|e| e.appointments().to_vec())
             .unwrap_or_default()
     }
 
@@ -291,7 +284,7 @@ impl ShardState {
     pub fn claims(&self) -> Vec<(Arc<str>, Claim)> {
         self.citizens
             .iter()
-            .filter_map(|(id, e)| e.claim.as_deref().map(|c| (id.clone(), c.clone())))
+            .filter_map(|(id, e)| e.claim.as_deref().map(|c| (Arc::from(&**id), c.clone())))
             .collect()
     }
 }
