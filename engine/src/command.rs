@@ -234,6 +234,9 @@ pub enum Query {
     Claims,
     /// Every PENDING and CONFIRMED appointment of the shard (O(appointments): checks).
     ActiveAppointments,
+    /// The id and citizen of every PENDING and CONFIRMED appointment made under a claim (the
+    /// reconciliation after a restart: O(appointments), no views built).
+    ActiveClaimed,
     Citizen {
         citizen_id: String,
     },
@@ -275,6 +278,7 @@ pub enum QueryAnswer {
     Bookable(Result<(), DomainError>),
     Claims(Vec<(Arc<str>, Claim)>),
     Appointments(Vec<AppointmentView>),
+    ActiveClaimed(Vec<(AppointmentId, Arc<str>)>),
     Citizen(Option<Arc<CitizenRecord>>),
     Availability(AvailabilityView),
     Clinics(Vec<ClinicSummary>),

@@ -171,24 +171,25 @@ impl Node {
         Ok(changed + self.reject_orphans().await?)
     }
 
-    /// Rejects every live appointment its citizen's claim does not name: the hold of a
-    /// create whose tentative claim was lost in a crash before it was bound (the claim is
-    /// journaled only once bound, see `crate::claims`). Its client was never answered; a
-    /// retry books afresh. Answers how many it rejected.
+    /// Rejects every live appointment made under a claim that its citizen's claim does not
+    /// name: the hold of a create whose tentative claim was lost in a crash before it was
+    /// bound (the claim is journaled only once bound, see `crate::claims`). Its client was
+    /// never answered; a retry books afresh. A hold made without a claim (tools, benches)
+    /// is left alone. Answers how many it rejected.
     async fn reject_orphans(&self) -> Result<usize, EngineError> {
         let claims: FxHashMap<Arc<str>, Claim> = self.all_claims().await?.into_iter().collect();
         let mut orphans = Vec::new();
         for shard in self.served_shards() {
-            let views = match self.query_exempt(shard, Query::ActiveAppointments).await? {
-                QueryAnswer::Appointments(views) => views,
+            let live = match self.query_exempt(shard, Query::ActiveClaimed).await? {
+                QueryAnswer::ActiveClaimed(live) => live,
                 other => return Err(mismatch(shard, &other)),
             };
-            orphans.extend(views.into_iter().filter_map(|a| {
-                let named = claims.get(&a.citizen_id).is_some_and(|claim| {
+            orphans.extend(live.into_iter().filter_map(|(id, citizen_id)| {
+                let named = claims.get(&citizen_id).is_some_and(|claim| {
                     let moved_from = claim.previous.as_deref().and_then(Claim::appointment);
-                    claim.appointment() == Some(a.id) || moved_from == Some(a.id)
+                    claim.appointment() == Some(id) || moved_from == Some(id)
                 });
-                (!named).then_some(a.id)
+                (!named).then_some(id)
             }));
         }
         let mut rejected = 0;

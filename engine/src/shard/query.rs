@@ -53,6 +53,19 @@ impl ShardState {
                     .filter_map(|a| self.appointment_view(a.seq))
                     .collect(),
             ),
+            Query::ActiveClaimed => QueryAnswer::ActiveClaimed(
+                self.appointments
+                    .iter()
+                    .filter(|a| a.status.is_active() && a.claim != 0)
+                    .map(|a| {
+                        let id = AppointmentId {
+                            shard: self.shard,
+                            seq: a.seq,
+                        };
+                        (id, a.citizen.clone())
+                    })
+                    .collect(),
+            ),
             Query::Citizen { citizen_id } => QueryAnswer::Citizen(self.citizen(citizen_id)),
             Query::ClinicAppointments {
                 clinic_id,

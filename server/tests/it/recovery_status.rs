@@ -187,3 +187,35 @@ async fn start_that_waits_for_recovery_reports_a_shard_that_cannot_recover() {
         "{err}"
     );
 }
+
+/// The reconciliation after a restart rejects only holds made under a claim that no claim
+/// names (a create's tentative claim lost in a crash): a hold made without a claim (tools,
+/// benches) comes back as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_made_without_a_claim_survives_a_restart() {
+    use holdfast_engine::command::Hold;
+    use holdfast_engine::{Command, Output};
+
+    let dir = temp_dir("unclaimed-hold");
+    let config = holdfast_persistence::WalConfig::new(holdfast_persistence::Durability::Sync);
+    let h = Harness::start_storage(4, wal_storage(&dir, config.clone()))
+        .await
+        .expect("starts");
+    h.standard_vaccine(VACCINE).await;
+    h.clinic_with_slot("c1", "s1", 5, 5).await;
+    let shard = h.node().clinic_shard("c1");
+    let hold = Hold::new("c1", "s1", VACCINE, "someone", 3_600_000);
+    let made = match h.node().exec(shard, Command::Hold(hold)).await {
+        Ok(Output::Appointment(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    h.stop_without_snapshot().await;
+
+    let h = Harness::start_storage(4, wal_storage(&dir, config))
+        .await
+        .expect("restarts");
+    let id = made.id.to_string();
+    assert_eq!(h.appointment_json(&id).await["status"], "PENDING");
+    h.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
