@@ -312,6 +312,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         crate::demo::print_banner(&server.state, server.addr, &summary, &secret_path);
     }
     shutdown_signal().await;
+    stop_on_signal(server).await;
+    Ok(())
+}
+
+/// What SIGTERM or SIGINT does: see [`RunningServer::stop_without_snapshot`].
+async fn stop_on_signal(server: RunningServer) {
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let stopping = std::time::Instant::now();
     server.stop_without_snapshot().await;
@@ -319,7 +325,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         elapsed_ms = stopping.elapsed().as_millis() as u64,
         "stopped; the log is flushed"
     );
-    Ok(())
 }
 
 async fn shutdown_signal() {

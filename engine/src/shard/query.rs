@@ -18,6 +18,21 @@ use crate::view::{
 };
 
 impl ShardState {
+    /// The id and citizen of every PENDING or CONFIRMED appointment made under a claim.
+    fn active_claimed(&self) -> Vec<(AppointmentId, Arc<str>)> {
+        self.appointments
+            .iter()
+            .filter(|a| a.status.is_active() && a.claim != 0)
+            .map(|a| {
+                let id = AppointmentId {
+                    shard: self.shard,
+                    seq: a.seq,
+                };
+                (id, a.citizen.clone())
+            })
+            .collect()
+    }
+
     /// Answers a query. `Query::Status` needs the runtime's figures too: the actor answers it
     /// (this answers only the state's half, through [`ShardState::counts`]).
     pub fn query(&self, query: &Query) -> Result<QueryAnswer, DomainError> {
@@ -53,19 +68,7 @@ impl ShardState {
                     .filter_map(|a| self.appointment_view(a.seq))
                     .collect(),
             ),
-            Query::ActiveClaimed => QueryAnswer::ActiveClaimed(
-                self.appointments
-                    .iter()
-                    .filter(|a| a.status.is_active() && a.claim != 0)
-                    .map(|a| {
-                        let id = AppointmentId {
-                            shard: self.shard,
-                            seq: a.seq,
-                        };
-                        (id, a.citizen.clone())
-                    })
-                    .collect(),
-            ),
+            Query::ActiveClaimed => QueryAnswer::ActiveClaimed(self.active_claimed()),
             Query::Citizen { citizen_id } => QueryAnswer::Citizen(self.citizen(citizen_id)),
             Query::ClinicAppointments {
                 clinic_id,

@@ -8,6 +8,7 @@
 //! earlier one, a failure included.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -20,12 +21,18 @@ pub const ACK_BATCHES_MAX: usize = 1024;
 
 pub(crate) type AckBatch = (Vec<Ack>, Result<(), WalError>);
 
-pub(crate) fn channel() -> (Sender<AckBatch>, Receiver<AckBatch>) {
-    crossbeam_channel::bounded(ACK_BATCHES_MAX)
+/// Starts the ack thread; the writer holds the sender, whose drop ends the thread.
+pub(crate) fn start(name: &str) -> Result<(Sender<AckBatch>, JoinHandle<()>), WalError> {
+    let (tx, rx) = crossbeam_channel::bounded(ACK_BATCHES_MAX);
+    let thread = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || run(rx))
+        .map_err(|e| WalError::Io(format!("cannot start the ack thread: {e}")))?;
+    Ok((tx, thread))
 }
 
 /// Runs every handed-over batch until the writer drops its sender.
-pub(crate) fn run(rx: Receiver<AckBatch>) {
+fn run(rx: Receiver<AckBatch>) {
     for (acks, result) in rx {
         for ack in acks {
             call(ack, result.clone());

@@ -438,11 +438,7 @@ impl Wal {
         *lock(&shared.span) = index.span();
 
         let (tx, rx) = crossbeam_channel::bounded(config.queue_ops_max.max(1));
-        let (acks_tx, acks_rx) = acker::channel();
-        let acker = std::thread::Builder::new()
-            .name(ACKER_THREAD_NAME.to_string())
-            .spawn(move || acker::run(acks_rx))
-            .map_err(|e| WalError::Io(format!("cannot start the ack thread: {e}")))?;
+        let (acks_tx, acker) = acker::start(ACKER_THREAD_NAME)?;
         let writer = Writer {
             rx,
             acks: acks_tx,
@@ -669,6 +665,15 @@ mod tests {
 
     fn assert_send_sync<T: Send + Sync>() {}
 
+    /// A fresh directory for one unit test (removed by the test at its end).
+    fn unit_dir(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "holdfast-wal-unit-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ))
+    }
+
     #[test]
     fn the_handle_can_be_shared_between_threads() {
         assert_send_sync::<Wal>();
@@ -689,11 +694,7 @@ mod tests {
 
     #[test]
     fn a_failure_fails_every_pending_and_later_write() {
-        let dir = std::env::temp_dir().join(format!(
-            "holdfast-wal-unit-failure-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
+        let dir = unit_dir("failure");
         let wait = Duration::from_secs(30);
         let config = WalConfig::new(Durability::Sync);
         let fault = config.flush_fault.clone();
@@ -735,11 +736,7 @@ mod tests {
     /// the writer's next group commit.
     #[test]
     fn a_slow_ack_does_not_hold_the_writer() {
-        let dir = std::env::temp_dir().join(format!(
-            "holdfast-wal-unit-slow-ack-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
+        let dir = unit_dir("slow-ack");
         let wait = Duration::from_secs(30);
         let wal = Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap();
         let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
@@ -780,11 +777,7 @@ mod tests {
 
     #[test]
     fn a_panicking_ack_does_not_stop_the_writer() {
-        let dir = std::env::temp_dir().join(format!(
-            "holdfast-wal-unit-panic-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
+        let dir = unit_dir("panic");
         let wal = Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap();
         wal.submit(
             Vec::new(),
@@ -802,11 +795,7 @@ mod tests {
 
     #[test]
     fn the_last_handle_dropped_inside_an_ack_does_not_deadlock() {
-        let dir = std::env::temp_dir().join(format!(
-            "holdfast-wal-unit-self-drop-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
+        let dir = unit_dir("self-drop");
         let wal = Arc::new(Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap());
         let (tx, rx) = crossbeam_channel::unbounded();
         let holder = Arc::new(Mutex::new(Some(wal.clone())));
