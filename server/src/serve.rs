@@ -243,6 +243,7 @@ fn write_secret(path: &Path) -> Result<(), String> {
 
 /// `holdfast serve`
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    let signalled = shutdown_signal();
     let external = args.external_config()?;
     if args.hold_ttl.as_millis() == 0 || args.max_hold < args.hold_ttl {
         return Err("--hold-ttl must be positive and not above --max-hold".into());
@@ -311,7 +312,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         let summary = crate::demo::load(&server.state.node, server.state.node.now_ms()).await?;
         crate::demo::print_banner(&server.state, server.addr, &summary, &secret_path);
     }
-    shutdown_signal().await;
+    signalled.await;
     stop_on_signal(server).await;
     Ok(())
 }
@@ -327,23 +328,46 @@ async fn stop_on_signal(server: RunningServer) {
     );
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers for SIGTERM and SIGINT at once, so a signal that comes during start-up (the
+/// demo's load included) waits for the graceful stop instead of killing the process; the
+/// future resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let streams = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut terminate, mut interrupt) = streams;
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let interrupted = async {
+                match interrupt.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = terminated => {},
+                _ = interrupted => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
