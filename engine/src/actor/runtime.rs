@@ -287,28 +287,21 @@ impl ShardRuntime {
             done(Ok(()));
             return;
         }
+        // One completion per append: it marks the records stored, then publishes their
+        // changes and sends their claim notices (changes and notices come only with records).
         let done: Done = if records.is_empty() {
             done
         } else {
             let (stored_seq, last) = (self.stored_seq.clone(), self.wal_seq);
+            let publisher = (!published.is_empty()).then(|| self.publisher.clone());
+            let settler = self.settler.clone().filter(|_| !notices.is_empty());
             Box::new(move |stored| {
                 if stored.is_ok() {
                     stored_seq.fetch_max(last, Ordering::AcqRel);
-                }
-                done(stored);
-            })
-        };
-        let done: Done = if published.is_empty() && notices.is_empty() {
-            done
-        } else {
-            let publisher = self.publisher.clone();
-            let settler = self.settler.clone();
-            Box::new(move |stored| {
-                if stored.is_ok() {
-                    if !published.is_empty() {
+                    if let Some(publisher) = publisher {
                         publisher.publish(published);
                     }
-                    if let (Some(settler), false) = (settler, notices.is_empty()) {
+                    if let Some(settler) = settler {
                         settler.send(notices);
                     }
                 }
