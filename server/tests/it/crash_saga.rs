@@ -257,6 +257,30 @@ async fn crash_at(server: &mut Server, point: &str, reqs: Vec<Req>) {
     }
 }
 
+/// The client's retry after the crash (same key, same body) books once and a retry of it
+/// replays it: the cast's citizen then has that one live appointment, listed, and nothing
+/// more (`ALREADY_BOOKED` at the cast's other clinic), with the invariants and counters whole.
+async fn assert_the_retry_books_once(api: &Api, cast: &Cast, key: &str, body: &Value) {
+    let citizen = &cast.citizen;
+    let token = api.citizen_token(citizen);
+    let first = api.book_with(&token, key, body).await.expect(201);
+    assert_eq!(status_of(&first), "PENDING", "{first}");
+    let listing = api.citizen_appointments(citizen).await;
+    assert_eq!(ids(&listing), vec![id_of(&first)], "{listing:?}");
+    let again = api.book_with(&token, key, body).await.expect(201);
+    assert_eq!(id_of(&again), id_of(&first), "the key now replays");
+    let live: Vec<_> = at_clinics(api, &cast.clinics, citizen)
+        .await
+        .into_iter()
+        .filter(is_live)
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(id_of(&live[0]), id_of(&first));
+    assert_already_booked(api, citizen, &cast.clinics[1]).await;
+    assert_invariants(api, "after the retry").await;
+    assert_counters(api, &cast.clinics).await;
+}
+
 /// A booking for `citizen` at `clinic` with a fresh key is 409 ALREADY_BOOKED.
 async fn assert_already_booked(api: &Api, citizen: &str, clinic: &str) {
     let (req, _) = book_req(citizen, clinic, &fresh_key("crash-saga-other"));
@@ -309,18 +333,8 @@ async fn book_after_claim_leaves_nothing_and_the_retry_books_once() {
     );
 
     // The first client retries: same key, same body. It books, once.
-    let token = api.citizen_token(citizen);
-    let first = api.book_with(&token, "ac-key", &body).await.expect(201);
-    assert_eq!(status_of(&first), "PENDING", "{first}");
-    let listing = api.citizen_appointments(citizen).await;
-    assert_eq!(ids(&listing), vec![id_of(&first)], "{listing:?}");
-    // The retry of the retry replays it.
-    let again = api.book_with(&token, "ac-key", &body).await.expect(201);
-    assert_eq!(id_of(&again), id_of(&first));
+    assert_the_retry_books_once(api, &cast, "ac-key", &body).await;
     assert_eq!(at_clinics(api, &cast.clinics, citizen).await.len(), 1);
-    assert_already_booked(api, citizen, other).await;
-    assert_invariants(api, "after the retry").await;
-    assert_counters(api, &cast.clinics).await;
     eprintln!("{point}: {:?}", t0.elapsed());
 }
 
@@ -334,7 +348,7 @@ async fn book_after_hold_returns_the_unanswered_hold_and_the_retry_books_once() 
     let point = "book.after_hold";
     let dirs = Dirs::new("after-hold");
     let cast = Cast::new("ah", 2);
-    let (citizen, clinic, other) = (&cast.citizen, &cast.clinics[0], &cast.clinics[1]);
+    let (citizen, clinic) = (&cast.citizen, &cast.clinics[0]);
     let mut server = start(&dirs, point, Some(point)).await;
     set_up(&server.api, &cast.clinics, &[citizen]).await;
     let (req, body) = book_req(citizen, clinic, "ah-key");
@@ -352,22 +366,8 @@ async fn book_after_hold_returns_the_unanswered_hold_and_the_retry_books_once() 
     );
     assert_eq!(seats(&api.availability(clinic).await, "s0").1, 0);
 
-    let token = api.citizen_token(citizen);
-    let retried = api.book_with(&token, "ah-key", &body).await.expect(201);
-    assert_eq!(status_of(&retried), "PENDING");
-    let again = api.book_with(&token, "ah-key", &body).await.expect(201);
-    assert_eq!(id_of(&again), id_of(&retried), "the key now replays");
-    let live: Vec<_> = at_clinics(api, &cast.clinics, citizen)
-        .await
-        .into_iter()
-        .filter(is_live)
-        .collect();
-    assert_eq!(live.len(), 1, "{live:?}");
-    assert_eq!(id_of(&live[0]), id_of(&retried));
+    assert_the_retry_books_once(api, &cast, "ah-key", &body).await;
     assert_eq!(seats(&api.availability(clinic).await, "s0").1, 1);
-    assert_already_booked(api, citizen, other).await;
-    assert_invariants(api, "after the retry").await;
-    assert_counters(api, &cast.clinics).await;
     eprintln!("{point}: {:?}", t0.elapsed());
 }
 
