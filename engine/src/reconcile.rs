@@ -271,6 +271,13 @@ fn settle_against(current: Option<&AppointmentView>) -> SettleOutcome {
             seq: a.id.seq,
             expires_at_ms: a.expires_at_ms,
         },
+        // An administration whose notice a crash lost: the dose still joins the history.
+        Some(AppointmentView {
+            dose: Some(dose), ..
+        }) => SettleOutcome::Administered {
+            vaccine: dose.vaccine.clone(),
+            date: dose.date,
+        },
         Some(a) => SettleOutcome::Ended {
             clinic_cancelled: a.status == Status::ClinicCancelled,
         },

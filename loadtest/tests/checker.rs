@@ -821,6 +821,7 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
         clock: Arc::new(SystemClock),
         storage: Storage::Memory,
         external: None,
+        qr_keys: None,
     })
     .await
     .expect("the server starts");

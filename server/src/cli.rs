@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// no file, `<data-dir>/jwt-secret` is created and used.
     #[arg(long)]
     pub jwt_secret_file: Option<PathBuf>,
+    /// QR signing keys, one per line, newest first (blank lines and `#` comments skipped; at
+    /// least 16 bytes each, at most 8 keys). The first signs new tokens, every one verifies.
+    /// To rotate: prepend a new key and restart; remove an old key once every token it signed
+    /// has been administered or its slot is over. Default: one key derived from the JWT secret.
+    #[arg(long)]
+    pub qr_key_file: Option<PathBuf>,
     /// Hold time when a booking does not say (`hold_seconds`).
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub hold_ttl: Duration,
