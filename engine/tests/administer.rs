@@ -222,3 +222,159 @@ fn a_dose_leaves_its_batch_on_its_last_day_and_a_replay_agrees() {
     );
     assert_eq!(replayed.get_appointment(1), state.get_appointment(1));
 }
+
+// ---- the citizen's side: the claim settled with the dose -------------------------------
+
+mod citizen_side {
+    use std::sync::Arc;
+
+    use holdfast_engine::claims::{ClaimOutcome, Settle, SettleOutcome, Stale, NO_ORIGIN};
+    use holdfast_engine::command::{PutCitizen, SettleClaims, TakeClaim};
+    use holdfast_engine::model::{CitizenRecord, DoseRecord};
+    use holdfast_engine::shard::ShardState;
+    use holdfast_engine::{Command, Event, Output};
+
+    use super::{date, NOW_MS};
+
+    fn exec(state: &mut ShardState, command: Command) -> (Output, Vec<Event>) {
+        let mut log = Vec::new();
+        let output = state.execute(command, NOW_MS, &mut log).expect("accepted");
+        (output, log)
+    }
+
+    fn take(replace: Option<Stale>) -> Command {
+        Command::TakeClaim(TakeClaim {
+            citizen_id: "ann".into(),
+            clinic_shard: 1,
+            origin: NO_ORIGIN,
+            expires_at_ms: NOW_MS + 60_000,
+            replace,
+            moving: None,
+        })
+    }
+
+    fn settle(attempt: u64, outcome: SettleOutcome) -> Command {
+        Command::SettleClaims(SettleClaims {
+            settles: vec![Settle {
+                citizen_id: Arc::from("ann"),
+                attempt,
+                outcome,
+            }],
+        })
+    }
+
+    fn dose() -> DoseRecord {
+        DoseRecord {
+            vaccine: "vx".into(),
+            date: date("2027-03-02"),
+        }
+    }
+
+    fn administered() -> SettleOutcome {
+        SettleOutcome::Administered {
+            vaccine: "vx".into(),
+            date: date("2027-03-02"),
+        }
+    }
+
+    /// A citizen whose claim (attempt 1) is bound to appointment 7 of shard 1.
+    fn citizen() -> ShardState {
+        let mut state = ShardState::new(0);
+        exec(
+            &mut state,
+            Command::PutCitizen(PutCitizen {
+                citizen_id: "ann".into(),
+                record: CitizenRecord {
+                    birth_date: date("1980-01-01"),
+                    region: "r".into(),
+                    allergies: vec![],
+                    insurance_id: "I-1".into(),
+                    doses: vec![],
+                },
+            }),
+        );
+        exec(&mut state, take(None));
+        exec(
+            &mut state,
+            settle(
+                1,
+                SettleOutcome::Bound {
+                    seq: 7,
+                    expires_at_ms: None,
+                },
+            ),
+        );
+        assert_eq!(state.claims().len(), 1);
+        state
+    }
+
+    #[test]
+    fn the_notice_ends_the_claim_and_adds_the_dose_once_durably() {
+        let mut state = citizen();
+        let (_, log) = exec(&mut state, settle(1, administered()));
+        assert_eq!(log.len(), 1);
+        assert!(log[0].is_journaled(), "the dose must survive a restart");
+        assert!(state.claims().is_empty());
+        assert_eq!(state.citizen("ann").unwrap().doses, vec![dose()]);
+        // A repeated or late notice changes nothing.
+        let (_, again) = exec(&mut state, settle(1, administered()));
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(state.citizen("ann").unwrap().doses, vec![dose()]);
+    }
+
+    #[test]
+    fn a_notice_after_the_claim_moved_on_still_adds_the_dose_and_leaves_the_new_claim() {
+        let mut state = citizen();
+        // A new booking found the administered claim in its way and replaced it (without
+        // the dose: an older saga's view), before the notice arrived.
+        exec(
+            &mut state,
+            take(Some(Stale {
+                attempt: 1,
+                clinic_cancelled: false,
+                administered: None,
+            })),
+        );
+        let new_attempt = state.claims()[0].1.attempt;
+        assert_ne!(new_attempt, 1);
+        let (_, log) = exec(&mut state, settle(1, administered()));
+        assert_eq!(log.len(), 1);
+        assert_eq!(state.citizen("ann").unwrap().doses, vec![dose()]);
+        assert_eq!(
+            state.claims()[0].1.attempt,
+            new_attempt,
+            "the new claim stays"
+        );
+    }
+
+    #[test]
+    fn a_booking_that_replaces_the_administered_claim_sees_the_dose_at_once() {
+        let mut full_log = Vec::new();
+        let mut state = citizen();
+        let (output, log) = exec(
+            &mut state,
+            take(Some(Stale {
+                attempt: 1,
+                clinic_cancelled: false,
+                administered: Some(dose()),
+            })),
+        );
+        full_log.extend(log.iter().cloned());
+        // The rules of this booking read the record the claim answered: the dose is in it.
+        let Output::Claim(ClaimOutcome::Taken(taken)) = output else {
+            panic!("claim taken: {output:?}");
+        };
+        assert_eq!(taken.record.doses, vec![dose()]);
+        assert_eq!(state.citizen("ann").unwrap().doses, vec![dose()]);
+        // The notice that arrives later is a no-op.
+        let (_, late) = exec(&mut state, settle(1, administered()));
+        assert!(late.is_empty(), "{late:?}");
+        // The dose was journaled (the new claim, tentative, was not).
+        let mut rebuilt = citizen();
+        for event in full_log.iter().filter(|e| e.is_journaled()) {
+            rebuilt.apply(event);
+        }
+        assert_eq!(rebuilt.citizen("ann").unwrap().doses, vec![dose()]);
+        assert!(rebuilt.claims().is_empty());
+    }
+}
