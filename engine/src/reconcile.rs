@@ -34,6 +34,9 @@ impl Node {
             match settle.outcome {
                 SettleOutcome::Confirmed => crate::failpoint::point("settle.confirmed").await,
                 SettleOutcome::Lapsed { .. } => crate::failpoint::point("settle.lapsed").await,
+                SettleOutcome::Administered { .. } => {
+                    crate::failpoint::point("settle.administered").await
+                }
                 _ => {}
             }
         }
