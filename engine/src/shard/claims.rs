@@ -90,22 +90,7 @@ impl ShardState {
         };
         let mut record = entry.record(&self.regions);
         let mut events = Vec::with_capacity(2);
-        // The replaced claim's appointment was administered and its notice has not arrived:
-        // its dose joins the history first, so this booking's rules see it.
-        let stale = c.replace.as_ref();
-        let dose = stale.and_then(|stale| stale.administered.clone().map(|d| (stale.attempt, d)));
-        if let Some((attempt, dose)) = dose.filter(|(_, d)| !entry.has_dose(d)) {
-            record.doses.push(dose.clone());
-            events.push(Event::ClaimSettled {
-                citizen_id: c.citizen_id.as_str().into(),
-                attempt,
-                outcome: SettleOutcome::Administered {
-                    vaccine: dose.vaccine,
-                    date: dose.date,
-                },
-                tentative: false,
-            });
-        }
+        events.extend(stale_dose(c, entry, &mut record));
         let taken = ClaimOutcome::Taken(TakenClaim {
             attempt: claim.attempt,
             record: Arc::new(record),
@@ -336,7 +321,8 @@ impl ShardState {
                 entry.rebook_priority |= *clinic_cancelled;
             }
             SettleOutcome::Restore => entry.claim = claim.previous.take(),
-            SettleOutcome::Administered { .. } => unreachable!("handled above"),
+            // Applied before the claim is looked up (it need not be the claim's).
+            SettleOutcome::Administered { .. } => {}
         }
     }
 
@@ -363,6 +349,24 @@ impl ShardState {
             .filter_map(|(id, e)| e.claim.as_deref().map(|c| (Arc::from(&**id), c.clone())))
             .collect()
     }
+}
+
+/// The replaced claim's appointment was administered and its notice has not arrived: its
+/// dose joins the history first (journaled, like the notice's), and the record the new
+/// booking's rules read has it.
+fn stale_dose(c: &TakeClaim, entry: &CitizenEntry, record: &mut CitizenRecord) -> Option<Event> {
+    let stale = c.replace.as_ref()?;
+    let dose = stale.administered.clone().filter(|d| !entry.has_dose(d))?;
+    record.doses.push(dose.clone());
+    Some(Event::ClaimSettled {
+        citizen_id: c.citizen_id.as_str().into(),
+        attempt: stale.attempt,
+        outcome: SettleOutcome::Administered {
+            vaccine: dose.vaccine,
+            date: dose.date,
+        },
+        tentative: false,
+    })
 }
 
 /// Whether `outcome` changes `claim` (the citizen's claim, of the settle's attempt).
