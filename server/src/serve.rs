@@ -234,18 +234,6 @@ fn load_secret(args: &ServeArgs) -> Result<(Vec<u8>, PathBuf), String> {
     Ok((bytes, path))
 }
 
-/// Reads `--qr-key-file`, if given (see [`QrKeyring::from_key_file`] for its format).
-fn load_qr_keys(args: &ServeArgs) -> Result<Option<QrKeyring>, String> {
-    let Some(path) = &args.qr_key_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the QR key file {}: {e}", path.display()))?;
-    QrKeyring::from_key_file(&text)
-        .map(Some)
-        .map_err(|e| format!("--qr-key-file {}: {e}", path.display()))
-}
-
 fn write_secret(path: &Path) -> Result<(), String> {
     let secret = holdfast_gateway::auth::generate_secret();
     holdfast_persistence::write_atomically(path, &secret).map_err(|e| e.to_string())?;
@@ -287,7 +275,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             config: WalConfig::new(durability),
         },
         external: external.clone(),
-        qr_keys: load_qr_keys(&args)?,
+        qr_keys: args.qr_keys()?,
     };
     let recovery = std::time::Instant::now();
     let server = start_listening(config).await?;
