@@ -47,6 +47,11 @@ pub fn clinic_id(i: usize) -> String {
     format!("clinic-{i:03}")
 }
 
+/// The one batch of `vaccine` at clinic `i`.
+pub fn batch_id(i: usize, vaccine: &str) -> String {
+    format!("B-{i:03}-{vaccine}-1")
+}
+
 pub fn citizen_id(i: usize) -> String {
     format!("c{i:05}")
 }
@@ -221,7 +226,7 @@ pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
         let id = clinic_id(i);
         let shard = node.clinic_shard(&id);
         for (vaccine, quantity) in [("pfz", 1500), ("mdn", 800)] {
-            let batch = format!("B-{i:03}-{vaccine}-1");
+            let batch = batch_id(i, vaccine);
             let stocked = node
                 .has_batch(&id, vaccine, &batch)
                 .await
@@ -314,7 +319,7 @@ Also: curl -s '{base}/v1/clinics/{clinic}/availability?vaccine=pfz'  |  curl -s 
         slots = summary.slots,
         citizens = summary.citizens,
         secret = secret_path.display(),
-        batch = "B-001-pfz-1",
+        batch = batch_id(1, "pfz"),
         slot = summary.first_slot_id,
     );
 }
