@@ -48,8 +48,9 @@ pub fn check(vaccine: &str, citizen: Option<&CitizenRecord>, context: &HoldConte
     reasons
 }
 
-/// The slot's calendar date at the clinic (ages and intervals count local days).
-fn local_date(start_ms: i64, timezone: &str) -> NaiveDate {
+/// The slot's calendar date at the clinic (ages and intervals count local days; a batch's
+/// expiry and a dose's date are this date too).
+pub fn local_date(start_ms: i64, timezone: &str) -> NaiveDate {
     let utc = chrono::DateTime::from_timestamp_millis(start_ms).unwrap_or_default();
     match timezone.parse::<chrono_tz::Tz>() {
         Ok(tz) => tz.from_utc_datetime(&utc.naive_utc()).date_naive(),

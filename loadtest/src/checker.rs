@@ -18,7 +18,9 @@
 //! 5. every deliberate Idempotency-Key replay got the first answer's status and appointment;
 //! 6. optionally, at most one PENDING or CONFIRMED appointment per citizen;
 //! 7. no hold outlived its `expires_at` by more than the allowed slack;
-//! 8. every appointment has a known status, a slot its clinic has, and sits in one listing.
+//! 8. every appointment has a known status, a slot its clinic has, and sits in one listing;
+//! 9. per clinic and vaccine whose deliveries the ledger knows, every dose received is on
+//!    hand or in an ADMINISTERED appointment (`on_hand + administered == received`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -231,6 +233,9 @@ pub enum ViolationKind {
     /// another clinic, a PENDING without a readable `expires_at`, an availability answer
     /// for another clinic. Ids: what is involved.
     MalformedPicture,
+    /// A clinic's `on_hand` plus its ADMINISTERED appointments of the vaccine is not what it
+    /// received (a dose lost, or given twice). Ids: clinic, vaccine.
+    DosesNotConserved,
     /// Not a finding itself: how many violations of one kind were not listed (see
     /// [`VIOLATIONS_PER_KIND_MAX`]). Ids: none.
     Truncated,
@@ -238,7 +243,7 @@ pub enum ViolationKind {
 
 impl ViolationKind {
     /// Every kind, in report order.
-    pub const ALL: [ViolationKind; 18] = [
+    pub const ALL: [ViolationKind; 19] = [
         ViolationKind::SlotCountersMismatch,
         ViolationKind::NegativeCounter,
         ViolationKind::CancelledSlotNotEmpty,
@@ -256,6 +261,7 @@ impl ViolationKind {
         ViolationKind::UnknownStatus,
         ViolationKind::UnknownSlot,
         ViolationKind::MalformedPicture,
+        ViolationKind::DosesNotConserved,
         ViolationKind::Truncated,
     ];
 
@@ -279,6 +285,7 @@ impl ViolationKind {
             ViolationKind::UnknownStatus => "unknown_status",
             ViolationKind::UnknownSlot => "unknown_slot",
             ViolationKind::MalformedPicture => "malformed_picture",
+            ViolationKind::DosesNotConserved => "doses_not_conserved",
             ViolationKind::Truncated => "truncated",
         }
     }
@@ -542,6 +549,7 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
     check_appointments(picture, &index, options, &mut found);
     check_slots(&index, &mut found);
     check_stock(&index, &mut found);
+    check_doses(&index, &ledger.received(), &mut found);
     if options.one_active_per_citizen {
         check_citizens(&index, &mut found);
     }
@@ -1039,6 +1047,7 @@ fn ack_name(kind: AckKind) -> &'static str {
         AckKind::Create => "create",
         AckKind::Confirm => "confirm",
         AckKind::Cancel => "cancel",
+        AckKind::Administer => "administer",
     }
 }
 
@@ -1050,7 +1059,7 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
     let by_kind = match entry.kind {
         AckKind::Create => true,
         AckKind::Confirm => CONFIRMED_OR_LATER.contains(&now),
-        AckKind::Cancel => now == entry.status,
+        AckKind::Cancel | AckKind::Administer => now == entry.status,
     };
     let by_status = match entry.status.as_str() {
         "PENDING" => true,
@@ -1058,6 +1067,43 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
         last => now == last,
     };
     by_kind && by_status
+}
+
+/// Check 9: every dose a clinic received is on hand or in one of its ADMINISTERED
+/// appointments of that vaccine (clinics the picture lacks are another check's finding).
+fn check_doses(
+    index: &Index<'_>,
+    received: &[((String, String), i64)],
+    found: &mut Vec<Violation>,
+) {
+    for ((clinic_id, vaccine), quantity) in received {
+        let Some(clinic) = index.clinics.get(clinic_id.as_str()) else {
+            continue;
+        };
+        let administered = clinic
+            .by_slot
+            .values()
+            .filter_map(|statuses| statuses.get("ADMINISTERED"))
+            .flatten()
+            .filter(|a| a.vaccine == *vaccine)
+            .count() as i64;
+        let on_hand = clinic
+            .clinic
+            .availability
+            .stock
+            .get(vaccine)
+            .map_or(0, |level| level.on_hand);
+        if on_hand + administered != *quantity {
+            found.push(violation(
+                ViolationKind::DosesNotConserved,
+                vec![clinic_id.clone(), vaccine.clone()],
+                format!(
+                    "vaccine {vaccine} at clinic {clinic_id}: received {quantity}, but {on_hand} on \
+                     hand and {administered} administered"
+                ),
+            ));
+        }
+    }
 }
 
 /// A replay gets the first answer: same status, same appointment.

@@ -256,6 +256,11 @@ pub struct Args {
     /// (100 - confirm - release) are abandoned and left to expire.
     #[arg(long, default_value_t = 15, help_heading = "Booking")]
     pub release_pct: u32,
+    /// launch: percentage of confirmed appointments that staff of their clinic then administer
+    /// (check-in by QR token, a dose from the clinic's batch); the checker proves every dose
+    /// received is on hand or in an ADMINISTERED appointment.
+    #[arg(long, default_value_t = 10, help_heading = "Booking")]
+    pub administer_pct: u32,
     /// steady: requests per second (open loop). Example: --rate 5000
     #[arg(long, default_value_t = 2000, help_heading = "Booking")]
     pub rate: u64,
@@ -360,6 +365,12 @@ impl Args {
             return Err(format!(
                 "--confirm-pct {} + --release-pct {} is more than 100",
                 self.confirm_pct, self.release_pct
+            ));
+        }
+        if self.administer_pct > 100 {
+            return Err(format!(
+                "--administer-pct {}: must be 0..=100",
+                self.administer_pct
             ));
         }
         if self.read_pct > 100 {

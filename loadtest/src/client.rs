@@ -53,6 +53,18 @@ impl Tokens {
         )
     }
 
+    /// `Authorization` header value for staff of `clinic_id` (administration).
+    pub fn staff(&self, clinic_id: &str) -> String {
+        let claims = Claims {
+            sub: format!("staff:{clinic_id}"),
+            role: Role::Staff,
+            exp: chrono::Utc::now().timestamp() + TOKEN_TTL_S,
+            citizen_id: None,
+            clinic_id: Some(clinic_id.to_string()),
+        };
+        format!("Bearer {}", self.key.sign(&claims))
+    }
+
     /// The bare token (without `Bearer `), for the checker.
     pub fn authority_token(&self) -> String {
         self.authority().trim_start_matches("Bearer ").to_string()
@@ -198,6 +210,19 @@ impl Api {
         let url = self.url(&format!("/v1/appointments/{id}/{action}"));
         self.send_retrying(|| self.http.post(&url).header("authorization", bearer))
             .await
+    }
+
+    /// `POST /v1/appointments/{id}/administer` with the scanned token and the batch.
+    pub async fn administer(&self, bearer: &str, id: &str, qr_token: &str, batch: &str) -> Reply {
+        let url = self.url(&format!("/v1/appointments/{id}/administer"));
+        let body = serde_json::json!({ "qr_token": qr_token, "batch": batch });
+        self.send_retrying(|| {
+            self.http
+                .post(&url)
+                .header("authorization", bearer)
+                .json(&body)
+        })
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

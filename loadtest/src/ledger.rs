@@ -1,8 +1,9 @@
 //! The ledger: every change the server acknowledged during a run, so the checker can prove
 //! that nothing acknowledged was lost (across kills too) and that replays were faithful.
 //!
-//! Scenarios record each 2xx answer to a create, confirm or cancel here, and each deliberate
-//! Idempotency-Key replay. The ledger keeps, per appointment, the furthest status an
+//! Scenarios record each 2xx answer to a create, confirm, cancel or administration here, each
+//! deliberate Idempotency-Key replay, and the doses each clinic received at set-up (so the
+//! checker can prove that every dose is on hand or went into an administered appointment). The ledger keeps, per appointment, the furthest status an
 //! acknowledgement showed; the checker compares that with what the server reports later.
 
 use std::collections::HashMap;
@@ -17,6 +18,8 @@ pub enum AckKind {
     Create,
     Confirm,
     Cancel,
+    /// Staff administered it (after its confirm; never with a cancel).
+    Administer,
 }
 
 /// What the server acknowledged for one appointment.
@@ -49,6 +52,8 @@ pub struct Replay {
 struct Inner {
     appointments: HashMap<String, Acked>,
     replays: Vec<Replay>,
+    /// Doses received at set-up, per (clinic, vaccine).
+    received: HashMap<(String, String), i64>,
 }
 
 /// Thread-safe; one per run, shared by every connection (an `Arc<Ledger>`).
@@ -95,6 +100,29 @@ impl Ledger {
             }
         }
         true
+    }
+
+    /// Records `quantity` doses of `vaccine` delivered to `clinic_id` (the campaign set-up).
+    pub fn record_received(&self, clinic_id: &str, vaccine: &str, quantity: i64) {
+        *self
+            .inner
+            .lock()
+            .expect("ledger lock")
+            .received
+            .entry((clinic_id.to_string(), vaccine.to_string()))
+            .or_insert(0) += quantity;
+    }
+
+    /// Doses received per (clinic, vaccine), sorted (stable reports).
+    pub fn received(&self) -> Vec<((String, String), i64)> {
+        let inner = self.inner.lock().expect("ledger lock");
+        let mut all: Vec<_> = inner
+            .received
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        all.sort();
+        all
     }
 
     pub fn record_replay(&self, replay: Replay) {

@@ -37,6 +37,8 @@ pub enum Op {
     Noop,
     /// `GET /v1/clinics?vaccine=` polls of the expiry scenario.
     Poll,
+    /// `POST /v1/appointments/{id}/administer` (staff).
+    Administer,
 }
 
 impl Op {
@@ -50,6 +52,7 @@ impl Op {
             Op::Replay => "replay",
             Op::Noop => "noop",
             Op::Poll => "poll",
+            Op::Administer => "administer",
         }
     }
 

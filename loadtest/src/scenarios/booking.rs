@@ -172,6 +172,9 @@ pub struct Booker {
     /// the citizen). 0 for a launch (citizens book once); the crash scenario recycles
     /// seats and citizens so every round has load, however small the campaign.
     pub cancel_confirmed_pct: u32,
+    /// Percentage of confirmed appointments (not cancelled after) that staff of the clinic
+    /// administer from the campaign's batch.
+    pub administer_pct: u32,
     /// Citizens free to book again (after a release or a cancel), when recycling.
     pub returned: Arc<Mutex<VecDeque<usize>>>,
     pub abandoned: AtomicU64,
@@ -355,6 +358,30 @@ impl Booker {
                 self.board.reopen_slot(clinic, slot);
                 self.recycle(citizen);
             }
+            return;
+        }
+        if rng.below(100) < u64::from(self.administer_pct) {
+            self.administer(id, clinic, &reply.body, stats).await;
+        }
+    }
+
+    /// Staff of the clinic scan the confirmed appointment's QR token and give the dose from
+    /// the campaign's batch.
+    async fn administer(&self, id: &str, clinic: usize, confirmed: &Value, stats: &mut Stats) {
+        let Some(qr_token) = confirmed["qr_token"].as_str() else {
+            return;
+        };
+        let staff = self.tokens.staff(&self.spec.clinic_id(clinic));
+        let started = Instant::now();
+        let reply = self
+            .api
+            .administer(&staff, id, qr_token, crate::campaign::BATCH)
+            .await;
+        record(stats, &self.live, Op::Administer, started, &reply);
+        self.retries
+            .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+        if reply.status == 200 {
+            self.ledger.record(AckKind::Administer, &reply.body);
         }
     }
 }

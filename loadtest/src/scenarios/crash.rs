@@ -89,6 +89,9 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             key_prefix: format!("{}-r{round}-k", spec.prefix),
             key_seq: AtomicU64::new(0),
             cancel_confirmed_pct: CANCEL_CONFIRMED_PCT,
+            // The crash rehearsal recycles seats and citizens; an administered dose would
+            // take both for good.
+            administer_pct: 0,
             returned: returned.clone(),
             abandoned: AtomicU64::new(0),
             citizens_served: AtomicU64::new(0),

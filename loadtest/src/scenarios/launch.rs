@@ -20,6 +20,9 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     let spec = ctx.campaign_spec("launch", None);
     let set_up = ctx.set_up(&spec).await?;
     let ledger = Arc::new(Ledger::new());
+    for clinic_id in spec.clinic_ids() {
+        ledger.record_received(&clinic_id, &spec.vaccine(), spec.doses);
+    }
     let live = Arc::new(Live::new(Some(spec.sellable() as i64)));
     let booker = Arc::new(Booker {
         api: ctx.api.clone(),
@@ -39,6 +42,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         key_prefix: format!("{}-k", spec.prefix),
         key_seq: AtomicU64::new(0),
         cancel_confirmed_pct: 0,
+        administer_pct: args.administer_pct,
         returned: Default::default(),
         abandoned: AtomicU64::new(0),
         citizens_served: AtomicU64::new(0),
