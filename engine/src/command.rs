@@ -14,6 +14,7 @@ use crate::error::DomainError;
 use crate::ids::AppointmentId;
 use crate::model::{CitizenRecord, ClinicInfo, SlotSpec, Status, VaccineRules};
 use crate::view::{AppointmentView, AvailabilityView, ClinicSummary, RuntimeCounts, ShardCounts};
+use crate::waitlist::{OfferCandidate, SlotRef, WaitlistView};
 
 /// A request that may change a shard: one variant per command, each carrying its own payload
 /// type, so a shard's decision is one `decide_<command>` per variant.
@@ -37,6 +38,31 @@ pub enum Command {
     /// Act on every deadline of the shard's deadline queue that has passed (at most
     /// `EXPIRE_BATCH_MAX` per command): today, expire the holds.
     ExpireDue,
+    JoinWaitlist(JoinWaitlist),
+    LeaveWaitlist(LeaveWaitlist),
+}
+
+/// A citizen joins a sold-out slot's waitlist (the clinic's shard).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinWaitlist {
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub vaccine: String,
+    pub citizen_id: String,
+    /// The citizen's record (from the citizen's shard), for the rules; `None`: unknown
+    /// citizen, refused `NOT_ELIGIBLE`.
+    pub citizen: Option<Arc<CitizenRecord>>,
+    /// `--waitlist-max`: most entries per slot.
+    pub per_slot_max: usize,
+}
+
+/// An entry leaves its waitlist: the citizen (or an authority) takes it off, or the offer
+/// task skips it. `citizen`: when set, the entry must be this citizen's (else `NotYours`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaveWaitlist {
+    pub seq: u64,
+    pub citizen: Option<String>,
+    pub why: crate::waitlist::WaitlistExit,
 }
 
 /// Creates or updates a vaccine and its eligibility rules (every shard keeps the catalogue).
@@ -114,6 +140,9 @@ pub struct Hold {
     /// Made CONFIRMED at once (a reschedule of a CONFIRMED appointment).
     pub confirmed: bool,
     pub rescheduled_from: Option<AppointmentId>,
+    /// A waitlist offer for this entry (its number in the clinic's shard): the hold is made
+    /// only while the entry waits, and takes it off its list in the same step.
+    pub waitlist: Option<u64>,
 }
 
 impl Hold {
@@ -137,6 +166,7 @@ impl Hold {
             not_after_ms: None,
             confirmed: false,
             rescheduled_from: None,
+            waitlist: None,
         }
     }
 }
@@ -268,6 +298,17 @@ pub enum Query {
     Status,
     /// Recomputes every counter from the appointments (O(state); tests and checks).
     CheckInvariants,
+    /// A citizen's waitlist entries in this shard.
+    CitizenWaitlist {
+        citizen_id: String,
+    },
+    /// Who a slot's waitlist should offer a seat to now, if anyone.
+    WaitlistOffer {
+        clinic_id: String,
+        slot_id: String,
+    },
+    /// Every slot of this shard with both a free seat and waiting citizens (after recovery).
+    WaitlistSlots,
 }
 
 /// The answer to a [`Query`].
@@ -289,4 +330,7 @@ pub enum QueryAnswer {
     },
     /// `Err`: the first broken invariant.
     Invariants(Result<(), String>),
+    Waitlist(Vec<WaitlistView>),
+    WaitlistOffer(Option<OfferCandidate>),
+    WaitlistSlots(Vec<SlotRef>),
 }

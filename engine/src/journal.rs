@@ -21,7 +21,9 @@ use crate::shard::ShardState;
 /// Version 3: the citizen side (claims, the citizen's appointment index, claim events) and
 /// appointments that record their claim and their rescheduling links.
 /// Version 4: tentative claims (a create's claim is journaled only once bound).
-pub const ENCODING_VERSION: u8 = 4;
+/// Version 5: waitlists (their events and table in snapshots) and appointments that say
+/// whether a waitlist offer made them.
+pub const ENCODING_VERSION: u8 = 5;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.
 pub const DECODE_BYTES_MAX: usize = 1 << 30;

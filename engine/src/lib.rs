@@ -35,6 +35,7 @@ pub mod ring;
 pub mod saga;
 pub mod shard;
 pub mod view;
+pub mod waitlist;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMs};
 pub use command::{Command, Query, QueryAnswer};
@@ -42,7 +43,7 @@ pub use error::{
     DomainError, EngineError, JournalError, Limit, RecoveryError, Resource, StartError,
 };
 pub use event::Event;
-pub use ids::AppointmentId;
+pub use ids::{AppointmentId, WaitlistId};
 pub use model::Status;
 pub use node::{Node, NodeConfig};
 pub use saga::BookRequest;

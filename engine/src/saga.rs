@@ -179,12 +179,29 @@ struct Saga<'a> {
     /// A compensation could not reach its shard: what it should have undone stays until its
     /// own deadline, and the claim stays with it.
     stuck: bool,
+    /// A waitlist offer: the entry (its number in the clinic's shard) the hold serves.
+    waitlist: Option<u64>,
 }
 
 impl Node {
     /// Books (see the module's documentation). With `idem`, the key is begun on its home
     /// shard first: a replay is answered before any clinic is touched.
     pub async fn book(&self, request: BookRequest, idem: Option<IdemRequest>) -> Booked {
+        self.book_as(request, idem, None).await
+    }
+
+    /// Books for a waitlist offer (see [`crate::waitlist`]): the same saga, whose hold is
+    /// made only while entry `waitlist` waits, and takes it off its list in the same step.
+    pub(crate) async fn book_from_waitlist(&self, request: BookRequest, waitlist: u64) -> Booked {
+        self.book_as(request, None, Some(waitlist)).await
+    }
+
+    async fn book_as(
+        &self,
+        request: BookRequest,
+        idem: Option<IdemRequest>,
+        waitlist: Option<u64>,
+    ) -> Booked {
         let mut saga = Saga::new(
             self,
             &request.citizen_id,
@@ -194,6 +211,7 @@ impl Node {
             request.hold_ms,
             idem,
         );
+        saga.waitlist = waitlist;
         let take = saga.take_claim(None);
         let taken = match saga.begin(take.clone()).await {
             Err(early) => return early,
@@ -335,6 +353,7 @@ impl<'a> Saga<'a> {
             merged,
             durable: Vec::with_capacity(4),
             stuck: false,
+            waitlist: None,
         }
     }
 
@@ -366,6 +385,7 @@ impl<'a> Saga<'a> {
             not_after_ms: Some(taken.not_after_ms),
             confirmed,
             rescheduled_from: from,
+            waitlist: self.waitlist,
             ..Hold::new(
                 &self.clinic_id,
                 &self.slot_id,

@@ -182,7 +182,9 @@ impl ShardState {
             | Event::SlotCancelled { .. }
             | Event::CitizenPut { .. }
             | Event::ClaimTaken { .. }
-            | Event::ClaimSettled { .. } => return None,
+            | Event::ClaimSettled { .. }
+            | Event::WaitlistJoined { .. }
+            | Event::WaitlistLeft { .. } => return None,
         };
         let a = self.appointments.get(&seq)?;
         (a.claim != 0).then(|| Settle {
