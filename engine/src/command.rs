@@ -191,6 +191,9 @@ pub struct TakeClaim {
     pub replace: Option<Stale>,
     /// A reschedule: the appointment being moved, whose claim this one replaces for now.
     pub moving: Option<AppointmentId>,
+    /// A waitlist offer: its claim is journaled when taken (see `crate::waitlist`,
+    /// "Crashes"), so a crash after the hold finds the claim and binds it.
+    pub offer: bool,
 }
 
 /// Notices about claims (the citizen's shard); each is a no-op unless its attempt is the

@@ -11,8 +11,9 @@
 //! and checked, the claim not bound, nothing answered), `settle.confirmed` and
 //! `settle.lapsed` (a clinic's change is durable, its notice not yet delivered to the
 //! citizen's shard: the middle of a confirm and of a cancel or expiry),
-//! `reschedule.after_hold` (the new appointment exists, the old one is still live) and
-//! `reschedule.after_move` (the old one is released, the claim not yet moved).
+//! `reschedule.after_hold` (the new appointment exists, the old one is still live),
+//! `reschedule.after_move` (the old one is released, the claim not yet moved), and
+//! `offer.after_claim` and `offer.after_hold`, the booking points of a waitlist offer.
 
 use std::sync::OnceLock;
 use std::time::Duration;

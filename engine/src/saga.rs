@@ -218,10 +218,21 @@ impl Node {
             Ok(Claimed::Done(outcome, settle)) => return Booked::Ran(saga.done(*outcome, settle)),
             Ok(Claimed::Taken(taken)) => taken,
         };
-        failpoint::point("book.after_claim").await;
+        let offer = waitlist.is_some();
+        failpoint::point(if offer {
+            "offer.after_claim"
+        } else {
+            "book.after_claim"
+        })
+        .await;
         let hold = saga.hold(&taken, false, None);
         let outcome = saga.hold_and_check(hold, &taken).await;
-        failpoint::point("book.after_hold").await;
+        failpoint::point(if offer {
+            "offer.after_hold"
+        } else {
+            "book.after_hold"
+        })
+        .await;
         let settle = saga.settle_for(
             &taken,
             &outcome,
@@ -369,6 +380,7 @@ impl<'a> Saga<'a> {
             expires_at_ms: self.node.now_ms() + self.hold_ms,
             replace: None,
             moving,
+            offer: self.waitlist.is_some(),
         }
     }
 

@@ -77,8 +77,10 @@ impl ShardState {
             not_after_ms: now_ms + SAGA_BUDGET_MS,
             priority,
             // A reschedule's claim is journaled at once: it carries the moved appointment's
-            // claim, which a crash must not lose.
-            tentative: c.moving.is_none(),
+            // claim, which a crash must not lose. So is an offer's: its hold takes the
+            // waitlist entry off, and a crash after the hold must find the claim to bind (a
+            // lost tentative claim's hold would be rejected, and the entry lost with it).
+            tentative: c.moving.is_none() && !c.offer,
             previous,
         };
         let taken = ClaimOutcome::Taken(TakenClaim {

@@ -30,10 +30,14 @@
 //!   journaled step, and the next one is tried. `SOLD_OUT` or `OUT_OF_STOCK` (someone else
 //!   took the seat first) ends the pass and keeps the list as it is.
 //! - **Crashes.** Entries are durable with the rest of the shard. A hold made for an entry
-//!   removes the entry in the same append, so a crash never offers one entry twice. Offers
-//!   themselves are not journaled: after recovery (and the claims' reconciliation), the node
-//!   runs a pass for every slot that has both a free seat and waiting citizens, so no seat
-//!   stays idle while someone waits.
+//!   removes the entry in the same append, so a crash never offers one entry twice. An
+//!   offer's claim is journaled when taken (not tentative, unlike a create's), and reaches the
+//!   log before the hold (one writer, one queue): a crash after the hold leaves a claim the
+//!   reconciliation binds to it (found by attempt), never an orphan hold it would reject with
+//!   the entry already gone; a crash before the hold leaves the entry, and a claim the
+//!   reconciliation ends. Offers themselves are not journaled: after recovery (and the
+//!   claims' reconciliation), the node runs a pass for every slot that has both a free seat
+//!   and waiting citizens, so no seat stays idle while someone waits.
 //! - **A cancelled slot** drops its waitlist in the same step (`SlotCancelled`): its
 //!   citizens are offered nothing and their entries disappear from their listings.
 

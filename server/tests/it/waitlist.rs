@@ -352,3 +352,91 @@ async fn a_join_replays_under_its_idempotency_key() {
     assert_eq!(entries(&h, "a").await.len(), 1);
     h.shutdown().await;
 }
+
+// ---- crashes in the middle of an offer (the real binary, killed at a failpoint) ----------
+
+/// One crash test's files.
+struct CrashDirs {
+    root: std::path::PathBuf,
+}
+
+impl CrashDirs {
+    fn new(name: &str) -> CrashDirs {
+        let root = temp_dir(&format!("waitlist-crash-{name}"));
+        std::fs::write(root.join("secret"), SECRET).unwrap();
+        CrashDirs { root }
+    }
+
+    async fn start(&self, failpoint: Option<&str>) -> crate::spawned::Spawned {
+        let root = &self.root;
+        let tag = failpoint.unwrap_or("restarted");
+        crate::spawned::start(
+            &root.join("data"),
+            &root.join("secret"),
+            &root.join("addr"),
+            tag,
+            failpoint,
+        )
+        .await
+    }
+}
+
+impl Drop for CrashDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// X holds the one seat of `k1/s1`, A and B wait; X cancels, and the offer to A stops at
+/// `point`, where the process is killed. Answers the restarted server.
+async fn offer_cut_at(dirs: &CrashDirs, point: &str) -> crate::spawned::Spawned {
+    let mut server = dirs.start(Some(point)).await;
+    sold_out_setup(&server.api, &["x", "a", "b"]).await;
+    let x = server.api.book_ok("x", "k1", "s1").await;
+    join_ok(&server.api, "k1", "s1", "a", 1).await;
+    join_ok(&server.api, "k1", "s1", "b", 2).await;
+    let token = server.api.citizen_token("x");
+    server.api.cancel(&token, &x).await.expect(200);
+    server.wait_for_failpoint(point, 1).await;
+    server.kill();
+    dirs.start(None).await
+}
+
+async fn assert_invariants(api: &Api) {
+    let operator = token(holdfast_gateway::auth::Role::Operator, "op", None, None);
+    let report = api
+        .send(Req::get("/v1/admin/invariants").token(&operator))
+        .await
+        .expect(200);
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_an_offers_hold_keeps_the_hold_and_binds_its_claim() {
+    let dirs = CrashDirs::new("after-hold");
+    let server = offer_cut_at(&dirs, "offer.after_hold").await;
+    let api = &server.api;
+    // The hold and the entry's removal were one step; the claim, journaled when taken, is
+    // bound to it by the reconciliation (not rejected as an orphan).
+    let a = offered(api, "a", "s1").await;
+    assert_eq!(a["offered_from_waitlist"], true, "{a}");
+    assert!(entries(api, "a").await.is_empty());
+    assert_eq!(position(api, "b", "s1").await, Some(1));
+    assert_invariants(api).await;
+    let token = api.citizen_token("a");
+    let id = a["appointment_id"].as_str().unwrap();
+    api.confirm(&token, id).await.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_an_offers_hold_keeps_the_entry_and_offers_again_after_recovery() {
+    let dirs = CrashDirs::new("after-claim");
+    let server = offer_cut_at(&dirs, "offer.after_claim").await;
+    let api = &server.api;
+    // Nothing was held: A keeps the front, and the sweep after recovery offers the free seat.
+    let a = offered(api, "a", "s1").await;
+    assert_eq!(a["offered_from_waitlist"], true, "{a}");
+    assert!(entries(api, "a").await.is_empty());
+    assert_eq!(position(api, "b", "s1").await, Some(1));
+    assert_invariants(api).await;
+}
