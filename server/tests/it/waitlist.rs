@@ -440,3 +440,27 @@ async fn a_crash_before_an_offers_hold_keeps_the_entry_and_offers_again_after_re
     assert_eq!(position(api, "b", "s1").await, Some(1));
     assert_invariants(api).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_replays_under_its_idempotency_key() {
+    let h = Harness::start().await;
+    sold_out_setup(&h, &["x", "a"]).await;
+    h.book_ok("x", "k1", "s1").await;
+    let id = join_ok(&h, "k1", "s1", "a", 1).await;
+    let token = h.citizen_token("a");
+    let send = || {
+        h.send(
+            Req::new(Method::DELETE, format!("/v1/waitlist/{id}"))
+                .token(&token)
+                .idem("leave-1"),
+        )
+    };
+    let first = send().await;
+    first.expect(200);
+    // The entry is gone, but the same key answers the first 200 again.
+    let again = send().await;
+    again.expect(200);
+    assert_eq!(again.text, first.text);
+    assert_error_code(&leave(&h, &token, &id).await, 404, "NOT_FOUND");
+    h.shutdown().await;
+}

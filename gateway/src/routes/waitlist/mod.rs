@@ -113,16 +113,21 @@ async fn citizen_waitlist(
 
 /// Leaves a waitlist (the entry's citizen, an authority); the entries behind move up.
 #[utoipa::path(delete, path = "/v1/waitlist/{waitlist_id}", tag = "waitlist",
-    params(("waitlist_id" = String, Path)),
-    responses((status = 200, body = LeftJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody, description = "unknown entry (or one that already left)"),
+    params(("waitlist_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
+    responses((status = 200, body = LeftJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "unknown entry (or one that already left, was served or skipped)"),
+        (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
         (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn leave_waitlist(
     State(state): State<AppState>,
     caller: Caller,
+    key: IdempotencyHeader,
     StrictPath(waitlist_id): StrictPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let key = key.optional()?;
     let citizen = match caller.0.role {
         Role::Authority => None,
         Role::Citizen => caller.0.citizen_id.clone(),
@@ -132,21 +137,30 @@ async fn leave_waitlist(
             ))
         }
     };
-    let not_found = || {
-        ApiError::not_found("waitlist entry not found").with_detail("resource", "waitlist_entry")
-    };
-    let id = state
-        .node
-        .parse_waitlist_id(&waitlist_id)
-        .ok_or_else(not_found)?;
-    match state.node.leave_waitlist(id, citizen).await {
-        Ok(()) => Ok(Json(LeftJson {
-            waitlist_id,
-            left: true,
-        })),
-        Err(EngineError::Domain(DomainError::NotYours)) => Err(ApiError::forbidden(
-            "this waitlist entry belongs to someone else",
-        )),
-        Err(e) => Err(e.into()),
-    }
+    let what = format!("DELETE /v1/waitlist/{waitlist_id}");
+    let app = state.clone();
+    let answer = idempotent(&state, &caller, key, &what, &(), move || async move {
+        let not_found = || {
+            ApiError::not_found("waitlist entry not found")
+                .with_detail("resource", "waitlist_entry")
+        };
+        let id = app
+            .node
+            .parse_waitlist_id(&waitlist_id)
+            .ok_or_else(not_found)?;
+        match app.node.leave_waitlist(id, citizen).await {
+            Ok(()) => json(
+                StatusCode::OK,
+                &LeftJson {
+                    waitlist_id,
+                    left: true,
+                },
+            ),
+            Err(EngineError::Domain(DomainError::NotYours)) => Err(ApiError::forbidden(
+                "this waitlist entry belongs to someone else",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    });
+    Ok(answer.await)
 }
