@@ -30,11 +30,11 @@ use crate::idempotency::{
 };
 use crate::ids::AppointmentId;
 use crate::journal::{Durable, Journal, NoJournal};
-use crate::notices::Settler;
+use crate::notices::{Settler, SettlerInbox};
 use crate::publish::{Published, Publisher};
 use crate::ring::Ring;
 use crate::view::{Output, RuntimeCounts, ShardCounts};
-use crate::waitlist::{Offerer, Passes, WAITLIST_PER_SLOT_MAX_DEFAULT};
+use crate::waitlist::{OfferInbox, Offerer, Passes, WAITLIST_PER_SLOT_MAX_DEFAULT};
 
 /// Default shard count (`--shards`).
 pub const SHARDS_DEFAULT: u32 = 64;
@@ -236,8 +236,15 @@ impl Node {
             offerer,
             passes: Passes::default(),
         });
-        tokio::spawn(offers.run(Arc::downgrade(&node)));
-        let weak = Arc::downgrade(&node);
+        node.spawn_tasks(inbox, offers);
+        Ok(node)
+    }
+
+    /// The node-level tasks: the settler (claim notices) and the offer task (waitlists).
+    /// Each holds the node weakly and ends with it.
+    fn spawn_tasks(self: &Arc<Self>, inbox: SettlerInbox, offers: OfferInbox) {
+        tokio::spawn(offers.run(Arc::downgrade(self)));
+        let weak = Arc::downgrade(self);
         tokio::spawn(inbox.run(move |batch| {
             let node = weak.upgrade();
             async move {
@@ -250,7 +257,6 @@ impl Node {
                 }
             }
         }));
-        Ok(node)
     }
 
     fn served(&self) -> impl Iterator<Item = &Routed> {
