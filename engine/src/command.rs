@@ -40,6 +40,17 @@ pub enum Command {
     ExpireDue,
     JoinWaitlist(JoinWaitlist),
     LeaveWaitlist(LeaveWaitlist),
+    RestoreWaitlist(RestoreWaitlist),
+}
+
+/// Puts an offered entry back where it was (the offer task, when the offer's hold was undone
+/// because the external check was unavailable).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreWaitlist {
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub entry: crate::waitlist::WaitEntry,
+    pub index: u32,
 }
 
 /// A citizen joins a sold-out slot's waitlist (the clinic's shard).

@@ -110,6 +110,14 @@ pub enum Event {
         seq: u64,
         why: WaitlistExit,
     },
+    /// The clinic's shard: an offered entry is put back at `index` of its list (its offer
+    /// was undone for a reason that is not the citizen's).
+    WaitlistRestored {
+        clinic: u32,
+        slot: u32,
+        entry: WaitEntry,
+        index: u32,
+    },
 }
 
 impl Event {

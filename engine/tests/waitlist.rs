@@ -301,3 +301,132 @@ fn a_cancelled_slot_drops_its_list_and_lists_come_back_from_the_log_and_a_snapsh
     let query = Query::WaitlistSlots;
     assert!(matches!(shard.state.query(&query), Ok(QueryAnswer::WaitlistSlots(s)) if s.is_empty()));
 }
+
+mod offers_against_an_outage {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use holdfast_engine::client::BoxFuture;
+    use holdfast_engine::command::{Cancel, PutCitizen};
+    use holdfast_engine::external::{
+        BreakerState, DependencyStatus, ExternalCheck, ExternalRequest, ExternalVerdict,
+        OutagePolicy,
+    };
+    use holdfast_engine::ring::Ring;
+    use holdfast_engine::waitlist::JoinRequest;
+    use holdfast_engine::{BookRequest, Command, Node, NodeConfig, SystemClock};
+
+    use super::{catalogue, record, NOW_MS};
+
+    /// An eligibility checker that is always down, and counts its calls.
+    #[derive(Default)]
+    struct Down(AtomicUsize);
+
+    impl ExternalCheck for Down {
+        fn check(&self, _: ExternalRequest) -> BoxFuture<'static, ExternalVerdict> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                ExternalVerdict::Unavailable {
+                    retry_after_s: 1,
+                    why: "down".into(),
+                }
+            })
+        }
+
+        fn status(&self) -> DependencyStatus {
+            DependencyStatus {
+                name: "eligibility".into(),
+                breaker: BreakerState::Closed,
+                consecutive_failures: 0,
+                opened_at_ms: None,
+                calls_total: 0,
+                failures_total: 0,
+                short_circuited_total: 0,
+            }
+        }
+    }
+
+    /// An offer rolled back because the external check is down is not the citizen's doing:
+    /// the entry goes back to the front, and the pass does not loop against the outage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_offer_undone_by_the_outage_policy_puts_the_entry_back() {
+        let node = Node::start(
+            NodeConfig::embedded(1),
+            Ring::single("local"),
+            Arc::new(SystemClock),
+        )
+        .await
+        .expect("starts");
+        // The catalogue's slot starts a day after NOW_MS, which is in the future.
+        assert!(node.now_ms() < NOW_MS);
+        for command in catalogue() {
+            node.exec(0, command).await.expect("catalogue");
+        }
+        for citizen in ["x", "y", "a", "b"] {
+            let put = Command::PutCitizen(PutCitizen {
+                citizen_id: citizen.into(),
+                record: record(),
+            });
+            node.exec(0, put).await.expect("citizen");
+        }
+        let book = |citizen: &str| BookRequest {
+            clinic_id: "k".into(),
+            slot_id: "s".into(),
+            vaccine: "vx".into(),
+            citizen_id: citizen.into(),
+            hold_ms: 60_000,
+        };
+        let x = node.book_and_wait(book("x")).await.expect("x holds");
+        node.book_and_wait(book("y")).await.expect("y holds");
+        for citizen in ["a", "b"] {
+            let joined = node
+                .join_waitlist(JoinRequest {
+                    clinic_id: "k".into(),
+                    slot_id: "s".into(),
+                    vaccine: "vx".into(),
+                    citizen_id: citizen.into(),
+                })
+                .await;
+            joined.outcome.expect("joined");
+            for d in joined.durable {
+                d.wait().await.expect("stored");
+            }
+        }
+        let down = Arc::new(Down::default());
+        assert!(node.set_external_check(down.clone(), OutagePolicy::Reject));
+
+        let cancel = Command::Cancel(Cancel {
+            seq: x.id.seq,
+            citizen: None,
+        });
+        node.exec(0, cancel).await.expect("cancelled");
+        // The offer reaches the checker once, then the entry is back at the front.
+        for _ in 0..400 {
+            if down.0.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(down.0.load(Ordering::SeqCst), 1, "one offer was tried");
+        let mut front = None;
+        for _ in 0..400 {
+            let listed = node.citizen_waitlist("a").await.expect("listed");
+            if let Some(entry) = listed.first() {
+                front = Some(entry.position);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(front, Some(1), "A is back at the front");
+        let b = node.citizen_waitlist("b").await.expect("listed");
+        assert_eq!(b[0].position, 2);
+        // No loop against the outage: the checker is not asked again by itself.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(down.0.load(Ordering::SeqCst), 1);
+        // A holds nothing: the rolled-back hold was never bound to A's claim.
+        assert!(node.citizen_appointments("a", 10).await.unwrap().is_empty());
+        assert_eq!(node.check_claims().await.expect("answered"), Ok(()));
+        node.stop().await;
+    }
+}

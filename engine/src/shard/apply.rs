@@ -101,6 +101,12 @@ impl ShardState {
                 entry,
             } => self.waitlist_joined(*clinic, *slot, entry),
             Event::WaitlistLeft { seq, .. } => self.waitlist_left(*seq),
+            Event::WaitlistRestored {
+                clinic,
+                slot,
+                entry,
+                index,
+            } => self.waitlist_restored(*clinic, *slot, entry, *index),
         }
     }
 

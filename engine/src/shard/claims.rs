@@ -186,7 +186,8 @@ impl ShardState {
             | Event::ClaimTaken { .. }
             | Event::ClaimSettled { .. }
             | Event::WaitlistJoined { .. }
-            | Event::WaitlistLeft { .. } => return None,
+            | Event::WaitlistLeft { .. }
+            | Event::WaitlistRestored { .. } => return None,
         };
         let a = self.appointments.get(&seq)?;
         (a.claim != 0).then(|| Settle {

@@ -101,6 +101,7 @@ impl ShardState {
             Command::ExpireDue => self.decide_expire_due(now_ms),
             Command::JoinWaitlist(c) => self.decide_join_waitlist(c, now_ms).into(),
             Command::LeaveWaitlist(c) => self.decide_leave_waitlist(c).into(),
+            Command::RestoreWaitlist(c) => self.decide_restore_waitlist(c).into(),
         }
     }
 

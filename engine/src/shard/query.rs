@@ -467,6 +467,12 @@ impl ShardState {
                 clinic,
                 slot,
                 entry,
+            }
+            | Event::WaitlistRestored {
+                clinic,
+                slot,
+                entry,
+                ..
             } => Change::WaitlistJoined {
                 waitlist_id: self.waitlist_id(entry.seq),
                 clinic_id: clinic_id(*clinic),

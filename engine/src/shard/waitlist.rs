@@ -6,7 +6,7 @@
 use super::decide::{Decision, Reply};
 use super::ShardState;
 use crate::clock::UnixMs;
-use crate::command::{JoinWaitlist, LeaveWaitlist};
+use crate::command::{JoinWaitlist, LeaveWaitlist, RestoreWaitlist};
 use crate::error::{DomainError, Limit, Resource};
 use crate::event::Event;
 use crate::ids::WaitlistId;
@@ -95,6 +95,32 @@ impl ShardState {
         ))
     }
 
+    /// Puts an offered entry back where it was (its offer was undone for a reason that is
+    /// not the citizen's); a no-op when it still waits, or when its slot cannot be offered
+    /// any more.
+    pub(super) fn decide_restore_waitlist(
+        &self,
+        c: &RestoreWaitlist,
+    ) -> Result<Decision, DomainError> {
+        let (clinic, slot) = self.clinic_and_slot(&c.clinic_id, &c.slot_id)?;
+        let cancelled = self.clinics[clinic as usize].slots[slot as usize].cancelled;
+        if cancelled
+            || self.waitlists.find(c.entry.seq).is_some()
+            || self.waitlists.is_waiting(&c.entry.citizen, (clinic, slot))
+        {
+            return Ok(Decision::ok(vec![], Reply::Ack));
+        }
+        Ok(Decision::ok(
+            vec![Event::WaitlistRestored {
+                clinic,
+                slot,
+                entry: c.entry.clone(),
+                index: c.index,
+            }],
+            Reply::Ack,
+        ))
+    }
+
     /// A hold for a waitlist offer: entry `seq` must still wait for this slot and be this
     /// citizen's. Its removal goes in the same decision as the hold.
     pub(super) fn offered_entry(
@@ -130,7 +156,16 @@ impl ShardState {
     /// whether it makes room (a no-show returning a seat is one more line here).
     fn room_made_by(&self, event: &Event) -> Option<Room> {
         let slot_of = |seq: &u64| self.appointments.get(seq).map(|a| (a.clinic, a.slot));
+        let offered = |seq: &u64| {
+            self.appointments
+                .get(seq)
+                .is_some_and(|a| a.offered_from_waitlist)
+        };
         match event {
+            // An offer's own rollback: the pass that made it goes on (or, when the external
+            // check is down, stops until the next change) by itself; a notice would rerun it
+            // at once, in a loop against the outage.
+            Event::AppointmentRejected { seq } if offered(seq) => None,
             Event::AppointmentReleased { seq }
             | Event::AppointmentExpired { seq }
             | Event::AppointmentRejected { seq }
@@ -158,7 +193,8 @@ impl ShardState {
             | Event::ClaimTaken { .. }
             | Event::ClaimSettled { .. }
             | Event::WaitlistJoined { .. }
-            | Event::WaitlistLeft { .. } => None,
+            | Event::WaitlistLeft { .. }
+            | Event::WaitlistRestored { .. } => None,
         }
     }
 
@@ -217,11 +253,14 @@ impl ShardState {
         Ok(self
             .waitlists
             .of_slot((clinic, slot))
-            .find(|e| dosed(&e.vaccine))
-            .map(|e| OfferCandidate {
+            .enumerate()
+            .find(|(_, e)| dosed(&e.vaccine))
+            .map(|(i, e)| OfferCandidate {
                 id: self.waitlist_id(e.seq),
                 citizen_id: e.citizen.clone(),
                 vaccine: self.vaccines[e.vaccine as usize].name.clone(),
+                entry: e.clone(),
+                index: u32::try_from(i).unwrap_or(u32::MAX),
             }))
     }
 
@@ -265,6 +304,23 @@ impl ShardState {
             s.id
         );
         self.waitlists.join((clinic, slot), entry.clone());
+    }
+
+    pub(super) fn waitlist_restored(
+        &mut self,
+        clinic: u32,
+        slot: u32,
+        entry: &WaitEntry,
+        index: u32,
+    ) {
+        let s = &self.clinics[clinic as usize].slots[slot as usize];
+        assert!(
+            !s.cancelled,
+            "restored to the waitlist of cancelled slot {}",
+            s.id
+        );
+        self.waitlists
+            .restore((clinic, slot), entry.clone(), index as usize);
     }
 
     pub(super) fn waitlist_left(&mut self, seq: u64) {

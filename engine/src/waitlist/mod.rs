@@ -28,7 +28,10 @@
 //!   step), and the appointment says `offered_from_waitlist`. A citizen who has booked
 //!   elsewhere (`ALREADY_BOOKED`) or is not eligible is skipped: the entry is removed in one
 //!   journaled step, and the next one is tried. `SOLD_OUT` or `OUT_OF_STOCK` (someone else
-//!   took the seat first) ends the pass and keeps the list as it is.
+//!   took the seat first) ends the pass and keeps the list as it is. An offer whose hold was
+//!   made and then rolled back because the external eligibility check was unavailable
+//!   (`--outage-policy reject`) is not the citizen's doing: the entry is put back where it
+//!   was (`WaitlistRestored`), and the pass stops until the next change.
 //! - **Crashes.** Entries are durable with the rest of the shard. A hold made for an entry
 //!   removes the entry in the same append, so a crash never offers one entry twice. An
 //!   offer's claim is journaled when taken (not tentative, unlike a create's), and reaches the
@@ -118,6 +121,11 @@ pub struct OfferCandidate {
     pub id: WaitlistId,
     pub citizen_id: Arc<str>,
     pub vaccine: Arc<str>,
+    /// The entry as it waits, and its index in the list (0: the front): what puts it back
+    /// when an offer is undone for a reason that is not the citizen's (see
+    /// `WaitlistRestored`).
+    pub entry: WaitEntry,
+    pub index: u32,
 }
 
 /// A slot, by name, that may have room for a waiting citizen.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::command::{Command, LeaveWaitlist, Query, QueryAnswer};
+use crate::command::{Command, LeaveWaitlist, Query, QueryAnswer, RestoreWaitlist};
 use crate::error::{DomainError, EngineError, Resource};
 use crate::node::{mismatch, Node};
 use crate::saga::{BookRequest, Booked};
@@ -201,6 +201,12 @@ impl Node {
                 return Step::Next;
             }
             Err(EngineError::Domain(refused)) => refused,
+            Err(e @ EngineError::DependencyUnavailable { .. }) => {
+                // Held, then rolled back by the outage policy: not the citizen's doing.
+                tracing::warn!(waitlist = %candidate.id, error = %e, "waitlist offer undone; the entry is put back");
+                self.restore(slot, candidate).await;
+                return Step::Stop;
+            }
             Err(e) => {
                 tracing::warn!(waitlist = %candidate.id, error = %e, "waitlist offer failed; the entry keeps its place");
                 return Step::Stop;
@@ -246,6 +252,18 @@ impl Node {
             Booked::Replay(_) | Booked::KeyReused | Booked::Busy => {
                 unreachable!("an offer has no Idempotency-Key")
             }
+        }
+    }
+
+    async fn restore(&self, slot: &SlotRef, candidate: &OfferCandidate) {
+        let restore = Command::RestoreWaitlist(RestoreWaitlist {
+            clinic_id: slot.clinic_id.to_string(),
+            slot_id: slot.slot_id.to_string(),
+            entry: candidate.entry.clone(),
+            index: candidate.index,
+        });
+        if let Err(e) = self.exec_compensation(candidate.id.shard, restore).await {
+            tracing::warn!(waitlist = %candidate.id, error = %e, "waitlist entry not put back");
         }
     }
 

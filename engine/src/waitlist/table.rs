@@ -74,6 +74,12 @@ impl Waitlists {
     }
 
     pub fn join(&mut self, slot: SlotAt, entry: WaitEntry) {
+        let at = self.len_of_slot(slot);
+        self.restore(slot, entry, at);
+    }
+
+    /// Puts `entry` at `index` of `slot`'s list (its end when the list is shorter).
+    pub fn restore(&mut self, slot: SlotAt, entry: WaitEntry, index: usize) {
         self.next_seq = self.next_seq().max(entry.seq + 1);
         let previous = self.by_seq.insert(entry.seq, slot);
         assert!(
@@ -85,7 +91,8 @@ impl Waitlists {
             .entry(entry.citizen.clone())
             .or_default()
             .push(entry.seq);
-        self.slots.entry(slot).or_default().push_back(entry);
+        let list = self.slots.entry(slot).or_default();
+        list.insert(index.min(list.len()), entry);
     }
 
     /// Takes entry `seq` off its list (the ones behind it move up).
