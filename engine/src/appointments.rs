@@ -137,6 +137,7 @@ mod tests {
             at_risk: false,
             rebook_priority: false,
             claim: 0,
+            offered_from_waitlist: false,
             rescheduled_from: None,
             rescheduled_to: None,
         }

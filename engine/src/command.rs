@@ -14,6 +14,7 @@ use crate::error::DomainError;
 use crate::ids::AppointmentId;
 use crate::model::{CitizenRecord, ClinicInfo, SlotSpec, Status, VaccineRules};
 use crate::view::{AppointmentView, AvailabilityView, ClinicSummary, RuntimeCounts, ShardCounts};
+use crate::waitlist::{OfferCandidate, SlotRef, WaitlistView};
 
 /// A request that may change a shard: one variant per command, each carrying its own payload
 /// type, so a shard's decision is one `decide_<command>` per variant.
@@ -38,6 +39,42 @@ pub enum Command {
     /// `EXPIRE_BATCH_MAX` per command): today, expire the holds.
     ExpireDue,
     Administer(Administer),
+    JoinWaitlist(JoinWaitlist),
+    LeaveWaitlist(LeaveWaitlist),
+    RestoreWaitlist(RestoreWaitlist),
+}
+
+/// Puts an offered entry back where it was (the offer task, when the offer's hold was undone
+/// because the external check was unavailable).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreWaitlist {
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub entry: crate::waitlist::WaitEntry,
+    pub index: u32,
+}
+
+/// A citizen joins a sold-out slot's waitlist (the clinic's shard).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinWaitlist {
+    pub clinic_id: String,
+    pub slot_id: String,
+    pub vaccine: String,
+    pub citizen_id: String,
+    /// The citizen's record (from the citizen's shard), for the rules; `None`: unknown
+    /// citizen, refused `NOT_ELIGIBLE`.
+    pub citizen: Option<Arc<CitizenRecord>>,
+    /// `--waitlist-max`: most entries per slot.
+    pub per_slot_max: usize,
+}
+
+/// An entry leaves its waitlist: the citizen (or an authority) takes it off, or the offer
+/// task skips it. `citizen`: when set, the entry must be this citizen's (else `NotYours`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaveWaitlist {
+    pub seq: u64,
+    pub citizen: Option<String>,
+    pub why: crate::waitlist::WaitlistExit,
 }
 
 /// Creates or updates a vaccine and its eligibility rules (every shard keeps the catalogue).
@@ -115,6 +152,9 @@ pub struct Hold {
     /// Made CONFIRMED at once (a reschedule of a CONFIRMED appointment).
     pub confirmed: bool,
     pub rescheduled_from: Option<AppointmentId>,
+    /// A waitlist offer for this entry (its number in the clinic's shard): the hold is made
+    /// only while the entry waits, and takes it off its list in the same step.
+    pub waitlist: Option<u64>,
 }
 
 impl Hold {
@@ -138,6 +178,7 @@ impl Hold {
             not_after_ms: None,
             confirmed: false,
             rescheduled_from: None,
+            waitlist: None,
         }
     }
 }
@@ -162,6 +203,9 @@ pub struct TakeClaim {
     pub replace: Option<Stale>,
     /// A reschedule: the appointment being moved, whose claim this one replaces for now.
     pub moving: Option<AppointmentId>,
+    /// A waitlist offer: its claim is journaled when taken (see `crate::waitlist`,
+    /// "Crashes"), so a crash after the hold finds the claim and binds it.
+    pub offer: bool,
 }
 
 /// Notices about claims (the citizen's shard); each is a no-op unless its attempt is the
@@ -279,6 +323,17 @@ pub enum Query {
     Status,
     /// Recomputes every counter from the appointments (O(state); tests and checks).
     CheckInvariants,
+    /// A citizen's waitlist entries in this shard.
+    CitizenWaitlist {
+        citizen_id: String,
+    },
+    /// Who a slot's waitlist should offer a seat to now, if anyone.
+    WaitlistOffer {
+        clinic_id: String,
+        slot_id: String,
+    },
+    /// Every slot of this shard with both a free seat and waiting citizens (after recovery).
+    WaitlistSlots,
 }
 
 /// The answer to a [`Query`].
@@ -300,4 +355,7 @@ pub enum QueryAnswer {
     },
     /// `Err`: the first broken invariant.
     Invariants(Result<(), String>),
+    Waitlist(Vec<WaitlistView>),
+    WaitlistOffer(Option<OfferCandidate>),
+    WaitlistSlots(Vec<SlotRef>),
 }

@@ -18,6 +18,7 @@ pub enum Resource {
     Batch,
     Appointment,
     Citizen,
+    WaitlistEntry,
 }
 
 impl Resource {
@@ -29,6 +30,7 @@ impl Resource {
             Resource::Batch => "batch",
             Resource::Appointment => "appointment",
             Resource::Citizen => "citizen",
+            Resource::WaitlistEntry => "waitlist_entry",
         }
     }
 }
@@ -48,6 +50,10 @@ pub enum Limit {
     SlotsPerClinic,
     /// Capacity, reserve and times of a slot.
     SlotFields,
+    /// `--waitlist-max`: entries of one slot's waitlist.
+    WaitlistPerSlot,
+    /// `WAITLIST_PER_CITIZEN_PER_SHARD_MAX`.
+    WaitlistPerCitizen,
 }
 
 impl Limit {
@@ -59,6 +65,8 @@ impl Limit {
             Limit::SlotsInOneUpload => "slots in one upload",
             Limit::SlotsPerClinic => "slots per clinic",
             Limit::SlotFields => "slot fields",
+            Limit::WaitlistPerSlot => "entries of this slot's waitlist",
+            Limit::WaitlistPerCitizen => "waitlist entries of this citizen",
         }
     }
 }
@@ -109,6 +117,11 @@ pub enum DomainError {
     BatchExpired {
         expires_on: NaiveDate,
     },
+    /// A waitlist join while the slot has a seat and a dose for the citizen: book instead
+    /// (409).
+    SeatsAvailable,
+    /// The citizen already waits for this slot (409).
+    AlreadyWaiting,
 }
 
 impl DomainError {
@@ -134,6 +147,8 @@ impl DomainError {
             DomainError::TooLate { .. } => "TOO_LATE",
             DomainError::WrongBatch { .. } => "WRONG_BATCH",
             DomainError::BatchExpired { .. } => "BATCH_EXPIRED",
+            DomainError::SeatsAvailable => "SEATS_AVAILABLE",
+            DomainError::AlreadyWaiting => "ALREADY_WAITING",
         }
     }
 }
@@ -184,6 +199,10 @@ impl std::fmt::Display for DomainError {
                 f,
                 "this batch expired after {expires_on}; use a batch valid on the slot's date"
             ),
+            DomainError::SeatsAvailable => {
+                f.write_str("the slot has a free seat and a dose for this vaccine: book it instead")
+            }
+            DomainError::AlreadyWaiting => f.write_str("the citizen already waits for this slot"),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::claims::{Claim, SettleOutcome};
 use crate::clock::UnixMs;
 use crate::ids::AppointmentId;
 use crate::model::{Appointment, CitizenRecord, ClinicInfo, SlotSpec, VaccineIdx, VaccineRules};
+use crate::waitlist::{WaitEntry, WaitlistExit};
 
 /// A change to a shard's state. `ShardState::apply` is the only code that mutates state.
 /// Logged with bincode: keep it plain (no skipped, flattened or untagged fields).
@@ -105,6 +106,25 @@ pub enum Event {
         seq: u64,
         batch: String,
         at_ms: UnixMs,
+    },
+    /// The clinic's shard: a citizen joined a slot's waitlist, at its end.
+    WaitlistJoined {
+        clinic: u32,
+        slot: u32,
+        entry: WaitEntry,
+    },
+    /// The clinic's shard: an entry left its waitlist (those behind it move up).
+    WaitlistLeft {
+        seq: u64,
+        why: WaitlistExit,
+    },
+    /// The clinic's shard: an offered entry is put back at `index` of its list (its offer
+    /// was undone for a reason that is not the citizen's).
+    WaitlistRestored {
+        clinic: u32,
+        slot: u32,
+        entry: WaitEntry,
+        index: u32,
     },
 }
 

@@ -12,8 +12,9 @@
 //! `settle.lapsed` (a clinic's change is durable, its notice not yet delivered to the
 //! citizen's shard: the middle of a confirm and of a cancel or expiry), `settle.administered`
 //! (likewise, the middle of an administration: the dose not yet in the citizen's history),
-//! `reschedule.after_hold` (the new appointment exists, the old one is still live) and
-//! `reschedule.after_move` (the old one is released, the claim not yet moved).
+//! `reschedule.after_hold` (the new appointment exists, the old one is still live),
+//! `reschedule.after_move` (the old one is released, the claim not yet moved), and
+//! `offer.after_claim` and `offer.after_hold`, the booking points of a waitlist offer.
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -22,7 +22,8 @@ use crate::shard::ShardState;
 /// appointments that record their claim and their rescheduling links.
 /// Version 4: tentative claims (a create's claim is journaled only once bound).
 /// Version 5: administration (`AppointmentAdministered`, and the dose a settled claim adds to
-/// the citizen's history, `SettleOutcome::Administered`).
+/// the citizen's history, `SettleOutcome::Administered`), and waitlists (their events and
+/// table in snapshots) with appointments that say whether a waitlist offer made them.
 pub const ENCODING_VERSION: u8 = 5;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.

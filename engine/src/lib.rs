@@ -4,7 +4,8 @@
 //! invariants), then [`actor`] (one ractor actor owns one shard; answers wait for the
 //! journal), then [`client`] and [`node`] (every call into a shard is a value sent through a
 //! `ShardClient`; the node routes through the [`ring`] and bounds each shard), then [`saga`]
-//! (booking across two shards) and [`publish`] (durable changes, published once). No HTTP
+//! (booking across two shards), [`waitlist`] (sold-out slots' waitlists and their offers)
+//! and [`publish`] (durable changes, published once). No HTTP
 //! and no disk here: the gateway and the persistence crate sit on either side.
 
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod ring;
 pub mod saga;
 pub mod shard;
 pub mod view;
+pub mod waitlist;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMs};
 pub use command::{Command, Query, QueryAnswer};
@@ -42,7 +44,7 @@ pub use error::{
     DomainError, EngineError, JournalError, Limit, RecoveryError, Resource, StartError,
 };
 pub use event::Event;
-pub use ids::AppointmentId;
+pub use ids::{AppointmentId, WaitlistId};
 pub use model::Status;
 pub use node::{Node, NodeConfig};
 pub use saga::BookRequest;

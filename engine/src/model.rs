@@ -233,4 +233,6 @@ pub struct Appointment {
     /// Rescheduling links (docs/API.md, reschedule).
     pub rescheduled_from: Option<AppointmentId>,
     pub rescheduled_to: Option<AppointmentId>,
+    /// Made by a waitlist offer (docs/API.md, "Waitlist"), not by the citizen's own request.
+    pub offered_from_waitlist: bool,
 }

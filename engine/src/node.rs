@@ -30,10 +30,11 @@ use crate::idempotency::{
 };
 use crate::ids::AppointmentId;
 use crate::journal::{Durable, Journal, NoJournal};
-use crate::notices::Settler;
+use crate::notices::{Settler, SettlerInbox};
 use crate::publish::{Published, Publisher};
 use crate::ring::Ring;
 use crate::view::{Output, RuntimeCounts, ShardCounts};
+use crate::waitlist::{OfferInbox, Offerer, Passes, WAITLIST_PER_SLOT_MAX_DEFAULT};
 
 /// Default shard count (`--shards`).
 pub const SHARDS_DEFAULT: u32 = 64;
@@ -44,6 +45,8 @@ pub const SHARDS_MAX: u32 = 4096;
 pub const INFLIGHT_PER_SHARD_MAX_DEFAULT: u32 = 8192;
 /// What a refused request is told to wait before retrying.
 pub const RETRY_AFTER_S: u32 = 1;
+/// The hold a waitlist offer makes when the node is not told (`--hold-ttl`'s default).
+pub const WAITLIST_HOLD_MS_DEFAULT: i64 = 300_000;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -54,6 +57,10 @@ pub struct NodeConfig {
     pub idempotency_retention_ms: i64,
     /// Records between two snapshots of a shard.
     pub snapshot_every_records: u64,
+    /// `--waitlist-max`: most entries one slot's waitlist holds.
+    pub waitlist_per_slot_max: usize,
+    /// The hold a waitlist offer makes (`--hold-ttl`).
+    pub waitlist_hold_ms: i64,
 }
 
 impl NodeConfig {
@@ -65,6 +72,8 @@ impl NodeConfig {
             idempotency_records_per_shard_max: RECORDS_PER_SHARD_MAX_DEFAULT,
             idempotency_retention_ms: RETENTION_MS_DEFAULT,
             snapshot_every_records: SNAPSHOT_EVERY_RECORDS_DEFAULT,
+            waitlist_per_slot_max: WAITLIST_PER_SLOT_MAX_DEFAULT,
+            waitlist_hold_ms: WAITLIST_HOLD_MS_DEFAULT,
         }
     }
 }
@@ -124,6 +133,12 @@ pub struct Node {
     reconciling: tokio::sync::Mutex<()>,
     /// Claim notices not yet delivered to the citizens' shards.
     notices: Arc<std::sync::atomic::AtomicUsize>,
+    /// Turns `true` once the claims are reconciled (the offer task waits for it).
+    reconciled_tx: watch::Sender<bool>,
+    /// Where slots with room and waiting citizens go (the offer task, [`crate::waitlist`]).
+    offerer: Offerer,
+    /// The offer passes running.
+    pub(crate) passes: Passes,
 }
 
 impl Node {
@@ -171,6 +186,7 @@ impl Node {
         }
         let publisher = Arc::new(Publisher::default());
         let (settler, inbox) = Settler::channel();
+        let (offerer, offers) = Offerer::channel();
         let mut shards: Vec<Option<Routed>> = Vec::with_capacity(config.shards as usize);
         for shard in 0..config.shards {
             if ring.owner(shard) != config.node_name {
@@ -188,6 +204,7 @@ impl Node {
                 snapshot_every_records: config.snapshot_every_records,
                 phase: Arc::new(phase_tx),
                 settler: Some(settler.clone()),
+                offerer: Some(offerer.clone()),
             };
             match LocalShard::spawn(args).await {
                 Ok(client) => shards.push(Some(Routed {
@@ -215,8 +232,19 @@ impl Node {
             reconciled: AtomicBool::new(false),
             reconciling: tokio::sync::Mutex::new(()),
             notices,
+            reconciled_tx: watch::channel(false).0,
+            offerer,
+            passes: Passes::default(),
         });
-        let weak = Arc::downgrade(&node);
+        node.spawn_tasks(inbox, offers);
+        Ok(node)
+    }
+
+    /// The node-level tasks: the settler (claim notices) and the offer task (waitlists).
+    /// Each holds the node weakly and ends with it.
+    fn spawn_tasks(self: &Arc<Self>, inbox: SettlerInbox, offers: OfferInbox) {
+        tokio::spawn(offers.run(Arc::downgrade(self)));
+        let weak = Arc::downgrade(self);
         tokio::spawn(inbox.run(move |batch| {
             let node = weak.upgrade();
             async move {
@@ -229,7 +257,6 @@ impl Node {
                 }
             }
         }));
-        Ok(node)
     }
 
     fn served(&self) -> impl Iterator<Item = &Routed> {
@@ -279,7 +306,26 @@ impl Node {
             Err(e) => Err(StartError::Reconcile(e.to_string())),
         };
         self.reconciled.store(result.is_ok(), Ordering::Release);
+        if result.is_ok() {
+            self.reconciled_tx.send_replace(true);
+            // Offers are not journaled: every slot with room and waiting citizens gets its
+            // pass now, so no seat stays idle while someone waits.
+            if let Err(e) = self.offer_everywhere().await {
+                tracing::warn!(error = %e, "waitlist offers after recovery not started");
+            }
+        }
         result
+    }
+
+    /// Resolves once the claims are reconciled after recovery.
+    pub(crate) async fn wait_reconciled(&self) {
+        let mut rx = self.reconciled_tx.subscribe();
+        // `Err`: the node is gone; the offer task then ends at its next receive.
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    pub(crate) fn offerer(&self) -> &Offerer {
+        &self.offerer
     }
 
     /// Stops every shard this node serves: each handles what it already received (so every

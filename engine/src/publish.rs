@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::clock::UnixMs;
-use crate::ids::AppointmentId;
+use crate::ids::{AppointmentId, WaitlistId};
 use crate::model::Status;
+use crate::waitlist::WaitlistExit;
 
 /// Events a subscriber may fall behind before it loses the oldest. At about 200 bytes an
 /// event this is about 13 MiB, and a second of a launch morning's busiest traffic (measured
@@ -78,6 +79,8 @@ pub enum Change {
         vaccine: Arc<str>,
         citizen_id: Arc<str>,
         status: Status,
+        /// Made by a waitlist offer (docs/API.md, "Waitlist").
+        offered_from_waitlist: bool,
     },
     AppointmentAtRisk {
         appointment_id: AppointmentId,
@@ -88,6 +91,18 @@ pub enum Change {
     AppointmentNeedsReview {
         appointment_id: AppointmentId,
         clinic_id: Arc<str>,
+    },
+    /// A citizen joined a slot's waitlist.
+    WaitlistJoined {
+        waitlist_id: WaitlistId,
+        clinic_id: Arc<str>,
+        slot_id: Arc<str>,
+        citizen_id: Arc<str>,
+    },
+    /// A waitlist entry left, was served or was skipped.
+    WaitlistLeft {
+        waitlist_id: WaitlistId,
+        why: WaitlistExit,
     },
 }
 

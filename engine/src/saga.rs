@@ -179,12 +179,29 @@ struct Saga<'a> {
     /// A compensation could not reach its shard: what it should have undone stays until its
     /// own deadline, and the claim stays with it.
     stuck: bool,
+    /// A waitlist offer: the entry (its number in the clinic's shard) the hold serves.
+    waitlist: Option<u64>,
 }
 
 impl Node {
     /// Books (see the module's documentation). With `idem`, the key is begun on its home
     /// shard first: a replay is answered before any clinic is touched.
     pub async fn book(&self, request: BookRequest, idem: Option<IdemRequest>) -> Booked {
+        self.book_as(request, idem, None).await
+    }
+
+    /// Books for a waitlist offer (see [`crate::waitlist`]): the same saga, whose hold is
+    /// made only while entry `waitlist` waits, and takes it off its list in the same step.
+    pub(crate) async fn book_from_waitlist(&self, request: BookRequest, waitlist: u64) -> Booked {
+        self.book_as(request, None, Some(waitlist)).await
+    }
+
+    async fn book_as(
+        &self,
+        request: BookRequest,
+        idem: Option<IdemRequest>,
+        waitlist: Option<u64>,
+    ) -> Booked {
         let mut saga = Saga::new(
             self,
             &request.citizen_id,
@@ -194,16 +211,28 @@ impl Node {
             request.hold_ms,
             idem,
         );
+        saga.waitlist = waitlist;
         let take = saga.take_claim(None);
         let taken = match saga.begin(take.clone()).await {
             Err(early) => return early,
             Ok(Claimed::Done(outcome, settle)) => return Booked::Ran(saga.done(*outcome, settle)),
             Ok(Claimed::Taken(taken)) => taken,
         };
-        failpoint::point("book.after_claim").await;
+        let offer = waitlist.is_some();
+        failpoint::point(if offer {
+            "offer.after_claim"
+        } else {
+            "book.after_claim"
+        })
+        .await;
         let hold = saga.hold(&taken, false, None);
         let outcome = saga.hold_and_check(hold, &taken).await;
-        failpoint::point("book.after_hold").await;
+        failpoint::point(if offer {
+            "offer.after_hold"
+        } else {
+            "book.after_hold"
+        })
+        .await;
         let settle = saga.settle_for(
             &taken,
             &outcome,
@@ -335,6 +364,7 @@ impl<'a> Saga<'a> {
             merged,
             durable: Vec::with_capacity(4),
             stuck: false,
+            waitlist: None,
         }
     }
 
@@ -350,6 +380,7 @@ impl<'a> Saga<'a> {
             expires_at_ms: self.node.now_ms() + self.hold_ms,
             replace: None,
             moving,
+            offer: self.waitlist.is_some(),
         }
     }
 
@@ -366,6 +397,7 @@ impl<'a> Saga<'a> {
             not_after_ms: Some(taken.not_after_ms),
             confirmed,
             rescheduled_from: from,
+            waitlist: self.waitlist,
             ..Hold::new(
                 &self.clinic_id,
                 &self.slot_id,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::claims::ClaimOutcome;
 use crate::clock::UnixMs;
-use crate::ids::AppointmentId;
+use crate::ids::{AppointmentId, WaitlistId};
 use crate::model::{ClinicInfo, DoseRecord, Status, VaccineRules};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +28,8 @@ pub struct AppointmentView {
     pub rebook_priority: bool,
     pub rescheduled_from: Option<AppointmentId>,
     pub rescheduled_to: Option<AppointmentId>,
+    /// Made by a waitlist offer.
+    pub offered_from_waitlist: bool,
     /// When its slot starts (the reschedule notice reads it).
     pub slot_start_ms: UnixMs,
     /// Once ADMINISTERED: the dose as the citizen's history records it (the vaccine, on the
@@ -108,6 +110,11 @@ pub enum Output {
     Stock(StockView),
     Expired(usize),
     Claim(ClaimOutcome),
+    /// A citizen joined a waitlist: the entry's id and position (from 1).
+    Waitlisted {
+        id: WaitlistId,
+        position: u32,
+    },
 }
 
 /// Figures the operator endpoint shows that the state does not know.

@@ -250,6 +250,7 @@ mod citizen_side {
             expires_at_ms: NOW_MS + 60_000,
             replace,
             moving: None,
+            offer: false,
         })
     }
 

@@ -127,6 +127,7 @@ async fn a_change_is_published_after_it_is_stored_with_its_names() {
             vaccine: "vx".into(),
             citizen_id: "ada".into(),
             status: Status::Pending,
+            offered_from_waitlist: false,
         }
     );
 

@@ -42,6 +42,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::catalogue::router())
         .merge(routes::booking::router())
         .merge(routes::clinic::router())
+        .merge(routes::waitlist::router())
         .merge(routes::ops::router())
 }
 

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Longest hold; longer `hold_seconds` are clamped to it.
     #[arg(long, default_value = "900s", value_parser = parse_duration)]
     pub max_hold: Duration,
+    /// Most entries one slot's waitlist holds (a join beyond is 409 LIMIT_REACHED).
+    #[arg(long, default_value_t = holdfast_engine::waitlist::WAITLIST_PER_SLOT_MAX_DEFAULT,
+        value_parser = parse_waitlist_max)]
+    pub waitlist_max: usize,
     /// How long after a slot ends a CONFIRMED appointment becomes NO_SHOW (clinic
     /// operations; accepted now, acted on when that work lands).
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
@@ -197,6 +201,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     ms.map(Duration::from_millis)
         .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// Largest `--waitlist-max`: a slot's list is kept in memory and scanned on every change.
+pub const WAITLIST_MAX_MAX: usize = 100_000;
+
+/// `--waitlist-max`: 1..=[`WAITLIST_MAX_MAX`].
+fn parse_waitlist_max(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=WAITLIST_MAX_MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 1 to {WAITLIST_MAX_MAX}"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -262,7 +262,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let config = ServerConfig {
         listen: args.listen,
-        node: NodeConfig::embedded(data_dir.shards()),
+        node: NodeConfig {
+            waitlist_per_slot_max: args.waitlist_max,
+            // A waitlist offer holds as long as a booking that does not say.
+            waitlist_hold_ms: args.hold_ttl.as_millis() as i64,
+            ..NodeConfig::embedded(data_dir.shards())
+        },
         jwt_secret: secret,
         settings: Settings {
             hold_ttl_ms: args.hold_ttl.as_millis() as i64,

@@ -38,6 +38,7 @@ use crate::journal::{Durable, Journal};
 use crate::notices::Settler;
 use crate::publish::Publisher;
 use crate::view::Output;
+use crate::waitlist::Offerer;
 
 pub use runtime::ShardRuntime;
 pub use timer::HOUSEKEEPING_INTERVAL_MS;
@@ -129,6 +130,9 @@ pub struct ShardArgs {
     pub phase: Arc<watch::Sender<ShardPhase>>,
     /// Where the shard sends the claim notices of its durable appointment changes.
     pub settler: Option<Settler>,
+    /// Where the shard sends the slots its durable changes made room in, when citizens wait
+    /// there (waitlist offers).
+    pub offerer: Option<Offerer>,
 }
 
 pub struct ShardActor;

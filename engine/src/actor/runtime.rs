@@ -25,13 +25,15 @@ use crate::notices::Settler;
 use crate::publish::{Published, Publisher};
 use crate::shard::ShardState;
 use crate::view::{Output, RuntimeCounts};
+use crate::waitlist::{Offerer, SlotRef};
 
 /// Log records of one message, and what to tell once they are stored: the changes to
-/// publish and the claim notices to send.
+/// publish, the claim notices to send and the slots to offer to waiting citizens.
 struct Taken {
     records: Vec<(u64, Vec<u8>)>,
     published: Vec<Published>,
     notices: Vec<Settle>,
+    offers: Vec<SlotRef>,
 }
 
 pub struct ShardRuntime {
@@ -43,6 +45,7 @@ pub struct ShardRuntime {
     pub(super) journal: Arc<dyn Journal>,
     publisher: Arc<Publisher>,
     settler: Option<Settler>,
+    offerer: Option<Offerer>,
     /// Events applied by the current message, on their way to the journal.
     events: Vec<Event>,
     events_applied: u64,
@@ -88,6 +91,7 @@ impl ShardRuntime {
             journal: args.journal,
             publisher: args.publisher,
             settler: args.settler,
+            offerer: args.offerer,
             events: Vec::new(),
             events_applied: 0,
             wal_seq: 0,
@@ -248,6 +252,7 @@ impl ShardRuntime {
         let mut records = Vec::with_capacity(self.events.len());
         let mut published = Vec::new();
         let mut notices = Vec::new();
+        let mut offers: Vec<SlotRef> = Vec::new();
         for event in self.events.drain(..) {
             if !event.is_journaled() {
                 // A tentative claim's change: memory only (`Event::is_journaled`).
@@ -256,6 +261,13 @@ impl ShardRuntime {
             self.wal_seq += 1;
             if self.settler.is_some() {
                 notices.extend(self.state.notice_for(&event));
+            }
+            if self.offerer.is_some() {
+                for slot in self.state.waitlist_notice_for(&event) {
+                    if !offers.contains(&slot) {
+                        offers.push(slot);
+                    }
+                }
             }
             if watched {
                 published.push(Published {
@@ -271,6 +283,7 @@ impl ShardRuntime {
             records,
             published,
             notices,
+            offers,
         }
     }
 
@@ -281,6 +294,7 @@ impl ShardRuntime {
             records,
             published,
             notices,
+            offers,
         } = taken;
         if records.is_empty() && self.stored_seq.load(Ordering::Acquire) >= self.wal_seq {
             // A barrier behind nothing: everything this shard wrote is stored already.
@@ -295,6 +309,7 @@ impl ShardRuntime {
             let (stored_seq, last) = (self.stored_seq.clone(), self.wal_seq);
             let publisher = (!published.is_empty()).then(|| self.publisher.clone());
             let settler = self.settler.clone().filter(|_| !notices.is_empty());
+            let offerer = self.offerer.clone().filter(|_| !offers.is_empty());
             Box::new(move |stored| {
                 if stored.is_ok() {
                     stored_seq.fetch_max(last, Ordering::AcqRel);
@@ -303,6 +318,9 @@ impl ShardRuntime {
                     }
                     if let Some(settler) = settler {
                         settler.send(notices);
+                    }
+                    if let Some(offerer) = offerer {
+                        offerer.send(offers);
                     }
                 }
                 done(stored);

@@ -60,6 +60,8 @@ impl ShardState {
                     "slot cancelled with live appointments"
                 );
                 s.cancelled = true;
+                // Its waitlist goes with it: nobody is offered a seat of a cancelled slot.
+                self.waitlists.drop_slot((*clinic, *slot));
             }
             Event::CitizenPut { citizen_id, record } => self.put_citizen(citizen_id, record),
             Event::ClaimTaken { citizen_id, claim } => self.claim_taken(citizen_id, claim),
@@ -96,6 +98,18 @@ impl ShardState {
             Event::AppointmentAdministered { seq, batch, at_ms } => {
                 self.administer(*seq, batch, *at_ms);
             }
+            Event::WaitlistJoined {
+                clinic,
+                slot,
+                entry,
+            } => self.waitlist_joined(*clinic, *slot, entry),
+            Event::WaitlistLeft { seq, .. } => self.waitlist_left(*seq),
+            Event::WaitlistRestored {
+                clinic,
+                slot,
+                entry,
+                index,
+            } => self.waitlist_restored(*clinic, *slot, entry, *index),
         }
     }
 

@@ -84,8 +84,10 @@ impl ShardState {
             not_after_ms: now_ms + SAGA_BUDGET_MS,
             priority,
             // A reschedule's claim is journaled at once: it carries the moved appointment's
-            // claim, which a crash must not lose.
-            tentative: c.moving.is_none(),
+            // claim, which a crash must not lose. So is an offer's: its hold takes the
+            // waitlist entry off, and a crash after the hold must find the claim to bind (a
+            // lost tentative claim's hold would be rejected, and the entry lost with it).
+            tentative: c.moving.is_none() && !c.offer,
             previous,
         };
         let mut record = entry.record(&self.regions);
@@ -232,7 +234,10 @@ impl ShardState {
             | Event::SlotCancelled { .. }
             | Event::CitizenPut { .. }
             | Event::ClaimTaken { .. }
-            | Event::ClaimSettled { .. } => return None,
+            | Event::ClaimSettled { .. }
+            | Event::WaitlistJoined { .. }
+            | Event::WaitlistLeft { .. }
+            | Event::WaitlistRestored { .. } => return None,
         };
         let a = self.appointments.get(&seq)?;
         (a.claim != 0).then(|| Settle {

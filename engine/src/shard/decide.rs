@@ -38,6 +38,8 @@ pub enum Reply {
     },
     Expired(usize),
     Claim(ClaimOutcome),
+    /// A waitlist entry, by its number in this shard.
+    Waitlisted(u64),
 }
 
 /// The outcome of a decision: events to apply, then the answer. Some refusals still carry
@@ -98,6 +100,9 @@ impl ShardState {
             Command::MarkForReview(c) => self.decide_mark_for_review(c).into(),
             Command::ExpireDue => self.decide_expire_due(now_ms),
             Command::Administer(c) => self.decide_administer(c, now_ms).into(),
+            Command::JoinWaitlist(c) => self.decide_join_waitlist(c, now_ms).into(),
+            Command::LeaveWaitlist(c) => self.decide_leave_waitlist(c).into(),
+            Command::RestoreWaitlist(c) => self.decide_restore_waitlist(c).into(),
         }
     }
 
@@ -281,6 +286,11 @@ impl ShardState {
     fn decide_hold(&self, r: &Hold, now_ms: UnixMs) -> Result<Decision, DomainError> {
         let (clinic, slot, vaccine) =
             self.bookable(&r.clinic_id, &r.slot_id, &r.vaccine, now_ms)?;
+        // An offer holds only for an entry still waiting, and takes it off in this step.
+        let served = r
+            .waitlist
+            .map(|seq| self.offered_entry(seq, (clinic, slot), &r.citizen_id))
+            .transpose()?;
         let c = &self.clinics[clinic as usize];
         let s = &c.slots[slot as usize];
         // A priority rebooking may take the reserve; anyone else leaves it alone.
@@ -325,8 +335,10 @@ impl ShardState {
             claim: r.claim,
             rescheduled_from: r.rescheduled_from,
             rescheduled_to: None,
+            offered_from_waitlist: served.is_some(),
         };
         let mut events = vec![Event::AppointmentReserved(Box::new(appointment))];
+        events.extend(served);
         if r.confirmed {
             events.push(Event::AppointmentConfirmed { seq, at_ms: now_ms });
         }

@@ -10,6 +10,8 @@
 //!    vaccine; no other appointment names either.
 //! 4. The shard totals match, and the deadline queue times exactly the PENDING holds, each at
 //!    its `expires_at`.
+//! 4. The waitlists agree with their indices, no citizen waits twice for one slot, and no
+//!    cancelled slot keeps a waitlist.
 
 use rustc_hash::FxHashMap;
 
@@ -33,7 +35,20 @@ impl ShardState {
                 self.counts.pending, self.counts.confirmed
             ));
         }
-        self.check_deadlines(pending)
+        self.check_deadlines(pending)?;
+        self.check_waitlists()
+    }
+
+    /// Invariant 4.
+    fn check_waitlists(&self) -> Result<(), String> {
+        self.waitlists.check()?;
+        for (clinic, slot) in self.waitlists.slots() {
+            let s = &self.clinics[clinic as usize].slots[slot as usize];
+            if s.cancelled {
+                return Err(format!("cancelled slot {} keeps a waitlist", s.id));
+            }
+        }
+        Ok(())
     }
 
     /// Invariants 1 to 3 for one clinic; answers its (pending, confirmed) counts.

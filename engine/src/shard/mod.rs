@@ -7,7 +7,9 @@
 //! - [`query`](self::query): the read models and the answers to queries;
 //! - [`invariants`](self::invariants): the invariants, recomputed from the appointments;
 //! - [`claims`](self::claims): the citizen side (records, claims, the appointment index),
-//!   decided and applied like the rest (see [`crate::claims`] for the design).
+//!   decided and applied like the rest (see [`crate::claims`] for the design);
+//! - [`waitlist`](self::waitlist): the waitlists of sold-out slots (see [`crate::waitlist`]
+//!   for the design).
 //!
 //! Nothing here knows about actors, HTTP or disks.
 
@@ -16,6 +18,7 @@ mod claims;
 mod decide;
 mod invariants;
 mod query;
+mod waitlist;
 
 use std::sync::Arc;
 
@@ -30,6 +33,7 @@ use crate::error::{DomainError, Resource};
 use crate::event::Event;
 use crate::model::{Appointment, Batch, Clinic, Vaccine, VaccineIdx};
 use crate::view::{Output, ShardCounts};
+use crate::waitlist::Waitlists;
 
 pub use decide::{Decision, Reply};
 
@@ -61,6 +65,8 @@ pub struct ShardState {
     next_attempt: u64,
     deadlines: DeadlineQueue,
     counts: ShardCounts,
+    /// The waitlists of this shard's slots (see [`crate::waitlist`]).
+    waitlists: Waitlists,
 }
 
 impl ShardState {
@@ -78,6 +84,7 @@ impl ShardState {
             next_attempt: 1,
             deadlines: DeadlineQueue::default(),
             counts: ShardCounts::default(),
+            waitlists: Waitlists::default(),
         }
     }
 

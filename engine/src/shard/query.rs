@@ -105,6 +105,13 @@ impl ShardState {
                 runtime: Default::default(),
             },
             Query::CheckInvariants => QueryAnswer::Invariants(self.check_invariants()),
+            Query::CitizenWaitlist { citizen_id } => {
+                QueryAnswer::Waitlist(self.citizen_waitlist(citizen_id))
+            }
+            Query::WaitlistOffer { clinic_id, slot_id } => {
+                QueryAnswer::WaitlistOffer(self.offer_candidate(clinic_id, slot_id)?)
+            }
+            Query::WaitlistSlots => QueryAnswer::WaitlistSlots(self.slots_to_offer()),
         })
     }
 
@@ -135,6 +142,13 @@ impl ShardState {
             Reply::Stock { clinic, vaccine } => Output::Stock(self.stock_view(clinic, vaccine)),
             Reply::Expired(count) => Output::Expired(count),
             Reply::Claim(outcome) => Output::Claim(outcome),
+            Reply::Waitlisted(seq) => {
+                let entry = self.waitlist_view(seq).expect("joined");
+                Output::Waitlisted {
+                    id: entry.id,
+                    position: entry.position,
+                }
+            }
         }
     }
 
@@ -217,6 +231,7 @@ impl ShardState {
             rebook_priority: a.rebook_priority,
             rescheduled_from: a.rescheduled_from,
             rescheduled_to: a.rescheduled_to,
+            offered_from_waitlist: a.offered_from_waitlist,
             slot_start_ms: c.slots[a.slot as usize].start_ms,
             dose: self.dose_of(a),
         })
@@ -468,6 +483,29 @@ impl ShardState {
                 appointment_id: self.id_of(*seq),
                 clinic_id: clinic_id(self.appointments[seq].clinic),
             },
+            Event::WaitlistJoined {
+                clinic,
+                slot,
+                entry,
+            }
+            | Event::WaitlistRestored {
+                clinic,
+                slot,
+                entry,
+                ..
+            } => Change::WaitlistJoined {
+                waitlist_id: self.waitlist_id(entry.seq),
+                clinic_id: clinic_id(*clinic),
+                slot_id: self.clinics[*clinic as usize].slots[*slot as usize]
+                    .id
+                    .clone(),
+                citizen_id: entry.citizen.clone(),
+            },
+            // Applied already: the entry is gone, so only its id is known here.
+            Event::WaitlistLeft { seq, why } => Change::WaitlistLeft {
+                waitlist_id: self.waitlist_id(*seq),
+                why: *why,
+            },
         }
     }
 
@@ -481,6 +519,7 @@ impl ShardState {
             vaccine: self.vaccines[a.vaccine as usize].name.clone(),
             citizen_id: a.citizen.clone(),
             status,
+            offered_from_waitlist: a.offered_from_waitlist,
         }
     }
 }

@@ -712,7 +712,11 @@ pub fn test_config(
 ) -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        node,
+        // A waitlist offer holds as long as a booking that does not say (`--hold-ttl`).
+        node: NodeConfig {
+            waitlist_hold_ms: hold_ttl_ms,
+            ..node
+        },
         jwt_secret: SECRET.to_vec(),
         settings: Settings {
             hold_ttl_ms,

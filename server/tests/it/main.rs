@@ -28,3 +28,4 @@ mod log_span;
 mod openapi;
 mod recovery_status;
 mod reschedule;
+mod waitlist;

@@ -58,7 +58,7 @@ fn qr_token(state: &AppState, a: &AppointmentView) -> String {
 }
 
 /// Who may book for `citizen_id`: that citizen, or an authority.
-fn may_book(caller: &Caller, citizen_id: &str) -> Result<(), ApiError> {
+pub(crate) fn may_book(caller: &Caller, citizen_id: &str) -> Result<(), ApiError> {
     match caller.0.role {
         Role::Authority => Ok(()),
         Role::Citizen if caller.0.citizen_id.as_deref() == Some(citizen_id) => Ok(()),

@@ -118,6 +118,8 @@ pub struct AppointmentJson {
     pub rescheduled_to: Option<String>,
     /// Set while CONFIRMED: the token the clinic scans (also as `qr.svg`).
     pub qr_token: Option<String>,
+    /// Made by a waitlist offer, not by the citizen's own request.
+    pub offered_from_waitlist: bool,
 }
 
 impl AppointmentJson {
@@ -140,6 +142,7 @@ impl AppointmentJson {
             rescheduled_from: a.rescheduled_from.map(|id| id.to_string()),
             rescheduled_to: a.rescheduled_to.map(|id| id.to_string()),
             qr_token,
+            offered_from_waitlist: a.offered_from_waitlist,
         }
     }
 }
