@@ -28,3 +28,4 @@ mod no_show;
 mod openapi;
 mod recovery_status;
 mod reschedule;
+mod slot_times;
