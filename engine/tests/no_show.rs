@@ -141,7 +141,11 @@ fn a_clinic_cancellation_untimes_the_no_show() {
     });
     run(&mut state, &mut log, cancel, T0);
     assert_eq!(status(&state, in_a), Status::ClinicCancelled);
-    assert_eq!(state.counts().timers, 1, "only slot b's appointment is timed");
+    assert_eq!(
+        state.counts().timers,
+        1,
+        "only slot b's appointment is timed"
+    );
     assert_eq!(
         state.next_deadline(),
         Some(T0 + 2 * HOUR_MS + SLOT_MS + GRACE_MS)
@@ -167,7 +171,10 @@ fn a_reschedule_times_the_new_appointment_and_untimes_the_old_one() {
     };
     assert_eq!(new.status, Status::Confirmed);
     assert_eq!(state.counts().timers, 2, "both CONFIRMED until the move");
-    let moved = Command::Move(Move { seq: old, to: new.id });
+    let moved = Command::Move(Move {
+        seq: old,
+        to: new.id,
+    });
     run(&mut state, &mut log, moved, T0);
     assert_eq!(status(&state, old), Status::Cancelled);
     assert_eq!(state.counts().timers, 1);
@@ -207,7 +214,11 @@ fn a_reschedules_compensation_untimes_its_new_confirmed_appointment() {
     });
     run(&mut state, &mut log, reject, T0);
     assert_eq!(status(&state, new.id.seq), Status::Rejected);
-    assert_eq!(state.counts().timers, 1, "only the old appointment is timed");
+    assert_eq!(
+        state.counts().timers,
+        1,
+        "only the old appointment is timed"
+    );
     assert_eq!(
         state.next_deadline(),
         Some(T0 + HOUR_MS + SLOT_MS + GRACE_MS)
@@ -219,7 +230,11 @@ fn a_no_show_returns_the_dose_keeps_the_seat_and_releases_the_claim_like_a_cance
     let (mut state, mut log) = shard();
     let seq = confirmed(&mut state, &mut log, "a", "c1");
     let due_ms = T0 + HOUR_MS + SLOT_MS + GRACE_MS;
-    assert_eq!(expire_due(&mut state, &mut log, due_ms - 1), 0, "not before");
+    assert_eq!(
+        expire_due(&mut state, &mut log, due_ms - 1),
+        0,
+        "not before"
+    );
     let before = log.len();
     assert_eq!(expire_due(&mut state, &mut log, due_ms), 1);
     let events = &log[before..];
@@ -288,7 +303,10 @@ fn moving_a_slots_end_moves_its_no_shows_and_replay_ignores_the_configured_grace
     });
     run(&mut state, &mut log, put, T0);
     assert_eq!(state.next_deadline(), Some(later_end + GRACE_MS));
-    assert_eq!(expire_due(&mut state, &mut log, later_end + GRACE_MS - 1), 0);
+    assert_eq!(
+        expire_due(&mut state, &mut log, later_end + GRACE_MS - 1),
+        0
+    );
 
     // A restart under another grace replays the same instants (the log carries them).
     let mut replica = ShardState::with_config(

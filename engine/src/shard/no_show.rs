@@ -49,7 +49,11 @@ impl ShardState {
     /// catch one that does not: a timed appointment that is no longer CONFIRMED).
     pub(super) fn leave_confirmed(&mut self, seq: u64) {
         let a = self.appointment_mut(seq);
-        assert_eq!(a.status, Status::Confirmed, "appointment {seq} leaves CONFIRMED");
+        assert_eq!(
+            a.status,
+            Status::Confirmed,
+            "appointment {seq} leaves CONFIRMED"
+        );
         let at_ms = a
             .no_show_at_ms
             .take()

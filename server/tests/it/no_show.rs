@@ -101,8 +101,7 @@ fn assert_counted(avail: &Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_confirmed_appointment_becomes_no_show_after_the_grace_and_the_citizen_may_book_again()
-{
+async fn a_confirmed_appointment_becomes_no_show_after_the_grace_and_the_citizen_may_book_again() {
     let node = NodeConfig {
         no_show_grace_ms: 1_000,
         ..NodeConfig::embedded(SHARDS)

@@ -26,7 +26,9 @@ async fn put_clinic_in(api: &Api, clinic_id: &str, timezone: &str) {
 /// slot object answered.
 async fn put_slot_at(api: &Api, clinic_id: &str, slot_id: &str, start: &str, end: &str) -> Value {
     let body = slot_body(start.to_string(), end.to_string(), 5, &[VACCINE], 0);
-    api.put_slot_raw(clinic_id, slot_id, &body).await.expect(200)
+    api.put_slot_raw(clinic_id, slot_id, &body)
+        .await
+        .expect(200)
 }
 
 /// `(start_local, end_local)` of a slot object.
@@ -76,12 +78,22 @@ async fn local_times_carry_berlins_offset_on_each_side_of_the_2027_changes() {
         "2027-10-31T01:30:00Z",
     )
     .await;
-    put_slot_at(&h, "utc", "plain", "2027-03-28T00:30:00Z", "2027-03-28T01:30:00Z").await;
+    put_slot_at(
+        &h,
+        "utc",
+        "plain",
+        "2027-03-28T00:30:00Z",
+        "2027-03-28T01:30:00Z",
+    )
+    .await;
 
     let berlin = h.availability("berlin").await;
     assert_eq!(berlin["timezone"], "Europe/Berlin", "{berlin}");
     let spring = slot(&berlin, "spring");
-    assert_eq!(spring["start"], "2027-03-28T00:30:00Z", "UTC stays: {spring}");
+    assert_eq!(
+        spring["start"], "2027-03-28T00:30:00Z",
+        "UTC stays: {spring}"
+    );
     assert_eq!(spring["end"], "2027-03-28T01:30:00Z", "{spring}");
     assert_eq!(
         local(spring),
@@ -113,9 +125,23 @@ async fn age_counts_on_the_clinics_local_date_on_both_sides_of_daylight_saving()
         put_clinic_in(&h, clinic, zone).await;
         h.receive_stock(clinic, VACCINE, "B-1", 10).await;
         // 27 March 23:30 UTC is 28 March 00:30 in Berlin (+01:00, before the change).
-        put_slot_at(&h, clinic, "march", "2027-03-27T23:30:00Z", "2027-03-27T23:45:00Z").await;
+        put_slot_at(
+            &h,
+            clinic,
+            "march",
+            "2027-03-27T23:30:00Z",
+            "2027-03-27T23:45:00Z",
+        )
+        .await;
         // 30 October 22:30 UTC is 31 October 00:30 in Berlin (+02:00, before the change).
-        put_slot_at(&h, clinic, "october", "2027-10-30T22:30:00Z", "2027-10-30T22:45:00Z").await;
+        put_slot_at(
+            &h,
+            clinic,
+            "october",
+            "2027-10-30T22:30:00Z",
+            "2027-10-30T22:45:00Z",
+        )
+        .await;
     }
     let cases = [
         ("march-kid", "2015-03-28", "march"),
@@ -146,8 +172,22 @@ async fn a_started_slot_is_slot_started_after_slot_cancelled_and_holds_nothing()
         h.put_adult(c).await;
     }
     // Started an hour ago (not yet ended), ended yesterday, and started-then-cancelled.
-    put_slot_at(&h, "c-1", "running", &hours_from_now(-1), &hours_from_now(1)).await;
-    put_slot_at(&h, "c-1", "over", &hours_from_now(-25), &hours_from_now(-24)).await;
+    put_slot_at(
+        &h,
+        "c-1",
+        "running",
+        &hours_from_now(-1),
+        &hours_from_now(1),
+    )
+    .await;
+    put_slot_at(
+        &h,
+        "c-1",
+        "over",
+        &hours_from_now(-25),
+        &hours_from_now(-24),
+    )
+    .await;
     put_slot_at(&h, "c-1", "gone", &hours_from_now(-1), &hours_from_now(1)).await;
     h.send(
         Req::post("/v1/clinics/c-1/slots/gone/cancel")

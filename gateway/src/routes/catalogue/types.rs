@@ -20,7 +20,8 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::routes::fields::{
-    check_id, check_list, check_text, non_empty, rfc3339, rfc3339_local, LIST_ITEMS_MAX, TEXT_BYTES_MAX,
+    check_id, check_list, check_text, non_empty, rfc3339, rfc3339_local, LIST_ITEMS_MAX,
+    TEXT_BYTES_MAX,
 };
 
 /// `PUT /v1/vaccines/{vaccine}`
