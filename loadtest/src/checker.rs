@@ -18,7 +18,9 @@
 //! 5. every deliberate Idempotency-Key replay got the first answer's status and appointment;
 //! 6. optionally, at most one PENDING or CONFIRMED appointment per citizen;
 //! 7. no hold outlived its `expires_at` by more than the allowed slack;
-//! 8. every appointment has a known status, a slot its clinic has, and sits in one listing.
+//! 8. every appointment has a known status, a slot its clinic has, and sits in one listing;
+//! 9. every acknowledged slot cancellation holds: the slot is cancelled and its
+//!    CLINIC_CANCELLED appointments are exactly those the answer listed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::ledger::{AckKind, Acked, Ledger, Replay};
+use crate::ledger::{AckKind, Acked, Ledger, Replay, SlotCancel};
 
 /// Clinics read at the same time by [`fetch_picture`]: enough to read a few hundred clinics
 /// in well under a second, few enough not to look like load to the server.
@@ -227,6 +229,10 @@ pub enum ViolationKind {
     /// An appointment whose slot is not in its clinic's availability. Ids: appointment,
     /// clinic, slot, citizen.
     UnknownSlot,
+    /// An acknowledged slot cancellation the picture does not honour: the slot is missing
+    /// or not cancelled, or its CLINIC_CANCELLED appointments are not exactly those the
+    /// answer listed. Ids: clinic, slot, then the appointment involved (if one is).
+    SlotCancelNotHonoured,
     /// The picture contradicts itself: an id listed twice, an appointment listed under
     /// another clinic, a PENDING without a readable `expires_at`, an availability answer
     /// for another clinic. Ids: what is involved.
@@ -238,7 +244,7 @@ pub enum ViolationKind {
 
 impl ViolationKind {
     /// Every kind, in report order.
-    pub const ALL: [ViolationKind; 18] = [
+    pub const ALL: [ViolationKind; 19] = [
         ViolationKind::SlotCountersMismatch,
         ViolationKind::NegativeCounter,
         ViolationKind::CancelledSlotNotEmpty,
@@ -255,6 +261,7 @@ impl ViolationKind {
         ViolationKind::ExpiryOverdue,
         ViolationKind::UnknownStatus,
         ViolationKind::UnknownSlot,
+        ViolationKind::SlotCancelNotHonoured,
         ViolationKind::MalformedPicture,
         ViolationKind::Truncated,
     ];
@@ -278,6 +285,7 @@ impl ViolationKind {
             ViolationKind::ExpiryOverdue => "expiry_overdue",
             ViolationKind::UnknownStatus => "unknown_status",
             ViolationKind::UnknownSlot => "unknown_slot",
+            ViolationKind::SlotCancelNotHonoured => "slot_cancel_not_honoured",
             ViolationKind::MalformedPicture => "malformed_picture",
             ViolationKind::Truncated => "truncated",
         }
@@ -552,6 +560,9 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
     let replays = ledger.replays();
     for replay in &replays {
         check_replay(replay, &mut found);
+    }
+    for cancel in &ledger.slot_cancels() {
+        check_slot_cancel(cancel, &index, &mut found);
     }
 
     let mut appointments_by_status = BTreeMap::new();
@@ -1058,6 +1069,64 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
         last => now == last,
     };
     by_kind && by_status
+}
+
+/// An acknowledged slot cancellation holds: the slot is cancelled, and its CLINIC_CANCELLED
+/// appointments are exactly those the answer listed (none can join later: a cancelled slot
+/// takes no booking, and only PENDING or CONFIRMED ones become CLINIC_CANCELLED).
+fn check_slot_cancel(cancel: &SlotCancel, index: &Index<'_>, found: &mut Vec<Violation>) {
+    let (clinic_id, slot_id) = (cancel.clinic_id.as_str(), cancel.slot_id.as_str());
+    let mut flag = |appointment: Option<&str>, what: String| {
+        found.push(violation(
+            ViolationKind::SlotCancelNotHonoured,
+            [clinic_id, slot_id].into_iter().chain(appointment),
+            format!("acknowledged cancellation of slot {clinic_id}/{slot_id}: {what}"),
+        ));
+    };
+    let Some(clinic) = index.clinics.get(clinic_id) else {
+        return flag(None, "its clinic is not in the picture".to_string());
+    };
+    match clinic.slots.get(slot_id) {
+        None => {
+            return flag(
+                None,
+                "the slot is not in its clinic's availability".to_string(),
+            )
+        }
+        Some(slot) if !slot.cancelled => flag(None, "the slot is not cancelled".to_string()),
+        Some(_) => {}
+    }
+    let listed: HashSet<&str> = cancel.affected.iter().map(String::as_str).collect();
+    for id in &listed {
+        match index.appointments.get(id) {
+            None => flag(Some(id), format!("affected appointment {id} is gone")),
+            Some((_, a)) if a.status != "CLINIC_CANCELLED" || a.slot_id != slot_id => flag(
+                Some(id),
+                format!(
+                    "affected appointment {id} is {} in slot {}",
+                    a.status, a.slot_id
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    let now_cancelled = clinic
+        .by_slot
+        .get(slot_id)
+        .and_then(|by_status| by_status.get("CLINIC_CANCELLED"))
+        .into_iter()
+        .flatten();
+    for a in now_cancelled {
+        if !listed.contains(a.appointment_id.as_str()) {
+            flag(
+                Some(&a.appointment_id),
+                format!(
+                    "appointment {} is CLINIC_CANCELLED but the answer did not list it",
+                    a.appointment_id
+                ),
+            );
+        }
+    }
 }
 
 /// A replay gets the first answer: same status, same appointment.

@@ -271,6 +271,13 @@ pub struct Args {
     #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Booking")]
     #[serde(serialize_with = "serialize_duration")]
     pub expiry_hold: Duration,
+    /// launch, crash: slots a clinic cancels mid-run (the hottest clinics first; one in two
+    /// with the clinic's staff token, the rest with the authority's). A launch cancels once
+    /// a quarter of its seats is taken, a crash round 100 ms into its load (before the
+    /// kill); the checker proves their appointments became CLINIC_CANCELLED and the
+    /// counters hold. 0 (default) cancels nothing.
+    #[arg(long, default_value_t = 0, help_heading = "Booking")]
+    pub cancel_slots: usize,
     /// crash: how many times to SIGKILL and restart the server.
     #[arg(long, default_value_t = 3, help_heading = "Booking")]
     pub kills: usize,
@@ -387,6 +394,13 @@ impl Args {
             return Err(format!(
                 "--kill-window: at least {} ms",
                 crate::scenarios::crash::KILL_DELAY_MIN_MS
+            ));
+        }
+        if self.cancel_slots > crate::scenarios::slot_cancel::CANCEL_SLOTS_MAX {
+            return Err(format!(
+                "--cancel-slots {}: at most {}",
+                self.cancel_slots,
+                crate::scenarios::slot_cancel::CANCEL_SLOTS_MAX
             ));
         }
         if self.retries > RETRIES_MAX {

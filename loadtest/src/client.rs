@@ -53,6 +53,18 @@ impl Tokens {
         )
     }
 
+    /// `Authorization` header value for the staff of `clinic_id` (slot cancellations).
+    pub fn staff(&self, clinic_id: &str) -> String {
+        let claims = Claims {
+            sub: format!("staff:{clinic_id}"),
+            role: Role::Staff,
+            exp: chrono::Utc::now().timestamp() + TOKEN_TTL_S,
+            citizen_id: None,
+            clinic_id: Some(clinic_id.to_string()),
+        };
+        format!("Bearer {}", self.key.sign(&claims))
+    }
+
     /// The bare token (without `Bearer `), for the checker.
     pub fn authority_token(&self) -> String {
         self.authority().trim_start_matches("Bearer ").to_string()

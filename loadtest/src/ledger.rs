@@ -1,8 +1,8 @@
 //! The ledger: every change the server acknowledged during a run, so the checker can prove
 //! that nothing acknowledged was lost (across kills too) and that replays were faithful.
 //!
-//! Scenarios record each 2xx answer to a create, confirm or cancel here, and each deliberate
-//! Idempotency-Key replay. The ledger keeps, per appointment, the furthest status an
+//! Scenarios record each 2xx answer to a create, confirm or cancel here, each deliberate
+//! Idempotency-Key replay, and each acknowledged clinic slot cancellation. The ledger keeps, per appointment, the furthest status an
 //! acknowledgement showed; the checker compares that with what the server reports later.
 
 use std::collections::HashMap;
@@ -45,10 +45,23 @@ pub struct Replay {
     pub replay_appointment_id: Option<String>,
 }
 
+/// A slot cancellation the server acknowledged (`POST .../slots/{slot_id}/cancel`, 200):
+/// the slot and the appointments its answer listed as turned CLINIC_CANCELLED.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotCancel {
+    pub clinic_id: String,
+    pub slot_id: String,
+    /// `affected_appointment_ids` of the answer.
+    pub affected: Vec<String>,
+    /// Sent with the clinic's staff token (else the authority's).
+    pub by_staff: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     appointments: HashMap<String, Acked>,
     replays: Vec<Replay>,
+    slot_cancels: Vec<SlotCancel>,
 }
 
 /// Thread-safe; one per run, shared by every connection (an `Arc<Ledger>`).
@@ -111,6 +124,19 @@ impl Ledger {
 
     pub fn replays(&self) -> Vec<Replay> {
         self.inner.lock().expect("ledger lock").replays.clone()
+    }
+
+    pub fn record_slot_cancel(&self, cancel: SlotCancel) {
+        self.inner
+            .lock()
+            .expect("ledger lock")
+            .slot_cancels
+            .push(cancel);
+    }
+
+    /// Every acknowledged slot cancellation, in the order recorded.
+    pub fn slot_cancels(&self) -> Vec<SlotCancel> {
+        self.inner.lock().expect("ledger lock").slot_cancels.clone()
     }
 
     pub fn len(&self) -> usize {

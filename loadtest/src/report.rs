@@ -146,6 +146,30 @@ pub struct CrashFigures {
     pub in_doubt_applied_before_kill: usize,
 }
 
+/// Clinic slot cancellations of a run (`--cancel-slots`), summed over crash rounds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlotCancelFigures {
+    pub requested: usize,
+    /// Acknowledged (200): recorded in the ledger and checked.
+    pub cancelled: usize,
+    /// Of those, sent with the clinic's staff token (the others with the authority's).
+    pub by_staff: usize,
+    /// Unanswered or refused (a kill in flight): not checked.
+    pub failed: usize,
+    /// Appointments the acknowledged answers listed as turned CLINIC_CANCELLED.
+    pub appointments_clinic_cancelled: usize,
+}
+
+impl SlotCancelFigures {
+    pub fn add(&mut self, other: &SlotCancelFigures) {
+        self.requested += other.requested;
+        self.cancelled += other.cancelled;
+        self.by_staff += other.by_staff;
+        self.failed += other.failed;
+        self.appointments_clinic_cancelled += other.appointments_clinic_cancelled;
+    }
+}
+
 /// `pass`, or `fail` with reasons.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -181,6 +205,8 @@ pub struct ScenarioReport {
     pub steady: Option<SteadyFigures>,
     pub expiry: Option<ExpiryFigures>,
     pub crash: Option<CrashFigures>,
+    /// `launch` and `crash` with `--cancel-slots`.
+    pub slot_cancels: Option<SlotCancelFigures>,
     pub checks: Vec<CheckEntry>,
     pub notes: Vec<String>,
     pub verdict: Verdict,
@@ -249,6 +275,7 @@ impl ScenarioReport {
             steady: None,
             expiry: None,
             crash: None,
+            slot_cancels: None,
             checks: Vec::new(),
             notes: Vec::new(),
             verdict: Verdict::Pass,
@@ -326,6 +353,13 @@ impl ScenarioReport {
                 e.holds, e.hold_seconds, e.seen_expired, e.not_seen_expired,
                 f(e.lateness_p50_ms), f(e.lateness_p99_ms), f(e.lateness_max_ms), f(e.lateness_min_ms),
                 e.resolution_ms, e.poll_period_mean_ms, e.polls
+            );
+        }
+        if let Some(s) = &self.slot_cancels {
+            let _ = writeln!(
+                w,
+                "slot cancellations: {} of {} acknowledged ({} by clinic staff, {} unanswered or refused), {} appointments CLINIC_CANCELLED",
+                s.cancelled, s.requested, s.by_staff, s.failed, s.appointments_clinic_cancelled
             );
         }
         if let Some(c) = &self.crash {

@@ -16,7 +16,7 @@ use holdfast_loadtest::checker::{
     check, fetch_picture, Appointment, Availability, CheckOptions, CheckReport, ClinicPicture,
     Picture, SlotState, StockLevel, Violation, ViolationKind,
 };
-use holdfast_loadtest::ledger::{AckKind, Ledger, Replay};
+use holdfast_loadtest::ledger::{AckKind, Ledger, Replay, SlotCancel};
 use holdfast_server::{start, ServerConfig, Storage};
 use serde_json::{json, Value};
 
@@ -662,6 +662,55 @@ fn a_pending_appointment_without_expiry() {
         &report,
         ViolationKind::MalformedPicture,
         &["a1", "c1", "s1", "p1"],
+    );
+}
+
+// ---- 9. slot cancellations ----------------------------------------------------------------
+
+/// The ledger of [`consistent`] with the cancellation of slot `c1/s3` acknowledged as
+/// having turned `affected` CLINIC_CANCELLED.
+fn ledger_with_cancel(picture: &Picture, affected: &[&str]) -> Ledger {
+    let ledger = ledger_for(picture);
+    ledger.record_slot_cancel(SlotCancel {
+        clinic_id: "c1".into(),
+        slot_id: "s3".into(),
+        affected: ids(affected),
+        by_staff: true,
+    });
+    ledger
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_that_holds_passes() {
+    let picture = consistent();
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7"]));
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_whose_slot_is_open_again() {
+    let mut picture = consistent();
+    *slot_mut(&mut picture, "c1", "s3") = slot("s3", [5, 5, 0, 0, 0, 0], false);
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7"]));
+    assert_only(&report, ViolationKind::SlotCancelNotHonoured, &["c1", "s3"]);
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_whose_appointments_differ_from_its_answer() {
+    let picture = consistent();
+    // The answer listed a1, which is PENDING in another slot.
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7", "a1"]));
+    assert_only(
+        &report,
+        ViolationKind::SlotCancelNotHonoured,
+        &["c1", "s3", "a1"],
+    );
+    // The answer did not list a7, which is CLINIC_CANCELLED in the slot.
+    let report = run(&picture, &ledger_with_cancel(&picture, &[]));
+    assert_only(
+        &report,
+        ViolationKind::SlotCancelNotHonoured,
+        &["c1", "s3", "a7"],
     );
 }
 

@@ -1,8 +1,10 @@
 //! The crash scenario in CI, at a small size: `holdfast-load --spawn --scenario crash`
 //! SIGKILLs the real server 3 times at random moments under booking load, restarts it on
 //! the same data directory each time, replays acknowledged creates and runs the invariant
-//! checker after every restart. The test reads the JSON report: every kill happened, load
-//! was acknowledged, every check ran and found zero violations, exit code 0.
+//! checker after every restart. Each round a clinic also cancels two slots under the load
+//! (`--cancel-slots 2`), before the kill. The test reads the JSON report: every kill
+//! happened, load was acknowledged, the acknowledged cancellations were checked, every check
+//! ran and found zero violations, exit code 0.
 //!
 //! The server binary is `$HOLDFAST_BIN`, or `holdfast` beside the harness binary (built by
 //! `cargo test --workspace`); when missing it is built first.
@@ -43,6 +45,8 @@ fn crash_rehearsal_finds_zero_violations() {
             "5",
             "--timeout",
             "5s",
+            "--cancel-slots",
+            "2",
         ],
         "crash",
     );
@@ -63,6 +67,12 @@ fn crash_rehearsal_finds_zero_violations() {
     assert!(crash["replays_after_restart"]
         .as_u64()
         .is_some_and(|n| n > 0));
+    let cancels = &scenario["slot_cancels"];
+    assert_eq!(cancels["requested"], 2 * KILLS, "{cancels}");
+    assert!(
+        cancels["cancelled"].as_u64().is_some_and(|n| n > 0),
+        "no slot cancellation was acknowledged: {cancels}"
+    );
     let checks = scenario["checks"].as_array().expect("checks");
     assert_eq!(checks.len(), KILLS as usize, "a check after every restart");
     for check in checks {

@@ -89,6 +89,65 @@ fn launch_sells_out_exactly_with_zero_violations() {
     assert_eq!(report["flags"]["confirm_pct"], 100);
 }
 
+/// A launch during which a clinic cancels two slots (`--cancel-slots 2`, once a quarter of
+/// the seats is taken; one with the clinic's staff token, one with the authority's): their
+/// appointments end CLINIC_CANCELLED, exactly those the answers listed, and the checker
+/// finds zero violations.
+#[test]
+fn a_launch_with_clinic_slot_cancellations_has_zero_violations() {
+    let (code, report, stdout) = run_harness(
+        &[
+            "--spawn",
+            "--shards",
+            "8",
+            "--scenario",
+            "launch",
+            "--clinics",
+            &CLINICS.to_string(),
+            "--slots-per-clinic",
+            &SLOTS.to_string(),
+            "--capacity",
+            &CAPACITY.to_string(),
+            "--doses",
+            &DOSES.to_string(),
+            "--confirm-pct",
+            "80",
+            "--release-pct",
+            "10",
+            "--connections",
+            "16",
+            "--duration",
+            "60s",
+            "--seed",
+            "11",
+            "--cancel-slots",
+            "2",
+        ],
+        "launch-cancel",
+    );
+    assert_eq!(code, 0, "exit code; output:\n{stdout}");
+    assert_eq!(report["verdict"], "pass");
+    let scenario = &report["scenarios"][0];
+    let cancels = &scenario["slot_cancels"];
+    assert_eq!(cancels["requested"], 2, "{cancels}");
+    assert_eq!(cancels["cancelled"], 2, "{cancels}");
+    assert_eq!(cancels["by_staff"], 1, "{cancels}");
+    let affected = cancels["appointments_clinic_cancelled"]
+        .as_u64()
+        .expect("a count");
+    assert!(
+        affected > 0,
+        "the hottest clinic's slots were empty: {cancels}"
+    );
+    let checks = scenario["checks"].as_array().expect("checks");
+    assert_eq!(checks[0]["ok"], true, "{}", checks[0]);
+    assert_eq!(
+        checks[0]["report"]["appointments_by_status"]["CLINIC_CANCELLED"], affected,
+        "{}",
+        checks[0]
+    );
+}
+
 #[test]
 fn bad_flags_exit_with_code_2() {
     let status = Command::new(env!("CARGO_BIN_EXE_holdfast-load"))

@@ -18,6 +18,7 @@ use crate::stats::{Live, Op, Stats};
 use crate::zipf::{Rng, Zipf};
 
 use super::booking::{self, Board, Booker};
+use super::slot_cancel;
 use super::Ctx;
 
 /// The earliest a kill comes after a round's load started: the connections must be busy.
@@ -30,6 +31,9 @@ pub const ROUND_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Percentage of confirmed appointments cancelled at once, so seats and citizens recycle
 /// and every round has load however small the campaign (a sold-out server is idle).
 pub const CANCEL_CONFIRMED_PCT: u32 = 50;
+/// When a round's slot cancellations (`--cancel-slots`) start after its load: before the
+/// earliest kill ([`KILL_DELAY_MIN_MS`]), so they race the bookings and the kill.
+pub const CANCEL_DELAY_MS: u64 = KILL_DELAY_MIN_MS / 2;
 /// Salt of the kill-moment random stream (independent of the connections' streams).
 const KILL_STREAM: u64 = 0x00C4_A511;
 
@@ -58,6 +62,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         in_doubt_applied_before_kill: 0,
     };
     let mut checks = Vec::new();
+    let mut slot_cancels = (args.cancel_slots > 0).then(crate::report::SlotCancelFigures::default);
     let mut retries = 0;
     let mut server_cpu = Some(0.0);
     let client_meter = CpuMeter::for_self();
@@ -100,6 +105,13 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         let pid = server.pid();
         let cpu_before = pid.and_then(process_cpu_seconds);
         let load = tokio::spawn(booking::run(booker.clone(), args.connections));
+        let canceller = (args.cancel_slots > 0).then(|| {
+            let (booker, count) = (booker.clone(), args.cancel_slots);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(CANCEL_DELAY_MS)).await;
+                slot_cancel::cancel_slots(&booker, count, round).await
+            })
+        });
         let delay = KILL_DELAY_MIN_MS + rng.below(window_ms - KILL_DELAY_MIN_MS + 1);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let cpu_after = pid.and_then(process_cpu_seconds);
@@ -119,6 +131,24 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
                 return Err(format!(
                     "crash round {round}: connections did not stop within {connection_bound:?}"
                 ))
+            }
+        }
+        if let Some(task) = canceller {
+            // Its requests are bounded like the connections' (timeout and retries).
+            match tokio::time::timeout(connection_bound, task).await {
+                Ok(Ok(figures)) => {
+                    if let Some(total) = slot_cancels.as_mut() {
+                        total.add(&figures);
+                    }
+                }
+                Ok(Err(e)) => {
+                    return Err(format!("crash round {round}: slot cancellations failed: {e}"))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "crash round {round}: slot cancellations did not end within {connection_bound:?}"
+                    ))
+                }
             }
         }
         retries += booker.retries.load(Ordering::Relaxed);
@@ -201,6 +231,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             .push("no booking was acknowledged: the crash scenario drove no load".to_string());
     }
     report.crash = Some(figures);
+    report.slot_cancels = slot_cancels;
     report.checks = checks;
     report.decide();
     Ok(report)

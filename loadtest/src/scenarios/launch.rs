@@ -13,6 +13,7 @@ use crate::stats::{Live, Op};
 use crate::zipf::Zipf;
 
 use super::booking::{self, Board, Booker, EndReason};
+use super::slot_cancel;
 use super::{Ctx, Meters};
 
 pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
@@ -55,12 +56,32 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         args.duration,
         args.quiet,
     );
+    let canceller = (args.cancel_slots > 0).then(|| {
+        let (booker, count, sellable, duration) = (
+            booker.clone(),
+            args.cancel_slots,
+            spec.sellable(),
+            args.duration,
+        );
+        tokio::spawn(async move {
+            slot_cancel::wait_for_launch_moment(&booker, sellable, duration).await;
+            slot_cancel::cancel_slots(&booker, count, 0).await
+        })
+    });
     let result = booking::run(booker.clone(), args.connections).await;
+    let slot_cancels = match canceller {
+        Some(task) => Some(
+            task.await
+                .map_err(|e| format!("launch: slot cancellations failed: {e}"))?,
+        ),
+        None => None,
+    };
     progress.finish();
     let mut report = ScenarioReport::new("launch", &result.stats, result.seconds, args.connections);
     meters.finish(&mut report);
     report.campaign = Some(set_up);
     report.retries = booker.retries.load(Ordering::Relaxed);
+    report.slot_cancels = slot_cancels;
     let s = &result.stats;
     report.launch = Some(LaunchFigures {
         end_reason: result.end_reason.name().to_string(),
