@@ -140,6 +140,7 @@ mod tests {
             offered_from_waitlist: false,
             rescheduled_from: None,
             rescheduled_to: None,
+            no_show_at_ms: None,
         }
     }
 

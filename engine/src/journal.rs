@@ -22,8 +22,10 @@ use crate::shard::ShardState;
 /// appointments that record their claim and their rescheduling links.
 /// Version 4: tentative claims (a create's claim is journaled only once bound).
 /// Version 5: administration (`AppointmentAdministered`, and the dose a settled claim adds to
-/// the citizen's history, `SettleOutcome::Administered`), and waitlists (their events and
-/// table in snapshots) with appointments that say whether a waitlist offer made them.
+/// the citizen's history, `SettleOutcome::Administered`); waitlists (their events and table in
+/// snapshots) with appointments that say whether a waitlist offer made them; no-shows (a
+/// confirm logs its no-show instant, appointments keep it, the deadline queue times `NoShow`,
+/// `AppointmentNoShow` events).
 pub const ENCODING_VERSION: u8 = 5;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.
@@ -203,13 +205,16 @@ mod tests {
         let record = LogRecord::Event(Event::AppointmentConfirmed {
             seq: 7,
             at_ms: 1234,
+            no_show_at_ms: 5678,
         });
         let bytes = encode(&record);
         assert_eq!(bytes[0], ENCODING_VERSION);
         match decode::<LogRecord>(&bytes).unwrap() {
-            LogRecord::Event(Event::AppointmentConfirmed { seq, at_ms }) => {
-                assert_eq!((seq, at_ms), (7, 1234))
-            }
+            LogRecord::Event(Event::AppointmentConfirmed {
+                seq,
+                at_ms,
+                no_show_at_ms,
+            }) => assert_eq!((seq, at_ms, no_show_at_ms), (7, 1234, 5678)),
             other => panic!("decoded {other:?}"),
         }
         let mut wrong = bytes.clone();

@@ -33,6 +33,7 @@ use crate::journal::{Durable, Journal, NoJournal};
 use crate::notices::{Settler, SettlerInbox};
 use crate::publish::{Published, Publisher};
 use crate::ring::Ring;
+use crate::shard::{ShardConfig, NO_SHOW_GRACE_MS_DEFAULT, NO_SHOW_GRACE_MS_MAX};
 use crate::view::{Output, RuntimeCounts, ShardCounts};
 use crate::waitlist::{OfferInbox, Offerer, Passes, WAITLIST_PER_SLOT_MAX_DEFAULT};
 
@@ -61,6 +62,9 @@ pub struct NodeConfig {
     pub waitlist_per_slot_max: usize,
     /// The hold a waitlist offer makes (`--hold-ttl`).
     pub waitlist_hold_ms: i64,
+    /// `--no-show-grace`: how long after its slot ends a CONFIRMED appointment becomes
+    /// NO_SHOW (0..=`NO_SHOW_GRACE_MS_MAX`; a start with more is refused).
+    pub no_show_grace_ms: i64,
 }
 
 impl NodeConfig {
@@ -74,6 +78,7 @@ impl NodeConfig {
             snapshot_every_records: SNAPSHOT_EVERY_RECORDS_DEFAULT,
             waitlist_per_slot_max: WAITLIST_PER_SLOT_MAX_DEFAULT,
             waitlist_hold_ms: WAITLIST_HOLD_MS_DEFAULT,
+            no_show_grace_ms: NO_SHOW_GRACE_MS_DEFAULT,
         }
     }
 }
@@ -179,6 +184,12 @@ impl Node {
                 max: SHARDS_MAX,
             });
         }
+        if !(0..=NO_SHOW_GRACE_MS_MAX).contains(&config.no_show_grace_ms) {
+            return Err(StartError::NoShowGrace {
+                grace_ms: config.no_show_grace_ms,
+                max_ms: NO_SHOW_GRACE_MS_MAX,
+            });
+        }
         if !ring.nodes().contains(&config.node_name) {
             return Err(StartError::NotInRing {
                 node: config.node_name.clone(),
@@ -205,6 +216,9 @@ impl Node {
                 phase: Arc::new(phase_tx),
                 settler: Some(settler.clone()),
                 offerer: Some(offerer.clone()),
+                config: ShardConfig {
+                    no_show_grace_ms: config.no_show_grace_ms,
+                },
             };
             match LocalShard::spawn(args).await {
                 Ok(client) => shards.push(Some(Routed {

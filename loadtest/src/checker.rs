@@ -12,15 +12,22 @@
 //! 2. no slot has more seat-holding appointments than seats, and the slot counters equal the
 //!    appointments the clinic lists;
 //! 3. per clinic and vaccine, `reserved` equals the PENDING and CONFIRMED appointments,
-//!    `available = on_hand - reserved` and `on_hand >= 0`;
-//! 4. every acknowledged create, confirm and cancel is still there, in a status at least as
-//!    far as the acknowledged one, with the acknowledged slot, citizen and vaccine;
+//!    `available = on_hand - reserved` and `on_hand >= 0`; where the ledger knows what the
+//!    clinic received, `on_hand` is exactly that minus the ADMINISTERED appointments listed
+//!    (the harness makes no adjustments), so the stock moved by exactly the administrations
+//!    (every acknowledged one is among them, by 4);
+//! 4. every acknowledged create, confirm, cancel, administration (ADMINISTERED, with the
+//!    acknowledged batch) is still there, in a status at least as far as the acknowledged
+//!    one, with the acknowledged slot, citizen and vaccine;
 //! 5. every deliberate Idempotency-Key replay got the first answer's status and appointment;
 //! 6. optionally, at most one PENDING or CONFIRMED appointment per citizen;
-//! 7. no hold outlived its `expires_at` by more than the allowed slack;
+//! 7. no hold outlived its `expires_at` by more than the allowed slack; with a known
+//!    no-show grace, no appointment is still CONFIRMED more than grace + slack after its
+//!    slot ended, and every appointment the harness left to fall due as a no-show is
+//!    CONFIRMED (not yet due), NO_SHOW or ADMINISTERED;
 //! 8. every appointment has a known status, a slot its clinic has, and sits in one listing;
-//! 9. per clinic and vaccine whose deliveries the ledger knows, every dose received is on
-//!    hand or in an ADMINISTERED appointment (`on_hand + administered == received`).
+//! 9. every acknowledged slot cancellation holds: the slot is cancelled and its
+//!    CLINIC_CANCELLED appointments are exactly those the answer listed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -31,7 +38,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::ledger::{AckKind, Acked, Ledger, Replay};
+use crate::ledger::{AckKind, Acked, Ledger, Replay, SlotCancel};
 
 /// Clinics read at the same time by [`fetch_picture`]: enough to read a few hundred clinics
 /// in well under a second, few enough not to look like load to the server.
@@ -128,6 +135,10 @@ pub struct StockLevel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotState {
     pub slot_id: String,
+    /// RFC 3339, when the slot ends (for the no-show check); kept as text so a bad time
+    /// does not fail the read.
+    #[serde(default)]
+    pub end: Option<String>,
     pub capacity: i64,
     pub remaining: i64,
     pub pending: i64,
@@ -152,6 +163,9 @@ pub struct Appointment {
     /// RFC 3339; set while PENDING.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// The batch the dose came from; set once ADMINISTERED.
+    #[serde(default)]
+    pub batch: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -169,7 +183,12 @@ pub struct CheckOptions {
     pub one_active_per_citizen: bool,
     /// How long past its `expires_at` a hold may still be PENDING before that counts as
     /// "expiry did not run": expiry is a timer, and the harness's clock is not the server's.
+    /// The same slack applies to no-shows.
     pub expiry_slack: Duration,
+    /// The server's `--no-show-grace`, when known: a CONFIRMED appointment whose slot ended
+    /// more than this (plus the slack) before the picture should be NO_SHOW. `None` skips
+    /// the no-show checks.
+    pub no_show_grace: Option<Duration>,
 }
 
 impl Default for CheckOptions {
@@ -177,6 +196,7 @@ impl Default for CheckOptions {
         CheckOptions {
             one_active_per_citizen: true,
             expiry_slack: Duration::from_secs(2),
+            no_show_grace: None,
         }
     }
 }
@@ -205,6 +225,10 @@ pub enum ViolationKind {
     AvailableMismatch,
     /// `on_hand < 0`. Ids: clinic, vaccine.
     NegativeStock,
+    /// `on_hand` is not the doses the ledger says the clinic received minus its ADMINISTERED
+    /// appointments of the vaccine (or the received vaccine has no stock entry). Ids:
+    /// clinic, vaccine.
+    StockMismatch,
     /// An acknowledged appointment the picture does not have (or whose clinic it lacks).
     /// Ids: appointment, clinic, slot, citizen (as acknowledged).
     AckedLost,
@@ -223,19 +247,28 @@ pub enum ViolationKind {
     /// A PENDING appointment whose hold ended more than [`CheckOptions::expiry_slack`]
     /// before the picture was taken. Ids: appointment, clinic, slot, citizen.
     ExpiryOverdue,
+    /// A CONFIRMED appointment whose slot ended more than the no-show grace plus
+    /// [`CheckOptions::expiry_slack`] before the picture: the no-show did not happen. Ids:
+    /// appointment, clinic, slot, citizen.
+    NoShowOverdue,
+    /// An appointment the harness confirmed and left alone to fall due as a no-show (see
+    /// [`Ledger::record_no_show_expected`]) in a status other than CONFIRMED, NO_SHOW or
+    /// ADMINISTERED. Ids: appointment, clinic, slot, citizen.
+    NoShowMissed,
     /// An appointment status that is not in the contract. Ids: appointment, clinic, slot,
     /// citizen.
     UnknownStatus,
     /// An appointment whose slot is not in its clinic's availability. Ids: appointment,
     /// clinic, slot, citizen.
     UnknownSlot,
+    /// An acknowledged slot cancellation the picture does not honour: the slot is missing
+    /// or not cancelled, or its CLINIC_CANCELLED appointments are not exactly those the
+    /// answer listed. Ids: clinic, slot, then the appointment involved (if one is).
+    SlotCancelNotHonoured,
     /// The picture contradicts itself: an id listed twice, an appointment listed under
     /// another clinic, a PENDING without a readable `expires_at`, an availability answer
     /// for another clinic. Ids: what is involved.
     MalformedPicture,
-    /// A clinic's `on_hand` plus its ADMINISTERED appointments of the vaccine is not what it
-    /// received (a dose lost, or given twice). Ids: clinic, vaccine.
-    DosesNotConserved,
     /// Not a finding itself: how many violations of one kind were not listed (see
     /// [`VIOLATIONS_PER_KIND_MAX`]). Ids: none.
     Truncated,
@@ -243,7 +276,7 @@ pub enum ViolationKind {
 
 impl ViolationKind {
     /// Every kind, in report order.
-    pub const ALL: [ViolationKind; 19] = [
+    pub const ALL: [ViolationKind; 22] = [
         ViolationKind::SlotCountersMismatch,
         ViolationKind::NegativeCounter,
         ViolationKind::CancelledSlotNotEmpty,
@@ -252,16 +285,19 @@ impl ViolationKind {
         ViolationKind::ReservedMismatch,
         ViolationKind::AvailableMismatch,
         ViolationKind::NegativeStock,
+        ViolationKind::StockMismatch,
         ViolationKind::AckedLost,
         ViolationKind::AckedRegressed,
         ViolationKind::AckedMismatch,
         ViolationKind::ReplayMismatch,
         ViolationKind::CitizenDoubleBooked,
         ViolationKind::ExpiryOverdue,
+        ViolationKind::NoShowOverdue,
+        ViolationKind::NoShowMissed,
         ViolationKind::UnknownStatus,
         ViolationKind::UnknownSlot,
+        ViolationKind::SlotCancelNotHonoured,
         ViolationKind::MalformedPicture,
-        ViolationKind::DosesNotConserved,
         ViolationKind::Truncated,
     ];
 
@@ -276,16 +312,19 @@ impl ViolationKind {
             ViolationKind::ReservedMismatch => "reserved_mismatch",
             ViolationKind::AvailableMismatch => "available_mismatch",
             ViolationKind::NegativeStock => "negative_stock",
+            ViolationKind::StockMismatch => "stock_mismatch",
             ViolationKind::AckedLost => "acked_lost",
             ViolationKind::AckedRegressed => "acked_regressed",
             ViolationKind::AckedMismatch => "acked_mismatch",
             ViolationKind::ReplayMismatch => "replay_mismatch",
             ViolationKind::CitizenDoubleBooked => "citizen_double_booked",
             ViolationKind::ExpiryOverdue => "expiry_overdue",
+            ViolationKind::NoShowOverdue => "no_show_overdue",
+            ViolationKind::NoShowMissed => "no_show_missed",
             ViolationKind::UnknownStatus => "unknown_status",
             ViolationKind::UnknownSlot => "unknown_slot",
+            ViolationKind::SlotCancelNotHonoured => "slot_cancel_not_honoured",
             ViolationKind::MalformedPicture => "malformed_picture",
-            ViolationKind::DosesNotConserved => "doses_not_conserved",
             ViolationKind::Truncated => "truncated",
         }
     }
@@ -321,6 +360,12 @@ pub struct CheckReport {
     /// Ledger entries (acknowledged appointments) checked.
     pub acked_checked: usize,
     pub replays_checked: usize,
+    /// Acknowledged slot cancellations checked.
+    pub slot_cancellations_checked: usize,
+    /// (clinic, vaccine) pairs whose `on_hand` was checked against the doses received.
+    pub stock_checked: usize,
+    /// Appointments left to fall due as no-shows, checked.
+    pub no_show_expected_checked: usize,
 }
 
 impl CheckReport {
@@ -549,7 +594,6 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
     check_appointments(picture, &index, options, &mut found);
     check_slots(&index, &mut found);
     check_stock(&index, &mut found);
-    check_doses(&index, &ledger.received(), &mut found);
     if options.one_active_per_citizen {
         check_citizens(&index, &mut found);
     }
@@ -560,6 +604,17 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
     let replays = ledger.replays();
     for replay in &replays {
         check_replay(replay, &mut found);
+    }
+    let cancellations = ledger.slot_cancels();
+    for cancel in &cancellations {
+        check_slot_cancel(cancel, &index, &mut found);
+    }
+    let received = ledger.received();
+    let stock_checked = check_received_stock(&received, &index, &mut found);
+    let no_show_expected = ledger.no_show_expected();
+    if let Some(grace) = options.no_show_grace {
+        let due = NoShowDue::new(picture.taken_at, grace, options.expiry_slack);
+        check_no_shows(&index, &due, &no_show_expected, &mut found);
     }
 
     let mut appointments_by_status = BTreeMap::new();
@@ -578,6 +633,13 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
         appointments_by_status,
         acked_checked: acked.len(),
         replays_checked: replays.len(),
+        slot_cancellations_checked: cancellations.len(),
+        stock_checked,
+        no_show_expected_checked: if options.no_show_grace.is_some() {
+            no_show_expected.len()
+        } else {
+            0
+        },
     }
 }
 
@@ -1023,8 +1085,10 @@ fn check_acked(entry: &Acked, index: &Index<'_>, found: &mut Vec<Violation>) {
         ("vaccine", entry.vaccine.as_str(), now.vaccine.as_str()),
     ]
     .iter()
-    .filter(|(_, acked, seen)| acked != seen)
+    // An empty field was not in the acknowledgement (a clinic cancellation names ids only).
+    .filter(|(_, acked, seen)| !acked.is_empty() && acked != seen)
     .map(|(field, acked, seen)| format!("{field} {acked:?} acknowledged, {seen:?} now"))
+    .chain(batch_mismatch(entry, now))
     .collect();
     if !mismatches.is_empty() {
         found.push(violation(
@@ -1047,8 +1111,19 @@ fn ack_name(kind: AckKind) -> &'static str {
         AckKind::Create => "create",
         AckKind::Confirm => "confirm",
         AckKind::Cancel => "cancel",
-        AckKind::Administer => "administer",
+        AckKind::Administer => "administration",
     }
+}
+
+/// An acknowledged administration's batch is the batch the appointment shows now.
+fn batch_mismatch(entry: &Acked, now: &Appointment) -> Option<String> {
+    let acked = entry.batch.as_deref()?;
+    (now.batch.as_deref() != Some(acked)).then(|| {
+        format!(
+            "batch {acked:?} acknowledged, {:?} now",
+            now.batch.as_deref().unwrap_or("none")
+        )
+    })
 }
 
 /// Whether `now` is at least as far as the acknowledgement: allowed both by the operation
@@ -1059,7 +1134,8 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
     let by_kind = match entry.kind {
         AckKind::Create => true,
         AckKind::Confirm => CONFIRMED_OR_LATER.contains(&now),
-        AckKind::Cancel | AckKind::Administer => now == entry.status,
+        AckKind::Cancel => now == entry.status,
+        AckKind::Administer => now == "ADMINISTERED",
     };
     let by_status = match entry.status.as_str() {
         "PENDING" => true,
@@ -1069,39 +1145,177 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
     by_kind && by_status
 }
 
-/// Check 9: every dose a clinic received is on hand or in one of its ADMINISTERED
-/// appointments of that vaccine (clinics the picture lacks are another check's finding).
-fn check_doses(
+/// Per (clinic, vaccine) the ledger received doses for: `on_hand` is what was received
+/// minus the ADMINISTERED appointments listed. Returns how many pairs were checked (those
+/// whose clinic is in the picture).
+fn check_received_stock(
+    received: &BTreeMap<(String, String), i64>,
     index: &Index<'_>,
-    received: &[((String, String), i64)],
     found: &mut Vec<Violation>,
-) {
-    for ((clinic_id, vaccine), quantity) in received {
+) -> usize {
+    let mut checked = 0;
+    for ((clinic_id, vaccine), doses) in received {
         let Some(clinic) = index.clinics.get(clinic_id.as_str()) else {
             continue;
         };
+        checked += 1;
         let administered = clinic
             .by_slot
             .values()
             .filter_map(|statuses| statuses.get("ADMINISTERED"))
             .flatten()
             .filter(|a| a.vaccine == *vaccine)
-            .count() as i64;
-        let on_hand = clinic
-            .clinic
-            .availability
-            .stock
-            .get(vaccine)
-            .map_or(0, |level| level.on_hand);
-        if on_hand + administered != *quantity {
-            found.push(violation(
-                ViolationKind::DosesNotConserved,
-                vec![clinic_id.clone(), vaccine.clone()],
+            .count();
+        let expected = i128::from(*doses) - administered as i128;
+        let ids = [clinic_id.as_str(), vaccine.as_str()];
+        let where_ = format!("vaccine {vaccine} at clinic {clinic_id}");
+        match clinic.clinic.availability.stock.get(vaccine) {
+            None => found.push(violation(
+                ViolationKind::StockMismatch,
+                ids,
+                format!("{where_}: {doses} doses received but no stock entry"),
+            )),
+            Some(level) if i128::from(level.on_hand) != expected => found.push(violation(
+                ViolationKind::StockMismatch,
+                ids,
                 format!(
-                    "vaccine {vaccine} at clinic {clinic_id}: received {quantity}, but {on_hand} on \
-                     hand and {administered} administered"
+                    "{where_}: on_hand {} but {doses} received - {administered} ADMINISTERED \
+                     = {expected}",
+                    level.on_hand
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    checked
+}
+
+/// When a slot's no-show falls due: its end plus the grace, called overdue once that is more
+/// than the slack before the picture.
+struct NoShowDue {
+    /// `taken_at - grace - slack`: a slot that ended before this is overdue. `None` when out
+    /// of chrono's range (then nothing is overdue).
+    ended_before: Option<DateTime<Utc>>,
+}
+
+impl NoShowDue {
+    fn new(taken_at: DateTime<Utc>, grace: Duration, slack: Duration) -> NoShowDue {
+        let ended_before = chrono::Duration::from_std(grace.saturating_add(slack))
+            .ok()
+            .and_then(|d| taken_at.checked_sub_signed(d));
+        NoShowDue { ended_before }
+    }
+
+    /// Whether a slot ending at `end` (RFC 3339) is past its no-show; an unreadable or
+    /// missing end is not (nothing can be said about it).
+    fn overdue(&self, end: Option<&str>) -> bool {
+        let end = end.and_then(|e| DateTime::parse_from_rfc3339(e).ok());
+        matches!((end, self.ended_before), (Some(end), Some(before)) if end < before)
+    }
+}
+
+/// No CONFIRMED appointment outlives its slot's no-show; the harness's no-show group is
+/// CONFIRMED, NO_SHOW or ADMINISTERED.
+fn check_no_shows(
+    index: &Index<'_>,
+    due: &NoShowDue,
+    expected: &[String],
+    found: &mut Vec<Violation>,
+) {
+    for (listed_in, a) in index.appointments.values() {
+        if a.status != "CONFIRMED" {
+            continue;
+        }
+        let end = index
+            .clinics
+            .get(listed_in)
+            .and_then(|c| c.slots.get(a.slot_id.as_str()))
+            .and_then(|s| s.end.as_deref());
+        if due.overdue(end) {
+            found.push(violation(
+                ViolationKind::NoShowOverdue,
+                appointment_ids(a),
+                format!(
+                    "appointment {} is still CONFIRMED although its slot ended at {} and the \
+                     no-show grace has passed: the no-show did not happen",
+                    a.appointment_id,
+                    end.unwrap_or("?")
                 ),
             ));
+        }
+    }
+    for id in expected {
+        let Some((_, a)) = index.appointments.get(id.as_str()) else {
+            continue; // Reported as lost by the acknowledged checks.
+        };
+        if !["CONFIRMED", "NO_SHOW", "ADMINISTERED"].contains(&a.status.as_str()) {
+            found.push(violation(
+                ViolationKind::NoShowMissed,
+                appointment_ids(a),
+                format!(
+                    "appointment {id} was confirmed and left to become a no-show, but the \
+                     server reports {}",
+                    a.status
+                ),
+            ));
+        }
+    }
+}
+
+/// An acknowledged slot cancellation holds: the slot is cancelled, and its CLINIC_CANCELLED
+/// appointments are exactly those the answer listed (none can join later: a cancelled slot
+/// takes no booking, and only PENDING or CONFIRMED ones become CLINIC_CANCELLED).
+fn check_slot_cancel(cancel: &SlotCancel, index: &Index<'_>, found: &mut Vec<Violation>) {
+    let (clinic_id, slot_id) = (cancel.clinic_id.as_str(), cancel.slot_id.as_str());
+    let mut flag = |appointment: Option<&str>, what: String| {
+        found.push(violation(
+            ViolationKind::SlotCancelNotHonoured,
+            [clinic_id, slot_id].into_iter().chain(appointment),
+            format!("acknowledged cancellation of slot {clinic_id}/{slot_id}: {what}"),
+        ));
+    };
+    let Some(clinic) = index.clinics.get(clinic_id) else {
+        return flag(None, "its clinic is not in the picture".to_string());
+    };
+    match clinic.slots.get(slot_id) {
+        None => {
+            return flag(
+                None,
+                "the slot is not in its clinic's availability".to_string(),
+            )
+        }
+        Some(slot) if !slot.cancelled => flag(None, "the slot is not cancelled".to_string()),
+        Some(_) => {}
+    }
+    let listed: HashSet<&str> = cancel.affected.iter().map(String::as_str).collect();
+    for id in &listed {
+        match index.appointments.get(id) {
+            None => flag(Some(id), format!("affected appointment {id} is gone")),
+            Some((_, a)) if a.status != "CLINIC_CANCELLED" || a.slot_id != slot_id => flag(
+                Some(id),
+                format!(
+                    "affected appointment {id} is {} in slot {}",
+                    a.status, a.slot_id
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    let now_cancelled = clinic
+        .by_slot
+        .get(slot_id)
+        .and_then(|by_status| by_status.get("CLINIC_CANCELLED"))
+        .into_iter()
+        .flatten();
+    for a in now_cancelled {
+        if !listed.contains(a.appointment_id.as_str()) {
+            flag(
+                Some(&a.appointment_id),
+                format!(
+                    "appointment {} is CLINIC_CANCELLED but the answer did not list it",
+                    a.appointment_id
+                ),
+            );
         }
     }
 }
@@ -1228,6 +1442,9 @@ mod tests {
             appointments_by_status: BTreeMap::new(),
             acked_checked: 0,
             replays_checked: 0,
+            slot_cancellations_checked: 0,
+            stock_checked: 0,
+            no_show_expected_checked: 0,
         };
         let json = serde_json::to_value(&report).expect("the report serialises");
         assert_eq!(json["violations_by_kind"]["oversell"], 1);
@@ -1287,6 +1504,7 @@ mod tests {
             citizen_id: "p".into(),
             kind,
             status: status.into(),
+            batch: None,
         };
         let create = acked(AckKind::Create, "PENDING");
         assert!(STATUSES.iter().all(|s| status_honours(&create, s)));

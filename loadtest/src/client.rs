@@ -28,19 +28,34 @@ impl Tokens {
     }
 
     fn sign(&self, role: Role, sub: String, citizen_id: Option<&str>) -> String {
-        let claims = Claims {
+        self.sign_claims(Claims {
             sub,
             role,
             exp: chrono::Utc::now().timestamp() + TOKEN_TTL_S,
             citizen_id: citizen_id.map(str::to_string),
             clinic_id: None,
-        };
+        })
+    }
+
+    fn sign_claims(&self, claims: Claims) -> String {
         format!("Bearer {}", self.key.sign(&claims))
     }
 
     /// `Authorization` header value for the authority (campaign set-up, checker).
     pub fn authority(&self) -> String {
         self.sign(Role::Authority, "holdfast-load-authority".into(), None)
+    }
+
+    /// `Authorization` header value for a staff member of `clinic_id` (administrations and
+    /// clinic cancellations); one `sub` per clinic.
+    pub fn staff(&self, clinic_id: &str) -> String {
+        self.sign_claims(Claims {
+            sub: format!("staff:{clinic_id}"),
+            role: Role::Staff,
+            exp: chrono::Utc::now().timestamp() + TOKEN_TTL_S,
+            citizen_id: None,
+            clinic_id: Some(clinic_id.to_string()),
+        })
     }
 
     /// `Authorization` header value for a citizen; `sub` is per citizen, so Idempotency-Keys
@@ -51,18 +66,6 @@ impl Tokens {
             format!("citizen:{citizen_id}"),
             Some(citizen_id),
         )
-    }
-
-    /// `Authorization` header value for staff of `clinic_id` (administration).
-    pub fn staff(&self, clinic_id: &str) -> String {
-        let claims = Claims {
-            sub: format!("staff:{clinic_id}"),
-            role: Role::Staff,
-            exp: chrono::Utc::now().timestamp() + TOKEN_TTL_S,
-            citizen_id: None,
-            clinic_id: Some(clinic_id.to_string()),
-        };
-        format!("Bearer {}", self.key.sign(&claims))
     }
 
     /// The bare token (without `Bearer `), for the checker.
@@ -212,14 +215,16 @@ impl Api {
             .await
     }
 
-    /// `POST /v1/appointments/{id}/administer` with the scanned token and the batch.
-    pub async fn administer(&self, bearer: &str, id: &str, qr_token: &str, batch: &str) -> Reply {
+    /// `POST /v1/appointments/{id}/administer` as staff, with the confirm's `qr_token` and a
+    /// batch; administering twice answers the current appointment, so a timed-out one is
+    /// safely retried.
+    pub async fn administer(&self, staff: &str, id: &str, qr_token: &str, batch: &str) -> Reply {
         let url = self.url(&format!("/v1/appointments/{id}/administer"));
         let body = serde_json::json!({ "qr_token": qr_token, "batch": batch });
         self.send_retrying(|| {
             self.http
                 .post(&url)
-                .header("authorization", bearer)
+                .header("authorization", staff)
                 .json(&body)
         })
         .await

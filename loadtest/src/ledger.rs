@@ -2,23 +2,27 @@
 //! that nothing acknowledged was lost (across kills too) and that replays were faithful.
 //!
 //! Scenarios record each 2xx answer to a create, confirm, cancel or administration here, each
-//! deliberate Idempotency-Key replay, and the doses each clinic received at set-up (so the
-//! checker can prove that every dose is on hand or went into an administered appointment). The ledger keeps, per appointment, the furthest status an
-//! acknowledgement showed; the checker compares that with what the server reports later.
+//! acknowledged slot cancellation (with the appointments it answered as affected), each
+//! deliberate Idempotency-Key replay, the stock the campaign received, and the appointments
+//! the harness confirmed and then left alone to fall due as no-shows. The ledger keeps, per
+//! appointment, the furthest status an acknowledgement showed; the checker compares that
+//! with what the server reports later.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// The operations whose acknowledgements the ledger keeps.
+/// The operations whose acknowledgements the ledger keeps, in the order an appointment can
+/// go through them (the ledger keeps the furthest; a cancel and an administration exclude
+/// each other). Clinic cancellations are kept per slot ([`SlotCancel`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AckKind {
     Create,
     Confirm,
     Cancel,
-    /// Staff administered it (after its confirm; never with a cancel).
+    /// `POST /v1/appointments/{id}/administer` answered 200 ADMINISTERED with a batch.
     Administer,
 }
 
@@ -30,11 +34,14 @@ pub struct Acked {
     pub slot_id: String,
     pub vaccine: String,
     pub citizen_id: String,
-    /// The last acknowledged operation ([`AckKind::Create`] < `Confirm` < `Cancel` in a run).
+    /// The last acknowledged operation ([`AckKind::Create`] < `Confirm` < `Cancel` <
+    /// `Administer` in a run).
     pub kind: AckKind,
     /// The status the acknowledging answer carried (`PENDING`, `CONFIRMED`, `RELEASED`,
-    /// `CANCELLED`, ...).
+    /// `CANCELLED`, `ADMINISTERED`, `CLINIC_CANCELLED`, ...).
     pub status: String,
+    /// The batch an administration answered (`None` before one).
+    pub batch: Option<String>,
 }
 
 /// One deliberate replay of a successful create with the same Idempotency-Key and body.
@@ -48,15 +55,45 @@ pub struct Replay {
     pub replay_appointment_id: Option<String>,
 }
 
+/// A slot cancellation the server acknowledged (`POST .../slots/{slot_id}/cancel`, 200):
+/// the slot and the appointments its answer listed as turned CLINIC_CANCELLED.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotCancel {
+    pub clinic_id: String,
+    pub slot_id: String,
+    /// `affected_appointment_ids` of the answer.
+    pub affected: Vec<String>,
+    /// Sent with the clinic's staff token (else the authority's).
+    pub by_staff: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     appointments: HashMap<String, Acked>,
     replays: Vec<Replay>,
-    /// Doses received at set-up, per (clinic, vaccine).
-    received: HashMap<(String, String), i64>,
+    slot_cancels: Vec<SlotCancel>,
+    /// Doses received per (clinic, vaccine), summed over batches.
+    received: BTreeMap<(String, String), i64>,
+    /// Appointments confirmed and then left alone in a slot that ends during the run.
+    no_show_expected: BTreeSet<String>,
 }
 
 /// Thread-safe; one per run, shared by every connection (an `Arc<Ledger>`).
+impl Inner {
+    /// Answers can arrive out of order (a slow create answer after its confirm): keep the
+    /// furthest operation.
+    fn keep_furthest(&mut self, acked: Acked) {
+        match self.appointments.get_mut(&acked.appointment_id) {
+            Some(existing) if existing.kind as u8 > acked.kind as u8 => {}
+            Some(existing) => *existing = acked,
+            None => {
+                self.appointments
+                    .insert(acked.appointment_id.clone(), acked);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Ledger {
     inner: Mutex<Inner>,
@@ -88,41 +125,30 @@ impl Ledger {
             citizen_id: field(appointment, "citizen_id").unwrap_or_default(),
             kind,
             status,
+            batch: field(appointment, "batch"),
         };
-        let mut inner = self.inner.lock().expect("ledger lock");
-        match inner.appointments.get_mut(&id) {
-            // Answers can arrive out of order (a slow create answer after its confirm):
-            // keep the furthest operation.
-            Some(existing) if existing.kind as u8 > kind as u8 => {}
-            Some(existing) => *existing = acked,
-            None => {
-                inner.appointments.insert(id, acked);
-            }
-        }
+        self.inner.lock().expect("ledger lock").keep_furthest(acked);
         true
     }
 
-    /// Records `quantity` doses of `vaccine` delivered to `clinic_id` (the campaign set-up).
+    /// Records doses of `vaccine` received by `clinic_id` (a stock call answered 200).
     pub fn record_received(&self, clinic_id: &str, vaccine: &str, quantity: i64) {
-        *self
-            .inner
-            .lock()
-            .expect("ledger lock")
+        let mut inner = self.inner.lock().expect("ledger lock");
+        *inner
             .received
             .entry((clinic_id.to_string(), vaccine.to_string()))
             .or_insert(0) += quantity;
     }
 
-    /// Doses received per (clinic, vaccine), sorted (stable reports).
-    pub fn received(&self) -> Vec<((String, String), i64)> {
-        let inner = self.inner.lock().expect("ledger lock");
-        let mut all: Vec<_> = inner
-            .received
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        all.sort();
-        all
+    /// Records an appointment the harness confirmed (acknowledged) and will leave alone
+    /// (no cancel) in a slot that ends during the run: once the slot ended more than the
+    /// no-show grace ago it must be NO_SHOW, or ADMINISTERED if staff administered it.
+    pub fn record_no_show_expected(&self, appointment_id: &str) {
+        self.inner
+            .lock()
+            .expect("ledger lock")
+            .no_show_expected
+            .insert(appointment_id.to_string());
     }
 
     pub fn record_replay(&self, replay: Replay) {
@@ -139,6 +165,40 @@ impl Ledger {
 
     pub fn replays(&self) -> Vec<Replay> {
         self.inner.lock().expect("ledger lock").replays.clone()
+    }
+
+    pub fn record_slot_cancel(&self, cancel: SlotCancel) {
+        self.inner
+            .lock()
+            .expect("ledger lock")
+            .slot_cancels
+            .push(cancel);
+    }
+
+    /// Every acknowledged slot cancellation, in the order recorded.
+    pub fn slot_cancels(&self) -> Vec<SlotCancel> {
+        self.inner.lock().expect("ledger lock").slot_cancels.clone()
+    }
+
+    /// Doses received per (clinic, vaccine).
+    pub fn received(&self) -> BTreeMap<(String, String), i64> {
+        self.inner.lock().expect("ledger lock").received.clone()
+    }
+
+    /// The appointments left to fall due as no-shows, sorted.
+    pub fn no_show_expected(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("ledger lock");
+        inner.no_show_expected.iter().cloned().collect()
+    }
+
+    /// Acknowledged appointments whose last acknowledged operation is `kind`.
+    pub fn count_kind(&self, kind: AckKind) -> usize {
+        let inner = self.inner.lock().expect("ledger lock");
+        inner
+            .appointments
+            .values()
+            .filter(|a| a.kind == kind)
+            .count()
     }
 
     pub fn len(&self) -> usize {
@@ -171,6 +231,24 @@ mod tests {
         assert_eq!(acked[0].status, "CONFIRMED");
         assert!(ledger.record(AckKind::Cancel, &body("a1", "CANCELLED")));
         assert_eq!(ledger.acked()[0].status, "CANCELLED");
+    }
+
+    #[test]
+    fn an_administration_keeps_its_batch_and_receipts_add_up() {
+        let ledger = Ledger::new();
+        let mut administered = body("a1", "ADMINISTERED");
+        administered["batch"] = json!("B1");
+        assert!(ledger.record(AckKind::Administer, &administered));
+        assert!(ledger.record(AckKind::Confirm, &body("a1", "CONFIRMED")));
+        let acked = ledger.acked();
+        assert_eq!(acked[0].kind, AckKind::Administer);
+        assert_eq!(acked[0].batch.as_deref(), Some("B1"));
+
+        assert_eq!(ledger.count_kind(AckKind::Administer), 1);
+
+        ledger.record_received("c", "v", 10);
+        ledger.record_received("c", "v", 5);
+        assert_eq!(ledger.received()[&("c".to_string(), "v".to_string())], 15);
     }
 
     #[test]

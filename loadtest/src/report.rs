@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::campaign::SetUp;
 use crate::checker::CheckReport;
+use crate::scenarios::clinic::ClinicFigures;
 use crate::stats::{is_error, Op, Stats};
 
 /// Percentiles every operation row shows.
@@ -144,6 +145,33 @@ pub struct CrashFigures {
     /// Of those, the ones created before the kill: applied and durable, though their
     /// client never heard; the replay returned the stored answer.
     pub in_doubt_applied_before_kill: usize,
+    /// Administrations sent after a restart for appointments confirmed before the kill,
+    /// with the `qr_token` issued before it.
+    pub administered_after_restart: usize,
+}
+
+/// Clinic slot cancellations of a run (`--cancel-slots`), summed over crash rounds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlotCancelFigures {
+    pub requested: usize,
+    /// Acknowledged (200): recorded in the ledger and checked.
+    pub cancelled: usize,
+    /// Of those, sent with the clinic's staff token (the others with the authority's).
+    pub by_staff: usize,
+    /// Unanswered or refused (a kill in flight): not checked.
+    pub failed: usize,
+    /// Appointments the acknowledged answers listed as turned CLINIC_CANCELLED.
+    pub appointments_clinic_cancelled: usize,
+}
+
+impl SlotCancelFigures {
+    pub fn add(&mut self, other: &SlotCancelFigures) {
+        self.requested += other.requested;
+        self.cancelled += other.cancelled;
+        self.by_staff += other.by_staff;
+        self.failed += other.failed;
+        self.appointments_clinic_cancelled += other.appointments_clinic_cancelled;
+    }
 }
 
 /// `pass`, or `fail` with reasons.
@@ -181,6 +209,11 @@ pub struct ScenarioReport {
     pub steady: Option<SteadyFigures>,
     pub expiry: Option<ExpiryFigures>,
     pub crash: Option<CrashFigures>,
+    /// What clinic staff did (launch, crash): administrations, clinic cancellations, the
+    /// no-show group, and the statuses the last check saw.
+    pub clinic: Option<ClinicFigures>,
+    /// `launch` and `crash` with `--cancel-slots`.
+    pub slot_cancels: Option<SlotCancelFigures>,
     pub checks: Vec<CheckEntry>,
     pub notes: Vec<String>,
     pub verdict: Verdict,
@@ -249,6 +282,8 @@ impl ScenarioReport {
             steady: None,
             expiry: None,
             crash: None,
+            clinic: None,
+            slot_cancels: None,
             checks: Vec::new(),
             notes: Vec::new(),
             verdict: Verdict::Pass,
@@ -328,10 +363,17 @@ impl ScenarioReport {
                 e.resolution_ms, e.poll_period_mean_ms, e.polls
             );
         }
+        if let Some(s) = &self.slot_cancels {
+            let _ = writeln!(
+                w,
+                "slot cancellations: {} of {} acknowledged ({} by clinic staff, {} unanswered or refused), {} appointments CLINIC_CANCELLED",
+                s.cancelled, s.requested, s.by_staff, s.failed, s.appointments_clinic_cancelled
+            );
+        }
         if let Some(c) = &self.crash {
             let _ = writeln!(
                 w,
-                "crash: {} kills (at {:?} ms into each round), recovery {:?} s, {} acknowledged appointments verified, {} replays after restarts, {} in-doubt creates resent ({} booked, {} of them applied before the kill)",
+                "crash: {} kills (at {:?} ms into each round), recovery {:?} s, {} acknowledged appointments verified, {} replays after restarts, {} in-doubt creates resent ({} booked, {} of them applied before the kill), {} administrations after restarts with tokens from before the kill",
                 c.kills,
                 c.kill_after_ms,
                 c.recovery_s.iter().map(|s| (s * 100.0).round() / 100.0).collect::<Vec<_>>(),
@@ -339,18 +381,35 @@ impl ScenarioReport {
                 c.replays_after_restart,
                 c.in_doubt_resent,
                 c.in_doubt_booked,
-                c.in_doubt_applied_before_kill
+                c.in_doubt_applied_before_kill,
+                c.administered_after_restart
+            );
+        }
+        if let Some(c) = &self.clinic {
+            let _ = writeln!(
+                w,
+                "clinic: {} administered ({}% of confirmed), {} appointments clinic-cancelled by acknowledged slot cancellations, {} left to fall due as no-shows{}; last check saw {} ADMINISTERED, {} NO_SHOW, {} CLINIC_CANCELLED",
+                c.administered,
+                c.administer_pct,
+                c.clinic_cancelled,
+                c.no_show_group,
+                c.no_show_slots_end
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (slots end {e})")),
+                c.seen_administered,
+                c.seen_no_show,
+                c.seen_clinic_cancelled
             );
         }
         let _ = writeln!(
             w,
-            "{:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<13} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "op", "count", "rate/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
         );
         for o in &self.ops {
             let _ = writeln!(
                 w,
-                "{:<9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                "{:<13} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
                 o.op.name(),
                 o.count,
                 o.rate_per_s,
@@ -377,14 +436,14 @@ impl ScenarioReport {
         };
         let _ = writeln!(
             w,
-            "total     {:>9} {:>10.0}{booking}",
+            "total         {:>9} {:>10.0}{booking}",
             self.requests, self.requests_per_s
         );
         let _ = writeln!(w, "outcomes:");
         for o in &self.outcomes {
             let _ = writeln!(
                 w,
-                "  {:<9} {:>3} {:<22} {:>9}{}",
+                "  {:<13} {:>3} {:<22} {:>9}{}",
                 o.op.name(),
                 o.status,
                 if o.code.is_empty() { "-" } else { &o.code },
@@ -438,14 +497,17 @@ fn render_check(w: &mut String, check: &CheckEntry) {
     let n = |f: &str| r[f].as_u64().unwrap_or(0);
     let _ = writeln!(
         w,
-        "check after {}: {} violation(s); {} clinics, {} slots, {} appointments, {} acknowledged, {} replays checked",
+        "check after {}: {} violation(s); {} clinics, {} slots, {} appointments, {} acknowledged, {} replays, {} slot cancellations, {} stock levels, {} expected no-shows checked",
         check.after,
         check.violations,
         n("clinics"),
         n("slots"),
         n("appointments"),
         n("acked_checked"),
-        n("replays_checked")
+        n("replays_checked"),
+        n("slot_cancellations_checked"),
+        n("stock_checked"),
+        n("no_show_expected_checked")
     );
     if let Some(violations) = r["violations"].as_array() {
         for v in violations.iter().take(VIOLATIONS_PRINTED) {

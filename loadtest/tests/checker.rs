@@ -16,7 +16,7 @@ use holdfast_loadtest::checker::{
     check, fetch_picture, Appointment, Availability, CheckOptions, CheckReport, ClinicPicture,
     Picture, SlotState, StockLevel, Violation, ViolationKind,
 };
-use holdfast_loadtest::ledger::{AckKind, Ledger, Replay};
+use holdfast_loadtest::ledger::{AckKind, Ledger, Replay, SlotCancel};
 use holdfast_server::{start, ServerConfig, Storage};
 use serde_json::{json, Value};
 
@@ -38,6 +38,8 @@ fn slot(slot_id: &str, counters: [i64; 6], cancelled: bool) -> SlotState {
     let [capacity, remaining, pending, confirmed, administered, no_show] = counters;
     SlotState {
         slot_id: slot_id.to_string(),
+        // Every hand-built slot ended an hour before the picture (see the no-show tests).
+        end: Some(at(-3600)),
         capacity,
         remaining,
         pending,
@@ -73,6 +75,7 @@ fn appointment(
         citizen_id: citizen_id.to_string(),
         // A hold five minutes from the picture: not overdue.
         expires_at: (status == "PENDING").then(|| at(300)),
+        batch: (status == "ADMINISTERED").then(|| "B-1".to_string()),
     }
 }
 
@@ -429,7 +432,115 @@ fn a_negative_available_after_a_stock_adjustment_is_allowed() {
     assert!(report.ok(), "{:#?}", report.violations);
 }
 
+#[test]
+fn on_hand_that_is_not_received_minus_administered() {
+    let picture = consistent();
+    // c1 received 11 pfz and a3 was administered: 10 on hand, as the picture says.
+    let ledger = ledger_for(&picture);
+    ledger.record_received("c1", "pfz", 11);
+    ledger.record_received("c-elsewhere", "pfz", 3); // Not in the picture: not checked.
+    let report = run(&picture, &ledger);
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(report.stock_checked, 1);
+
+    // One dose more received than on hand and administered: a dose went missing.
+    let ledger = ledger_for(&picture);
+    ledger.record_received("c1", "pfz", 12);
+    let v = assert_only(
+        &run(&picture, &ledger),
+        ViolationKind::StockMismatch,
+        &["c1", "pfz"],
+    );
+    assert!(
+        v.message
+            .contains("on_hand 10 but 12 received - 1 ADMINISTERED"),
+        "{}",
+        v.message
+    );
+}
+
+#[test]
+fn an_administration_that_did_not_take_its_dose() {
+    let mut picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_received("c1", "pfz", 11);
+    // Every counter agrees with a4 NO_SHOW turned ADMINISTERED, but on_hand did not move.
+    appointment_mut(&mut picture, "a4").status = "ADMINISTERED".into();
+    let s2 = slot_mut(&mut picture, "c1", "s2");
+    s2.no_show = 0;
+    s2.administered = 1;
+    let report = run(&picture, &ledger);
+    assert_only(&report, ViolationKind::StockMismatch, &["c1", "pfz"]);
+}
+
+#[test]
+fn a_received_vaccine_without_a_stock_entry() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_received("c2", "xyz", 3);
+    let report = run(&picture, &ledger);
+    assert_only(&report, ViolationKind::StockMismatch, &["c2", "xyz"]);
+}
+
 // ---- 4. acknowledged changes -----------------------------------------------------------
+
+/// The ledger of [`consistent`] with a3's administration (batch B-1) acknowledged.
+fn ledger_with_administration(picture: &Picture) -> Ledger {
+    let ledger = ledger_for(picture);
+    let a3 = answer(appointment_mut(&mut picture.clone(), "a3"), "ADMINISTERED");
+    assert_eq!(a3["batch"], "B-1");
+    assert!(ledger.record(AckKind::Administer, &a3));
+    ledger
+}
+
+#[test]
+fn an_acknowledged_administration_holds() {
+    let picture = consistent();
+    let report = run(&picture, &ledger_with_administration(&picture));
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+#[test]
+fn an_acknowledged_administration_now_confirmed() {
+    let mut picture = consistent();
+    let ledger = ledger_with_administration(&picture);
+    let a3 = appointment_mut(&mut picture, "a3");
+    a3.status = "CONFIRMED".into();
+    a3.batch = None;
+    let s1 = slot_mut(&mut picture, "c1", "s1");
+    s1.confirmed = 2;
+    s1.administered = 0;
+    *stock_mut(&mut picture, "c1", "pfz") = stock(10, 3);
+    let report = run(&picture, &ledger);
+    // The batch it no longer shows is a mismatch too.
+    assert_has(
+        &report,
+        ViolationKind::AckedRegressed,
+        &["a3", "c1", "s1", "p3"],
+        &[ViolationKind::AckedMismatch],
+    );
+    let v = report.of_kind(ViolationKind::AckedRegressed)[0];
+    assert!(v.message.contains("administration"), "{}", v.message);
+}
+
+#[test]
+fn an_acknowledged_administration_now_from_another_batch() {
+    let mut picture = consistent();
+    let ledger = ledger_with_administration(&picture);
+    appointment_mut(&mut picture, "a3").batch = Some("B-2".into());
+    let report = run(&picture, &ledger);
+    let v = assert_only(
+        &report,
+        ViolationKind::AckedMismatch,
+        &["a3", "c1", "s1", "p3"],
+    );
+    assert!(
+        v.message
+            .contains("batch \"B-1\" acknowledged, \"B-2\" now"),
+        "{}",
+        v.message
+    );
+}
 
 #[test]
 fn an_acknowledged_appointment_the_server_does_not_have() {
@@ -611,6 +722,75 @@ fn a_hold_far_past_its_expiry() {
     );
 }
 
+/// Checks with the server's no-show grace known: every slot of [`consistent`] ended an hour
+/// before the picture, except `t1`, which ends in ten minutes.
+fn with_grace(picture: &Picture, ledger: &Ledger, grace: Duration) -> CheckReport {
+    let mut picture = picture.clone();
+    slot_mut(&mut picture, "c2", "t1").end = Some(at(600));
+    let options = CheckOptions {
+        no_show_grace: Some(grace),
+        ..CheckOptions::default()
+    };
+    check(&picture, ledger, &options)
+}
+
+#[test]
+fn a_confirmed_appointment_within_the_no_show_grace_is_not_overdue() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    assert!(with_grace(&picture, &ledger, Duration::from_secs(2 * 3600)).ok());
+    // The grace ended a second ago: within the slack.
+    let report = with_grace(&picture, &ledger, Duration::from_secs(3600 - 1));
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+#[test]
+fn a_confirmed_appointment_past_its_no_show() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    let report = with_grace(&picture, &ledger, Duration::from_secs(30 * 60));
+    let v = assert_only(
+        &report,
+        ViolationKind::NoShowOverdue,
+        &["a2", "c1", "s1", "p2"],
+    );
+    assert!(
+        v.message.contains("no-show did not happen"),
+        "{}",
+        v.message
+    );
+    // Unknown grace: not checked.
+    assert!(run(&picture, &ledger).ok());
+}
+
+#[test]
+fn the_no_show_group_is_confirmed_no_show_or_administered() {
+    let mut picture = consistent();
+    let ledger = ledger_for(&picture);
+    for id in ["a2", "a3", "a4"] {
+        ledger.record_no_show_expected(id);
+    }
+    let grace = Duration::from_secs(2 * 3600);
+    let report = with_grace(&picture, &ledger, grace);
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(report.no_show_expected_checked, 3);
+
+    // a4 was left to fall due, yet the server reports it CANCELLED (counters agree).
+    appointment_mut(&mut picture, "a4").status = "CANCELLED".into();
+    let s2 = slot_mut(&mut picture, "c1", "s2");
+    s2.no_show = 0;
+    s2.remaining = 2;
+    let report = with_grace(&picture, &ledger, grace);
+    let v = assert_only(
+        &report,
+        ViolationKind::NoShowMissed,
+        &["a4", "c1", "s2", "p4"],
+    );
+    assert!(v.message.contains("reports CANCELLED"), "{}", v.message);
+    // Without a known grace the group is not checked.
+    assert!(run(&picture, &ledger).ok());
+}
+
 // ---- 8. shape --------------------------------------------------------------------------
 
 #[test]
@@ -662,6 +842,55 @@ fn a_pending_appointment_without_expiry() {
         &report,
         ViolationKind::MalformedPicture,
         &["a1", "c1", "s1", "p1"],
+    );
+}
+
+// ---- 9. slot cancellations ----------------------------------------------------------------
+
+/// The ledger of [`consistent`] with the cancellation of slot `c1/s3` acknowledged as
+/// having turned `affected` CLINIC_CANCELLED.
+fn ledger_with_cancel(picture: &Picture, affected: &[&str]) -> Ledger {
+    let ledger = ledger_for(picture);
+    ledger.record_slot_cancel(SlotCancel {
+        clinic_id: "c1".into(),
+        slot_id: "s3".into(),
+        affected: ids(affected),
+        by_staff: true,
+    });
+    ledger
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_that_holds_passes() {
+    let picture = consistent();
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7"]));
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_whose_slot_is_open_again() {
+    let mut picture = consistent();
+    *slot_mut(&mut picture, "c1", "s3") = slot("s3", [5, 5, 0, 0, 0, 0], false);
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7"]));
+    assert_only(&report, ViolationKind::SlotCancelNotHonoured, &["c1", "s3"]);
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_whose_appointments_differ_from_its_answer() {
+    let picture = consistent();
+    // The answer listed a1, which is PENDING in another slot.
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7", "a1"]));
+    assert_only(
+        &report,
+        ViolationKind::SlotCancelNotHonoured,
+        &["c1", "s3", "a1"],
+    );
+    // The answer did not list a7, which is CLINIC_CANCELLED in the slot.
+    let report = run(&picture, &ledger_with_cancel(&picture, &[]));
+    assert_only(
+        &report,
+        ViolationKind::SlotCancelNotHonoured,
+        &["c1", "s3", "a7"],
     );
 }
 
@@ -803,6 +1032,172 @@ impl Api {
     }
 }
 
+fn staff_token(clinic_id: &str) -> String {
+    JwtKey::from_secret_file_bytes(SECRET)
+        .expect("a usable secret")
+        .sign(&Claims {
+            sub: format!("staff-{clinic_id}"),
+            role: Role::Staff,
+            exp: Utc::now().timestamp() + 3600,
+            citizen_id: None,
+            clinic_id: Some(clinic_id.to_string()),
+        })
+}
+
+/// The clinic side through the HTTP API, on a clinic of its own: an administration and a
+/// slot cancellation are acknowledged, recorded, and the picture agrees with them; then
+/// fabricated ones (a dose never received, a slot never cancelled) are reported.
+async fn clinic_side(api: &Api) {
+    use reqwest::Method;
+    let clinic = "ck-c";
+    api.authority(
+        Method::PUT,
+        &format!("/v1/clinics/{clinic}"),
+        &json!({"name": "Clinic side", "region": "north", "timezone": "Europe/Berlin"}),
+    )
+    .await;
+    for (slot, capacity) in [("s1", 3), ("s2", 2)] {
+        api.authority(
+            Method::PUT,
+            &format!("/v1/clinics/{clinic}/slots/{slot}"),
+            &json!({"start": hours_from_now(24), "end": hours_from_now(25),
+                    "capacity": capacity, "vaccines": [VACCINE], "priority_reserve": 0}),
+        )
+        .await;
+    }
+    api.authority(
+        Method::POST,
+        &format!("/v1/clinics/{clinic}/stock"),
+        &json!({"vaccine": VACCINE, "batch": "B-1", "quantity": 10, "expires_on": "2099-12-31"}),
+    )
+    .await;
+    let ledger = Ledger::new();
+    ledger.record_received(clinic, VACCINE, 10);
+    // q1 and q2 confirm in s1, q3 confirms in s2, q4 holds in s2.
+    let mut confirmed = Vec::new();
+    for (citizen, slot, confirm) in [
+        ("q1", "s1", true),
+        ("q2", "s1", true),
+        ("q3", "s2", true),
+        ("q4", "s2", false),
+    ] {
+        api.authority(
+            Method::PUT,
+            &format!("/v1/citizens/{citizen}"),
+            &json!({"birth_date": "1980-05-05", "region": "north", "allergies": [],
+                    "insurance_id": "I-9", "doses": []}),
+        )
+        .await;
+        let (status, body) = api
+            .book(citizen, clinic, slot, &format!("cs-{citizen}"))
+            .await;
+        assert_eq!(status, 201, "booking {citizen}: {body}");
+        assert!(ledger.record(AckKind::Create, &body));
+        if confirm {
+            let body = api.act(citizen, &body, "confirm").await;
+            assert!(ledger.record(AckKind::Confirm, &body));
+            confirmed.push(body);
+        }
+    }
+    // Staff administer q1 with its QR token, and cancel s2 (q3 and q4 are affected).
+    let staff = staff_token(clinic);
+    let q1 = &confirmed[0];
+    let id = q1["appointment_id"].as_str().expect("an id");
+    let (status, administered) = api
+        .send(
+            Method::POST,
+            &format!("/v1/appointments/{id}/administer"),
+            &staff,
+            None,
+            Some(&json!({"qr_token": q1["qr_token"], "batch": "B-1"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{administered}");
+    assert!(ledger.record(AckKind::Administer, &administered));
+    let (status, cancelled) = api
+        .send(
+            Method::POST,
+            &format!("/v1/clinics/{clinic}/slots/s2/cancel"),
+            &staff,
+            Some("cs-cancel-s2"),
+            Some(&json!({"reason": "no vaccinator"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let affected: Vec<String> = cancelled["affected_appointment_ids"]
+        .as_array()
+        .expect("affected ids")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(affected.len(), 2, "{cancelled}");
+    ledger.record_slot_cancel(SlotCancel {
+        clinic_id: clinic.to_string(),
+        slot_id: "s2".to_string(),
+        affected,
+        by_staff: true,
+    });
+
+    let clinic_ids = vec![clinic.to_string()];
+    let picture = fetch_picture(&api.client, &api.base, &api.authority, &clinic_ids)
+        .await
+        .expect("a picture");
+    let options = CheckOptions {
+        no_show_grace: Some(Duration::from_secs(7200)),
+        ..CheckOptions::default()
+    };
+    let report = check(&picture, &ledger, &options);
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(report.stock_checked, 1);
+    assert_eq!(report.slot_cancellations_checked, 1);
+    for (status, count) in [
+        ("ADMINISTERED", 1),
+        ("CONFIRMED", 1),
+        ("CLINIC_CANCELLED", 2),
+    ] {
+        assert_eq!(
+            report.appointments_by_status.get(status),
+            Some(&count),
+            "{status}"
+        );
+    }
+    let listed = picture.clinics[0]
+        .appointments
+        .iter()
+        .find(|a| a.appointment_id == id)
+        .expect("q1 is listed");
+    assert_eq!(listed.batch.as_deref(), Some("B-1"));
+    assert_eq!(
+        picture.clinics[0].availability.stock[VACCINE],
+        StockLevel {
+            on_hand: 9,
+            reserved: 1,
+            available: 8
+        }
+    );
+
+    // A dose the clinic never received, and a slot it never cancelled.
+    ledger.record_received(clinic, VACCINE, 1);
+    ledger.record_slot_cancel(SlotCancel {
+        clinic_id: clinic.to_string(),
+        slot_id: "s1".to_string(),
+        affected: Vec::new(),
+        by_staff: true,
+    });
+    let report = check(&picture, &ledger, &options);
+    let found: BTreeSet<ViolationKind> = report.violations.iter().map(|v| v.kind).collect();
+    assert_eq!(
+        found,
+        [
+            ViolationKind::StockMismatch,
+            ViolationKind::SlotCancelNotHonoured
+        ]
+        .into(),
+        "{:#?}",
+        report.violations
+    );
+}
+
 fn hours_from_now(hours: i64) -> String {
     (Utc::now() + chrono::Duration::hours(hours)).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -836,6 +1231,9 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
     tokio::time::timeout(TEST_TIMEOUT, scenario(&api))
         .await
         .expect("the end-to-end scenario finishes in time");
+    tokio::time::timeout(TEST_TIMEOUT, clinic_side(&api))
+        .await
+        .expect("the clinic side finishes in time");
     tokio::time::timeout(Duration::from_secs(10), server.shutdown())
         .await
         .expect("the server shuts down in time");
@@ -1167,7 +1565,7 @@ async fn odd_answers_are_errors_that_quote_them() {
     assert!(err.contains("not a clinic id"), "{err}");
 }
 
-// ---- 9. doses received, on hand or administered ----------------------------------------
+// ---- 3 and 4 again: doses received, on hand or administered -----------------------------
 
 #[test]
 fn every_dose_received_is_on_hand_or_administered() {
@@ -1191,12 +1589,12 @@ fn a_dose_lost_or_given_twice() {
         let ledger = ledger_for(&picture);
         ledger.record_received("c1", "pfz", received);
         let report = run(&picture, &ledger);
-        assert_only(&report, ViolationKind::DosesNotConserved, &["c1", "pfz"]);
+        assert_only(&report, ViolationKind::StockMismatch, &["c1", "pfz"]);
     }
 }
 
 #[test]
-fn an_acknowledged_administration_now_confirmed() {
+fn an_acknowledged_administration_of_an_appointment_still_confirmed() {
     let picture = consistent();
     let ledger = ledger_for(&picture);
     // a2 is CONFIRMED in the picture, but an administration of it was acknowledged.

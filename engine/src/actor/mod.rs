@@ -37,6 +37,7 @@ use crate::idempotency::{Fingerprint, IdemKey, IdemOutcome, StoredResponse};
 use crate::journal::{Durable, Journal};
 use crate::notices::Settler;
 use crate::publish::Publisher;
+use crate::shard::ShardConfig;
 use crate::view::Output;
 use crate::waitlist::Offerer;
 
@@ -133,6 +134,8 @@ pub struct ShardArgs {
     /// Where the shard sends the slots its durable changes made room in, when citizens wait
     /// there (waitlist offers).
     pub offerer: Option<Offerer>,
+    /// What the shard's decisions read from the node's configuration (the no-show grace).
+    pub config: ShardConfig,
 }
 
 pub struct ShardActor;

@@ -336,11 +336,16 @@ impl ShardState {
             rescheduled_from: r.rescheduled_from,
             rescheduled_to: None,
             offered_from_waitlist: served.is_some(),
+            no_show_at_ms: None,
         };
         let mut events = vec![Event::AppointmentReserved(Box::new(appointment))];
         events.extend(served);
         if r.confirmed {
-            events.push(Event::AppointmentConfirmed { seq, at_ms: now_ms });
+            events.push(Event::AppointmentConfirmed {
+                seq,
+                at_ms: now_ms,
+                no_show_at_ms: self.no_show_at(clinic, slot),
+            });
         }
         Ok(Decision::ok(events, Reply::Appointment(seq)))
     }
@@ -370,7 +375,11 @@ impl ShardState {
                 DomainError::HoldExpired,
             ),
             Status::Pending => Decision::ok(
-                vec![Event::AppointmentConfirmed { seq, at_ms: now_ms }],
+                vec![Event::AppointmentConfirmed {
+                    seq,
+                    at_ms: now_ms,
+                    no_show_at_ms: self.no_show_at(a.clinic, a.slot),
+                }],
                 Reply::Appointment(seq),
             ),
             Status::Confirmed => Decision::ok(vec![], Reply::Appointment(seq)),
@@ -495,7 +504,7 @@ impl ShardState {
             return Err(DomainError::InsufficientStock { on_hand: b.on_hand });
         }
         let slot_date =
-            crate::eligibility::local_date(c.slots[a.slot as usize].start_ms, &c.info.timezone);
+            crate::localtime::local_date(c.slots[a.slot as usize].start_ms, &c.info.timezone);
         if slot_date > b.expires_on {
             return Err(DomainError::BatchExpired {
                 expires_on: b.expires_on,
@@ -512,6 +521,7 @@ impl ShardState {
             .due(now_ms, EXPIRE_BATCH_MAX)
             .map(|(_, deadline)| match deadline {
                 Deadline::Hold { seq } => Event::AppointmentExpired { seq },
+                Deadline::NoShow { seq } => Event::AppointmentNoShow { seq },
             })
             .collect();
         let count = events.len();
@@ -551,7 +561,8 @@ impl ShardState {
             | Event::AppointmentRejected { seq }
             | Event::AppointmentCancelled { seq }
             | Event::AppointmentClinicCancelled { seq }
-            | Event::AppointmentAdministered { seq, .. } => {
+            | Event::AppointmentAdministered { seq, .. }
+            | Event::AppointmentNoShow { seq } => {
                 self.appointments.get(seq).map(|a| (a.clinic, a.vaccine))
             }
             _ => None,

@@ -153,7 +153,7 @@ impl ShardState {
 
     /// The one test of "this change may let a waiting citizen in": a seat came back, or
     /// capacity or doses were added. Listed one by one, so a new kind of change must say
-    /// whether it makes room (a no-show returning a seat is one more line here).
+    /// whether it makes room.
     fn room_made_by(&self, event: &Event) -> Option<Room> {
         let slot_of = |seq: &u64| self.appointments.get(seq).map(|a| (a.clinic, a.slot));
         let offered = |seq: &u64| {
@@ -178,6 +178,11 @@ impl ShardState {
                 .get(slot_id)
                 .map(|&slot| Room::Slot((*clinic, slot))),
             Event::StockReceived { clinic, .. } => Some(Room::Clinic(*clinic)),
+            // A no-show's slot is over, but its dose returns to the clinic's other slots.
+            Event::AppointmentNoShow { seq } => self
+                .appointments
+                .get(seq)
+                .map(|a| Room::Clinic(a.clinic)),
             Event::StockAdjusted { clinic, delta, .. } if *delta > 0 => Some(Room::Clinic(*clinic)),
             // A clinic cancellation comes with its slot's cancellation, which drops the list.
             Event::StockAdjusted { .. }

@@ -2,7 +2,9 @@
 //!
 //! Each connection takes the next citizen, picks a clinic by Zipf popularity and a slot in
 //! it, and holds a seat; the hold is then confirmed, released or abandoned by the given
-//! percentages. A citizen whose slot is sold out tries another one. Sold-out slots (and
+//! percentages; clinic staff administer a share of the confirmed appointments at once (with
+//! the confirm's `qr_token` and the campaign's batch). A citizen whose slot is sold out (or
+//! cancelled by its clinic) tries another one. Sold-out slots (and
 //! clinics out of stock) are marked on a shared [`Board`] so nobody keeps knocking on a
 //! full door; when the board is all closed, a controller asks the server's availability
 //! whether anything is left (a release elsewhere may have returned a seat), reopens what is,
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::campaign::CampaignSpec;
+use crate::campaign::{CampaignSpec, BATCH};
 use crate::client::{Api, Reply, Tokens};
 use crate::ledger::{AckKind, Ledger, Replay};
 use crate::stats::{Live, Op, Stats};
@@ -37,6 +39,9 @@ pub const VERIFY_CONCURRENCY: usize = 16;
 pub const IN_DOUBT_MAX: usize = 256;
 /// Creates remembered per run for replays after a restart (the crash scenario).
 pub const RECENT_CREATES: usize = 64;
+/// Confirmed appointments (neither cancelled nor administered) remembered with their
+/// `qr_token`, for administrations after a restart (the crash scenario).
+pub const RECENT_CONFIRMED: usize = 64;
 
 /// Which slots are still worth trying.
 pub struct Board {
@@ -172,15 +177,21 @@ pub struct Booker {
     /// the citizen). 0 for a launch (citizens book once); the crash scenario recycles
     /// seats and citizens so every round has load, however small the campaign.
     pub cancel_confirmed_pct: u32,
-    /// Percentage of confirmed appointments (not cancelled after) that staff of the clinic
-    /// administer from the campaign's batch.
-    pub administer_pct: u32,
     /// Citizens free to book again (after a release or a cancel), when recycling.
     pub returned: Arc<Mutex<VecDeque<usize>>>,
+    /// Percentage of confirmed appointments (not cancelled by their citizen) administered
+    /// by the clinic's staff right after the confirm.
+    pub administer_pct: u32,
+    /// One staff token per clinic, by clinic index (see [`staff_tokens`]).
+    pub staff: Arc<Vec<String>>,
     pub abandoned: AtomicU64,
     pub citizens_served: AtomicU64,
     pub retries: AtomicU64,
     pub recent: Mutex<VecDeque<CreatedRecord>>,
+    /// The last [`RECENT_CONFIRMED`] confirmed appointments left CONFIRMED, as (clinic
+    /// index, appointment id, `qr_token`): the crash scenario administers some after the
+    /// restart with the token issued before the kill.
+    pub confirmed: Mutex<VecDeque<(usize, String, String)>>,
     /// Creates that got no answer at all (the server died with them in flight), as
     /// (key, citizen, body), at most [`IN_DOUBT_MAX`]: after a restart, the crash scenario
     /// sends them again with the same key to learn what happened.
@@ -292,6 +303,8 @@ impl Booker {
                 }
                 (409, "SOLD_OUT") => self.board.close_slot(clinic, slot),
                 (409, "OUT_OF_STOCK") => self.board.close_clinic(clinic),
+                // The clinic cancelled the slot (`--cancel-slots`): nobody books it again.
+                (409, "SLOT_CANCELLED") => self.board.close_slot(clinic, slot),
                 (0, _) => {
                     if let Ok(mut d) = self.in_doubt.lock() {
                         if d.len() < IN_DOUBT_MAX {
@@ -358,32 +371,54 @@ impl Booker {
                 self.board.reopen_slot(clinic, slot);
                 self.recycle(citizen);
             }
-            return;
-        }
-        if rng.below(100) < u64::from(self.administer_pct) {
-            self.administer(id, clinic, &reply.body, stats).await;
-        }
-    }
-
-    /// Staff of the clinic scan the confirmed appointment's QR token and give the dose from
-    /// the campaign's batch.
-    async fn administer(&self, id: &str, clinic: usize, confirmed: &Value, stats: &mut Stats) {
-        let Some(qr_token) = confirmed["qr_token"].as_str() else {
-            return;
-        };
-        let staff = self.tokens.staff(&self.spec.clinic_id(clinic));
-        let started = Instant::now();
-        let reply = self
-            .api
-            .administer(&staff, id, qr_token, crate::campaign::BATCH)
+        } else if rng.below(100) < u64::from(self.administer_pct) {
+            let qr_token = reply.body["qr_token"].as_str().unwrap_or_default();
+            administer(
+                &self.api,
+                &self.ledger,
+                &self.live,
+                stats,
+                &self.staff[clinic],
+                id,
+                qr_token,
+            )
             .await;
-        record(stats, &self.live, Op::Administer, started, &reply);
-        self.retries
-            .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
-        if reply.status == 200 {
-            self.ledger.record(AckKind::Administer, &reply.body);
+        } else if let (Ok(mut recent), Some(qr_token)) =
+            (self.confirmed.lock(), reply.body["qr_token"].as_str())
+        {
+            if recent.len() == RECENT_CONFIRMED {
+                recent.pop_front();
+            }
+            recent.push_back((clinic, id.to_string(), qr_token.to_string()));
         }
     }
+}
+
+/// One staff token per clinic of `spec`, by clinic index.
+pub fn staff_tokens(tokens: &Tokens, spec: &CampaignSpec) -> Arc<Vec<String>> {
+    Arc::new(
+        (0..spec.clinics)
+            .map(|c| tokens.staff(&spec.clinic_id(c)))
+            .collect(),
+    )
+}
+
+/// Staff administer a CONFIRMED appointment from the campaign's batch, with the `qr_token`
+/// its confirm answered; a 200 is recorded in the ledger (ADMINISTERED with the batch).
+/// Returns whether it was acknowledged.
+pub async fn administer(
+    api: &Api,
+    ledger: &Ledger,
+    live: &Live,
+    stats: &mut Stats,
+    staff: &str,
+    id: &str,
+    qr_token: &str,
+) -> bool {
+    let started = Instant::now();
+    let reply = api.administer(staff, id, qr_token, BATCH).await;
+    record(stats, live, Op::Administer, started, &reply);
+    reply.status == 200 && ledger.record(AckKind::Administer, &reply.body)
 }
 
 /// Sends a create again with the same key and body, and records what came back.

@@ -4,13 +4,21 @@
 //! with the same Idempotency-Key (the answers must name the same appointments, so the
 //! idempotency records survived), and the invariant checker runs against everything the
 //! server acknowledged before the kill.
+//!
+//! The clinic side runs through the kills too: staff administer `--administer-pct` of the
+//! confirmed appointments as they come (and, after each restart, some confirmed before the
+//! kill, with the QR token issued before it), a clinic cancels `--cancel-slots` slots each
+//! round before the kill (see `slot_cancel.rs`), and a no-show group booked right after
+//! set-up falls due while the rounds run: the last check waits until it is due and must
+//! see it NO_SHOW (or ADMINISTERED).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::client::Api;
 use crate::cpu::{process_cpu_seconds, CpuMeter};
-use crate::ledger::{AckKind, Ledger};
+use crate::ledger::AckKind;
 use crate::progress::Progress;
 use crate::report::{CrashFigures, ScenarioReport};
 use crate::spawn::Spawned;
@@ -18,27 +26,95 @@ use crate::stats::{Live, Op, Stats};
 use crate::zipf::{Rng, Zipf};
 
 use super::booking::{self, Board, Booker};
+use super::clinic::{self, ClinicFigures, GroupSpec, NoShowGroup};
+use super::slot_cancel;
 use super::Ctx;
 
 /// The earliest a kill comes after a round's load started: the connections must be busy.
 pub const KILL_DELAY_MIN_MS: u64 = 200;
 /// Acknowledged creates replayed after each restart.
 pub const REPLAYS_PER_RESTART: usize = 16;
+/// Appointments confirmed before a kill and administered after the restart, with the
+/// `qr_token` issued before it (tokens must survive a restart until administered).
+pub const ADMINISTERED_AFTER_RESTART: usize = 8;
 /// Extra time a round's connections get to notice the kill, beyond their own request
 /// timeouts.
 pub const ROUND_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Percentage of confirmed appointments cancelled at once, so seats and citizens recycle
 /// and every round has load however small the campaign (a sold-out server is idle).
 pub const CANCEL_CONFIRMED_PCT: u32 = 50;
+/// When a round's slot cancellations (`--cancel-slots`) start after its load: before the
+/// earliest kill ([`KILL_DELAY_MIN_MS`]), so they race the bookings and the kill.
+pub const CANCEL_DELAY_MS: u64 = KILL_DELAY_MIN_MS / 2;
 /// Salt of the kill-moment random stream (independent of the connections' streams).
 const KILL_STREAM: u64 = 0x00C4_A511;
+
+/// Books the no-show group (`--no-show-group`, none when 0) right after set-up.
+async fn no_show_group(
+    ctx: &Ctx,
+    spec: &crate::campaign::CampaignSpec,
+    staff: &[String],
+    ledger: &crate::ledger::Ledger,
+    live: &Live,
+    stats: &mut Stats,
+) -> Result<Option<NoShowGroup>, String> {
+    if ctx.args.no_show_group == 0 {
+        return Ok(None);
+    }
+    let group = GroupSpec {
+        api: &ctx.api,
+        tokens: &ctx.tokens,
+        spec,
+        staff,
+        ledger,
+        live,
+        size: ctx.args.no_show_group,
+        administer_pct: ctx.args.administer_pct,
+        seed: ctx.seed,
+    };
+    clinic::set_up_no_show_group(&group, stats).await.map(Some)
+}
+
+/// After a restart, staff administer up to [`ADMINISTERED_AFTER_RESTART`] of the round's
+/// appointments confirmed before the kill, with the `qr_token` issued before it. Returns how
+/// many were sent.
+async fn administer_confirmed_before_kill(api: &Api, booker: &Booker, stats: &mut Stats) -> usize {
+    let confirmed: Vec<_> = booker
+        .confirmed
+        .lock()
+        .map(|c| {
+            c.iter()
+                .rev()
+                .take(ADMINISTERED_AFTER_RESTART)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for (clinic, id, qr_token) in &confirmed {
+        let staff = &booker.staff[*clinic];
+        booking::administer(
+            api,
+            &booker.ledger,
+            &booker.live,
+            stats,
+            staff,
+            id,
+            qr_token,
+        )
+        .await;
+    }
+    confirmed.len()
+}
 
 pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, String> {
     let args = &ctx.args;
     let spec = ctx.campaign_spec("crash", None);
     let set_up = ctx.set_up(&spec).await?;
-    let ledger = Arc::new(Ledger::new());
+    let ledger = ctx.ledger_for(&spec);
     let live = Arc::new(Live::new(Some(spec.sellable() as i64)));
+    let staff = booking::staff_tokens(&ctx.tokens, &spec);
+    let mut stats = Stats::new();
+    let group = no_show_group(ctx, &spec, &staff, &ledger, &live, &mut stats).await?;
     let next_citizen = Arc::new(AtomicUsize::new(0));
     // Citizens free to book again, shared by the rounds.
     let returned = Arc::new(Mutex::new(std::collections::VecDeque::new()));
@@ -46,7 +122,6 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     let window_ms = args.kill_window.as_millis() as u64;
     let connection_bound = args.timeout * (args.retries + 1) + ROUND_STOP_GRACE;
 
-    let mut stats = Stats::new();
     let mut figures = CrashFigures {
         kills: 0,
         kill_after_ms: Vec::new(),
@@ -56,8 +131,10 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         in_doubt_resent: 0,
         in_doubt_booked: 0,
         in_doubt_applied_before_kill: 0,
+        administered_after_restart: 0,
     };
     let mut checks = Vec::new();
+    let mut slot_cancels = (args.cancel_slots > 0).then(crate::report::SlotCancelFigures::default);
     let mut retries = 0;
     let mut server_cpu = Some(0.0);
     let client_meter = CpuMeter::for_self();
@@ -89,20 +166,27 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             key_prefix: format!("{}-r{round}-k", spec.prefix),
             key_seq: AtomicU64::new(0),
             cancel_confirmed_pct: CANCEL_CONFIRMED_PCT,
-            // The crash rehearsal recycles seats and citizens; an administered dose would
-            // take both for good.
-            administer_pct: 0,
             returned: returned.clone(),
+            administer_pct: args.administer_pct,
+            staff: staff.clone(),
             abandoned: AtomicU64::new(0),
             citizens_served: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             recent: Mutex::new(Default::default()),
+            confirmed: Mutex::new(Default::default()),
             in_doubt: Mutex::new(Vec::new()),
             spec: spec.clone(),
         });
         let pid = server.pid();
         let cpu_before = pid.and_then(process_cpu_seconds);
         let load = tokio::spawn(booking::run(booker.clone(), args.connections));
+        let canceller = (args.cancel_slots > 0).then(|| {
+            let (booker, count) = (booker.clone(), args.cancel_slots);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(CANCEL_DELAY_MS)).await;
+                slot_cancel::cancel_slots(&booker, count, round).await
+            })
+        });
         let delay = KILL_DELAY_MIN_MS + rng.below(window_ms - KILL_DELAY_MIN_MS + 1);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let cpu_after = pid.and_then(process_cpu_seconds);
@@ -122,6 +206,24 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
                 return Err(format!(
                     "crash round {round}: connections did not stop within {connection_bound:?}"
                 ))
+            }
+        }
+        if let Some(task) = canceller {
+            // Its requests are bounded like the connections' (timeout and retries).
+            match tokio::time::timeout(connection_bound, task).await {
+                Ok(Ok(figures)) => {
+                    if let Some(total) = slot_cancels.as_mut() {
+                        total.add(&figures);
+                    }
+                }
+                Ok(Err(e)) => {
+                    return Err(format!("crash round {round}: slot cancellations failed: {e}"))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "crash round {round}: slot cancellations did not end within {connection_bound:?}"
+                    ))
+                }
             }
         }
         retries += booker.retries.load(Ordering::Relaxed);
@@ -150,6 +252,10 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             .await;
             figures.replays_after_restart += 1;
         }
+        if args.administer_pct > 0 {
+            figures.administered_after_restart +=
+                administer_confirmed_before_kill(&api, &booker, &mut stats).await;
+        }
         // Creates the kill left without an answer: the same key again tells what happened
         // (the stored answer if the create was applied, else a fresh decision), and a 201
         // is an acknowledgement like any other.
@@ -173,6 +279,14 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
                 if created.is_some_and(|t| t < killed_at) {
                     figures.in_doubt_applied_before_kill += 1;
                 }
+            }
+        }
+        if round + 1 == args.kills {
+            // The no-shows' due time: the last check must see them.
+            if let Some(group) = &group {
+                group
+                    .wait_until_settled(args.no_show_grace, args.expiry_slack)
+                    .await;
             }
         }
         checks.push(
@@ -204,6 +318,14 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             .push("no booking was acknowledged: the crash scenario drove no load".to_string());
     }
     report.crash = Some(figures);
+    let mut clinic_figures = ClinicFigures::new(args, &ledger, checks.last());
+    if let Some(group) = &group {
+        clinic_figures.no_show_group = group.left_to_fall_due;
+        clinic_figures.no_show_slots_end = Some(group.slots_end.to_rfc3339());
+    }
+    report.clinic = Some(clinic_figures);
+    report.failures.extend(clinic::refused_own_tokens(&stats));
+    report.slot_cancels = slot_cancels;
     report.checks = checks;
     report.decide();
     Ok(report)

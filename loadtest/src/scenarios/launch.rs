@@ -1,28 +1,29 @@
 //! `launch`: every citizen tries to book at once (closed loop, `--connections`), until the
-//! campaign is sold out or `--duration` passes; reports the time to sell out and checks the
-//! invariants at the end.
+//! campaign is sold out or `--duration` passes; staff administer `--administer-pct` of the
+//! confirmed appointments as they come, and a clinic cancels `--cancel-slots` slots once a
+//! quarter of the seats is taken (see `slot_cancel.rs`); reports the time to sell out and
+//! the clinic figures, and checks the invariants at the end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::ledger::Ledger;
 use crate::progress::Progress;
 use crate::report::{LaunchFigures, ScenarioReport};
 use crate::stats::{Live, Op};
 use crate::zipf::Zipf;
 
 use super::booking::{self, Board, Booker, EndReason};
+use super::clinic::{self, ClinicFigures};
+use super::slot_cancel;
 use super::{Ctx, Meters};
 
 pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     let args = &ctx.args;
     let spec = ctx.campaign_spec("launch", None);
     let set_up = ctx.set_up(&spec).await?;
-    let ledger = Arc::new(Ledger::new());
-    for clinic_id in spec.clinic_ids() {
-        ledger.record_received(&clinic_id, &spec.vaccine(), spec.doses);
-    }
+    let ledger = ctx.ledger_for(&spec);
+    let staff = booking::staff_tokens(&ctx.tokens, &spec);
     let live = Arc::new(Live::new(Some(spec.sellable() as i64)));
     let booker = Arc::new(Booker {
         api: ctx.api.clone(),
@@ -42,29 +43,51 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         key_prefix: format!("{}-k", spec.prefix),
         key_seq: AtomicU64::new(0),
         cancel_confirmed_pct: 0,
-        administer_pct: args.administer_pct,
         returned: Default::default(),
+        administer_pct: args.administer_pct,
+        staff: staff.clone(),
         abandoned: AtomicU64::new(0),
         citizens_served: AtomicU64::new(0),
         retries: AtomicU64::new(0),
         recent: Mutex::new(Default::default()),
+        confirmed: Mutex::new(Default::default()),
         in_doubt: Mutex::new(Vec::new()),
         spec: spec.clone(),
     });
     let meters = Meters::start(ctx.server_pid);
     let progress = Progress::start(
         "launch",
-        live,
+        live.clone(),
         Some(spec.sellable()),
         args.duration,
         args.quiet,
     );
+    let canceller = (args.cancel_slots > 0).then(|| {
+        let (booker, count, sellable, duration) = (
+            booker.clone(),
+            args.cancel_slots,
+            spec.sellable(),
+            args.duration,
+        );
+        tokio::spawn(async move {
+            slot_cancel::wait_for_launch_moment(&booker, sellable, duration).await;
+            slot_cancel::cancel_slots(&booker, count, 0).await
+        })
+    });
     let result = booking::run(booker.clone(), args.connections).await;
+    let slot_cancels = match canceller {
+        Some(task) => Some(
+            task.await
+                .map_err(|e| format!("launch: slot cancellations failed: {e}"))?,
+        ),
+        None => None,
+    };
     progress.finish();
     let mut report = ScenarioReport::new("launch", &result.stats, result.seconds, args.connections);
     meters.finish(&mut report);
     report.campaign = Some(set_up);
     report.retries = booker.retries.load(Ordering::Relaxed);
+    report.slot_cancels = slot_cancels;
     let s = &result.stats;
     report.launch = Some(LaunchFigures {
         end_reason: result.end_reason.name().to_string(),
@@ -86,6 +109,10 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         ctx.check(&ctx.api, "end", &spec.clinic_ids(), &ledger)
             .await,
     );
+    report.clinic = Some(ClinicFigures::new(args, &ledger, report.checks.last()));
+    report
+        .failures
+        .extend(clinic::refused_own_tokens(&result.stats));
     report.decide();
     Ok(report)
 }
