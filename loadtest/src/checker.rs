@@ -12,12 +12,20 @@
 //! 2. no slot has more seat-holding appointments than seats, and the slot counters equal the
 //!    appointments the clinic lists;
 //! 3. per clinic and vaccine, `reserved` equals the PENDING and CONFIRMED appointments,
-//!    `available = on_hand - reserved` and `on_hand >= 0`;
-//! 4. every acknowledged create, confirm and cancel is still there, in a status at least as
-//!    far as the acknowledged one, with the acknowledged slot, citizen and vaccine;
+//!    `available = on_hand - reserved` and `on_hand >= 0`; where the ledger knows what the
+//!    clinic received, `on_hand` is exactly that minus the ADMINISTERED appointments listed
+//!    (the harness makes no adjustments), so the stock moved by exactly the administrations
+//!    (every acknowledged one is among them, by 4);
+//! 4. every acknowledged create, confirm, cancel, administration (ADMINISTERED, with the
+//!    acknowledged batch) and clinic cancellation (CLINIC_CANCELLED) is still there, in a
+//!    status at least as far as the acknowledged one, with the acknowledged slot, citizen
+//!    and vaccine; every acknowledged slot cancellation left its slot cancelled;
 //! 5. every deliberate Idempotency-Key replay got the first answer's status and appointment;
 //! 6. optionally, at most one PENDING or CONFIRMED appointment per citizen;
-//! 7. no hold outlived its `expires_at` by more than the allowed slack;
+//! 7. no hold outlived its `expires_at` by more than the allowed slack; with a known
+//!    no-show grace, no appointment is still CONFIRMED more than grace + slack after its
+//!    slot ended, and every appointment the harness left to fall due as a no-show is
+//!    CONFIRMED (not yet due), NO_SHOW or ADMINISTERED;
 //! 8. every appointment has a known status, a slot its clinic has, and sits in one listing.
 
 use std::collections::{BTreeMap, HashSet};
@@ -29,7 +37,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::ledger::{AckKind, Acked, Ledger, Replay};
+use crate::ledger::{AckKind, Acked, Ledger, Replay, SlotCancellation};
 
 /// Clinics read at the same time by [`fetch_picture`]: enough to read a few hundred clinics
 /// in well under a second, few enough not to look like load to the server.
@@ -126,6 +134,10 @@ pub struct StockLevel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotState {
     pub slot_id: String,
+    /// RFC 3339, when the slot ends (for the no-show check); kept as text so a bad time
+    /// does not fail the read.
+    #[serde(default)]
+    pub end: Option<String>,
     pub capacity: i64,
     pub remaining: i64,
     pub pending: i64,
@@ -150,6 +162,9 @@ pub struct Appointment {
     /// RFC 3339; set while PENDING.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// The batch the dose came from; set once ADMINISTERED.
+    #[serde(default)]
+    pub batch: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -167,7 +182,12 @@ pub struct CheckOptions {
     pub one_active_per_citizen: bool,
     /// How long past its `expires_at` a hold may still be PENDING before that counts as
     /// "expiry did not run": expiry is a timer, and the harness's clock is not the server's.
+    /// The same slack applies to no-shows.
     pub expiry_slack: Duration,
+    /// The server's `--no-show-grace`, when known: a CONFIRMED appointment whose slot ended
+    /// more than this (plus the slack) before the picture should be NO_SHOW. `None` skips
+    /// the no-show checks.
+    pub no_show_grace: Option<Duration>,
 }
 
 impl Default for CheckOptions {
@@ -175,6 +195,7 @@ impl Default for CheckOptions {
         CheckOptions {
             one_active_per_citizen: true,
             expiry_slack: Duration::from_secs(2),
+            no_show_grace: None,
         }
     }
 }
@@ -203,6 +224,10 @@ pub enum ViolationKind {
     AvailableMismatch,
     /// `on_hand < 0`. Ids: clinic, vaccine.
     NegativeStock,
+    /// `on_hand` is not the doses the ledger says the clinic received minus its ADMINISTERED
+    /// appointments of the vaccine (or the received vaccine has no stock entry). Ids:
+    /// clinic, vaccine.
+    StockMismatch,
     /// An acknowledged appointment the picture does not have (or whose clinic it lacks).
     /// Ids: appointment, clinic, slot, citizen (as acknowledged).
     AckedLost,
@@ -212,6 +237,9 @@ pub enum ViolationKind {
     /// An acknowledged appointment now with another clinic, slot, citizen or vaccine.
     /// Ids: appointment, clinic, slot, citizen (as acknowledged).
     AckedMismatch,
+    /// An acknowledged slot cancellation whose slot is not cancelled (or not in the
+    /// picture). Ids: clinic, slot.
+    SlotCancellationLost,
     /// An Idempotency-Key replay answered with another status or appointment than the
     /// first request. Ids: idempotency key, citizen, first appointment, replay appointment.
     ReplayMismatch,
@@ -221,6 +249,14 @@ pub enum ViolationKind {
     /// A PENDING appointment whose hold ended more than [`CheckOptions::expiry_slack`]
     /// before the picture was taken. Ids: appointment, clinic, slot, citizen.
     ExpiryOverdue,
+    /// A CONFIRMED appointment whose slot ended more than the no-show grace plus
+    /// [`CheckOptions::expiry_slack`] before the picture: the no-show did not happen. Ids:
+    /// appointment, clinic, slot, citizen.
+    NoShowOverdue,
+    /// An appointment the harness confirmed and left alone to fall due as a no-show (see
+    /// [`Ledger::record_no_show_expected`]) in a status other than CONFIRMED, NO_SHOW or
+    /// ADMINISTERED. Ids: appointment, clinic, slot, citizen.
+    NoShowMissed,
     /// An appointment status that is not in the contract. Ids: appointment, clinic, slot,
     /// citizen.
     UnknownStatus,
@@ -238,7 +274,7 @@ pub enum ViolationKind {
 
 impl ViolationKind {
     /// Every kind, in report order.
-    pub const ALL: [ViolationKind; 18] = [
+    pub const ALL: [ViolationKind; 22] = [
         ViolationKind::SlotCountersMismatch,
         ViolationKind::NegativeCounter,
         ViolationKind::CancelledSlotNotEmpty,
@@ -247,12 +283,16 @@ impl ViolationKind {
         ViolationKind::ReservedMismatch,
         ViolationKind::AvailableMismatch,
         ViolationKind::NegativeStock,
+        ViolationKind::StockMismatch,
         ViolationKind::AckedLost,
         ViolationKind::AckedRegressed,
         ViolationKind::AckedMismatch,
+        ViolationKind::SlotCancellationLost,
         ViolationKind::ReplayMismatch,
         ViolationKind::CitizenDoubleBooked,
         ViolationKind::ExpiryOverdue,
+        ViolationKind::NoShowOverdue,
+        ViolationKind::NoShowMissed,
         ViolationKind::UnknownStatus,
         ViolationKind::UnknownSlot,
         ViolationKind::MalformedPicture,
@@ -270,12 +310,16 @@ impl ViolationKind {
             ViolationKind::ReservedMismatch => "reserved_mismatch",
             ViolationKind::AvailableMismatch => "available_mismatch",
             ViolationKind::NegativeStock => "negative_stock",
+            ViolationKind::StockMismatch => "stock_mismatch",
             ViolationKind::AckedLost => "acked_lost",
             ViolationKind::AckedRegressed => "acked_regressed",
             ViolationKind::AckedMismatch => "acked_mismatch",
+            ViolationKind::SlotCancellationLost => "slot_cancellation_lost",
             ViolationKind::ReplayMismatch => "replay_mismatch",
             ViolationKind::CitizenDoubleBooked => "citizen_double_booked",
             ViolationKind::ExpiryOverdue => "expiry_overdue",
+            ViolationKind::NoShowOverdue => "no_show_overdue",
+            ViolationKind::NoShowMissed => "no_show_missed",
             ViolationKind::UnknownStatus => "unknown_status",
             ViolationKind::UnknownSlot => "unknown_slot",
             ViolationKind::MalformedPicture => "malformed_picture",
@@ -314,6 +358,12 @@ pub struct CheckReport {
     /// Ledger entries (acknowledged appointments) checked.
     pub acked_checked: usize,
     pub replays_checked: usize,
+    /// Acknowledged slot cancellations checked.
+    pub slot_cancellations_checked: usize,
+    /// (clinic, vaccine) pairs whose `on_hand` was checked against the doses received.
+    pub stock_checked: usize,
+    /// Appointments left to fall due as no-shows, checked.
+    pub no_show_expected_checked: usize,
 }
 
 impl CheckReport {
@@ -553,6 +603,17 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
     for replay in &replays {
         check_replay(replay, &mut found);
     }
+    let cancellations = ledger.slot_cancellations();
+    for cancellation in &cancellations {
+        check_slot_cancellation(cancellation, &index, &mut found);
+    }
+    let received = ledger.received();
+    let stock_checked = check_received_stock(&received, &index, &mut found);
+    let no_show_expected = ledger.no_show_expected();
+    if let Some(grace) = options.no_show_grace {
+        let due = NoShowDue::new(picture.taken_at, grace, options.expiry_slack);
+        check_no_shows(&index, &due, &no_show_expected, &mut found);
+    }
 
     let mut appointments_by_status = BTreeMap::new();
     for (_, a) in index.appointments.values() {
@@ -570,6 +631,13 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
         appointments_by_status,
         acked_checked: acked.len(),
         replays_checked: replays.len(),
+        slot_cancellations_checked: cancellations.len(),
+        stock_checked,
+        no_show_expected_checked: if options.no_show_grace.is_some() {
+            no_show_expected.len()
+        } else {
+            0
+        },
     }
 }
 
@@ -1015,8 +1083,10 @@ fn check_acked(entry: &Acked, index: &Index<'_>, found: &mut Vec<Violation>) {
         ("vaccine", entry.vaccine.as_str(), now.vaccine.as_str()),
     ]
     .iter()
-    .filter(|(_, acked, seen)| acked != seen)
+    // An empty field was not in the acknowledgement (a clinic cancellation names ids only).
+    .filter(|(_, acked, seen)| !acked.is_empty() && acked != seen)
     .map(|(field, acked, seen)| format!("{field} {acked:?} acknowledged, {seen:?} now"))
+    .chain(batch_mismatch(entry, now))
     .collect();
     if !mismatches.is_empty() {
         found.push(violation(
@@ -1039,7 +1109,20 @@ fn ack_name(kind: AckKind) -> &'static str {
         AckKind::Create => "create",
         AckKind::Confirm => "confirm",
         AckKind::Cancel => "cancel",
+        AckKind::Administer => "administration",
+        AckKind::ClinicCancel => "clinic cancellation",
     }
+}
+
+/// An acknowledged administration's batch is the batch the appointment shows now.
+fn batch_mismatch(entry: &Acked, now: &Appointment) -> Option<String> {
+    let acked = entry.batch.as_deref()?;
+    (now.batch.as_deref() != Some(acked)).then(|| {
+        format!(
+            "batch {acked:?} acknowledged, {:?} now",
+            now.batch.as_deref().unwrap_or("none")
+        )
+    })
 }
 
 /// Whether `now` is at least as far as the acknowledgement: allowed both by the operation
@@ -1051,6 +1134,8 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
         AckKind::Create => true,
         AckKind::Confirm => CONFIRMED_OR_LATER.contains(&now),
         AckKind::Cancel => now == entry.status,
+        AckKind::Administer => now == "ADMINISTERED",
+        AckKind::ClinicCancel => now == "CLINIC_CANCELLED",
     };
     let by_status = match entry.status.as_str() {
         "PENDING" => true,
@@ -1058,6 +1143,149 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
         last => now == last,
     };
     by_kind && by_status
+}
+
+/// An acknowledged slot cancellation left its slot cancelled.
+fn check_slot_cancellation(
+    cancellation: &SlotCancellation,
+    index: &Index<'_>,
+    found: &mut Vec<Violation>,
+) {
+    let (clinic_id, slot_id) = (&cancellation.clinic_id, &cancellation.slot_id);
+    let problem = match index.clinics.get(clinic_id.as_str()) {
+        None => "its clinic is not in the picture".to_string(),
+        Some(clinic) => match clinic.slots.get(slot_id.as_str()) {
+            None => "the clinic's availability no longer has the slot".to_string(),
+            Some(slot) if !slot.cancelled => "the slot is not cancelled".to_string(),
+            Some(_) => return,
+        },
+    };
+    found.push(violation(
+        ViolationKind::SlotCancellationLost,
+        [clinic_id.as_str(), slot_id.as_str()],
+        format!(
+            "acknowledged cancellation of slot {slot_id} of clinic {clinic_id} ({} \
+             appointments affected): {problem}",
+            cancellation.affected.len()
+        ),
+    ));
+}
+
+/// Per (clinic, vaccine) the ledger received doses for: `on_hand` is what was received
+/// minus the ADMINISTERED appointments listed. Returns how many pairs were checked (those
+/// whose clinic is in the picture).
+fn check_received_stock(
+    received: &BTreeMap<(String, String), i64>,
+    index: &Index<'_>,
+    found: &mut Vec<Violation>,
+) -> usize {
+    let mut checked = 0;
+    for ((clinic_id, vaccine), doses) in received {
+        let Some(clinic) = index.clinics.get(clinic_id.as_str()) else {
+            continue;
+        };
+        checked += 1;
+        let administered = clinic
+            .by_slot
+            .values()
+            .filter_map(|statuses| statuses.get("ADMINISTERED"))
+            .flatten()
+            .filter(|a| a.vaccine == *vaccine)
+            .count();
+        let expected = i128::from(*doses) - administered as i128;
+        let ids = [clinic_id.as_str(), vaccine.as_str()];
+        let where_ = format!("vaccine {vaccine} at clinic {clinic_id}");
+        match clinic.clinic.availability.stock.get(vaccine) {
+            None => found.push(violation(
+                ViolationKind::StockMismatch,
+                ids,
+                format!("{where_}: {doses} doses received but no stock entry"),
+            )),
+            Some(level) if i128::from(level.on_hand) != expected => found.push(violation(
+                ViolationKind::StockMismatch,
+                ids,
+                format!(
+                    "{where_}: on_hand {} but {doses} received - {administered} ADMINISTERED \
+                     = {expected}",
+                    level.on_hand
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    checked
+}
+
+/// When a slot's no-show falls due: its end plus the grace, called overdue once that is more
+/// than the slack before the picture.
+struct NoShowDue {
+    /// `taken_at - grace - slack`: a slot that ended before this is overdue. `None` when out
+    /// of chrono's range (then nothing is overdue).
+    ended_before: Option<DateTime<Utc>>,
+}
+
+impl NoShowDue {
+    fn new(taken_at: DateTime<Utc>, grace: Duration, slack: Duration) -> NoShowDue {
+        let ended_before = chrono::Duration::from_std(grace.saturating_add(slack))
+            .ok()
+            .and_then(|d| taken_at.checked_sub_signed(d));
+        NoShowDue { ended_before }
+    }
+
+    /// Whether a slot ending at `end` (RFC 3339) is past its no-show; an unreadable or
+    /// missing end is not (nothing can be said about it).
+    fn overdue(&self, end: Option<&str>) -> bool {
+        let end = end.and_then(|e| DateTime::parse_from_rfc3339(e).ok());
+        matches!((end, self.ended_before), (Some(end), Some(before)) if end < before)
+    }
+}
+
+/// No CONFIRMED appointment outlives its slot's no-show; the harness's no-show group is
+/// CONFIRMED, NO_SHOW or ADMINISTERED.
+fn check_no_shows(
+    index: &Index<'_>,
+    due: &NoShowDue,
+    expected: &[String],
+    found: &mut Vec<Violation>,
+) {
+    for (listed_in, a) in index.appointments.values() {
+        if a.status != "CONFIRMED" {
+            continue;
+        }
+        let end = index
+            .clinics
+            .get(listed_in)
+            .and_then(|c| c.slots.get(a.slot_id.as_str()))
+            .and_then(|s| s.end.as_deref());
+        if due.overdue(end) {
+            found.push(violation(
+                ViolationKind::NoShowOverdue,
+                appointment_ids(a),
+                format!(
+                    "appointment {} is still CONFIRMED although its slot ended at {} and the \
+                     no-show grace has passed: the no-show did not happen",
+                    a.appointment_id,
+                    end.unwrap_or("?")
+                ),
+            ));
+        }
+    }
+    for id in expected {
+        let Some((_, a)) = index.appointments.get(id.as_str()) else {
+            continue; // Reported as lost by the acknowledged checks.
+        };
+        if !["CONFIRMED", "NO_SHOW", "ADMINISTERED"].contains(&a.status.as_str()) {
+            found.push(violation(
+                ViolationKind::NoShowMissed,
+                appointment_ids(a),
+                format!(
+                    "appointment {id} was confirmed and left to become a no-show, but the \
+                     server reports {}",
+                    a.status
+                ),
+            ));
+        }
+    }
 }
 
 /// A replay gets the first answer: same status, same appointment.
@@ -1182,6 +1410,9 @@ mod tests {
             appointments_by_status: BTreeMap::new(),
             acked_checked: 0,
             replays_checked: 0,
+            slot_cancellations_checked: 0,
+            stock_checked: 0,
+            no_show_expected_checked: 0,
         };
         let json = serde_json::to_value(&report).expect("the report serialises");
         assert_eq!(json["violations_by_kind"]["oversell"], 1);
@@ -1241,6 +1472,7 @@ mod tests {
             citizen_id: "p".into(),
             kind,
             status: status.into(),
+            batch: None,
         };
         let create = acked(AckKind::Create, "PENDING");
         assert!(STATUSES.iter().all(|s| status_honours(&create, s)));

@@ -25,6 +25,12 @@ pub const CONNECTIONS_MAX: usize = 10_000;
 pub const KILLS_MAX: usize = 1_000;
 /// `--retries` bound for timed-out requests.
 pub const RETRIES_MAX: u32 = 10;
+/// `--no-show-group` bound: the group is booked one by one before its slots start, a few
+/// seconds after set-up.
+pub const NO_SHOW_GROUP_MAX: usize = 200;
+/// `--no-show-grace` bound with a no-show group: the crash scenario waits for the group to
+/// fall due before its last check, so the grace bounds the run's length.
+pub const NO_SHOW_GRACE_MAX: Duration = Duration::from_secs(60);
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -53,8 +59,11 @@ EXAMPLES:
   # How late are expiries? 2,000 holds of 2 s, availability polled every 2 ms:
   holdfast-load --spawn --scenario expiry --expiry-holds 2000 --expiry-hold 2s
 
-  # Crash rehearsal: SIGKILL the server 5 times under load, restart, verify each time:
-  holdfast-load --spawn --scenario crash --kills 5 --clinics 10 --citizens 5000
+  # Crash rehearsal: SIGKILL the server 5 times under load, restart, verify each time
+  # (staff administer 30% of confirmed appointments and cancel 10% of the slots; 20
+  # appointments fall due as no-shows 2 s after their slots end, across the kills):
+  holdfast-load --spawn --scenario crash --kills 5 --clinics 10 --citizens 5000 \\
+      --administer-pct 30 --clinic-cancel-pct 10 --no-show-group 20 --no-show-grace 2s
 
 EXIT CODES:
   0  every scenario passed (no invariant violation, no 500)
@@ -66,7 +75,10 @@ holdfast-load: the load harness for holdfast, built for launch-morning rehearsal
 
 Unlike a generic HTTP load tool it knows the domain: it sets up its own campaign through the
 public API (vaccine, clinics with Zipf-skewed popularity, slots, stock by batch, citizens),
-books the way citizens do (hold, then confirm, release or abandon), sends an Idempotency-Key
+books the way citizens do (hold, then confirm, release or abandon), works the clinic side the
+way staff do (administer confirmed appointments with the confirm's QR token and the campaign's
+batch, cancel slots; in `crash`, a group of appointments falls due as no-shows across the
+kills), sends an Idempotency-Key
 with every create, retries timed-out creates with the same key, replays a sample of them on
 purpose, and after every scenario (and after every restart in `crash`) checks the server's
 invariants: no slot oversold, stock counters equal to the appointments, at most one active
@@ -184,6 +196,14 @@ pub struct Args {
     #[arg(long, default_value = "300s", value_parser = parse_duration, help_heading = "Spawned server")]
     #[serde(serialize_with = "serialize_duration")]
     pub hold_ttl: Duration,
+    /// --no-show-grace of a spawned server, and what the checker expects of any server: a
+    /// CONFIRMED appointment becomes NO_SHOW this long after its slot ends (the checker
+    /// allows --expiry-slack on top). Short by default so the crash scenario's no-show
+    /// group falls due within the run; against a running server, give its own value (the
+    /// server's default is 2h). Example: --no-show-grace 2s
+    #[arg(long, default_value = "2s", value_parser = parse_duration, help_heading = "Spawned server")]
+    #[serde(serialize_with = "serialize_duration")]
+    pub no_show_grace: Duration,
     /// Keep the spawned server's temporary data directory (and its log) after the run.
     #[arg(long, help_heading = "Spawned server")]
     pub keep_data: bool,
@@ -280,6 +300,25 @@ pub struct Args {
     #[serde(serialize_with = "serialize_duration")]
     pub kill_window: Duration,
 
+    // ---- clinic side -----------------------------------------------------------------------
+    /// launch, crash: percentage of confirmed appointments (not cancelled by their citizen)
+    /// that clinic staff administer right away, with the confirm's `qr_token` and the
+    /// campaign's batch. 0 = none.
+    #[arg(long, default_value_t = 20, help_heading = "Clinic")]
+    pub administer_pct: u32,
+    /// launch, crash: percentage of the campaign's slots that clinic staff cancel (rounded
+    /// up, so a small campaign still cancels one): after the booking in `launch`, during the
+    /// load (spread over the rounds) in `crash`. 0 = none.
+    #[arg(long, default_value_t = 5, help_heading = "Clinic")]
+    pub clinic_cancel_pct: u32,
+    /// crash: appointments booked and confirmed right after set-up in extra slots that
+    /// start a few seconds later and end a second after that, then left alone: they must
+    /// become NO_SHOW --no-show-grace after their slots end, across the kills (some are
+    /// administered first, by --administer-pct). The last check waits until they are due.
+    /// 0 = no group.
+    #[arg(long, default_value_t = 8, help_heading = "Clinic")]
+    pub no_show_group: usize,
+
     /// Skip the check that no citizen has more than one PENDING or CONFIRMED appointment
     /// (the contract's citizen rule, checked by default; skip it only against a server that
     /// does not enforce it).
@@ -362,6 +401,30 @@ impl Args {
                 self.confirm_pct, self.release_pct
             ));
         }
+        for (name, pct) in [
+            ("administer-pct", self.administer_pct),
+            ("clinic-cancel-pct", self.clinic_cancel_pct),
+        ] {
+            if pct > 100 {
+                return Err(format!("--{name} {pct}: at most 100"));
+            }
+        }
+        if self.no_show_group > NO_SHOW_GROUP_MAX {
+            return Err(format!(
+                "--no-show-group {}: at most {NO_SHOW_GROUP_MAX}",
+                self.no_show_group
+            ));
+        }
+        if self.scenario.contains(&Scenario::Crash)
+            && self.no_show_group > 0
+            && self.no_show_grace > NO_SHOW_GRACE_MAX
+        {
+            return Err(format!(
+                "--no-show-grace {:?}: at most {NO_SHOW_GRACE_MAX:?} with a crash no-show group \
+                 (the run waits for it; or --no-show-group 0)",
+                self.no_show_grace
+            ));
+        }
         if self.read_pct > 100 {
             return Err(format!("--read-pct {}: at most 100", self.read_pct));
         }
@@ -438,6 +501,23 @@ mod tests {
                 .is_err()
         );
         assert!(parse(&["--spawn", "--prefix", "a b"]).validate().is_err());
+        assert!(parse(&["--spawn", "--administer-pct", "101"])
+            .validate()
+            .is_err());
+        assert!(parse(&["--spawn", "--clinic-cancel-pct", "101"])
+            .validate()
+            .is_err());
+        assert!(parse(&["--spawn", "--no-show-group", "201"])
+            .validate()
+            .is_err());
+        assert!(
+            parse(&["--spawn", "--scenario", "crash", "--no-show-grace", "2h"])
+                .validate()
+                .is_err()
+        );
+        parse(&["--spawn", "--scenario", "launch", "--no-show-grace", "2h"])
+            .validate()
+            .unwrap();
         assert!(parse(&["--spawn", "--expiry-hold", "500ms"])
             .validate()
             .is_err());

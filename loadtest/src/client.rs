@@ -28,19 +28,34 @@ impl Tokens {
     }
 
     fn sign(&self, role: Role, sub: String, citizen_id: Option<&str>) -> String {
-        let claims = Claims {
+        self.sign_claims(Claims {
             sub,
             role,
             exp: chrono::Utc::now().timestamp() + TOKEN_TTL_S,
             citizen_id: citizen_id.map(str::to_string),
             clinic_id: None,
-        };
+        })
+    }
+
+    fn sign_claims(&self, claims: Claims) -> String {
         format!("Bearer {}", self.key.sign(&claims))
     }
 
     /// `Authorization` header value for the authority (campaign set-up, checker).
     pub fn authority(&self) -> String {
         self.sign(Role::Authority, "holdfast-load-authority".into(), None)
+    }
+
+    /// `Authorization` header value for a staff member of `clinic_id` (administrations and
+    /// clinic cancellations); one `sub` per clinic.
+    pub fn staff(&self, clinic_id: &str) -> String {
+        self.sign_claims(Claims {
+            sub: format!("staff:{clinic_id}"),
+            role: Role::Staff,
+            exp: chrono::Utc::now().timestamp() + TOKEN_TTL_S,
+            citizen_id: None,
+            clinic_id: Some(clinic_id.to_string()),
+        })
     }
 
     /// `Authorization` header value for a citizen; `sub` is per citizen, so Idempotency-Keys
@@ -198,6 +213,43 @@ impl Api {
         let url = self.url(&format!("/v1/appointments/{id}/{action}"));
         self.send_retrying(|| self.http.post(&url).header("authorization", bearer))
             .await
+    }
+
+    /// `POST /v1/appointments/{id}/administer` as staff, with the confirm's `qr_token` and a
+    /// batch; administering twice answers the current appointment, so a timed-out one is
+    /// safely retried.
+    pub async fn administer(&self, staff: &str, id: &str, qr_token: &str, batch: &str) -> Reply {
+        let url = self.url(&format!("/v1/appointments/{id}/administer"));
+        let body = serde_json::json!({ "qr_token": qr_token, "batch": batch });
+        self.send_retrying(|| {
+            self.http
+                .post(&url)
+                .header("authorization", staff)
+                .json(&body)
+        })
+        .await
+    }
+
+    /// `POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel` as staff of the clinic, with an
+    /// Idempotency-Key (so a timed-out one is retried with the same key and gets the first
+    /// answer, affected ids included).
+    pub async fn cancel_slot(
+        &self,
+        staff: &str,
+        clinic_id: &str,
+        slot_id: &str,
+        key: &str,
+    ) -> Reply {
+        let url = self.url(&format!("/v1/clinics/{clinic_id}/slots/{slot_id}/cancel"));
+        let body = serde_json::json!({ "reason": "holdfast-load clinic cancellation" });
+        self.send_retrying(|| {
+            self.http
+                .post(&url)
+                .header("authorization", staff)
+                .header("idempotency-key", key)
+                .json(&body)
+        })
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

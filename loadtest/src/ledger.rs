@@ -1,22 +1,32 @@
 //! The ledger: every change the server acknowledged during a run, so the checker can prove
 //! that nothing acknowledged was lost (across kills too) and that replays were faithful.
 //!
-//! Scenarios record each 2xx answer to a create, confirm or cancel here, and each deliberate
-//! Idempotency-Key replay. The ledger keeps, per appointment, the furthest status an
-//! acknowledgement showed; the checker compares that with what the server reports later.
+//! Scenarios record each 2xx answer to a create, confirm, cancel or administration here, each
+//! acknowledged slot cancellation (with the appointments it answered as affected), each
+//! deliberate Idempotency-Key replay, the stock the campaign received, and the appointments
+//! the harness confirmed and then left alone to fall due as no-shows. The ledger keeps, per
+//! appointment, the furthest status an acknowledgement showed; the checker compares that
+//! with what the server reports later.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// The operations whose acknowledgements the ledger keeps.
+/// The operations whose acknowledgements the ledger keeps, in the order an appointment can
+/// go through them (the ledger keeps the furthest; a cancel, an administration and a clinic
+/// cancellation exclude each other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AckKind {
     Create,
     Confirm,
     Cancel,
+    /// `POST /v1/appointments/{id}/administer` answered 200 ADMINISTERED with a batch.
+    Administer,
+    /// `POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel` answered 200 and named the
+    /// appointment among the affected ones: it is CLINIC_CANCELLED.
+    ClinicCancel,
 }
 
 /// What the server acknowledged for one appointment.
@@ -27,11 +37,23 @@ pub struct Acked {
     pub slot_id: String,
     pub vaccine: String,
     pub citizen_id: String,
-    /// The last acknowledged operation ([`AckKind::Create`] < `Confirm` < `Cancel` in a run).
+    /// The last acknowledged operation ([`AckKind::Create`] < `Confirm` < `Cancel` <
+    /// `Administer` < `ClinicCancel` in a run).
     pub kind: AckKind,
     /// The status the acknowledging answer carried (`PENDING`, `CONFIRMED`, `RELEASED`,
-    /// `CANCELLED`, ...).
+    /// `CANCELLED`, `ADMINISTERED`, `CLINIC_CANCELLED`, ...).
     pub status: String,
+    /// The batch an administration answered (`None` before one).
+    pub batch: Option<String>,
+}
+
+/// One acknowledged clinic cancellation of a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotCancellation {
+    pub clinic_id: String,
+    pub slot_id: String,
+    /// The appointment ids the answer named as affected (each now CLINIC_CANCELLED).
+    pub affected: Vec<String>,
 }
 
 /// One deliberate replay of a successful create with the same Idempotency-Key and body.
@@ -49,9 +71,29 @@ pub struct Replay {
 struct Inner {
     appointments: HashMap<String, Acked>,
     replays: Vec<Replay>,
+    slot_cancellations: Vec<SlotCancellation>,
+    /// Doses received per (clinic, vaccine), summed over batches.
+    received: BTreeMap<(String, String), i64>,
+    /// Appointments confirmed and then left alone in a slot that ends during the run.
+    no_show_expected: BTreeSet<String>,
 }
 
 /// Thread-safe; one per run, shared by every connection (an `Arc<Ledger>`).
+impl Inner {
+    /// Answers can arrive out of order (a slow create answer after its confirm): keep the
+    /// furthest operation.
+    fn keep_furthest(&mut self, acked: Acked) {
+        match self.appointments.get_mut(&acked.appointment_id) {
+            Some(existing) if existing.kind as u8 > acked.kind as u8 => {}
+            Some(existing) => *existing = acked,
+            None => {
+                self.appointments
+                    .insert(acked.appointment_id.clone(), acked);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Ledger {
     inner: Mutex<Inner>,
@@ -83,18 +125,62 @@ impl Ledger {
             citizen_id: field(appointment, "citizen_id").unwrap_or_default(),
             kind,
             status,
+            batch: field(appointment, "batch"),
         };
-        let mut inner = self.inner.lock().expect("ledger lock");
-        match inner.appointments.get_mut(&id) {
-            // Answers can arrive out of order (a slow create answer after its confirm):
-            // keep the furthest operation.
-            Some(existing) if existing.kind as u8 > kind as u8 => {}
-            Some(existing) => *existing = acked,
-            None => {
-                inner.appointments.insert(id, acked);
-            }
-        }
+        self.inner.lock().expect("ledger lock").keep_furthest(acked);
         true
+    }
+
+    /// Records an acknowledged clinic cancellation of `slot_id`: every appointment of
+    /// `affected` is CLINIC_CANCELLED from now on. An affected appointment the ledger does
+    /// not know yet (its create's answer was lost) is added with its citizen and vaccine
+    /// unknown (empty), which the checker does not compare.
+    pub fn record_slot_cancellation(&self, clinic_id: &str, slot_id: &str, affected: &[String]) {
+        let mut inner = self.inner.lock().expect("ledger lock");
+        for id in affected {
+            let known = inner.appointments.get(id).cloned();
+            let acked = Acked {
+                kind: AckKind::ClinicCancel,
+                status: "CLINIC_CANCELLED".to_string(),
+                batch: None,
+                ..known.unwrap_or_else(|| Acked {
+                    appointment_id: id.clone(),
+                    clinic_id: clinic_id.to_string(),
+                    slot_id: slot_id.to_string(),
+                    vaccine: String::new(),
+                    citizen_id: String::new(),
+                    kind: AckKind::ClinicCancel,
+                    status: String::new(),
+                    batch: None,
+                })
+            };
+            inner.keep_furthest(acked);
+        }
+        inner.slot_cancellations.push(SlotCancellation {
+            clinic_id: clinic_id.to_string(),
+            slot_id: slot_id.to_string(),
+            affected: affected.to_vec(),
+        });
+    }
+
+    /// Records doses of `vaccine` received by `clinic_id` (a stock call answered 200).
+    pub fn record_received(&self, clinic_id: &str, vaccine: &str, quantity: i64) {
+        let mut inner = self.inner.lock().expect("ledger lock");
+        *inner
+            .received
+            .entry((clinic_id.to_string(), vaccine.to_string()))
+            .or_insert(0) += quantity;
+    }
+
+    /// Records an appointment the harness confirmed (acknowledged) and will leave alone
+    /// (no cancel) in a slot that ends during the run: once the slot ended more than the
+    /// no-show grace ago it must be NO_SHOW, or ADMINISTERED if staff administered it.
+    pub fn record_no_show_expected(&self, appointment_id: &str) {
+        self.inner
+            .lock()
+            .expect("ledger lock")
+            .no_show_expected
+            .insert(appointment_id.to_string());
     }
 
     pub fn record_replay(&self, replay: Replay) {
@@ -111,6 +197,36 @@ impl Ledger {
 
     pub fn replays(&self) -> Vec<Replay> {
         self.inner.lock().expect("ledger lock").replays.clone()
+    }
+
+    /// Every acknowledged slot cancellation, in the order recorded.
+    pub fn slot_cancellations(&self) -> Vec<SlotCancellation> {
+        self.inner
+            .lock()
+            .expect("ledger lock")
+            .slot_cancellations
+            .clone()
+    }
+
+    /// Doses received per (clinic, vaccine).
+    pub fn received(&self) -> BTreeMap<(String, String), i64> {
+        self.inner.lock().expect("ledger lock").received.clone()
+    }
+
+    /// The appointments left to fall due as no-shows, sorted.
+    pub fn no_show_expected(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("ledger lock");
+        inner.no_show_expected.iter().cloned().collect()
+    }
+
+    /// Acknowledged appointments whose last acknowledged operation is `kind`.
+    pub fn count_kind(&self, kind: AckKind) -> usize {
+        let inner = self.inner.lock().expect("ledger lock");
+        inner
+            .appointments
+            .values()
+            .filter(|a| a.kind == kind)
+            .count()
     }
 
     pub fn len(&self) -> usize {
@@ -143,6 +259,38 @@ mod tests {
         assert_eq!(acked[0].status, "CONFIRMED");
         assert!(ledger.record(AckKind::Cancel, &body("a1", "CANCELLED")));
         assert_eq!(ledger.acked()[0].status, "CANCELLED");
+    }
+
+    #[test]
+    fn an_administration_keeps_its_batch_and_a_clinic_cancellation_wins() {
+        let ledger = Ledger::new();
+        let mut administered = body("a1", "ADMINISTERED");
+        administered["batch"] = json!("B1");
+        assert!(ledger.record(AckKind::Administer, &administered));
+        assert!(ledger.record(AckKind::Confirm, &body("a1", "CONFIRMED")));
+        let acked = ledger.acked();
+        assert_eq!(acked[0].kind, AckKind::Administer);
+        assert_eq!(acked[0].batch.as_deref(), Some("B1"));
+
+        assert!(ledger.record(AckKind::Confirm, &body("a2", "CONFIRMED")));
+        ledger.record_slot_cancellation("c", "s", &["a2".to_string(), "a3".to_string()]);
+        let acked = ledger.acked();
+        assert_eq!(acked.len(), 3);
+        let a2 = &acked[1];
+        assert_eq!(
+            (a2.kind, a2.status.as_str()),
+            (AckKind::ClinicCancel, "CLINIC_CANCELLED")
+        );
+        assert_eq!(a2.citizen_id, "p", "what was known is kept");
+        let a3 = &acked[2];
+        assert_eq!((a3.clinic_id.as_str(), a3.slot_id.as_str()), ("c", "s"));
+        assert!(a3.citizen_id.is_empty(), "unknown, not invented");
+        assert_eq!(ledger.slot_cancellations().len(), 1);
+        assert_eq!(ledger.count_kind(AckKind::ClinicCancel), 2);
+
+        ledger.record_received("c", "v", 10);
+        ledger.record_received("c", "v", 5);
+        assert_eq!(ledger.received()[&("c".to_string(), "v".to_string())], 15);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::campaign::SetUp;
 use crate::checker::CheckReport;
+use crate::scenarios::clinic::ClinicFigures;
 use crate::stats::{is_error, Op, Stats};
 
 /// Percentiles every operation row shows.
@@ -181,6 +182,9 @@ pub struct ScenarioReport {
     pub steady: Option<SteadyFigures>,
     pub expiry: Option<ExpiryFigures>,
     pub crash: Option<CrashFigures>,
+    /// What clinic staff did (launch, crash): administrations, clinic cancellations, the
+    /// no-show group, and the statuses the last check saw.
+    pub clinic: Option<ClinicFigures>,
     pub checks: Vec<CheckEntry>,
     pub notes: Vec<String>,
     pub verdict: Verdict,
@@ -249,6 +253,7 @@ impl ScenarioReport {
             steady: None,
             expiry: None,
             crash: None,
+            clinic: None,
             checks: Vec::new(),
             notes: Vec::new(),
             verdict: Verdict::Pass,
@@ -342,15 +347,33 @@ impl ScenarioReport {
                 c.in_doubt_applied_before_kill
             );
         }
+        if let Some(c) = &self.clinic {
+            let _ = writeln!(
+                w,
+                "clinic: {} administered ({}% of confirmed), {} slots cancelled by their clinic ({} not acknowledged) with {} appointments clinic-cancelled, {} left to fall due as no-shows{}; last check saw {} ADMINISTERED, {} NO_SHOW, {} CLINIC_CANCELLED",
+                c.administered,
+                c.administer_pct,
+                c.slots_cancelled,
+                c.slots_not_cancelled,
+                c.clinic_cancelled,
+                c.no_show_group,
+                c.no_show_slots_end
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (slots end {e})")),
+                c.seen_administered,
+                c.seen_no_show,
+                c.seen_clinic_cancelled
+            );
+        }
         let _ = writeln!(
             w,
-            "{:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<13} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "op", "count", "rate/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
         );
         for o in &self.ops {
             let _ = writeln!(
                 w,
-                "{:<9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                "{:<13} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
                 o.op.name(),
                 o.count,
                 o.rate_per_s,
@@ -377,14 +400,14 @@ impl ScenarioReport {
         };
         let _ = writeln!(
             w,
-            "total     {:>9} {:>10.0}{booking}",
+            "total         {:>9} {:>10.0}{booking}",
             self.requests, self.requests_per_s
         );
         let _ = writeln!(w, "outcomes:");
         for o in &self.outcomes {
             let _ = writeln!(
                 w,
-                "  {:<9} {:>3} {:<22} {:>9}{}",
+                "  {:<13} {:>3} {:<22} {:>9}{}",
                 o.op.name(),
                 o.status,
                 if o.code.is_empty() { "-" } else { &o.code },

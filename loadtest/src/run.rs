@@ -80,6 +80,7 @@ async fn target(args: &Args, api: &Api) -> Result<Target, String> {
         log_file: dir.path.join("server.log"),
         shards: args.shards,
         hold_ttl: args.hold_ttl,
+        no_show_grace: args.no_show_grace,
         durability: args.durability.name(),
     };
     let data_dir = spec.data_dir.clone();

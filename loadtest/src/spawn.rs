@@ -118,6 +118,7 @@ pub struct ServerSpec {
     pub log_file: PathBuf,
     pub shards: u32,
     pub hold_ttl: Duration,
+    pub no_show_grace: Duration,
     pub durability: &'static str,
 }
 
@@ -173,6 +174,8 @@ impl Spawned {
             .arg(self.spec.shards.to_string())
             .arg("--hold-ttl")
             .arg(format!("{}ms", self.spec.hold_ttl.as_millis()))
+            .arg("--no-show-grace")
+            .arg(format!("{}ms", self.spec.no_show_grace.as_millis()))
             .arg("--durability")
             .arg(self.spec.durability)
             .env(

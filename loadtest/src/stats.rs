@@ -37,6 +37,10 @@ pub enum Op {
     Noop,
     /// `GET /v1/clinics?vaccine=` polls of the expiry scenario.
     Poll,
+    /// `POST /v1/appointments/{id}/administer` (staff).
+    Administer,
+    /// `POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel` (staff): a clinic cancellation.
+    ClinicCancel,
 }
 
 impl Op {
@@ -50,6 +54,8 @@ impl Op {
             Op::Replay => "replay",
             Op::Noop => "noop",
             Op::Poll => "poll",
+            Op::Administer => "administer",
+            Op::ClinicCancel => "clinic_cancel",
         }
     }
 

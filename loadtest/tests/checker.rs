@@ -38,6 +38,8 @@ fn slot(slot_id: &str, counters: [i64; 6], cancelled: bool) -> SlotState {
     let [capacity, remaining, pending, confirmed, administered, no_show] = counters;
     SlotState {
         slot_id: slot_id.to_string(),
+        // Every hand-built slot ended an hour before the picture (see the no-show tests).
+        end: Some(at(-3600)),
         capacity,
         remaining,
         pending,
@@ -73,6 +75,7 @@ fn appointment(
         citizen_id: citizen_id.to_string(),
         // A hold five minutes from the picture: not overdue.
         expires_at: (status == "PENDING").then(|| at(300)),
+        batch: (status == "ADMINISTERED").then(|| "B-1".to_string()),
     }
 }
 
@@ -429,7 +432,183 @@ fn a_negative_available_after_a_stock_adjustment_is_allowed() {
     assert!(report.ok(), "{:#?}", report.violations);
 }
 
+#[test]
+fn on_hand_that_is_not_received_minus_administered() {
+    let picture = consistent();
+    // c1 received 11 pfz and a3 was administered: 10 on hand, as the picture says.
+    let ledger = ledger_for(&picture);
+    ledger.record_received("c1", "pfz", 11);
+    ledger.record_received("c-elsewhere", "pfz", 3); // Not in the picture: not checked.
+    let report = run(&picture, &ledger);
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(report.stock_checked, 1);
+
+    // One dose more received than on hand and administered: a dose went missing.
+    let ledger = ledger_for(&picture);
+    ledger.record_received("c1", "pfz", 12);
+    let v = assert_only(
+        &run(&picture, &ledger),
+        ViolationKind::StockMismatch,
+        &["c1", "pfz"],
+    );
+    assert!(
+        v.message
+            .contains("on_hand 10 but 12 received - 1 ADMINISTERED"),
+        "{}",
+        v.message
+    );
+}
+
+#[test]
+fn an_administration_that_did_not_take_its_dose() {
+    let mut picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_received("c1", "pfz", 11);
+    // Every counter agrees with a4 NO_SHOW turned ADMINISTERED, but on_hand did not move.
+    appointment_mut(&mut picture, "a4").status = "ADMINISTERED".into();
+    let s2 = slot_mut(&mut picture, "c1", "s2");
+    s2.no_show = 0;
+    s2.administered = 1;
+    let report = run(&picture, &ledger);
+    assert_only(&report, ViolationKind::StockMismatch, &["c1", "pfz"]);
+}
+
+#[test]
+fn a_received_vaccine_without_a_stock_entry() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_received("c2", "xyz", 3);
+    let report = run(&picture, &ledger);
+    assert_only(&report, ViolationKind::StockMismatch, &["c2", "xyz"]);
+}
+
 // ---- 4. acknowledged changes -----------------------------------------------------------
+
+/// The ledger of [`consistent`] with a3's administration (batch B-1) acknowledged.
+fn ledger_with_administration(picture: &Picture) -> Ledger {
+    let ledger = ledger_for(picture);
+    let a3 = answer(appointment_mut(&mut picture.clone(), "a3"), "ADMINISTERED");
+    assert_eq!(a3["batch"], "B-1");
+    assert!(ledger.record(AckKind::Administer, &a3));
+    ledger
+}
+
+#[test]
+fn an_acknowledged_administration_holds() {
+    let picture = consistent();
+    let report = run(&picture, &ledger_with_administration(&picture));
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+#[test]
+fn an_acknowledged_administration_now_confirmed() {
+    let mut picture = consistent();
+    let ledger = ledger_with_administration(&picture);
+    let a3 = appointment_mut(&mut picture, "a3");
+    a3.status = "CONFIRMED".into();
+    a3.batch = None;
+    let s1 = slot_mut(&mut picture, "c1", "s1");
+    s1.confirmed = 2;
+    s1.administered = 0;
+    *stock_mut(&mut picture, "c1", "pfz") = stock(10, 3);
+    let report = run(&picture, &ledger);
+    // The batch it no longer shows is a mismatch too.
+    assert_has(
+        &report,
+        ViolationKind::AckedRegressed,
+        &["a3", "c1", "s1", "p3"],
+        &[ViolationKind::AckedMismatch],
+    );
+    let v = report.of_kind(ViolationKind::AckedRegressed)[0];
+    assert!(v.message.contains("administration"), "{}", v.message);
+}
+
+#[test]
+fn an_acknowledged_administration_now_from_another_batch() {
+    let mut picture = consistent();
+    let ledger = ledger_with_administration(&picture);
+    appointment_mut(&mut picture, "a3").batch = Some("B-2".into());
+    let report = run(&picture, &ledger);
+    let v = assert_only(
+        &report,
+        ViolationKind::AckedMismatch,
+        &["a3", "c1", "s1", "p3"],
+    );
+    assert!(
+        v.message
+            .contains("batch \"B-1\" acknowledged, \"B-2\" now"),
+        "{}",
+        v.message
+    );
+}
+
+#[test]
+fn an_acknowledged_clinic_cancellation_holds_even_for_an_appointment_the_ledger_did_not_know() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_slot_cancellation("c1", "s3", &ids(&["a7"]));
+    let report = run(&picture, &ledger);
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(report.slot_cancellations_checked, 1);
+    // Its create's answer was lost: citizen and vaccine are unknown, and not compared.
+    let ledger = Ledger::new();
+    ledger.record_slot_cancellation("c1", "s3", &ids(&["a7"]));
+    assert!(run(&picture, &ledger).ok());
+}
+
+#[test]
+fn an_acknowledged_clinic_cancellation_whose_appointment_is_not_clinic_cancelled() {
+    let mut picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_slot_cancellation("c1", "s3", &ids(&["a7"]));
+    appointment_mut(&mut picture, "a7").status = "CANCELLED".into();
+    let report = run(&picture, &ledger);
+    let v = assert_only(
+        &report,
+        ViolationKind::AckedRegressed,
+        &["a7", "c1", "s3", "p7"],
+    );
+    assert!(v.message.contains("clinic cancellation"), "{}", v.message);
+}
+
+#[test]
+fn an_acknowledged_clinic_cancellation_of_an_appointment_the_server_does_not_have() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_slot_cancellation("c1", "s3", &ids(&["a7", "ghost-7"]));
+    let report = run(&picture, &ledger);
+    assert_only(
+        &report,
+        ViolationKind::AckedLost,
+        &["ghost-7", "c1", "s3", ""],
+    );
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_whose_slot_is_open_or_gone() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_slot_cancellation("c1", "s2", &[]);
+    let v = assert_only(
+        &run(&picture, &ledger),
+        ViolationKind::SlotCancellationLost,
+        &["c1", "s2"],
+    );
+    assert!(v.message.contains("not cancelled"), "{}", v.message);
+
+    let ledger = ledger_for(&picture);
+    ledger.record_slot_cancellation("c1", "s-gone", &[]);
+    let v = assert_only(
+        &run(&picture, &ledger),
+        ViolationKind::SlotCancellationLost,
+        &["c1", "s-gone"],
+    );
+    assert!(
+        v.message.contains("no longer has the slot"),
+        "{}",
+        v.message
+    );
+}
 
 #[test]
 fn an_acknowledged_appointment_the_server_does_not_have() {
@@ -609,6 +788,75 @@ fn a_hold_far_past_its_expiry() {
         ViolationKind::ExpiryOverdue,
         &["a1", "c1", "s1", "p1"],
     );
+}
+
+/// Checks with the server's no-show grace known: every slot of [`consistent`] ended an hour
+/// before the picture, except `t1`, which ends in ten minutes.
+fn with_grace(picture: &Picture, ledger: &Ledger, grace: Duration) -> CheckReport {
+    let mut picture = picture.clone();
+    slot_mut(&mut picture, "c2", "t1").end = Some(at(600));
+    let options = CheckOptions {
+        no_show_grace: Some(grace),
+        ..CheckOptions::default()
+    };
+    check(&picture, ledger, &options)
+}
+
+#[test]
+fn a_confirmed_appointment_within_the_no_show_grace_is_not_overdue() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    assert!(with_grace(&picture, &ledger, Duration::from_secs(2 * 3600)).ok());
+    // The grace ended a second ago: within the slack.
+    let report = with_grace(&picture, &ledger, Duration::from_secs(3600 - 1));
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+#[test]
+fn a_confirmed_appointment_past_its_no_show() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    let report = with_grace(&picture, &ledger, Duration::from_secs(30 * 60));
+    let v = assert_only(
+        &report,
+        ViolationKind::NoShowOverdue,
+        &["a2", "c1", "s1", "p2"],
+    );
+    assert!(
+        v.message.contains("no-show did not happen"),
+        "{}",
+        v.message
+    );
+    // Unknown grace: not checked.
+    assert!(run(&picture, &ledger).ok());
+}
+
+#[test]
+fn the_no_show_group_is_confirmed_no_show_or_administered() {
+    let mut picture = consistent();
+    let ledger = ledger_for(&picture);
+    for id in ["a2", "a3", "a4"] {
+        ledger.record_no_show_expected(id);
+    }
+    let grace = Duration::from_secs(2 * 3600);
+    let report = with_grace(&picture, &ledger, grace);
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(report.no_show_expected_checked, 3);
+
+    // a4 was left to fall due, yet the server reports it CANCELLED (counters agree).
+    appointment_mut(&mut picture, "a4").status = "CANCELLED".into();
+    let s2 = slot_mut(&mut picture, "c1", "s2");
+    s2.no_show = 0;
+    s2.remaining = 2;
+    let report = with_grace(&picture, &ledger, grace);
+    let v = assert_only(
+        &report,
+        ViolationKind::NoShowMissed,
+        &["a4", "c1", "s2", "p4"],
+    );
+    assert!(v.message.contains("reports CANCELLED"), "{}", v.message);
+    // Without a known grace the group is not checked.
+    assert!(run(&picture, &ledger).ok());
 }
 
 // ---- 8. shape --------------------------------------------------------------------------

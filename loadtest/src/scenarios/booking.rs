@@ -2,7 +2,9 @@
 //!
 //! Each connection takes the next citizen, picks a clinic by Zipf popularity and a slot in
 //! it, and holds a seat; the hold is then confirmed, released or abandoned by the given
-//! percentages. A citizen whose slot is sold out tries another one. Sold-out slots (and
+//! percentages; clinic staff administer a share of the confirmed appointments at once (with
+//! the confirm's `qr_token` and the campaign's batch). A citizen whose slot is sold out (or
+//! cancelled by its clinic) tries another one. Sold-out slots (and
 //! clinics out of stock) are marked on a shared [`Board`] so nobody keeps knocking on a
 //! full door; when the board is all closed, a controller asks the server's availability
 //! whether anything is left (a release elsewhere may have returned a seat), reopens what is,
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::campaign::CampaignSpec;
+use crate::campaign::{CampaignSpec, BATCH};
 use crate::client::{Api, Reply, Tokens};
 use crate::ledger::{AckKind, Ledger, Replay};
 use crate::stats::{Live, Op, Stats};
@@ -174,6 +176,11 @@ pub struct Booker {
     pub cancel_confirmed_pct: u32,
     /// Citizens free to book again (after a release or a cancel), when recycling.
     pub returned: Arc<Mutex<VecDeque<usize>>>,
+    /// Percentage of confirmed appointments (not cancelled by their citizen) administered
+    /// by the clinic's staff right after the confirm.
+    pub administer_pct: u32,
+    /// One staff token per clinic, by clinic index (see [`staff_tokens`]).
+    pub staff: Arc<Vec<String>>,
     pub abandoned: AtomicU64,
     pub citizens_served: AtomicU64,
     pub retries: AtomicU64,
@@ -287,7 +294,7 @@ impl Booker {
                         .await;
                     return;
                 }
-                (409, "SOLD_OUT") => self.board.close_slot(clinic, slot),
+                (409, "SOLD_OUT" | "SLOT_CANCELLED") => self.board.close_slot(clinic, slot),
                 (409, "OUT_OF_STOCK") => self.board.close_clinic(clinic),
                 (0, _) => {
                     if let Ok(mut d) = self.in_doubt.lock() {
@@ -355,8 +362,47 @@ impl Booker {
                 self.board.reopen_slot(clinic, slot);
                 self.recycle(citizen);
             }
+        } else if rng.below(100) < u64::from(self.administer_pct) {
+            let qr_token = reply.body["qr_token"].as_str().unwrap_or_default();
+            administer(
+                &self.api,
+                &self.ledger,
+                &self.live,
+                stats,
+                &self.staff[clinic],
+                id,
+                qr_token,
+            )
+            .await;
         }
     }
+}
+
+/// One staff token per clinic of `spec`, by clinic index.
+pub fn staff_tokens(tokens: &Tokens, spec: &CampaignSpec) -> Arc<Vec<String>> {
+    Arc::new(
+        (0..spec.clinics)
+            .map(|c| tokens.staff(&spec.clinic_id(c)))
+            .collect(),
+    )
+}
+
+/// Staff administer a CONFIRMED appointment from the campaign's batch, with the `qr_token`
+/// its confirm answered; a 200 is recorded in the ledger (ADMINISTERED with the batch).
+/// Returns whether it was acknowledged.
+pub async fn administer(
+    api: &Api,
+    ledger: &Ledger,
+    live: &Live,
+    stats: &mut Stats,
+    staff: &str,
+    id: &str,
+    qr_token: &str,
+) -> bool {
+    let started = Instant::now();
+    let reply = api.administer(staff, id, qr_token, BATCH).await;
+    record(stats, live, Op::Administer, started, &reply);
+    reply.status == 200 && ledger.record(AckKind::Administer, &reply.body)
 }
 
 /// Sends a create again with the same key and body, and records what came back.

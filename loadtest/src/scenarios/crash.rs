@@ -4,13 +4,20 @@
 //! with the same Idempotency-Key (the answers must name the same appointments, so the
 //! idempotency records survived), and the invariant checker runs against everything the
 //! server acknowledged before the kill.
+//!
+//! The clinic side runs through the kills too: staff administer `--administer-pct` of the
+//! confirmed appointments as they come, cancel `--clinic-cancel-pct` of the slots spread
+//! over the rounds (a cancellation a kill left unanswered is sent again with the same key
+//! the next round; what is left after the last restart is cancelled then), and a no-show
+//! group booked right after set-up falls due while the rounds run: the last check waits
+//! until it is due and must see it NO_SHOW (or ADMINISTERED).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cpu::{process_cpu_seconds, CpuMeter};
-use crate::ledger::{AckKind, Ledger};
+use crate::ledger::AckKind;
 use crate::progress::Progress;
 use crate::report::{CrashFigures, ScenarioReport};
 use crate::spawn::Spawned;
@@ -18,6 +25,7 @@ use crate::stats::{Live, Op, Stats};
 use crate::zipf::{Rng, Zipf};
 
 use super::booking::{self, Board, Booker};
+use super::clinic::{self, Canceller, ClinicFigures, GroupSpec, NoShowGroup, SlotQueue};
 use super::Ctx;
 
 /// The earliest a kill comes after a round's load started: the connections must be busy.
@@ -33,12 +41,46 @@ pub const CANCEL_CONFIRMED_PCT: u32 = 50;
 /// Salt of the kill-moment random stream (independent of the connections' streams).
 const KILL_STREAM: u64 = 0x00C4_A511;
 
+/// Books the no-show group (`--no-show-group`, none when 0) right after set-up.
+async fn no_show_group(
+    ctx: &Ctx,
+    spec: &crate::campaign::CampaignSpec,
+    staff: &[String],
+    ledger: &crate::ledger::Ledger,
+    live: &Live,
+    stats: &mut Stats,
+) -> Result<Option<NoShowGroup>, String> {
+    if ctx.args.no_show_group == 0 {
+        return Ok(None);
+    }
+    let group = GroupSpec {
+        api: &ctx.api,
+        tokens: &ctx.tokens,
+        spec,
+        staff,
+        ledger,
+        live,
+        size: ctx.args.no_show_group,
+        administer_pct: ctx.args.administer_pct,
+        seed: ctx.seed,
+    };
+    clinic::set_up_no_show_group(&group, stats).await.map(Some)
+}
+
 pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, String> {
     let args = &ctx.args;
     let spec = ctx.campaign_spec("crash", None);
     let set_up = ctx.set_up(&spec).await?;
-    let ledger = Arc::new(Ledger::new());
+    let ledger = ctx.ledger_for(&spec);
     let live = Arc::new(Live::new(Some(spec.sellable() as i64)));
+    let staff = booking::staff_tokens(&ctx.tokens, &spec);
+    let mut stats = Stats::new();
+    let group = no_show_group(ctx, &spec, &staff, &ledger, &live, &mut stats).await?;
+    let cancel_queue = Arc::new(SlotQueue::new(clinic::slots_to_cancel(
+        &spec,
+        args.clinic_cancel_pct,
+        ctx.seed,
+    )));
     let next_citizen = Arc::new(AtomicUsize::new(0));
     // Citizens free to book again, shared by the rounds.
     let returned = Arc::new(Mutex::new(std::collections::VecDeque::new()));
@@ -46,7 +88,6 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     let window_ms = args.kill_window.as_millis() as u64;
     let connection_bound = args.timeout * (args.retries + 1) + ROUND_STOP_GRACE;
 
-    let mut stats = Stats::new();
     let mut figures = CrashFigures {
         kills: 0,
         kill_after_ms: Vec::new(),
@@ -90,6 +131,8 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             key_seq: AtomicU64::new(0),
             cancel_confirmed_pct: CANCEL_CONFIRMED_PCT,
             returned: returned.clone(),
+            administer_pct: args.administer_pct,
+            staff: staff.clone(),
             abandoned: AtomicU64::new(0),
             citizens_served: AtomicU64::new(0),
             retries: AtomicU64::new(0),
@@ -100,6 +143,20 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         let pid = server.pid();
         let cpu_before = pid.and_then(process_cpu_seconds);
         let load = tokio::spawn(booking::run(booker.clone(), args.connections));
+        let canceller = Arc::new(Canceller {
+            api: api.clone(),
+            ledger: ledger.clone(),
+            live: live.clone(),
+            spec: spec.clone(),
+            staff: staff.clone(),
+            queue: cancel_queue.clone(),
+        });
+        let stop_cancels = Arc::new(AtomicBool::new(false));
+        let cancels = tokio::spawn(canceller.during_round(
+            cancel_queue.len().div_ceil(args.kills - round),
+            args.kill_window,
+            stop_cancels.clone(),
+        ));
         let delay = KILL_DELAY_MIN_MS + rng.below(window_ms - KILL_DELAY_MIN_MS + 1);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let cpu_after = pid.and_then(process_cpu_seconds);
@@ -108,6 +165,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             _ => None,
         };
         booker.stop.store(true, Ordering::Relaxed);
+        stop_cancels.store(true, Ordering::Relaxed);
         server.kill();
         let killed_at = chrono::Utc::now();
         figures.kills += 1;
@@ -118,6 +176,14 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             Err(_) => {
                 return Err(format!(
                     "crash round {round}: connections did not stop within {connection_bound:?}"
+                ))
+            }
+        }
+        match tokio::time::timeout(connection_bound, cancels).await {
+            Ok(Ok(cancel_stats)) => stats.merge(&cancel_stats),
+            _ => {
+                return Err(format!(
+                    "crash round {round}: clinic cancellations did not stop"
                 ))
             }
         }
@@ -172,6 +238,22 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
                 }
             }
         }
+        if round + 1 == args.kills {
+            let canceller = Canceller {
+                api: api.clone(),
+                ledger: ledger.clone(),
+                live: live.clone(),
+                spec: spec.clone(),
+                staff: staff.clone(),
+                queue: cancel_queue.clone(),
+            };
+            stats.merge(&Arc::new(canceller).drain().await);
+            if let Some(group) = &group {
+                group
+                    .wait_until_settled(args.no_show_grace, args.expiry_slack)
+                    .await;
+            }
+        }
         checks.push(
             ctx.check(
                 &api,
@@ -201,6 +283,13 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             .push("no booking was acknowledged: the crash scenario drove no load".to_string());
     }
     report.crash = Some(figures);
+    let mut clinic_figures = ClinicFigures::new(args, &ledger, checks.last());
+    clinic_figures.slots_not_cancelled = cancel_queue.len();
+    if let Some(group) = &group {
+        clinic_figures.no_show_group = group.left_to_fall_due;
+        clinic_figures.no_show_slots_end = Some(group.slots_end.to_rfc3339());
+    }
+    report.clinic = Some(clinic_figures);
     report.checks = checks;
     report.decide();
     Ok(report)

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::campaign::CampaignSpec;
-use crate::ledger::{AckKind, Ledger};
+use crate::ledger::AckKind;
 use crate::progress::Progress;
 use crate::report::{ExpiryFigures, ScenarioReport};
 use crate::stats::{Live, Op, Stats};
@@ -62,7 +62,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     }
     spec.citizens = holds_wanted;
     let set_up = ctx.set_up(&spec).await?;
-    let ledger = Arc::new(Ledger::new());
+    let ledger = ctx.ledger_for(&spec);
     let live = Arc::new(Live::new(None));
     let hold_seconds = args.expiry_hold.as_secs().max(1);
     let vaccine = spec.vaccine();

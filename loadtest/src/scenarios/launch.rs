@@ -1,25 +1,28 @@
 //! `launch`: every citizen tries to book at once (closed loop, `--connections`), until the
-//! campaign is sold out or `--duration` passes; reports the time to sell out and checks the
-//! invariants at the end.
+//! campaign is sold out or `--duration` passes; staff administer `--administer-pct` of the
+//! confirmed appointments as they come. Then staff cancel `--clinic-cancel-pct` of the slots
+//! (after the booking, so the time to sell out keeps its meaning); reports the time to sell
+//! out and the clinic figures, and checks the invariants at the end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::ledger::Ledger;
 use crate::progress::Progress;
 use crate::report::{LaunchFigures, ScenarioReport};
 use crate::stats::{Live, Op};
 use crate::zipf::Zipf;
 
 use super::booking::{self, Board, Booker, EndReason};
+use super::clinic::{self, Canceller, ClinicFigures, SlotQueue};
 use super::{Ctx, Meters};
 
 pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     let args = &ctx.args;
     let spec = ctx.campaign_spec("launch", None);
     let set_up = ctx.set_up(&spec).await?;
-    let ledger = Arc::new(Ledger::new());
+    let ledger = ctx.ledger_for(&spec);
+    let staff = booking::staff_tokens(&ctx.tokens, &spec);
     let live = Arc::new(Live::new(Some(spec.sellable() as i64)));
     let booker = Arc::new(Booker {
         api: ctx.api.clone(),
@@ -40,6 +43,8 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         key_seq: AtomicU64::new(0),
         cancel_confirmed_pct: 0,
         returned: Default::default(),
+        administer_pct: args.administer_pct,
+        staff: staff.clone(),
         abandoned: AtomicU64::new(0),
         citizens_served: AtomicU64::new(0),
         retries: AtomicU64::new(0),
@@ -50,13 +55,26 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     let meters = Meters::start(ctx.server_pid);
     let progress = Progress::start(
         "launch",
-        live,
+        live.clone(),
         Some(spec.sellable()),
         args.duration,
         args.quiet,
     );
-    let result = booking::run(booker.clone(), args.connections).await;
+    let mut result = booking::run(booker.clone(), args.connections).await;
     progress.finish();
+    let canceller = Arc::new(Canceller {
+        api: ctx.api.clone(),
+        ledger: ledger.clone(),
+        live: live.clone(),
+        spec: spec.clone(),
+        staff,
+        queue: Arc::new(SlotQueue::new(clinic::slots_to_cancel(
+            &spec,
+            args.clinic_cancel_pct,
+            ctx.seed,
+        ))),
+    });
+    result.stats.merge(&canceller.clone().drain().await);
     let mut report = ScenarioReport::new("launch", &result.stats, result.seconds, args.connections);
     meters.finish(&mut report);
     report.campaign = Some(set_up);
@@ -82,6 +100,9 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         ctx.check(&ctx.api, "end", &spec.clinic_ids(), &ledger)
             .await,
     );
+    let mut figures = ClinicFigures::new(args, &ledger, report.checks.last());
+    figures.slots_not_cancelled = canceller.queue.len();
+    report.clinic = Some(figures);
     report.decide();
     Ok(report)
 }

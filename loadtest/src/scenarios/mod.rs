@@ -3,6 +3,7 @@
 
 pub mod booking;
 pub mod ceiling;
+pub mod clinic;
 pub mod crash;
 pub mod expiry;
 pub mod launch;
@@ -67,6 +68,18 @@ impl Ctx {
         campaign::set_up(&self.api, &self.tokens.authority(), spec).await
     }
 
+    /// A fresh ledger for `spec`'s campaign, knowing the stock each clinic received at
+    /// set-up (one batch of `doses`; the set-up fails unless every stock call answered 200),
+    /// so the checker can hold `on_hand` to it.
+    pub fn ledger_for(&self, spec: &CampaignSpec) -> Arc<Ledger> {
+        let ledger = Ledger::new();
+        let vaccine = spec.vaccine();
+        for clinic in spec.clinic_ids() {
+            ledger.record_received(&clinic, &vaccine, spec.doses);
+        }
+        Arc::new(ledger)
+    }
+
     /// Runs the invariant checker over `clinic_ids` with the run's ledger.
     pub async fn check(
         &self,
@@ -87,6 +100,7 @@ impl Ctx {
                 let options = CheckOptions {
                     one_active_per_citizen: self.args.check_one_active_per_citizen,
                     expiry_slack: self.args.expiry_slack,
+                    no_show_grace: Some(self.args.no_show_grace),
                 };
                 let report = checker::check(&picture, ledger, &options);
                 CheckEntry::from_report(after, &report)

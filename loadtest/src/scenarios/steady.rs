@@ -238,7 +238,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     let args = ctx.args.clone();
     let spec = ctx.campaign_spec("steady", None);
     let set_up = ctx.set_up(&spec).await?;
-    let ledger = Arc::new(Ledger::new());
+    let ledger = ctx.ledger_for(&spec);
     let live = Arc::new(Live::new(None));
     let shared = Arc::new(Shared {
         ctx: ctx.clone(),
