@@ -461,14 +461,17 @@ fn render_check(w: &mut String, check: &CheckEntry) {
     let n = |f: &str| r[f].as_u64().unwrap_or(0);
     let _ = writeln!(
         w,
-        "check after {}: {} violation(s); {} clinics, {} slots, {} appointments, {} acknowledged, {} replays checked",
+        "check after {}: {} violation(s); {} clinics, {} slots, {} appointments, {} acknowledged, {} replays, {} slot cancellations, {} stock levels, {} expected no-shows checked",
         check.after,
         check.violations,
         n("clinics"),
         n("slots"),
         n("appointments"),
         n("acked_checked"),
-        n("replays_checked")
+        n("replays_checked"),
+        n("slot_cancellations_checked"),
+        n("stock_checked"),
+        n("no_show_expected_checked")
     );
     if let Some(violations) = r["violations"].as_array() {
         for v in violations.iter().take(VIOLATIONS_PRINTED) {

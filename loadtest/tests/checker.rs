@@ -1051,6 +1051,162 @@ impl Api {
     }
 }
 
+fn staff_token(clinic_id: &str) -> String {
+    JwtKey::from_secret_file_bytes(SECRET)
+        .expect("a usable secret")
+        .sign(&Claims {
+            sub: format!("staff-{clinic_id}"),
+            role: Role::Staff,
+            exp: Utc::now().timestamp() + 3600,
+            citizen_id: None,
+            clinic_id: Some(clinic_id.to_string()),
+        })
+}
+
+/// The clinic side through the HTTP API, on a clinic of its own: an administration and a
+/// slot cancellation are acknowledged, recorded, and the picture agrees with them; then
+/// fabricated ones (a dose never received, a slot never cancelled) are reported.
+async fn clinic_side(api: &Api) {
+    use reqwest::Method;
+    let clinic = "ck-c";
+    api.authority(
+        Method::PUT,
+        &format!("/v1/clinics/{clinic}"),
+        &json!({"name": "Clinic side", "region": "north", "timezone": "Europe/Berlin"}),
+    )
+    .await;
+    for (slot, capacity) in [("s1", 3), ("s2", 2)] {
+        api.authority(
+            Method::PUT,
+            &format!("/v1/clinics/{clinic}/slots/{slot}"),
+            &json!({"start": hours_from_now(24), "end": hours_from_now(25),
+                    "capacity": capacity, "vaccines": [VACCINE], "priority_reserve": 0}),
+        )
+        .await;
+    }
+    api.authority(
+        Method::POST,
+        &format!("/v1/clinics/{clinic}/stock"),
+        &json!({"vaccine": VACCINE, "batch": "B-1", "quantity": 10, "expires_on": "2099-12-31"}),
+    )
+    .await;
+    let ledger = Ledger::new();
+    ledger.record_received(clinic, VACCINE, 10);
+    // q1 and q2 confirm in s1, q3 confirms in s2, q4 holds in s2.
+    let mut confirmed = Vec::new();
+    for (citizen, slot, confirm) in [
+        ("q1", "s1", true),
+        ("q2", "s1", true),
+        ("q3", "s2", true),
+        ("q4", "s2", false),
+    ] {
+        api.authority(
+            Method::PUT,
+            &format!("/v1/citizens/{citizen}"),
+            &json!({"birth_date": "1980-05-05", "region": "north", "allergies": [],
+                    "insurance_id": "I-9", "doses": []}),
+        )
+        .await;
+        let (status, body) = api
+            .book(citizen, clinic, slot, &format!("cs-{citizen}"))
+            .await;
+        assert_eq!(status, 201, "booking {citizen}: {body}");
+        assert!(ledger.record(AckKind::Create, &body));
+        if confirm {
+            let body = api.act(citizen, &body, "confirm").await;
+            assert!(ledger.record(AckKind::Confirm, &body));
+            confirmed.push(body);
+        }
+    }
+    // Staff administer q1 with its QR token, and cancel s2 (q3 and q4 are affected).
+    let staff = staff_token(clinic);
+    let q1 = &confirmed[0];
+    let id = q1["appointment_id"].as_str().expect("an id");
+    let (status, administered) = api
+        .send(
+            Method::POST,
+            &format!("/v1/appointments/{id}/administer"),
+            &staff,
+            None,
+            Some(&json!({"qr_token": q1["qr_token"], "batch": "B-1"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{administered}");
+    assert!(ledger.record(AckKind::Administer, &administered));
+    let (status, cancelled) = api
+        .send(
+            Method::POST,
+            &format!("/v1/clinics/{clinic}/slots/s2/cancel"),
+            &staff,
+            Some("cs-cancel-s2"),
+            Some(&json!({"reason": "no vaccinator"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let affected: Vec<String> = cancelled["affected_appointment_ids"]
+        .as_array()
+        .expect("affected ids")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(affected.len(), 2, "{cancelled}");
+    ledger.record_slot_cancellation(clinic, "s2", &affected);
+
+    let clinic_ids = vec![clinic.to_string()];
+    let picture = fetch_picture(&api.client, &api.base, &api.authority, &clinic_ids)
+        .await
+        .expect("a picture");
+    let options = CheckOptions {
+        no_show_grace: Some(Duration::from_secs(7200)),
+        ..CheckOptions::default()
+    };
+    let report = check(&picture, &ledger, &options);
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(report.stock_checked, 1);
+    assert_eq!(report.slot_cancellations_checked, 1);
+    for (status, count) in [
+        ("ADMINISTERED", 1),
+        ("CONFIRMED", 1),
+        ("CLINIC_CANCELLED", 2),
+    ] {
+        assert_eq!(
+            report.appointments_by_status.get(status),
+            Some(&count),
+            "{status}"
+        );
+    }
+    let listed = picture.clinics[0]
+        .appointments
+        .iter()
+        .find(|a| a.appointment_id == id)
+        .expect("q1 is listed");
+    assert_eq!(listed.batch.as_deref(), Some("B-1"));
+    assert_eq!(
+        picture.clinics[0].availability.stock[VACCINE],
+        StockLevel {
+            on_hand: 9,
+            reserved: 1,
+            available: 8
+        }
+    );
+
+    // A dose the clinic never received, and a slot it never cancelled.
+    ledger.record_received(clinic, VACCINE, 1);
+    ledger.record_slot_cancellation(clinic, "s1", &[]);
+    let report = check(&picture, &ledger, &options);
+    let found: BTreeSet<ViolationKind> = report.violations.iter().map(|v| v.kind).collect();
+    assert_eq!(
+        found,
+        [
+            ViolationKind::StockMismatch,
+            ViolationKind::SlotCancellationLost
+        ]
+        .into(),
+        "{:#?}",
+        report.violations
+    );
+}
+
 fn hours_from_now(hours: i64) -> String {
     (Utc::now() + chrono::Duration::hours(hours)).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -1083,6 +1239,9 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
     tokio::time::timeout(TEST_TIMEOUT, scenario(&api))
         .await
         .expect("the end-to-end scenario finishes in time");
+    tokio::time::timeout(TEST_TIMEOUT, clinic_side(&api))
+        .await
+        .expect("the clinic side finishes in time");
     tokio::time::timeout(Duration::from_secs(10), server.shutdown())
         .await
         .expect("the server shuts down in time");

@@ -1,8 +1,9 @@
 //! The harness end to end: `holdfast-load --spawn --scenario launch` starts the real server
 //! on a temporary directory, sets up a small campaign through the API, books it to sell-out
-//! with every hold confirmed, runs the invariant checker, and writes its JSON report. The
-//! test reads the report: sold out, confirmed seats equal to the sellable seats exactly,
-//! zero violations, exit code 0.
+//! with every hold confirmed (staff administering a share of them as they come, then
+//! cancelling one slot), runs the invariant checker, and writes its JSON report. The test
+//! reads the report: sold out, confirmed seats equal to the sellable seats exactly, the
+//! clinic side acknowledged and seen by the checker, zero violations, exit code 0.
 //!
 //! The server binary is `$HOLDFAST_BIN`, or `holdfast` beside the harness binary (built by
 //! `cargo test --workspace`); when missing it is built first.
@@ -48,6 +49,10 @@ fn launch_sells_out_exactly_with_zero_violations() {
             "60s",
             "--seed",
             "7",
+            "--administer-pct",
+            "30",
+            "--clinic-cancel-pct",
+            "5",
         ],
         "launch",
     );
@@ -68,6 +73,21 @@ fn launch_sells_out_exactly_with_zero_violations() {
     assert_eq!(checks.len(), 1);
     assert_eq!(checks[0]["ok"], true, "{}", checks[0]);
     assert_eq!(checks[0]["violations"], 0);
+    // The clinic side: administrations and one clinic cancellation (5% of 12 slots, rounded
+    // up), acknowledged and seen as such by the last check (no kill: nothing in doubt).
+    let clinic = &scenario["clinic"];
+    let administered = clinic["administered"].as_u64().expect("administered");
+    assert!(administered > 0, "{clinic}");
+    assert_eq!(clinic["seen_administered"], administered, "{clinic}");
+    assert_eq!(clinic["slots_cancelled"], 1, "{clinic}");
+    assert_eq!(clinic["slots_not_cancelled"], 0, "{clinic}");
+    assert_eq!(
+        clinic["seen_clinic_cancelled"], clinic["clinic_cancelled"],
+        "{clinic}"
+    );
+    let check = &checks[0]["report"];
+    assert_eq!(check["slot_cancellations_checked"], 1, "{check}");
+    assert_eq!(check["stock_checked"], CLINICS, "{check}");
     // Some clinics ran out of doses before seats: the answers say so.
     let outcomes = scenario["outcomes"].as_array().expect("outcomes");
     assert!(
