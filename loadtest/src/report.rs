@@ -145,6 +145,9 @@ pub struct CrashFigures {
     /// Of those, the ones created before the kill: applied and durable, though their
     /// client never heard; the replay returned the stored answer.
     pub in_doubt_applied_before_kill: usize,
+    /// Administrations sent after a restart for appointments confirmed before the kill,
+    /// with the `qr_token` issued before it.
+    pub administered_after_restart: usize,
 }
 
 /// `pass`, or `fail` with reasons.
@@ -336,7 +339,7 @@ impl ScenarioReport {
         if let Some(c) = &self.crash {
             let _ = writeln!(
                 w,
-                "crash: {} kills (at {:?} ms into each round), recovery {:?} s, {} acknowledged appointments verified, {} replays after restarts, {} in-doubt creates resent ({} booked, {} of them applied before the kill)",
+                "crash: {} kills (at {:?} ms into each round), recovery {:?} s, {} acknowledged appointments verified, {} replays after restarts, {} in-doubt creates resent ({} booked, {} of them applied before the kill), {} administrations after restarts with tokens from before the kill",
                 c.kills,
                 c.kill_after_ms,
                 c.recovery_s.iter().map(|s| (s * 100.0).round() / 100.0).collect::<Vec<_>>(),
@@ -344,7 +347,8 @@ impl ScenarioReport {
                 c.replays_after_restart,
                 c.in_doubt_resent,
                 c.in_doubt_booked,
-                c.in_doubt_applied_before_kill
+                c.in_doubt_applied_before_kill,
+                c.administered_after_restart
             );
         }
         if let Some(c) = &self.clinic {

@@ -88,6 +88,21 @@ fn crash_rehearsal_finds_zero_violations() {
         clinic["administered"].as_u64().is_some_and(|n| n > 0),
         "{clinic}"
     );
+    // Tokens issued before a kill were honoured after it.
+    assert!(
+        crash["administered_after_restart"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{crash}"
+    );
+    let outcomes = scenario["outcomes"].as_array().expect("outcomes");
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| o["op"] == "administer" && o["status"] != 0)
+            .all(|o| o["error"] == false),
+        "{outcomes:?}"
+    );
     // 10% of 24 slots, rounded up; whatever a kill left unanswered was sent again.
     assert_eq!(clinic["slots_cancelled"], 3, "{clinic}");
     assert_eq!(clinic["slots_not_cancelled"], 0, "{clinic}");

@@ -39,6 +39,9 @@ pub const VERIFY_CONCURRENCY: usize = 16;
 pub const IN_DOUBT_MAX: usize = 256;
 /// Creates remembered per run for replays after a restart (the crash scenario).
 pub const RECENT_CREATES: usize = 64;
+/// Confirmed appointments (neither cancelled nor administered) remembered with their
+/// `qr_token`, for administrations after a restart (the crash scenario).
+pub const RECENT_CONFIRMED: usize = 64;
 
 /// Which slots are still worth trying.
 pub struct Board {
@@ -185,6 +188,10 @@ pub struct Booker {
     pub citizens_served: AtomicU64,
     pub retries: AtomicU64,
     pub recent: Mutex<VecDeque<CreatedRecord>>,
+    /// The last [`RECENT_CONFIRMED`] confirmed appointments left CONFIRMED, as (clinic
+    /// index, appointment id, `qr_token`): the crash scenario administers some after the
+    /// restart with the token issued before the kill.
+    pub confirmed: Mutex<VecDeque<(usize, String, String)>>,
     /// Creates that got no answer at all (the server died with them in flight), as
     /// (key, citizen, body), at most [`IN_DOUBT_MAX`]: after a restart, the crash scenario
     /// sends them again with the same key to learn what happened.
@@ -374,6 +381,13 @@ impl Booker {
                 qr_token,
             )
             .await;
+        } else if let (Ok(mut recent), Some(qr_token)) =
+            (self.confirmed.lock(), reply.body["qr_token"].as_str())
+        {
+            if recent.len() == RECENT_CONFIRMED {
+                recent.pop_front();
+            }
+            recent.push_back((clinic, id.to_string(), qr_token.to_string()));
         }
     }
 }

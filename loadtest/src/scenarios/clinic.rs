@@ -95,6 +95,20 @@ impl ClinicFigures {
     }
 }
 
+/// A failure when staff were refused with a `qr_token` the server itself answered to a
+/// confirm (403 `BAD_QR`): tokens stay valid until administered, across restarts too.
+pub fn refused_own_tokens(stats: &Stats) -> Option<String> {
+    let refused: u64 = stats
+        .outcomes
+        .iter()
+        .filter(|(k, _)| k.op == Op::Administer && k.code == "BAD_QR")
+        .map(|(_, n)| n)
+        .sum();
+    (refused > 0).then(|| {
+        format!("{refused} administrations refused BAD_QR with the qr_token the server issued")
+    })
+}
+
 /// `pct` percent of the campaign's `(clinic, slot)`s, rounded up, evenly spaced from a
 /// random offset (so they fall on every clinic alike, hot and cold).
 pub fn slots_to_cancel(spec: &CampaignSpec, pct: u32, seed: u64) -> Vec<(usize, usize)> {

@@ -32,6 +32,9 @@ use super::Ctx;
 pub const KILL_DELAY_MIN_MS: u64 = 200;
 /// Acknowledged creates replayed after each restart.
 pub const REPLAYS_PER_RESTART: usize = 16;
+/// Appointments confirmed before a kill and administered after the restart, with the
+/// `qr_token` issued before it (tokens must survive a restart until administered).
+pub const ADMINISTERED_AFTER_RESTART: usize = 8;
 /// Extra time a round's connections get to notice the kill, beyond their own request
 /// timeouts.
 pub const ROUND_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -97,6 +100,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         in_doubt_resent: 0,
         in_doubt_booked: 0,
         in_doubt_applied_before_kill: 0,
+        administered_after_restart: 0,
     };
     let mut checks = Vec::new();
     let mut retries = 0;
@@ -137,6 +141,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             citizens_served: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             recent: Mutex::new(Default::default()),
+            confirmed: Mutex::new(Default::default()),
             in_doubt: Mutex::new(Vec::new()),
             spec: spec.clone(),
         });
@@ -212,6 +217,24 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             )
             .await;
             figures.replays_after_restart += 1;
+        }
+        if args.administer_pct > 0 {
+            let confirmed: Vec<_> = booker
+                .confirmed
+                .lock()
+                .map(|c| {
+                    c.iter()
+                        .rev()
+                        .take(ADMINISTERED_AFTER_RESTART)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (clinic, id, qr_token) in confirmed {
+                let staff = &staff[clinic];
+                booking::administer(&api, &ledger, &live, &mut stats, staff, &id, &qr_token).await;
+                figures.administered_after_restart += 1;
+            }
         }
         // Creates the kill left without an answer: the same key again tells what happened
         // (the stored answer if the create was applied, else a fresh decision), and a 201
@@ -290,6 +313,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         clinic_figures.no_show_slots_end = Some(group.slots_end.to_rfc3339());
     }
     report.clinic = Some(clinic_figures);
+    report.failures.extend(clinic::refused_own_tokens(&stats));
     report.checks = checks;
     report.decide();
     Ok(report)

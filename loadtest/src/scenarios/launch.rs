@@ -49,6 +49,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         citizens_served: AtomicU64::new(0),
         retries: AtomicU64::new(0),
         recent: Mutex::new(Default::default()),
+        confirmed: Mutex::new(Default::default()),
         in_doubt: Mutex::new(Vec::new()),
         spec: spec.clone(),
     });
@@ -103,6 +104,9 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     let mut figures = ClinicFigures::new(args, &ledger, report.checks.last());
     figures.slots_not_cancelled = canceller.queue.len();
     report.clinic = Some(figures);
+    report
+        .failures
+        .extend(clinic::refused_own_tokens(&result.stats));
     report.decide();
     Ok(report)
 }
