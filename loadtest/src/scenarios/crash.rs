@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::client::Api;
 use crate::cpu::{process_cpu_seconds, CpuMeter};
 use crate::ledger::AckKind;
 use crate::progress::Progress;
@@ -70,6 +71,37 @@ async fn no_show_group(
     clinic::set_up_no_show_group(&group, stats).await.map(Some)
 }
 
+/// After a restart, staff administer up to [`ADMINISTERED_AFTER_RESTART`] of the round's
+/// appointments confirmed before the kill, with the `qr_token` issued before it. Returns how
+/// many were sent.
+async fn administer_confirmed_before_kill(api: &Api, booker: &Booker, stats: &mut Stats) -> usize {
+    let confirmed: Vec<_> = booker
+        .confirmed
+        .lock()
+        .map(|c| {
+            c.iter()
+                .rev()
+                .take(ADMINISTERED_AFTER_RESTART)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for (clinic, id, qr_token) in &confirmed {
+        let staff = &booker.staff[*clinic];
+        booking::administer(
+            api,
+            &booker.ledger,
+            &booker.live,
+            stats,
+            staff,
+            id,
+            qr_token,
+        )
+        .await;
+    }
+    confirmed.len()
+}
+
 pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, String> {
     let args = &ctx.args;
     let spec = ctx.campaign_spec("crash", None);
@@ -90,6 +122,16 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     let mut rng = Rng::for_worker(ctx.seed, KILL_STREAM);
     let window_ms = args.kill_window.as_millis() as u64;
     let connection_bound = args.timeout * (args.retries + 1) + ROUND_STOP_GRACE;
+    let canceller_for = |api: &Api| {
+        Arc::new(Canceller {
+            api: api.clone(),
+            ledger: ledger.clone(),
+            live: live.clone(),
+            spec: spec.clone(),
+            staff: staff.clone(),
+            queue: cancel_queue.clone(),
+        })
+    };
 
     let mut figures = CrashFigures {
         kills: 0,
@@ -148,14 +190,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         let pid = server.pid();
         let cpu_before = pid.and_then(process_cpu_seconds);
         let load = tokio::spawn(booking::run(booker.clone(), args.connections));
-        let canceller = Arc::new(Canceller {
-            api: api.clone(),
-            ledger: ledger.clone(),
-            live: live.clone(),
-            spec: spec.clone(),
-            staff: staff.clone(),
-            queue: cancel_queue.clone(),
-        });
+        let canceller = canceller_for(&api);
         let stop_cancels = Arc::new(AtomicBool::new(false));
         let cancels = tokio::spawn(canceller.during_round(
             cancel_queue.len().div_ceil(args.kills - round),
@@ -219,22 +254,8 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             figures.replays_after_restart += 1;
         }
         if args.administer_pct > 0 {
-            let confirmed: Vec<_> = booker
-                .confirmed
-                .lock()
-                .map(|c| {
-                    c.iter()
-                        .rev()
-                        .take(ADMINISTERED_AFTER_RESTART)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (clinic, id, qr_token) in confirmed {
-                let staff = &staff[clinic];
-                booking::administer(&api, &ledger, &live, &mut stats, staff, &id, &qr_token).await;
-                figures.administered_after_restart += 1;
-            }
+            figures.administered_after_restart +=
+                administer_confirmed_before_kill(&api, &booker, &mut stats).await;
         }
         // Creates the kill left without an answer: the same key again tells what happened
         // (the stored answer if the create was applied, else a fresh decision), and a 201
@@ -262,15 +283,9 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             }
         }
         if round + 1 == args.kills {
-            let canceller = Canceller {
-                api: api.clone(),
-                ledger: ledger.clone(),
-                live: live.clone(),
-                spec: spec.clone(),
-                staff: staff.clone(),
-                queue: cancel_queue.clone(),
-            };
-            stats.merge(&Arc::new(canceller).drain().await);
+            // What the kills left of the clinic cancellations, then the no-show group's due
+            // time: the last check must see both.
+            stats.merge(&canceller_for(&api).drain().await);
             if let Some(group) = &group {
                 group
                     .wait_until_settled(args.no_show_grace, args.expiry_slack)
