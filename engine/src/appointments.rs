@@ -139,6 +139,7 @@ mod tests {
             claim: 0,
             rescheduled_from: None,
             rescheduled_to: None,
+            no_show_at_ms: None,
         }
     }
 

@@ -35,7 +35,7 @@ pub enum Command {
     TakeClaim(TakeClaim),
     SettleClaims(SettleClaims),
     /// Act on every deadline of the shard's deadline queue that has passed (at most
-    /// `EXPIRE_BATCH_MAX` per command): today, expire the holds.
+    /// `EXPIRE_BATCH_MAX` per command): expire the holds, mark the no-shows.
     ExpireDue,
 }
 

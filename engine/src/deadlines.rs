@@ -7,7 +7,8 @@
 //! citizen's claim) is one more variant, not a new mechanism.
 //!
 //! The queue is an exact index: `apply` inserts an entry when a deadline starts and removes it
-//! when the thing it times ends, whichever way (a hold confirmed, released or expired). So the
+//! when the thing it times ends, whichever way (a hold confirmed, released or expired; a
+//! CONFIRMED appointment cancelled, moved, clinic-cancelled, administered or marked NO_SHOW). So the
 //! decision of the expiry command only reads [`DeadlineQueue::due`], and there are no stale
 //! entries to skip or compact. Deadlines are absolute wall-clock instants written in the log,
 //! so recovery finds the ones that passed while the node was down.
@@ -24,6 +25,11 @@ use crate::clock::UnixMs;
 pub enum Deadline {
     /// A PENDING hold (appointment `seq`) expires: its seat and dose return.
     Hold { seq: u64 },
+    /// A CONFIRMED appointment (`seq`) whose slot ended more than the no-show grace ago
+    /// becomes NO_SHOW: its dose returns, its seat stays counted (`no_show`). Timed at the
+    /// appointment's `no_show_at_ms` while it is CONFIRMED (see `Appointment::no_show_at_ms`
+    /// for where the instant comes from and when it moves).
+    NoShow { seq: u64 },
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]

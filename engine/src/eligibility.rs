@@ -1,8 +1,9 @@
 //! Eligibility rules of a booking, checked while its seat and dose are held (docs/API.md,
 //! "Rules a booking must pass"). Pure functions of the rules, the citizen and the slot.
 
-use chrono::{Datelike, NaiveDate, TimeZone};
+use chrono::{Datelike, NaiveDate};
 
+use crate::localtime::local_date;
 use crate::model::{CitizenRecord, VaccineRules};
 use crate::view::HoldContext;
 
@@ -46,15 +47,6 @@ pub fn check(vaccine: &str, citizen: Option<&CitizenRecord>, context: &HoldConte
         }
     }
     reasons
-}
-
-/// The slot's calendar date at the clinic (ages and intervals count local days).
-fn local_date(start_ms: i64, timezone: &str) -> NaiveDate {
-    let utc = chrono::DateTime::from_timestamp_millis(start_ms).unwrap_or_default();
-    match timezone.parse::<chrono_tz::Tz>() {
-        Ok(tz) => tz.from_utc_datetime(&utc.naive_utc()).date_naive(),
-        Err(_) => utc.date_naive(),
-    }
 }
 
 /// Whole years between birth and `on`.

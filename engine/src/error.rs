@@ -355,6 +355,11 @@ pub enum StartError {
     },
     /// The claims could not be settled against their appointments after recovery.
     Reconcile(String),
+    /// `--no-show-grace` beyond its bound.
+    NoShowGrace {
+        grace_ms: i64,
+        max_ms: i64,
+    },
 }
 
 impl std::fmt::Display for StartError {
@@ -383,6 +388,11 @@ impl std::fmt::Display for StartError {
             StartError::Reconcile(reason) => {
                 write!(f, "claims could not be reconciled after recovery: {reason}")
             }
+            StartError::NoShowGrace { grace_ms, max_ms } => write!(
+                f,
+                "--no-show-grace must be 0s..={}h, got {grace_ms} ms",
+                max_ms / 3_600_000
+            ),
         }
     }
 }

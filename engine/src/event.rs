@@ -56,6 +56,10 @@ pub enum Event {
     AppointmentConfirmed {
         seq: u64,
         at_ms: UnixMs,
+        /// When it becomes NO_SHOW unless it leaves CONFIRMED first: decided (slot end +
+        /// the shard's no-show grace) and logged, so replay does not depend on the
+        /// configuration (see `Appointment::no_show_at_ms`).
+        no_show_at_ms: UnixMs,
     },
     AppointmentReleased {
         seq: u64,
@@ -97,6 +101,11 @@ pub enum Event {
         outcome: SettleOutcome,
         /// It ends a tentative claim: applied, never journaled.
         tentative: bool,
+    },
+    /// A CONFIRMED appointment's no-show deadline passed (`Deadline::NoShow`): it becomes
+    /// NO_SHOW, its seat stays counted (`no_show`), its dose returns.
+    AppointmentNoShow {
+        seq: u64,
     },
 }
 

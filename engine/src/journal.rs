@@ -21,7 +21,9 @@ use crate::shard::ShardState;
 /// Version 3: the citizen side (claims, the citizen's appointment index, claim events) and
 /// appointments that record their claim and their rescheduling links.
 /// Version 4: tentative claims (a create's claim is journaled only once bound).
-pub const ENCODING_VERSION: u8 = 4;
+/// Version 5: no-shows (a confirm logs its no-show instant, appointments keep it, the
+/// deadline queue times `NoShow`, `AppointmentNoShow` events).
+pub const ENCODING_VERSION: u8 = 5;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.
 pub const DECODE_BYTES_MAX: usize = 1 << 30;
@@ -200,13 +202,16 @@ mod tests {
         let record = LogRecord::Event(Event::AppointmentConfirmed {
             seq: 7,
             at_ms: 1234,
+            no_show_at_ms: 5678,
         });
         let bytes = encode(&record);
         assert_eq!(bytes[0], ENCODING_VERSION);
         match decode::<LogRecord>(&bytes).unwrap() {
-            LogRecord::Event(Event::AppointmentConfirmed { seq, at_ms }) => {
-                assert_eq!((seq, at_ms), (7, 1234))
-            }
+            LogRecord::Event(Event::AppointmentConfirmed {
+                seq,
+                at_ms,
+                no_show_at_ms,
+            }) => assert_eq!((seq, at_ms, no_show_at_ms), (7, 1234, 5678)),
             other => panic!("decoded {other:?}"),
         }
         let mut wrong = bytes.clone();

@@ -25,6 +25,7 @@ pub mod hash;
 pub mod idempotency;
 pub mod ids;
 pub mod journal;
+pub mod localtime;
 pub mod model;
 pub mod node;
 pub mod notices;

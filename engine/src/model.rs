@@ -233,4 +233,18 @@ pub struct Appointment {
     /// Rescheduling links (docs/API.md, reschedule).
     pub rescheduled_from: Option<AppointmentId>,
     pub rescheduled_to: Option<AppointmentId>,
+    /// Set exactly while CONFIRMED: when the appointment becomes NO_SHOW by itself, timed in
+    /// the shard's deadline queue as `Deadline::NoShow` at this instant.
+    ///
+    /// Where the instant comes from: the decision that confirms (a confirm, or a
+    /// reschedule's new CONFIRMED appointment) computes `slot end + --no-show-grace` and
+    /// the event carries it (`Event::AppointmentConfirmed::no_show_at_ms`). So replay never
+    /// reads the configuration: a log replayed under another grace rebuilds exactly the
+    /// instants the live shard timed, and removal (which reads this field) is exact. A grace
+    /// changed between restarts therefore applies to appointments confirmed from then on;
+    /// those already confirmed keep the grace they were confirmed under.
+    ///
+    /// When an authority moves the slot's end (`SlotPut`), apply re-times each CONFIRMED
+    /// appointment of the slot by the same shift (its grace after the slot's end is kept).
+    pub no_show_at_ms: Option<UnixMs>,
 }

@@ -33,6 +33,7 @@ use crate::journal::{Durable, Journal, NoJournal};
 use crate::notices::Settler;
 use crate::publish::{Published, Publisher};
 use crate::ring::Ring;
+use crate::shard::{ShardConfig, NO_SHOW_GRACE_MS_DEFAULT, NO_SHOW_GRACE_MS_MAX};
 use crate::view::{Output, RuntimeCounts, ShardCounts};
 
 /// Default shard count (`--shards`).
@@ -54,6 +55,9 @@ pub struct NodeConfig {
     pub idempotency_retention_ms: i64,
     /// Records between two snapshots of a shard.
     pub snapshot_every_records: u64,
+    /// `--no-show-grace`: how long after its slot ends a CONFIRMED appointment becomes
+    /// NO_SHOW (0..=`NO_SHOW_GRACE_MS_MAX`; a start with more is refused).
+    pub no_show_grace_ms: i64,
 }
 
 impl NodeConfig {
@@ -65,6 +69,7 @@ impl NodeConfig {
             idempotency_records_per_shard_max: RECORDS_PER_SHARD_MAX_DEFAULT,
             idempotency_retention_ms: RETENTION_MS_DEFAULT,
             snapshot_every_records: SNAPSHOT_EVERY_RECORDS_DEFAULT,
+            no_show_grace_ms: NO_SHOW_GRACE_MS_DEFAULT,
         }
     }
 }
@@ -164,6 +169,12 @@ impl Node {
                 max: SHARDS_MAX,
             });
         }
+        if !(0..=NO_SHOW_GRACE_MS_MAX).contains(&config.no_show_grace_ms) {
+            return Err(StartError::NoShowGrace {
+                grace_ms: config.no_show_grace_ms,
+                max_ms: NO_SHOW_GRACE_MS_MAX,
+            });
+        }
         if !ring.nodes().contains(&config.node_name) {
             return Err(StartError::NotInRing {
                 node: config.node_name.clone(),
@@ -188,6 +199,9 @@ impl Node {
                 snapshot_every_records: config.snapshot_every_records,
                 phase: Arc::new(phase_tx),
                 settler: Some(settler.clone()),
+                config: ShardConfig {
+                    no_show_grace_ms: config.no_show_grace_ms,
+                },
             };
             match LocalShard::spawn(args).await {
                 Ok(client) => shards.push(Some(Routed {

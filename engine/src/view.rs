@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
 use crate::claims::ClaimOutcome;
@@ -37,6 +38,10 @@ pub struct SlotView {
     pub slot_id: Arc<str>,
     pub start_ms: UnixMs,
     pub end_ms: UnixMs,
+    /// `start_ms` and `end_ms` on the clinic's wall clock, with its UTC offset at each
+    /// instant ([`crate::localtime`]).
+    pub start_local: DateTime<FixedOffset>,
+    pub end_local: DateTime<FixedOffset>,
     pub capacity: u32,
     pub remaining: u32,
     pub pending: u32,
@@ -59,6 +64,8 @@ pub struct StockView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AvailabilityView {
     pub clinic_id: Arc<str>,
+    /// The clinic's IANA time zone, which `start_local`/`end_local` are in.
+    pub timezone: String,
     pub stock: Vec<StockView>,
     pub slots: Vec<SlotView>,
 }

@@ -1,12 +1,15 @@
 //! Property-based model tests.
 //!
 //! 1. One `ShardState` against a plain reference model: random sequences of holds, confirms,
-//!    cancels, rejects, clock moves, expiry passes, stock adjustments and slot cancellations.
+//!    cancels, rejects, clock moves, expiry passes (holds expire, CONFIRMED appointments
+//!    whose slot ended more than `GRACE_MS` ago become NO_SHOW), moves of a slot's end,
+//!    stock adjustments and slot cancellations.
 //!    After every step the command's outcome must agree with the model, the shard's own
 //!    `check_invariants` must pass, every slot's and every stock's counters must equal the
 //!    model's (docs/ARCHITECTURE.md invariants 1 and 2), and no appointment status may move
 //!    backward (invariant 4). At the end of each case the collected events are replayed into
-//!    a fresh state, which must equal the live one.
+//!    a fresh state, which must equal the live one (a fresh state with the default no-show
+//!    grace, not the live one's: replay must not read the configuration).
 //! 2. The idempotency table against a plain model: random interleavings of begin / finish /
 //!    purge never hand out a second `Proceed` for a key that is in flight or done
 //!    (invariant 5).
@@ -24,7 +27,7 @@ use holdfast_engine::command::{
 };
 use holdfast_engine::idempotency::{Begin, IdemKey, IdempotencyTable, StoredResponse};
 use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
-use holdfast_engine::shard::ShardState;
+use holdfast_engine::shard::{ShardConfig, ShardState};
 use holdfast_engine::view::Output;
 use holdfast_engine::{Command, DomainError, Event, Limit, Resource, Status};
 use proptest::prelude::*;
@@ -33,6 +36,8 @@ use proptest::test_runner::TestCaseError;
 const T0: i64 = 1_700_000_000_000;
 const VACCINES: [&str; 2] = ["vx-a", "vx-b"];
 const BATCH: &str = "b1";
+/// The live shard's no-show grace: short, so clock moves pass slot ends plus grace.
+const GRACE_MS: i64 = 500;
 
 fn clinic_id(c: usize) -> String {
     format!("clinic-{c}")
@@ -65,6 +70,7 @@ struct SlotSetup {
     reserve: u32,
     offers: [bool; 2],
     start_offset_ms: i64,
+    duration_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +110,12 @@ enum Op {
         clinic: u8,
         slot: u8,
     },
+    /// An authority moves a slot's end by `shift_ms` (the rest of the slot unchanged).
+    MoveEnd {
+        clinic: u8,
+        slot: u8,
+        shift_ms: i64,
+    },
 }
 
 fn slot_setup() -> impl Strategy<Value = SlotSetup> {
@@ -116,14 +128,18 @@ fn slot_setup() -> impl Strategy<Value = SlotSetup> {
                 // Whole 100 ms steps, like the clock moves and most holds: `now` often lands
                 // exactly on a start or a deadline, where `>=` and `>` differ.
                 (3i64..=150).prop_map(|k| k * 100),
+                (1i64..=30).prop_map(|k| k * 100),
             )
         })
-        .prop_map(|(capacity, reserve, offers, start_offset_ms)| SlotSetup {
-            capacity,
-            reserve,
-            offers,
-            start_offset_ms,
-        })
+        .prop_map(
+            |(capacity, reserve, offers, start_offset_ms, duration_ms)| SlotSetup {
+                capacity,
+                reserve,
+                offers,
+                start_offset_ms,
+                duration_ms,
+            },
+        )
 }
 
 fn clinic_setup() -> impl Strategy<Value = ClinicSetup> {
@@ -152,6 +168,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => any::<u8>().prop_map(Op::Cancel),
         2 => any::<u8>().prop_map(Op::Reject),
         6 => (0i64..=12).prop_map(|k| Op::Advance(k * 50)),
+        // Now and then a jump of seconds, past slot starts and ends (no-shows).
+        3 => (1i64..=20).prop_map(|k| Op::Advance(k * 500)),
         3 => Just(Op::ExpireDue),
         4 => (any::<u8>(), 0usize..2, -3i64..=3, prop::bool::weighted(0.1)).prop_map(
             |(clinic, vaccine, delta, unknown_batch)| Op::Adjust { clinic, vaccine, delta, unknown_batch }
@@ -159,6 +177,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), 0usize..2, 1i64..=3)
             .prop_map(|(clinic, vaccine, quantity)| Op::Receive { clinic, vaccine, quantity }),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(clinic, slot)| Op::CancelSlot { clinic, slot }),
+        1 => (any::<u8>(), any::<u8>(), -10i64..=10).prop_map(|(clinic, slot, k)| Op::MoveEnd {
+            clinic, slot, shift_ms: k * 100
+        }),
     ]
 }
 
@@ -167,6 +188,7 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Debug, Clone)]
 struct MSlot {
     start_ms: i64,
+    end_ms: i64,
     capacity: u32,
     reserve: u32,
     offers: [bool; 2],
@@ -188,6 +210,8 @@ struct MAppt {
     status: Status,
     /// Set while PENDING.
     deadline: Option<i64>,
+    /// Set while CONFIRMED: slot end + `GRACE_MS` when confirmed, shifted with the end.
+    no_show_at: Option<i64>,
     priority: bool,
 }
 
@@ -208,6 +232,7 @@ enum Expect {
     Expired(usize),
     Stock { on_hand: i64, reserved: i64 },
     SlotCancelled { affected: BTreeSet<u64> },
+    Slots,
     Err(DomainError),
 }
 
@@ -263,7 +288,10 @@ impl Model {
         if slot.cancelled {
             0
         } else {
-            slot.capacity - self.count(c, s, Status::Pending) - self.count(c, s, Status::Confirmed)
+            slot.capacity
+                - self.count(c, s, Status::Pending)
+                - self.count(c, s, Status::Confirmed)
+                - self.count(c, s, Status::NoShow)
         }
     }
 
@@ -302,6 +330,9 @@ impl Model {
         a.status = status;
         if status != Status::Pending {
             a.deadline = None;
+        }
+        if status != Status::Confirmed {
+            a.no_show_at = None;
         }
     }
 
@@ -391,6 +422,7 @@ impl Model {
                                 vaccine,
                                 status: Status::Pending,
                                 deadline: Some(expires_at),
+                                no_show_at: None,
                                 priority,
                             },
                         );
@@ -415,6 +447,9 @@ impl Model {
                     }
                     Status::Pending => {
                         self.set_status(seq, Status::Confirmed);
+                        let end_ms = self.slots[a.clinic][a.slot].end_ms;
+                        self.appts.get_mut(&seq).expect("known").no_show_at =
+                            Some(end_ms + GRACE_MS);
                         Expect::Appointment {
                             seq,
                             status: Status::Confirmed,
@@ -508,7 +543,17 @@ impl Model {
                 for &seq in &due {
                     self.set_status(seq, Status::Expired);
                 }
-                (Command::ExpireDue, Expect::Expired(due.len()))
+                let no_shows: Vec<u64> = self
+                    .appts
+                    .iter()
+                    .filter(|(_, a)| a.no_show_at.is_some_and(|at| self.now >= at))
+                    .map(|(&seq, _)| seq)
+                    .collect();
+                for &seq in &no_shows {
+                    self.set_status(seq, Status::NoShow);
+                }
+                let count = due.len() + no_shows.len();
+                (Command::ExpireDue, Expect::Expired(count))
             }
             Op::Adjust {
                 clinic,
@@ -604,7 +649,52 @@ impl Model {
                     .collect();
                 (command, Expect::SlotCancelled { affected })
             }
+            Op::MoveEnd {
+                clinic,
+                slot,
+                shift_ms,
+            } => return self.move_end(clinic, slot, shift_ms),
         })
+    }
+
+    /// `PutSlots` with one slot's end moved: its CONFIRMED appointments' no-shows move along.
+    fn move_end(&mut self, clinic: u8, slot: u8, shift_ms: i64) -> Option<(Command, Expect)> {
+        let c = clinic as usize % self.clinics();
+        let s = slot as usize % self.slots[c].len();
+        let ms = self.slots[c][s].clone();
+        let end_ms = ms.end_ms + shift_ms;
+        let command = Command::PutSlots(PutSlots {
+            clinic_id: clinic_id(c),
+            slots: vec![(
+                slot_id(s),
+                SlotSpec {
+                    start_ms: ms.start_ms,
+                    end_ms,
+                    capacity: ms.capacity,
+                    vaccines: VACCINES
+                        .iter()
+                        .zip(ms.offers)
+                        .filter(|(_, offered)| *offered)
+                        .map(|(v, _)| v.to_string())
+                        .collect(),
+                    priority_reserve: ms.reserve,
+                },
+            )],
+        });
+        let expect = if end_ms <= ms.start_ms {
+            Expect::Err(DomainError::LimitReached(Limit::SlotFields))
+        } else if ms.cancelled {
+            Expect::Err(DomainError::SlotCancelled)
+        } else {
+            self.slots[c][s].end_ms = end_ms;
+            for a in self.appts.values_mut() {
+                if a.clinic == c && a.slot == s {
+                    a.no_show_at = a.no_show_at.map(|at| at + shift_ms);
+                }
+            }
+            Expect::Slots
+        };
+        Some((command, expect))
     }
 }
 
@@ -648,6 +738,7 @@ fn check_outcome(
             let got: BTreeSet<u64> = got.iter().map(|id| id.seq).collect();
             prop_assert_eq!(affected, &got);
         }
+        (Expect::Slots, Ok(Output::Slots(views))) => prop_assert_eq!(views.len(), 1),
         (expect, actual) => {
             return Err(fail(format!(
                 "model expects {expect:?}, engine answered {actual:?}"
@@ -686,7 +777,7 @@ fn check_state(
             prop_assert_eq!(sv.pending, pending, "slot {}/{} pending", c, s);
             prop_assert_eq!(sv.confirmed, confirmed, "slot {}/{} confirmed", c, s);
             prop_assert_eq!(sv.administered, 0);
-            prop_assert_eq!(sv.no_show, 0);
+            prop_assert_eq!(sv.no_show, model.count(c, s, Status::NoShow));
             prop_assert_eq!(
                 sv.remaining,
                 model.remaining(c, s),
@@ -772,12 +863,18 @@ fn check_state(
     let counts = state.counts();
     prop_assert_eq!(counts.pending, model.total(Status::Pending));
     prop_assert_eq!(counts.confirmed, model.total(Status::Confirmed));
-    prop_assert!(counts.timers >= counts.pending);
+    // Every PENDING hold and every CONFIRMED no-show is timed, and nothing else.
+    prop_assert_eq!(counts.timers, counts.pending + counts.confirmed);
     Ok(())
 }
 
 fn build(setup: &[ClinicSetup]) -> (ShardState, Model, Vec<Event>) {
-    let mut state = ShardState::new(0);
+    let mut state = ShardState::with_config(
+        0,
+        ShardConfig {
+            no_show_grace_ms: GRACE_MS,
+        },
+    );
     let mut log = Vec::new();
     let now = T0;
     for vaccine in VACCINES {
@@ -830,7 +927,7 @@ fn build(setup: &[ClinicSetup]) -> (ShardState, Model, Vec<Event>) {
                     slot_id(s),
                     SlotSpec {
                         start_ms: now + spec.start_offset_ms,
-                        end_ms: now + spec.start_offset_ms + 15 * 60 * 1000,
+                        end_ms: now + spec.start_offset_ms + spec.duration_ms,
                         capacity: spec.capacity,
                         vaccines: VACCINES
                             .iter()
@@ -855,6 +952,7 @@ fn build(setup: &[ClinicSetup]) -> (ShardState, Model, Vec<Event>) {
                 .iter()
                 .map(|spec| MSlot {
                     start_ms: now + spec.start_offset_ms,
+                    end_ms: now + spec.start_offset_ms + spec.duration_ms,
                     capacity: spec.capacity,
                     reserve: spec.reserve,
                     offers: spec.offers,
@@ -973,6 +1071,7 @@ fn fixed_scenario_through_the_model() {
             reserve: 1,
             offers: [true, false],
             start_offset_ms: 10_000,
+            duration_ms: 900_000,
         }],
         stock: [Some(3), None],
     }];
@@ -1039,6 +1138,75 @@ fn fixed_scenario_through_the_model() {
     assert_eq!(expects[8], Expect::Err(DomainError::HoldExpired));
     assert_eq!(expects[9], Expect::Err(DomainError::HoldExpired));
     assert_eq!(expects[15], Expect::Err(DomainError::SlotCancelled));
+    run(&setup, &ops).expect("the engine agrees with the model");
+}
+
+/// No-shows through the same checker, at their exact instants: a CONFIRMED appointment
+/// becomes NO_SHOW at slot end + grace and not a millisecond before, a move of the slot's
+/// end moves it along, a cancelled one never does, and the seat stays counted.
+#[test]
+fn no_shows_through_the_model() {
+    let setup = vec![ClinicSetup {
+        slots: vec![SlotSetup {
+            capacity: 3,
+            reserve: 0,
+            offers: [true, false],
+            start_offset_ms: 1_000,
+            duration_ms: 1_000,
+        }],
+        stock: [Some(3), None],
+    }];
+    let hold = |citizen| Op::Hold {
+        clinic: 0,
+        slot: 0,
+        vaccine: 0,
+        citizen,
+        hold_ms: 900,
+        priority: false,
+    };
+    // The slot runs T0+1000..T0+2000: no-shows fall due at T0+2500, T0+3000 after the move.
+    let ops = vec![
+        hold(1),
+        hold(2),
+        hold(3),
+        Op::Confirm(0),
+        Op::Confirm(1),
+        Op::Confirm(2),
+        Op::Cancel(2), // CANCELLED: never a no-show
+        Op::Advance(2_450),
+        Op::ExpireDue, // T0+2450: nothing due
+        Op::MoveEnd {
+            clinic: 0,
+            slot: 0,
+            shift_ms: 500,
+        }, // the end moves to T0+2500: no-shows at T0+3000
+        Op::Advance(50),
+        Op::ExpireDue, // T0+2500: still nothing (the old instant)
+        Op::Advance(499),
+        Op::ExpireDue, // T0+2999: nothing
+        Op::Advance(1),
+        Op::ExpireDue, // T0+3000: two no-shows
+        Op::Cancel(0), // NO_SHOW is final
+        Op::ExpireDue, // nothing left to time
+    ];
+    let (_, mut model, _) = build(&setup);
+    let expects: Vec<Expect> = ops
+        .iter()
+        .map(|op| model.step(op).map_or(Expect::Expired(0), |(_, e)| e))
+        .collect();
+    assert_eq!(expects[8], Expect::Expired(0));
+    assert_eq!(expects[9], Expect::Slots);
+    assert_eq!(expects[11], Expect::Expired(0));
+    assert_eq!(expects[13], Expect::Expired(0));
+    assert_eq!(expects[15], Expect::Expired(2));
+    assert_eq!(
+        expects[16],
+        Expect::Err(DomainError::InvalidTransition {
+            status: Status::NoShow
+        })
+    );
+    assert_eq!(model.count(0, 0, Status::NoShow), 2);
+    assert_eq!(model.remaining(0, 0), 1);
     run(&setup, &ops).expect("the engine agrees with the model");
 }
 

@@ -17,16 +17,17 @@
 //!    (the harness makes no adjustments), so the stock moved by exactly the administrations
 //!    (every acknowledged one is among them, by 4);
 //! 4. every acknowledged create, confirm, cancel, administration (ADMINISTERED, with the
-//!    acknowledged batch) and clinic cancellation (CLINIC_CANCELLED) is still there, in a
-//!    status at least as far as the acknowledged one, with the acknowledged slot, citizen
-//!    and vaccine; every acknowledged slot cancellation left its slot cancelled;
+//!    acknowledged batch) is still there, in a status at least as far as the acknowledged
+//!    one, with the acknowledged slot, citizen and vaccine;
 //! 5. every deliberate Idempotency-Key replay got the first answer's status and appointment;
 //! 6. optionally, at most one PENDING or CONFIRMED appointment per citizen;
 //! 7. no hold outlived its `expires_at` by more than the allowed slack; with a known
 //!    no-show grace, no appointment is still CONFIRMED more than grace + slack after its
 //!    slot ended, and every appointment the harness left to fall due as a no-show is
 //!    CONFIRMED (not yet due), NO_SHOW or ADMINISTERED;
-//! 8. every appointment has a known status, a slot its clinic has, and sits in one listing.
+//! 8. every appointment has a known status, a slot its clinic has, and sits in one listing;
+//! 9. every acknowledged slot cancellation holds: the slot is cancelled and its
+//!    CLINIC_CANCELLED appointments are exactly those the answer listed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::ledger::{AckKind, Acked, Ledger, Replay, SlotCancellation};
+use crate::ledger::{AckKind, Acked, Ledger, Replay, SlotCancel};
 
 /// Clinics read at the same time by [`fetch_picture`]: enough to read a few hundred clinics
 /// in well under a second, few enough not to look like load to the server.
@@ -237,9 +238,6 @@ pub enum ViolationKind {
     /// An acknowledged appointment now with another clinic, slot, citizen or vaccine.
     /// Ids: appointment, clinic, slot, citizen (as acknowledged).
     AckedMismatch,
-    /// An acknowledged slot cancellation whose slot is not cancelled (or not in the
-    /// picture). Ids: clinic, slot.
-    SlotCancellationLost,
     /// An Idempotency-Key replay answered with another status or appointment than the
     /// first request. Ids: idempotency key, citizen, first appointment, replay appointment.
     ReplayMismatch,
@@ -263,6 +261,10 @@ pub enum ViolationKind {
     /// An appointment whose slot is not in its clinic's availability. Ids: appointment,
     /// clinic, slot, citizen.
     UnknownSlot,
+    /// An acknowledged slot cancellation the picture does not honour: the slot is missing
+    /// or not cancelled, or its CLINIC_CANCELLED appointments are not exactly those the
+    /// answer listed. Ids: clinic, slot, then the appointment involved (if one is).
+    SlotCancelNotHonoured,
     /// The picture contradicts itself: an id listed twice, an appointment listed under
     /// another clinic, a PENDING without a readable `expires_at`, an availability answer
     /// for another clinic. Ids: what is involved.
@@ -287,7 +289,6 @@ impl ViolationKind {
         ViolationKind::AckedLost,
         ViolationKind::AckedRegressed,
         ViolationKind::AckedMismatch,
-        ViolationKind::SlotCancellationLost,
         ViolationKind::ReplayMismatch,
         ViolationKind::CitizenDoubleBooked,
         ViolationKind::ExpiryOverdue,
@@ -295,6 +296,7 @@ impl ViolationKind {
         ViolationKind::NoShowMissed,
         ViolationKind::UnknownStatus,
         ViolationKind::UnknownSlot,
+        ViolationKind::SlotCancelNotHonoured,
         ViolationKind::MalformedPicture,
         ViolationKind::Truncated,
     ];
@@ -314,7 +316,6 @@ impl ViolationKind {
             ViolationKind::AckedLost => "acked_lost",
             ViolationKind::AckedRegressed => "acked_regressed",
             ViolationKind::AckedMismatch => "acked_mismatch",
-            ViolationKind::SlotCancellationLost => "slot_cancellation_lost",
             ViolationKind::ReplayMismatch => "replay_mismatch",
             ViolationKind::CitizenDoubleBooked => "citizen_double_booked",
             ViolationKind::ExpiryOverdue => "expiry_overdue",
@@ -322,6 +323,7 @@ impl ViolationKind {
             ViolationKind::NoShowMissed => "no_show_missed",
             ViolationKind::UnknownStatus => "unknown_status",
             ViolationKind::UnknownSlot => "unknown_slot",
+            ViolationKind::SlotCancelNotHonoured => "slot_cancel_not_honoured",
             ViolationKind::MalformedPicture => "malformed_picture",
             ViolationKind::Truncated => "truncated",
         }
@@ -603,9 +605,9 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
     for replay in &replays {
         check_replay(replay, &mut found);
     }
-    let cancellations = ledger.slot_cancellations();
-    for cancellation in &cancellations {
-        check_slot_cancellation(cancellation, &index, &mut found);
+    let cancellations = ledger.slot_cancels();
+    for cancel in &cancellations {
+        check_slot_cancel(cancel, &index, &mut found);
     }
     let received = ledger.received();
     let stock_checked = check_received_stock(&received, &index, &mut found);
@@ -1110,7 +1112,6 @@ fn ack_name(kind: AckKind) -> &'static str {
         AckKind::Confirm => "confirm",
         AckKind::Cancel => "cancel",
         AckKind::Administer => "administration",
-        AckKind::ClinicCancel => "clinic cancellation",
     }
 }
 
@@ -1135,7 +1136,6 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
         AckKind::Confirm => CONFIRMED_OR_LATER.contains(&now),
         AckKind::Cancel => now == entry.status,
         AckKind::Administer => now == "ADMINISTERED",
-        AckKind::ClinicCancel => now == "CLINIC_CANCELLED",
     };
     let by_status = match entry.status.as_str() {
         "PENDING" => true,
@@ -1143,32 +1143,6 @@ fn status_honours(entry: &Acked, now: &str) -> bool {
         last => now == last,
     };
     by_kind && by_status
-}
-
-/// An acknowledged slot cancellation left its slot cancelled.
-fn check_slot_cancellation(
-    cancellation: &SlotCancellation,
-    index: &Index<'_>,
-    found: &mut Vec<Violation>,
-) {
-    let (clinic_id, slot_id) = (&cancellation.clinic_id, &cancellation.slot_id);
-    let problem = match index.clinics.get(clinic_id.as_str()) {
-        None => "its clinic is not in the picture".to_string(),
-        Some(clinic) => match clinic.slots.get(slot_id.as_str()) {
-            None => "the clinic's availability no longer has the slot".to_string(),
-            Some(slot) if !slot.cancelled => "the slot is not cancelled".to_string(),
-            Some(_) => return,
-        },
-    };
-    found.push(violation(
-        ViolationKind::SlotCancellationLost,
-        [clinic_id.as_str(), slot_id.as_str()],
-        format!(
-            "acknowledged cancellation of slot {slot_id} of clinic {clinic_id} ({} \
-             appointments affected): {problem}",
-            cancellation.affected.len()
-        ),
-    ));
 }
 
 /// Per (clinic, vaccine) the ledger received doses for: `on_hand` is what was received
@@ -1284,6 +1258,64 @@ fn check_no_shows(
                     a.status
                 ),
             ));
+        }
+    }
+}
+
+/// An acknowledged slot cancellation holds: the slot is cancelled, and its CLINIC_CANCELLED
+/// appointments are exactly those the answer listed (none can join later: a cancelled slot
+/// takes no booking, and only PENDING or CONFIRMED ones become CLINIC_CANCELLED).
+fn check_slot_cancel(cancel: &SlotCancel, index: &Index<'_>, found: &mut Vec<Violation>) {
+    let (clinic_id, slot_id) = (cancel.clinic_id.as_str(), cancel.slot_id.as_str());
+    let mut flag = |appointment: Option<&str>, what: String| {
+        found.push(violation(
+            ViolationKind::SlotCancelNotHonoured,
+            [clinic_id, slot_id].into_iter().chain(appointment),
+            format!("acknowledged cancellation of slot {clinic_id}/{slot_id}: {what}"),
+        ));
+    };
+    let Some(clinic) = index.clinics.get(clinic_id) else {
+        return flag(None, "its clinic is not in the picture".to_string());
+    };
+    match clinic.slots.get(slot_id) {
+        None => {
+            return flag(
+                None,
+                "the slot is not in its clinic's availability".to_string(),
+            )
+        }
+        Some(slot) if !slot.cancelled => flag(None, "the slot is not cancelled".to_string()),
+        Some(_) => {}
+    }
+    let listed: HashSet<&str> = cancel.affected.iter().map(String::as_str).collect();
+    for id in &listed {
+        match index.appointments.get(id) {
+            None => flag(Some(id), format!("affected appointment {id} is gone")),
+            Some((_, a)) if a.status != "CLINIC_CANCELLED" || a.slot_id != slot_id => flag(
+                Some(id),
+                format!(
+                    "affected appointment {id} is {} in slot {}",
+                    a.status, a.slot_id
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    let now_cancelled = clinic
+        .by_slot
+        .get(slot_id)
+        .and_then(|by_status| by_status.get("CLINIC_CANCELLED"))
+        .into_iter()
+        .flatten();
+    for a in now_cancelled {
+        if !listed.contains(a.appointment_id.as_str()) {
+            flag(
+                Some(&a.appointment_id),
+                format!(
+                    "appointment {} is CLINIC_CANCELLED but the answer did not list it",
+                    a.appointment_id
+                ),
+            );
         }
     }
 }

@@ -60,10 +60,10 @@ EXAMPLES:
   holdfast-load --spawn --scenario expiry --expiry-holds 2000 --expiry-hold 2s
 
   # Crash rehearsal: SIGKILL the server 5 times under load, restart, verify each time
-  # (staff administer 30% of confirmed appointments and cancel 10% of the slots; 20
+  # (staff administer 30% of confirmed appointments and cancel 4 slots a round; 20
   # appointments fall due as no-shows 2 s after their slots end, across the kills):
   holdfast-load --spawn --scenario crash --kills 5 --clinics 10 --citizens 5000 \\
-      --administer-pct 30 --clinic-cancel-pct 10 --no-show-group 20 --no-show-grace 2s
+      --administer-pct 30 --cancel-slots 4 --no-show-group 20 --no-show-grace 2s
 
 EXIT CODES:
   0  every scenario passed (no invariant violation, no 500)
@@ -306,11 +306,13 @@ pub struct Args {
     /// campaign's batch. 0 = none.
     #[arg(long, default_value_t = 20, help_heading = "Clinic")]
     pub administer_pct: u32,
-    /// launch, crash: percentage of the campaign's slots that clinic staff cancel (rounded
-    /// up, so a small campaign still cancels one): after the booking in `launch`, during the
-    /// load (spread over the rounds) in `crash`. 0 = none.
-    #[arg(long, default_value_t = 5, help_heading = "Clinic")]
-    pub clinic_cancel_pct: u32,
+    /// launch, crash: slots a clinic cancels mid-run (the hottest clinics first; one in two
+    /// with the clinic's staff token, the rest with the authority's). A launch cancels once
+    /// a quarter of its seats is taken, each crash round 100 ms into its load (before the
+    /// kill); the checker proves their appointments became CLINIC_CANCELLED and the
+    /// counters hold. 0 cancels nothing (a launch that must sell out exactly).
+    #[arg(long, default_value_t = 2, help_heading = "Clinic")]
+    pub cancel_slots: usize,
     /// crash: appointments booked and confirmed right after set-up in extra slots that
     /// start a few seconds later and end a second after that, then left alone: they must
     /// become NO_SHOW --no-show-grace after their slots end, across the kills (some are
@@ -401,13 +403,11 @@ impl Args {
                 self.confirm_pct, self.release_pct
             ));
         }
-        for (name, pct) in [
-            ("administer-pct", self.administer_pct),
-            ("clinic-cancel-pct", self.clinic_cancel_pct),
-        ] {
-            if pct > 100 {
-                return Err(format!("--{name} {pct}: at most 100"));
-            }
+        if self.administer_pct > 100 {
+            return Err(format!(
+                "--administer-pct {}: at most 100",
+                self.administer_pct
+            ));
         }
         if self.no_show_group > NO_SHOW_GROUP_MAX {
             return Err(format!(
@@ -450,6 +450,13 @@ impl Args {
             return Err(format!(
                 "--kill-window: at least {} ms",
                 crate::scenarios::crash::KILL_DELAY_MIN_MS
+            ));
+        }
+        if self.cancel_slots > crate::scenarios::slot_cancel::CANCEL_SLOTS_MAX {
+            return Err(format!(
+                "--cancel-slots {}: at most {}",
+                self.cancel_slots,
+                crate::scenarios::slot_cancel::CANCEL_SLOTS_MAX
             ));
         }
         if self.retries > RETRIES_MAX {
@@ -502,9 +509,6 @@ mod tests {
         );
         assert!(parse(&["--spawn", "--prefix", "a b"]).validate().is_err());
         assert!(parse(&["--spawn", "--administer-pct", "101"])
-            .validate()
-            .is_err());
-        assert!(parse(&["--spawn", "--clinic-cancel-pct", "101"])
             .validate()
             .is_err());
         assert!(parse(&["--spawn", "--no-show-group", "201"])

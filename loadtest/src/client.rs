@@ -230,28 +230,6 @@ impl Api {
         .await
     }
 
-    /// `POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel` as staff of the clinic, with an
-    /// Idempotency-Key (so a timed-out one is retried with the same key and gets the first
-    /// answer, affected ids included).
-    pub async fn cancel_slot(
-        &self,
-        staff: &str,
-        clinic_id: &str,
-        slot_id: &str,
-        key: &str,
-    ) -> Reply {
-        let url = self.url(&format!("/v1/clinics/{clinic_id}/slots/{slot_id}/cancel"));
-        let body = serde_json::json!({ "reason": "holdfast-load clinic cancellation" });
-        self.send_retrying(|| {
-            self.http
-                .post(&url)
-                .header("authorization", staff)
-                .header("idempotency-key", key)
-                .json(&body)
-        })
-        .await
-    }
-
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.http.get(self.url(path))).await
     }

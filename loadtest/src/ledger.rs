@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 /// The operations whose acknowledgements the ledger keeps, in the order an appointment can
-/// go through them (the ledger keeps the furthest; a cancel, an administration and a clinic
-/// cancellation exclude each other).
+/// go through them (the ledger keeps the furthest; a cancel and an administration exclude
+/// each other). Clinic cancellations are kept per slot ([`SlotCancel`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AckKind {
@@ -24,9 +24,6 @@ pub enum AckKind {
     Cancel,
     /// `POST /v1/appointments/{id}/administer` answered 200 ADMINISTERED with a batch.
     Administer,
-    /// `POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel` answered 200 and named the
-    /// appointment among the affected ones: it is CLINIC_CANCELLED.
-    ClinicCancel,
 }
 
 /// What the server acknowledged for one appointment.
@@ -38,22 +35,13 @@ pub struct Acked {
     pub vaccine: String,
     pub citizen_id: String,
     /// The last acknowledged operation ([`AckKind::Create`] < `Confirm` < `Cancel` <
-    /// `Administer` < `ClinicCancel` in a run).
+    /// `Administer` in a run).
     pub kind: AckKind,
     /// The status the acknowledging answer carried (`PENDING`, `CONFIRMED`, `RELEASED`,
     /// `CANCELLED`, `ADMINISTERED`, `CLINIC_CANCELLED`, ...).
     pub status: String,
     /// The batch an administration answered (`None` before one).
     pub batch: Option<String>,
-}
-
-/// One acknowledged clinic cancellation of a slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SlotCancellation {
-    pub clinic_id: String,
-    pub slot_id: String,
-    /// The appointment ids the answer named as affected (each now CLINIC_CANCELLED).
-    pub affected: Vec<String>,
 }
 
 /// One deliberate replay of a successful create with the same Idempotency-Key and body.
@@ -67,11 +55,23 @@ pub struct Replay {
     pub replay_appointment_id: Option<String>,
 }
 
+/// A slot cancellation the server acknowledged (`POST .../slots/{slot_id}/cancel`, 200):
+/// the slot and the appointments its answer listed as turned CLINIC_CANCELLED.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotCancel {
+    pub clinic_id: String,
+    pub slot_id: String,
+    /// `affected_appointment_ids` of the answer.
+    pub affected: Vec<String>,
+    /// Sent with the clinic's staff token (else the authority's).
+    pub by_staff: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     appointments: HashMap<String, Acked>,
     replays: Vec<Replay>,
-    slot_cancellations: Vec<SlotCancellation>,
+    slot_cancels: Vec<SlotCancel>,
     /// Doses received per (clinic, vaccine), summed over batches.
     received: BTreeMap<(String, String), i64>,
     /// Appointments confirmed and then left alone in a slot that ends during the run.
@@ -131,38 +131,6 @@ impl Ledger {
         true
     }
 
-    /// Records an acknowledged clinic cancellation of `slot_id`: every appointment of
-    /// `affected` is CLINIC_CANCELLED from now on. An affected appointment the ledger does
-    /// not know yet (its create's answer was lost) is added with its citizen and vaccine
-    /// unknown (empty), which the checker does not compare.
-    pub fn record_slot_cancellation(&self, clinic_id: &str, slot_id: &str, affected: &[String]) {
-        let mut inner = self.inner.lock().expect("ledger lock");
-        for id in affected {
-            let known = inner.appointments.get(id).cloned();
-            let acked = Acked {
-                kind: AckKind::ClinicCancel,
-                status: "CLINIC_CANCELLED".to_string(),
-                batch: None,
-                ..known.unwrap_or_else(|| Acked {
-                    appointment_id: id.clone(),
-                    clinic_id: clinic_id.to_string(),
-                    slot_id: slot_id.to_string(),
-                    vaccine: String::new(),
-                    citizen_id: String::new(),
-                    kind: AckKind::ClinicCancel,
-                    status: String::new(),
-                    batch: None,
-                })
-            };
-            inner.keep_furthest(acked);
-        }
-        inner.slot_cancellations.push(SlotCancellation {
-            clinic_id: clinic_id.to_string(),
-            slot_id: slot_id.to_string(),
-            affected: affected.to_vec(),
-        });
-    }
-
     /// Records doses of `vaccine` received by `clinic_id` (a stock call answered 200).
     pub fn record_received(&self, clinic_id: &str, vaccine: &str, quantity: i64) {
         let mut inner = self.inner.lock().expect("ledger lock");
@@ -199,13 +167,17 @@ impl Ledger {
         self.inner.lock().expect("ledger lock").replays.clone()
     }
 
-    /// Every acknowledged slot cancellation, in the order recorded.
-    pub fn slot_cancellations(&self) -> Vec<SlotCancellation> {
+    pub fn record_slot_cancel(&self, cancel: SlotCancel) {
         self.inner
             .lock()
             .expect("ledger lock")
-            .slot_cancellations
-            .clone()
+            .slot_cancels
+            .push(cancel);
+    }
+
+    /// Every acknowledged slot cancellation, in the order recorded.
+    pub fn slot_cancels(&self) -> Vec<SlotCancel> {
+        self.inner.lock().expect("ledger lock").slot_cancels.clone()
     }
 
     /// Doses received per (clinic, vaccine).
@@ -262,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn an_administration_keeps_its_batch_and_a_clinic_cancellation_wins() {
+    fn an_administration_keeps_its_batch_and_receipts_add_up() {
         let ledger = Ledger::new();
         let mut administered = body("a1", "ADMINISTERED");
         administered["batch"] = json!("B1");
@@ -272,21 +244,7 @@ mod tests {
         assert_eq!(acked[0].kind, AckKind::Administer);
         assert_eq!(acked[0].batch.as_deref(), Some("B1"));
 
-        assert!(ledger.record(AckKind::Confirm, &body("a2", "CONFIRMED")));
-        ledger.record_slot_cancellation("c", "s", &["a2".to_string(), "a3".to_string()]);
-        let acked = ledger.acked();
-        assert_eq!(acked.len(), 3);
-        let a2 = &acked[1];
-        assert_eq!(
-            (a2.kind, a2.status.as_str()),
-            (AckKind::ClinicCancel, "CLINIC_CANCELLED")
-        );
-        assert_eq!(a2.citizen_id, "p", "what was known is kept");
-        let a3 = &acked[2];
-        assert_eq!((a3.clinic_id.as_str(), a3.slot_id.as_str()), ("c", "s"));
-        assert!(a3.citizen_id.is_empty(), "unknown, not invented");
-        assert_eq!(ledger.slot_cancellations().len(), 1);
-        assert_eq!(ledger.count_kind(AckKind::ClinicCancel), 2);
+        assert_eq!(ledger.count_kind(AckKind::Administer), 1);
 
         ledger.record_received("c", "v", 10);
         ledger.record_received("c", "v", 5);

@@ -39,8 +39,6 @@ pub enum Op {
     Poll,
     /// `POST /v1/appointments/{id}/administer` (staff).
     Administer,
-    /// `POST /v1/clinics/{clinic_id}/slots/{slot_id}/cancel` (staff): a clinic cancellation.
-    ClinicCancel,
 }
 
 impl Op {
@@ -55,7 +53,6 @@ impl Op {
             Op::Noop => "noop",
             Op::Poll => "poll",
             Op::Administer => "administer",
-            Op::ClinicCancel => "clinic_cancel",
         }
     }
 

@@ -16,7 +16,7 @@ use holdfast_loadtest::checker::{
     check, fetch_picture, Appointment, Availability, CheckOptions, CheckReport, ClinicPicture,
     Picture, SlotState, StockLevel, Violation, ViolationKind,
 };
-use holdfast_loadtest::ledger::{AckKind, Ledger, Replay};
+use holdfast_loadtest::ledger::{AckKind, Ledger, Replay, SlotCancel};
 use holdfast_server::{start, ServerConfig, Storage};
 use serde_json::{json, Value};
 
@@ -543,74 +543,6 @@ fn an_acknowledged_administration_now_from_another_batch() {
 }
 
 #[test]
-fn an_acknowledged_clinic_cancellation_holds_even_for_an_appointment_the_ledger_did_not_know() {
-    let picture = consistent();
-    let ledger = ledger_for(&picture);
-    ledger.record_slot_cancellation("c1", "s3", &ids(&["a7"]));
-    let report = run(&picture, &ledger);
-    assert!(report.ok(), "{:#?}", report.violations);
-    assert_eq!(report.slot_cancellations_checked, 1);
-    // Its create's answer was lost: citizen and vaccine are unknown, and not compared.
-    let ledger = Ledger::new();
-    ledger.record_slot_cancellation("c1", "s3", &ids(&["a7"]));
-    assert!(run(&picture, &ledger).ok());
-}
-
-#[test]
-fn an_acknowledged_clinic_cancellation_whose_appointment_is_not_clinic_cancelled() {
-    let mut picture = consistent();
-    let ledger = ledger_for(&picture);
-    ledger.record_slot_cancellation("c1", "s3", &ids(&["a7"]));
-    appointment_mut(&mut picture, "a7").status = "CANCELLED".into();
-    let report = run(&picture, &ledger);
-    let v = assert_only(
-        &report,
-        ViolationKind::AckedRegressed,
-        &["a7", "c1", "s3", "p7"],
-    );
-    assert!(v.message.contains("clinic cancellation"), "{}", v.message);
-}
-
-#[test]
-fn an_acknowledged_clinic_cancellation_of_an_appointment_the_server_does_not_have() {
-    let picture = consistent();
-    let ledger = ledger_for(&picture);
-    ledger.record_slot_cancellation("c1", "s3", &ids(&["a7", "ghost-7"]));
-    let report = run(&picture, &ledger);
-    assert_only(
-        &report,
-        ViolationKind::AckedLost,
-        &["ghost-7", "c1", "s3", ""],
-    );
-}
-
-#[test]
-fn an_acknowledged_slot_cancellation_whose_slot_is_open_or_gone() {
-    let picture = consistent();
-    let ledger = ledger_for(&picture);
-    ledger.record_slot_cancellation("c1", "s2", &[]);
-    let v = assert_only(
-        &run(&picture, &ledger),
-        ViolationKind::SlotCancellationLost,
-        &["c1", "s2"],
-    );
-    assert!(v.message.contains("not cancelled"), "{}", v.message);
-
-    let ledger = ledger_for(&picture);
-    ledger.record_slot_cancellation("c1", "s-gone", &[]);
-    let v = assert_only(
-        &run(&picture, &ledger),
-        ViolationKind::SlotCancellationLost,
-        &["c1", "s-gone"],
-    );
-    assert!(
-        v.message.contains("no longer has the slot"),
-        "{}",
-        v.message
-    );
-}
-
-#[test]
 fn an_acknowledged_appointment_the_server_does_not_have() {
     let picture = consistent();
     let ledger = ledger_for(&picture);
@@ -913,6 +845,55 @@ fn a_pending_appointment_without_expiry() {
     );
 }
 
+// ---- 9. slot cancellations ----------------------------------------------------------------
+
+/// The ledger of [`consistent`] with the cancellation of slot `c1/s3` acknowledged as
+/// having turned `affected` CLINIC_CANCELLED.
+fn ledger_with_cancel(picture: &Picture, affected: &[&str]) -> Ledger {
+    let ledger = ledger_for(picture);
+    ledger.record_slot_cancel(SlotCancel {
+        clinic_id: "c1".into(),
+        slot_id: "s3".into(),
+        affected: ids(affected),
+        by_staff: true,
+    });
+    ledger
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_that_holds_passes() {
+    let picture = consistent();
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7"]));
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_whose_slot_is_open_again() {
+    let mut picture = consistent();
+    *slot_mut(&mut picture, "c1", "s3") = slot("s3", [5, 5, 0, 0, 0, 0], false);
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7"]));
+    assert_only(&report, ViolationKind::SlotCancelNotHonoured, &["c1", "s3"]);
+}
+
+#[test]
+fn an_acknowledged_slot_cancellation_whose_appointments_differ_from_its_answer() {
+    let picture = consistent();
+    // The answer listed a1, which is PENDING in another slot.
+    let report = run(&picture, &ledger_with_cancel(&picture, &["a7", "a1"]));
+    assert_only(
+        &report,
+        ViolationKind::SlotCancelNotHonoured,
+        &["c1", "s3", "a1"],
+    );
+    // The answer did not list a7, which is CLINIC_CANCELLED in the slot.
+    let report = run(&picture, &ledger_with_cancel(&picture, &[]));
+    assert_only(
+        &report,
+        ViolationKind::SlotCancelNotHonoured,
+        &["c1", "s3", "a7"],
+    );
+}
+
 #[test]
 fn violations_are_sorted_and_every_one_is_counted() {
     let mut picture = consistent();
@@ -1150,7 +1131,12 @@ async fn clinic_side(api: &Api) {
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect();
     assert_eq!(affected.len(), 2, "{cancelled}");
-    ledger.record_slot_cancellation(clinic, "s2", &affected);
+    ledger.record_slot_cancel(SlotCancel {
+        clinic_id: clinic.to_string(),
+        slot_id: "s2".to_string(),
+        affected,
+        by_staff: true,
+    });
 
     let clinic_ids = vec![clinic.to_string()];
     let picture = fetch_picture(&api.client, &api.base, &api.authority, &clinic_ids)
@@ -1192,14 +1178,19 @@ async fn clinic_side(api: &Api) {
 
     // A dose the clinic never received, and a slot it never cancelled.
     ledger.record_received(clinic, VACCINE, 1);
-    ledger.record_slot_cancellation(clinic, "s1", &[]);
+    ledger.record_slot_cancel(SlotCancel {
+        clinic_id: clinic.to_string(),
+        slot_id: "s1".to_string(),
+        affected: Vec::new(),
+        by_staff: true,
+    });
     let report = check(&picture, &ledger, &options);
     let found: BTreeSet<ViolationKind> = report.violations.iter().map(|v| v.kind).collect();
     assert_eq!(
         found,
         [
             ViolationKind::StockMismatch,
-            ViolationKind::SlotCancellationLost
+            ViolationKind::SlotCancelNotHonoured
         ]
         .into(),
         "{:#?}",

@@ -61,8 +61,8 @@ pub struct ServeArgs {
     /// Longest hold; longer `hold_seconds` are clamped to it.
     #[arg(long, default_value = "900s", value_parser = parse_duration)]
     pub max_hold: Duration,
-    /// How long after a slot ends a CONFIRMED appointment becomes NO_SHOW (clinic
-    /// operations; accepted now, acted on when that work lands).
+    /// How long after its slot ends a CONFIRMED appointment becomes NO_SHOW by itself (its
+    /// dose returns); 0s..=168h. A change applies to appointments confirmed from then on.
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
     pub no_show_grace: Duration,
     /// A reschedule is refused (409 TOO_LATE) when the old appointment's slot starts within

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use holdfast_engine::journal::{Journal, NoJournal};
 use holdfast_engine::node::SHARDS_DEFAULT;
 use holdfast_engine::ring::Ring;
+use holdfast_engine::shard::NO_SHOW_GRACE_MS_MAX;
 use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
 use holdfast_gateway::app::{build_app, AppState, Settings};
 use holdfast_gateway::auth::JwtKey;
@@ -248,6 +249,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.hold_ttl.as_millis() == 0 || args.max_hold < args.hold_ttl {
         return Err("--hold-ttl must be positive and not above --max-hold".into());
     }
+    if args.no_show_grace.as_millis() > NO_SHOW_GRACE_MS_MAX as u128 {
+        return Err(format!(
+            "--no-show-grace must be at most {}h",
+            NO_SHOW_GRACE_MS_MAX / 3_600_000
+        ));
+    }
     let data_dir =
         DataDir::open(&args.data_dir, args.shards, SHARDS_DEFAULT).map_err(|e| e.to_string())?;
     let (secret, secret_path) = load_secret(&args)?;
@@ -257,7 +264,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let config = ServerConfig {
         listen: args.listen,
-        node: NodeConfig::embedded(data_dir.shards()),
+        node: NodeConfig {
+            no_show_grace_ms: i64::try_from(args.no_show_grace.as_millis()).unwrap_or(i64::MAX),
+            ..NodeConfig::embedded(data_dir.shards())
+        },
         jwt_secret: secret,
         settings: Settings {
             hold_ttl_ms: args.hold_ttl.as_millis() as i64,

@@ -37,6 +37,7 @@ use crate::idempotency::{Fingerprint, IdemKey, IdemOutcome, StoredResponse};
 use crate::journal::{Durable, Journal};
 use crate::notices::Settler;
 use crate::publish::Publisher;
+use crate::shard::ShardConfig;
 use crate::view::Output;
 
 pub use runtime::ShardRuntime;
@@ -129,6 +130,8 @@ pub struct ShardArgs {
     pub phase: Arc<watch::Sender<ShardPhase>>,
     /// Where the shard sends the claim notices of its durable appointment changes.
     pub settler: Option<Settler>,
+    /// What the shard's decisions read from the node's configuration (the no-show grace).
+    pub config: ShardConfig,
 }
 
 pub struct ShardActor;

@@ -79,6 +79,8 @@ impl ShardRuntime {
         for record in idempotency {
             self.idempotency.restore_record(record);
         }
+        // The configuration is the node's, not the log's (`ShardConfig`): keep this run's.
+        state.set_config(self.state.config());
         self.state = state;
         self.wal_seq = wal_seq;
         self.mark_stored(wal_seq);

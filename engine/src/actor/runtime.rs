@@ -78,7 +78,7 @@ impl ShardRuntime {
         let (earliest_tx, _) = watch::channel(None);
         ShardRuntime {
             shard: args.shard,
-            state: ShardState::new(args.shard),
+            state: ShardState::with_config(args.shard, args.config),
             clock: args.clock,
             idempotency: IdempotencyTable::new(
                 args.idempotency_records_max,

@@ -70,7 +70,11 @@ impl ShardState {
                 tentative: _,
             } => self.claim_settled(citizen_id, *attempt, outcome),
             Event::AppointmentReserved(appointment) => self.reserve((**appointment).clone()),
-            Event::AppointmentConfirmed { seq, at_ms } => self.confirm(*seq, *at_ms),
+            Event::AppointmentConfirmed {
+                seq,
+                at_ms,
+                no_show_at_ms,
+            } => self.confirm(*seq, *at_ms, *no_show_at_ms),
             Event::AppointmentReleased { seq } => self.end_active(*seq, Status::Released),
             Event::AppointmentExpired { seq } => self.end_active(*seq, Status::Expired),
             Event::AppointmentRejected { seq } => self.end_active(*seq, Status::Rejected),
@@ -93,10 +97,11 @@ impl ShardState {
             Event::AppointmentNeedsReview { seq } => {
                 self.appointment_mut(*seq).needs_review = true;
             }
+            Event::AppointmentNoShow { seq } => self.end_active(*seq, Status::NoShow),
         }
     }
 
-    fn appointment_mut(&mut self, seq: u64) -> &mut Appointment {
+    pub(super) fn appointment_mut(&mut self, seq: u64) -> &mut Appointment {
         self.appointments.get_mut(&seq).expect("known appointment")
     }
 
@@ -153,6 +158,7 @@ impl ShardState {
         let c = &mut self.clinics[clinic as usize];
         if let Some(&s) = c.slot_index.get(slot_id) {
             let slot = &mut c.slots[s as usize];
+            let end_shift_ms = spec.end_ms - slot.end_ms;
             slot.start_ms = spec.start_ms;
             slot.end_ms = spec.end_ms;
             slot.capacity = spec.capacity;
@@ -162,6 +168,9 @@ impl ShardState {
                 slot.taken() <= slot.capacity,
                 "slot {slot_id} shrank below taken"
             );
+            if end_shift_ms != 0 && slot.confirmed > 0 {
+                self.shift_no_shows(clinic, s, end_shift_ms);
+            }
             return;
         }
         let s = u32::try_from(c.slots.len()).expect("slots fit u32");
@@ -206,7 +215,8 @@ impl ShardState {
         self.appointments.push(a);
     }
 
-    fn confirm(&mut self, seq: u64, at_ms: i64) {
+    /// A hold becomes CONFIRMED: its hold deadline stops, its no-show deadline starts.
+    fn confirm(&mut self, seq: u64, at_ms: i64, no_show_at_ms: i64) {
         let a = self.appointments.get_mut(&seq).expect("known appointment");
         assert_eq!(a.status, Status::Pending);
         let deadline = a.expires_at_ms.take().expect("a hold has a deadline");
@@ -218,19 +228,24 @@ impl ShardState {
         self.counts.pending -= 1;
         self.counts.confirmed += 1;
         self.untime_hold(seq, deadline);
+        self.time_no_show(seq, no_show_at_ms);
     }
 
-    /// An active appointment ends: its seat and its dose return exactly once, and a hold's
-    /// deadline stops being timed.
-    fn end_active(&mut self, seq: u64, status: Status) {
-        let a = self.appointments.get_mut(&seq).expect("known appointment");
-        let was = a.status;
+    /// An active appointment ends: its dose returns exactly once, and so does its seat
+    /// unless it ends as NO_SHOW (the seat stays counted in `no_show`); a hold's deadline or
+    /// a CONFIRMED appointment's no-show deadline stops being timed.
+    pub(super) fn end_active(&mut self, seq: u64, status: Status) {
+        let was = self.appointments[&seq].status;
         assert!(
             was.is_active(),
             "{} from final status {}",
             status.as_str(),
             was.as_str()
         );
+        if was == Status::Confirmed {
+            self.leave_confirmed(seq);
+        }
+        let a = self.appointments.get_mut(&seq).expect("known appointment");
         a.status = status;
         let deadline = a.expires_at_ms.take();
         a.at_risk = false;
@@ -243,7 +258,10 @@ impl ShardState {
             s.confirmed -= 1;
             self.counts.confirmed -= 1;
         }
-        if a.rebook_priority {
+        if status == Status::NoShow {
+            // The slot is over: the seat stays used, a priority seat stays a priority seat.
+            s.no_show += 1;
+        } else if a.rebook_priority {
             s.priority_taken -= 1;
         }
         let stock = c

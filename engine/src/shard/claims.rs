@@ -157,7 +157,10 @@ impl ShardState {
             Event::AppointmentReleased { seq }
             | Event::AppointmentExpired { seq }
             | Event::AppointmentCancelled { seq }
-            | Event::AppointmentMoved { seq, .. } => (
+            | Event::AppointmentMoved { seq, .. }
+            // A no-show ends the claim like a cancel: the citizen may book again, without
+            // a rebooking priority (the clinic did not cancel).
+            | Event::AppointmentNoShow { seq } => (
                 *seq,
                 SettleOutcome::Lapsed {
                     clinic_cancelled: false,

@@ -324,10 +324,15 @@ impl ShardState {
             claim: r.claim,
             rescheduled_from: r.rescheduled_from,
             rescheduled_to: None,
+            no_show_at_ms: None,
         };
         let mut events = vec![Event::AppointmentReserved(Box::new(appointment))];
         if r.confirmed {
-            events.push(Event::AppointmentConfirmed { seq, at_ms: now_ms });
+            events.push(Event::AppointmentConfirmed {
+                seq,
+                at_ms: now_ms,
+                no_show_at_ms: self.no_show_at(clinic, slot),
+            });
         }
         Ok(Decision::ok(events, Reply::Appointment(seq)))
     }
@@ -357,7 +362,11 @@ impl ShardState {
                 DomainError::HoldExpired,
             ),
             Status::Pending => Decision::ok(
-                vec![Event::AppointmentConfirmed { seq, at_ms: now_ms }],
+                vec![Event::AppointmentConfirmed {
+                    seq,
+                    at_ms: now_ms,
+                    no_show_at_ms: self.no_show_at(a.clinic, a.slot),
+                }],
                 Reply::Appointment(seq),
             ),
             Status::Confirmed => Decision::ok(vec![], Reply::Appointment(seq)),
@@ -432,6 +441,7 @@ impl ShardState {
             .due(now_ms, EXPIRE_BATCH_MAX)
             .map(|(_, deadline)| match deadline {
                 Deadline::Hold { seq } => Event::AppointmentExpired { seq },
+                Deadline::NoShow { seq } => Event::AppointmentNoShow { seq },
             })
             .collect();
         let count = events.len();
@@ -470,7 +480,8 @@ impl ShardState {
             | Event::AppointmentExpired { seq }
             | Event::AppointmentRejected { seq }
             | Event::AppointmentCancelled { seq }
-            | Event::AppointmentClinicCancelled { seq } => {
+            | Event::AppointmentClinicCancelled { seq }
+            | Event::AppointmentNoShow { seq } => {
                 self.appointments.get(seq).map(|a| (a.clinic, a.vaccine))
             }
             _ => None,

@@ -7,7 +7,9 @@
 //! 2. Per clinic and vaccine: `reserved` equals the PENDING + CONFIRMED appointments, and the
 //!    batches sum to `on_hand`.
 //! 3. The shard totals match, and the deadline queue times exactly the PENDING holds, each at
-//!    its `expires_at`.
+//!    its `expires_at`, and the CONFIRMED appointments' no-shows, each at its
+//!    `no_show_at_ms` (set exactly while CONFIRMED, never before its slot's end): every
+//!    appointment timed is timed once and nothing else is.
 
 use rustc_hash::FxHashMap;
 
@@ -31,7 +33,7 @@ impl ShardState {
                 self.counts.pending, self.counts.confirmed
             ));
         }
-        self.check_deadlines(pending)
+        self.check_deadlines(pending, confirmed)
     }
 
     /// Invariants 1 and 2 for one clinic; answers its (pending, confirmed) counts.
@@ -64,6 +66,18 @@ impl ShardState {
             }
             pending += u64::from(a.status == Status::Pending);
             confirmed += u64::from(a.status == Status::Confirmed);
+            let end_ms = c.slots[a.slot as usize].end_ms;
+            let timed_right = match a.no_show_at_ms {
+                Some(at_ms) => a.status == Status::Confirmed && at_ms >= end_ms,
+                None => a.status != Status::Confirmed,
+            };
+            if !timed_right {
+                return Err(format!(
+                    "appointment {seq} is {} with no-show instant {:?} (slot ends {end_ms})",
+                    a.status.as_str(),
+                    a.no_show_at_ms
+                ));
+            }
         }
         check_slots(c, &per_slot)?;
         for (v, stock) in &c.stock {
@@ -85,25 +99,35 @@ impl ShardState {
         Ok((pending, confirmed))
     }
 
-    /// The deadline queue times exactly the `pending` holds, each at its deadline.
-    fn check_deadlines(&self, pending: u64) -> Result<(), String> {
+    /// The deadline queue times exactly the `pending` holds, each at its deadline, and the
+    /// `confirmed` appointments' no-shows, each at its instant. Entries are distinct and each
+    /// names a different appointment in the state it times, so equal counts mean each is
+    /// timed exactly once.
+    fn check_deadlines(&self, pending: u64, confirmed: u64) -> Result<(), String> {
         for (at_ms, deadline) in self.deadlines.iter() {
-            match deadline {
-                Deadline::Hold { seq } => {
-                    let live = self.appointments.get(&seq).is_some_and(|a| {
+            let (seq, live) = match deadline {
+                Deadline::Hold { seq } => (
+                    seq,
+                    self.appointments.get(&seq).is_some_and(|a| {
                         a.status == Status::Pending && a.expires_at_ms == Some(at_ms)
-                    });
-                    if !live {
-                        return Err(format!(
-                            "hold {seq} is timed at {at_ms} but not pending then"
-                        ));
-                    }
-                }
+                    }),
+                ),
+                Deadline::NoShow { seq } => (
+                    seq,
+                    self.appointments.get(&seq).is_some_and(|a| {
+                        a.status == Status::Confirmed && a.no_show_at_ms == Some(at_ms)
+                    }),
+                ),
+            };
+            if !live {
+                return Err(format!(
+                    "{deadline:?} is timed at {at_ms} but appointment {seq} is not in that state then"
+                ));
             }
         }
-        if self.deadlines.len() as u64 != pending {
+        if self.deadlines.len() as u64 != pending + confirmed {
             return Err(format!(
-                "{} deadlines timed for {pending} pending holds",
+                "{} deadlines timed for {pending} pending holds and {confirmed} confirmed",
                 self.deadlines.len()
             ));
         }

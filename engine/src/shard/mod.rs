@@ -7,7 +7,9 @@
 //! - [`query`](self::query): the read models and the answers to queries;
 //! - [`invariants`](self::invariants): the invariants, recomputed from the appointments;
 //! - [`claims`](self::claims): the citizen side (records, claims, the appointment index),
-//!   decided and applied like the rest (see [`crate::claims`] for the design).
+//!   decided and applied like the rest (see [`crate::claims`] for the design);
+//! - [`no_show`](self::no_show): CONFIRMED appointments that become NO_SHOW by themselves
+//!   (a typed deadline, timed and untimed by `apply`).
 //!
 //! Nothing here knows about actors, HTTP or disks.
 
@@ -15,6 +17,7 @@ mod apply;
 mod claims;
 mod decide;
 mod invariants;
+mod no_show;
 mod query;
 
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use crate::model::{Appointment, Batch, Clinic, Vaccine, VaccineIdx};
 use crate::view::{Output, ShardCounts};
 
 pub use decide::{Decision, Reply};
+pub use no_show::{NO_SHOW_GRACE_MS_DEFAULT, NO_SHOW_GRACE_MS_MAX};
 
 /// Most deadlines one `ExpireDue` acts on. A pass that finds more leaves the rest for the next
 /// wake-up (which the timer arms at once), so a burst of expiries never stalls the shard's
@@ -39,6 +43,24 @@ pub use decide::{Decision, Reply};
 pub const EXPIRE_BATCH_MAX: usize = 4096;
 /// Most slots one clinic may have (14 days of 15-minute slots is 1,344).
 pub const SLOTS_PER_CLINIC_MAX: usize = 100_000;
+
+/// What a shard's decisions read from the node's configuration. Never logged nor
+/// snapshotted: a decision writes what it derives from it into its events (a confirm's
+/// no-show instant), so replay does not depend on it and a restart may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// `--no-show-grace`: how long after its slot ends a CONFIRMED appointment becomes
+    /// NO_SHOW; 0..=[`NO_SHOW_GRACE_MS_MAX`].
+    pub no_show_grace_ms: i64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            no_show_grace_ms: NO_SHOW_GRACE_MS_DEFAULT,
+        }
+    }
+}
 
 /// Snapshotted with bincode: plain fields only.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -61,6 +83,10 @@ pub struct ShardState {
     next_attempt: u64,
     deadlines: DeadlineQueue,
     counts: ShardCounts,
+    /// The node's configuration, set by the runtime (not part of the snapshot: see
+    /// [`ShardConfig`]).
+    #[serde(skip)]
+    config: ShardConfig,
 }
 
 impl ShardState {
@@ -78,7 +104,29 @@ impl ShardState {
             next_attempt: 1,
             deadlines: DeadlineQueue::default(),
             counts: ShardCounts::default(),
+            config: ShardConfig::default(),
         }
+    }
+
+    /// A new shard whose decisions use `config`.
+    pub fn with_config(shard: u32, config: ShardConfig) -> Self {
+        let mut state = ShardState::new(shard);
+        state.config = config;
+        state
+    }
+
+    /// Sets the configuration the next decisions use (after recovery: a snapshot does not
+    /// carry it).
+    pub fn set_config(&mut self, config: ShardConfig) {
+        assert!(
+            (0..=NO_SHOW_GRACE_MS_MAX).contains(&config.no_show_grace_ms),
+            "no-show grace out of range"
+        );
+        self.config = config;
+    }
+
+    pub fn config(&self) -> ShardConfig {
+        self.config
     }
 
     pub fn shard(&self) -> u32 {

@@ -10,6 +10,7 @@ use crate::command::{Query, QueryAnswer};
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::ids::AppointmentId;
+use crate::localtime::local_time;
 use crate::model::{Status, VaccineIdx, VaccineStock};
 use crate::publish::Change;
 use crate::view::{
@@ -226,11 +227,14 @@ impl ShardState {
     }
 
     pub fn slot_view(&self, clinic: u32, slot: u32) -> SlotView {
-        let s = &self.clinics[clinic as usize].slots[slot as usize];
+        let c = &self.clinics[clinic as usize];
+        let s = &c.slots[slot as usize];
         SlotView {
             slot_id: s.id.clone(),
             start_ms: s.start_ms,
             end_ms: s.end_ms,
+            start_local: local_time(s.start_ms, &c.info.timezone),
+            end_local: local_time(s.end_ms, &c.info.timezone),
             capacity: s.capacity,
             remaining: s.remaining(),
             pending: s.pending,
@@ -315,6 +319,7 @@ impl ShardState {
         slots.sort_by(|a, b| (a.start_ms, &a.slot_id).cmp(&(b.start_ms, &b.slot_id)));
         Ok(AvailabilityView {
             clinic_id: c.id.clone(),
+            timezone: c.info.timezone.clone(),
             stock,
             slots,
         })
@@ -430,6 +435,7 @@ impl ShardState {
             Event::AppointmentClinicCancelled { seq } => {
                 self.status_change(*seq, Status::ClinicCancelled)
             }
+            Event::AppointmentNoShow { seq } => self.status_change(*seq, Status::NoShow),
             Event::AppointmentAtRisk { seq, at_risk } => Change::AppointmentAtRisk {
                 appointment_id: self.id_of(*seq),
                 clinic_id: clinic_id(self.appointments[seq].clinic),

@@ -1,7 +1,7 @@
 //! What the bodies of every route family share: checks of ids, free text and short lists,
 //! instants as RFC 3339, and empty query filters.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use holdfast_engine::ids::is_valid_client_id;
 
 use crate::error::ApiError;
@@ -54,6 +54,12 @@ pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// A clinic-local time as RFC 3339 with its UTC offset (`2027-03-28T03:00:00+02:00`; UTC
+/// reads `+00:00`, not `Z`, so every local time has the same shape).
+pub fn rfc3339_local(t: &DateTime<FixedOffset>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }
 
 /// A query parameter given empty (`?region=`) means "no filter".

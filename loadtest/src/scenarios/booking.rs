@@ -301,8 +301,10 @@ impl Booker {
                         .await;
                     return;
                 }
-                (409, "SOLD_OUT" | "SLOT_CANCELLED") => self.board.close_slot(clinic, slot),
+                (409, "SOLD_OUT") => self.board.close_slot(clinic, slot),
                 (409, "OUT_OF_STOCK") => self.board.close_clinic(clinic),
+                // The clinic cancelled the slot (`--cancel-slots`): nobody books it again.
+                (409, "SLOT_CANCELLED") => self.board.close_slot(clinic, slot),
                 (0, _) => {
                     if let Ok(mut d) = self.in_doubt.lock() {
                         if d.len() < IN_DOUBT_MAX {

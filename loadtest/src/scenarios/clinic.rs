@@ -1,21 +1,13 @@
-//! The clinic side of `launch` and `crash`: staff cancelling slots (clinic cancellations),
-//! and the crash scenario's no-show group. Administrations happen inline, right after a
-//! confirm ([`super::booking::administer`]); this module owns what is not part of a
-//! citizen's booking.
+//! The clinic side of `launch` and `crash` beyond a citizen's booking: the crash scenario's
+//! no-show group, and the clinic figures of the report. Administrations happen inline, right
+//! after a confirm ([`super::booking::administer`]); clinic cancellations of slots are
+//! `slot_cancel.rs`.
 //!
-//! - Clinic cancellations: `--clinic-cancel-pct` of the campaign's slots, chosen from the
-//!   seed, spread evenly over the clinics ([`slots_to_cancel`]); each is cancelled by a
-//!   staff member of its clinic with an Idempotency-Key of its own, so a cancellation a kill
-//!   left unanswered is sent again after the restart with the same key ([`SlotQueue`]).
-//!   Each 200 goes to the ledger with the appointments it named as affected.
 //! - The no-show group ([`set_up_no_show_group`]): `--no-show-group` citizens book and
 //!   confirm extra slots (`ns`) that start [`NO_SHOW_LEAD`] after set-up and last
 //!   [`NO_SHOW_SLOT_LENGTH`]; some are administered (by `--administer-pct`), the rest are
 //!   left alone and must become NO_SHOW once the server's `--no-show-grace` has passed.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -31,8 +23,6 @@ use crate::zipf::Rng;
 
 use super::booking;
 
-/// Concurrent slot cancellations after a launch: quick, and far below what would queue.
-pub const CANCEL_CONCURRENCY: usize = 16;
 /// How long after set-up the no-show group's slots start: time to book and confirm the
 /// whole group (at most [`crate::cli::NO_SHOW_GROUP_MAX`], concurrently) before a started
 /// slot refuses bookings.
@@ -53,15 +43,11 @@ const CLINIC_STREAM: u64 = 0x00C1_1A1C;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClinicFigures {
     pub administer_pct: u32,
-    pub clinic_cancel_pct: u32,
     /// Administrations acknowledged (200 ADMINISTERED).
     pub administered: usize,
-    /// Slot cancellations acknowledged, and the appointments they named as affected.
-    pub slots_cancelled: usize,
+    /// Appointments the acknowledged slot cancellations listed as CLINIC_CANCELLED (the
+    /// cancellations themselves are in the report's `slot_cancels`).
     pub clinic_cancelled: usize,
-    /// Slot cancellations planned but never acknowledged (a kill took the answer, or the
-    /// run ended first).
-    pub slots_not_cancelled: usize,
     /// The no-show group: appointments confirmed and left to fall due, and when (RFC 3339)
     /// their slots end.
     pub no_show_group: usize,
@@ -75,7 +61,7 @@ pub struct ClinicFigures {
 impl ClinicFigures {
     /// The acknowledged counts from `ledger`, the seen ones from `last_check`.
     pub fn new(args: &crate::cli::Args, ledger: &Ledger, last_check: Option<&CheckEntry>) -> Self {
-        let cancellations = ledger.slot_cancellations();
+        let cancellations = ledger.slot_cancels();
         let seen = |status: &str| {
             last_check
                 .and_then(|c| c.report["appointments_by_status"][status].as_u64())
@@ -83,9 +69,7 @@ impl ClinicFigures {
         };
         ClinicFigures {
             administer_pct: args.administer_pct,
-            clinic_cancel_pct: args.clinic_cancel_pct,
             administered: ledger.count_kind(AckKind::Administer),
-            slots_cancelled: cancellations.len(),
             clinic_cancelled: cancellations.iter().map(|c| c.affected.len()).sum(),
             seen_administered: seen("ADMINISTERED"),
             seen_no_show: seen("NO_SHOW"),
@@ -107,166 +91,6 @@ pub fn refused_own_tokens(stats: &Stats) -> Option<String> {
     (refused > 0).then(|| {
         format!("{refused} administrations refused BAD_QR with the qr_token the server issued")
     })
-}
-
-/// `pct` percent of the campaign's `(clinic, slot)`s, rounded up, evenly spaced from a
-/// random offset (so they fall on every clinic alike, hot and cold).
-pub fn slots_to_cancel(spec: &CampaignSpec, pct: u32, seed: u64) -> Vec<(usize, usize)> {
-    let total = spec.clinics as u64 * spec.slots_per_clinic as u64;
-    let count = (total * u64::from(pct.min(100))).div_ceil(100);
-    if count == 0 {
-        return Vec::new();
-    }
-    let step = total as f64 / count as f64;
-    let offset = Rng::for_worker(seed, CLINIC_STREAM).below(step.floor().max(1.0) as u64);
-    (0..count)
-        .map(|k| ((offset as f64 + k as f64 * step) as u64).min(total - 1))
-        .map(|i| {
-            let per = spec.slots_per_clinic as u64;
-            ((i / per) as usize, (i % per) as usize)
-        })
-        .collect()
-}
-
-/// Slots waiting for their cancellation, shared by the crash rounds; a cancellation left
-/// without an answer goes back to the front and is sent again (same key) next round.
-#[derive(Debug, Default)]
-pub struct SlotQueue {
-    pending: Mutex<VecDeque<(usize, usize)>>,
-}
-
-impl SlotQueue {
-    pub fn new(slots: Vec<(usize, usize)>) -> SlotQueue {
-        SlotQueue {
-            pending: Mutex::new(slots.into()),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.pending.lock().map_or(0, |q| q.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn pop(&self) -> Option<(usize, usize)> {
-        self.pending.lock().ok()?.pop_front()
-    }
-
-    fn put_back(&self, slot: (usize, usize)) {
-        if let Ok(mut q) = self.pending.lock() {
-            q.push_front(slot);
-        }
-    }
-}
-
-/// What a cancellation needs.
-pub struct Canceller {
-    pub api: Api,
-    pub ledger: Arc<Ledger>,
-    pub live: Arc<Live>,
-    pub spec: CampaignSpec,
-    pub staff: Arc<Vec<String>>,
-    pub queue: Arc<SlotQueue>,
-}
-
-impl Canceller {
-    /// The Idempotency-Key of one slot's cancellation: the same in every round.
-    fn key(&self, clinic: usize, slot: usize) -> String {
-        format!("{}-cc{clinic}-{slot}", self.spec.prefix)
-    }
-
-    /// Cancels one slot as its clinic's staff. A 200 is recorded with its affected ids;
-    /// no answer puts the slot back for the next round; any other answer drops it (a
-    /// 409/404 is the server's decision, not a loss).
-    async fn cancel_one(&self, (clinic, slot): (usize, usize), stats: &mut Stats) {
-        let clinic_id = self.spec.clinic_id(clinic);
-        let slot_id = CampaignSpec::slot_id(slot);
-        let started = Instant::now();
-        let reply = self
-            .api
-            .cancel_slot(
-                &self.staff[clinic],
-                &clinic_id,
-                &slot_id,
-                &self.key(clinic, slot),
-            )
-            .await;
-        stats.record(
-            Op::ClinicCancel,
-            started.elapsed(),
-            reply.status,
-            &reply.code,
-        );
-        self.live.count(reply.status);
-        match reply.status {
-            200 => {
-                self.ledger
-                    .record_slot_cancellation(&clinic_id, &slot_id, &affected_ids(&reply))
-            }
-            0 => self.queue.put_back((clinic, slot)),
-            _ => {}
-        }
-    }
-
-    /// Cancels every queued slot, [`CANCEL_CONCURRENCY`] at a time (after a launch).
-    pub async fn drain(self: Arc<Self>) -> Stats {
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..CANCEL_CONCURRENCY.min(self.queue.len()) {
-            let me = self.clone();
-            tasks.spawn(async move {
-                let mut stats = Stats::new();
-                // A slot put back after a transport failure is tried once more at most.
-                let mut tries = 0;
-                while let Some(slot) = me.queue.pop() {
-                    me.cancel_one(slot, &mut stats).await;
-                    tries += 1;
-                    if tries > 2 * me.spec.clinics * me.spec.slots_per_clinic {
-                        break;
-                    }
-                }
-                stats
-            });
-        }
-        let mut stats = Stats::new();
-        while let Some(done) = tasks.join_next().await {
-            if let Ok(s) = done {
-                stats.merge(&s);
-            }
-        }
-        stats
-    }
-
-    /// One crash round's share: `count` cancellations evenly over `window`, until `stop`.
-    pub async fn during_round(
-        self: Arc<Self>,
-        count: usize,
-        window: Duration,
-        stop: Arc<AtomicBool>,
-    ) -> Stats {
-        let mut stats = Stats::new();
-        let pause = window / (count as u32 + 1);
-        for _ in 0..count {
-            tokio::time::sleep(pause).await;
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let Some(slot) = self.queue.pop() else { break };
-            self.cancel_one(slot, &mut stats).await;
-        }
-        stats
-    }
-}
-
-/// The `affected_appointment_ids` of a slot cancellation's answer.
-fn affected_ids(reply: &Reply) -> Vec<String> {
-    reply.body["affected_appointment_ids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect()
 }
 
 /// The no-show group once booked: how many were left to fall due, and when their slots end.
@@ -464,49 +288,18 @@ fn expect_200(what: &str, reply: &Reply) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn spec(clinics: usize, slots: usize) -> CampaignSpec {
-        CampaignSpec {
-            prefix: "p".into(),
-            clinics,
-            slots_per_clinic: slots,
-            capacity: 10,
-            doses: 10,
-            citizens: 1,
-        }
-    }
-
     #[test]
-    fn a_share_of_the_slots_rounded_up_distinct_and_in_range() {
-        assert!(slots_to_cancel(&spec(4, 3), 0, 1).is_empty());
+    fn the_group_settles_after_its_slots_end_the_grace_the_slack_and_a_margin() {
+        let end = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a time");
+        let group = NoShowGroup {
+            left_to_fall_due: 3,
+            administered: 1,
+            slots_end: end,
+        };
+        let settled = group.settled_at(Duration::from_secs(2), Duration::from_secs(2));
         assert_eq!(
-            slots_to_cancel(&spec(4, 3), 5, 1).len(),
-            1,
-            "12 slots, 5%: one"
+            (settled - end).num_milliseconds(),
+            4_000 + NO_SHOW_CHECK_MARGIN.as_millis() as i64
         );
-        for seed in 0..20 {
-            let chosen = slots_to_cancel(&spec(10, 10), 10, seed);
-            assert_eq!(chosen.len(), 10);
-            let distinct: std::collections::BTreeSet<_> = chosen.iter().collect();
-            assert_eq!(distinct.len(), 10, "{chosen:?}");
-            assert!(chosen.iter().all(|&(c, s)| c < 10 && s < 10));
-            // Evenly spaced: one per clinic.
-            let clinics: std::collections::BTreeSet<_> = chosen.iter().map(|(c, _)| c).collect();
-            assert_eq!(clinics.len(), 10, "{chosen:?}");
-        }
-        let all = slots_to_cancel(&spec(3, 2), 100, 9);
-        assert_eq!(all.len(), 6);
-        assert_eq!(
-            all.iter().collect::<std::collections::BTreeSet<_>>().len(),
-            6
-        );
-    }
-
-    #[test]
-    fn a_slot_left_unanswered_goes_back_to_the_front() {
-        let queue = SlotQueue::new(vec![(0, 0), (0, 1)]);
-        let first = queue.pop().expect("a slot");
-        queue.put_back(first);
-        assert_eq!(queue.pop(), Some((0, 0)));
-        assert_eq!(queue.len(), 1);
     }
 }

@@ -6,11 +6,11 @@
 //! server acknowledged before the kill.
 //!
 //! The clinic side runs through the kills too: staff administer `--administer-pct` of the
-//! confirmed appointments as they come, cancel `--clinic-cancel-pct` of the slots spread
-//! over the rounds (a cancellation a kill left unanswered is sent again with the same key
-//! the next round; what is left after the last restart is cancelled then), and a no-show
-//! group booked right after set-up falls due while the rounds run: the last check waits
-//! until it is due and must see it NO_SHOW (or ADMINISTERED).
+//! confirmed appointments as they come (and, after each restart, some confirmed before the
+//! kill, with the QR token issued before it), a clinic cancels `--cancel-slots` slots each
+//! round before the kill (see `slot_cancel.rs`), and a no-show group booked right after
+//! set-up falls due while the rounds run: the last check waits until it is due and must
+//! see it NO_SHOW (or ADMINISTERED).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,8 @@ use crate::stats::{Live, Op, Stats};
 use crate::zipf::{Rng, Zipf};
 
 use super::booking::{self, Board, Booker};
-use super::clinic::{self, Canceller, ClinicFigures, GroupSpec, NoShowGroup, SlotQueue};
+use super::clinic::{self, ClinicFigures, GroupSpec, NoShowGroup};
+use super::slot_cancel;
 use super::Ctx;
 
 /// The earliest a kill comes after a round's load started: the connections must be busy.
@@ -42,6 +43,9 @@ pub const ROUND_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Percentage of confirmed appointments cancelled at once, so seats and citizens recycle
 /// and every round has load however small the campaign (a sold-out server is idle).
 pub const CANCEL_CONFIRMED_PCT: u32 = 50;
+/// When a round's slot cancellations (`--cancel-slots`) start after its load: before the
+/// earliest kill ([`KILL_DELAY_MIN_MS`]), so they race the bookings and the kill.
+pub const CANCEL_DELAY_MS: u64 = KILL_DELAY_MIN_MS / 2;
 /// Salt of the kill-moment random stream (independent of the connections' streams).
 const KILL_STREAM: u64 = 0x00C4_A511;
 
@@ -111,27 +115,12 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     let staff = booking::staff_tokens(&ctx.tokens, &spec);
     let mut stats = Stats::new();
     let group = no_show_group(ctx, &spec, &staff, &ledger, &live, &mut stats).await?;
-    let cancel_queue = Arc::new(SlotQueue::new(clinic::slots_to_cancel(
-        &spec,
-        args.clinic_cancel_pct,
-        ctx.seed,
-    )));
     let next_citizen = Arc::new(AtomicUsize::new(0));
     // Citizens free to book again, shared by the rounds.
     let returned = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let mut rng = Rng::for_worker(ctx.seed, KILL_STREAM);
     let window_ms = args.kill_window.as_millis() as u64;
     let connection_bound = args.timeout * (args.retries + 1) + ROUND_STOP_GRACE;
-    let canceller_for = |api: &Api| {
-        Arc::new(Canceller {
-            api: api.clone(),
-            ledger: ledger.clone(),
-            live: live.clone(),
-            spec: spec.clone(),
-            staff: staff.clone(),
-            queue: cancel_queue.clone(),
-        })
-    };
 
     let mut figures = CrashFigures {
         kills: 0,
@@ -145,6 +134,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         administered_after_restart: 0,
     };
     let mut checks = Vec::new();
+    let mut slot_cancels = (args.cancel_slots > 0).then(crate::report::SlotCancelFigures::default);
     let mut retries = 0;
     let mut server_cpu = Some(0.0);
     let client_meter = CpuMeter::for_self();
@@ -190,13 +180,13 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         let pid = server.pid();
         let cpu_before = pid.and_then(process_cpu_seconds);
         let load = tokio::spawn(booking::run(booker.clone(), args.connections));
-        let canceller = canceller_for(&api);
-        let stop_cancels = Arc::new(AtomicBool::new(false));
-        let cancels = tokio::spawn(canceller.during_round(
-            cancel_queue.len().div_ceil(args.kills - round),
-            args.kill_window,
-            stop_cancels.clone(),
-        ));
+        let canceller = (args.cancel_slots > 0).then(|| {
+            let (booker, count) = (booker.clone(), args.cancel_slots);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(CANCEL_DELAY_MS)).await;
+                slot_cancel::cancel_slots(&booker, count, round).await
+            })
+        });
         let delay = KILL_DELAY_MIN_MS + rng.below(window_ms - KILL_DELAY_MIN_MS + 1);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let cpu_after = pid.and_then(process_cpu_seconds);
@@ -205,7 +195,6 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             _ => None,
         };
         booker.stop.store(true, Ordering::Relaxed);
-        stop_cancels.store(true, Ordering::Relaxed);
         server.kill();
         let killed_at = chrono::Utc::now();
         figures.kills += 1;
@@ -219,12 +208,22 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
                 ))
             }
         }
-        match tokio::time::timeout(connection_bound, cancels).await {
-            Ok(Ok(cancel_stats)) => stats.merge(&cancel_stats),
-            _ => {
-                return Err(format!(
-                    "crash round {round}: clinic cancellations did not stop"
-                ))
+        if let Some(task) = canceller {
+            // Its requests are bounded like the connections' (timeout and retries).
+            match tokio::time::timeout(connection_bound, task).await {
+                Ok(Ok(figures)) => {
+                    if let Some(total) = slot_cancels.as_mut() {
+                        total.add(&figures);
+                    }
+                }
+                Ok(Err(e)) => {
+                    return Err(format!("crash round {round}: slot cancellations failed: {e}"))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "crash round {round}: slot cancellations did not end within {connection_bound:?}"
+                    ))
+                }
             }
         }
         retries += booker.retries.load(Ordering::Relaxed);
@@ -283,9 +282,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             }
         }
         if round + 1 == args.kills {
-            // What the kills left of the clinic cancellations, then the no-show group's due
-            // time: the last check must see both.
-            stats.merge(&canceller_for(&api).drain().await);
+            // The no-shows' due time: the last check must see them.
             if let Some(group) = &group {
                 group
                     .wait_until_settled(args.no_show_grace, args.expiry_slack)
@@ -322,13 +319,13 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     }
     report.crash = Some(figures);
     let mut clinic_figures = ClinicFigures::new(args, &ledger, checks.last());
-    clinic_figures.slots_not_cancelled = cancel_queue.len();
     if let Some(group) = &group {
         clinic_figures.no_show_group = group.left_to_fall_due;
         clinic_figures.no_show_slots_end = Some(group.slots_end.to_rfc3339());
     }
     report.clinic = Some(clinic_figures);
     report.failures.extend(clinic::refused_own_tokens(&stats));
+    report.slot_cancels = slot_cancels;
     report.checks = checks;
     report.decide();
     Ok(report)

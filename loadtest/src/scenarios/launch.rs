@@ -1,8 +1,8 @@
 //! `launch`: every citizen tries to book at once (closed loop, `--connections`), until the
 //! campaign is sold out or `--duration` passes; staff administer `--administer-pct` of the
-//! confirmed appointments as they come. Then staff cancel `--clinic-cancel-pct` of the slots
-//! (after the booking, so the time to sell out keeps its meaning); reports the time to sell
-//! out and the clinic figures, and checks the invariants at the end.
+//! confirmed appointments as they come, and a clinic cancels `--cancel-slots` slots once a
+//! quarter of the seats is taken (see `slot_cancel.rs`); reports the time to sell out and
+//! the clinic figures, and checks the invariants at the end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,8 @@ use crate::stats::{Live, Op};
 use crate::zipf::Zipf;
 
 use super::booking::{self, Board, Booker, EndReason};
-use super::clinic::{self, Canceller, ClinicFigures, SlotQueue};
+use super::clinic::{self, ClinicFigures};
+use super::slot_cancel;
 use super::{Ctx, Meters};
 
 pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
@@ -61,25 +62,32 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         args.duration,
         args.quiet,
     );
-    let mut result = booking::run(booker.clone(), args.connections).await;
-    progress.finish();
-    let canceller = Arc::new(Canceller {
-        api: ctx.api.clone(),
-        ledger: ledger.clone(),
-        live: live.clone(),
-        spec: spec.clone(),
-        staff,
-        queue: Arc::new(SlotQueue::new(clinic::slots_to_cancel(
-            &spec,
-            args.clinic_cancel_pct,
-            ctx.seed,
-        ))),
+    let canceller = (args.cancel_slots > 0).then(|| {
+        let (booker, count, sellable, duration) = (
+            booker.clone(),
+            args.cancel_slots,
+            spec.sellable(),
+            args.duration,
+        );
+        tokio::spawn(async move {
+            slot_cancel::wait_for_launch_moment(&booker, sellable, duration).await;
+            slot_cancel::cancel_slots(&booker, count, 0).await
+        })
     });
-    result.stats.merge(&canceller.clone().drain().await);
+    let result = booking::run(booker.clone(), args.connections).await;
+    let slot_cancels = match canceller {
+        Some(task) => Some(
+            task.await
+                .map_err(|e| format!("launch: slot cancellations failed: {e}"))?,
+        ),
+        None => None,
+    };
+    progress.finish();
     let mut report = ScenarioReport::new("launch", &result.stats, result.seconds, args.connections);
     meters.finish(&mut report);
     report.campaign = Some(set_up);
     report.retries = booker.retries.load(Ordering::Relaxed);
+    report.slot_cancels = slot_cancels;
     let s = &result.stats;
     report.launch = Some(LaunchFigures {
         end_reason: result.end_reason.name().to_string(),
@@ -101,9 +109,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         ctx.check(&ctx.api, "end", &spec.clinic_ids(), &ledger)
             .await,
     );
-    let mut figures = ClinicFigures::new(args, &ledger, report.checks.last());
-    figures.slots_not_cancelled = canceller.queue.len();
-    report.clinic = Some(figures);
+    report.clinic = Some(ClinicFigures::new(args, &ledger, report.checks.last()));
     report
         .failures
         .extend(clinic::refused_own_tokens(&result.stats));

@@ -7,6 +7,7 @@ pub mod clinic;
 pub mod crash;
 pub mod expiry;
 pub mod launch;
+pub mod slot_cancel;
 pub mod steady;
 
 use std::sync::Arc;

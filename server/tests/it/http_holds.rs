@@ -142,7 +142,6 @@ async fn hold_seconds_is_clamped_and_must_be_positive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: no-shows arrive with the clinic-operations work; a CONFIRMED appointment whose slot ended more than --no-show-grace (2 h) ago stays CONFIRMED and keeps its dose"]
 async fn a_confirmed_appointment_of_a_long_ended_slot_becomes_no_show() {
     let h = Harness::start_with(SHARDS, TTL_MS, MAX_HOLD_MS).await;
     h.standard_vaccine(VACCINE).await;

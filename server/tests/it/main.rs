@@ -24,6 +24,8 @@ mod http_idempotency;
 mod http_ops;
 mod http_stock;
 mod log_span;
+mod no_show;
 mod openapi;
 mod recovery_status;
 mod reschedule;
+mod slot_times;

@@ -96,6 +96,19 @@ pub async fn start(
     tag: &str,
     failpoint: Option<&str>,
 ) -> Spawned {
+    start_with_flags(data, secret, addr_file, tag, failpoint, &[]).await
+}
+
+/// [`start`] with more `holdfast serve` flags (`["--no-show-grace", "1s"]`), after the
+/// fixed ones.
+pub async fn start_with_flags(
+    data: &Path,
+    secret: &Path,
+    addr_file: &Path,
+    tag: &str,
+    failpoint: Option<&str>,
+    flags: &[&str],
+) -> Spawned {
     let _ = std::fs::remove_file(addr_file);
     let mut command = Command::new(env!("CARGO_BIN_EXE_holdfast"));
     command
@@ -116,6 +129,7 @@ pub async fn start(
         .arg(data)
         .arg("--jwt-secret-file")
         .arg(secret)
+        .args(flags)
         .env("RUST_LOG", "warn")
         .env_remove("HOLDFAST_FAILPOINTS")
         .stdout(Stdio::null())

@@ -20,7 +20,8 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::routes::fields::{
-    check_id, check_list, check_text, non_empty, rfc3339, LIST_ITEMS_MAX, TEXT_BYTES_MAX,
+    check_id, check_list, check_text, non_empty, rfc3339, rfc3339_local, LIST_ITEMS_MAX,
+    TEXT_BYTES_MAX,
 };
 
 /// `PUT /v1/vaccines/{vaccine}`
@@ -359,8 +360,14 @@ impl BulkSlotsBody {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SlotJson {
     pub slot_id: String,
+    /// UTC (RFC 3339).
     pub start: String,
     pub end: String,
+    /// `start` on the clinic's wall clock, with the clinic's UTC offset at that instant
+    /// (`2027-03-28T03:00:00+02:00`).
+    pub start_local: String,
+    /// `end` on the clinic's wall clock, with the clinic's UTC offset at that instant.
+    pub end_local: String,
     pub capacity: u32,
     pub remaining: u32,
     pub pending: u32,
@@ -378,6 +385,8 @@ impl From<&SlotView> for SlotJson {
             slot_id: s.slot_id.to_string(),
             start: rfc3339(s.start_ms),
             end: rfc3339(s.end_ms),
+            start_local: rfc3339_local(&s.start_local),
+            end_local: rfc3339_local(&s.end_local),
             capacity: s.capacity,
             remaining: s.remaining,
             pending: s.pending,
@@ -520,6 +529,8 @@ pub struct ClinicsJson {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AvailabilityJson {
     pub clinic_id: String,
+    /// The clinic's IANA time zone (`Europe/Berlin`): the zone of `start_local`/`end_local`.
+    pub timezone: String,
     pub stock: BTreeMap<String, StockJson>,
     pub slots: Vec<SlotJson>,
 }
@@ -528,6 +539,7 @@ impl From<&AvailabilityView> for AvailabilityJson {
     fn from(a: &AvailabilityView) -> Self {
         AvailabilityJson {
             clinic_id: a.clinic_id.to_string(),
+            timezone: a.timezone.clone(),
             stock: a
                 .stock
                 .iter()
