@@ -147,10 +147,13 @@ impl Claim {
 /// A claim the saga found stale (its appointment ended, or it never made one), to be
 /// replaced: by attempt, and whether its appointment was cancelled by the clinic (which earns
 /// `rebook_priority`, even when the clinic's notice has not arrived yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stale {
     pub attempt: u64,
     pub clinic_cancelled: bool,
+    /// Its appointment was ADMINISTERED with this dose (its notice may not have arrived
+    /// yet): the dose joins the history before the new booking's rules read it.
+    pub administered: Option<DoseRecord>,
 }
 
 /// A citizen as the citizen's shard keeps it: the record in a compact form (a country's
@@ -238,6 +241,29 @@ impl CitizenEntry {
             && doses == record.doses.as_slice()
     }
 
+    /// Adds `dose` to the history, unless a dose of that vaccine on that date is there
+    /// already (a repeated notice). Answers whether it was added.
+    pub fn add_dose(&mut self, dose: &DoseRecord) -> bool {
+        if self.has_dose(dose) {
+            return false;
+        }
+        let history = self.history.get_or_insert_with(|| {
+            Box::new(History {
+                allergies: Vec::new(),
+                doses: Vec::new(),
+            })
+        });
+        history.doses.push(dose.clone());
+        true
+    }
+
+    /// Whether the history holds a dose of that vaccine on that date.
+    pub fn has_dose(&self, dose: &DoseRecord) -> bool {
+        self.history
+            .as_deref()
+            .is_some_and(|h| h.doses.contains(dose))
+    }
+
     /// Every appointment bound to one of the citizen's claims, oldest first.
     pub fn appointments(&self) -> &[AppointmentId] {
         &self.appointments
@@ -321,6 +347,12 @@ pub enum SettleOutcome {
     Lapsed { clinic_cancelled: bool },
     /// A move failed: the claim of the old appointment comes back.
     Restore,
+    /// The appointment was ADMINISTERED: the citizen is free, and the dose (`vaccine`, on
+    /// the slot's local date) joins the citizen's history, where the series and interval
+    /// rules see it. Unlike the others it is applied even when the claim has moved on (a
+    /// new booking may have replaced the claim first): the dose is a fact about the
+    /// citizen, not about the claim. A dose already in the history is not added twice.
+    Administered { vaccine: String, date: NaiveDate },
 }
 
 /// A notice to a citizen's shard about one claim, by attempt (a stale one is a no-op).

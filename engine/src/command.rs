@@ -37,6 +37,7 @@ pub enum Command {
     /// Act on every deadline of the shard's deadline queue that has passed (at most
     /// `EXPIRE_BATCH_MAX` per command): expire the holds, mark the no-shows.
     ExpireDue,
+    Administer(Administer),
 }
 
 /// Creates or updates a vaccine and its eligibility rules (every shard keeps the catalogue).
@@ -183,6 +184,16 @@ pub struct Confirm {
 pub struct Cancel {
     pub seq: u64,
     pub citizen: Option<String>,
+}
+
+/// Staff give a CONFIRMED appointment's dose from `batch`. The QR token was verified by the
+/// caller (the gateway holds the key); the shard decides everything else in one step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Administer {
+    pub seq: u64,
+    /// The staff member's clinic: the appointment must be of it (else `NotYours`).
+    pub clinic_id: String,
+    pub batch: String,
 }
 
 /// Saga compensation: the booking failed its checks while held (or a reschedule could not

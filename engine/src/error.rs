@@ -100,6 +100,15 @@ pub enum DomainError {
     /// A hold arrived after its claim's `not_after_ms` (the booking's steps took longer than
     /// the saga's budget): nothing was held; the client may retry.
     ClaimLapsed,
+    /// Administration: the batch is of another vaccine than the appointment's.
+    WrongBatch {
+        vaccine: String,
+    },
+    /// Administration: the batch's last usable day (`expires_on`) is before the slot's
+    /// local date.
+    BatchExpired {
+        expires_on: NaiveDate,
+    },
 }
 
 impl DomainError {
@@ -123,6 +132,8 @@ impl DomainError {
             DomainError::NotYours => "FORBIDDEN",
             DomainError::ClaimLapsed => "UNAVAILABLE",
             DomainError::TooLate { .. } => "TOO_LATE",
+            DomainError::WrongBatch { .. } => "WRONG_BATCH",
+            DomainError::BatchExpired { .. } => "BATCH_EXPIRED",
         }
     }
 }
@@ -165,6 +176,14 @@ impl std::fmt::Display for DomainError {
             DomainError::ClaimLapsed => {
                 f.write_str("the booking took longer than its budget; nothing was held, retry")
             }
+            DomainError::WrongBatch { vaccine } => write!(
+                f,
+                "this batch holds {vaccine}, not the appointment's vaccine; use one of its batches"
+            ),
+            DomainError::BatchExpired { expires_on } => write!(
+                f,
+                "this batch expired after {expires_on}; use a batch valid on the slot's date"
+            ),
         }
     }
 }

@@ -107,6 +107,14 @@ pub enum Event {
     AppointmentNoShow {
         seq: u64,
     },
+    /// Staff gave the CONFIRMED appointment's dose from `batch` (of the appointment's clinic
+    /// and vaccine): ADMINISTERED, the seat counts as administered, the dose leaves the batch
+    /// (`on_hand - 1`) and is no longer reserved (`reserved - 1`).
+    AppointmentAdministered {
+        seq: u64,
+        batch: String,
+        at_ms: UnixMs,
+    },
 }
 
 impl Event {

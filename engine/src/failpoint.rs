@@ -10,7 +10,8 @@
 //! The points: `book.after_claim` (the claim is taken, no hold yet), `book.after_hold` (held
 //! and checked, the claim not bound, nothing answered), `settle.confirmed` and
 //! `settle.lapsed` (a clinic's change is durable, its notice not yet delivered to the
-//! citizen's shard: the middle of a confirm and of a cancel or expiry),
+//! citizen's shard: the middle of a confirm and of a cancel or expiry), `settle.administered`
+//! (likewise, the middle of an administration: the dose not yet in the citizen's history),
 //! `reschedule.after_hold` (the new appointment exists, the old one is still live) and
 //! `reschedule.after_move` (the old one is released, the claim not yet moved).
 

@@ -23,6 +23,8 @@ use crate::shard::ShardState;
 /// Version 4: tentative claims (a create's claim is journaled only once bound).
 /// Version 5: no-shows (a confirm logs its no-show instant, appointments keep it, the
 /// deadline queue times `NoShow`, `AppointmentNoShow` events).
+/// Version 5: administration (`AppointmentAdministered`, and the dose a settled claim adds to
+/// the citizen's history, `SettleOutcome::Administered`).
 pub const ENCODING_VERSION: u8 = 5;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.

@@ -34,6 +34,9 @@ impl Node {
             match settle.outcome {
                 SettleOutcome::Confirmed => crate::failpoint::point("settle.confirmed").await,
                 SettleOutcome::Lapsed { .. } => crate::failpoint::point("settle.lapsed").await,
+                SettleOutcome::Administered { .. } => {
+                    crate::failpoint::point("settle.administered").await
+                }
                 _ => {}
             }
         }
@@ -270,6 +273,13 @@ fn settle_against(current: Option<&AppointmentView>) -> SettleOutcome {
         Some(a) if a.status.is_active() => SettleOutcome::Bound {
             seq: a.id.seq,
             expires_at_ms: a.expires_at_ms,
+        },
+        // An administration whose notice a crash lost: the dose still joins the history.
+        Some(AppointmentView {
+            dose: Some(dose), ..
+        }) => SettleOutcome::Administered {
+            vaccine: dose.vaccine.clone(),
+            date: dose.date,
         },
         Some(a) => SettleOutcome::Ended {
             clinic_cancelled: a.status == Status::ClinicCancelled,

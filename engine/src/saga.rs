@@ -561,6 +561,7 @@ impl<'a> Saga<'a> {
         let clinic_cancelled = holder
             .as_ref()
             .is_some_and(|a| a.status == Status::ClinicCancelled);
+        let administered = holder.as_ref().and_then(|a| a.dose.clone());
         if let Some(a) = holder.filter(|a| a.status.is_active()) {
             let bound = Settle {
                 citizen_id: self.citizen_id.clone(),
@@ -582,6 +583,7 @@ impl<'a> Saga<'a> {
             replace: Some(Stale {
                 attempt: claim.attempt,
                 clinic_cancelled,
+                administered,
             }),
             ..take
         };

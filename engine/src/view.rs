@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::claims::ClaimOutcome;
 use crate::clock::UnixMs;
 use crate::ids::AppointmentId;
-use crate::model::{ClinicInfo, Status, VaccineRules};
+use crate::model::{ClinicInfo, DoseRecord, Status, VaccineRules};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppointmentView {
@@ -31,6 +31,9 @@ pub struct AppointmentView {
     pub rescheduled_to: Option<AppointmentId>,
     /// When its slot starts (the reschedule notice reads it).
     pub slot_start_ms: UnixMs,
+    /// Once ADMINISTERED: the dose as the citizen's history records it (the vaccine, on the
+    /// slot's local date). The reconciliation after a restart settles a claim with it.
+    pub dose: Option<DoseRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use holdfast_engine::command::{
-    AdjustStock, Cancel, CancelSlot, Confirm, Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock,
-    Reject,
+    AdjustStock, Administer, Cancel, CancelSlot, Confirm, Hold, PutClinic, PutSlots, PutVaccine,
+    ReceiveStock, Reject,
 };
 use holdfast_engine::idempotency::{Begin, IdemKey, IdempotencyTable, StoredResponse};
 use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
@@ -116,6 +116,13 @@ enum Op {
         slot: u8,
         shift_ms: i64,
     },
+    /// Staff give the dose: from the one batch, or (`unknown_batch`) one the clinic does not
+    /// hold; as staff of the appointment's clinic, or (`other_clinic`) of another.
+    Administer {
+        pick: u8,
+        unknown_batch: bool,
+        other_clinic: bool,
+    },
 }
 
 fn slot_setup() -> impl Strategy<Value = SlotSetup> {
@@ -180,6 +187,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), any::<u8>(), -10i64..=10).prop_map(|(clinic, slot, k)| Op::MoveEnd {
             clinic, slot, shift_ms: k * 100
         }),
+        4 => (any::<u8>(), prop::bool::weighted(0.1), prop::bool::weighted(0.1)).prop_map(
+            |(pick, unknown_batch, other_clinic)| Op::Administer { pick, unknown_batch, other_clinic }
+        ),
     ]
 }
 
@@ -292,6 +302,7 @@ impl Model {
                 - self.count(c, s, Status::Pending)
                 - self.count(c, s, Status::Confirmed)
                 - self.count(c, s, Status::NoShow)
+                - self.count(c, s, Status::Administered)
         }
     }
 
@@ -649,6 +660,11 @@ impl Model {
                     .collect();
                 (command, Expect::SlotCancelled { affected })
             }
+            Op::Administer {
+                pick,
+                unknown_batch,
+                other_clinic,
+            } => self.administer(pick, unknown_batch, other_clinic),
             Op::MoveEnd {
                 clinic,
                 slot,
@@ -695,6 +711,62 @@ impl Model {
             Expect::Slots
         };
         Some((command, expect))
+    }
+
+    /// Administration: the clinic, then the status, then the batch (docs/API.md); the dose
+    /// leaves the batch (`on_hand - 1`) and is no longer reserved.
+    fn administer(
+        &mut self,
+        pick: u8,
+        unknown_batch: bool,
+        other_clinic: bool,
+    ) -> (Command, Expect) {
+        let seq = self.pick_seq(pick);
+        let a = self.appts.get(&seq).cloned();
+        let clinic = match (&a, other_clinic) {
+            (Some(a), false) => clinic_id(a.clinic),
+            _ => "no-such-clinic".to_string(),
+        };
+        let batch = if unknown_batch {
+            "no-such-batch"
+        } else {
+            BATCH
+        };
+        let command = Command::Administer(Administer {
+            seq,
+            clinic_id: clinic,
+            batch: batch.to_string(),
+        });
+        let Some(a) = a else {
+            return (
+                command,
+                Expect::Err(DomainError::NotFound(Resource::Appointment)),
+            );
+        };
+        let on_hand = self.stock[a.clinic][a.vaccine].on_hand;
+        let expect = match a.status {
+            _ if other_clinic => Expect::Err(DomainError::NotYours),
+            Status::Administered => Expect::Appointment {
+                seq,
+                status: Status::Administered,
+            },
+            Status::Confirmed if unknown_batch => {
+                Expect::Err(DomainError::NotFound(Resource::Batch))
+            }
+            Status::Confirmed if on_hand <= 0 => {
+                Expect::Err(DomainError::InsufficientStock { on_hand })
+            }
+            Status::Confirmed => {
+                self.set_status(seq, Status::Administered);
+                self.stock[a.clinic][a.vaccine].on_hand -= 1;
+                Expect::Appointment {
+                    seq,
+                    status: Status::Administered,
+                }
+            }
+            status => Expect::Err(DomainError::InvalidTransition { status }),
+        };
+        (command, expect)
     }
 }
 
@@ -776,7 +848,14 @@ fn check_state(
             prop_assert_eq!(sv.cancelled, ms.cancelled, "slot {}/{} cancelled", c, s);
             prop_assert_eq!(sv.pending, pending, "slot {}/{} pending", c, s);
             prop_assert_eq!(sv.confirmed, confirmed, "slot {}/{} confirmed", c, s);
-            prop_assert_eq!(sv.administered, 0);
+            let administered = model.count(c, s, Status::Administered);
+            prop_assert_eq!(
+                sv.administered,
+                administered,
+                "slot {}/{} administered",
+                c,
+                s
+            );
             prop_assert_eq!(sv.no_show, model.count(c, s, Status::NoShow));
             prop_assert_eq!(
                 sv.remaining,

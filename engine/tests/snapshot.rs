@@ -4,8 +4,8 @@
 
 use chrono::NaiveDate;
 use holdfast_engine::command::{
-    AdjustStock, Cancel, CancelSlot, Confirm, Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock,
-    Reject,
+    AdjustStock, Administer, Cancel, CancelSlot, Confirm, Hold, PutClinic, PutSlots, PutVaccine,
+    ReceiveStock, Reject,
 };
 use holdfast_engine::journal::{decode, encode, LogRecord, Snapshot};
 use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
@@ -76,6 +76,14 @@ fn workload() -> Vec<Command> {
                 reasons: vec!["test".into()],
             }),
         });
+    }
+    // Doses given from the batch (seqs 1 and 5 are CONFIRMED), and a repeat.
+    for seq in [1, 5, 5] {
+        commands.push(Command::Administer(Administer {
+            seq,
+            clinic_id: "k".into(),
+            batch: "B".into(),
+        }));
     }
     commands.push(Command::AdjustStock(AdjustStock {
         clinic_id: "k".into(),

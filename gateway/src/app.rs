@@ -41,6 +41,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::catalogue::router())
         .merge(routes::booking::router())
+        .merge(routes::clinic::router())
         .merge(routes::ops::router())
 }
 

@@ -306,6 +306,12 @@ impl From<DomainError> for ApiError {
             DomainError::BatchMismatch { expires_on } => {
                 conflict(message).with_detail("expires_on", expires_on.to_string())
             }
+            DomainError::WrongBatch { vaccine } => {
+                conflict(message).with_detail("vaccine", vaccine)
+            }
+            DomainError::BatchExpired { expires_on } => {
+                conflict(message).with_detail("expires_on", expires_on.to_string())
+            }
             _ => conflict(message),
         }
     }

@@ -9,7 +9,7 @@ use axum::extract::FromRef;
 use holdfast_engine::Node;
 
 use crate::auth::JwtKey;
-use crate::qr::QrKey;
+use crate::qr::QrKeyring;
 
 /// How the server runs; from the command line.
 #[derive(Debug, Clone)]
@@ -25,7 +25,8 @@ pub struct Settings {
 pub struct AppState {
     pub node: Arc<Node>,
     pub jwt: Arc<JwtKey>,
-    pub qr: Arc<QrKey>,
+    /// The QR keys: the newest signs, every one verifies.
+    pub qr: Arc<QrKeyring>,
     pub settings: Arc<Settings>,
 }
 

@@ -1216,6 +1216,7 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
         clock: Arc::new(SystemClock),
         storage: Storage::Memory,
         external: None,
+        qr_keys: None,
     })
     .await
     .expect("the server starts");
@@ -1562,4 +1563,49 @@ async fn odd_answers_are_errors_that_quote_them() {
         .await
         .expect_err("an id that is not a client id is refused before any request");
     assert!(err.contains("not a clinic id"), "{err}");
+}
+
+// ---- 3 and 4 again: doses received, on hand or administered -----------------------------
+
+#[test]
+fn every_dose_received_is_on_hand_or_administered() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    // c1: 10 on hand and a3 ADMINISTERED; c2: 5 of `mod` on hand, none administered.
+    ledger.record_received("c1", "pfz", 11);
+    ledger.record_received("c2", "mod", 5);
+    assert!(ledger.record(
+        AckKind::Administer,
+        &answer(&picture.clinics[0].appointments[2], "ADMINISTERED")
+    ));
+    let report = run(&picture, &ledger);
+    assert!(report.ok(), "{:#?}", report.violations);
+}
+
+#[test]
+fn a_dose_lost_or_given_twice() {
+    for received in [12, 10] {
+        let picture = consistent();
+        let ledger = ledger_for(&picture);
+        ledger.record_received("c1", "pfz", received);
+        let report = run(&picture, &ledger);
+        assert_only(&report, ViolationKind::StockMismatch, &["c1", "pfz"]);
+    }
+}
+
+#[test]
+fn an_acknowledged_administration_of_an_appointment_still_confirmed() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    // a2 is CONFIRMED in the picture, but an administration of it was acknowledged.
+    assert!(ledger.record(
+        AckKind::Administer,
+        &answer(&picture.clinics[0].appointments[1], "ADMINISTERED")
+    ));
+    let report = run(&picture, &ledger);
+    assert_only(
+        &report,
+        ViolationKind::AckedRegressed,
+        &["a2", "c1", "s1", "p2"],
+    );
 }

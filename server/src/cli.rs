@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use holdfast_engine::external::OutagePolicy;
+use holdfast_gateway::qr::QrKeyring;
 
 use crate::eligibility::ExternalConfig;
 
@@ -55,6 +56,12 @@ pub struct ServeArgs {
     /// no file, `<data-dir>/jwt-secret` is created and used.
     #[arg(long)]
     pub jwt_secret_file: Option<PathBuf>,
+    /// QR signing keys, one per line, newest first (blank lines and `#` comments skipped; at
+    /// least 16 bytes each, at most 8 keys). The first signs new tokens, every one verifies.
+    /// To rotate: prepend a new key and restart; remove an old key once every token it signed
+    /// has been administered or its slot is over. Default: one key derived from the JWT secret.
+    #[arg(long)]
+    pub qr_key_file: Option<PathBuf>,
     /// Hold time when a booking does not say (`hold_seconds`).
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub hold_ttl: Duration,
@@ -123,6 +130,19 @@ impl From<OutagePolicyArg> for OutagePolicy {
 }
 
 impl ServeArgs {
+    /// The QR keys of `--qr-key-file` (see [`QrKeyring::from_key_file`] for its format);
+    /// `None` without the flag (the server derives one key from the JWT secret).
+    pub fn qr_keys(&self) -> Result<Option<QrKeyring>, String> {
+        let Some(path) = &self.qr_key_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the QR key file {}: {e}", path.display()))?;
+        QrKeyring::from_key_file(&text)
+            .map(Some)
+            .map_err(|e| format!("--qr-key-file {}: {e}", path.display()))
+    }
+
     /// The external check these flags ask for (none without `--eligibility-url`), validated.
     pub fn external_config(&self) -> Result<Option<ExternalConfig>, String> {
         let Some(url) = &self.eligibility_url else {
@@ -217,6 +237,42 @@ mod tests {
             Command::Serve(args) => Ok(args),
             Command::Token(_) => unreachable!("serve parses as serve"),
         }
+    }
+
+    #[test]
+    fn qr_key_files_are_read_and_checked() {
+        assert!(serve_args(&[]).unwrap().qr_keys().unwrap().is_none());
+        let dir = std::env::temp_dir().join(format!("holdfast-qr-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(
+            &good,
+            "# newest first\nkey-b-0123456789abcdef\nkey-a-0123456789abcdef\n",
+        )
+        .unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "tiny\n").unwrap();
+        let keys = serve_args(&["--qr-key-file", good.to_str().unwrap()])
+            .unwrap()
+            .qr_keys()
+            .unwrap()
+            .expect("keys");
+        assert_eq!(keys.len(), 2);
+        let error = serve_args(&["--qr-key-file", short.to_str().unwrap()])
+            .unwrap()
+            .qr_keys()
+            .unwrap_err();
+        assert!(
+            error.contains("line 1") && error.contains("16 bytes"),
+            "{error}"
+        );
+        let missing = dir.join("missing");
+        let error = serve_args(&["--qr-key-file", missing.to_str().unwrap()])
+            .unwrap()
+            .qr_keys()
+            .unwrap_err();
+        assert!(error.contains("cannot read the QR key file"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

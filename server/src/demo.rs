@@ -47,6 +47,11 @@ pub fn clinic_id(i: usize) -> String {
     format!("clinic-{i:03}")
 }
 
+/// The one batch of `vaccine` at clinic `i`.
+pub fn batch_id(i: usize, vaccine: &str) -> String {
+    format!("B-{i:03}-{vaccine}-1")
+}
+
 pub fn citizen_id(i: usize) -> String {
     format!("c{i:05}")
 }
@@ -221,7 +226,7 @@ pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
         let id = clinic_id(i);
         let shard = node.clinic_shard(&id);
         for (vaccine, quantity) in [("pfz", 1500), ("mdn", 800)] {
-            let batch = format!("B-{i:03}-{vaccine}-1");
+            let batch = batch_id(i, vaccine);
             let stocked = node
                 .has_batch(&id, vaccine, &batch)
                 .await
@@ -263,22 +268,30 @@ pub async fn load(node: &Node, now_ms: UnixMs) -> Result<DemoSummary, String> {
     })
 }
 
-/// Prints tokens and three curl commands that book, confirm and read an appointment.
+/// Prints tokens and the curl commands that book, confirm and read an appointment, then check
+/// it in and administer it as staff of its clinic.
 pub fn print_banner(state: &AppState, addr: SocketAddr, summary: &DemoSummary, secret_path: &Path) {
     let exp = chrono::Utc::now().timestamp() + 24 * 3600;
-    let sign = |sub: &str, role: Role, citizen: Option<&str>| {
+    let sign = |sub: &str, role: Role, citizen: Option<&str>, clinic: Option<&str>| {
         state.jwt.sign(&Claims {
             sub: sub.into(),
             role,
             exp,
             citizen_id: citizen.map(Into::into),
-            clinic_id: None,
+            clinic_id: clinic.map(Into::into),
         })
     };
-    let authority = sign("demo-authority", Role::Authority, None);
-    let operator = sign("demo-operator", Role::Operator, None);
+    let authority = sign("demo-authority", Role::Authority, None, None);
+    let operator = sign("demo-operator", Role::Operator, None, None);
     let citizen = citizen_id(1);
-    let citizen_token = sign(&format!("citizen:{citizen}"), Role::Citizen, Some(&citizen));
+    let citizen_token = sign(
+        &format!("citizen:{citizen}"),
+        Role::Citizen,
+        Some(&citizen),
+        None,
+    );
+    let clinic = clinic_id(1);
+    let staff_token = sign(&format!("staff:{clinic}"), Role::Staff, None, Some(&clinic));
     let base = format!("http://{addr}");
     println!(
         r#"
@@ -289,11 +302,16 @@ Tokens (valid 24 h):
   export AUTHORITY={authority}
   export OPERATOR={operator}
   export CITIZEN={citizen_token}
+  export STAFF={staff_token}
 
 Try it (copy-paste; the first command keeps the appointment id in $ID):
   ID=$(curl -s -X POST {base}/v1/appointments -H "Authorization: Bearer $CITIZEN" -H 'Content-Type: application/json' -H "Idempotency-Key: demo-$RANDOM" -d '{{"clinic_id":"{clinic}","slot_id":"{slot}","vaccine":"pfz","citizen_id":"{citizen}"}}' | tee /dev/stderr | sed -E 's/.*"appointment_id":"([^"]+)".*/\1/')
-  curl -s -w '\n' -X POST {base}/v1/appointments/$ID/confirm -H "Authorization: Bearer $CITIZEN"
+  QR=$(curl -s -X POST {base}/v1/appointments/$ID/confirm -H "Authorization: Bearer $CITIZEN" | tee /dev/stderr | sed -E 's/.*"qr_token":"([^"]+)".*/\1/')
   curl -s -w '\n' {base}/v1/appointments/$ID -H "Authorization: Bearer $CITIZEN"
+
+At the clinic (staff scan the QR code, then give the dose from the clinic's batch):
+  curl -s -w '\n' -X POST {base}/v1/checkin -H "Authorization: Bearer $STAFF" -H 'Content-Type: application/json' -d "{{\"qr_token\":\"$QR\"}}"
+  curl -s -w '\n' -X POST {base}/v1/appointments/$ID/administer -H "Authorization: Bearer $STAFF" -H 'Content-Type: application/json' -d "{{\"qr_token\":\"$QR\",\"batch\":\"{batch}\"}}"
 
 Also: curl -s '{base}/v1/clinics/{clinic}/availability?vaccine=pfz'  |  curl -s {base}/v1/admin/shards -H "Authorization: Bearer $OPERATOR"
 "#,
@@ -301,7 +319,7 @@ Also: curl -s '{base}/v1/clinics/{clinic}/availability?vaccine=pfz'  |  curl -s 
         slots = summary.slots,
         citizens = summary.citizens,
         secret = secret_path.display(),
-        clinic = clinic_id(1),
+        batch = batch_id(1, "pfz"),
         slot = summary.first_slot_id,
     );
 }

@@ -12,7 +12,7 @@ use holdfast_engine::shard::NO_SHOW_GRACE_MS_MAX;
 use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
 use holdfast_gateway::app::{build_app, AppState, Settings};
 use holdfast_gateway::auth::JwtKey;
-use holdfast_gateway::qr::QrKey;
+use holdfast_gateway::qr::QrKeyring;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -42,6 +42,8 @@ pub struct ServerConfig {
     /// The external eligibility check (`--eligibility-url` and its flags); `None` for none.
     /// Its breaker reads time from `clock`.
     pub external: Option<ExternalConfig>,
+    /// The QR keys (`--qr-key-file`); `None`: one key derived from `jwt_secret`.
+    pub qr_keys: Option<QrKeyring>,
 }
 
 /// On shutdown, how long in-flight requests may take to finish before their connections are
@@ -144,7 +146,10 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         )),
         None => None,
     };
-    let qr = QrKey::derive(&config.jwt_secret);
+    let qr = config
+        .qr_keys
+        .clone()
+        .unwrap_or_else(|| QrKeyring::derive(&config.jwt_secret));
     let ring = Ring::single(&config.node.node_name);
     let (journal, wal): (Arc<dyn Journal>, Option<Arc<WalJournal>>) = match config.storage {
         Storage::Memory => (Arc::new(NoJournal), None),
@@ -280,6 +285,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             config: WalConfig::new(durability),
         },
         external: external.clone(),
+        qr_keys: args.qr_keys()?,
     };
     let recovery = std::time::Instant::now();
     let server = start_listening(config).await?;

@@ -98,6 +98,9 @@ impl ShardState {
                 self.appointment_mut(*seq).needs_review = true;
             }
             Event::AppointmentNoShow { seq } => self.end_active(*seq, Status::NoShow),
+            Event::AppointmentAdministered { seq, batch, at_ms } => {
+                self.administer(*seq, batch, *at_ms);
+            }
         }
     }
 
@@ -273,6 +276,53 @@ impl ShardState {
         if let Some(deadline) = deadline {
             self.untime_hold(seq, deadline);
         }
+    }
+
+    /// The dose is given: ADMINISTERED with its batch and instant; the seat moves from
+    /// confirmed to administered; the dose leaves the batch and is no longer reserved
+    /// (`on_hand - 1`, `reserved - 1`: `available` is unchanged).
+    fn administer(&mut self, seq: u64, batch: &str, at_ms: i64) {
+        let a = self.appointments.get_mut(&seq).expect("known appointment");
+        assert_eq!(
+            a.status,
+            Status::Confirmed,
+            "administered from {:?}",
+            a.status
+        );
+        self.leave_confirmed(seq);
+        let a = self.appointments.get_mut(&seq).expect("known appointment");
+        a.status = Status::Administered;
+        a.batch = Some(batch.to_string());
+        a.administered_at_ms = Some(at_ms);
+        // The dose was on hand: the appointment is no longer at risk of going without.
+        a.at_risk = false;
+        let (clinic, slot, vaccine) = (a.clinic, a.slot, a.vaccine);
+        self.count_out_confirmed(seq);
+        let c = &mut self.clinics[clinic as usize];
+        c.slots[slot as usize].administered += 1;
+        let stock = c
+            .stock
+            .get_mut(&vaccine)
+            .expect("administered from existing stock");
+        let b = stock
+            .batches
+            .get_mut(batch)
+            .expect("decided on a batch of the appointment's vaccine");
+        b.on_hand -= 1;
+        assert!(b.on_hand >= 0, "batch {batch} went negative");
+        stock.on_hand -= 1;
+        stock.reserved -= 1;
+        assert!(stock.reserved >= 0, "reserved went negative");
+    }
+
+    /// A CONFIRMED appointment leaves CONFIRMED by administration: its slot's and the
+    /// shard's confirmed counts drop. The one place administration ends CONFIRMED, so what
+    /// is timed while CONFIRMED (a no-show deadline) is untimed here.
+    fn count_out_confirmed(&mut self, seq: u64) {
+        let a = &self.appointments[&seq];
+        let s = &mut self.clinics[a.clinic as usize].slots[a.slot as usize];
+        s.confirmed -= 1;
+        self.counts.confirmed -= 1;
     }
 
     fn untime_hold(&mut self, seq: u64, deadline: i64) {

@@ -14,7 +14,7 @@ use crate::command::{PutCitizen, SettleClaims, TakeClaim};
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::ids::AppointmentId;
-use crate::model::CitizenRecord;
+use crate::model::{CitizenRecord, DoseRecord};
 
 impl ShardState {
     pub(super) fn decide_put_citizen(
@@ -46,8 +46,15 @@ impl ShardState {
         let mut priority = entry.rebook_priority;
         let previous = match entry.claim.as_deref() {
             None => None,
-            Some(held) if c.replace.is_some_and(|stale| stale.attempt == held.attempt) => {
-                priority |= c.replace.is_some_and(|stale| stale.clinic_cancelled);
+            Some(held)
+                if c.replace
+                    .as_ref()
+                    .is_some_and(|stale| stale.attempt == held.attempt) =>
+            {
+                priority |= c
+                    .replace
+                    .as_ref()
+                    .is_some_and(|stale| stale.clinic_cancelled);
                 None
             }
             Some(held) if c.moving.is_some() && c.moving == held.appointment() => {
@@ -81,19 +88,20 @@ impl ShardState {
             tentative: c.moving.is_none(),
             previous,
         };
+        let mut record = entry.record(&self.regions);
+        let mut events = Vec::with_capacity(2);
+        events.extend(stale_dose(c, entry, &mut record));
         let taken = ClaimOutcome::Taken(TakenClaim {
             attempt: claim.attempt,
-            record: Arc::new(entry.record(&self.regions)),
+            record: Arc::new(record),
             rebook_priority: priority,
             not_after_ms: claim.not_after_ms,
         });
-        Decision::ok(
-            vec![Event::ClaimTaken {
-                citizen_id: c.citizen_id.as_str().into(),
-                claim: Box::new(claim),
-            }],
-            Reply::Claim(taken),
-        )
+        events.push(Event::ClaimTaken {
+            citizen_id: c.citizen_id.as_str().into(),
+            claim: Box::new(claim),
+        });
+        Decision::ok(events, Reply::Claim(taken))
     }
 
     pub(super) fn decide_settle_claims(&self, SettleClaims { settles }: &SettleClaims) -> Decision {
@@ -108,6 +116,9 @@ impl ShardState {
     /// tentative claim journals the whole claim, bound (`ClaimTaken`), so recovery needs no
     /// earlier record of it; any other end of a tentative claim is not journaled.
     fn settle_event(&self, settle: &Settle) -> Option<Event> {
+        if let SettleOutcome::Administered { .. } = settle.outcome {
+            return self.dose_event(settle);
+        }
         let claim = self
             .citizens
             .get(&*settle.citizen_id)
@@ -134,6 +145,34 @@ impl ShardState {
                 outcome: outcome.clone(),
                 tentative: claim.tentative,
             },
+        })
+    }
+
+    /// The event an administration's notice makes: the dose joins the history even when the
+    /// claim has moved on (a new booking replaced it first), so it is decided apart from the
+    /// claim; a no-op once the dose is there and the claim is not the notice's.
+    fn dose_event(&self, settle: &Settle) -> Option<Event> {
+        let SettleOutcome::Administered { vaccine, date } = &settle.outcome else {
+            return None;
+        };
+        let entry = self.citizens.get(&*settle.citizen_id)?;
+        let claim = entry
+            .claim
+            .as_deref()
+            .filter(|c| c.attempt == settle.attempt);
+        let dose = DoseRecord {
+            vaccine: vaccine.clone(),
+            date: *date,
+        };
+        if claim.is_none() && entry.has_dose(&dose) {
+            return None;
+        }
+        Some(Event::ClaimSettled {
+            citizen_id: settle.citizen_id.clone(),
+            attempt: settle.attempt,
+            outcome: settle.outcome.clone(),
+            // The dose must survive a restart: journaled even when it ends a tentative claim.
+            tentative: false,
         })
     }
 
@@ -172,6 +211,17 @@ impl ShardState {
                     clinic_cancelled: true,
                 },
             ),
+            // The claim ends and the dose joins the citizen's history.
+            Event::AppointmentAdministered { seq, .. } => {
+                let dose = self.dose_of(self.appointments.get(seq)?)?;
+                (
+                    *seq,
+                    SettleOutcome::Administered {
+                        vaccine: dose.vaccine,
+                        date: dose.date,
+                    },
+                )
+            }
             // Listed one by one, so a new kind of change must say whether it settles a claim.
             Event::AppointmentReserved(_)
             | Event::AppointmentRejected { .. }
@@ -233,6 +283,16 @@ impl ShardState {
             .citizens
             .get_mut(citizen_id)
             .expect("a claim is settled for a known citizen");
+        if let SettleOutcome::Administered { vaccine, date } = outcome {
+            entry.add_dose(&DoseRecord {
+                vaccine: vaccine.clone(),
+                date: *date,
+            });
+            if entry.claim.as_ref().is_some_and(|c| c.attempt == attempt) {
+                entry.claim = None;
+            }
+            return;
+        }
         let claim = entry
             .claim
             .as_deref_mut()
@@ -264,6 +324,8 @@ impl ShardState {
                 entry.rebook_priority |= *clinic_cancelled;
             }
             SettleOutcome::Restore => entry.claim = claim.previous.take(),
+            // Applied before the claim is looked up (it need not be the claim's).
+            SettleOutcome::Administered { .. } => {}
         }
     }
 
@@ -292,6 +354,24 @@ impl ShardState {
     }
 }
 
+/// The replaced claim's appointment was administered and its notice has not arrived: its
+/// dose joins the history first (journaled, like the notice's), and the record the new
+/// booking's rules read has it.
+fn stale_dose(c: &TakeClaim, entry: &CitizenEntry, record: &mut CitizenRecord) -> Option<Event> {
+    let stale = c.replace.as_ref()?;
+    let dose = stale.administered.clone().filter(|d| !entry.has_dose(d))?;
+    record.doses.push(dose.clone());
+    Some(Event::ClaimSettled {
+        citizen_id: c.citizen_id.as_str().into(),
+        attempt: stale.attempt,
+        outcome: SettleOutcome::Administered {
+            vaccine: dose.vaccine,
+            date: dose.date,
+        },
+        tentative: false,
+    })
+}
+
 /// Whether `outcome` changes `claim` (the citizen's claim, of the settle's attempt).
 fn settle_changes(claim: &Claim, outcome: &SettleOutcome) -> bool {
     match outcome {
@@ -303,5 +383,6 @@ fn settle_changes(claim: &Claim, outcome: &SettleOutcome) -> bool {
         SettleOutcome::Confirmed => claim.priority,
         SettleOutcome::Ended { .. } | SettleOutcome::Lapsed { .. } => true,
         SettleOutcome::Restore => claim.previous.is_some(),
+        SettleOutcome::Administered { .. } => true,
     }
 }

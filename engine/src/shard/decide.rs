@@ -8,8 +8,8 @@ use super::{ShardState, EXPIRE_BATCH_MAX, SLOTS_PER_CLINIC_MAX};
 use crate::claims::ClaimOutcome;
 use crate::clock::UnixMs;
 use crate::command::{
-    AdjustStock, Cancel, CancelSlot, Command, Confirm, Hold, MarkForReview, Move, PutClinic,
-    PutSlots, PutVaccine, ReceiveStock, Reject,
+    AdjustStock, Administer, Cancel, CancelSlot, Command, Confirm, Hold, MarkForReview, Move,
+    PutClinic, PutSlots, PutVaccine, ReceiveStock, Reject,
 };
 use crate::deadlines::Deadline;
 use crate::error::{DomainError, Limit, Resource};
@@ -97,6 +97,7 @@ impl ShardState {
             Command::Reject(c) => self.decide_reject(c).into(),
             Command::MarkForReview(c) => self.decide_mark_for_review(c).into(),
             Command::ExpireDue => self.decide_expire_due(now_ms),
+            Command::Administer(c) => self.decide_administer(c, now_ms).into(),
         }
     }
 
@@ -433,6 +434,73 @@ impl ShardState {
         Ok(Decision::ok(events, Reply::Appointment(seq)))
     }
 
+    /// Staff give the dose of a CONFIRMED appointment of their clinic. Checks, first failure
+    /// wins: the clinic (`NotYours`), the status (a repeat answers the appointment as it is;
+    /// anything but CONFIRMED is `InvalidTransition`), then the batch
+    /// ([`ShardState::check_batch_for`]).
+    fn decide_administer(
+        &self,
+        Administer {
+            seq,
+            clinic_id,
+            batch,
+        }: &Administer,
+        now_ms: UnixMs,
+    ) -> Result<Decision, DomainError> {
+        let a = self.owned_appointment(*seq, None)?;
+        if *self.clinics[a.clinic as usize].id != **clinic_id {
+            return Err(DomainError::NotYours);
+        }
+        match a.status {
+            Status::Administered => return Ok(Decision::ok(vec![], Reply::Appointment(*seq))),
+            Status::Confirmed => {}
+            status => return Err(DomainError::InvalidTransition { status }),
+        }
+        self.check_batch_for(a, batch)?;
+        Ok(Decision::ok(
+            vec![Event::AppointmentAdministered {
+                seq: *seq,
+                batch: batch.clone(),
+                at_ms: now_ms,
+            }],
+            Reply::Appointment(*seq),
+        ))
+    }
+
+    /// Whether `batch` may give `a`'s dose: held by the clinic (else `NotFound`), of the
+    /// appointment's vaccine (`WrongBatch`), a dose on hand (`InsufficientStock`), and not
+    /// expired on the slot's local date (`BatchExpired`; `expires_on` is the last usable
+    /// day).
+    fn check_batch_for(&self, a: &Appointment, batch: &str) -> Result<(), DomainError> {
+        let c = &self.clinics[a.clinic as usize];
+        let Some(b) = self.batch(a.clinic, a.vaccine, batch) else {
+            // The lowest index, so the answer does not depend on the map's order.
+            let other = c
+                .stock
+                .iter()
+                .filter(|(_, stock)| stock.batches.contains_key(batch))
+                .map(|(v, _)| *v)
+                .min();
+            return Err(match other {
+                Some(v) => DomainError::WrongBatch {
+                    vaccine: self.vaccines[v as usize].name.to_string(),
+                },
+                None => DomainError::NotFound(Resource::Batch),
+            });
+        };
+        if b.on_hand <= 0 {
+            return Err(DomainError::InsufficientStock { on_hand: b.on_hand });
+        }
+        let slot_date =
+            crate::localtime::local_date(c.slots[a.slot as usize].start_ms, &c.info.timezone);
+        if slot_date > b.expires_on {
+            return Err(DomainError::BatchExpired {
+                expires_on: b.expires_on,
+            });
+        }
+        Ok(())
+    }
+
     /// Acts on the deadlines that have passed, earliest first, at most `EXPIRE_BATCH_MAX`.
     /// Reads the queue only: applying each event removes its deadline.
     fn decide_expire_due(&self, now_ms: UnixMs) -> Decision {
@@ -481,7 +549,8 @@ impl ShardState {
             | Event::AppointmentRejected { seq }
             | Event::AppointmentCancelled { seq }
             | Event::AppointmentClinicCancelled { seq }
-            | Event::AppointmentNoShow { seq } => {
+            | Event::AppointmentNoShow { seq }
+            | Event::AppointmentAdministered { seq, .. } => {
                 self.appointments.get(seq).map(|a| (a.clinic, a.vaccine))
             }
             _ => None,

@@ -10,12 +10,16 @@
 //!    its `expires_at`, and the CONFIRMED appointments' no-shows, each at its
 //!    `no_show_at_ms` (set exactly while CONFIRMED, never before its slot's end): every
 //!    appointment timed is timed once and nothing else is.
+//! 3. An ADMINISTERED appointment names its instant and a batch its clinic holds for its
+//!    vaccine; no other appointment names either.
+//! 4. The shard totals match, and the deadline queue times exactly the PENDING holds, each at
+//!    its `expires_at`.
 
 use rustc_hash::FxHashMap;
 
 use super::ShardState;
 use crate::deadlines::Deadline;
-use crate::model::{Clinic, Status, VaccineIdx};
+use crate::model::{Appointment, Clinic, Status, VaccineIdx};
 
 impl ShardState {
     /// `Err` names the first broken invariant.
@@ -36,7 +40,7 @@ impl ShardState {
         self.check_deadlines(pending, confirmed)
     }
 
-    /// Invariants 1 and 2 for one clinic; answers its (pending, confirmed) counts.
+    /// Invariants 1 to 3 for one clinic; answers its (pending, confirmed) counts.
     fn check_clinic(&self, ci: usize, c: &Clinic) -> Result<(u64, u64), String> {
         let mut per_slot = vec![[0u32; 5]; c.slots.len()];
         let mut per_vaccine: FxHashMap<VaccineIdx, i64> = FxHashMap::default();
@@ -64,6 +68,7 @@ impl ShardState {
             if a.status.is_active() {
                 *per_vaccine.entry(a.vaccine).or_default() += 1;
             }
+            check_administered(c, a)?;
             pending += u64::from(a.status == Status::Pending);
             confirmed += u64::from(a.status == Status::Confirmed);
             let end_ms = c.slots[a.slot as usize].end_ms;
@@ -132,6 +137,32 @@ impl ShardState {
             ));
         }
         Ok(())
+    }
+}
+
+/// Invariant 3 for one appointment of `c`.
+fn check_administered(c: &Clinic, a: &Appointment) -> Result<(), String> {
+    let administered = a.status == Status::Administered;
+    let batch_held = a.batch.as_ref().is_some_and(|b| {
+        c.stock
+            .get(&a.vaccine)
+            .is_some_and(|s| s.batches.contains_key(b))
+    });
+    let consistent = if administered {
+        batch_held && a.administered_at_ms.is_some() && !a.at_risk
+    } else {
+        a.batch.is_none() && a.administered_at_ms.is_none()
+    };
+    if consistent {
+        Ok(())
+    } else {
+        Err(format!(
+            "appointment {} ({}): batch {:?} administered at {:?}",
+            a.seq,
+            a.status.as_str(),
+            a.batch,
+            a.administered_at_ms
+        ))
     }
 }
 

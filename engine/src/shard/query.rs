@@ -11,7 +11,7 @@ use crate::error::DomainError;
 use crate::event::Event;
 use crate::ids::AppointmentId;
 use crate::localtime::local_time;
-use crate::model::{Status, VaccineIdx, VaccineStock};
+use crate::model::{Appointment, DoseRecord, Status, VaccineIdx, VaccineStock};
 use crate::publish::Change;
 use crate::view::{
     AppointmentView, AvailabilityView, ClinicSummary, HoldContext, Output, ShardCounts, SlotView,
@@ -219,6 +219,20 @@ impl ShardState {
             rescheduled_from: a.rescheduled_from,
             rescheduled_to: a.rescheduled_to,
             slot_start_ms: c.slots[a.slot as usize].start_ms,
+            dose: self.dose_of(a),
+        })
+    }
+
+    /// The dose an ADMINISTERED appointment gave, as the citizen's history records it: the
+    /// vaccine on the slot's local date (the date the rules count from).
+    pub(super) fn dose_of(&self, a: &Appointment) -> Option<DoseRecord> {
+        if a.status != Status::Administered {
+            return None;
+        }
+        let c = &self.clinics[a.clinic as usize];
+        Some(DoseRecord {
+            vaccine: self.vaccines[a.vaccine as usize].name.to_string(),
+            date: crate::localtime::local_date(c.slots[a.slot as usize].start_ms, &c.info.timezone),
         })
     }
 
@@ -449,6 +463,9 @@ impl ShardState {
                 Change::CitizenClaim {
                     citizen_id: citizen_id.clone(),
                 }
+            }
+            Event::AppointmentAdministered { seq, .. } => {
+                self.status_change(*seq, Status::Administered)
             }
             Event::AppointmentNeedsReview { seq } => Change::AppointmentNeedsReview {
                 appointment_id: self.id_of(*seq),

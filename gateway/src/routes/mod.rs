@@ -1,10 +1,11 @@
 //! HTTP handlers, one module per part of the contract (docs/API.md): the catalogue and
-//! availability, booking, and operators. Each family keeps its request and response bodies
+//! availability, booking, the clinic's check-in and administration, and operators. Each family keeps its request and response bodies
 //! beside its handlers (`<family>/types.rs`); what they share is in [`fields`], and the
 //! authorisation checks several families use are here.
 
 pub mod booking;
 pub mod catalogue;
+pub mod clinic;
 pub mod fields;
 pub mod ops;
 

@@ -722,6 +722,7 @@ pub fn test_config(
         clock: Arc::new(SystemClock),
         storage,
         external: None,
+        qr_keys: None,
     }
 }
 

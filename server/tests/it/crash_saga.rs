@@ -484,6 +484,57 @@ async fn settle_lapsed_after_a_cancel_frees_the_citizen() {
     eprintln!("{point}: {:?}", t0.elapsed());
 }
 
+/// `settle.administered`: staff administer a CONFIRMED appointment; the administration is
+/// durable and answered, the citizen's shard never heard of it. After the restart the
+/// reconciliation has settled the claim with the dose (the invariants allow no claim bound to
+/// an ended appointment): the citizen may book again, and the interval rule sees the dose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_administered_keeps_the_dose() {
+    let t0 = Instant::now();
+    let point = "settle.administered";
+    let dirs = Dirs::new("settle-administered");
+    let cast = Cast::new("sa", 2);
+    let citizen = &cast.citizen;
+    let (clinic, other) = (&cast.clinics[0], &cast.clinics[1]);
+    let mut server = start(&dirs, point, Some(point)).await;
+    set_up(&server.api, &cast.clinics, &[citizen]).await;
+    let api = server.api.clone();
+    let (req, _) = book_req(citizen, clinic, "sa-key");
+    let id = id_of(&api.send(req).await.expect(201));
+    let confirmed = api
+        .confirm(&api.citizen_token(citizen), &id)
+        .await
+        .expect(200);
+    let qr = confirmed["qr_token"]
+        .as_str()
+        .expect("a qr_token")
+        .to_string();
+    let done = api
+        .send(
+            Req::post(format!("/v1/appointments/{id}/administer"))
+                .token(&api.staff_token(clinic))
+                .json(&json!({"qr_token": qr, "batch": "B-1"})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(status_of(&done), "ADMINISTERED");
+    server.wait_for_failpoint(point, 1).await;
+    server.kill();
+    drop(server);
+
+    let server = start(&dirs, "settle-administered restarted", None).await;
+    let api = &server.api;
+    assert_invariants(api, "after the restart").await;
+    assert_eq!(status_of(&api.appointment_json(&id).await), "ADMINISTERED");
+    assert_counters(api, &cast.clinics).await;
+    // The other clinic's slot is tomorrow too: within the 21 days after this dose.
+    let (req, _) = book_req(citizen, other, "sa-new");
+    let details = assert_error_code(&api.send(req).await, 422, "NOT_ELIGIBLE");
+    assert_eq!(reasons(&details), vec!["min_interval_not_met"]);
+    assert_invariants(api, "after the refused booking").await;
+    eprintln!("{point}: {:?}", t0.elapsed());
+}
+
 /// Books `citizen` at `clinic` (201, optionally confirmed), then sends a reschedule to `to`
 /// with `key` that reaches `point`, and kills the server there. Answers the old id.
 async fn crash_a_reschedule(

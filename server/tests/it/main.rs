@@ -10,6 +10,7 @@
 mod common;
 mod spawned;
 
+mod clinic;
 mod crash;
 mod crash_saga;
 mod durability_faults;

@@ -3,7 +3,7 @@
 use crate::common::*;
 
 /// Every route of docs/API.md that this build serves, as (method, path).
-const SERVED_ROUTES: [(&str, &str); 20] = [
+const SERVED_ROUTES: [(&str, &str); 22] = [
     ("put", "/v1/vaccines/{vaccine}"),
     ("put", "/v1/clinics/{clinic_id}"),
     ("post", "/v1/clinics/{clinic_id}/stock"),
@@ -24,11 +24,12 @@ const SERVED_ROUTES: [(&str, &str); 20] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/v1/admin/shards"),
+    ("post", "/v1/checkin"),
+    ("post", "/v1/appointments/{id}/administer"),
 ];
 
 /// Routes of docs/API.md that the document (and the server) do not have yet.
-const CONTRACT_ROUTES_MISSING: [(&str, &str); 4] = [
-    ("post", "/v1/appointments/{id}/administer"),
+const CONTRACT_ROUTES_MISSING: [(&str, &str); 3] = [
     ("get", "/v1/events"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -93,18 +94,14 @@ async fn the_document_is_openapi_3_1_and_lists_every_served_route() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pending: clinic operations, events and metrics; POST /v1/appointments/{id}/administer, GET /v1/events, GET /metrics are not served, and GET /openapi.json is not in its own document"]
+#[ignore = "pending: events and metrics; GET /v1/events, GET /metrics are not served, and GET /openapi.json is not in its own document"]
 async fn the_document_lists_every_route_of_the_contract() {
     let h = Harness::start().await;
     let doc = document(&h).await;
     let missing = missing_from(&doc, &CONTRACT_ROUTES_MISSING);
     assert!(missing.is_empty(), "not in the document: {missing:?}");
     // They are served, too (401 without a token, not 404).
-    for (method, path) in [
-        ("POST", "/v1/appointments/ap-0-1/administer"),
-        ("GET", "/v1/events"),
-        ("GET", "/metrics"),
-    ] {
+    for (method, path) in [("GET", "/v1/events"), ("GET", "/metrics")] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let r = h.send(Req::new(method.clone(), path)).await;
         assert_error_code(&r, 401, "UNAUTHENTICATED");

@@ -21,7 +21,7 @@ use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
 use crate::idempotency::{
     idem_request, idempotent, json, key_busy, key_reused, replay, to_stored, IdempotencyHeader,
 };
-use crate::qr::QrKey;
+use crate::qr::QrKeyring;
 use crate::routes::fields::check_id;
 use crate::routes::{require_authority_or_staff_of, unexpected};
 use crate::state::AppState;
@@ -46,9 +46,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(clinic_appointments))
 }
 
-fn render(state: &AppState, a: &AppointmentView) -> AppointmentJson {
-    let qr = (a.status == Status::Confirmed).then(|| state.qr.token(&a.id.to_string()));
+pub(crate) fn render(state: &AppState, a: &AppointmentView) -> AppointmentJson {
+    let qr = (a.status == Status::Confirmed).then(|| qr_token(state, a));
     AppointmentJson::render(a, qr)
+}
+
+/// The appointment's QR token, signed with the newest key.
+fn qr_token(state: &AppState, a: &AppointmentView) -> String {
+    let id = a.id.to_string();
+    state.qr.token(&crate::routes::clinic::qr_fields(a, &id))
 }
 
 /// Who may book for `citizen_id`: that citizen, or an authority.
@@ -83,7 +89,7 @@ fn may_read(caller: &Caller, a: &AppointmentView) -> Result<(), ApiError> {
     }
 }
 
-async fn load(state: &AppState, id: &str) -> Result<AppointmentView, ApiError> {
+pub(crate) async fn load(state: &AppState, id: &str) -> Result<AppointmentView, ApiError> {
     let parsed: AppointmentId = state
         .node
         .parse_appointment_id(id)
@@ -337,7 +343,7 @@ async fn appointment_qr(
         )
         .with_detail("status", a.status.as_str()));
     }
-    let svg = QrKey::svg(&state.qr.token(&a.id.to_string())).map_err(ApiError::internal)?;
+    let svg = QrKeyring::svg(&qr_token(&state, &a)).map_err(ApiError::internal)?;
     Ok((
         [(CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"))],
         svg,
