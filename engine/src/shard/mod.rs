@@ -111,7 +111,7 @@ impl ShardState {
     /// A new shard whose decisions use `config`.
     pub fn with_config(shard: u32, config: ShardConfig) -> Self {
         let mut state = ShardState::new(shard);
-        state.config = config;
+        state.set_config(config);
         state
     }
 
