@@ -12,12 +12,30 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver};
 use holdfast_persistence::{
-    Ack, Durability, LogSpan, Record, Recovery, Wal, WalConfig, WalError, WalStats,
+    Ack, Durability, LogSpan, Record, Recovery, Wal, WalConfig, WalError, WalStats, WriterGate,
     FRAME_BYTES_MAX, FRAME_FORMAT_VERSION, WAL_SUBDIR,
 };
 
 /// The longest any test waits for an ack or a flush: far beyond what a healthy run takes.
 const WAIT: Duration = Duration::from_secs(30);
+
+/// A closed writer gate that opens when dropped: declared after the `Wal`, it is dropped
+/// first, so a failed assertion while the writer is held fails the test instead of hanging it
+/// in `Wal::drop` (which joins the writer waiting at the gate).
+struct ClosedGate(WriterGate);
+
+impl ClosedGate {
+    fn close(gate: &WriterGate) -> ClosedGate {
+        gate.close();
+        ClosedGate(gate.clone())
+    }
+}
+
+impl Drop for ClosedGate {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
 
 struct TempDir(PathBuf);
 
@@ -752,7 +770,7 @@ fn one_group_commit_of_many_shards_is_a_few_frames() {
     let gate = config.writer_gate.clone();
     let wal = Wal::open(dir.path(), config).unwrap();
     // Hold the writer at the gate with a barrier while the ops queue up behind it.
-    gate.close();
+    let _closed = ClosedGate::close(&gate);
     let (tx, rx) = unbounded();
     wal.submit(Vec::new(), ack_to(&tx)).unwrap();
     let started = Instant::now();
@@ -901,7 +919,7 @@ fn a_full_queue_refuses_at_once() {
     let wal = Wal::open(dir.path(), config).unwrap();
 
     // Hold the writer before it commits the first op.
-    gate.close();
+    let _closed = ClosedGate::close(&gate);
     let (tx, rx) = unbounded();
     wal.submit(records(0, [1]), ack_to(&tx)).unwrap();
     let started = Instant::now();
@@ -913,16 +931,24 @@ fn a_full_queue_refuses_at_once() {
     wal.submit(records(0, [2]), ack_to(&tx)).unwrap();
     wal.submit(Vec::new(), ack_to(&tx)).unwrap(); // a barrier takes a place too
     assert_eq!(wal.stats().queued_ops, 2);
-    let started = Instant::now();
-    let refused = wal.submit(records(0, [3]), ack_to(&tx));
-    let snapshot_refused = wal.submit_snapshot(0, 2, b"s".to_vec(), ack_to(&tx));
-    let waited = started.elapsed();
+    // The writer is held, so a submit that waited for room would never return: the refusals
+    // must come back while the gate is still closed.
+    let (refused, snapshot_refused) = std::thread::scope(|scope| {
+        let (done_tx, done_rx) = bounded(1);
+        let (wal, tx) = (&wal, &tx);
+        scope.spawn(move || {
+            let refused = wal.submit(records(0, [3]), ack_to(tx));
+            let snapshot_refused = wal.submit_snapshot(0, 2, b"s".to_vec(), ack_to(tx));
+            done_tx.send((refused, snapshot_refused)).unwrap();
+        });
+        let answered = done_rx.recv_timeout(WAIT);
+        gate.open(); // lets a waiting submit finish, so the scope can end either way
+        answered.expect("a submit to a full queue waited for room instead of refusing")
+    });
     assert_eq!(refused, Err(WalError::QueueFull));
     assert_eq!(snapshot_refused, Err(WalError::QueueFull));
-    assert!(waited < Duration::from_secs(1), "refusing took {waited:?}");
     assert!(!wal.is_failed());
 
-    gate.open();
     expect_oks(&rx, 3);
     // The refused ops' acks were dropped, never called.
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());

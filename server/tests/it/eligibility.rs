@@ -629,7 +629,7 @@ async fn other_bookings_proceed_while_the_checker_hangs_for_one() {
     let started = Instant::now();
     while !checker.was_asked_for("p-slow") {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(20),
             "the hanging call never arrived"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;

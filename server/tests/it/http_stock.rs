@@ -139,6 +139,7 @@ async fn stock_below_what_is_reserved_puts_the_newest_appointments_at_risk() {
     assert_eq!(adjusted["on_hand"], 1);
     assert_eq!(adjusted["reserved"], 3);
     assert_eq!(adjusted["available"], -2);
+    h.assert_invariants_ok().await;
     let avail = h.availability("c-1").await;
     assert_eq!(stock(&avail, VACCINE), (1, 3, -2));
     let clinics = h.send(Req::get("/v1/clinics")).await.expect(200);
@@ -165,6 +166,7 @@ async fn stock_below_what_is_reserved_puts_the_newest_appointments_at_risk() {
     assert_eq!(stock(&avail, VACCINE), (1, 2, -1));
     assert!(!at_risk(h.appointment_json(&first).await));
     assert!(at_risk(h.appointment_json(&second).await));
+    h.assert_invariants_ok().await;
 
     // Stock arrives: the flags clear.
     let received = h.receive_stock("c-1", VACCINE, "B-2", 3).await;
@@ -172,7 +174,9 @@ async fn stock_below_what_is_reserved_puts_the_newest_appointments_at_risk() {
     assert!(!at_risk(h.appointment_json(&first).await));
     assert!(!at_risk(h.appointment_json(&second).await));
     assert_eq!(stock(&h.availability("c-1").await, VACCINE), (4, 2, 2));
+    h.assert_invariants_ok().await;
     h.book_ok("dan", "c-1", "s-1").await;
+    h.assert_invariants_ok().await;
     h.shutdown().await;
 }
 
