@@ -1,7 +1,8 @@
 //! HTTP handlers, one module per part of the contract (docs/API.md): the catalogue and
-//! availability, booking, the clinic's check-in and administration, the waitlist, and operators. Each family keeps its request and response bodies
-//! beside its handlers (`<family>/types.rs`); what they share is in [`fields`], and the
-//! authorisation checks several families use are here.
+//! availability, booking, the clinic's check-in and administration, the waitlist, and
+//! operators. Each family keeps its request and response bodies beside its handlers
+//! (`<family>/types.rs`); what they share is in [`fields`], and the authorisation checks
+//! several families use are here.
 
 pub mod booking;
 pub mod catalogue;
@@ -27,6 +28,20 @@ pub(crate) fn require_authority_or_staff_of(
             "staff may act only for their own clinic",
         )),
         _ => caller.require_role(&[Role::Authority, Role::Staff]),
+    }
+}
+
+/// The citizen `citizen_id` itself, or an authority; anyone else is 403 with `refusal`.
+pub(crate) fn require_citizen_or_authority(
+    caller: &Caller,
+    citizen_id: &str,
+    refusal: &'static str,
+) -> Result<(), ApiError> {
+    let own = caller.0.citizen_id.as_deref() == Some(citizen_id);
+    match caller.0.role {
+        Role::Authority => Ok(()),
+        Role::Citizen if own => Ok(()),
+        _ => Err(ApiError::forbidden(refusal)),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::idempotency::{
 };
 use crate::qr::QrKeyring;
 use crate::routes::fields::check_id;
-use crate::routes::{require_authority_or_staff_of, unexpected};
+use crate::routes::{require_authority_or_staff_of, require_citizen_or_authority, unexpected};
 use crate::state::AppState;
 
 use self::types::{
@@ -362,16 +362,11 @@ async fn citizen_appointments(
     StrictPath(citizen_id): StrictPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("citizen_id", &citizen_id)?;
-    let own = caller.0.citizen_id.as_deref() == Some(citizen_id.as_str());
-    match caller.0.role {
-        Role::Authority => {}
-        Role::Citizen if own => {}
-        _ => {
-            return Err(ApiError::forbidden(
-                "only the citizen or an authority may list these appointments",
-            ))
-        }
-    }
+    require_citizen_or_authority(
+        &caller,
+        &citizen_id,
+        "only the citizen or an authority may list these appointments",
+    )?;
     let all = state
         .node
         .citizen_appointments(&citizen_id, LISTING_APPOINTMENTS_MAX)

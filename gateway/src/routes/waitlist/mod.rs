@@ -18,6 +18,7 @@ use crate::extract::{StrictJson, StrictPath};
 use crate::idempotency::{idempotent, json, Deferred, IdempotencyHeader};
 use crate::routes::booking::may_book;
 use crate::routes::fields::check_id;
+use crate::routes::require_citizen_or_authority;
 use crate::state::AppState;
 
 use self::types::{JoinWaitlistBody, JoinedJson, LeftJson, WaitlistEntryJson, WaitlistJson};
@@ -96,16 +97,11 @@ async fn citizen_waitlist(
     StrictPath(citizen_id): StrictPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("citizen_id", &citizen_id)?;
-    let own = caller.0.citizen_id.as_deref() == Some(citizen_id.as_str());
-    match caller.0.role {
-        Role::Authority => {}
-        Role::Citizen if own => {}
-        _ => {
-            return Err(ApiError::forbidden(
-                "only the citizen or an authority may list this waitlist",
-            ))
-        }
-    }
+    require_citizen_or_authority(
+        &caller,
+        &citizen_id,
+        "only the citizen or an authority may list this waitlist",
+    )?;
     let entries = state.node.citizen_waitlist(&citizen_id).await?;
     let entries = entries.iter().map(WaitlistEntryJson::render).collect();
     Ok(Json(WaitlistJson { entries }))
