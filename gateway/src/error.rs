@@ -102,7 +102,8 @@ impl ApiError {
 
     /// 410 `EVENTS_GONE`: an event stream resuming from before the feed's retention.
     pub fn events_gone(message: impl Into<String>, oldest_seq: u64) -> ApiError {
-        ApiError::new(StatusCode::GONE, "EVENTS_GONE", message).with_detail("oldest_seq", oldest_seq)
+        ApiError::new(StatusCode::GONE, "EVENTS_GONE", message)
+            .with_detail("oldest_seq", oldest_seq)
     }
 
     /// 503 `UNAVAILABLE` with `Retry-After: <retry_after_s>`: overload or a shard not ready.

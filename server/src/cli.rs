@@ -267,7 +267,8 @@ mod tests {
 
     #[test]
     fn audit_verify_takes_a_data_directory() {
-        let cli = Cli::try_parse_from(["holdfast", "audit", "verify", "--data-dir", "/tmp/d"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["holdfast", "audit", "verify", "--data-dir", "/tmp/d"]).unwrap();
         match cli.command {
             Command::Audit(AuditCommand::Verify(args)) => {
                 assert_eq!(args.data_dir, std::path::Path::new("/tmp/d"))

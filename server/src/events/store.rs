@@ -473,9 +473,17 @@ mod tests {
         assert_eq!(seqs, [4, 5, 6, 7, 8]);
         let deltas: Vec<i64> = kept
             .iter()
-            .map(|e| serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["delta"].as_i64().unwrap())
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["delta"]
+                    .as_i64()
+                    .unwrap()
+            })
             .collect();
-        assert_eq!(deltas, [4, 1, 5, 6, 7], "shard 0's 1-4, shard 1's 1, shard 0's 5-7");
+        assert_eq!(
+            deltas,
+            [4, 1, 5, 6, 7],
+            "shard 0's 1-4, shard 1's 1, shard 0's 5-7"
+        );
         assert_eq!(kept[0].event_type, "StockChanged");
         assert!(store.read_after(8, 100).unwrap().is_empty());
         assert_eq!(store.read_after(6, 1).unwrap().len(), 1);

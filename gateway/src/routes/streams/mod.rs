@@ -142,7 +142,10 @@ mod tests {
         assert!(limits.event_subscriber().is_ok());
         let a = limits.clinic_subscriber("k1").unwrap();
         let _b = limits.clinic_subscriber("k1").unwrap();
-        assert_eq!(limits.clinic_subscriber("k1").unwrap_err().code, "UNAVAILABLE");
+        assert_eq!(
+            limits.clinic_subscriber("k1").unwrap_err().code,
+            "UNAVAILABLE"
+        );
         let _c = limits.clinic_subscriber("k2").unwrap();
         // The node's three places are taken.
         assert!(limits.clinic_subscriber("k3").is_err());
