@@ -37,6 +37,9 @@ pub const EVENTS_RETAINED_MAX: u64 = 2_000_000;
 pub const RECORDER_QUEUE_BATCHES: usize = 4_096;
 /// Changes written in one transaction and one flush by the recorder, at most.
 pub const RECORDER_WRITE_CHANGES_MAX: usize = 8_192;
+/// Longest wait between two attempts at storing a batch the store refused (a full disk): the
+/// recorder retries the same batch until it is stored, never skipping it.
+pub const RECORDER_RETRY_MAX_MS: u64 = 5_000;
 /// Oldest events deleted per sled batch when the retention trims.
 const TRIM_BATCH_EVENTS: u64 = 10_000;
 
@@ -302,9 +305,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Err(error) = self.write(&batch) {
-                // Not stored, cursors not moved: the next start re-derives these changes.
-                tracing::error!(%error, "the event store could not store a batch");
+            // Never skip a batch: a later one would move the cursors past it, and its events
+            // would be lost for good. Retry it (the same numbers, so a write that reached sled
+            // but not its flush is rewritten identically); meanwhile the queue fills and the
+            // publishers wait, as they would for a stuck journal.
+            let mut backoff_ms = 10;
+            while let Err(error) = self.write(&batch) {
+                tracing::error!(%error, retry_in_ms = backoff_ms, "the event store could not store a batch");
+                std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
+                backoff_ms = (backoff_ms * 2).min(RECORDER_RETRY_MAX_MS);
             }
         }
     }
