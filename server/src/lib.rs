@@ -3,7 +3,8 @@
 //! stopping a server ([`start`], [`start_listening`], [`RunningServer`],
 //! [`serve`](fn@serve)), the demo campaign ([`demo`]) and the engine's journal on the
 //! write-ahead log ([`journal`]), and the external eligibility check over HTTP
-//! ([`eligibility`]) with its circuit breaker ([`breaker`]).
+//! ([`eligibility`]) with its circuit breaker ([`breaker`]), and the signed webhooks
+//! ([`webhooks`]).
 //!
 //! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
 
@@ -15,6 +16,7 @@ pub mod demo;
 pub mod eligibility;
 pub mod journal;
 mod serve;
+pub mod webhooks;
 
 pub use eligibility::ExternalConfig;
 pub use serve::{serve, start, start_listening, RunningServer, ServerConfig, Storage};
