@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 use crate::cli::{Durability, ServeArgs};
 use crate::eligibility::{ExternalConfig, HttpEligibility};
 use crate::journal::WalJournal;
+use crate::webhooks::{
+    CursorStore, EventSource, MemoryCursors, Webhooks, WebhooksConfig, CURSOR_TREE,
+};
 
 /// Where shards keep their state.
 pub enum Storage {
@@ -56,9 +59,39 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     wal: Option<Arc<WalJournal>>,
+    webhooks: Option<Webhooks>,
 }
 
 impl RunningServer {
+    /// Starts delivering `source`'s events to `config`'s webhooks, each from its cursor in
+    /// the write-ahead log's database (in memory without a log). Once per server.
+    pub fn start_webhooks(
+        &mut self,
+        config: &WebhooksConfig,
+        source: Arc<dyn EventSource>,
+    ) -> Result<(), String> {
+        if self.webhooks.is_some() {
+            return Err("the webhooks are already started".into());
+        }
+        let cursors: Arc<dyn CursorStore> = match &self.wal {
+            Some(wal) => Arc::new(
+                wal.wal()
+                    .cursor_tree(CURSOR_TREE)
+                    .map_err(|e| format!("cannot open the webhook cursors: {e}"))?,
+            ),
+            None => Arc::new(MemoryCursors::default()),
+        };
+        // Real time, whatever the node's clock: the breakers' cooldowns pace real sleeps.
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        self.webhooks = Some(Webhooks::start(config, source, cursors, clock)?);
+        Ok(())
+    }
+
+    /// The webhooks' status (none when none are configured).
+    pub fn webhooks(&self) -> Option<&Webhooks> {
+        self.webhooks.as_ref()
+    }
+
     /// Stops accepting, lets in-flight requests finish, snapshots every shard, stops the
     /// shards and closes the log (flushing it).
     pub async fn shutdown(self) {
@@ -79,6 +112,10 @@ impl RunningServer {
     async fn stop(mut self, snapshot: bool) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        // Before the log closes: the cursors live in its database.
+        if let Some(webhooks) = self.webhooks.take() {
+            webhooks.stop().await;
         }
         if tokio::time::timeout(SHUTDOWN_DRAIN, &mut self.task)
             .await
@@ -210,6 +247,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         shutdown: Some(tx),
         task,
         wal,
+        webhooks: None,
     })
 }
 
@@ -251,6 +289,7 @@ fn write_secret(path: &Path) -> Result<(), String> {
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let signalled = shutdown_signal();
     let external = args.external_config()?;
+    let webhooks = args.webhooks_config()?;
     if args.hold_ttl.as_millis() == 0 || args.max_hold < args.hold_ttl {
         return Err("--hold-ttl must be positive and not above --max-hold".into());
     }

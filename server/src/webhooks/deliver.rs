@@ -12,8 +12,10 @@ use reqwest::header::CONTENT_TYPE;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use holdfast_engine::feed::Gone;
+
 use super::{
-    signature, CursorStore, EventSource, Hook, SourcedEvent, Timing, EVENT_ID_HEADER,
+    signature, CursorStore, EventSource, Hook, ReadError, SourcedEvent, Timing, EVENT_ID_HEADER,
     SIGNATURE_HEADER,
 };
 use crate::breaker::Admission;
@@ -44,18 +46,26 @@ pub(super) struct Worker {
 /// The task stopped (the server is stopping).
 struct Stopped;
 
+/// When the cursor was last flushed, and whether it moved since.
+struct Flushed {
+    at: Instant,
+    dirty: bool,
+}
+
 impl Worker {
     pub async fn run(self) {
-        let mut flushed_at = Instant::now();
-        let mut dirty = false;
-        let _ = self.pump(&mut flushed_at, &mut dirty).await;
-        if dirty {
+        let mut flushed = Flushed {
+            at: Instant::now(),
+            dirty: false,
+        };
+        let _ = self.pump(&mut flushed).await;
+        if flushed.dirty {
             self.flush().await;
         }
     }
 
     /// Delivers until stopped.
-    async fn pump(&self, flushed_at: &mut Instant, dirty: &mut bool) -> Result<(), Stopped> {
+    async fn pump(&self, flushed: &mut Flushed) -> Result<(), Stopped> {
         let mut read_failures = schedule(&self.timing);
         loop {
             let after = self.hook.cursor.load(Ordering::Acquire);
@@ -64,7 +74,14 @@ impl Worker {
                 .await?;
             let page = match page {
                 Ok(page) => page,
-                Err(why) => {
+                Err(ReadError::Gone(gone)) => {
+                    if !self.skip_gone(gone) {
+                        // A store that says "gone" without a way forward: ask again later.
+                        self.sleep(self.timing.backoff_max).await?;
+                    }
+                    continue;
+                }
+                Err(ReadError::Failed(why)) => {
                     tracing::warn!(webhook = self.hook.id.as_str(), after, %why, "cannot read events for a webhook; retrying");
                     let delay = read_failures.next().unwrap_or(self.timing.backoff_max);
                     self.sleep(delay).await?;
@@ -73,10 +90,7 @@ impl Worker {
             };
             read_failures = schedule(&self.timing);
             if page.is_empty() {
-                if *dirty {
-                    self.flush().await;
-                    (*flushed_at, *dirty) = (Instant::now(), false);
-                }
+                self.flush_if(flushed, true).await;
                 self.until_stopped(self.source.wait_for_new(after)).await?;
                 continue;
             }
@@ -86,19 +100,16 @@ impl Worker {
                     // A source that answers an event twice: it was delivered already.
                     continue;
                 }
-                self.deliver(&event).await?;
+                self.deliver(&event, flushed).await?;
                 self.advance(event.seq);
-                *dirty = true;
-                if flushed_at.elapsed() >= CURSOR_FLUSH_INTERVAL {
-                    self.flush().await;
-                    (*flushed_at, *dirty) = (Instant::now(), false);
-                }
+                flushed.dirty = true;
+                self.flush_if(flushed, false).await;
             }
         }
     }
 
     /// Sends `event` until its receiver answers 2xx.
-    async fn deliver(&self, event: &SourcedEvent) -> Result<(), Stopped> {
+    async fn deliver(&self, event: &SourcedEvent, flushed: &mut Flushed) -> Result<(), Stopped> {
         let mut delays = schedule(&self.timing);
         loop {
             let call = match self.hook.breaker.admit() {
@@ -126,8 +137,22 @@ impl Worker {
                     }
                 }
             }
+            // A receiver that fails may stay down for hours: the cursor reaches the disk now.
+            self.flush_if(flushed, true).await;
             let delay = delays.next().unwrap_or(self.timing.backoff_max);
             self.sleep(delay).await?;
+        }
+    }
+
+    /// Flushes a moved cursor: now when `now`, else once [`CURSOR_FLUSH_INTERVAL`] has passed
+    /// since the last flush.
+    async fn flush_if(&self, flushed: &mut Flushed, now: bool) {
+        if flushed.dirty && (now || flushed.at.elapsed() >= CURSOR_FLUSH_INTERVAL) {
+            self.flush().await;
+            *flushed = Flushed {
+                at: Instant::now(),
+                dirty: false,
+            };
         }
     }
 
@@ -150,6 +175,24 @@ impl Worker {
         } else {
             Err(format!("the receiver answered {status}"))
         }
+    }
+
+    /// The store's retention dropped events this receiver never got: nothing can send them
+    /// any more, so the cursor moves to the oldest kept event, loudly (an error in the log
+    /// and `skipped_gone_total`), rather than leaving the webhook stuck for ever.
+    /// Answers whether the cursor moved.
+    fn skip_gone(&self, gone: Gone) -> bool {
+        let resume_after = gone.oldest_seq.saturating_sub(1);
+        let skipped = resume_after.saturating_sub(gone.after);
+        if skipped == 0 {
+            return false;
+        }
+        tracing::error!(webhook = self.hook.id.as_str(), after = gone.after, oldest_kept = gone.oldest_seq, skipped, "the event store no longer keeps events this webhook has not received; they are skipped");
+        self.hook
+            .skipped_gone_total
+            .fetch_add(skipped, Ordering::Relaxed);
+        self.advance(resume_after);
+        true
     }
 
     fn advance(&self, seq: u64) {

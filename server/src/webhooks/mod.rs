@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use crate::breaker::{Breaker, BreakerConfig};
 pub use cursor::{CursorStore, MemoryCursors, WebhookId, CURSOR_TREE};
 pub use sign::{secret_from_file_bytes, signature, SECRET_BYTES_MIN};
-pub use source::{EventSource, MemorySource, SourcedEvent};
+pub use source::{EventSource, FeedSource, MemorySource, ReadError, SourcedEvent};
 
 /// The header carrying the event's sequence, for de-duplication.
 pub const EVENT_ID_HEADER: &str = "x-holdfast-event-id";
@@ -43,8 +43,8 @@ pub const SIGNATURE_HEADER: &str = "x-holdfast-signature-256";
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// The largest retry delay before jitter (backon's jitter adds a random part of up to the
 /// delay itself, so one wait is at most twice this): a receiver back from an outage gets its
-/// events within about a minute.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// events within 20 s, and a dead one costs one connection attempt every 10-20 s.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// The longest one delivery may take (connecting, sending, the answer's head); longer is a
 /// failure and the event is retried.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,8 +53,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PAGE_EVENTS_MAX: usize = 256;
 /// Failed deliveries in a row that open a webhook's breaker.
 pub const BREAKER_FAILURES: u32 = 5;
-/// How long an open breaker waits before one trial delivery.
-pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+/// How long an open breaker waits before one trial delivery (as long as the largest back-off:
+/// the breaker marks the receiver as down for operators without delaying its recovery more).
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
 /// How often at most a moved cursor is flushed to disk: a crash re-sends at most this long's
 /// deliveries, instead of costing one disk flush per event.
 pub const CURSOR_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -172,6 +173,8 @@ struct Hook {
     breaker: Breaker,
     delivered_total: AtomicU64,
     failed_attempts_total: AtomicU64,
+    /// Events the store dropped (retention) before this webhook got them.
+    skipped_gone_total: AtomicU64,
 }
 
 /// One webhook as operators see it.
@@ -186,6 +189,9 @@ pub struct WebhookStatus {
     pub breaker: BreakerState,
     pub delivered_total: u64,
     pub failed_attempts_total: u64,
+    /// Events the store's retention dropped before this receiver got them (each skip is
+    /// logged as an error).
+    pub skipped_gone_total: u64,
 }
 
 /// The running webhooks: one delivery task each. Stop with [`Webhooks::stop`].
@@ -254,6 +260,7 @@ impl Webhooks {
                     breaker: hook.breaker.state(),
                     delivered_total: hook.delivered_total.load(Ordering::Relaxed),
                     failed_attempts_total: hook.failed_attempts_total.load(Ordering::Relaxed),
+                    skipped_gone_total: hook.skipped_gone_total.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -318,6 +325,7 @@ fn new_hook(
         breaker,
         delivered_total: AtomicU64::new(0),
         failed_attempts_total: AtomicU64::new(0),
+        skipped_gone_total: AtomicU64::new(0),
     })
 }
 

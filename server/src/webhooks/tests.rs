@@ -243,3 +243,52 @@ fn bad_flags_are_refused() {
     let many: Vec<String> = (0..=WEBHOOKS_MAX).map(|i| format!("http://h{i}/")).collect();
     assert!(WebhooksConfig::new(&many, SECRET).is_err());
 }
+
+/// A store whose retention dropped events 1..=3.
+struct Truncated(MemorySource);
+
+impl EventSource for Truncated {
+    fn read_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> holdfast_engine::client::BoxFuture<'static, Result<Vec<SourcedEvent>, ReadError>> {
+        if after < 3 {
+            let gone = holdfast_engine::feed::Gone {
+                after,
+                oldest_seq: 4,
+            };
+            return Box::pin(async move { Err(ReadError::Gone(gone)) });
+        }
+        self.0.read_after(after, max)
+    }
+
+    fn head(&self) -> u64 {
+        self.0.head()
+    }
+
+    fn wait_for_new(&self, at: u64) -> holdfast_engine::client::BoxFuture<'static, ()> {
+        self.0.wait_for_new(at)
+    }
+}
+
+#[tokio::test]
+async fn events_the_store_no_longer_keeps_are_skipped_loudly_not_waited_for() {
+    let (url, seen) = receiver(0).await;
+    let source = MemorySource::default();
+    for i in 1..=5 {
+        source.push(format!("{{\"n\":{i}}}"));
+    }
+    let hooks = Webhooks::start(
+        &config(&[url], fast()),
+        Arc::new(Truncated(source)),
+        Arc::new(MemoryCursors::default()),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    until("events 4 and 5 accepted", || accepted_ids(&seen).len() == 2).await;
+    assert_eq!(accepted_ids(&seen), vec![4, 5]);
+    let status = &hooks.status()[0];
+    assert_eq!((status.cursor, status.skipped_gone_total), (5, 3));
+    hooks.stop().await;
+}
