@@ -13,15 +13,17 @@ use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
 use holdfast_gateway::app::{build_app, AppState, Settings};
 use holdfast_gateway::auth::JwtKey;
 use holdfast_gateway::qr::QrKeyring;
+use holdfast_gateway::routes::streams::StreamLimits;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::cli::{Durability, ServeArgs};
 use crate::eligibility::{ExternalConfig, HttpEligibility};
+use crate::events::EventStore;
 use crate::journal::WalJournal;
 use crate::webhooks::{
-    CursorStore, EventSource, MemoryCursors, Webhooks, WebhooksConfig, CURSOR_TREE,
+    CursorStore, EventSource, FeedSource, MemoryCursors, Webhooks, WebhooksConfig, CURSOR_TREE,
 };
 
 /// Where shards keep their state.
@@ -59,17 +61,14 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     wal: Option<Arc<WalJournal>>,
+    events: Arc<EventStore>,
     webhooks: Option<Webhooks>,
 }
 
 impl RunningServer {
-    /// Starts delivering `source`'s events to `config`'s webhooks, each from its cursor in
-    /// the write-ahead log's database (in memory without a log). Once per server.
-    pub fn start_webhooks(
-        &mut self,
-        config: &WebhooksConfig,
-        source: Arc<dyn EventSource>,
-    ) -> Result<(), String> {
+    /// Starts delivering the node's event feed to `config`'s webhooks, each from its cursor
+    /// in the write-ahead log's database (in memory without a log). Once per server.
+    pub fn start_webhooks(&mut self, config: &WebhooksConfig) -> Result<(), String> {
         if self.webhooks.is_some() {
             return Err("the webhooks are already started".into());
         }
@@ -83,6 +82,7 @@ impl RunningServer {
         };
         // Real time, whatever the node's clock: the breakers' cooldowns pace real sleeps.
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let source: Arc<dyn EventSource> = Arc::new(FeedSource(self.state.events.clone()));
         self.webhooks = Some(Webhooks::start(config, source, cursors, clock)?);
         Ok(())
     }
@@ -142,6 +142,8 @@ impl RunningServer {
         };
         // The node (and its handle on the log) goes with the last application state.
         drop(self.state);
+        // The recorder stops with the node's publisher, after storing what it was handed.
+        self.events.join_recorder(SHUTDOWN_DRAIN);
         match Arc::try_unwrap(wal) {
             Ok(journal) => {
                 if let Err(e) = journal.into_wal().close() {
@@ -188,6 +190,11 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         .clone()
         .unwrap_or_else(|| QrKeyring::derive(&config.jwt_secret));
     let ring = Ring::single(&config.node.node_name);
+    let events_dir = match &config.storage {
+        Storage::Wal { dir, .. } => Some(dir.clone()),
+        _ => None,
+    };
+    let (events, recorder) = EventStore::open(events_dir.as_deref())?;
     let (journal, wal): (Arc<dyn Journal>, Option<Arc<WalJournal>>) = match config.storage {
         Storage::Memory => (Arc::new(NoJournal), None),
         Storage::Wal {
@@ -202,7 +209,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         }
         Storage::Journal(journal) => (journal, None),
     };
-    let node = Node::spawn_with_journal(config.node, ring, config.clock, journal)
+    let node = Node::spawn_recorded(config.node, ring, config.clock, journal, Some(recorder))
         .await
         .map_err(|e| e.to_string())?;
     // Before the listener opens, so no booking is served without the check.
@@ -223,6 +230,9 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         jwt: Arc::new(jwt),
         qr: Arc::new(qr),
         settings: Arc::new(config.settings),
+        events: events.clone(),
+        audit: events.clone(),
+        streams: Arc::new(StreamLimits::default()),
     };
     let app = build_app(state.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -247,6 +257,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         shutdown: Some(tx),
         task,
         wal,
+        events,
         webhooks: None,
     })
 }
@@ -330,7 +341,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         qr_keys: args.qr_keys()?,
     };
     let recovery = std::time::Instant::now();
-    let server = start_listening(config).await?;
+    let mut server = start_listening(config).await?;
+    if let Some(webhooks) = &webhooks {
+        // From here on, deliveries run in their own tasks; bookings never wait for them.
+        server.start_webhooks(webhooks)?;
+        tracing::info!(
+            webhooks = webhooks.urls.len(),
+            "every event is POSTed to the webhooks, from each one's delivery cursor"
+        );
+    }
     tracing::info!(addr = %server.addr, shards = data_dir.shards(), data_dir = %data_dir.path().display(), "holdfast is listening; shards are recovering");
     if let Some(external) = &external {
         tracing::info!(
