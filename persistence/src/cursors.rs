@@ -51,7 +51,6 @@ impl CursorTree {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::wal::{Durability, Wal, WalConfig};
 
     #[test]

@@ -202,14 +202,19 @@ impl ServeArgs {
                 return Err("--webhook-secret-file is given without any --webhook-url".into())
             }
             (None, false) => {
-                return Err("--webhook-url needs --webhook-secret-file (the key that signs \
+                return Err(
+                    "--webhook-url needs --webhook-secret-file (the key that signs \
                             every delivery)"
-                    .into())
+                        .into(),
+                )
             }
             (Some(path), false) => path,
         };
         let bytes = std::fs::read(path).map_err(|e| {
-            format!("cannot read the webhook secret file {}: {e}", path.display())
+            format!(
+                "cannot read the webhook secret file {}: {e}",
+                path.display()
+            )
         })?;
         WebhooksConfig::new(&self.webhook_urls, &bytes).map(Some)
     }
@@ -400,7 +405,8 @@ mod tests {
     #[test]
     fn webhook_flags_are_checked_at_start_up() {
         assert_eq!(serve_args(&[]).unwrap().webhooks_config(), Ok(None));
-        let dir = std::env::temp_dir().join(format!("holdfast-webhook-flags-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("holdfast-webhook-flags-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let secret = dir.join("secret");
         std::fs::write(&secret, "0123456789abcdef-webhooks\n").unwrap();
@@ -420,12 +426,39 @@ mod tests {
         assert_eq!(config.urls.len(), 2);
         assert_eq!(config.secret, b"0123456789abcdef-webhooks");
         for (bad, expected) in [
-            (&["--webhook-url", "http://127.0.0.1:9000/a"][..], "needs --webhook-secret-file"),
-            (&["--webhook-secret-file", secret], "without any --webhook-url"),
-            (&["--webhook-url", "not a url", "--webhook-secret-file", secret], "not a URL"),
-            (&["--webhook-url", "https://x/", "--webhook-secret-file", secret], "plain HTTP"),
             (
-                &["--webhook-url", "http://x/", "--webhook-secret-file", "/nonexistent/secret"],
+                &["--webhook-url", "http://127.0.0.1:9000/a"][..],
+                "needs --webhook-secret-file",
+            ),
+            (
+                &["--webhook-secret-file", secret],
+                "without any --webhook-url",
+            ),
+            (
+                &[
+                    "--webhook-url",
+                    "not a url",
+                    "--webhook-secret-file",
+                    secret,
+                ],
+                "not a URL",
+            ),
+            (
+                &[
+                    "--webhook-url",
+                    "https://x/",
+                    "--webhook-secret-file",
+                    secret,
+                ],
+                "plain HTTP",
+            ),
+            (
+                &[
+                    "--webhook-url",
+                    "http://x/",
+                    "--webhook-secret-file",
+                    "/nonexistent/secret",
+                ],
                 "cannot read the webhook secret file",
             ),
         ] {

@@ -58,7 +58,12 @@ pub struct MemoryCursors(Mutex<HashMap<WebhookId, u64>>);
 
 impl CursorStore for MemoryCursors {
     fn load(&self, id: &WebhookId) -> Result<Option<u64>, String> {
-        Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied())
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied())
     }
 
     fn save(&self, id: &WebhookId, seq: u64) -> Result<(), String> {

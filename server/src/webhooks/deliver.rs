@@ -116,7 +116,8 @@ impl Worker {
                 Admission::Go(call) => call,
                 Admission::ShortCircuited { retry_after_s } => {
                     // The breaker is open: no request until its cooldown ends, then one trial.
-                    self.sleep(Duration::from_secs(u64::from(retry_after_s))).await?;
+                    self.sleep(Duration::from_secs(u64::from(retry_after_s)))
+                        .await?;
                     continue;
                 }
             };
@@ -129,7 +130,10 @@ impl Worker {
                 }
                 Err(why) => {
                     call.failed();
-                    let failures = self.hook.failed_attempts_total.fetch_add(1, Ordering::Relaxed);
+                    let failures = self
+                        .hook
+                        .failed_attempts_total
+                        .fetch_add(1, Ordering::Relaxed);
                     if failures % 100 == 0 {
                         tracing::warn!(webhook = self.hook.id.as_str(), seq = event.seq, %why, "webhook delivery failed; retrying with back-off");
                     } else {
@@ -216,7 +220,10 @@ impl Worker {
     }
 
     /// `work`, unless the server stops first.
-    async fn until_stopped<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, Stopped> {
+    async fn until_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Stopped> {
         let mut stop = self.stop.clone();
         tokio::select! {
             biased;

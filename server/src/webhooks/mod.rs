@@ -125,8 +125,8 @@ impl WebhooksConfig {
             }
             parsed.push(url);
         }
-        let secret =
-            secret_from_file_bytes(secret_file_bytes).map_err(|e| format!("--webhook-secret-file: {e}"))?;
+        let secret = secret_from_file_bytes(secret_file_bytes)
+            .map_err(|e| format!("--webhook-secret-file: {e}"))?;
         Ok(WebhooksConfig {
             urls: parsed,
             secret,
@@ -222,7 +222,12 @@ impl Webhooks {
         let mut hooks = Vec::with_capacity(config.urls.len());
         let mut tasks = Vec::with_capacity(config.urls.len());
         for url in &config.urls {
-            let hook = Arc::new(new_hook(url, &config.timing, cursors.as_ref(), clock.clone())?);
+            let hook = Arc::new(new_hook(
+                url,
+                &config.timing,
+                cursors.as_ref(),
+                clock.clone(),
+            )?);
             tracing::info!(webhook = hook.id.as_str(), %url, cursor = hook.cursor.load(Ordering::Acquire), head = source.head(), "webhook delivering from its cursor");
             let worker = deliver::Worker {
                 hook: hook.clone(),
@@ -292,7 +297,9 @@ impl Webhooks {
         let cursors = self.cursors.clone();
         match tokio::task::spawn_blocking(move || cursors.flush()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the webhook cursors were not flushed; the last deliveries will be sent again"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the webhook cursors were not flushed; the last deliveries will be sent again")
+            }
             Err(e) => tracing::warn!(error = %e, "the webhook cursors' flush failed"),
         }
     }

@@ -20,8 +20,11 @@ pub struct SourcedEvent {
 pub trait EventSource: Send + Sync + 'static {
     /// The events with a sequence above `after`, in increasing order, at most `max` of them
     /// (fewer, or none, when fewer exist).
-    fn read_after(&self, after: u64, max: usize)
-        -> BoxFuture<'static, Result<Vec<SourcedEvent>, ReadError>>;
+    fn read_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Vec<SourcedEvent>, ReadError>>;
 
     /// The sequence of the newest event (0 before the first).
     fn head(&self) -> u64;
@@ -62,7 +65,9 @@ impl EventSource for FeedSource {
                     })
                     .collect()),
                 Ok(Err(gone)) => Err(ReadError::Gone(gone)),
-                Err(e) => Err(ReadError::Failed(format!("the read of the feed failed: {e}"))),
+                Err(e) => Err(ReadError::Failed(format!(
+                    "the read of the feed failed: {e}"
+                ))),
             }
         })
     }
@@ -118,7 +123,9 @@ impl EventSource for MemorySource {
         max: usize,
     ) -> BoxFuture<'static, Result<Vec<SourcedEvent>, ReadError>> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        let from = usize::try_from(after).unwrap_or(usize::MAX).min(events.len());
+        let from = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(events.len());
         let page: Vec<SourcedEvent> = events[from..].iter().take(max).cloned().collect();
         Box::pin(async move { Ok(page) })
     }

@@ -88,7 +88,12 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn accepted_ids(seen: &Mutex<Seen>) -> Vec<u64> {
-    seen.lock().unwrap().accepted.iter().map(|(seq, _)| *seq).collect()
+    seen.lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect()
 }
 
 #[tokio::test]
@@ -112,15 +117,27 @@ async fn a_failing_receiver_gets_every_event_in_order_and_signed() {
     until("13 events accepted", || accepted_ids(&seen).len() == 13).await;
     let seen = seen.lock().unwrap();
     assert_eq!(accepted_ids_of(&seen), (1..=13).collect::<Vec<_>>());
-    assert_eq!(&seen.requests[..4], &[1, 1, 1, 1], "event 1 retried until it succeeded");
-    assert!(seen.requests.windows(2).all(|w| w[0] <= w[1]), "in order: {:?}", seen.requests);
+    assert_eq!(
+        &seen.requests[..4],
+        &[1, 1, 1, 1],
+        "event 1 retried until it succeeded"
+    );
+    assert!(
+        seen.requests.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {:?}",
+        seen.requests
+    );
     assert_eq!(seen.bad_signatures, 0);
     assert_eq!(seen.accepted[6].1, br#"{"seq":7,"type":"Test"}"#);
     drop(seen);
     let status = &hooks.status()[0];
     assert_eq!((status.cursor, status.lag_events), (13, 0));
     assert_eq!(status.failed_attempts_total, 3);
-    assert_eq!(status.breaker, BreakerState::Closed, "3 failures opened it, then a trial closed it");
+    assert_eq!(
+        status.breaker,
+        BreakerState::Closed,
+        "3 failures opened it, then a trial closed it"
+    );
     hooks.stop().await;
 }
 
@@ -147,7 +164,13 @@ async fn a_restart_resumes_after_the_durable_cursor() {
         source.push(format!("{{\"n\":{i}}}"));
     }
     let (wal, cursors) = open();
-    let hooks = Webhooks::start(&config(&[url.clone()], fast()), source.clone(), cursors.clone(), Arc::new(SystemClock)).unwrap();
+    let hooks = Webhooks::start(
+        &config(&[url.clone()], fast()),
+        source.clone(),
+        cursors.clone(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     until("6 events accepted", || accepted_ids(&seen).len() == 6).await;
     hooks.stop().await;
     drop(cursors);
@@ -159,8 +182,18 @@ async fn a_restart_resumes_after_the_durable_cursor() {
     }
     let (wal, cursors) = open();
     let id = WebhookId::of(&reqwest::Url::parse(&url).unwrap());
-    assert_eq!(CursorStore::load(cursors.as_ref(), &id).unwrap(), Some(6), "the cursor was stored");
-    let hooks = Webhooks::start(&config(&[url], fast()), source.clone(), cursors.clone(), Arc::new(SystemClock)).unwrap();
+    assert_eq!(
+        CursorStore::load(cursors.as_ref(), &id).unwrap(),
+        Some(6),
+        "the cursor was stored"
+    );
+    let hooks = Webhooks::start(
+        &config(&[url], fast()),
+        source.clone(),
+        cursors.clone(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     until("9 events accepted", || accepted_ids(&seen).len() == 9).await;
     assert_eq!(
         seen.lock().unwrap().requests,
@@ -195,7 +228,10 @@ async fn a_dead_receiver_opens_the_breaker_and_lags() {
         Arc::new(SystemClock),
     )
     .unwrap();
-    until("the breaker opens", || hooks.status()[0].breaker == BreakerState::Open).await;
+    until("the breaker opens", || {
+        hooks.status()[0].breaker == BreakerState::Open
+    })
+    .await;
     source.push("{}");
     let status = &hooks.status()[0];
     assert_eq!((status.cursor, status.lag_events), (0, 6));
@@ -218,14 +254,20 @@ fn the_back_off_schedule_keeps_to_its_bounds() {
         );
     }
     assert!(delays[0] < BACKOFF_FIRST * 2 + Duration::from_millis(1));
-    assert!(delays.iter().all(|d| *d <= BACKOFF_MAX * 2 + Duration::from_millis(100)));
+    assert!(delays
+        .iter()
+        .all(|d| *d <= BACKOFF_MAX * 2 + Duration::from_millis(100)));
 }
 
 #[test]
 fn lag_is_head_minus_cursor() {
     assert_eq!(lag_events(10, 4), 6);
     assert_eq!(lag_events(4, 4), 0);
-    assert_eq!(lag_events(3, 4), 0, "a cursor ahead of a younger store is no lag");
+    assert_eq!(
+        lag_events(3, 4),
+        0,
+        "a cursor ahead of a younger store is no lag"
+    );
 }
 
 #[test]
@@ -234,13 +276,24 @@ fn bad_flags_are_refused() {
     assert!(WebhooksConfig::new(&ok, SECRET).is_ok());
     assert!(WebhooksConfig::new(&ok, b"").is_err());
     assert!(WebhooksConfig::new(&ok, b"short\n").is_err());
-    for bad in ["", "nope", "127.0.0.1:9000", "ftp://x/", "https://x/", "http://"] {
+    for bad in [
+        "",
+        "nope",
+        "127.0.0.1:9000",
+        "ftp://x/",
+        "https://x/",
+        "http://",
+    ] {
         let error = WebhooksConfig::new(&[bad.to_string()], SECRET).unwrap_err();
         assert!(error.contains("--webhook-url"), "{bad:?}: {error}");
     }
     let twice = [ok[0].clone(), ok[0].clone()];
-    assert!(WebhooksConfig::new(&twice, SECRET).unwrap_err().contains("twice"));
-    let many: Vec<String> = (0..=WEBHOOKS_MAX).map(|i| format!("http://h{i}/")).collect();
+    assert!(WebhooksConfig::new(&twice, SECRET)
+        .unwrap_err()
+        .contains("twice"));
+    let many: Vec<String> = (0..=WEBHOOKS_MAX)
+        .map(|i| format!("http://h{i}/"))
+        .collect();
     assert!(WebhooksConfig::new(&many, SECRET).is_err());
 }
 

@@ -13,9 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use holdfast_engine::external::BreakerState;
 use holdfast_engine::NodeConfig;
 use holdfast_gateway::auth::Role;
-use holdfast_server::webhooks::{
-    signature, WebhooksConfig, EVENT_ID_HEADER, SIGNATURE_HEADER,
-};
+use holdfast_server::webhooks::{signature, WebhooksConfig, EVENT_ID_HEADER, SIGNATURE_HEADER};
 use holdfast_server::{start, Storage};
 use tokio::task::JoinHandle;
 
@@ -61,7 +59,8 @@ async fn receive(
     // The test recomputes the HMAC over the exact body bytes.
     let signed = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     let json = headers.get("content-type").and_then(|v| v.to_str().ok());
-    if signed != Some(signature(WEBHOOK_SECRET, &body).as_str()) || json != Some("application/json") {
+    if signed != Some(signature(WEBHOOK_SECRET, &body).as_str()) || json != Some("application/json")
+    {
         seen.bad_signatures.push(id);
         return StatusCode::UNAUTHORIZED;
     }
@@ -147,7 +146,11 @@ impl Receiver {
     /// Waits (bounded) until an accepted event's body contains `marker`.
     async fn wait_for(&self, marker: &str) {
         let started = Instant::now();
-        while !self.accepted().iter().any(|(_, body)| body.contains(marker)) {
+        while !self
+            .accepted()
+            .iter()
+            .any(|(_, body)| body.contains(marker))
+        {
             assert!(
                 started.elapsed() < CATCH_UP_TIMEOUT,
                 "no event with {marker:?} reached the receiver within {CATCH_UP_TIMEOUT:?}; it \
@@ -193,7 +196,10 @@ async fn sse_until(base: &str, token: &str, marker: &str) -> Vec<(u64, String)> 
                 }
             }
         }
-        panic!("the SSE stream ended before {marker:?}: {} events", events.len());
+        panic!(
+            "the SSE stream ended before {marker:?}: {} events",
+            events.len()
+        );
     };
     tokio::time::timeout(CATCH_UP_TIMEOUT, read)
         .await
@@ -265,12 +271,36 @@ async fn every_event_reaches_a_failing_receiver_once_in_order_across_a_kill() {
     let stream = sse_until(&server.api.base, &operator, "M-2").await;
 
     let seen = receiver.seen.lock().unwrap();
-    assert!(seen.bad_signatures.is_empty(), "bad signatures on {:?}", seen.bad_signatures);
-    assert_eq!(&seen.requests[..4], &[1, 1, 1, 1], "event 1 retried after the 500s");
+    eprintln!(
+        "webhooks: {} events ({first} before the receiver went down), {} requests",
+        seen.accepted.len(),
+        seen.requests.len()
+    );
+    assert!(
+        seen.bad_signatures.is_empty(),
+        "bad signatures on {:?}",
+        seen.bad_signatures
+    );
+    assert_eq!(
+        &seen.requests[..4],
+        &[1, 1, 1, 1],
+        "event 1 retried after the 500s"
+    );
     let ids: Vec<u64> = seen.accepted.iter().map(|(id, _)| *id).collect();
     let expected: Vec<u64> = (1..=ids.len() as u64).collect();
     assert_eq!(ids, expected, "every event once, in order, none missing");
-    assert!(ids.len() > first, "events made while the receiver was down arrived");
+    assert!(
+        ids.len() > first,
+        "events made while the receiver was down arrived"
+    );
+    // The cursor reached the disk when the webhook caught up and again when its receiver
+    // failed, both long before the kill: the restarted server resumed after it instead of
+    // sending acknowledged events again.
+    assert!(
+        seen.requests.windows(2).all(|w| w[0] <= w[1]),
+        "sent again after the restart: {:?}",
+        seen.requests
+    );
     assert_eq!(
         seen.accepted, stream,
         "the receiver got exactly what the SSE stream carries, byte for byte"
@@ -283,11 +313,21 @@ async fn every_event_reaches_a_failing_receiver_once_in_order_across_a_kill() {
 #[tokio::test]
 async fn a_dead_receiver_does_not_stop_bookings_and_its_breaker_opens() {
     // A port nobody listens on: bound by the kernel, then closed.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let config = test_config(NodeConfig::embedded(SHARDS), HOLD_TTL_MS, MAX_HOLD_MS, Storage::Memory);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = test_config(
+        NodeConfig::embedded(SHARDS),
+        HOLD_TTL_MS,
+        MAX_HOLD_MS,
+        Storage::Memory,
+    );
     let mut server = start(config).await.expect("the server starts");
     let webhooks = WebhooksConfig::new(&[format!("http://{dead}/hook")], WEBHOOK_SECRET).unwrap();
-    server.start_webhooks(&webhooks).expect("the webhooks start");
+    server
+        .start_webhooks(&webhooks)
+        .expect("the webhooks start");
     let api = Api::new(format!("http://{}", server.addr));
     api.standard_vaccine(VACCINE).await;
     api.clinic_with_slot("k1", "s", 100, 100).await;
@@ -311,4 +351,52 @@ async fn a_dead_receiver_does_not_stop_bookings_and_its_breaker_opens() {
     // Still open: bookings keep going.
     changes(&api, "k1", 30..40).await;
     server.shutdown().await;
+}
+
+#[test]
+fn webhook_flags_without_a_secret_or_with_a_bad_url_stop_the_start() {
+    let dir = temp_dir("webhooks-flags");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let webhook_secret = dir.join("webhook-secret");
+    std::fs::write(&webhook_secret, WEBHOOK_SECRET).unwrap();
+    let webhook_secret = webhook_secret.to_str().unwrap();
+    for (flags, expected) in [
+        (
+            &["--webhook-url", "http://127.0.0.1:9/hook"][..],
+            "--webhook-url needs --webhook-secret-file",
+        ),
+        (
+            &[
+                "--webhook-url",
+                "localhost:9",
+                "--webhook-secret-file",
+                webhook_secret,
+            ],
+            "--webhook-url \"localhost:9\"",
+        ),
+        (
+            &[
+                "--webhook-url",
+                "https://x/hook",
+                "--webhook-secret-file",
+                webhook_secret,
+            ],
+            "plain HTTP only",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.join("data"))
+            .arg("--jwt-secret-file")
+            .arg(&secret)
+            .args(flags)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flags:?} started");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
