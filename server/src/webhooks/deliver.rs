@@ -134,7 +134,7 @@ impl Worker {
                         .hook
                         .failed_attempts_total
                         .fetch_add(1, Ordering::Relaxed);
-                    if failures % 100 == 0 {
+                    if failures.is_multiple_of(100) {
                         tracing::warn!(webhook = self.hook.id.as_str(), seq = event.seq, %why, "webhook delivery failed; retrying with back-off");
                     } else {
                         tracing::debug!(webhook = self.hook.id.as_str(), seq = event.seq, %why, "webhook delivery failed");

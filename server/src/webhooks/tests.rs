@@ -115,21 +115,22 @@ async fn a_failing_receiver_gets_every_event_in_order_and_signed() {
         source.push(format!(r#"{{"seq":{i},"type":"Test"}}"#));
     }
     until("13 events accepted", || accepted_ids(&seen).len() == 13).await;
-    let seen = seen.lock().unwrap();
-    assert_eq!(accepted_ids_of(&seen), (1..=13).collect::<Vec<_>>());
-    assert_eq!(
-        &seen.requests[..4],
-        &[1, 1, 1, 1],
-        "event 1 retried until it succeeded"
-    );
-    assert!(
-        seen.requests.windows(2).all(|w| w[0] <= w[1]),
-        "in order: {:?}",
-        seen.requests
-    );
-    assert_eq!(seen.bad_signatures, 0);
-    assert_eq!(seen.accepted[6].1, br#"{"seq":7,"type":"Test"}"#);
-    drop(seen);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(accepted_ids_of(&seen), (1..=13).collect::<Vec<_>>());
+        assert_eq!(
+            &seen.requests[..4],
+            &[1, 1, 1, 1],
+            "event 1 retried until it succeeded"
+        );
+        assert!(
+            seen.requests.windows(2).all(|w| w[0] <= w[1]),
+            "in order: {:?}",
+            seen.requests
+        );
+        assert_eq!(seen.bad_signatures, 0);
+        assert_eq!(seen.accepted[6].1, br#"{"seq":7,"type":"Test"}"#);
+    }
     let status = &hooks.status()[0];
     assert_eq!((status.cursor, status.lag_events), (13, 0));
     assert_eq!(status.failed_attempts_total, 3);
@@ -165,7 +166,7 @@ async fn a_restart_resumes_after_the_durable_cursor() {
     }
     let (wal, cursors) = open();
     let hooks = Webhooks::start(
-        &config(&[url.clone()], fast()),
+        &config(std::slice::from_ref(&url), fast()),
         source.clone(),
         cursors.clone(),
         Arc::new(SystemClock),
