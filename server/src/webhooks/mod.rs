@@ -228,7 +228,7 @@ impl Webhooks {
                 cursors.as_ref(),
                 clock.clone(),
             )?);
-            tracing::info!(webhook = hook.id.as_str(), %url, cursor = hook.cursor.load(Ordering::Acquire), head = source.head(), "webhook delivering from its cursor");
+            log_start(&hook, source.head());
             let worker = deliver::Worker {
                 hook: hook.clone(),
                 source: source.clone(),
@@ -274,14 +274,24 @@ impl Webhooks {
     /// `(webhook id, lag in events)` for each webhook: one line to export as
     /// `holdfast_webhook_lag_events{webhook}`.
     pub fn lags(&self) -> Vec<(String, u64)> {
-        let head = self.source.head();
-        self.hooks
-            .iter()
-            .map(|hook| {
-                let cursor = hook.cursor.load(Ordering::Acquire);
-                (hook.id.as_str().to_string(), lag_events(head, cursor))
-            })
-            .collect()
+        (self.lags_fn())()
+    }
+
+    /// [`Webhooks::lags`] as a function that outlives this handle's borrow, for a metrics
+    /// exporter that does not know this crate (`holdfast_webhook_lag_events{webhook}`).
+    pub fn lags_fn(&self) -> impl Fn() -> Vec<(String, u64)> + Send + Sync + 'static {
+        let hooks = self.hooks.clone();
+        let source = self.source.clone();
+        move || {
+            let head = source.head();
+            hooks
+                .iter()
+                .map(|hook| {
+                    let cursor = hook.cursor.load(Ordering::Acquire);
+                    (hook.id.as_str().to_string(), lag_events(head, cursor))
+                })
+                .collect()
+        }
     }
 
     /// Stops every task (an attempt in flight is abandoned: its event is sent again on the
@@ -302,6 +312,18 @@ impl Webhooks {
             }
             Err(e) => tracing::warn!(error = %e, "the webhook cursors' flush failed"),
         }
+    }
+}
+
+fn log_start(hook: &Hook, head: u64) {
+    let (id, url) = (hook.id.as_str(), &hook.url);
+    let cursor = hook.cursor.load(Ordering::Acquire);
+    if cursor > head {
+        // The event store is younger than the cursor (a data directory put together from two):
+        // events numbered up to the cursor would never be sent.
+        tracing::error!(webhook = id, %url, cursor, head, "a webhook's cursor is ahead of the event store; events numbered up to it are not sent");
+    } else {
+        tracing::info!(webhook = id, %url, cursor, head, "webhook delivering from its cursor");
     }
 }
 

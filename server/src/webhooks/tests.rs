@@ -238,6 +238,9 @@ async fn a_dead_receiver_opens_the_breaker_and_lags() {
     assert_eq!((status.cursor, status.lag_events), (0, 6));
     assert_eq!(status.failed_attempts_total, 3, "no calls while open");
     assert_eq!(hooks.lags(), vec![(status.id.clone(), 6)]);
+    let lags = hooks.lags_fn();
+    source.push("{}");
+    assert_eq!(lags(), vec![(status.id.clone(), 7)]);
     hooks.stop().await;
 }
 
