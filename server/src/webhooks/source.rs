@@ -79,7 +79,11 @@ impl EventSource for FeedSource {
     fn wait_for_new(&self, at: u64) -> BoxFuture<'static, ()> {
         let mut head = self.0.watch_head();
         Box::pin(async move {
-            let _ = head.wait_for(|head| *head > at).await;
+            if head.wait_for(|head| *head > at).await.is_err() {
+                // The store is gone (the node is stopping): nothing new will come, and
+                // answering at once would spin the caller; its stop signal ends the wait.
+                std::future::pending::<()>().await;
+            }
         })
     }
 }
@@ -137,7 +141,11 @@ impl EventSource for MemorySource {
     fn wait_for_new(&self, at: u64) -> BoxFuture<'static, ()> {
         let mut head = self.head.subscribe();
         Box::pin(async move {
-            let _ = head.wait_for(|head| *head > at).await;
+            if head.wait_for(|head| *head > at).await.is_err() {
+                // The store is gone (the node is stopping): nothing new will come, and
+                // answering at once would spin the caller; its stop signal ends the wait.
+                std::future::pending::<()>().await;
+            }
         })
     }
 }
