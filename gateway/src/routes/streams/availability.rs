@@ -72,9 +72,12 @@ pub async fn availability_stream(
 }
 
 /// The slots of `clinic_id` that changed in `events`.
+/// Every subscriber reads every event, so the test is a string comparison and a substring
+/// search before any parsing (`data` is compact JSON, `"clinic_id":"<id>"`).
 fn changed_slots(clinic_id: &str, events: &[StoredEvent], dirty: &mut BTreeSet<String>) {
+    let needle = format!("\"clinic_id\":{}", serde_json::Value::from(clinic_id));
     for event in events {
-        if event.event_type != "SlotAvailabilityChanged" {
+        if event.event_type != "SlotAvailabilityChanged" || !event.data.contains(&needle) {
             continue;
         }
         if let Ok(changed) = serde_json::from_str::<SlotChanged>(&event.data) {

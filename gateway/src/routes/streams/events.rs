@@ -1,5 +1,6 @@
 //! `GET /v1/events`: every domain event of the node as Server-Sent Events, resumable by
-//! sequence (`Last-Event-ID` or `?after=`), history first from the store, then live, with no
+//! sequence (`Last-Event-ID` or `?after=`; a sequence above the node's last event is 400),
+//! history first from the store, then live, with no
 //! gap and no duplicate at the seam (both come from the same store, read in order).
 //!
 //! A subscriber is a task reading the store into a queue of [`SSE_SUBSCRIBER_QUEUE_EVENTS`].
@@ -106,7 +107,17 @@ pub async fn events(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_role(&[Role::Operator, Role::Authority])?;
     let feed = state.events.clone();
-    let start = resume_point(&headers, query.after)?.unwrap_or_else(|| feed.head());
+    let head = feed.head();
+    let start = resume_point(&headers, query.after)?.unwrap_or(head);
+    if start > head {
+        // The head never moves back (it counts durable events): a later sequence is another
+        // node's or another data directory's, and following it would skip events silently.
+        return Err(ApiError::bad_request(
+            "Last-Event-ID",
+            format!("sequence {start} is ahead of this node's last event ({head})"),
+        )
+        .with_detail("head", head));
+    }
     feed.read_after(start, 0).map_err(gone_error)?;
     let permit = state.streams.event_subscriber()?;
     let (tx, rx) = mpsc::channel(SSE_SUBSCRIBER_QUEUE_EVENTS);
