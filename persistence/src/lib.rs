@@ -5,15 +5,19 @@
 //! - [`Wal`]: the write-ahead log and per-shard snapshots on sled 0.34, with group commit
 //!   (one writer thread, one `db.flush()` + `fdatasync` per batch in `Sync` mode) and
 //!   recovery that cuts a torn or corrupt tail (docs/ARCHITECTURE.md, "Durability").
+//! - [`CursorTree`]: small durable `u64` cursors in their own tree of the log's database
+//!   (the webhooks' delivery cursors).
 //!
 //! The crate knows bytes and sequence numbers only: what a record means is the engine's
 //! business, and nothing here knows HTTP.
 
 #![forbid(unsafe_code)]
 
+mod cursors;
 mod datadir;
 mod wal;
 
+pub use cursors::CursorTree;
 pub use datadir::{write_atomically, DataDir, DataDirError, Manifest, FORMAT_VERSION};
 pub use wal::{
     Ack, Dropped, Durability, FlushFault, LogSpan, Record, Recovery, Wal, WalConfig, WalError,

@@ -9,6 +9,7 @@ use holdfast_engine::external::OutagePolicy;
 use holdfast_gateway::qr::QrKeyring;
 
 use crate::eligibility::ExternalConfig;
+use crate::webhooks::WebhooksConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,6 +131,15 @@ pub struct ServeArgs {
     /// budget, or the circuit open).
     #[arg(long, value_enum, default_value = "reject")]
     pub outage_policy: OutagePolicyArg,
+    /// A receiver (an http:// URL) POSTed every event as signed JSON, in sequence order, at
+    /// least once; repeat the flag for more (at most 16). Needs --webhook-secret-file.
+    /// Default: none.
+    #[arg(long = "webhook-url", value_name = "URL")]
+    pub webhook_urls: Vec<String>,
+    /// File whose bytes (one trailing newline trimmed; at least 16 bytes) are the key of the
+    /// webhooks' `X-Holdfast-Signature-256` (HMAC-SHA256). Required with --webhook-url.
+    #[arg(long, value_name = "F")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// `--outage-policy`.
@@ -178,6 +188,35 @@ impl ServeArgs {
         };
         config.validate()?;
         Ok(Some(config))
+    }
+}
+
+impl ServeArgs {
+    /// The webhooks these flags ask for (none without `--webhook-url`), validated: a URL
+    /// without a secret file, a secret file without a URL, an unreadable or short secret and
+    /// a URL that is not http:// are start-up errors.
+    pub fn webhooks_config(&self) -> Result<Option<WebhooksConfig>, String> {
+        let path = match (&self.webhook_secret_file, self.webhook_urls.is_empty()) {
+            (None, true) => return Ok(None),
+            (Some(_), true) => {
+                return Err("--webhook-secret-file is given without any --webhook-url".into())
+            }
+            (None, false) => {
+                return Err(
+                    "--webhook-url needs --webhook-secret-file (the key that signs \
+                            every delivery)"
+                        .into(),
+                )
+            }
+            (Some(path), false) => path,
+        };
+        let bytes = std::fs::read(path).map_err(|e| {
+            format!(
+                "cannot read the webhook secret file {}: {e}",
+                path.display()
+            )
+        })?;
+        WebhooksConfig::new(&self.webhook_urls, &bytes).map(Some)
     }
 }
 
@@ -374,6 +413,72 @@ mod tests {
             let args = serve_args(bad).unwrap();
             assert!(args.external_config().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn webhook_flags_are_checked_at_start_up() {
+        assert_eq!(serve_args(&[]).unwrap().webhooks_config(), Ok(None));
+        let dir =
+            std::env::temp_dir().join(format!("holdfast-webhook-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef-webhooks\n").unwrap();
+        let secret = secret.to_str().unwrap();
+        let config = serve_args(&[
+            "--webhook-url",
+            "http://127.0.0.1:9000/a",
+            "--webhook-url",
+            "http://127.0.0.1:9000/b",
+            "--webhook-secret-file",
+            secret,
+        ])
+        .unwrap()
+        .webhooks_config()
+        .unwrap()
+        .expect("configured");
+        assert_eq!(config.urls.len(), 2);
+        assert_eq!(config.secret, b"0123456789abcdef-webhooks");
+        for (bad, expected) in [
+            (
+                &["--webhook-url", "http://127.0.0.1:9000/a"][..],
+                "needs --webhook-secret-file",
+            ),
+            (
+                &["--webhook-secret-file", secret],
+                "without any --webhook-url",
+            ),
+            (
+                &[
+                    "--webhook-url",
+                    "not a url",
+                    "--webhook-secret-file",
+                    secret,
+                ],
+                "not a URL",
+            ),
+            (
+                &[
+                    "--webhook-url",
+                    "https://x/",
+                    "--webhook-secret-file",
+                    secret,
+                ],
+                "plain HTTP",
+            ),
+            (
+                &[
+                    "--webhook-url",
+                    "http://x/",
+                    "--webhook-secret-file",
+                    "/nonexistent/secret",
+                ],
+                "cannot read the webhook secret file",
+            ),
+        ] {
+            let error = serve_args(bad).unwrap().webhooks_config().unwrap_err();
+            assert!(error.contains(expected), "{bad:?}: {error}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -315,7 +315,7 @@ fn parse_answer(body: &[u8]) -> Result<Answer, String> {
 }
 
 /// A transport failure in a few words, with its causes.
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -3,8 +3,8 @@
 //! stopping a server ([`start`], [`start_listening`], [`RunningServer`],
 //! [`serve`](fn@serve)), the demo campaign ([`demo`]) and the engine's journal on the
 //! write-ahead log ([`journal`]), and the external eligibility check over HTTP
-//! ([`eligibility`]) with its circuit breaker ([`breaker`]), and the durable event feed and
-//! audit chain ([`events`]).
+//! ([`eligibility`]) with its circuit breaker ([`breaker`]), the durable event feed and
+//! audit chain ([`events`]), and the signed webhooks ([`webhooks`]).
 //!
 //! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
 
@@ -17,6 +17,7 @@ pub mod eligibility;
 pub mod events;
 pub mod journal;
 mod serve;
+pub mod webhooks;
 
 pub use eligibility::ExternalConfig;
 pub use serve::{serve, start, start_listening, RunningServer, ServerConfig, Storage};

@@ -22,6 +22,9 @@ use crate::cli::{Durability, ServeArgs};
 use crate::eligibility::{ExternalConfig, HttpEligibility};
 use crate::events::EventStore;
 use crate::journal::WalJournal;
+use crate::webhooks::{
+    CursorStore, EventSource, FeedSource, MemoryCursors, Webhooks, WebhooksConfig, CURSOR_TREE,
+};
 
 /// Where shards keep their state.
 pub enum Storage {
@@ -59,9 +62,36 @@ pub struct RunningServer {
     task: JoinHandle<()>,
     wal: Option<Arc<WalJournal>>,
     events: Arc<EventStore>,
+    webhooks: Option<Webhooks>,
 }
 
 impl RunningServer {
+    /// Starts delivering the node's event feed to `config`'s webhooks, each from its cursor
+    /// in the write-ahead log's database (in memory without a log). Once per server.
+    pub fn start_webhooks(&mut self, config: &WebhooksConfig) -> Result<(), String> {
+        if self.webhooks.is_some() {
+            return Err("the webhooks are already started".into());
+        }
+        let cursors: Arc<dyn CursorStore> = match &self.wal {
+            Some(wal) => Arc::new(
+                wal.wal()
+                    .cursor_tree(CURSOR_TREE)
+                    .map_err(|e| format!("cannot open the webhook cursors: {e}"))?,
+            ),
+            None => Arc::new(MemoryCursors::default()),
+        };
+        // Real time, whatever the node's clock: the breakers' cooldowns pace real sleeps.
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let source: Arc<dyn EventSource> = Arc::new(FeedSource(self.state.events.clone()));
+        self.webhooks = Some(Webhooks::start(config, source, cursors, clock)?);
+        Ok(())
+    }
+
+    /// The webhooks' status (none when none are configured).
+    pub fn webhooks(&self) -> Option<&Webhooks> {
+        self.webhooks.as_ref()
+    }
+
     /// Stops accepting, lets in-flight requests finish, snapshots every shard, stops the
     /// shards and closes the log (flushing it).
     pub async fn shutdown(self) {
@@ -82,6 +112,10 @@ impl RunningServer {
     async fn stop(mut self, snapshot: bool) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        // Before the log closes: the cursors live in its database.
+        if let Some(webhooks) = self.webhooks.take() {
+            webhooks.stop().await;
         }
         if tokio::time::timeout(SHUTDOWN_DRAIN, &mut self.task)
             .await
@@ -224,6 +258,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         task,
         wal,
         events,
+        webhooks: None,
     })
 }
 
@@ -265,6 +300,7 @@ fn write_secret(path: &Path) -> Result<(), String> {
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let signalled = shutdown_signal();
     let external = args.external_config()?;
+    let webhooks = args.webhooks_config()?;
     if args.hold_ttl.as_millis() == 0 || args.max_hold < args.hold_ttl {
         return Err("--hold-ttl must be positive and not above --max-hold".into());
     }
@@ -305,7 +341,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         qr_keys: args.qr_keys()?,
     };
     let recovery = std::time::Instant::now();
-    let server = start_listening(config).await?;
+    let mut server = start_listening(config).await?;
+    if let Some(webhooks) = &webhooks {
+        // From here on, deliveries run in their own tasks; bookings never wait for them.
+        server.start_webhooks(webhooks)?;
+        tracing::info!(
+            webhooks = webhooks.urls.len(),
+            "every event is POSTed to the webhooks, from each one's delivery cursor"
+        );
+    }
     tracing::info!(addr = %server.addr, shards = data_dir.shards(), data_dir = %data_dir.path().display(), "holdfast is listening; shards are recovering");
     if let Some(external) = &external {
         tracing::info!(

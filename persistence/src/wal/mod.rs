@@ -627,6 +627,16 @@ impl Wal {
         std::mem::forget(self.snapshots.clone());
     }
 
+    /// The cursors kept in sled tree `name` of this log's database (created if needed); see
+    /// [`CursorTree`](crate::CursorTree). Drop every one before [`Wal::close`].
+    pub fn cursor_tree(&self, name: &str) -> Result<crate::CursorTree, WalError> {
+        let tree = self
+            .db
+            .open_tree(name)
+            .map_err(io(&format!("cannot open tree {name}")))?;
+        Ok(crate::CursorTree::new(tree))
+    }
+
     /// Test hook: cuts the stored value of the frame that holds `shard`'s record `seq` to its
     /// first 5 bytes (version byte and checksum), as a write torn by a crash leaves it.
     #[doc(hidden)]

@@ -34,3 +34,4 @@ mod recovery_status;
 mod reschedule;
 mod slot_times;
 mod waitlist;
+mod webhooks;
