@@ -44,6 +44,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::clinic::router())
         .merge(routes::waitlist::router())
         .merge(routes::ops::router())
+        .merge(routes::console::router())
 }
 
 /// The whole application: routes, the OpenAPI document at `/openapi.json`, and fallbacks

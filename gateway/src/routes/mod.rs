@@ -1,11 +1,12 @@
 //! HTTP handlers, one module per part of the contract (docs/API.md): the catalogue and
-//! availability, booking, the clinic's check-in and administration, the waitlist, and operators. Each family keeps its request and response bodies
+//! availability, booking, the clinic's check-in and administration, the waitlist, operators, and the operators' console page. Each family keeps its request and response bodies
 //! beside its handlers (`<family>/types.rs`); what they share is in [`fields`], and the
 //! authorisation checks several families use are here.
 
 pub mod booking;
 pub mod catalogue;
 pub mod clinic;
+pub mod console;
 pub mod fields;
 pub mod ops;
 pub mod waitlist;
