@@ -11,6 +11,8 @@ mod common;
 mod spawned;
 
 mod clinic;
+mod console;
+mod console_browser;
 mod crash;
 mod crash_saga;
 mod durability_faults;
