@@ -26,7 +26,9 @@ use crate::shard::ShardState;
 /// snapshots) with appointments that say whether a waitlist offer made them; no-shows (a
 /// confirm logs its no-show instant, appointments keep it, the deadline queue times `NoShow`,
 /// `AppointmentNoShow` events).
-pub const ENCODING_VERSION: u8 = 5;
+/// Version 6: snapshots carry the published changes the event recorder had not stored yet
+/// (`Snapshot::unrecorded`), so a snapshot never cuts an event out of the durable feed.
+pub const ENCODING_VERSION: u8 = 6;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.
 pub const DECODE_BYTES_MAX: usize = 1 << 30;
@@ -43,6 +45,9 @@ pub struct Snapshot {
     pub seq: u64,
     pub state: ShardState,
     pub idempotency: Vec<IdempotencyRecord>,
+    /// Changes up to `seq` published but not yet stored by the node's recorder
+    /// ([`crate::publish::Recorder`]): re-published at recovery.
+    pub unrecorded: Vec<crate::publish::Published>,
 }
 
 fn config() -> bincode::config::Configuration<

@@ -22,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod external;
 pub mod failpoint;
+pub mod feed;
 pub mod hash;
 pub mod idempotency;
 pub mod ids;

@@ -31,7 +31,7 @@ use crate::idempotency::{
 use crate::ids::AppointmentId;
 use crate::journal::{Durable, Journal, NoJournal};
 use crate::notices::{Settler, SettlerInbox};
-use crate::publish::{Published, Publisher};
+use crate::publish::{Published, Publisher, Recorder};
 use crate::ring::Ring;
 use crate::shard::{ShardConfig, NO_SHOW_GRACE_MS_DEFAULT, NO_SHOW_GRACE_MS_MAX};
 use crate::view::{Output, RuntimeCounts, ShardCounts};
@@ -178,6 +178,18 @@ impl Node {
         clock: Arc<dyn Clock>,
         journal: Arc<dyn Journal>,
     ) -> Result<Arc<Node>, StartError> {
+        Node::spawn_recorded(config, ring, clock, journal, None).await
+    }
+
+    /// [`Node::spawn_with_journal`], with every durable change also handed to `recorder`
+    /// (the durable event feed and audit chain, [`crate::publish::Recorder`]).
+    pub async fn spawn_recorded(
+        config: NodeConfig,
+        ring: Ring,
+        clock: Arc<dyn Clock>,
+        journal: Arc<dyn Journal>,
+        recorder: Option<Arc<dyn Recorder>>,
+    ) -> Result<Arc<Node>, StartError> {
         if config.shards == 0 || config.shards > SHARDS_MAX {
             return Err(StartError::ShardCount {
                 shards: config.shards,
@@ -195,7 +207,10 @@ impl Node {
                 node: config.node_name.clone(),
             });
         }
-        let publisher = Arc::new(Publisher::default());
+        let publisher = Arc::new(match recorder {
+            Some(recorder) => Publisher::with_recorder(recorder),
+            None => Publisher::default(),
+        });
         let (settler, inbox) = Settler::channel();
         let (offerer, offers) = Offerer::channel();
         let mut shards: Vec<Option<Routed>> = Vec::with_capacity(config.shards as usize);

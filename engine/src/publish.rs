@@ -13,6 +13,11 @@
 //! had not read and is told how many (`RecvError::Lagged(n)`); it must then resume from the
 //! log by sequence number (`shard`, `wal_seq`) or give up. Memory stays at the ring's size
 //! however slow a subscriber is. With nobody subscribed, shards skip resolving names at all.
+//!
+//! One consumer is lossless: the node's [`Recorder`] (the durable event feed and audit chain,
+//! docs/ARCHITECTURE.md, "Events and audit"). It is handed every published batch before the
+//! ring, and says per shard up to which `wal_seq` it has stored; a shard keeps the changes
+//! above that in its snapshots and re-publishes them, with its replayed log tail, at recovery.
 
 use std::sync::Arc;
 
@@ -106,10 +111,30 @@ pub enum Change {
     },
 }
 
+/// The lossless consumer of every published change: it stores them durably (the server's
+/// event store). Per shard, changes arrive in `wal_seq` order; after a restart the changes a
+/// shard published but the recorder had not stored are published again (and those it had
+/// stored may be too: it skips a `wal_seq` at or below [`Recorder::recorded`]).
+pub trait Recorder: Send + Sync + 'static {
+    /// Takes a batch. May block the caller (the journal's completion) while the recorder is
+    /// its bound behind: back-pressure, like the journal's own queue, never loss.
+    fn record(&self, changes: Vec<Published>);
+    /// The highest `wal_seq` of `shard` whose change is durably stored by the recorder.
+    fn recorded(&self, shard: u32) -> u64;
+}
+
 /// The node's publisher; shards hold it, consumers [`Publisher::subscribe`].
-#[derive(Debug)]
 pub struct Publisher {
     tx: broadcast::Sender<Arc<Published>>,
+    recorder: Option<Arc<dyn Recorder>>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("recorded", &self.recorder.is_some())
+            .finish()
+    }
 }
 
 impl Default for Publisher {
@@ -122,7 +147,19 @@ impl Publisher {
     /// A publisher whose subscribers may fall `buffer_events` behind.
     pub fn new(buffer_events: usize) -> Self {
         let (tx, _) = broadcast::channel(buffer_events.max(1));
-        Publisher { tx }
+        Publisher { tx, recorder: None }
+    }
+
+    /// A publisher that hands every change to `recorder` first.
+    pub fn with_recorder(recorder: Arc<dyn Recorder>) -> Self {
+        let mut publisher = Publisher::default();
+        publisher.recorder = Some(recorder);
+        publisher
+    }
+
+    /// The recorder, when the node has one.
+    pub fn recorder(&self) -> Option<&Arc<dyn Recorder>> {
+        self.recorder.as_ref()
     }
 
     /// Every event published from now on, until the receiver lags past the bound.
@@ -132,11 +169,21 @@ impl Publisher {
 
     /// Whether anyone listens; shards resolve names only then.
     pub fn is_watched(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.recorder.is_some() || self.tx.receiver_count() > 0
     }
 
-    /// Publishes durable changes, in order. Never waits.
+    /// Publishes durable changes, in order. Never waits for a subscriber; the recorder may
+    /// hold the caller while it is its bound behind ([`Recorder::record`]).
     pub fn publish(&self, changes: Vec<Published>) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(recorder) = &self.recorder {
+            recorder.record(changes.clone());
+        }
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
         for change in changes {
             // No receiver left: nobody to tell, which is not an error.
             let _ = self.tx.send(Arc::new(change));

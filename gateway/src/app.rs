@@ -44,6 +44,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::clinic::router())
         .merge(routes::waitlist::router())
         .merge(routes::ops::router())
+        .merge(routes::streams::router())
+        .merge(routes::audit::router())
         .merge(routes::console::router())
 }
 

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+use holdfast_engine::feed::{AuditTrail, EventFeed};
 use holdfast_engine::Node;
 
 use crate::auth::JwtKey;
 use crate::qr::QrKeyring;
+use crate::routes::streams::StreamLimits;
 
 /// How the server runs; from the command line.
 #[derive(Debug, Clone)]
@@ -28,6 +30,12 @@ pub struct AppState {
     /// The QR keys: the newest signs, every one verifies.
     pub qr: Arc<QrKeyring>,
     pub settings: Arc<Settings>,
+    /// The node's durable event feed (the SSE streams and the webhooks read it).
+    pub events: Arc<dyn EventFeed>,
+    /// The hash-chained audit log.
+    pub audit: Arc<dyn AuditTrail>,
+    /// The places of the streams' subscribers.
+    pub streams: Arc<StreamLimits>,
 }
 
 impl FromRef<AppState> for Arc<JwtKey> {

@@ -27,6 +27,23 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a signed token for a role.
     Token(TokenArgs),
+    /// Offline tools for the audit log (the server must not be running on the directory).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit chain of a data directory; print `{"ok": true, "records", "head"}` or
+    /// `{"ok": false, "first_bad_seq", "reason"}` and exit 1 on a break.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct AuditVerifyArgs {
+    /// Data directory whose audit log to verify.
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -3,7 +3,8 @@
 //! stopping a server ([`start`], [`start_listening`], [`RunningServer`],
 //! [`serve`](fn@serve)), the demo campaign ([`demo`]) and the engine's journal on the
 //! write-ahead log ([`journal`]), and the external eligibility check over HTTP
-//! ([`eligibility`]) with its circuit breaker ([`breaker`]).
+//! ([`eligibility`]) with its circuit breaker ([`breaker`]), and the durable event feed and
+//! audit chain ([`events`]).
 //!
 //! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
 
@@ -13,6 +14,7 @@ pub mod breaker;
 pub mod cli;
 pub mod demo;
 pub mod eligibility;
+pub mod events;
 pub mod journal;
 mod serve;
 

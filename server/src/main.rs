@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
-use holdfast_server::cli::{Cli, Command, TokenArgs};
+use holdfast_server::cli::{AuditCommand, Cli, Command, TokenArgs};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -30,6 +30,22 @@ fn main() -> ExitCode {
             .map_err(|e| format!("cannot start the runtime: {e}"))
             .and_then(|rt| rt.block_on(holdfast_server::serve(args))),
         Command::Token(args) => token(args),
+        Command::Audit(AuditCommand::Verify(args)) => {
+            return match holdfast_server::events::audit::verify_offline(&args.data_dir) {
+                Ok((json, ok)) => {
+                    println!("{json}");
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("holdfast: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,12 +13,14 @@ use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
 use holdfast_gateway::app::{build_app, AppState, Settings};
 use holdfast_gateway::auth::JwtKey;
 use holdfast_gateway::qr::QrKeyring;
+use holdfast_gateway::routes::streams::StreamLimits;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::cli::{Durability, ServeArgs};
 use crate::eligibility::{ExternalConfig, HttpEligibility};
+use crate::events::EventStore;
 use crate::journal::WalJournal;
 
 /// Where shards keep their state.
@@ -56,6 +58,7 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     wal: Option<Arc<WalJournal>>,
+    events: Arc<EventStore>,
 }
 
 impl RunningServer {
@@ -105,6 +108,8 @@ impl RunningServer {
         };
         // The node (and its handle on the log) goes with the last application state.
         drop(self.state);
+        // The recorder stops with the node's publisher, after storing what it was handed.
+        self.events.join_recorder(SHUTDOWN_DRAIN);
         match Arc::try_unwrap(wal) {
             Ok(journal) => {
                 if let Err(e) = journal.into_wal().close() {
@@ -151,6 +156,11 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         .clone()
         .unwrap_or_else(|| QrKeyring::derive(&config.jwt_secret));
     let ring = Ring::single(&config.node.node_name);
+    let events_dir = match &config.storage {
+        Storage::Wal { dir, .. } => Some(dir.clone()),
+        _ => None,
+    };
+    let (events, recorder) = EventStore::open(events_dir.as_deref())?;
     let (journal, wal): (Arc<dyn Journal>, Option<Arc<WalJournal>>) = match config.storage {
         Storage::Memory => (Arc::new(NoJournal), None),
         Storage::Wal {
@@ -165,7 +175,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         }
         Storage::Journal(journal) => (journal, None),
     };
-    let node = Node::spawn_with_journal(config.node, ring, config.clock, journal)
+    let node = Node::spawn_recorded(config.node, ring, config.clock, journal, Some(recorder))
         .await
         .map_err(|e| e.to_string())?;
     // Before the listener opens, so no booking is served without the check.
@@ -186,6 +196,9 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         jwt: Arc::new(jwt),
         qr: Arc::new(qr),
         settings: Arc::new(config.settings),
+        events: events.clone(),
+        audit: events.clone(),
+        streams: Arc::new(StreamLimits::default()),
     };
     let app = build_app(state.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -210,6 +223,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         shutdown: Some(tx),
         task,
         wal,
+        events,
     })
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::{timer, ShardMsg, ShardPhase, ShardRuntime};
 use crate::error::RecoveryError;
 use crate::journal::{decode, LogRecord, Snapshot};
+use crate::publish::Published;
 use crate::shard::ShardState;
 
 impl ShardRuntime {
@@ -42,6 +43,8 @@ impl ShardRuntime {
         for (seq, reason) in &recovered.dropped {
             tracing::warn!(shard, seq, %reason, "log record dropped at recovery (torn or corrupt tail)");
         }
+        let recorded = self.is_recorded();
+        let mut changes = Vec::new();
         let (mut state, mut idempotency, snapshot_seq) = match recovered.snapshot {
             Some((seq, bytes)) => {
                 let snapshot: Snapshot = decode(&bytes)
@@ -49,6 +52,7 @@ impl ShardRuntime {
                 if snapshot.state.shard() != shard || snapshot.seq != seq {
                     return Err(RecoveryError::ForeignSnapshot { shard, seq });
                 }
+                changes = snapshot.unrecorded;
                 (snapshot.state, snapshot.idempotency, seq)
             }
             None => (ShardState::new(shard), Vec::new(), 0),
@@ -67,7 +71,17 @@ impl ShardRuntime {
                 seq,
                 reason,
             })? {
-                LogRecord::Event(event) => state.apply(&event),
+                LogRecord::Event(event) => {
+                    state.apply(&event);
+                    if recorded {
+                        changes.push(Published {
+                            shard,
+                            wal_seq: seq,
+                            at_ms: self.clock.now_ms(),
+                            change: state.describe(&event),
+                        });
+                    }
+                }
                 LogRecord::Idempotency(record) => idempotency.push(record),
             }
             wal_seq = seq;
@@ -88,6 +102,7 @@ impl ShardRuntime {
         self.records_since_snapshot = wal_seq - snapshot_seq;
         self.recovered_dropped = recovered.dropped.len();
         self.poisoned = None;
+        self.publish_recovered(changes);
         Ok(())
     }
 }

@@ -65,6 +65,10 @@ pub struct ShardRuntime {
     pub(super) poisoned: Option<String>,
     pub(super) recovered_dropped: usize,
     pub(super) phase: Arc<watch::Sender<ShardPhase>>,
+    /// Published changes the node's recorder has not stored yet, in `wal_seq` order (only
+    /// with a recorder). A snapshot carries them, so cutting the log never cuts one out of
+    /// the durable feed; trimmed as the recorder advances, so as long as its lag.
+    pub(super) unrecorded: std::collections::VecDeque<Published>,
 }
 
 /// The same fields as [`crate::journal::Snapshot`], borrowed, so a snapshot does not clone
@@ -74,6 +78,7 @@ struct SnapshotRef<'a> {
     seq: u64,
     state: &'a ShardState,
     idempotency: Vec<IdempotencyRecord>,
+    unrecorded: Vec<&'a Published>,
 }
 
 impl ShardRuntime {
@@ -103,6 +108,7 @@ impl ShardRuntime {
             poisoned: Some("recovering".to_string()),
             recovered_dropped: 0,
             phase: args.phase,
+            unrecorded: std::collections::VecDeque::new(),
         }
     }
 
@@ -279,6 +285,7 @@ impl ShardRuntime {
             }
             records.push((self.wal_seq, encode(&LogRecord::Event(event))));
         }
+        self.keep_unrecorded(&published);
         Taken {
             records,
             published,
@@ -476,6 +483,43 @@ impl ShardRuntime {
         }
     }
 
+    // ---- the recorder's tail ----------------------------------------------------------
+
+    /// Keeps `published` until the recorder has stored it, and forgets what it has.
+    pub(super) fn keep_unrecorded(&mut self, published: &[Published]) {
+        let Some(recorder) = self.publisher.recorder() else {
+            return;
+        };
+        self.unrecorded.extend(published.iter().cloned());
+        let recorded = recorder.recorded(self.shard);
+        while self
+            .unrecorded
+            .front()
+            .is_some_and(|change| change.wal_seq <= recorded)
+        {
+            self.unrecorded.pop_front();
+        }
+    }
+
+    /// Publishes changes found at recovery (the snapshot's unrecorded ones and the replayed
+    /// tail's); the recorder skips those it stored already.
+    pub(super) fn publish_recovered(&mut self, changes: Vec<Published>) {
+        self.keep_unrecorded(&changes);
+        let recorded = self
+            .publisher
+            .recorder()
+            .map_or(0, |recorder| recorder.recorded(self.shard));
+        let fresh: Vec<Published> = changes
+            .into_iter()
+            .filter(|change| change.wal_seq > recorded)
+            .collect();
+        self.publisher.publish(fresh);
+    }
+
+    pub(super) fn is_recorded(&self) -> bool {
+        self.publisher.recorder().is_some()
+    }
+
     // ---- snapshots -----------------------------------------------------------------
 
     fn maybe_snapshot(&mut self) {
@@ -521,6 +565,7 @@ impl ShardRuntime {
             seq: self.wal_seq,
             state: &self.state,
             idempotency: self.idempotency.records(),
+            unrecorded: self.unrecorded.iter().collect(),
         };
         let bytes = encode(&snapshot);
         let seq = self.wal_seq;

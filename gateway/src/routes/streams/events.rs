@@ -1,0 +1,185 @@
+//! `GET /v1/events`: every domain event of the node as Server-Sent Events, resumable by
+//! sequence (`Last-Event-ID` or `?after=`), history first from the store, then live, with no
+//! gap and no duplicate at the seam (both come from the same store, read in order).
+//!
+//! A subscriber is a task reading the store into a queue of [`SSE_SUBSCRIBER_QUEUE_EVENTS`].
+//! While the queue is full (the consumer does not read), the task counts the events the
+//! node stores; past [`SSE_LAG_EVENTS_MAX`] it stops, and the consumer, after what was
+//! queued, gets a final `event: lagged` with `{"last_seq"}` and the stream ends. A resume
+//! from before the store's retention is 410 `EVENTS_GONE`; a consumer the retention passes
+//! while it reads gets a final `event: gone`.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use futures_util::stream::{self, Stream};
+use holdfast_engine::feed::{EventFeed, Gone, StoredEvent};
+use serde::Deserialize;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use utoipa::IntoParams;
+
+use super::SSE_HEARTBEAT_S;
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::StrictQuery;
+use crate::state::AppState;
+
+/// Events queued for one subscriber (about 250 bytes each): what the server holds for it.
+pub const SSE_SUBSCRIBER_QUEUE_EVENTS: usize = 1_024;
+/// Events the node may store while a subscriber's queue stays full before it is cut off
+/// with `lagged`: about a quarter of a second of a launch morning's peak.
+pub const SSE_LAG_EVENTS_MAX: u64 = 4_096;
+/// Events read from the store at once.
+const SSE_READ_BATCH_EVENTS: usize = 256;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Resume after this sequence (as `Last-Event-ID`; the header wins).
+    after: Option<u64>,
+}
+
+/// Where the stream ends, told after the queue drains.
+#[derive(Default)]
+struct Ending(Mutex<Option<Event>>);
+
+impl Ending {
+    fn set(&self, event: Event) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(event);
+    }
+    fn take(&self) -> Option<Event> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+fn gone_error(gone: Gone) -> ApiError {
+    ApiError::new(StatusCode::GONE, "EVENTS_GONE", gone.to_string())
+        .with_detail("oldest_seq", gone.oldest_seq)
+}
+
+fn gone_event(gone: Gone) -> Event {
+    Event::default()
+        .event("gone")
+        .data(serde_json::json!({ "after": gone.after, "oldest_seq": gone.oldest_seq }).to_string())
+}
+
+fn sse_event(event: &StoredEvent) -> Event {
+    Event::default()
+        .id(event.seq.to_string())
+        .event(&event.event_type)
+        .data(&event.data)
+}
+
+fn resume_point(headers: &HeaderMap, after: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request("Last-Event-ID", "Last-Event-ID must be a sequence number")
+            }),
+        None => Ok(after),
+    }
+}
+
+/// The node's domain events as Server-Sent Events.
+#[utoipa::path(get, path = "/v1/events", tag = "operators", params(EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this sequence")),
+    responses((status = 200, content_type = "text/event-stream",
+            description = "`id: SEQ`, `event: TYPE`, `data: {\"seq\",\"type\",\"at\",\"shard\", ids...}`; a final `event: lagged` (`{\"last_seq\"}`) for a consumer too slow, `event: gone` when the retention passes it"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 410, body = ErrorBody, description = "EVENTS_GONE: the resume point is older than the retention"),
+        (status = 503, body = ErrorBody, description = "UNAVAILABLE: the node has its subscribers")),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    StrictQuery(query): StrictQuery<EventsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Operator, Role::Authority])?;
+    let feed = state.events.clone();
+    let start = resume_point(&headers, query.after)?.unwrap_or_else(|| feed.head());
+    feed.read_after(start, 0).map_err(gone_error)?;
+    let permit = state.streams.event_subscriber()?;
+    let (tx, rx) = mpsc::channel(SSE_SUBSCRIBER_QUEUE_EVENTS);
+    let ending = Arc::new(Ending::default());
+    tokio::spawn(follow(feed, start, tx, ending.clone(), permit));
+    let stream = stream::unfold((rx, ending), |(mut rx, ending)| async move {
+        match rx.recv().await {
+            Some(event) => Some((Ok::<_, Infallible>(event), (rx, ending))),
+            None => ending.take().map(|event| (Ok(event), (rx, ending))),
+        }
+    });
+    Ok(sse(stream))
+}
+
+pub(super) fn sse<S>(stream: S) -> impl IntoResponse
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(SSE_HEARTBEAT_S)))
+}
+
+/// The subscriber's task: reads the store after `last` into `tx` until the consumer goes,
+/// lags or the retention passes it.
+async fn follow(
+    feed: Arc<dyn EventFeed>,
+    mut last: u64,
+    tx: mpsc::Sender<Event>,
+    ending: Arc<Ending>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let mut head = feed.watch_head();
+    loop {
+        let batch = match feed.read_after(last, SSE_READ_BATCH_EVENTS) {
+            Ok(batch) => batch,
+            Err(gone) => return ending.set(gone_event(gone)),
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
+            continue;
+        }
+        for event in &batch {
+            let Some(permit) = reserve_or_lag(&tx, &mut head).await else {
+                let lagged = serde_json::json!({ "last_seq": last }).to_string();
+                if !tx.is_closed() {
+                    ending.set(Event::default().event("lagged").data(lagged));
+                }
+                return;
+            };
+            permit.send(sse_event(event));
+            last = event.seq;
+        }
+    }
+}
+
+/// A place in the queue, or `None` when the consumer went or the node stored more than
+/// [`SSE_LAG_EVENTS_MAX`] events while the queue stayed full.
+async fn reserve_or_lag<'a>(
+    tx: &'a mpsc::Sender<Event>,
+    head: &mut tokio::sync::watch::Receiver<u64>,
+) -> Option<mpsc::Permit<'a, Event>> {
+    let full_at = *head.borrow_and_update();
+    loop {
+        tokio::select! {
+            permit = tx.reserve() => return permit.ok(),
+            changed = head.changed() => {
+                if changed.is_err() || head.borrow_and_update().saturating_sub(full_at) > SSE_LAG_EVENTS_MAX {
+                    return None;
+                }
+            }
+        }
+    }
+}

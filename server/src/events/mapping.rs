@@ -1,0 +1,148 @@
+//! From a published change to the contract's domain events (docs/API.md, "Events") and to
+//! audit entries: names and ids only, never a birth date, an allergy or an insurance id.
+
+use holdfast_engine::model::Status;
+use holdfast_engine::publish::{Change, Published};
+use serde_json::{json, Map, Value};
+
+/// One domain event before it has a node sequence: its type and its id fields.
+pub struct Draft {
+    pub event_type: &'static str,
+    pub fields: Map<String, Value>,
+}
+
+/// One status change for the audit chain, before it has a sequence.
+pub struct AuditDraft {
+    pub appointment_id: String,
+    pub status: &'static str,
+}
+
+fn status_event(status: Status) -> &'static str {
+    match status {
+        Status::Pending => "AppointmentReserved",
+        Status::Confirmed => "AppointmentConfirmed",
+        Status::Administered => "AppointmentAdministered",
+        Status::Expired => "AppointmentExpired",
+        Status::Released => "AppointmentReleased",
+        Status::Rejected => "AppointmentRejected",
+        Status::Cancelled => "AppointmentCancelled",
+        Status::NoShow => "AppointmentNoShow",
+        Status::ClinicCancelled => "AppointmentClinicCancelled",
+    }
+}
+
+fn draft(event_type: &'static str, fields: Value) -> Draft {
+    let Value::Object(fields) = fields else {
+        unreachable!("drafts are built from object literals")
+    };
+    Draft { event_type, fields }
+}
+
+/// The domain events a change yields, in order (none for changes the contract does not
+/// name: catalogue entries, citizens, claims).
+pub fn events_of(change: &Change) -> Vec<Draft> {
+    match change {
+        Change::AppointmentStatus {
+            appointment_id,
+            clinic_id,
+            slot_id,
+            vaccine,
+            citizen_id,
+            status,
+            ..
+        } => vec![
+            draft(
+                status_event(*status),
+                json!({
+                    "appointment_id": appointment_id.to_string(),
+                    "citizen_id": &**citizen_id,
+                    "clinic_id": &**clinic_id,
+                    "slot_id": &**slot_id,
+                    "vaccine": &**vaccine,
+                    "status": status.as_str(),
+                }),
+            ),
+            // Every status change moves a count of the slot's availability answer.
+            slot_changed(clinic_id, slot_id),
+        ],
+        Change::AppointmentAtRisk {
+            appointment_id,
+            clinic_id,
+            at_risk,
+        } => vec![draft(
+            "AppointmentAtRisk",
+            json!({
+                "appointment_id": appointment_id.to_string(),
+                "clinic_id": &**clinic_id,
+                "at_risk": at_risk,
+            }),
+        )],
+        Change::StockChanged {
+            clinic_id,
+            vaccine,
+            batch,
+            delta,
+        } => vec![draft(
+            "StockChanged",
+            json!({
+                "clinic_id": &**clinic_id,
+                "vaccine": &**vaccine,
+                "batch": batch,
+                "delta": delta,
+            }),
+        )],
+        Change::SlotPut { clinic_id, slot_id } | Change::SlotCancelled { clinic_id, slot_id } => {
+            vec![slot_changed(clinic_id, slot_id)]
+        }
+        Change::VaccinePut { .. }
+        | Change::ClinicPut { .. }
+        | Change::CitizenPut { .. }
+        | Change::CitizenClaim { .. }
+        | Change::AppointmentNeedsReview { .. }
+        | Change::WaitlistJoined { .. }
+        | Change::WaitlistLeft { .. } => Vec::new(),
+    }
+}
+
+fn slot_changed(clinic_id: &str, slot_id: &str) -> Draft {
+    draft(
+        "SlotAvailabilityChanged",
+        json!({ "clinic_id": clinic_id, "slot_id": slot_id }),
+    )
+}
+
+/// The audit entry of a change: every status an appointment takes.
+pub fn audit_of(change: &Change) -> Option<AuditDraft> {
+    match change {
+        Change::AppointmentStatus {
+            appointment_id,
+            status,
+            ..
+        } => Some(AuditDraft {
+            appointment_id: appointment_id.to_string(),
+            status: status.as_str(),
+        }),
+        _ => None,
+    }
+}
+
+/// RFC 3339 (UTC, milliseconds) of a change's instant.
+pub fn rfc3339(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The SSE `data` / webhook body of a draft numbered `seq`:
+/// `{"seq","type","at","shard", ids...}`.
+pub fn body(seq: u64, published: &Published, draft: &Draft) -> String {
+    let mut object = Map::new();
+    object.insert("seq".into(), seq.into());
+    object.insert("type".into(), draft.event_type.into());
+    object.insert("at".into(), rfc3339(published.at_ms).into());
+    object.insert("shard".into(), published.shard.into());
+    for (key, value) in &draft.fields {
+        object.insert(key.clone(), value.clone());
+    }
+    Value::Object(object).to_string()
+}
