@@ -330,8 +330,9 @@ def check_page(args, page, base, operator, citizen):
     page.wait_state("live")
     log("the pasted operator token: live")
 
-    rows = wait_until(f"{SHARDS} shard rows", PAGE_STATE_TIMEOUT_S, lambda: page.eval(
-        "document.querySelectorAll('#shards tbody tr[data-status=\"ready\"]').length") == SHARDS)
+    ready_rows = "document.querySelectorAll('#shards tbody tr[data-status=\"ready\"]').length"
+    rows = wait_until(f"{SHARDS} ready shard rows", PAGE_STATE_TIMEOUT_S,
+                      lambda: page.eval(ready_rows) == SHARDS and SHARDS)
     before = wait_until("the clinic's availability", PAGE_STATE_TIMEOUT_S,
                         lambda: page.available() == DOSES and DOSES)
     log(f"shard rows ready: {rows}; {CLINIC} shows {before} {VACCINE} available")
@@ -348,9 +349,9 @@ def check_page(args, page, base, operator, citizen):
     wait_until("one pending appointment in the shard totals", BOOKING_SHOWN_TIMEOUT_S,
                lambda: page.eval(pending) == 1)
     log("the page shows the booking: the event, the availability and the pending total")
-    bookings = wait_until("the bookings counter", BOOKING_SHOWN_TIMEOUT_S,
-                          lambda: page.eval("document.getElementById('bookings-total')"
-                                            ".textContent") == "1")
+    counted = "document.getElementById('bookings-total').textContent"
+    bookings = wait_until("the bookings counter at 1", BOOKING_SHOWN_TIMEOUT_S,
+                          lambda: page.eval(counted) == "1" and page.eval(counted))
     log(f"bookings counted since connected: {bookings}")
 
     if args.screenshot:
