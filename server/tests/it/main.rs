@@ -9,7 +9,9 @@
 
 mod common;
 mod spawned;
+mod sse;
 
+mod audit;
 mod clinic;
 mod console;
 mod console_browser;
@@ -19,6 +21,7 @@ mod durability_faults;
 mod durable_answers;
 mod durable_idempotency;
 mod eligibility;
+mod events;
 mod http_auth;
 mod http_booking;
 mod http_errors;
