@@ -13,7 +13,7 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -55,9 +55,11 @@ fn prerequisites() -> Result<PathBuf, String> {
         .status();
     match websocket {
         Ok(status) if status.success() => Ok(chromium),
-        Ok(_) => Err("python3 has no websocket-client (`python3 -m pip install -r \
+        Ok(_) => Err(
+            "python3 has no websocket-client (`python3 -m pip install -r \
                       server/tests/browser/requirements.txt`)"
-            .to_string()),
+                .to_string(),
+        ),
         Err(e) => Err(format!("no python3 ({e})")),
     }
 }
@@ -77,12 +79,25 @@ fn the_console_goes_live_in_headless_chromium_and_shows_a_booking() {
             return;
         }
     };
-    let mut child = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .arg(script())
         .arg("--holdfast")
         .arg(env!("CARGO_BIN_EXE_holdfast"))
         .arg("--chromium")
-        .arg(&chromium)
+        .arg(&chromium);
+    let (status, output) = run_bounded(command);
+    eprintln!("{output}");
+    assert!(
+        status.success(),
+        "the browser test failed ({status}):\n{output}"
+    );
+}
+
+/// Runs `command` to its end, at most [`SCRIPT_TIMEOUT`]; returns its status and its stdout
+/// then stderr. Past the bound: SIGTERM, SIGKILL after [`SCRIPT_STOP_GRACE`], and a panic.
+fn run_bounded(mut command: Command) -> (ExitStatus, String) {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -101,11 +116,11 @@ fn the_console_goes_live_in_headless_chromium_and_shows_a_booking() {
     std::thread::spawn(move || {
         let mut out = String::new();
         let _ = stdout.read_to_string(&mut out);
-        let err = stderr_reader.join().unwrap_or_default();
-        let _ = done_tx.send((child.wait(), out, err));
+        out.push_str(&stderr_reader.join().unwrap_or_default());
+        let _ = done_tx.send((child.wait(), out));
     });
-    let (status, out, err) = match done_rx.recv_timeout(SCRIPT_TIMEOUT) {
-        Ok(finished) => finished,
+    match done_rx.recv_timeout(SCRIPT_TIMEOUT) {
+        Ok((status, output)) => (status.expect("wait for python3"), output),
         Err(_) => {
             // SIGTERM first: the script then stops the server and the browser it started.
             let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -115,8 +130,5 @@ fn the_console_goes_live_in_headless_chromium_and_shows_a_booking() {
             }
             panic!("the browser test did not finish within {SCRIPT_TIMEOUT:?}: {finished:?}");
         }
-    };
-    eprintln!("{out}{err}");
-    let status = status.expect("wait for python3");
-    assert!(status.success(), "the browser test failed ({status}):\n{out}{err}");
+    }
 }

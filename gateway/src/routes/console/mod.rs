@@ -68,7 +68,10 @@ async fn console_page() -> impl IntoResponse {
 #[utoipa::path(get, path = "/", tag = "operators",
     responses((status = 307, description = "redirects to /console")))]
 async fn root() -> impl IntoResponse {
-    ([(CACHE_CONTROL, "no-store")], Redirect::temporary(CONSOLE_PATH))
+    (
+        [(CACHE_CONTROL, "no-store")],
+        Redirect::temporary(CONSOLE_PATH),
+    )
 }
 
 /// The Content-Security-Policy of `html`: its inline `<script>` and `<style>` blocks allowed by
