@@ -12,7 +12,11 @@ operator sees:
      `live`, with one row per shard;
   3. a booking made over HTTP during the test shows up: its appointment id in the latest
      events, the clinic's available doses one lower, the shards' pending total one higher;
-  4. no Content-Security-Policy violation and no uncaught exception on the page.
+  4. the server is killed (SIGKILL) and restarted on the same address, and a booking is made
+     before the page reconnects (its reconnection is held through the CDP Fetch domain until
+     then): the page resumes with `Last-Event-ID` set to the last id it showed, goes live
+     again, shows that booking, and shows no event twice;
+  5. no Content-Security-Policy violation and no uncaught exception on the page.
 
 Every wait is bounded (the constants below); every process it starts is killed and the
 temporary directory removed, whatever happens. Exit 0 on success, 1 on a failed check (with
@@ -58,6 +62,7 @@ CLINIC = "console-clinic"
 SLOT = "s-1"
 VACCINE = "pfz"
 CITIZEN = "console-citizen"
+CITIZEN_AFTER_RESTART = "console-citizen-2"
 DOSES = 5
 
 STARTED = time.monotonic()
@@ -94,13 +99,16 @@ def holdfast_token(holdfast, secret, role, *extra):
     return out.stdout.strip()
 
 
-def start_server(holdfast, work):
+def start_server(holdfast, work, listen="127.0.0.1:0"):
+    """`holdfast serve` on `work`'s data directory; `listen` is port 0 but for a restart."""
     data, addr_file = os.path.join(work, "data"), os.path.join(work, "addr")
-    server_log = open(os.path.join(work, "server.log"), "wb")
+    if os.path.exists(addr_file):
+        os.remove(addr_file)
+    server_log = open(os.path.join(work, "server.log"), "ab")
     server = subprocess.Popen(
-        [holdfast, "serve", "--listen", "127.0.0.1:0", "--addr-file", addr_file,
+        [holdfast, "serve", "--listen", listen, "--addr-file", addr_file,
          "--data-dir", data, "--jwt-secret-file", os.path.join(work, "secret"),
-         "--shards", str(SHARDS), "--durability", "async"],
+         "--shards", str(SHARDS), "--durability", "sync"],
         stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
     )
 
@@ -154,15 +162,16 @@ def set_up_campaign(base, authority):
         "vaccines": [VACCINE], "priority_reserve": 0})
     http("POST", f"{base}/v1/clinics/{CLINIC}/stock", authority, {
         "vaccine": VACCINE, "batch": "B-1", "quantity": DOSES, "expires_on": "2099-12-31"})
-    http("PUT", f"{base}/v1/citizens/{CITIZEN}", authority, {
-        "birth_date": "1980-05-05", "region": "north", "allergies": [], "insurance_id": "I-9",
-        "doses": []})
+    for citizen in (CITIZEN, CITIZEN_AFTER_RESTART):
+        http("PUT", f"{base}/v1/citizens/{citizen}", authority, {
+            "birth_date": "1980-05-05", "region": "north", "allergies": [],
+            "insurance_id": "I-9", "doses": []})
 
 
-def book(base, citizen_token):
+def book(base, citizen_token, citizen):
     _, text = http("POST", f"{base}/v1/appointments", citizen_token, {
-        "clinic_id": CLINIC, "slot_id": SLOT, "vaccine": VACCINE, "citizen_id": CITIZEN},
-        headers={"Idempotency-Key": "console-test-1"}, expect=201)
+        "clinic_id": CLINIC, "slot_id": SLOT, "vaccine": VACCINE, "citizen_id": citizen},
+        headers={"Idempotency-Key": f"console-test-{citizen}"}, expect=201)
     return json.loads(text)["appointment_id"]
 
 
@@ -211,6 +220,7 @@ class Page:
                                               suppress_origin=True)
         self.next_id = 0
         self.problems = []  # CSP violations and uncaught exceptions seen on the page
+        self.paused = []  # requests held by Fetch.enable, oldest first
 
     def call(self, method, **params):
         self.next_id += 1
@@ -228,7 +238,9 @@ class Page:
 
     def note(self, message):
         method, params = message.get("method"), message.get("params", {})
-        if method == "Runtime.exceptionThrown":
+        if method == "Fetch.requestPaused":
+            self.paused.append(params)
+        elif method == "Runtime.exceptionThrown":
             self.problems.append("uncaught: " + json.dumps(params.get("exceptionDetails"))[:500])
         elif method == "Log.entryAdded":
             text = params.get("entry", {}).get("text", "")
@@ -263,6 +275,20 @@ class Page:
         except Failed as failure:
             raise Failed(f"{failure}; the page says {self.state()!r}") from None
 
+    def next_paused(self):
+        """The oldest request held by the Fetch domain, if one is (reads pending events)."""
+        self.eval("1")
+        return self.paused.pop(0) if self.paused else None
+
+    def event_ids(self):
+        """The ids of the latest-events list, newest first."""
+        return self.eval("[...document.querySelectorAll('#events li .seq')]"
+                         ".map((s) => s.textContent.trim())")
+
+    def shows_appointment(self, appointment):
+        return self.eval(f"!!document.querySelector("
+                         f"'#events li[data-appointment-id=\"{appointment}\"]')")
+
     def available(self):
         return self.eval(f"(() => {{ const d = document.querySelector("
                          f"'tr[data-clinic-id=\"{CLINIC}\"] [data-vaccine=\"{VACCINE}\"]'); "
@@ -285,6 +311,8 @@ def run(args, work):
     operator = holdfast_token(args.holdfast, secret, "operator")
     authority = holdfast_token(args.holdfast, secret, "authority")
     citizen = holdfast_token(args.holdfast, secret, "citizen", "--citizen-id", CITIZEN)
+    second = holdfast_token(args.holdfast, secret, "citizen", "--citizen-id",
+                            CITIZEN_AFTER_RESTART)
     processes = []
     try:
         server, base = start_server(args.holdfast, work)
@@ -295,7 +323,18 @@ def run(args, work):
         processes.append(browser)
         page = Page(ws_url)
         try:
-            check_page(args, page, base, operator, citizen)
+            check_page(page, base, operator, citizen)
+            restart = lambda: processes.append(
+                start_server(args.holdfast, work, base.removeprefix("http://"))[0])
+            check_resume(page, server, restart, base, second)
+            if args.screenshot:
+                shot = page.call("Page.captureScreenshot", format="png")
+                with open(args.screenshot, "wb") as f:
+                    f.write(base64.b64decode(shot["data"]))
+                log(f"screenshot: {args.screenshot}")
+            page.eval("1")  # drain the events that came in meanwhile
+            if page.problems:
+                raise Failed("the page reported: " + "; ".join(page.problems))
         finally:
             page.close()
     finally:
@@ -303,7 +342,7 @@ def run(args, work):
             stop(process)
 
 
-def check_page(args, page, base, operator, citizen):
+def check_page(page, base, operator, citizen):
     page.call("Runtime.enable")
     page.call("Log.enable")
     page.call("Page.enable")
@@ -337,11 +376,10 @@ def check_page(args, page, base, operator, citizen):
                         lambda: page.available() == DOSES and DOSES)
     log(f"shard rows ready: {rows}; {CLINIC} shows {before} {VACCINE} available")
 
-    appointment = book(base, citizen)
+    appointment = book(base, citizen, CITIZEN)
     log(f"booked {appointment} over HTTP")
-    shown = f"!!document.querySelector('#events li[data-appointment-id=\"{appointment}\"]')"
     wait_until("the booking in the latest events", BOOKING_SHOWN_TIMEOUT_S,
-               lambda: page.eval(shown))
+               lambda: page.shows_appointment(appointment))
     wait_until("the clinic's availability one lower", BOOKING_SHOWN_TIMEOUT_S,
                lambda: page.available() == DOSES - 1)
     pending = ("Number(document.querySelector('#shards tfoot td:nth-child(3)')"
@@ -354,14 +392,40 @@ def check_page(args, page, base, operator, citizen):
                           lambda: page.eval(counted) == "1" and page.eval(counted))
     log(f"bookings counted since connected: {bookings}")
 
-    if args.screenshot:
-        shot = page.call("Page.captureScreenshot", format="png")
-        with open(args.screenshot, "wb") as f:
-            f.write(base64.b64decode(shot["data"]))
-        log(f"screenshot: {args.screenshot}")
-    page.eval("1")  # drain the events that came in meanwhile
-    if page.problems:
-        raise Failed("the page reported: " + "; ".join(page.problems))
+
+
+def check_resume(page, server, restart, base, citizen_token):
+    """SIGKILL and restart the server; a booking made before the page reconnects shows up,
+    because the page resumes with `Last-Event-ID` (without it the stream would start after
+    that booking), and no event shows twice.
+
+    The page's reconnection to /v1/events is held (CDP Fetch domain) until the server is back
+    and the booking made, so the order does not depend on timing."""
+    last_id = page.eval("document.getElementById('last-event-id').textContent")
+    page.call("Fetch.enable", patterns=[{"urlPattern": "*/v1/events*", "requestStage": "Request"}])
+    server.kill()
+    server.wait(PROCESS_STOP_TIMEOUT_S)
+    wait_until("the page to notice the server is gone", PAGE_STATE_TIMEOUT_S,
+               lambda: page.state()[0] != "live" and page.state())
+    log(f"server killed (SIGKILL); the page says {page.state()[1]!r}")
+    held = wait_until("the page's reconnection to /v1/events", PAGE_STATE_TIMEOUT_S,
+                      page.next_paused)
+    restart()
+    appointment = book(base, citizen_token, CITIZEN_AFTER_RESTART)
+    log(f"server restarted on {base}; booked {appointment} before the page reconnected")
+    headers = {name.lower(): value for name, value in held["request"]["headers"].items()}
+    if headers.get("last-event-id") != last_id:
+        raise Failed(f"the reconnection sent Last-Event-ID {headers.get('last-event-id')!r}, "
+                     f"not the last id shown, {last_id!r}")
+    page.call("Fetch.continueRequest", requestId=held["requestId"])
+    page.call("Fetch.disable")
+    page.wait_state("live")
+    wait_until("the booking made while the page was away", BOOKING_SHOWN_TIMEOUT_S,
+               lambda: page.shows_appointment(appointment))
+    ids = page.event_ids()
+    if len(ids) != len(set(ids)):
+        raise Failed(f"an event shows twice after the resume: {ids}")
+    log(f"resumed after id {last_id}: live again, {appointment} shown, no event twice ({ids})")
 
 
 def stop(process):
