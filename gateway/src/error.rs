@@ -100,6 +100,12 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
     }
 
+    /// 410 `EVENTS_GONE`: an event stream resuming from before the feed's retention.
+    pub fn events_gone(message: impl Into<String>, oldest_seq: u64) -> ApiError {
+        ApiError::new(StatusCode::GONE, "EVENTS_GONE", message)
+            .with_detail("oldest_seq", oldest_seq)
+    }
+
     /// 503 `UNAVAILABLE` with `Retry-After: <retry_after_s>`: overload or a shard not ready.
     pub fn unavailable(retry_after_s: u32, message: impl Into<String>) -> ApiError {
         ApiError {

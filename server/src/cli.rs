@@ -265,11 +265,24 @@ mod tests {
         assert!(Cli::try_parse_from(["holdfast", "serve", "--durability", "maybe"]).is_err());
     }
 
+    #[test]
+    fn audit_verify_takes_a_data_directory() {
+        let cli =
+            Cli::try_parse_from(["holdfast", "audit", "verify", "--data-dir", "/tmp/d"]).unwrap();
+        match cli.command {
+            Command::Audit(AuditCommand::Verify(args)) => {
+                assert_eq!(args.data_dir, std::path::Path::new("/tmp/d"))
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["holdfast", "audit", "verify"]).is_err());
+    }
+
     fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
         let argv = ["holdfast", "serve"].iter().chain(args).copied();
         match Cli::try_parse_from(argv)?.command {
             Command::Serve(args) => Ok(args),
-            Command::Token(_) => unreachable!("serve parses as serve"),
+            Command::Token(_) | Command::Audit(_) => unreachable!("serve parses as serve"),
         }
     }
 

@@ -425,3 +425,67 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use holdfast_engine::publish::Change;
+
+    use super::*;
+
+    fn stock(shard: u32, wal_seq: u64) -> Published {
+        Published {
+            shard,
+            wal_seq,
+            at_ms: 1_700_000_000_000,
+            change: Change::StockChanged {
+                clinic_id: "k1".into(),
+                vaccine: "pfz".into(),
+                batch: "B".into(),
+                delta: wal_seq as i64,
+            },
+        }
+    }
+
+    fn wait_for_head(store: &EventStore, head: u64) {
+        for _ in 0..1_000 {
+            if store.head() >= head {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("the head stayed at {} (wanted {head})", store.head());
+    }
+
+    #[test]
+    fn changes_are_numbered_gap_free_once_each_and_old_ones_are_gone_past_the_retention() {
+        let (store, recorder) = EventStore::open_retaining(None, 5).unwrap();
+        recorder.record((1..=4).map(|s| stock(0, s)).collect());
+        // A restart publishes stored changes again: skipped by the shard's cursor.
+        recorder.record(vec![stock(0, 3), stock(0, 4), stock(1, 1)]);
+        recorder.record((5..=7).map(|s| stock(0, s)).collect());
+        wait_for_head(&store, 8);
+        assert_eq!(recorder.recorded(0), 7);
+        assert_eq!(recorder.recorded(1), 1);
+        let gone = store.read_after(0, 100).unwrap_err();
+        assert_eq!(gone.oldest_seq, 4);
+        let kept = store.read_after(3, 100).unwrap();
+        let seqs: Vec<u64> = kept.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [4, 5, 6, 7, 8]);
+        let deltas: Vec<i64> = kept
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["delta"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            deltas,
+            [4, 1, 5, 6, 7],
+            "shard 0's 1-4, shard 1's 1, shard 0's 5-7"
+        );
+        assert_eq!(kept[0].event_type, "StockChanged");
+        assert!(store.read_after(8, 100).unwrap().is_empty());
+        assert_eq!(store.read_after(6, 1).unwrap().len(), 1);
+    }
+}

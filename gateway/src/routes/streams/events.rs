@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use futures_util::stream::{self, Stream};
@@ -59,8 +59,7 @@ impl Ending {
 }
 
 fn gone_error(gone: Gone) -> ApiError {
-    ApiError::new(StatusCode::GONE, "EVENTS_GONE", gone.to_string())
-        .with_detail("oldest_seq", gone.oldest_seq)
+    ApiError::events_gone(gone.to_string(), gone.oldest_seq)
 }
 
 fn gone_event(gone: Gone) -> Event {

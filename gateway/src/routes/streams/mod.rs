@@ -54,6 +54,7 @@ impl Default for StreamLimits {
 }
 
 /// One place in the availability streams, given back when the subscriber goes.
+#[derive(Debug)]
 pub struct ClinicPlace {
     _node: OwnedSemaphorePermit,
     clinic_id: String,
@@ -126,4 +127,29 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(events::events))
         .routes(routes!(availability::availability_stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_are_bounded_per_node_and_per_clinic_and_places_come_back() {
+        let limits = StreamLimits::new(1, 3, 2);
+        let first = limits.event_subscriber().unwrap();
+        assert_eq!(limits.event_subscriber().unwrap_err().code, "UNAVAILABLE");
+        drop(first);
+        assert!(limits.event_subscriber().is_ok());
+        let a = limits.clinic_subscriber("k1").unwrap();
+        let _b = limits.clinic_subscriber("k1").unwrap();
+        assert_eq!(
+            limits.clinic_subscriber("k1").unwrap_err().code,
+            "UNAVAILABLE"
+        );
+        let _c = limits.clinic_subscriber("k2").unwrap();
+        // The node's three places are taken.
+        assert!(limits.clinic_subscriber("k3").is_err());
+        drop(a);
+        assert!(limits.clinic_subscriber("k1").is_ok());
+    }
 }
