@@ -152,9 +152,10 @@ impl Publisher {
 
     /// A publisher that hands every change to `recorder` first.
     pub fn with_recorder(recorder: Arc<dyn Recorder>) -> Self {
-        let mut publisher = Publisher::default();
-        publisher.recorder = Some(recorder);
-        publisher
+        Publisher {
+            recorder: Some(recorder),
+            ..Publisher::default()
+        }
     }
 
     /// The recorder, when the node has one.

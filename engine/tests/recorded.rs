@@ -21,8 +21,11 @@ use holdfast_engine::{Clock, Command, Node, NodeConfig, SystemClock};
 /// it (a snapshot drops the records it covers, as the WAL's truncation does).
 #[derive(Default)]
 struct MemJournal {
-    shards: Mutex<BTreeMap<u32, (Option<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>)>>,
+    shards: Mutex<BTreeMap<u32, Kept>>,
 }
+
+/// One shard's snapshot (sequence, bytes) and records after it.
+type Kept = (Option<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>);
 
 impl Journal for MemJournal {
     fn append(

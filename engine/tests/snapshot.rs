@@ -146,6 +146,7 @@ fn snapshot_plus_tail_equals_the_whole_log() {
             seq: k as u64,
             state: prefix,
             idempotency: vec![],
+            unrecorded: vec![],
         };
         let mut recovered = decode::<Snapshot>(&encode(&snapshot)).unwrap().state;
         replay(&mut recovered, &records[k..]);

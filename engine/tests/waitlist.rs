@@ -257,6 +257,7 @@ fn a_cancelled_slot_drops_its_list_and_lists_come_back_from_the_log_and_a_snapsh
         seq: 1,
         state: shard.state.clone(),
         idempotency: vec![],
+        unrecorded: vec![],
     }))
     .expect("decodes");
     for rebuilt in [&replayed, &from_snapshot.state] {

@@ -211,7 +211,7 @@ async fn a_consumer_that_stops_reading_is_cut_off_with_lagged_while_bookings_go_
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
         .filter_map(|v| v.trim().parse::<u64>().ok())
-        .last()
+        .next_back()
         .expect("some events were delivered before the cut");
     let data = lagged_at
         .lines()
