@@ -46,6 +46,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::ops::router())
         .merge(routes::streams::router())
         .merge(routes::audit::router())
+        .merge(routes::console::router())
 }
 
 /// The whole application: routes, the OpenAPI document at `/openapi.json`, and fallbacks

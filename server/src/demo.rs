@@ -314,6 +314,9 @@ At the clinic (staff scan the QR code, then give the dose from the clinic's batc
   curl -s -w '\n' -X POST {base}/v1/appointments/$ID/administer -H "Authorization: Bearer $STAFF" -H 'Content-Type: application/json' -d "{{\"qr_token\":\"$QR\",\"batch\":\"{batch}\"}}"
 
 Also: curl -s '{base}/v1/clinics/{clinic}/availability?vaccine=pfz'  |  curl -s {base}/v1/admin/shards -H "Authorization: Bearer $OPERATOR"
+
+Operator console (open in a browser; the token after # is not sent to the server):
+  {base}/console#token={operator}
 "#,
         clinics = summary.clinics,
         slots = summary.slots,

@@ -290,7 +290,8 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     for path in [
         "/v1/nope",
         "/v2/clinics",
-        "/",
+        // `/` is served: it redirects to the operator console (see `console`).
+        "/nope",
         "/v1/clinics/c-1/nothing/here",
     ] {
         let r = h.send(Req::get(path)).await;

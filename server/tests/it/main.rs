@@ -13,6 +13,8 @@ mod sse;
 
 mod audit;
 mod clinic;
+mod console;
+mod console_browser;
 mod crash;
 mod crash_saga;
 mod durability_faults;

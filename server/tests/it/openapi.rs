@@ -3,7 +3,7 @@
 use crate::common::*;
 
 /// Every route of docs/API.md that this build serves, as (method, path).
-const SERVED_ROUTES: [(&str, &str); 22] = [
+const SERVED_ROUTES: [(&str, &str); 24] = [
     ("put", "/v1/vaccines/{vaccine}"),
     ("put", "/v1/clinics/{clinic_id}"),
     ("post", "/v1/clinics/{clinic_id}/stock"),
@@ -26,6 +26,8 @@ const SERVED_ROUTES: [(&str, &str); 22] = [
     ("get", "/v1/admin/shards"),
     ("post", "/v1/checkin"),
     ("post", "/v1/appointments/{id}/administer"),
+    ("get", "/console"),
+    ("get", "/"),
 ];
 
 /// Routes of docs/API.md that the document (and the server) do not have yet.
