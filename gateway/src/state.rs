@@ -9,6 +9,7 @@ use axum::extract::FromRef;
 use holdfast_engine::Node;
 
 use crate::auth::JwtKey;
+use crate::metrics::Metrics;
 use crate::qr::QrKeyring;
 
 /// How the server runs; from the command line.
@@ -28,6 +29,8 @@ pub struct AppState {
     /// The QR keys: the newest signs, every one verifies.
     pub qr: Arc<QrKeyring>,
     pub settings: Arc<Settings>,
+    /// What `GET /metrics` renders: the process's recorder, or this server's detached one.
+    pub metrics: Arc<Metrics>,
 }
 
 impl FromRef<AppState> for Arc<JwtKey> {

@@ -12,6 +12,7 @@ use holdfast_engine::shard::NO_SHOW_GRACE_MS_MAX;
 use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
 use holdfast_gateway::app::{build_app, AppState, Settings};
 use holdfast_gateway::auth::JwtKey;
+use holdfast_gateway::metrics::Metrics;
 use holdfast_gateway::qr::QrKeyring;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
 use tokio::sync::oneshot;
@@ -186,6 +187,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         jwt: Arc::new(jwt),
         qr: Arc::new(qr),
         settings: Arc::new(config.settings),
+        metrics: Metrics::installed_or_detached(),
     };
     let app = build_app(state.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -290,6 +292,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         external: external.clone(),
         qr_keys: args.qr_keys()?,
     };
+    // Process-wide, before the node starts: the log's writer records into it from its
+    // first group commit.
+    Metrics::install()?;
     let recovery = std::time::Instant::now();
     let server = start_listening(config).await?;
     tracing::info!(addr = %server.addr, shards = data_dir.shards(), data_dir = %data_dir.path().display(), "holdfast is listening; shards are recovering");
