@@ -284,3 +284,25 @@ pub fn booking_outcome(code: Option<&'static str>) -> &'static str {
 pub fn count_booking(code: Option<&'static str>) {
     counter!(BOOKINGS_TOTAL, "outcome" => booking_outcome(code)).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booking_outcomes_are_lower_cased_codes_interned_once() {
+        assert_eq!(booking_outcome(None), "created");
+        assert_eq!(booking_outcome(Some("SOLD_OUT")), "sold_out");
+        assert!(std::ptr::eq(
+            booking_outcome(Some("NOT_ELIGIBLE")),
+            booking_outcome(Some("NOT_ELIGIBLE"))
+        ));
+    }
+
+    #[test]
+    fn latency_buckets_resolve_100_us_to_10_s() {
+        assert_eq!(LATENCY_BUCKETS_SECONDS.first(), Some(&0.000_1));
+        assert_eq!(LATENCY_BUCKETS_SECONDS.last(), Some(&10.0));
+        assert!(LATENCY_BUCKETS_SECONDS.windows(2).all(|w| w[0] < w[1]));
+    }
+}
