@@ -137,4 +137,8 @@ pub struct RuntimeCounts {
     pub last_snapshot_at_ms: Option<UnixMs>,
     pub writable: bool,
     pub recovered_dropped: usize,
+    /// Holds that expired, and appointments marked no-show, since the shard started (live
+    /// changes only: the log's replay does not count them again). For `/metrics`.
+    pub expiries: u64,
+    pub no_shows: u64,
 }

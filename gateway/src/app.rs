@@ -49,8 +49,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::console::router())
 }
 
-/// The whole application: routes, the OpenAPI document at `/openapi.json`, and fallbacks
-/// that answer 404/405 in the error shape.
+/// The whole application: routes, the OpenAPI document at `/openapi.json`, fallbacks that
+/// answer 404/405 in the error shape, and around all of them the request's id, span, log line
+/// and metrics ([`crate::telemetry`]).
 pub fn build_app(state: AppState) -> axum::Router {
     let (router, openapi) = api_router().split_for_parts();
     router
@@ -58,6 +59,8 @@ pub fn build_app(state: AppState) -> axum::Router {
         .fallback(crate::error::not_found_fallback)
         // Last: axum applies it only to routes that exist when it is called.
         .method_not_allowed_fallback(crate::error::method_not_allowed_fallback)
+        // After routing (so `MatchedPath` is known) and around the fallbacks too.
+        .layer(axum::middleware::from_fn(crate::telemetry::observe))
         .with_state(state)
 }
 

@@ -4,7 +4,9 @@
 //! Start at [`app`] (the router and its OpenAPI document) and [`state`] (what handlers
 //! share), then [`routes`] (one module per part of docs/API.md, each with its bodies),
 //! [`idempotency`] (the Idempotency-Key protocol), [`auth`], [`extract`] and [`error`] (the
-//! error shape, and engine errors as HTTP).
+//! error shape, and engine errors as HTTP). What each request leaves behind (its
+//! `X-Request-Id`, span, log line and metrics) is [`telemetry`]; the series `/metrics` shows
+//! are [`metrics`].
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +15,8 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod metrics;
 pub mod qr;
 pub mod routes;
 pub mod state;
+pub mod telemetry;

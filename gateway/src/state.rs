@@ -10,6 +10,7 @@ use holdfast_engine::feed::{AuditTrail, EventFeed};
 use holdfast_engine::Node;
 
 use crate::auth::JwtKey;
+use crate::metrics::Metrics;
 use crate::qr::QrKeyring;
 use crate::routes::streams::StreamLimits;
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub audit: Arc<dyn AuditTrail>,
     /// The places of the streams' subscribers.
     pub streams: Arc<StreamLimits>,
+    /// What `GET /metrics` renders: the process's recorder, or this server's detached one.
+    pub metrics: Arc<Metrics>,
 }
 
 impl FromRef<AppState> for Arc<JwtKey> {

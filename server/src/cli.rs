@@ -140,6 +140,20 @@ pub struct ServeArgs {
     /// webhooks' `X-Holdfast-Signature-256` (HMAC-SHA256). Required with --webhook-url.
     #[arg(long, value_name = "F")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// How log lines are written to stderr; the level comes from RUST_LOG (default `info`;
+    /// `holdfast_gateway=debug` adds one line per request).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON): the event's fields at the top
+    /// level, the request's span (`request_id`, `route`, `method`) under `span`.
+    Json,
 }
 
 /// `--outage-policy`.

@@ -12,6 +12,7 @@ use holdfast_engine::shard::NO_SHOW_GRACE_MS_MAX;
 use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
 use holdfast_gateway::app::{build_app, AppState, Settings};
 use holdfast_gateway::auth::JwtKey;
+use holdfast_gateway::metrics::Metrics;
 use holdfast_gateway::qr::QrKeyring;
 use holdfast_gateway::routes::streams::StreamLimits;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
@@ -83,7 +84,11 @@ impl RunningServer {
         // Real time, whatever the node's clock: the breakers' cooldowns pace real sleeps.
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let source: Arc<dyn EventSource> = Arc::new(FeedSource(self.state.events.clone()));
-        self.webhooks = Some(Webhooks::start(config, source, cursors, clock)?);
+        let webhooks = Webhooks::start(config, source, cursors, clock)?;
+        self.state
+            .metrics
+            .set_webhook_lags(Arc::new(webhooks.lags_fn()));
+        self.webhooks = Some(webhooks);
         Ok(())
     }
 
@@ -233,6 +238,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         events: events.clone(),
         audit: events.clone(),
         streams: Arc::new(StreamLimits::default()),
+        metrics: Metrics::installed_or_detached(),
     };
     let app = build_app(state.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -340,6 +346,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         external: external.clone(),
         qr_keys: args.qr_keys()?,
     };
+    // Process-wide, before the node starts: the log's writer records into it from its
+    // first group commit.
+    Metrics::install()?;
     let recovery = std::time::Instant::now();
     let mut server = start_listening(config).await?;
     if let Some(webhooks) = &webhooks {

@@ -49,6 +49,10 @@ pub struct ShardRuntime {
     /// Events applied by the current message, on their way to the journal.
     events: Vec<Event>,
     events_applied: u64,
+    /// Live expiries and no-shows (see [`RuntimeCounts`]), counted as their records are
+    /// numbered: a match per event, nothing on the way of a booking.
+    expiries: u64,
+    no_shows: u64,
     /// Sequence number of the last record handed to the journal.
     pub(super) wal_seq: u64,
     /// The highest sequence number the journal has said is stored (set by the completions,
@@ -99,6 +103,8 @@ impl ShardRuntime {
             offerer: args.offerer,
             events: Vec::new(),
             events_applied: 0,
+            expiries: 0,
+            no_shows: 0,
             wal_seq: 0,
             stored_seq: Arc::new(AtomicU64::new(0)),
             snapshot_seq: 0,
@@ -127,6 +133,8 @@ impl ShardRuntime {
             last_snapshot_at_ms: self.last_snapshot_at_ms,
             writable: self.poisoned.is_none() && self.journal.failed().is_none(),
             recovered_dropped: self.recovered_dropped,
+            expiries: self.expiries,
+            no_shows: self.no_shows,
         }
     }
 
@@ -265,6 +273,11 @@ impl ShardRuntime {
                 continue;
             }
             self.wal_seq += 1;
+            match event {
+                Event::AppointmentExpired { .. } => self.expiries += 1,
+                Event::AppointmentNoShow { .. } => self.no_shows += 1,
+                _ => {}
+            }
             if self.settler.is_some() {
                 notices.extend(self.state.notice_for(&event));
             }

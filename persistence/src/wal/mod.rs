@@ -30,6 +30,7 @@ mod frames;
 mod index;
 mod recovery;
 mod writer;
+pub use writer::{WAL_BATCH_RECORDS, WAL_FSYNC_SECONDS};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

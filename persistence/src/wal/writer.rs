@@ -28,6 +28,11 @@ use super::frames::{Framed, Framer};
 use super::index::LiveIndex;
 use super::{lock, Ack, Durability, Record, Shared, WalError, SLED_BATCH_FRAMES_MAX};
 
+/// Records per group commit (a histogram; `/metrics`, docs/API.md "Operators").
+pub const WAL_BATCH_RECORDS: &str = "holdfast_wal_batch_records";
+/// Seconds per durable flush (a histogram).
+pub const WAL_FSYNC_SECONDS: &str = "holdfast_wal_fsync_seconds";
+
 pub(crate) enum Op {
     Append {
         records: Vec<Record>,
@@ -252,6 +257,8 @@ impl Writer {
             self.fail_all(acks);
             return;
         }
+        // One sample per group commit; a no-op when the process installed no recorder.
+        metrics::histogram!(WAL_BATCH_RECORDS).record(records as f64);
         let s = &self.shared;
         s.batches.fetch_add(1, Ordering::AcqRel);
         s.records.fetch_add(records, Ordering::AcqRel);
@@ -320,10 +327,12 @@ impl Writer {
             return;
         }
         let batches = self.shared.batches.load(Ordering::Acquire);
+        let flushing = Instant::now();
         if let Err(e) = self.shared.durable_flush(&self.db) {
             self.shared.fail(e);
             return;
         }
+        metrics::histogram!(WAL_FSYNC_SECONDS).record(flushing.elapsed().as_secs_f64());
         self.shared
             .flushed_batch_seq
             .store(batches, Ordering::Release);

@@ -31,6 +31,7 @@ mod http_ops;
 mod http_stock;
 mod log_span;
 mod no_show;
+mod observe;
 mod openapi;
 mod recovery_status;
 mod reschedule;

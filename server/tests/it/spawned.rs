@@ -38,6 +38,11 @@ impl Spawned {
         self.child.wait().expect("reap the server");
     }
 
+    /// The child's stderr lines printed since the last call (or the start), without waiting.
+    pub fn stderr_lines(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.stderr.try_recv().ok()).collect()
+    }
+
     /// Waits (bounded) until `failpoint reached: <name>` was printed `times` times on the
     /// child's stderr; kills the child and fails the test when it does not come.
     pub async fn wait_for_failpoint(&mut self, name: &str, times: usize) {
@@ -109,6 +114,19 @@ pub async fn start_with_flags(
     failpoint: Option<&str>,
     flags: &[&str],
 ) -> Spawned {
+    start_logging(data, secret, addr_file, tag, failpoint, flags, "warn").await
+}
+
+/// [`start_with_flags`] with `RUST_LOG` set to `rust_log` (the others run at `warn`).
+pub async fn start_logging(
+    data: &Path,
+    secret: &Path,
+    addr_file: &Path,
+    tag: &str,
+    failpoint: Option<&str>,
+    flags: &[&str],
+    rust_log: &str,
+) -> Spawned {
     let _ = std::fs::remove_file(addr_file);
     let mut command = Command::new(env!("CARGO_BIN_EXE_holdfast"));
     command
@@ -130,7 +148,7 @@ pub async fn start_with_flags(
         .arg("--jwt-secret-file")
         .arg(secret)
         .args(flags)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .env_remove("HOLDFAST_FAILPOINTS")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -348,6 +348,18 @@ async fn a_dead_receiver_does_not_stop_bookings_and_its_breaker_opens() {
     assert_eq!(status.cursor, 0, "nothing was acknowledged");
     assert!(status.lag_events >= 30, "{status:?}");
     assert!(status.failed_attempts_total >= 5, "{status:?}");
+    // The lag is scraped as `holdfast_webhook_lag_events{webhook}` (the stable id, not the URL).
+    let scraped = server.state.metrics.render(&server.state.node).await;
+    let line = scraped
+        .lines()
+        .find(|l| l.starts_with("holdfast_webhook_lag_events{"))
+        .unwrap_or_else(|| panic!("no webhook lag series in:\n{scraped}"));
+    assert!(
+        !line.contains("127.0.0.1"),
+        "the URL leaked into a label: {line}"
+    );
+    let lag: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(lag >= 30.0, "{line}");
     // Still open: bookings keep going.
     changes(&api, "k1", 30..40).await;
     server.shutdown().await;

@@ -126,6 +126,9 @@ async fn create_appointment(
     let app = state.clone();
     let task = tokio::spawn(async move {
         let booked = app.node.book(request, Some(idem)).await;
+        if let Booked::Ran(booking) = &booked {
+            crate::metrics::count_booking(booking.outcome().as_ref().err().map(refusal_code));
+        }
         answer_booked(&app, booked).await
     });
     Ok(joined(task).await)
@@ -181,6 +184,15 @@ async fn reschedule_appointment(
         answer_booked(&app, booked).await
     });
     Ok(joined(task).await)
+}
+
+/// A refused booking's answer code, without building the answer: a domain refusal's own
+/// code, and `UNAVAILABLE` for the rest (overload, recovery, a dependency down: all 503).
+fn refusal_code(e: &holdfast_engine::EngineError) -> &'static str {
+    match e {
+        holdfast_engine::EngineError::Domain(d) => d.code(),
+        _ => "UNAVAILABLE",
+    }
 }
 
 /// Answers a saga under its key: a replay as first sent, or the saga's outcome, stored with

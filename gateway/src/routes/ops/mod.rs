@@ -1,11 +1,12 @@
 //! Operator endpoints: liveness, readiness, the per-shard status and the external
-//! dependencies' circuit breakers.
+//! dependencies' circuit breakers, and the Prometheus metrics.
 
 pub mod types;
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use holdfast_engine::node::RETRY_AFTER_S;
@@ -25,6 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(admin_shards))
         .routes(routes!(admin_invariants))
+        .routes(routes!(metrics))
 }
 
 /// This document: OpenAPI 3.1, generated from the routes.
@@ -114,4 +116,23 @@ async fn admin_invariants(
         shards_checked: shards.len(),
         violations,
     }))
+}
+
+/// The Content-Type of the Prometheus text exposition format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Metrics in the Prometheus text exposition format (docs/API.md, "Operators", lists the
+/// series). The state gauges are read from the shards as this answers.
+#[utoipa::path(get, path = "/metrics", tag = "operators",
+    responses((status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8", body = String,
+            description = "Prometheus text exposition format"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_role(&[Role::Operator])?;
+    let text = state.metrics.render(&state.node).await;
+    Ok(([(CONTENT_TYPE, PROMETHEUS_TEXT)], text))
 }
