@@ -86,6 +86,10 @@ pub enum Change {
         status: Status,
         /// Made by a waitlist offer (docs/API.md, "Waitlist").
         offered_from_waitlist: bool,
+        /// A reschedule's links (docs/API.md, "Reschedule"): the new appointment names the
+        /// one it replaced, the old one (once released or cancelled) the one replacing it.
+        rescheduled_from: Option<AppointmentId>,
+        rescheduled_to: Option<AppointmentId>,
     },
     AppointmentAtRisk {
         appointment_id: AppointmentId,

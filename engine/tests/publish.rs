@@ -128,6 +128,8 @@ async fn a_change_is_published_after_it_is_stored_with_its_names() {
             citizen_id: "ada".into(),
             status: Status::Pending,
             offered_from_waitlist: false,
+            rescheduled_from: None,
+            rescheduled_to: None,
         }
     );
 

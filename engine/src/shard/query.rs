@@ -523,6 +523,8 @@ impl ShardState {
             citizen_id: a.citizen.clone(),
             status,
             offered_from_waitlist: a.offered_from_waitlist,
+            rescheduled_from: a.rescheduled_from,
+            rescheduled_to: a.rescheduled_to,
         }
     }
 }

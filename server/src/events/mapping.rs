@@ -49,22 +49,34 @@ pub fn events_of(change: &Change) -> Vec<Draft> {
             vaccine,
             citizen_id,
             status,
-            ..
-        } => vec![
-            draft(
-                status_event(*status),
-                json!({
-                    "appointment_id": appointment_id.to_string(),
-                    "citizen_id": &**citizen_id,
-                    "clinic_id": &**clinic_id,
-                    "slot_id": &**slot_id,
-                    "vaccine": &**vaccine,
-                    "status": status.as_str(),
-                }),
-            ),
-            // Every status change moves a count of the slot's availability answer.
-            slot_changed(clinic_id, slot_id),
-        ],
+            offered_from_waitlist,
+            rescheduled_from,
+            rescheduled_to,
+        } => {
+            let mut fields = json!({
+                "appointment_id": appointment_id.to_string(),
+                "citizen_id": &**citizen_id,
+                "clinic_id": &**clinic_id,
+                "slot_id": &**slot_id,
+                "vaccine": &**vaccine,
+                "status": status.as_str(),
+            });
+            // The optional fields appear only where they apply (docs/API.md, "Events").
+            if *offered_from_waitlist && *status == Status::Pending {
+                fields["offered_from_waitlist"] = json!(true);
+            }
+            if let Some(from) = rescheduled_from {
+                fields["rescheduled_from"] = json!(from.to_string());
+            }
+            if let Some(to) = rescheduled_to {
+                fields["rescheduled_to"] = json!(to.to_string());
+            }
+            vec![
+                draft(status_event(*status), fields),
+                // Every status change moves a count of the slot's availability answer.
+                slot_changed(clinic_id, slot_id),
+            ]
+        }
         Change::AppointmentAtRisk {
             appointment_id,
             clinic_id,

@@ -135,6 +135,56 @@ async fn events_carry_ids_only_and_resume_after_a_sequence() {
     h.shutdown().await;
 }
 
+/// A reschedule's events carry its links (docs/API.md, "Reschedule"): the new appointment's
+/// `rescheduled_from`, the old one's `rescheduled_to` on its `AppointmentCancelled`.
+#[tokio::test]
+async fn a_reschedule_s_events_carry_its_links() {
+    let h = Harness::start().await;
+    h.standard_vaccine(VACCINE).await;
+    h.clinic_with_slot("k1", "s1", 10, 10).await;
+    h.put_slot("k1", "s2", 10, &[VACCINE]).await;
+    h.put_adult("p1").await;
+    let old = h.book_ok("p1", "k1", "s1").await;
+    h.confirm(&h.citizen_token("p1"), &old).await.expect(200);
+    let mut live = sse::open(&h.api.base, "/v1/events", Some(&h.operator), None)
+        .await
+        .unwrap();
+    let moved = h
+        .send(
+            Req::post(format!("/v1/appointments/{old}/reschedule"))
+                .token(&h.citizen_token("p1"))
+                .idem(&fresh_key("events-resched"))
+                .json(&serde_json::json!({"clinic_id": "k1", "slot_id": "s2"})),
+        )
+        .await
+        .expect(201);
+    let new = moved["appointment_id"].as_str().unwrap().to_string();
+    // The new appointment's events, then the old one's: a bounded number of messages.
+    let mut of = HashMap::<(String, String), Value>::new();
+    for _ in 0..12 {
+        let Some(msg) = live.next(WAIT).await else {
+            break;
+        };
+        let data = msg.json();
+        if let Some(id) = data["appointment_id"].as_str() {
+            of.insert((id.to_string(), msg.event.clone()), data.clone());
+        }
+        if msg.event == "AppointmentCancelled" {
+            break;
+        }
+    }
+    let reserved = &of[&(new.clone(), "AppointmentReserved".to_string())];
+    assert_eq!(reserved["rescheduled_from"].as_str(), Some(old.as_str()));
+    assert!(reserved.get("rescheduled_to").is_none(), "{reserved}");
+    let cancelled = &of[&(old.clone(), "AppointmentCancelled".to_string())];
+    assert_eq!(cancelled["rescheduled_to"].as_str(), Some(new.as_str()));
+    assert!(
+        cancelled.get("offered_from_waitlist").is_none(),
+        "{cancelled}"
+    );
+    h.shutdown().await;
+}
+
 /// A raw connection that reads the answer's head and then nothing: its receive buffer is
 /// small, so the server's writes back up at once.
 async fn stalled_consumer(addr: &str, operator: &str) -> tokio::net::TcpStream {
