@@ -20,8 +20,8 @@ mod wal;
 pub use cursors::CursorTree;
 pub use datadir::{write_atomically, DataDir, DataDirError, Manifest, FORMAT_VERSION};
 pub use wal::{
-    Ack, Dropped, Durability, FlushFault, LogSpan, Record, Recovery, Wal, WalConfig, WalError,
-    WalStats, WriterGate, ACK_BATCHES_MAX, ASYNC_FLUSH_INTERVAL_MS_DEFAULT,
+    Ack, DiskSync, Dropped, Durability, FlushFault, LogSpan, Record, Recovery, Wal, WalConfig,
+    WalError, WalStats, WriterGate, ACK_BATCHES_MAX, ASYNC_FLUSH_INTERVAL_MS_DEFAULT,
     BATCH_RECORDS_MAX_DEFAULT, CACHE_CAPACITY_BYTES_DEFAULT, FRAME_BYTES_MAX, FRAME_FORMAT_VERSION,
     QUEUE_OPS_MAX_DEFAULT, SLED_BATCH_FRAMES_MAX, SNAPSHOT_FORMAT_VERSION, WAL_BATCH_RECORDS,
     WAL_FSYNC_SECONDS, WAL_SUBDIR,

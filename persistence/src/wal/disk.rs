@@ -38,7 +38,9 @@ const SLED_DATA_FILE: &str = "db";
 const SLED_CONF_FILE: &str = "conf";
 const SLED_BLOBS_DIR: &str = "blobs";
 
-pub(crate) struct DiskSync {
+/// Makes a sled database's flushes durable against power loss (see the module docs): the WAL's
+/// and the event store's.
+pub struct DiskSync {
     root: PathBuf,
     /// A second handle on sled's data file, only for `fdatasync` (Linux syncs the inode
     /// whatever handle asks; sled's own handle is not public).
@@ -67,7 +69,7 @@ fn context<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> Strin
 impl DiskSync {
     /// Opens the handle on sled's data file (sled has created it) and makes the files sled
     /// wrote at start durable: `conf`, the directory itself and its parent.
-    pub(crate) fn open(root: &Path) -> Result<DiskSync, String> {
+    pub fn open(root: &Path) -> Result<DiskSync, String> {
         let db_path = root.join(SLED_DATA_FILE);
         let db_file = File::open(&db_path).map_err(context("cannot open", &db_path))?;
         let conf = root.join(SLED_CONF_FILE);
@@ -90,7 +92,7 @@ impl DiskSync {
     /// `db.flush()` and everything it leaves in the page cache: see the module docs.
     /// Returns how many `fdatasync`s of the data file it did (always 1 on success).
     /// `Err((sled_failed, why))`: `sled_failed` when sled's own flush failed (not our sync).
-    pub(crate) fn flush(&mut self, db: &sled::Db) -> Result<u64, (bool, String)> {
+    pub fn flush(&mut self, db: &sled::Db) -> Result<u64, (bool, String)> {
         db.flush()
             .map_err(|e| (true, format!("sled flush of {}: {e}", self.root.display())))?;
         self.sync_after_sled_flush().map_err(|why| (false, why))

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use disk::DiskSync;
+pub use disk::DiskSync;
 use format::{decode_frame, decode_snapshot, snapshot_key};
 pub use format::{FRAME_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION};
 pub use index::LogSpan;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use holdfast_engine::feed::{AuditRecord, AuditTrail, AuditVerdict, EventFeed, Gone, StoredEvent};
 use holdfast_engine::node::SHARDS_MAX;
 use holdfast_engine::publish::{Published, Recorder};
+use holdfast_persistence::DiskSync;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::watch;
@@ -54,6 +55,8 @@ struct Inner {
     head: watch::Sender<u64>,
     oldest: AtomicU64,
     retained_max: u64,
+    /// `fdatasync`s of the store's data file so far (one per stored batch on disk).
+    fdatasyncs: AtomicU64,
 }
 
 /// Reads: the feed and the audit trail. Writes go through the [`Recorder`] that
@@ -61,6 +64,14 @@ struct Inner {
 pub struct EventStore {
     inner: Arc<Inner>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl EventStore {
+    /// `fdatasync`s of the store's data file so far: one per batch stored on disk, none for
+    /// a temporary store.
+    pub fn fdatasyncs(&self) -> u64 {
+        self.inner.fdatasyncs.load(Ordering::Relaxed)
+    }
 }
 
 /// The recorder thread's end of the node's publisher.
@@ -72,6 +83,9 @@ struct RecorderPort {
 /// What the recorder thread numbers next.
 struct Writer {
     inner: Arc<Inner>,
+    /// `fdatasync` after sled's flush (which ends in `sync_file_range` only), as the WAL does;
+    /// none for a temporary store.
+    disk: Option<DiskSync>,
     next_seq: u64,
     audit_seq: u64,
     audit_prev: String,
@@ -170,11 +184,16 @@ impl EventStore {
             recorded,
             head: watch::channel(head).0,
             oldest: AtomicU64::new(oldest),
+            fdatasyncs: AtomicU64::new(0),
             retained_max: retained_max.max(1),
         });
         let (tx, rx) = sync_channel(RECORDER_QUEUE_BATCHES);
+        let disk = dir
+            .map(|dir| DiskSync::open(&dir.join(EVENTS_SUBDIR)))
+            .transpose()?;
         let writer = Writer {
             inner: inner.clone(),
+            disk,
             next_seq: head + 1,
             audit_seq,
             audit_prev,
@@ -389,10 +408,16 @@ impl Writer {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| format!("{e:?}"))?;
-        inner
-            .db
-            .flush()
-            .map_err(|e| format!("flushing the event store failed: {e}"))?;
+        let synced = match &mut self.disk {
+            Some(disk) => disk.flush(&inner.db),
+            None => inner
+                .db
+                .flush()
+                .map(|_| 0)
+                .map_err(|e| (true, e.to_string())),
+        }
+        .map_err(|(_, why)| format!("flushing the event store failed: {why}"))?;
+        inner.fdatasyncs.fetch_add(synced, Ordering::Relaxed);
         for (shard, wal_seq) in &prepared.cursors {
             if let Some(cursor) = inner.recorded.get(*shard as usize) {
                 cursor.fetch_max(*wal_seq, Ordering::AcqRel);
@@ -496,5 +521,32 @@ mod tests {
         assert_eq!(kept[0].event_type, "StockChanged");
         assert!(store.read_after(8, 100).unwrap().is_empty());
         assert_eq!(store.read_after(6, 1).unwrap().len(), 1);
+        assert_eq!(
+            store.fdatasyncs(),
+            0,
+            "a temporary store has no file to sync"
+        );
+    }
+
+    /// sled's flush ends in `sync_file_range`: a stored batch on disk is also `fdatasync`ed
+    /// before its events are readable.
+    #[test]
+    fn a_stored_batch_on_disk_is_fdatasynced_before_it_is_readable() {
+        let dir = std::env::temp_dir().join(format!(
+            "holdfast-event-store-sync-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let (store, recorder) = EventStore::open(Some(&dir)).unwrap();
+            recorder.record((1..=3).map(|s| stock(0, s)).collect());
+            wait_for_head(&store, 3);
+            assert!(store.fdatasyncs() >= 1, "{}", store.fdatasyncs());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
