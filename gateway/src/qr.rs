@@ -24,6 +24,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use holdfast_engine::view::AppointmentView;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -53,7 +54,18 @@ pub struct QrFields<'a> {
     pub citizen_id: &'a str,
 }
 
-impl QrFields<'_> {
+impl<'a> QrFields<'a> {
+    /// The fields of `a` its QR token vouches for (`id`: its id, as rendered).
+    pub fn of(a: &'a AppointmentView, id: &'a str) -> QrFields<'a> {
+        QrFields {
+            appointment_id: id,
+            clinic_id: &a.clinic_id,
+            slot_id: &a.slot_id,
+            vaccine: &a.vaccine,
+            citizen_id: &a.citizen_id,
+        }
+    }
+
     /// The fields in signing order.
     fn parts(&self) -> [&str; 5] {
         [

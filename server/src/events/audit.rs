@@ -149,7 +149,7 @@ pub fn verify_offline(data_dir: &std::path::Path) -> Result<(String, bool), Stri
             data_dir.display()
         ));
     }
-    let db = super::store::open_db(Some(data_dir))?;
+    let db = super::open_db(Some(data_dir))?;
     let tree = db
         .open_tree("audit")
         .map_err(|e| format!("cannot open the audit tree: {e}"))?;

@@ -7,4 +7,18 @@ pub mod audit;
 pub mod mapping;
 pub mod store;
 
+use std::path::Path;
+
 pub use store::{EventStore, EVENTS_RETAINED_MAX, EVENTS_SUBDIR};
+
+/// Opens the sled database at `dir` (or a temporary one) without starting a recorder: for
+/// reading offline (`holdfast audit verify`).
+pub fn open_db(dir: Option<&Path>) -> Result<sled::Db, String> {
+    let config = match dir {
+        Some(dir) => sled::Config::new().path(dir.join(store::EVENTS_SUBDIR)),
+        None => sled::Config::new().temporary(true),
+    };
+    config
+        .open()
+        .map_err(|e| format!("cannot open the event store: {e}"))
+}

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::audit::{self, GENESIS_HASH};
 use super::mapping::{audit_of, body, events_of, rfc3339};
+use super::open_db;
 
 /// Where the store lives inside the data directory.
 pub const EVENTS_SUBDIR: &str = "events";
@@ -115,18 +116,6 @@ fn decode_event(seq: u64, bytes: &[u8]) -> StoredEvent {
         event_type: String::from_utf8_lossy(event_type).into_owned(),
         data: String::from_utf8_lossy(data).into_owned(),
     }
-}
-
-/// Opens the sled database at `dir` (or a temporary one) without starting a recorder: for
-/// reading offline (`holdfast audit verify`).
-pub fn open_db(dir: Option<&Path>) -> Result<sled::Db, String> {
-    let config = match dir {
-        Some(dir) => sled::Config::new().path(dir.join(EVENTS_SUBDIR)),
-        None => sled::Config::new().temporary(true),
-    };
-    config
-        .open()
-        .map_err(|e| format!("cannot open the event store: {e}"))
 }
 
 impl EventStore {

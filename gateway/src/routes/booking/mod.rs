@@ -54,7 +54,7 @@ pub(crate) fn render(state: &AppState, a: &AppointmentView) -> AppointmentJson {
 /// The appointment's QR token, signed with the newest key.
 fn qr_token(state: &AppState, a: &AppointmentView) -> String {
     let id = a.id.to_string();
-    state.qr.token(&crate::routes::clinic::qr_fields(a, &id))
+    state.qr.token(&crate::qr::QrFields::of(a, &id))
 }
 
 /// Who may book for `citizen_id`: that citizen, or an authority.

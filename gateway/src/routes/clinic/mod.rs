@@ -33,17 +33,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(administer))
 }
 
-/// The fields of `a` its QR token vouches for (`id`: its id, as rendered).
-pub(crate) fn qr_fields<'a>(a: &'a AppointmentView, id: &'a str) -> QrFields<'a> {
-    QrFields {
-        appointment_id: id,
-        clinic_id: &a.clinic_id,
-        slot_id: &a.slot_id,
-        vaccine: &a.vaccine,
-        citizen_id: &a.citizen_id,
-    }
-}
-
 /// 403 `BAD_QR`: one answer for every token that is not a genuine one of this clinic, so a
 /// prober learns nothing about which part was wrong.
 fn bad_qr() -> ApiError {
@@ -67,7 +56,7 @@ fn staff_clinic(caller: &Caller) -> Result<&str, ApiError> {
 /// Whether `token` is a genuine token of `a`.
 fn genuine(state: &AppState, token: &str, a: &AppointmentView) -> bool {
     let id = a.id.to_string();
-    state.qr.verify(token, &qr_fields(a, &id))
+    state.qr.verify(token, &QrFields::of(a, &id))
 }
 
 /// Scans a QR code: answers the appointment when the token is genuine, of the staff
