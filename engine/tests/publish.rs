@@ -6,14 +6,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::NaiveDate;
-use common::{rules, GatedJournal};
-use holdfast_engine::command::{Confirm, Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock};
+use common::{clinic_c1, GatedJournal};
+use holdfast_engine::command::{Confirm, Hold};
 use holdfast_engine::ids::AppointmentId;
-use holdfast_engine::model::{ClinicInfo, SlotSpec};
 use holdfast_engine::publish::{Change, Published};
 use holdfast_engine::ring::Ring;
-use holdfast_engine::{Clock, Command, Node, NodeConfig, Output, Status, SystemClock};
+use holdfast_engine::{Command, Node, NodeConfig, Output, Status, SystemClock};
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::broadcast::Receiver;
 
@@ -28,51 +26,6 @@ async fn node_with(journal: Arc<GatedJournal>) -> Arc<Node> {
     )
     .await
     .expect("node starts")
-}
-
-async fn clinic(node: &Node) -> u32 {
-    node.broadcast(Command::PutVaccine(PutVaccine {
-        name: "vx".into(),
-        rules: rules(None),
-    }))
-    .await
-    .expect("vaccine");
-    let shard = node.clinic_shard("c1");
-    let start_ms = SystemClock.now_ms() + 24 * 60 * 60 * 1000;
-    let commands = vec![
-        Command::PutClinic(PutClinic {
-            clinic_id: "c1".into(),
-            info: ClinicInfo {
-                name: "One".into(),
-                region: "north".into(),
-                timezone: "UTC".into(),
-            },
-        }),
-        Command::ReceiveStock(ReceiveStock {
-            clinic_id: "c1".into(),
-            vaccine: "vx".into(),
-            batch: "b1".into(),
-            quantity: 10,
-            expires_on: NaiveDate::from_ymd_opt(2030, 1, 1).expect("date"),
-        }),
-        Command::PutSlots(PutSlots {
-            clinic_id: "c1".into(),
-            slots: vec![(
-                "s1".into(),
-                SlotSpec {
-                    start_ms,
-                    end_ms: start_ms + 900_000,
-                    capacity: 5,
-                    vaccines: vec!["vx".into()],
-                    priority_reserve: 0,
-                },
-            )],
-        }),
-    ];
-    for answer in node.exec_batch(shard, commands).await.expect("set up") {
-        answer.expect("set-up command");
-    }
-    shard
 }
 
 fn hold() -> Command {
@@ -90,7 +43,7 @@ async fn next(events: &mut Receiver<Arc<Published>>) -> Arc<Published> {
 async fn a_change_is_published_after_it_is_stored_with_its_names() {
     let journal = Arc::new(GatedJournal::default());
     let node = node_with(journal.clone()).await;
-    let shard = clinic(&node).await;
+    let shard = clinic_c1(&node).await;
     let mut events = node.subscribe();
 
     journal.close();
@@ -156,7 +109,7 @@ async fn a_change_is_published_after_it_is_stored_with_its_names() {
 async fn a_change_whose_record_fails_is_never_published() {
     let journal = Arc::new(GatedJournal::default());
     let node = node_with(journal.clone()).await;
-    let shard = clinic(&node).await;
+    let shard = clinic_c1(&node).await;
     let mut events = node.subscribe();
     journal.fail_next();
     let answer = node.exec(shard, hold()).await;

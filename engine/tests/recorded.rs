@@ -7,15 +7,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use chrono::NaiveDate;
-use common::rules;
-use holdfast_engine::command::{Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock};
+use common::clinic_c1;
+use holdfast_engine::command::Hold;
 use holdfast_engine::error::JournalError;
 use holdfast_engine::journal::{Done, Journal, Recovered};
-use holdfast_engine::model::{ClinicInfo, SlotSpec};
 use holdfast_engine::publish::{Published, Recorder};
 use holdfast_engine::ring::Ring;
-use holdfast_engine::{Clock, Command, Node, NodeConfig, SystemClock};
+use holdfast_engine::{Command, Node, NodeConfig, SystemClock};
 
 /// A journal in memory that survives the node: per shard, the snapshot and the records after
 /// it (a snapshot drops the records it covers, as the WAL's truncation does).
@@ -118,51 +116,6 @@ async fn node(journal: Arc<MemJournal>, recorder: Arc<Collecting>) -> Arc<Node> 
     node
 }
 
-async fn set_up(node: &Node) -> u32 {
-    node.broadcast(Command::PutVaccine(PutVaccine {
-        name: "vx".into(),
-        rules: rules(None),
-    }))
-    .await
-    .expect("vaccine");
-    let shard = node.clinic_shard("c1");
-    let start_ms = SystemClock.now_ms() + 24 * 60 * 60 * 1000;
-    let commands = vec![
-        Command::PutClinic(PutClinic {
-            clinic_id: "c1".into(),
-            info: ClinicInfo {
-                name: "One".into(),
-                region: "north".into(),
-                timezone: "UTC".into(),
-            },
-        }),
-        Command::ReceiveStock(ReceiveStock {
-            clinic_id: "c1".into(),
-            vaccine: "vx".into(),
-            batch: "b1".into(),
-            quantity: 10,
-            expires_on: NaiveDate::from_ymd_opt(2030, 1, 1).expect("date"),
-        }),
-        Command::PutSlots(PutSlots {
-            clinic_id: "c1".into(),
-            slots: vec![(
-                "s1".into(),
-                SlotSpec {
-                    start_ms,
-                    end_ms: start_ms + 900_000,
-                    capacity: 5,
-                    vaccines: vec!["vx".into()],
-                    priority_reserve: 0,
-                },
-            )],
-        }),
-    ];
-    for answer in node.exec_batch(shard, commands).await.expect("set up") {
-        answer.expect("set-up command");
-    }
-    shard
-}
-
 fn of_shard(seen: &Mutex<Vec<Published>>, shard: u32) -> Vec<Published> {
     seen.lock()
         .unwrap()
@@ -183,7 +136,7 @@ async fn two_lives(stored_up_to: u64) -> (Vec<Published>, Vec<Published>) {
         floor: 0,
     });
     let node1 = node(journal.clone(), first.clone()).await;
-    let shard = set_up(&node1).await;
+    let shard = clinic_c1(&node1).await;
     node1.snapshot_all().await.expect("snapshots");
     node1
         .exec(

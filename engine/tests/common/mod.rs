@@ -1,8 +1,11 @@
 //! Fixtures shared by the engine's integration tests.
 
+use chrono::NaiveDate;
+use holdfast_engine::command::{PutClinic, PutSlots, PutVaccine, ReceiveStock};
 use holdfast_engine::error::JournalError;
 use holdfast_engine::journal::{Done, Journal, Recovered};
-use holdfast_engine::model::VaccineRules;
+use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
+use holdfast_engine::{Clock, Command, Node, SystemClock};
 
 /// A journal that stores at once until the test closes its gate, then holds every
 /// completion (so every answer waits) until the test opens it again.
@@ -80,4 +83,52 @@ pub fn rules(min_age: Option<u32>) -> VaccineRules {
         min_interval_days: 0,
         contraindications: vec![],
     }
+}
+
+/// One vaccine (`vx`) on every shard, and on clinic `c1`'s shard the clinic, 10 doses of batch
+/// `b1` and slot `s1` (5 seats, tomorrow); answers that shard.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn clinic_c1(node: &Node) -> u32 {
+    node.broadcast(Command::PutVaccine(PutVaccine {
+        name: "vx".into(),
+        rules: rules(None),
+    }))
+    .await
+    .expect("vaccine");
+    let shard = node.clinic_shard("c1");
+    let start_ms = SystemClock.now_ms() + 24 * 60 * 60 * 1000;
+    let commands = vec![
+        Command::PutClinic(PutClinic {
+            clinic_id: "c1".into(),
+            info: ClinicInfo {
+                name: "One".into(),
+                region: "north".into(),
+                timezone: "UTC".into(),
+            },
+        }),
+        Command::ReceiveStock(ReceiveStock {
+            clinic_id: "c1".into(),
+            vaccine: "vx".into(),
+            batch: "b1".into(),
+            quantity: 10,
+            expires_on: NaiveDate::from_ymd_opt(2030, 1, 1).expect("date"),
+        }),
+        Command::PutSlots(PutSlots {
+            clinic_id: "c1".into(),
+            slots: vec![(
+                "s1".into(),
+                SlotSpec {
+                    start_ms,
+                    end_ms: start_ms + 900_000,
+                    capacity: 5,
+                    vaccines: vec!["vx".into()],
+                    priority_reserve: 0,
+                },
+            )],
+        }),
+    ];
+    for answer in node.exec_batch(shard, commands).await.expect("set up") {
+        answer.expect("set-up command");
+    }
+    shard
 }
