@@ -183,11 +183,15 @@ impl Publisher {
         if changes.is_empty() {
             return;
         }
+        if self.tx.receiver_count() == 0 {
+            // Nobody subscribed: the recorder takes the batch itself, no copy.
+            if let Some(recorder) = &self.recorder {
+                recorder.record(changes);
+            }
+            return;
+        }
         if let Some(recorder) = &self.recorder {
             recorder.record(changes.clone());
-        }
-        if self.tx.receiver_count() == 0 {
-            return;
         }
         for change in changes {
             // No receiver left: nobody to tell, which is not an error.
