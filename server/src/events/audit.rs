@@ -1,15 +1,18 @@
 //! The audit chain: every status change of an appointment, append-only, each record carrying
 //! the SHA-256 of the one before (docs/ARCHITECTURE.md, "Events and audit").
 //!
-//! Records live in the `audit` tree of the event store (key: the record's sequence, big
-//! endian; value: the record's JSON), one appointment's sequences in the `audit_by_appointment`
-//! tree (key: appointment id, a zero byte, the sequence). Neither tree is touched by the
-//! shards' snapshots or the log's truncation: the chain is never cut. `hash` is the hex
-//! SHA-256 of `prev_hash` (hex) followed by the record's canonical bytes
+//! Records live in the event store's audit frames (key: the first record's sequence, big
+//! endian; value: the records' JSON, one a line, [`super::frames`]), one appointment's
+//! sequences in its index entries (appointment id, a zero byte, the sequence). Neither is
+//! touched by the shards' snapshots or the log's truncation, nor by the events' retention:
+//! the chain is never cut. `hash` is the hex SHA-256 of `prev_hash` (hex) followed by the
+//! record's canonical bytes
 //! ([`canonical_bytes`]); the first record's `prev_hash` is [`GENESIS_HASH`].
 
 use holdfast_engine::feed::{AuditRecord, AuditVerdict};
 use sha2::{Digest, Sha256};
+
+use super::frames;
 
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -57,53 +60,65 @@ pub fn seal(
     }
 }
 
-pub fn record_key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
-
-pub fn index_key(appointment_id: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(appointment_id.len() + 9);
-    key.extend_from_slice(appointment_id.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// Walks the `audit` tree in order, one record in memory at a time, and reports the first
+/// Walks the audit frames in order, one frame in memory at a time, and reports the first
 /// record whose bytes, sequence or links do not hold.
-pub fn verify(audit: &sled::Tree) -> AuditVerdict {
-    let mut prev_hash = GENESIS_HASH.to_string();
-    let mut expected = 1u64;
-    for entry in audit.iter() {
-        let broken = |reason: String| AuditVerdict::Broken {
-            first_bad_seq: expected,
-            reason,
-        };
+pub fn verify(tree: &sled::Tree) -> AuditVerdict {
+    let mut chain = Chain {
+        prev_hash: GENESIS_HASH.to_string(),
+        expected: 1,
+    };
+    for entry in tree.range(frames::audit_range()) {
         let (key, value) = match entry {
             Ok(entry) => entry,
-            Err(e) => return broken(format!("the audit tree could not be read: {e}")),
+            Err(e) => return chain.broken(format!("the audit frames could not be read: {e}")),
         };
-        let key_seq = <[u8; 8]>::try_from(key.as_ref())
-            .ok()
-            .map(u64::from_be_bytes);
-        if key_seq != Some(expected) {
-            return broken(format!("record {expected} is missing (found key {key:?})"));
-        }
-        let record: AuditRecord = match serde_json::from_slice(&value) {
-            Ok(record) => record,
-            Err(e) => return broken(format!("record {expected} does not parse: {e}")),
-        };
-        if record.seq != expected {
-            return broken(format!(
-                "record {expected} says it is record {}",
-                record.seq
+        if frames::first_of(&key) != Some(chain.expected) {
+            return chain.broken(format!(
+                "record {} is missing (the next frame starts at {:?})",
+                chain.expected,
+                frames::first_of(&key)
             ));
         }
-        if record.prev_hash != prev_hash {
-            return broken(format!(
+        for record in frames::decode_audit(&value) {
+            if let Err(verdict) = chain.check(record) {
+                return verdict;
+            }
+        }
+    }
+    AuditVerdict::Ok {
+        records: chain.expected - 1,
+        head: chain.prev_hash,
+    }
+}
+
+/// Where a walk of the chain stands: the hash the next record must link to, and its number.
+struct Chain {
+    prev_hash: String,
+    expected: u64,
+}
+
+impl Chain {
+    fn broken(&self, reason: String) -> AuditVerdict {
+        AuditVerdict::Broken {
+            first_bad_seq: self.expected,
+            reason,
+        }
+    }
+
+    /// Checks the next record (as it parsed) and moves past it.
+    fn check(&mut self, record: Result<AuditRecord, String>) -> Result<(), AuditVerdict> {
+        let expected = self.expected;
+        let record =
+            record.map_err(|e| self.broken(format!("record {expected} does not parse: {e}")))?;
+        if record.seq != expected {
+            let says = record.seq;
+            return Err(self.broken(format!("record {expected} says it is record {says}")));
+        }
+        if record.prev_hash != self.prev_hash {
+            return Err(self.broken(format!(
                 "record {expected}'s prev_hash is not the hash of record {}",
                 expected - 1
-            ));
+            )));
         }
         let hash = chain_hash(
             &record.prev_hash,
@@ -113,16 +128,13 @@ pub fn verify(audit: &sled::Tree) -> AuditVerdict {
             &record.status,
         );
         if hash != record.hash {
-            return broken(format!(
+            return Err(self.broken(format!(
                 "record {expected}'s contents do not match its hash"
-            ));
+            )));
         }
-        prev_hash = record.hash;
-        expected += 1;
-    }
-    AuditVerdict::Ok {
-        records: expected - 1,
-        head: prev_hash,
+        self.prev_hash = record.hash;
+        self.expected += 1;
+        Ok(())
     }
 }
 
@@ -151,8 +163,8 @@ pub fn verify_offline(data_dir: &std::path::Path) -> Result<(String, bool), Stri
     }
     let db = super::open_db(Some(data_dir))?;
     let tree = db
-        .open_tree("audit")
-        .map_err(|e| format!("cannot open the audit tree: {e}"))?;
+        .open_tree(frames::TREE)
+        .map_err(|e| format!("cannot open the event store's tree: {e}"))?;
     let verdict = verify(&tree);
     let ok = matches!(verdict, AuditVerdict::Ok { .. });
     Ok((verdict_json(&verdict).to_string(), ok))
@@ -162,37 +174,61 @@ pub fn verify_offline(data_dir: &std::path::Path) -> Result<(String, bool), Stri
 mod tests {
     use super::*;
 
+    fn chain_of(n: u64) -> Vec<AuditRecord> {
+        let mut prev = GENESIS_HASH.to_string();
+        (1..=n)
+            .map(|seq| {
+                let record = seal(
+                    seq,
+                    "2026-01-01T00:00:00.000Z".into(),
+                    format!("a{seq}"),
+                    "PENDING".into(),
+                    &prev,
+                );
+                prev = record.hash.clone();
+                record
+            })
+            .collect()
+    }
+
     #[test]
     fn a_flipped_byte_breaks_the_chain_at_its_record() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("audit").unwrap();
-        let mut prev = GENESIS_HASH.to_string();
-        for seq in 1..=5 {
-            let record = seal(
-                seq,
-                "2026-01-01T00:00:00.000Z".into(),
-                format!("a{seq}"),
-                "PENDING".into(),
-                &prev,
-            );
-            prev = record.hash.clone();
-            tree.insert(record_key(seq), serde_json::to_vec(&record).unwrap())
-                .unwrap();
-        }
+        let tree = db.open_tree(frames::TREE).unwrap();
+        let records = chain_of(5);
+        tree.insert(frames::audit_key(1), frames::encode_audit(&records[..2]))
+            .unwrap();
+        tree.insert(frames::audit_key(3), frames::encode_audit(&records[2..]))
+            .unwrap();
         assert_eq!(
             verify(&tree),
             AuditVerdict::Ok {
                 records: 5,
-                head: prev
+                head: records[4].hash.clone()
             }
         );
-        let mut bytes = tree.get(record_key(3)).unwrap().unwrap().to_vec();
-        let at = bytes.iter().position(|&b| b == b'P').unwrap();
+        let mut bytes = tree.get(frames::audit_key(3)).unwrap().unwrap().to_vec();
+        let at = bytes.iter().position(|&b| b == b'P').unwrap(); // record 3's status
         bytes[at] ^= 0x01;
-        tree.insert(record_key(3), bytes).unwrap();
+        tree.insert(frames::audit_key(3), bytes).unwrap();
         match verify(&tree) {
             AuditVerdict::Broken { first_bad_seq, .. } => assert_eq!(first_bad_seq, 3),
             other => panic!("a flipped byte went unnoticed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_frame_breaks_the_chain_where_it_was() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree(frames::TREE).unwrap();
+        let records = chain_of(5);
+        tree.insert(frames::audit_key(1), frames::encode_audit(&records[..2]))
+            .unwrap();
+        tree.insert(frames::audit_key(5), frames::encode_audit(&records[4..]))
+            .unwrap();
+        match verify(&tree) {
+            AuditVerdict::Broken { first_bad_seq, .. } => assert_eq!(first_bad_seq, 3),
+            other => panic!("a missing frame went unnoticed: {other:?}"),
         }
     }
 }

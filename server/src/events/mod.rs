@@ -4,6 +4,7 @@
 //! (the SHA-256 chain and its verification, also offline: `holdfast audit verify`).
 
 pub mod audit;
+pub mod frames;
 pub mod mapping;
 pub mod store;
 

@@ -1,10 +1,11 @@
 //! The event store: the node's durable event feed and audit chain, a sled database of its own
 //! (`<data-dir>/events`), written by one recorder thread from the publication point.
 //!
-//! Trees: `events` (node sequence, big endian -> `[type length][type][data JSON]`), `cursors`
-//! (shard -> the highest `wal_seq` whose change is stored), `audit` and `audit_by_appointment`
-//! ([`super::audit`]). One change's events, its audit record and its shard's cursor are written
-//! in one sled transaction, and a batch is flushed (fsync) before its events are readable
+//! Everything lives in one tree, in frames ([`super::frames`]): a batch of changes (what the
+//! publishers handed over since the last write, up to [`RECORDER_WRITE_CHANGES_MAX`]) becomes
+//! a few event frames, a few audit frames, one index entry per status change and the shards'
+//! cursor table (shard -> the highest `wal_seq` whose change is stored), all in one atomic
+//! `apply_batch`; the batch is flushed and `fdatasync`ed before its events are readable
 //! ([`EventFeed::head`] moves only then): a reader never sees an event a crash takes back.
 //! A change the recorder had not stored when the node stopped is published again at the
 //! next start (the shard's snapshot and log tail, [`holdfast_engine::publish::Recorder`]) and
@@ -19,11 +20,10 @@ use holdfast_engine::feed::{AuditRecord, AuditTrail, AuditVerdict, EventFeed, Go
 use holdfast_engine::node::SHARDS_MAX;
 use holdfast_engine::publish::{Published, Recorder};
 use holdfast_persistence::DiskSync;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use tokio::sync::watch;
 
 use super::audit::{self, GENESIS_HASH};
+use super::frames::{self, FramedEvent, FRAME_AUDIT_MAX, FRAME_EVENTS_MAX};
 use super::mapping::{audit_of, body, events_of, rfc3339};
 use super::open_db;
 
@@ -32,25 +32,27 @@ pub const EVENTS_SUBDIR: &str = "events";
 /// Events kept: a resume from before the oldest kept is `Gone` (SSE `event: gone`). At about
 /// 250 bytes an event, 2 million events are about 500 MiB on disk, several hours of a launch
 /// morning (two events per status change at 15-25 K changes/s peak, far less on average).
+/// Whole frames are dropped, so up to [`FRAME_EVENTS_MAX`] - 1 more may be kept.
 pub const EVENTS_RETAINED_MAX: u64 = 2_000_000;
 /// Batches of changes queued for the recorder before a publisher waits: back-pressure on
 /// the journal's completions (and so on new writes, through the journal's high-water mark)
 /// rather than loss. A batch is one group commit's changes of one shard.
 pub const RECORDER_QUEUE_BATCHES: usize = 4_096;
-/// Changes written in one transaction and one flush by the recorder, at most.
+/// Changes written in one `apply_batch` and one flush by the recorder, at most.
 pub const RECORDER_WRITE_CHANGES_MAX: usize = 8_192;
 /// Longest wait between two attempts at storing a batch the store refused (a full disk): the
 /// recorder retries the same batch until it is stored, never skipping it.
 pub const RECORDER_RETRY_MAX_MS: u64 = 5_000;
-/// Oldest events deleted per sled batch when the retention trims.
-const TRIM_BATCH_EVENTS: u64 = 10_000;
+/// Old event frames dropped in one write at most when the retention trims (the rest go
+/// with the next writes): a lowered retention never stalls one write for long.
+const TRIM_FRAMES_MAX: usize = 64;
+/// Trees of the per-record layout before frames: a store that has them is refused rather
+/// than misread.
+const OLD_LAYOUT_TREES: [&str; 2] = ["events", "audit"];
 
 struct Inner {
     db: sled::Db,
-    events: sled::Tree,
-    cursors: sled::Tree,
-    audit: sled::Tree,
-    audit_index: sled::Tree,
+    frames: sled::Tree,
     /// Per shard: the highest `wal_seq` whose change is durably stored.
     recorded: Vec<AtomicU64>,
     head: watch::Sender<u64>,
@@ -90,32 +92,67 @@ struct Writer {
     next_seq: u64,
     audit_seq: u64,
     audit_prev: String,
+    /// The stored cursor table, sorted by shard (rewritten whole in every batch).
+    cursors: Vec<(u32, u64)>,
 }
 
-fn be(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
+/// Where a reopened store stands: its newest and oldest event, its last audit record.
+struct Tail {
+    head: u64,
+    oldest: u64,
+    audit_seq: u64,
+    audit_prev: String,
 }
 
-fn seq_of(key: &[u8]) -> u64 {
-    <[u8; 8]>::try_from(key).map_or(0, u64::from_be_bytes)
-}
-
-fn encode_event(event_type: &str, data: &str) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(1 + event_type.len() + data.len());
-    bytes.push(event_type.len() as u8);
-    bytes.extend_from_slice(event_type.as_bytes());
-    bytes.extend_from_slice(data.as_bytes());
-    bytes
-}
-
-fn decode_event(seq: u64, bytes: &[u8]) -> StoredEvent {
-    let (len, rest) = bytes.split_first().unwrap_or((&0, &[]));
-    let (event_type, data) = rest.split_at((*len as usize).min(rest.len()));
-    StoredEvent {
-        seq,
-        event_type: String::from_utf8_lossy(event_type).into_owned(),
-        data: String::from_utf8_lossy(data).into_owned(),
+fn tail_of(tree: &sled::Tree) -> Tail {
+    let frame = |entry: Option<(sled::IVec, sled::IVec)>| {
+        entry.and_then(|(key, value)| Some((frames::first_of(&key)?, value)))
+    };
+    let last_events = frame(
+        tree.range(frames::events_range())
+            .next_back()
+            .and_then(Result::ok),
+    );
+    let head = last_events.map_or(0, |(first, value)| first + frames::event_count(&value) - 1);
+    let oldest = frame(
+        tree.range(frames::events_range())
+            .next()
+            .and_then(Result::ok),
+    )
+    .map_or(head + 1, |(first, _)| first);
+    let last_audit = tree
+        .range(frames::audit_range())
+        .next_back()
+        .and_then(Result::ok);
+    let (audit_seq, audit_prev) =
+        match last_audit.and_then(|(_, value)| frames::decode_audit(&value).last()) {
+            Some(Ok(record)) => (record.seq, record.hash),
+            Some(Err(e)) => (0, format!("unreadable: {e}")),
+            None => (0, GENESIS_HASH.to_string()),
+        };
+    Tail {
+        head,
+        oldest,
+        audit_seq,
+        audit_prev,
     }
+}
+
+fn refuse_old_layout(db: &sled::Db) -> Result<(), String> {
+    for name in OLD_LAYOUT_TREES {
+        let old = db
+            .tree_names()
+            .iter()
+            .any(|tree| tree.as_ref() == name.as_bytes());
+        if old && !db.open_tree(name).map_or(true, |tree| tree.is_empty()) {
+            return Err(format!(
+                "the event store was written by an older holdfast (tree `{name}`, one record \
+                 per key); this version keeps frames and cannot read it: move the `{EVENTS_SUBDIR}` \
+                 directory away to start a new feed and audit chain"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl EventStore {
@@ -131,48 +168,27 @@ impl EventStore {
         retained_max: u64,
     ) -> Result<(Arc<EventStore>, Arc<dyn Recorder>), String> {
         let db = open_db(dir)?;
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| format!("cannot open the event store's {name} tree: {e}"))
-        };
-        let (events, cursors, audit_tree, audit_index) = (
-            tree("events")?,
-            tree("cursors")?,
-            tree("audit")?,
-            tree("audit_by_appointment")?,
-        );
+        refuse_old_layout(&db)?;
+        let tree = db
+            .open_tree(frames::TREE)
+            .map_err(|e| format!("cannot open the event store's tree: {e}"))?;
+        let cursors = tree
+            .get(frames::CURSORS_KEY)
+            .map_err(|e| format!("cannot read the event cursors: {e}"))?
+            .map_or_else(Vec::new, |value| frames::decode_cursors(&value));
         let recorded: Vec<AtomicU64> = (0..SHARDS_MAX).map(|_| AtomicU64::new(0)).collect();
-        for entry in cursors.iter() {
-            let (key, value) = entry.map_err(|e| format!("cannot read the event cursors: {e}"))?;
-            let shard = <[u8; 4]>::try_from(key.as_ref()).map_or(u32::MAX, u32::from_be_bytes);
-            if let Some(cursor) = recorded.get(shard as usize) {
-                cursor.store(seq_of(&value), Ordering::Release);
+        for (shard, wal_seq) in &cursors {
+            if let Some(cursor) = recorded.get(*shard as usize) {
+                cursor.store(*wal_seq, Ordering::Release);
             }
         }
-        let last = |tree: &sled::Tree| tree.last().ok().flatten();
-        let head = last(&events).map_or(0, |(key, _)| seq_of(&key));
-        let oldest = events
-            .first()
-            .ok()
-            .flatten()
-            .map_or(head + 1, |(key, _)| seq_of(&key));
-        let (audit_seq, audit_prev) = match last(&audit_tree) {
-            Some((key, value)) => (
-                seq_of(&key),
-                serde_json::from_slice::<AuditRecord>(&value)
-                    .map_or_else(|e| format!("unreadable: {e}"), |record| record.hash),
-            ),
-            None => (0, GENESIS_HASH.to_string()),
-        };
+        let tail = tail_of(&tree);
         let inner = Arc::new(Inner {
             db,
-            events,
-            cursors,
-            audit: audit_tree,
-            audit_index,
+            frames: tree,
             recorded,
-            head: watch::channel(head).0,
-            oldest: AtomicU64::new(oldest),
+            head: watch::channel(tail.head).0,
+            oldest: AtomicU64::new(tail.oldest),
             fdatasyncs: AtomicU64::new(0),
             retained_max: retained_max.max(1),
         });
@@ -183,9 +199,10 @@ impl EventStore {
         let writer = Writer {
             inner: inner.clone(),
             disk,
-            next_seq: head + 1,
-            audit_seq,
-            audit_prev,
+            next_seq: tail.head + 1,
+            audit_seq: tail.audit_seq,
+            audit_prev: tail.audit_prev,
+            cursors,
         };
         let thread = std::thread::Builder::new()
             .name("event-recorder".into())
@@ -219,6 +236,17 @@ impl EventStore {
     pub fn oldest(&self) -> u64 {
         self.inner.oldest.load(Ordering::Acquire)
     }
+
+    /// The first sequence of the frame holding `seq` (or of the first frame after it).
+    fn frame_start(&self, seq: u64) -> u64 {
+        self.inner
+            .frames
+            .range(frames::event_key(0)..=frames::event_key(seq))
+            .next_back()
+            .and_then(Result::ok)
+            .and_then(|(key, _)| frames::first_of(&key))
+            .unwrap_or(seq)
+    }
 }
 
 impl EventFeed for EventStore {
@@ -230,15 +258,27 @@ impl EventFeed for EventStore {
                 oldest_seq: oldest,
             });
         }
-        // Only what is flushed: entries above the head may be a batch not yet durable.
+        // Only what is flushed: frames above the head may be a batch not yet durable.
         let head = *self.inner.head.borrow();
         if after >= head {
             return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity(max.min((head - after) as usize));
-        for entry in self.inner.events.range(be(after + 1)..=be(head)).take(max) {
-            let Ok((key, value)) = entry else { break };
-            out.push(decode_event(seq_of(&key), &value));
+        let max = max.min((head - after) as usize);
+        let mut out = Vec::with_capacity(max);
+        let from = self.frame_start(after + 1);
+        let range = frames::event_key(from)..=frames::event_key(head);
+        for entry in self.inner.frames.range(range) {
+            let Ok((key, frame)) = entry else { break };
+            let Some(first) = frames::first_of(&key) else {
+                break;
+            };
+            if out.len() >= max {
+                break;
+            }
+            if let Err(error) = frames::decode_events(first, &frame, after + 1, max, &mut out) {
+                tracing::error!(%error, "an event frame does not decode; the feed stops before it");
+                break;
+            }
         }
         // A trim may have run between the check and the read: never hand out a gap.
         match out.first() {
@@ -261,24 +301,44 @@ impl EventFeed for EventStore {
 
 impl AuditTrail for EventStore {
     fn verify(&self) -> AuditVerdict {
-        audit::verify(&self.inner.audit)
+        audit::verify(&self.inner.frames)
     }
 
     fn history(&self, appointment_id: &str, max: usize) -> Vec<AuditRecord> {
-        let mut prefix = appointment_id.as_bytes().to_vec();
-        prefix.push(0);
-        self.inner
-            .audit_index
-            .scan_prefix(prefix)
-            .take(max)
-            .filter_map(|entry| {
-                let (key, _) = entry.ok()?;
-                let seq = seq_of(&key[key.len().saturating_sub(8)..]);
-                let value = self.inner.audit.get(be(seq)).ok()??;
-                serde_json::from_slice(&value).ok()
-            })
-            .collect()
+        let tree = &self.inner.frames;
+        let mut frame: Option<(u64, Vec<AuditRecord>)> = None;
+        let mut out = Vec::new();
+        let seqs = tree
+            .scan_prefix(frames::index_prefix(appointment_id))
+            .keys()
+            .filter_map(|key| frames::index_seq(&key.ok()?));
+        for seq in seqs.take(max) {
+            let held = frame.as_ref().is_some_and(|(first, records)| {
+                (*first..*first + records.len() as u64).contains(&seq)
+            });
+            if !held {
+                frame = audit_frame_holding(tree, seq);
+            }
+            let Some((first, records)) = &frame else {
+                continue;
+            };
+            if let Some(record) = records.get((seq - first) as usize) {
+                out.push(record.clone());
+            }
+        }
+        out
     }
+}
+
+/// The audit frame holding record `seq`: its first sequence and its readable records.
+fn audit_frame_holding(tree: &sled::Tree, seq: u64) -> Option<(u64, Vec<AuditRecord>)> {
+    let (key, value) = tree
+        .range(frames::audit_key(0)..=frames::audit_key(seq))
+        .next_back()?
+        .ok()?;
+    let first = frames::first_of(&key)?;
+    let records = frames::decode_audit(&value).map_while(Result::ok).collect();
+    Some((first, records))
 }
 
 impl Recorder for RecorderPort {
@@ -296,11 +356,13 @@ impl Recorder for RecorderPort {
     }
 }
 
-/// A batch numbered and ready for one transaction.
+/// A batch numbered and ready for one `apply_batch`.
 #[derive(Default)]
 struct Prepared {
-    events: Vec<(u64, Vec<u8>)>,
+    /// `(seq, type, data JSON)`, consecutive sequences.
+    events: Vec<(u64, &'static str, String)>,
     audit: Vec<AuditRecord>,
+    /// The whole cursor table after the batch, sorted by shard.
     cursors: Vec<(u32, u64)>,
 }
 
@@ -328,32 +390,30 @@ impl Writer {
 
     /// Numbers the changes above each shard's cursor, without moving anything yet.
     fn prepare(&self, batch: &[Published]) -> Prepared {
-        let mut prepared = Prepared::default();
+        let mut prepared = Prepared {
+            cursors: self.cursors.clone(),
+            ..Prepared::default()
+        };
         let (mut seq, mut audit_seq) = (self.next_seq, self.audit_seq);
         let mut prev = self.audit_prev.clone();
         for change in batch {
             let cursor = match prepared
                 .cursors
-                .iter_mut()
-                .find(|(s, _)| *s == change.shard)
+                .binary_search_by_key(&change.shard, |(shard, _)| *shard)
             {
-                Some(cursor) => cursor,
-                None => {
-                    let stored = self.inner.recorded.get(change.shard as usize);
-                    let stored = stored.map_or(0, |c| c.load(Ordering::Acquire));
-                    prepared.cursors.push((change.shard, stored));
-                    prepared.cursors.last_mut().expect("just pushed")
+                Ok(at) => &mut prepared.cursors[at].1,
+                Err(at) => {
+                    prepared.cursors.insert(at, (change.shard, 0));
+                    &mut prepared.cursors[at].1
                 }
             };
-            if change.wal_seq <= cursor.1 {
+            if change.wal_seq <= *cursor {
                 continue; // stored before a restart, published again at recovery
             }
-            cursor.1 = change.wal_seq;
+            *cursor = change.wal_seq;
             for draft in events_of(&change.change) {
                 let data = body(seq, change, &draft);
-                prepared
-                    .events
-                    .push((seq, encode_event(draft.event_type, &data)));
+                prepared.events.push((seq, draft.event_type, data));
                 seq += 1;
             }
             if let Some(entry) = audit_of(&change.change) {
@@ -372,31 +432,46 @@ impl Writer {
         prepared
     }
 
+    /// The batch's frames, index entries and cursor table as one sled batch.
+    fn frame(prepared: &Prepared) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for chunk in prepared.events.chunks(FRAME_EVENTS_MAX) {
+            let events = chunk
+                .iter()
+                .map(|(_, event_type, data)| FramedEvent { event_type, data });
+            batch.insert(
+                &frames::event_key(chunk[0].0),
+                frames::encode_events(events),
+            );
+        }
+        for chunk in prepared.audit.chunks(FRAME_AUDIT_MAX) {
+            batch.insert(
+                &frames::audit_key(chunk[0].seq),
+                frames::encode_audit(chunk),
+            );
+        }
+        for record in &prepared.audit {
+            batch.insert(frames::index_key(&record.appointment_id, record.seq), &[]);
+        }
+        batch.insert(
+            frames::CURSORS_KEY,
+            frames::encode_cursors(&prepared.cursors),
+        );
+        batch
+    }
+
     fn write(&mut self, batch: &[Published]) -> Result<(), String> {
         let prepared = self.prepare(batch);
+        let mut framed = Writer::frame(&prepared);
+        let head = prepared.events.last().map(|(seq, _, _)| *seq);
+        if let Some(head) = head {
+            self.trim(head, &mut framed);
+        }
         let inner = &self.inner;
-        let trees = (
-            &inner.events,
-            &inner.cursors,
-            &inner.audit,
-            &inner.audit_index,
-        );
-        trees
-            .transaction(|(events, cursors, audit_tree, index)| {
-                for (seq, bytes) in &prepared.events {
-                    events.insert(&be(*seq), bytes.as_slice())?;
-                }
-                for (shard, wal_seq) in &prepared.cursors {
-                    cursors.insert(&shard.to_be_bytes(), &be(*wal_seq))?;
-                }
-                for record in &prepared.audit {
-                    let json = serde_json::to_vec(record).expect("audit records encode");
-                    audit_tree.insert(&audit::record_key(record.seq), json)?;
-                    index.insert(audit::index_key(&record.appointment_id, record.seq), &[])?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e: TransactionError<()>| format!("{e:?}"))?;
+        inner
+            .frames
+            .apply_batch(framed)
+            .map_err(|e| format!("storing a batch failed: {e}"))?;
         let synced = match &mut self.disk {
             Some(disk) => disk.flush(&inner.db),
             None => inner
@@ -412,39 +487,46 @@ impl Writer {
                 cursor.fetch_max(*wal_seq, Ordering::AcqRel);
             }
         }
+        self.cursors = prepared.cursors;
         if let Some(last) = prepared.audit.last() {
             self.audit_seq = last.seq;
             self.audit_prev = last.hash.clone();
         }
-        if let Some((seq, _)) = prepared.events.last() {
-            self.next_seq = seq + 1;
-            inner.head.send_replace(*seq);
-            self.trim(*seq);
+        if let Some(head) = head {
+            self.next_seq = head + 1;
+            inner.head.send_replace(head);
         }
         Ok(())
     }
 
-    /// Drops the oldest events past the retention; readers are told `Gone` first.
-    fn trim(&self, head: u64) {
+    /// Adds to `batch` the removal of the oldest frames past the retention (at most
+    /// [`TRIM_FRAMES_MAX`]); readers are told `Gone` first: the oldest kept sequence moves
+    /// before the frames go.
+    fn trim(&self, head: u64, batch: &mut sled::Batch) {
         let inner = &self.inner;
         let keep_from = head.saturating_sub(inner.retained_max) + 1;
-        let oldest = inner.oldest.load(Ordering::Acquire);
-        if keep_from <= oldest {
+        if keep_from <= inner.oldest.load(Ordering::Acquire) {
             return;
         }
-        inner.oldest.store(keep_from, Ordering::Release);
-        let mut from = oldest;
-        while from < keep_from {
-            let to = (from + TRIM_BATCH_EVENTS).min(keep_from);
-            let mut batch = sled::Batch::default();
-            for seq in from..to {
-                batch.remove(&be(seq));
-            }
-            if let Err(e) = inner.events.apply_batch(batch) {
-                tracing::warn!(error = %e, "trimming old events failed; they stay on disk");
+        let mut oldest = None;
+        for entry in inner
+            .frames
+            .range(frames::events_range())
+            .take(TRIM_FRAMES_MAX + 1)
+        {
+            let Ok((key, frame)) = entry else { return };
+            let Some(first) = frames::first_of(&key) else {
                 return;
+            };
+            if first + frames::event_count(&frame) > keep_from {
+                oldest = Some(first);
+                break;
             }
-            from = to;
+            batch.remove(key);
+            oldest = Some(first + frames::event_count(&frame));
+        }
+        if let Some(oldest) = oldest {
+            inner.oldest.fetch_max(oldest, Ordering::AcqRel);
         }
     }
 }
@@ -480,21 +562,24 @@ mod tests {
     }
 
     #[test]
-    fn changes_are_numbered_gap_free_once_each_and_old_ones_are_gone_past_the_retention() {
+    fn changes_are_numbered_gap_free_once_each_and_old_frames_are_gone_past_the_retention() {
         let (store, recorder) = EventStore::open_retaining(None, 5).unwrap();
+        // One write each (waiting in between), so the frames are [1-4], [5], [6-8].
         recorder.record((1..=4).map(|s| stock(0, s)).collect());
+        wait_for_head(&store, 4);
         // A restart publishes stored changes again: skipped by the shard's cursor.
         recorder.record(vec![stock(0, 3), stock(0, 4), stock(1, 1)]);
+        wait_for_head(&store, 5);
         recorder.record((5..=7).map(|s| stock(0, s)).collect());
         wait_for_head(&store, 8);
         assert_eq!(recorder.recorded(0), 7);
         assert_eq!(recorder.recorded(1), 1);
-        let gone = store.read_after(0, 100).unwrap_err();
-        assert_eq!(gone.oldest_seq, 4);
-        let kept = store.read_after(3, 100).unwrap();
-        let seqs: Vec<u64> = kept.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [4, 5, 6, 7, 8]);
-        let deltas: Vec<i64> = kept
+        // Keeping 5 of 8 would start at 4: whole frames go, so [1-4] stays for now.
+        assert_eq!(store.oldest(), 1);
+        let all = store.read_after(0, 100).unwrap();
+        let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7, 8]);
+        let deltas: Vec<i64> = all
             .iter()
             .map(|e| {
                 serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["delta"]
@@ -504,11 +589,32 @@ mod tests {
             .collect();
         assert_eq!(
             deltas,
-            [4, 1, 5, 6, 7],
+            [1, 2, 3, 4, 1, 5, 6, 7],
             "shard 0's 1-4, shard 1's 1, shard 0's 5-7"
         );
-        assert_eq!(kept[0].event_type, "StockChanged");
-        assert!(store.read_after(8, 100).unwrap().is_empty());
+        assert_eq!(all[0].event_type, "StockChanged");
+        // Resuming in the middle of a frame, and pages smaller than a frame.
+        let middle: Vec<u64> = store
+            .read_after(2, 3)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(middle, [3, 4, 5]);
+        recorder.record((8..=10).map(|s| stock(0, s)).collect());
+        wait_for_head(&store, 11);
+        // Keeping 5 of 11 starts at 7: [1-4] and [5] go, [6-8] stays.
+        assert_eq!(store.oldest(), 6);
+        assert_eq!(store.read_after(0, 100).unwrap_err().oldest_seq, 6);
+        assert!(store.read_after(4, 100).is_err(), "5 is gone");
+        let kept: Vec<u64> = store
+            .read_after(5, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(kept, [6, 7, 8, 9, 10, 11]);
+        assert!(store.read_after(11, 100).unwrap().is_empty());
         assert_eq!(store.read_after(6, 1).unwrap().len(), 1);
         assert_eq!(
             store.fdatasyncs(),
@@ -520,7 +626,7 @@ mod tests {
     /// sled's flush ends in `sync_file_range`: a stored batch on disk is also `fdatasync`ed
     /// before its events are readable.
     #[test]
-    fn a_stored_batch_on_disk_is_fdatasynced_before_it_is_readable() {
+    fn a_stored_batch_on_disk_is_fdatasynced_before_it_is_readable_and_found_again_on_reopen() {
         let dir = std::env::temp_dir().join(format!(
             "holdfast-event-store-sync-{}-{}",
             std::process::id(),
@@ -535,7 +641,25 @@ mod tests {
             recorder.record((1..=3).map(|s| stock(0, s)).collect());
             wait_for_head(&store, 3);
             assert!(store.fdatasyncs() >= 1, "{}", store.fdatasyncs());
+            drop(recorder);
+            store.join_recorder(std::time::Duration::from_secs(10));
         }
+        // Reopened: the head, the oldest event and the cursors are where they were.
+        let (store, recorder) = EventStore::open(Some(&dir)).unwrap();
+        assert_eq!((store.head(), store.oldest()), (3, 1));
+        assert_eq!(recorder.recorded(0), 3);
+        recorder.record((2..=5).map(|s| stock(0, s)).collect());
+        wait_for_head(&store, 5);
+        let seqs: Vec<u64> = store
+            .read_after(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5], "2 and 3 were stored before: skipped");
+        drop(recorder);
+        store.join_recorder(std::time::Duration::from_secs(10));
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,6 +9,7 @@ use std::process::Command;
 use holdfast_engine::NodeConfig;
 use holdfast_gateway::auth::Role;
 use holdfast_persistence::{Durability, WalConfig};
+use holdfast_server::events::frames;
 use serde_json::Value;
 
 use crate::common::*;
@@ -41,18 +42,29 @@ fn verify_offline(dir: &Path) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), json)
 }
 
-/// Flips one bit of audit record `seq`, offline.
+/// Flips one bit in the middle of audit record `seq`, offline: in the audit frame holding it
+/// (records one a line, the frame keyed by its first record's sequence).
 fn flip_a_byte(dir: &Path, seq: u64) {
     let db = sled::open(dir.join("events")).expect("the event store opens offline");
-    let audit = db.open_tree("audit").unwrap();
-    let mut bytes = audit
-        .get(seq.to_be_bytes())
-        .unwrap()
-        .expect("the record")
-        .to_vec();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x02;
-    audit.insert(seq.to_be_bytes(), bytes).unwrap();
+    let tree = db.open_tree(frames::TREE).unwrap();
+    let (key, frame) = tree
+        .range(frames::audit_key(0)..=frames::audit_key(seq))
+        .next_back()
+        .expect("the frame holding the record")
+        .unwrap();
+    let first = frames::first_of(&key).unwrap();
+    let mut bytes = frame.to_vec();
+    let line_start: usize = bytes
+        .split(|&b| b == b'\n')
+        .take((seq - first) as usize)
+        .map(|line| line.len() + 1)
+        .sum();
+    let line_len = bytes[line_start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len() - line_start);
+    bytes[line_start + line_len / 2] ^= 0x02;
+    tree.insert(key, bytes).unwrap();
     db.flush().unwrap();
 }
 
