@@ -2,7 +2,7 @@
 //! audit entries: names and ids only, never a birth date, an allergy or an insurance id.
 
 use holdfast_engine::model::Status;
-use holdfast_engine::publish::{Change, Published};
+use holdfast_engine::publish::Change;
 use serde_json::{json, Map, Value};
 
 /// One domain event before it has a node sequence: its type and its id fields.
@@ -145,16 +145,45 @@ pub fn rfc3339(at_ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The SSE `data` / webhook body of a draft numbered `seq`:
-/// `{"seq","type","at","shard", ids...}`.
-pub fn body(seq: u64, published: &Published, draft: &Draft) -> String {
-    let mut object = Map::new();
-    object.insert("seq".into(), seq.into());
-    object.insert("type".into(), draft.event_type.into());
-    object.insert("at".into(), rfc3339(published.at_ms).into());
-    object.insert("shard".into(), published.shard.into());
-    for (key, value) in &draft.fields {
-        object.insert(key.clone(), value.clone());
+/// The SSE `data` / webhook body of a draft numbered `seq`, rendered once (it is stored as
+/// it is sent): `{"seq","type","at","shard", ids...}`. `at` is the change's instant as
+/// [`rfc3339`] renders it; event types and instants need no escaping.
+pub fn body(seq: u64, shard: u32, at: &str, draft: &Draft) -> String {
+    use std::fmt::Write as _;
+    let fields = serde_json::to_string(&draft.fields).expect("JSON values render");
+    let mut out = String::with_capacity(64 + at.len() + fields.len());
+    let _ = write!(
+        out,
+        "{{\"seq\":{seq},\"type\":\"{}\",\"at\":\"{at}\",\"shard\":{shard}",
+        draft.event_type
+    );
+    match fields.strip_prefix('{') {
+        Some(rest) if rest != "}" => {
+            out.push(',');
+            out.push_str(rest);
+        }
+        _ => out.push('}'),
     }
-    Value::Object(object).to_string()
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_one_json_object_with_the_numbering_and_the_ids() {
+        let with_ids = draft("StockChanged", json!({ "clinic_id": "k\"1", "delta": -1 }));
+        let rendered = body(7, 3, "2026-12-01T09:00:00.000Z", &with_ids);
+        let value: Value = serde_json::from_str(&rendered).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "seq": 7, "type": "StockChanged", "at": "2026-12-01T09:00:00.000Z", "shard": 3,
+                "clinic_id": "k\"1", "delta": -1
+            })
+        );
+        let bare = body(8, 0, "2026-12-01T09:00:00.000Z", &draft("X", json!({})));
+        assert_eq!(serde_json::from_str::<Value>(&bare).unwrap()["seq"], 8);
+    }
 }

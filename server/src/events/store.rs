@@ -411,8 +411,9 @@ impl Writer {
                 continue; // stored before a restart, published again at recovery
             }
             *cursor = change.wal_seq;
+            let at = rfc3339(change.at_ms);
             for draft in events_of(&change.change) {
-                let data = body(seq, change, &draft);
+                let data = body(seq, change.shard, &at, &draft);
                 prepared.events.push((seq, draft.event_type, data));
                 seq += 1;
             }
@@ -420,7 +421,7 @@ impl Writer {
                 audit_seq += 1;
                 let record = audit::seal(
                     audit_seq,
-                    rfc3339(change.at_ms),
+                    at,
                     entry.appointment_id,
                     entry.status.to_string(),
                     &prev,
