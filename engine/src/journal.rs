@@ -160,8 +160,12 @@ pub trait Journal: Send + Sync + 'static {
     /// read-only (clears by itself), or the journal failed (until a restart). Asked before a
     /// write is decided, so a refused write changes nothing; reads go on.
     fn write_refusal(&self) -> Option<WriteRefusal> {
-        self.failed()
-            .map(|e| WriteRefusal::LogFailed(e.to_string()))
+        self.failed().map(|e| {
+            WriteRefusal::LogFailed(match e {
+                JournalError::Failed(why) => why,
+                other => other.to_string(),
+            })
+        })
     }
     /// After a failure: true when every write the journal acknowledged is stored (it
     /// acknowledges only after a durable flush), so a shard that has no write in flight

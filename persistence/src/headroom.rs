@@ -247,6 +247,45 @@ mod tests {
         }
     }
 
+    fn stat(available_blocks: u64, flags: rustix::fs::StatVfsMountFlags) -> rustix::fs::StatVfs {
+        rustix::fs::StatVfs {
+            f_bsize: 4096,
+            f_frsize: 4096,
+            f_blocks: 1 << 20,
+            f_bfree: available_blocks,
+            f_bavail: available_blocks,
+            f_files: 1 << 16,
+            f_ffree: 1 << 15,
+            f_favail: 1 << 15,
+            f_fsid: 0,
+            f_flag: flags,
+            f_namemax: 255,
+        }
+    }
+
+    #[test]
+    fn read_only_wins_over_free_space_and_the_reserve_counts_bytes() {
+        use rustix::fs::StatVfsMountFlags as Flags;
+        let reserve = 10 * 4096;
+        assert_eq!(
+            classify(&stat(1 << 20, Flags::RDONLY | Flags::NOSUID), reserve),
+            DiskState::ReadOnly
+        );
+        assert_eq!(
+            classify(&stat(9, Flags::empty()), reserve),
+            DiskState::Full {
+                available_bytes: 9 * 4096,
+                reserve_bytes: reserve
+            }
+        );
+        assert_eq!(
+            classify(&stat(10, Flags::NOSUID), reserve),
+            DiskState::Writable {
+                available_bytes: Some(reserve)
+            }
+        );
+    }
+
     #[test]
     fn the_fault_hook_is_seen_at_the_next_recheck_and_cleared_again() {
         let fault = DiskFault::default();

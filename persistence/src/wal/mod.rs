@@ -600,11 +600,13 @@ impl Wal {
         self.shared.is_failed()
     }
 
-    /// Why the WAL failed (the first failure), if it has.
+    /// Why the WAL failed (the first failure: the I/O error and what it hit), if it has.
     pub fn failure(&self) -> Option<String> {
-        self.shared
-            .is_failed()
-            .then(|| self.shared.failed_error().to_string())
+        self.shared.is_failed().then(|| {
+            lock(&self.shared.failure)
+                .clone()
+                .unwrap_or_else(|| "failed".to_string())
+        })
     }
 
     /// Bytes of the files in `dir/wal` (sled's data file, blobs, its own snapshots).
