@@ -240,14 +240,28 @@ impl ShardRuntime {
     /// that is not serving, a disk below its reserve or read-only, a failed journal, a
     /// journal queue near its bound.
     fn admit_write(&self) -> Result<(), EngineError> {
+        self.admit(true)
+    }
+
+    /// [`Self::admit_write`] for the last write of a request already admitted (its claim's
+    /// settlement, its idempotency answer): the disk's reserve is kept for such work, so a
+    /// booking that took its seat before the disk filled is still told, and its answer
+    /// stored. A failed journal or a stopped shard still refuses it.
+    fn admit_ending(&self) -> Result<(), EngineError> {
+        self.admit(false)
+    }
+
+    fn admit(&self, mind_headroom: bool) -> Result<(), EngineError> {
         if self.poisoned.is_some() || !self.is_serving() {
             return Err(EngineError::Unavailable { shard: self.shard });
         }
         if let Some(refusal) = self.journal.write_refusal() {
-            return Err(EngineError::WritesRefused {
-                shard: self.shard,
-                refusal,
-            });
+            if mind_headroom || !refusal.clears_by_itself() {
+                return Err(EngineError::WritesRefused {
+                    shard: self.shard,
+                    refusal,
+                });
+            }
         }
         if self.journal.busy() {
             return Err(EngineError::Overloaded { shard: self.shard });
@@ -414,7 +428,7 @@ impl ShardRuntime {
         let now_ms = self.clock.now_ms();
         let fingerprint = self.idempotency.fingerprint_of(&key);
         let waiters = self.idempotency.finish(&key, response.clone(), now_ms);
-        let writable = self.admit_write().is_ok();
+        let writable = self.admit_ending().is_ok();
         // Events this message applied before (a booking's claim settlement) go in the same
         // append as the record: one submission, one completion.
         let mut taken = self.take_events();
@@ -507,7 +521,7 @@ impl ShardRuntime {
         key: Option<(IdemKey, Option<StoredResponse>)>,
         reply: RpcReplyPort<Result<Durable, EngineError>>,
     ) {
-        let settled = self.admit_write().is_ok();
+        let settled = self.admit_ending().is_ok();
         if settled {
             let _ = self.run(Command::SettleClaims(settle));
         }
