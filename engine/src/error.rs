@@ -217,8 +217,8 @@ pub enum EngineError {
     Overloaded {
         shard: u32,
     },
-    /// The shard is not served here (owned by another node, its actor is gone, its journal
-    /// failed, or its log could not be recovered).
+    /// The shard is not served here (owned by another node, its actor is gone, it stopped
+    /// after a write of it could not be stored, or its log could not be recovered).
     Unavailable {
         shard: u32,
     },
