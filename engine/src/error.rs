@@ -217,8 +217,8 @@ pub enum EngineError {
     Overloaded {
         shard: u32,
     },
-    /// The shard is not served here (owned by another node, its actor is gone, its journal
-    /// failed, or its log could not be recovered).
+    /// The shard is not served here (owned by another node, its actor is gone, it stopped
+    /// after a write of it could not be stored, or its log could not be recovered).
     Unavailable {
         shard: u32,
     },
@@ -232,6 +232,89 @@ pub enum EngineError {
         dependency: String,
         retry_after_s: u32,
     },
+    /// The journal cannot store new writes (its disk is full or read-only, or it failed): the
+    /// write was refused before it changed anything, or (`LogFailed` only) its change was
+    /// applied and could not be stored, and its shard stopped. Reads of the other shards are
+    /// still served.
+    WritesRefused {
+        shard: u32,
+        refusal: WriteRefusal,
+    },
+}
+
+/// Why the journal takes no new writes now. Asked before a write is decided, so a refused
+/// write changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteRefusal {
+    /// Less than the reserve is free on the log's filesystem. Clears by itself once space
+    /// returns.
+    DiskFull {
+        available_bytes: u64,
+        reserve_bytes: u64,
+    },
+    /// The log's filesystem is read-only. Clears by itself once it is writable again.
+    ReadOnly,
+    /// A write or flush of the log failed: no more writes until a restart, which recovers
+    /// from the log.
+    LogFailed(String),
+}
+
+impl WriteRefusal {
+    /// The machine-readable reason (`details.reason` of the 503): `disk_full`, `read_only`,
+    /// `log_failed`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WriteRefusal::DiskFull { .. } => "disk_full",
+            WriteRefusal::ReadOnly => "read_only",
+            WriteRefusal::LogFailed(_) => "log_failed",
+        }
+    }
+
+    /// True when it clears by itself (space returns, the filesystem turns writable).
+    pub fn clears_by_itself(&self) -> bool {
+        !matches!(self, WriteRefusal::LogFailed(_))
+    }
+}
+
+impl std::fmt::Display for WriteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteRefusal::DiskFull {
+                available_bytes,
+                reserve_bytes,
+            } => write!(
+                f,
+                "the data directory's disk has {available_bytes} bytes free, below the reserve \
+                 of {reserve_bytes}: writes are refused and reads served; free space (writes \
+                 resume by themselves)"
+            ),
+            WriteRefusal::ReadOnly => f.write_str(
+                "the data directory's filesystem is read-only: writes are refused and reads \
+                 served; make it writable (writes resume by themselves)",
+            ),
+            WriteRefusal::LogFailed(why) => write!(
+                f,
+                "the write-ahead log failed ({why}): writes are refused until a restart, which \
+                 recovers from the log; check the data directory's disk first"
+            ),
+        }
+    }
+}
+
+impl EngineError {
+    /// What a caller is told when `shard`'s records were not stored: a failed journal is a
+    /// `log_failed` refusal (the shard stopped; no restart-less retry can succeed), a full
+    /// queue an overload.
+    pub fn not_stored(shard: u32, error: JournalError) -> EngineError {
+        match error {
+            JournalError::Failed(why) => EngineError::WritesRefused {
+                shard,
+                refusal: WriteRefusal::LogFailed(why),
+            },
+            JournalError::Full => EngineError::Overloaded { shard },
+            JournalError::Read(_) => EngineError::Unavailable { shard },
+        }
+    }
 }
 
 impl From<DomainError> for EngineError {
@@ -256,6 +339,7 @@ impl std::fmt::Display for EngineError {
             EngineError::DependencyUnavailable { dependency, .. } => {
                 write!(f, "the {dependency} check is unavailable; retry later")
             }
+            EngineError::WritesRefused { refusal, .. } => refusal.fmt(f),
         }
     }
 }

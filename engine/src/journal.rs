@@ -9,7 +9,7 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::error::{EngineError, JournalError};
+use crate::error::{EngineError, JournalError, WriteRefusal};
 use crate::event::Event;
 use crate::idempotency::IdempotencyRecord;
 use crate::shard::ShardState;
@@ -114,11 +114,13 @@ impl Durable {
         durable
     }
 
-    /// Waits until stored; `Unavailable` when the journal failed (or the shard is gone).
+    /// Waits until stored; `WritesRefused` when the journal failed, `Unavailable` when the
+    /// shard is gone.
     pub async fn wait(self) -> Result<(), EngineError> {
         match self.stored.await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(EngineError::Unavailable { shard: self.shard }),
+            Ok(Err(error)) => Err(EngineError::not_stored(self.shard, error)),
+            Err(_) => Err(EngineError::Unavailable { shard: self.shard }),
         }
     }
 }
@@ -154,6 +156,25 @@ pub trait Journal: Send + Sync + 'static {
     fn recover(&self, shard: u32) -> Result<Recovered, JournalError>;
     /// Set once a write failed; the shards then refuse writes.
     fn failed(&self) -> Option<JournalError>;
+    /// Why new writes are refused now, if they are: the disk is below its reserve or
+    /// read-only (clears by itself), or the journal failed (until a restart). Asked before a
+    /// write is decided, so a refused write changes nothing; reads go on.
+    fn write_refusal(&self) -> Option<WriteRefusal> {
+        self.failed().map(|e| {
+            WriteRefusal::LogFailed(match e {
+                JournalError::Failed(why) => why,
+                other => other.to_string(),
+            })
+        })
+    }
+    /// After a failure: true when every write the journal acknowledged is stored (it
+    /// acknowledges only after a durable flush), so a shard that has no write in flight
+    /// holds exactly what the log holds and may still serve reads. False when acknowledged
+    /// writes may be lost with the failure (acknowledged before their flush): then no shard
+    /// serves anything until a restart.
+    fn acknowledged_are_durable(&self) -> bool {
+        true
+    }
     /// True while the journal's queue is above its high-water mark: new writes are refused
     /// with 503 before they change anything.
     fn busy(&self) -> bool;

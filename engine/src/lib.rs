@@ -44,6 +44,7 @@ pub use clock::{Clock, ManualClock, SystemClock, UnixMs};
 pub use command::{Command, Query, QueryAnswer};
 pub use error::{
     DomainError, EngineError, JournalError, Limit, RecoveryError, Resource, StartError,
+    WriteRefusal,
 };
 pub use event::Event;
 pub use ids::{AppointmentId, WaitlistId};

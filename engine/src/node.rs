@@ -21,7 +21,7 @@ use crate::actor::{Applied, BeginAnswer, ShardArgs, ShardPhase, SNAPSHOT_EVERY_R
 use crate::client::{LocalShard, ShardClient, SHARD_STOP_TIMEOUT};
 use crate::clock::{Clock, UnixMs};
 use crate::command::{Command, Query, QueryAnswer, SettleClaims, TakeClaim};
-use crate::error::{DomainError, EngineError, JournalError, StartError};
+use crate::error::{DomainError, EngineError, JournalError, StartError, WriteRefusal};
 use crate::external::{DependencyStatus, ExternalCheck, OutagePolicy};
 use crate::hash::shard_of;
 use crate::idempotency::{
@@ -305,7 +305,8 @@ impl Node {
         for routed in self.served() {
             match routed.client.recovered().await {
                 ShardPhase::Failed(reason) => failures.push(reason),
-                ShardPhase::Ready => {}
+                // It recovered, then a write of it failed: the node's failure says why.
+                ShardPhase::Ready | ShardPhase::Stopped(_) => {}
                 ShardPhase::Recovering => {
                     return Err(StartError::Stopped {
                         shard: routed.client.shard(),
@@ -424,9 +425,10 @@ impl Node {
         self.publisher.subscribe()
     }
 
-    /// True once every shard this node owns has recovered, and while its journal works.
+    /// True once every shard this node owns has recovered, and while its journal takes
+    /// writes (not failed, its disk neither below its reserve nor read-only).
     pub fn is_ready(&self) -> bool {
-        self.journal.failed().is_none()
+        self.journal.write_refusal().is_none()
             && self.reconciled.load(Ordering::Acquire)
             && self.served().all(|r| r.client.phase() == ShardPhase::Ready)
     }
@@ -434,6 +436,12 @@ impl Node {
     /// Why the journal takes no more writes, if it does not.
     pub fn journal_failure(&self) -> Option<JournalError> {
         self.journal.failed()
+    }
+
+    /// Why new writes are refused now, if they are (the disk full or read-only, the journal
+    /// failed); reads are served meanwhile.
+    pub fn write_refusal(&self) -> Option<WriteRefusal> {
+        self.journal.write_refusal()
     }
 
     /// The phase of `shard` (`None`: not served by this node).
@@ -500,15 +508,19 @@ impl Node {
         let routed = self
             .routed(shard)
             .ok_or(EngineError::Unavailable { shard })?;
-        // After a failed flush, memory may hold changes the log does not: answer nothing
-        // (queries included) until a restart recovers from the log.
-        if self.journal.failed().is_some() {
+        // After a failed write, a shard whose write was in flight is `Stopped` (its memory
+        // may be ahead of the log); the others hold exactly what the log holds and go on
+        // serving reads, unless the journal acknowledged writes before their flush (then
+        // any of them may be ahead, and nothing is served until a restart).
+        if self.journal.failed().is_some() && !self.journal.acknowledged_are_durable() {
             return Err(EngineError::Unavailable { shard });
         }
         match routed.client.phase() {
             ShardPhase::Ready => {}
             ShardPhase::Recovering => return Err(EngineError::Recovering { shard }),
-            ShardPhase::Failed(_) => return Err(EngineError::Unavailable { shard }),
+            ShardPhase::Failed(_) | ShardPhase::Stopped(_) => {
+                return Err(EngineError::Unavailable { shard })
+            }
         }
         if bound == Bound::Exempt {
             return Ok((routed.client.as_ref(), None));

@@ -126,6 +126,13 @@ impl ApiError {
         }
     }
 
+    /// The same answer with another message.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> ApiError {
+        self.message = message.into();
+        self
+    }
+
     /// 413 `PAYLOAD_TOO_LARGE` with `details.limit_bytes`, so a client knows how to split.
     pub fn payload_too_large(limit_bytes: usize) -> ApiError {
         ApiError::new(
@@ -277,9 +284,20 @@ impl From<EngineError> for ApiError {
                 format!("the {dependency} check is unavailable; retry later"),
             )
             .with_detail("dependency", dependency),
+            EngineError::WritesRefused { shard, refusal } => {
+                ApiError::unavailable(WRITES_REFUSED_RETRY_AFTER_S, refusal.to_string())
+                    .with_detail("reason", refusal.reason())
+                    .with_detail("shard", shard)
+            }
         }
     }
 }
+
+/// `Retry-After` of a write refused because the disk is full or read-only, or the log
+/// failed: an operator frees space or restarts, which takes longer than an overload's
+/// second, and clients retrying every second would only add load to a node that is
+/// already refusing.
+pub const WRITES_REFUSED_RETRY_AFTER_S: u32 = 5;
 
 /// A domain refusal keeps the engine's code and message; the status and the details that
 /// help a client act on it are chosen here.

@@ -5,6 +5,8 @@
 //! - [`Wal`]: the write-ahead log and per-shard snapshots on sled 0.34, with group commit
 //!   (one writer thread, one `db.flush()` + `fdatasync` per batch in `Sync` mode) and
 //!   recovery that cuts a torn or corrupt tail (docs/ARCHITECTURE.md, "Durability").
+//! - [`Headroom`]: whether the data directory's filesystem can take more writes (free space
+//!   above a reserve, not read-only), asked before a write is decided.
 //! - [`CursorTree`]: small durable `u64` cursors in their own tree of the log's database
 //!   (the webhooks' delivery cursors).
 //!
@@ -15,10 +17,14 @@
 
 mod cursors;
 mod datadir;
+mod headroom;
 mod wal;
 
 pub use cursors::CursorTree;
 pub use datadir::{write_atomically, DataDir, DataDirError, Manifest, FORMAT_VERSION};
+pub use headroom::{
+    DiskFault, DiskState, Headroom, DISK_RESERVE_BYTES_DEFAULT, HEADROOM_RECHECK_MS,
+};
 pub use wal::{
     Ack, DiskSync, Dropped, Durability, FlushFault, LogSpan, Record, Recovery, Wal, WalConfig,
     WalError, WalStats, WriterGate, ACK_BATCHES_MAX, ASYNC_FLUSH_INTERVAL_MS_DEFAULT,

@@ -103,6 +103,12 @@ pub struct ServeArgs {
     /// acknowledged changes (a process crash alone loses nothing the OS already has).
     #[arg(long, value_enum, default_value = "sync")]
     pub durability: Durability,
+    /// Free space (MiB) the data directory's filesystem must keep: below it, and while the
+    /// filesystem is read-only, writes are refused with 503 UNAVAILABLE (`details.reason`
+    /// `disk_full` / `read_only`) before they change anything; reads go on, and writes resume
+    /// by themselves once space returns. 0 turns the reserve off (read-only still refuses).
+    #[arg(long, default_value_t = holdfast_persistence::DISK_RESERVE_BYTES_DEFAULT / MIB)]
+    pub disk_reserve_mib: u64,
     /// Virtual shards; takes effect when the data directory is created (default 64).
     #[arg(long)]
     pub shards: Option<u32>,
@@ -145,6 +151,9 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
+
+/// Bytes in a MiB (`--disk-reserve-mib`).
+pub const MIB: u64 = 1024 * 1024;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

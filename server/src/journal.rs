@@ -3,8 +3,8 @@
 //! the only place that knows both.
 
 use holdfast_engine::journal::{Done, Journal, Recovered};
-use holdfast_engine::JournalError;
-use holdfast_persistence::{Record, Wal, WalConfig, WalError};
+use holdfast_engine::{JournalError, WriteRefusal};
+use holdfast_persistence::{DiskState, Durability, Record, Wal, WalConfig, WalError};
 
 /// Above this many queued operations the journal reports busy, and shards refuse new writes
 /// with 503 before applying them. The margin below the queue's bound is larger than the
@@ -106,6 +106,30 @@ impl Journal for WalJournal {
 
     fn failed(&self) -> Option<JournalError> {
         self.wal.failure().map(JournalError::Failed)
+    }
+
+    /// A failed log first (it needs a restart), then the disk as last checked.
+    fn write_refusal(&self) -> Option<WriteRefusal> {
+        if let Some(why) = self.wal.failure() {
+            return Some(WriteRefusal::LogFailed(why));
+        }
+        match self.wal.disk_state() {
+            DiskState::Writable { .. } => None,
+            DiskState::Full {
+                available_bytes,
+                reserve_bytes,
+            } => Some(WriteRefusal::DiskFull {
+                available_bytes,
+                reserve_bytes,
+            }),
+            DiskState::ReadOnly => Some(WriteRefusal::ReadOnly),
+        }
+    }
+
+    /// `Sync` acknowledges after the durable flush; `Async` before it, so a failed flush may
+    /// take acknowledged writes with it.
+    fn acknowledged_are_durable(&self) -> bool {
+        self.wal.durability() == Durability::Sync
     }
 
     fn busy(&self) -> bool {

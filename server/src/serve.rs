@@ -341,7 +341,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         clock: Arc::new(SystemClock),
         storage: Storage::Wal {
             dir: data_dir.path().to_path_buf(),
-            config: WalConfig::new(durability),
+            config: WalConfig {
+                disk_reserve_bytes: args.disk_reserve_mib.saturating_mul(crate::cli::MIB),
+                ..WalConfig::new(durability)
+            },
         },
         external: external.clone(),
         qr_keys: args.qr_keys()?,

@@ -62,6 +62,10 @@ pub enum ShardPhase {
     Ready,
     /// Its log could not be replayed; it takes no requests.
     Failed(RecoveryError),
+    /// A write it had applied in memory could not be stored (the journal failed or refused
+    /// it): its memory may be ahead of its log, so it answers nothing, reads included, until
+    /// a restart recovers it from the log. The other shards go on serving reads.
+    Stopped(String),
 }
 
 pub enum ShardMsg {

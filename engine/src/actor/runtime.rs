@@ -131,7 +131,9 @@ impl ShardRuntime {
             wal_seq: self.wal_seq,
             snapshot_seq: self.snapshot_seq,
             last_snapshot_at_ms: self.last_snapshot_at_ms,
-            writable: self.poisoned.is_none() && self.journal.failed().is_none(),
+            writable: self.poisoned.is_none()
+                && self.is_serving()
+                && self.journal.write_refusal().is_none(),
             recovered_dropped: self.recovered_dropped,
             expiries: self.expiries,
             no_shows: self.no_shows,
@@ -161,7 +163,7 @@ impl ShardRuntime {
             // A caller that gave up is not an error of the shard.
             let _ = reply.send(
                 stored
-                    .map_err(|_| EngineError::Unavailable { shard })
+                    .map_err(|e| EngineError::not_stored(shard, e))
                     .and(result),
             );
         }));
@@ -181,7 +183,7 @@ impl ShardRuntime {
         self.submit_applied(Box::new(move |stored| {
             let _ = reply.send(
                 stored
-                    .map_err(|_| EngineError::Unavailable { shard })
+                    .map_err(|e| EngineError::not_stored(shard, e))
                     .map(|()| results),
             );
         }));
@@ -234,15 +236,50 @@ impl ShardRuntime {
         }
     }
 
-    /// Refuses a write before it changes anything when the journal cannot take it.
+    /// Refuses a write before it changes anything when the journal cannot take it: a shard
+    /// that is not serving, a disk below its reserve or read-only, a failed journal, a
+    /// journal queue near its bound.
     fn admit_write(&self) -> Result<(), EngineError> {
-        if self.poisoned.is_some() || self.journal.failed().is_some() {
+        self.admit(true)
+    }
+
+    /// [`Self::admit_write`] for the last write of a request already admitted (its claim's
+    /// settlement, its idempotency answer): the disk's reserve is kept for such work, so a
+    /// booking that took its seat before the disk filled is still told, and its answer
+    /// stored. A failed journal or a stopped shard still refuses it.
+    fn admit_ending(&self) -> Result<(), EngineError> {
+        self.admit(false)
+    }
+
+    fn admit(&self, mind_headroom: bool) -> Result<(), EngineError> {
+        if self.poisoned.is_some() || !self.is_serving() {
             return Err(EngineError::Unavailable { shard: self.shard });
+        }
+        if let Some(refusal) = self.journal.write_refusal() {
+            if mind_headroom || !refusal.clears_by_itself() {
+                return Err(EngineError::WritesRefused {
+                    shard: self.shard,
+                    refusal,
+                });
+            }
         }
         if self.journal.busy() {
             return Err(EngineError::Overloaded { shard: self.shard });
         }
         Ok(())
+    }
+
+    /// False once the shard stopped ([`ShardPhase::Stopped`]): a completion on the journal's
+    /// thread may stop it between two messages.
+    fn is_serving(&self) -> bool {
+        !matches!(*self.phase.borrow(), ShardPhase::Stopped(_))
+    }
+
+    /// Memory may be ahead of the log: answer nothing until a restart (the node routes no
+    /// request to a stopped shard). Reads of the other shards go on.
+    fn stop(phase: &watch::Sender<ShardPhase>, shard: u32, reason: String) {
+        tracing::error!(shard, %reason, "a write of this shard was not stored; it answers nothing until a restart");
+        phase.send_replace(ShardPhase::Stopped(reason));
     }
 
     fn run(&mut self, command: Command) -> Result<Output, DomainError> {
@@ -330,7 +367,12 @@ impl ShardRuntime {
             let publisher = (!published.is_empty()).then(|| self.publisher.clone());
             let settler = self.settler.clone().filter(|_| !notices.is_empty());
             let offerer = self.offerer.clone().filter(|_| !offers.is_empty());
+            let (phase, shard) = (self.phase.clone(), self.shard);
             Box::new(move |stored| {
+                if let Err(e) = &stored {
+                    // These records were applied in memory and will never be stored.
+                    Self::stop(&phase, shard, e.to_string());
+                }
                 if stored.is_ok() {
                     stored_seq.fetch_max(last, Ordering::AcqRel);
                     if let Some(publisher) = publisher {
@@ -354,7 +396,7 @@ impl ShardRuntime {
                 }
                 other => other.to_string(),
             };
-            tracing::error!(shard = self.shard, %reason, "shard stops taking writes");
+            Self::stop(&self.phase, self.shard, reason.clone());
             self.poisoned = Some(reason);
         }
     }
@@ -386,7 +428,7 @@ impl ShardRuntime {
         let now_ms = self.clock.now_ms();
         let fingerprint = self.idempotency.fingerprint_of(&key);
         let waiters = self.idempotency.finish(&key, response.clone(), now_ms);
-        let writable = self.admit_write().is_ok();
+        let writable = self.admit_ending().is_ok();
         // Events this message applied before (a booking's claim settlement) go in the same
         // append as the record: one submission, one completion.
         let mut taken = self.take_events();
@@ -479,7 +521,7 @@ impl ShardRuntime {
         key: Option<(IdemKey, Option<StoredResponse>)>,
         reply: RpcReplyPort<Result<Durable, EngineError>>,
     ) {
-        let settled = self.admit_write().is_ok();
+        let settled = self.admit_ending().is_ok();
         if settled {
             let _ = self.run(Command::SettleClaims(settle));
         }
@@ -535,8 +577,14 @@ impl ShardRuntime {
 
     // ---- snapshots -----------------------------------------------------------------
 
+    /// Snapshots only while writes are taken: a snapshot is as large as the shard and would
+    /// eat the disk's reserve (the log keeps everything it needs meanwhile).
+    fn may_snapshot(&self) -> bool {
+        self.poisoned.is_none() && self.is_serving() && self.journal.write_refusal().is_none()
+    }
+
     fn maybe_snapshot(&mut self) {
-        if self.records_since_snapshot >= self.snapshot_every_records && self.poisoned.is_none() {
+        if self.records_since_snapshot >= self.snapshot_every_records && self.may_snapshot() {
             self.snapshot(Box::new(|_| {}));
         }
     }
@@ -545,7 +593,7 @@ impl ShardRuntime {
     /// ([`Journal::holds_back`]), however few records it wrote since its last one.
     fn snapshot_if_holding_back(&mut self) {
         if self.records_since_snapshot > 0
-            && self.poisoned.is_none()
+            && self.may_snapshot()
             && self.journal.holds_back(self.shard)
         {
             tracing::debug!(
@@ -558,8 +606,11 @@ impl ShardRuntime {
 
     pub(super) fn snapshot_now(&mut self, reply: RpcReplyPort<Result<u64, EngineError>>) {
         let shard = self.shard;
-        if let Some(reason) = &self.poisoned {
-            tracing::warn!(shard, %reason, "no snapshot of a shard that stopped taking writes");
+        if !self.may_snapshot() {
+            tracing::warn!(
+                shard,
+                "no snapshot while the shard takes no writes; its log is kept"
+            );
             let _ = reply.send(Err(EngineError::Unavailable { shard }));
             return;
         }

@@ -41,6 +41,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 
+use crate::headroom::{DiskFault, DiskState, Headroom, DISK_RESERVE_BYTES_DEFAULT};
+
 pub use disk::DiskSync;
 use format::{decode_frame, decode_snapshot, snapshot_key};
 pub use format::{FRAME_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION};
@@ -119,6 +121,12 @@ pub struct WalConfig {
     /// A hook for tests of back-pressure: while closed, the writer waits before its next
     /// group commit. Never closed unless a caller closes it.
     pub writer_gate: WriterGate,
+    /// Bytes that must stay free on the log's filesystem for new writes to be taken
+    /// ([`Wal::disk_state`], `headroom.rs`).
+    pub disk_reserve_bytes: u64,
+    /// A hook for tests of a full or read-only disk: what the headroom check answers instead
+    /// of asking the filesystem, while set. Never set unless a caller sets it.
+    pub disk_fault: DiskFault,
 }
 
 /// Holds the writer before its next group commit while closed (tests that need ops to wait
@@ -190,6 +198,8 @@ impl WalConfig {
             cache_capacity_bytes: CACHE_CAPACITY_BYTES_DEFAULT,
             flush_fault: FlushFault::default(),
             writer_gate: WriterGate::default(),
+            disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
+            disk_fault: DiskFault::default(),
         }
     }
 }
@@ -295,6 +305,8 @@ pub(crate) struct Shared {
     span: Mutex<LogSpan>,
     disk: Mutex<DiskSync>,
     flush_fault: FlushFault,
+    /// Whether the log's filesystem can take new writes (checked before they are decided).
+    pub(crate) headroom: Headroom,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -308,13 +320,16 @@ impl Shared {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Turns the WAL failed; the first reason is kept.
+    /// Turns the WAL failed; the first reason is kept. The disk is asked again at once, so
+    /// operators see whether it is full or read-only.
     pub(crate) fn fail(&self, why: String) {
         let mut failure = lock(&self.failure);
         if failure.is_none() {
             *failure = Some(why);
         }
         self.failed.store(true, Ordering::Release);
+        drop(failure);
+        self.headroom.recheck();
     }
 
     /// Like `fail`, for an error sled itself returned.
@@ -358,6 +373,7 @@ pub struct Wal {
     /// What recovery found at open, until each shard takes its tail.
     tails: Mutex<Tails>,
     root: PathBuf,
+    durability: Durability,
     shared: Arc<Shared>,
     /// `None` only while closing.
     tx: Option<Sender<Op>>,
@@ -432,6 +448,7 @@ impl Wal {
             span: Mutex::new(LogSpan::default()),
             disk: Mutex::new(DiskSync::open(&root).map_err(WalError::Io)?),
             flush_fault: config.flush_fault.clone(),
+            headroom: Headroom::new(&root, config.disk_reserve_bytes, config.disk_fault.clone()),
         });
         // The trees' creation and sled's new files become durable before any write.
         shared.durable_flush(&db).map_err(WalError::Io)?;
@@ -462,6 +479,7 @@ impl Wal {
             snapshots,
             tails: Mutex::new(tails),
             root,
+            durability: config.durability,
             shared,
             tx: Some(tx),
             writer: Some(writer),
@@ -565,16 +583,30 @@ impl Wal {
         }
     }
 
+    /// Whether the log's filesystem can take new writes: below `disk_reserve_bytes` of free
+    /// space, or read-only, callers refuse new writes before deciding them (the log itself
+    /// still writes what was queued). Asked again at most every `HEADROOM_RECHECK_MS`.
+    pub fn disk_state(&self) -> DiskState {
+        self.shared.headroom.state()
+    }
+
+    /// The durability this log was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// True once a write or flush failed: every later submit gets `Err(Failed)`.
     pub fn is_failed(&self) -> bool {
         self.shared.is_failed()
     }
 
-    /// Why the WAL failed (the first failure), if it has.
+    /// Why the WAL failed (the first failure: the I/O error and what it hit), if it has.
     pub fn failure(&self) -> Option<String> {
-        self.shared
-            .is_failed()
-            .then(|| self.shared.failed_error().to_string())
+        self.shared.is_failed().then(|| {
+            lock(&self.shared.failure)
+                .clone()
+                .unwrap_or_else(|| "failed".to_string())
+        })
     }
 
     /// Bytes of the files in `dir/wal` (sled's data file, blobs, its own snapshots).

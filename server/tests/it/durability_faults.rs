@@ -1,9 +1,11 @@
 //! The disk fails, seen from HTTP, through the real write-ahead log:
 //!
 //! - a flush that fails (a fault hook in the WAL's writer makes `fdatasync` fail): the write
-//!   that needed it is answered 503, never 2xx; the node takes no more writes and answers no
-//!   reads (memory may hold what the log does not); `/readyz` turns 503; the operator
-//!   endpoint says why; a restart recovers exactly from the log;
+//!   that needed it is answered 503 (`log_failed`), never 2xx; its shard stops answering
+//!   (its memory holds what the log does not); the node takes no more writes, refused before
+//!   they change anything; the other shards go on serving reads; `/readyz` turns 503; the
+//!   operator endpoint says why; a restart recovers exactly from the log. (A full or
+//!   read-only disk, refused before any write fails, is `disk_faults.rs`.)
 //! - a torn tail (the log's last frame, holding a shard's last record, cut short as a crash in
 //!   the middle of a write leaves it): start-up recovers everything before it, cuts the frame
 //!   off and reports it in the log and in `/v1/admin/shards`.
@@ -49,8 +51,16 @@ async fn assert_counters_match_appointments(h: &Harness, clinic: &str) {
     );
 }
 
+/// A citizen id (`<prefix>-<i>`) on none of the shards in `avoid`.
+fn citizen_not_on(h: &Harness, prefix: &str, avoid: &[u32]) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| !avoid.contains(&h.node().citizen_shard(id)))
+        .expect("some id lands elsewhere")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_flush_is_never_acknowledged_and_stops_the_node_until_a_restart() {
+async fn a_failed_flush_is_never_acknowledged_stops_its_shard_and_refuses_writes_until_a_restart() {
     let dir = temp_dir("flush-fault");
     let fault = FlushFault::default();
     let mut config = WalConfig::new(Durability::Sync);
@@ -61,40 +71,65 @@ async fn a_failed_flush_is_never_acknowledged_and_stops_the_node_until_a_restart
     set_up(&h).await;
     let first = h.book_ok("p1", "c1", "s1").await;
     h.confirm(&h.citizen_token("p1"), &first).await.expect(200);
+    let clinic_shard = h.node().clinic_shard("c1");
 
+    // The write whose flush fails: one citizen record, on a shard of its own (neither c1's
+    // nor p2's, which are read and written below).
     fault.arm();
-    let refused = h.book("p2", "c1", "s1").await;
+    let doomed = citizen_not_on(&h, "doomed", &[clinic_shard, h.node().citizen_shard("p2")]);
+    let doomed_shard = h.node().citizen_shard(&doomed);
+    let refused = h
+        .send(
+            Req::put(format!("/v1/citizens/{doomed}"))
+                .token(&h.authority)
+                .json(&citizen_body("1980-05-05")),
+        )
+        .await;
     let body = refused.expect(503);
     assert_eq!(body["error"]["code"], "UNAVAILABLE");
+    assert_eq!(body["error"]["details"]["reason"], "log_failed", "{body}");
     assert!(refused.headers.contains_key("retry-after"));
+
     // Not ready, and it says why.
-    assert_eq!(
-        h.send(Req::get("/readyz")).await.expect(503)["error"]["code"],
-        "NOT_READY"
-    );
-    let shard = h.node().clinic_shard("c1");
-    let entry = h.shard_entry(shard).await;
-    assert_eq!(entry["status"], "unavailable");
+    let ready = h.send(Req::get("/readyz")).await.expect(503);
+    assert_eq!(ready["error"]["code"], "NOT_READY");
+    assert_eq!(ready["error"]["details"]["reason"], "log_failed", "{ready}");
+    let shards = h
+        .send(Req::get("/v1/admin/shards").token(&h.operator))
+        .await
+        .expect(200);
+    assert_eq!(shards["storage"]["writable"], false, "{shards}");
+    assert_eq!(shards["storage"]["reason"], "log_failed", "{shards}");
+    let stopped = h.shard_entry(doomed_shard).await;
+    assert_eq!(stopped["status"], "unavailable");
     assert!(
-        entry["reason"].as_str().unwrap().contains("injected"),
-        "{entry}"
+        stopped["reason"].as_str().unwrap().contains("injected"),
+        "{stopped}"
     );
-    // No more writes, and no reads of a memory that may be ahead of the log.
+    // The shard whose write failed answers nothing (its memory holds the unstored citizen).
     assert_eq!(
-        h.book("p2", "c1", "s1").await.expect(503)["error"]["code"],
-        "UNAVAILABLE"
-    );
-    assert_eq!(
-        h.send(Req::get(format!("/v1/appointments/{first}")).token(&h.authority))
+        h.send(Req::get(format!("/v1/citizens/{doomed}/appointments")).token(&h.authority))
             .await
             .status,
         503
     );
+    // No more writes anywhere, refused before they change anything: the clinic's counters
+    // stay as they were.
+    let before = h.availability("c1").await;
+    let booking = h.book("p2", "c1", "s1").await.expect(503);
+    assert_eq!(
+        booking["error"]["details"]["reason"], "log_failed",
+        "{booking}"
+    );
+    assert_eq!(h.availability("c1").await["slots"], before["slots"]);
+    // Reads of the shards that had no write in flight go on, and show only what is stored.
+    assert_eq!(h.appointment_json(&first).await["status"], "CONFIRMED");
+    assert_counters_match_appointments(&h, "c1").await;
     h.shutdown().await;
 
-    // A restart recovers from the log: the acknowledged confirm is there; the refused
-    // booking either never happened or happened whole (a 503 promises neither), and the
-    // counters agree with the appointments either way.
+    // A restart recovers from the log: the acknowledged confirm is there; the refused write
+    // either never happened or happened whole (a 503 promises neither), and the counters
+    // agree with the appointments either way.
     let h = Harness::start_storage(
         SHARDS_HERE,
         wal_storage(&dir, WalConfig::new(Durability::Sync)),
@@ -104,10 +139,8 @@ async fn a_failed_flush_is_never_acknowledged_and_stops_the_node_until_a_restart
     h.send(Req::get("/readyz")).await.expect(200);
     assert_eq!(h.appointment_json(&first).await["status"], "CONFIRMED");
     assert_counters_match_appointments(&h, "c1").await;
-    // And it takes writes again (for a new citizen: the refused booking of p2 may have
-    // happened whole, and then p2 already has an appointment).
-    h.put_adult("p3").await;
-    h.book_ok("p3", "c1", "s1").await;
+    // And it takes writes again.
+    h.book_ok("p2", "c1", "s1").await;
     h.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -17,6 +17,7 @@ mod console;
 mod console_browser;
 mod crash;
 mod crash_saga;
+mod disk_faults;
 mod durability_faults;
 mod durable_answers;
 mod durable_idempotency;

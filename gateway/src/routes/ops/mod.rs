@@ -17,7 +17,9 @@ use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
-use self::types::{DependencyJson, HealthJson, InvariantsJson, RingJson, ShardJson, ShardsJson};
+use self::types::{
+    DependencyJson, HealthJson, InvariantsJson, RingJson, ShardJson, ShardsJson, StorageJson,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -44,10 +46,17 @@ async fn healthz() -> impl IntoResponse {
     Json(HealthJson::new("ok"))
 }
 
-/// Every shard this node owns has recovered and serves.
+/// Every shard this node owns has recovered and serves, and the node takes writes.
 #[utoipa::path(get, path = "/readyz", tag = "operators",
-    responses((status = 200, body = HealthJson), (status = 503, body = ErrorBody, description = "NOT_READY")))]
+    responses((status = 200, body = HealthJson), (status = 503, body = ErrorBody,
+        description = "NOT_READY; `details.reason` is `disk_full`, `read_only` or `log_failed` when writes are refused")))]
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    if let Some(refusal) = state.node.write_refusal() {
+        // Reads are still served; a balancer should send writes elsewhere.
+        return Err(ApiError::not_ready(RETRY_AFTER_S)
+            .with_message(format!("this node refuses writes: {refusal}"))
+            .with_detail("reason", refusal.reason()));
+    }
     if !state.node.is_ready() {
         return Err(ApiError::not_ready(RETRY_AFTER_S));
     }
@@ -84,6 +93,7 @@ async fn admin_shards(
         ring,
         shards,
         dependencies,
+        storage: StorageJson::render(node),
     }))
 }
 

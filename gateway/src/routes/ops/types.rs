@@ -43,18 +43,24 @@ pub struct ShardJson {
 
 impl ShardJson {
     /// One shard's status for `/v1/admin/shards`; `node` supplies the mailbox bound and, for
-    /// a shard that stopped taking writes, the journal's failure.
+    /// a shard that takes no writes, why (the disk, the journal's failure).
     pub fn render(s: &ShardStatus, node: &Node) -> ShardJson {
-        let journal_failure = node.journal_failure();
         let (status, reason) = match (&s.phase, s.ready && s.runtime.writable) {
             (ShardPhase::Recovering, _) => ("recovering", None),
             (ShardPhase::Failed(reason), _) => ("unavailable", Some(reason.to_string())),
+            (ShardPhase::Stopped(reason), _) => (
+                "unavailable",
+                Some(format!(
+                    "a write of this shard was not stored ({reason}); it answers nothing until \
+                     a restart recovers it from the log"
+                )),
+            ),
             (ShardPhase::Ready, true) => ("ready", None),
             (ShardPhase::Ready, false) => (
                 "unavailable",
-                Some(journal_failure.map_or_else(
+                Some(node.write_refusal().map_or_else(
                     || "the shard stopped taking writes (see the log)".to_string(),
-                    |e| e.to_string(),
+                    |refusal| format!("{}: {refusal}", refusal.reason()),
                 )),
             ),
         };
@@ -98,6 +104,31 @@ pub struct ShardsJson {
     /// The node's external dependencies and their circuit breakers (empty when the server
     /// runs without `--eligibility-url`).
     pub dependencies: Vec<DependencyJson>,
+    /// Whether the node takes writes (its disk and its log).
+    pub storage: StorageJson,
+}
+
+/// Whether the node's journal takes writes, and if not why (`/v1/admin/shards`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StorageJson {
+    /// False while writes are refused (reads are served meanwhile).
+    pub writable: bool,
+    /// `disk_full`, `read_only` (both clear by themselves) or `log_failed` (until a
+    /// restart); null while writable.
+    pub reason: Option<String>,
+    /// What happened and what to do, for a human; null while writable.
+    pub message: Option<String>,
+}
+
+impl StorageJson {
+    pub fn render(node: &Node) -> StorageJson {
+        let refusal = node.write_refusal();
+        StorageJson {
+            writable: refusal.is_none(),
+            reason: refusal.as_ref().map(|r| r.reason().to_string()),
+            message: refusal.as_ref().map(|r| r.to_string()),
+        }
+    }
 }
 
 /// One external dependency as operators see it.
