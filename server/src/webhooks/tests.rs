@@ -343,7 +343,11 @@ async fn events_the_store_no_longer_keeps_are_skipped_loudly_not_waited_for() {
         Arc::new(SystemClock),
     )
     .unwrap();
-    until("events 4 and 5 accepted", || accepted_ids(&seen).len() == 2).await;
+    // The receiver accepts event 5 before the delivery moves the cursor past it: wait for both.
+    until("events 4 and 5 accepted and the cursor at 5", || {
+        accepted_ids(&seen).len() == 2 && hooks.status()[0].cursor == 5
+    })
+    .await;
     assert_eq!(accepted_ids(&seen), vec![4, 5]);
     let status = &hooks.status()[0];
     assert_eq!((status.cursor, status.skipped_gone_total), (5, 3));
