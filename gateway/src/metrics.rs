@@ -163,8 +163,9 @@ impl Metrics {
     }
 
     /// Reads the node's state into the scraped series, then renders every series in the
-    /// Prometheus text exposition format (version 0.0.4).
-    pub async fn render(&self, node: &Node) -> String {
+    /// Prometheus text exposition format (version 0.0.4). `refusals`: the admission
+    /// control's 429s so far, by code (`crate::admission::Admission::refusals`).
+    pub async fn render(&self, node: &Node, refusals: &[(&'static str, u64)]) -> String {
         let statuses = node.shard_status().await;
         let dependencies = node.dependencies();
         let now_ms = node.now_ms();
@@ -206,8 +207,11 @@ impl Metrics {
                 let open = matches!(d.breaker, BreakerState::Open);
                 gauge!(BREAKER_OPEN, "dependency" => d.name.clone()).set(f64::from(u8::from(open)));
             }
-            // Rate limiting is not built yet: the counter exists, at 0.
-            counter!(RATE_LIMITED_TOTAL).increment(0);
+            // Counted by the admission control as it refuses (so a detached recorder shows
+            // them too); both codes exist from the start, at 0.
+            for &(code, total) in refusals {
+                counter!(RATE_LIMITED_TOTAL, "code" => code).absolute(total);
+            }
             for (webhook, lag) in &webhook_lags {
                 webhook_lag(webhook, *lag);
             }
@@ -268,7 +272,10 @@ fn describe() {
         "1 while the dependency's circuit breaker is open."
     );
     describe_gauge!(WEBHOOK_LAG_EVENTS, "Events a webhook's delivery is behind.");
-    describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by rate limiting.");
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests refused 429 by admission control, by code: RATE_LIMITED (--rate-limit, --ip-rate-limit) or QUEUE_REQUIRED (--waiting-room)."
+    );
 }
 
 /// Label values that must be `&'static str` (route templates, lower-cased codes) without a

@@ -1,0 +1,527 @@
+//! The waiting room (`--waiting-room N`): tickets in arrival order, admitted at most N a
+//! second across the node, each admission an [`token`](super::token) good for
+//! `--admission-ttl` and one successful booking.
+//!
+//! # How it moves
+//!
+//! Nothing ticks: every call first does what time has made due. Admitted tickets whose time
+//! is up leave; then the head of the queue is admitted while the pace allows (a `governor`
+//! bucket of N a second with a burst of N, on the node's clock). Between calls nobody is
+//! waiting for an answer, so nobody can tell; after a quiet spell the first caller admits
+//! at most a burst of N at once, never a backlog.
+//!
+//! # First come, first served
+//!
+//! A ticket's number is its place in arrival order and tickets are admitted strictly in that
+//! order, so a waiting ticket's position is its number minus the number admitted so far. A
+//! caller holds one ticket at a time: asking again answers the ticket it has (no second place
+//! in the line, no jumping it by asking again). After a successful booking the caller may
+//! queue again (at the back); a ticket whose admission ran out unused leaves, and so may its
+//! caller. A ticket nobody polls keeps its place and, admitted, its admission runs out unused:
+//! such a ticket takes one admission from the node's pace, as in every virtual queue that
+//! cannot tell a patient citizen from a gone one.
+//!
+//! # One booking per admission
+//!
+//! A token's use is recorded on its ticket: free, booking under an Idempotency-Key, booked
+//! under it. A booking claims the token for its key; a second booking with another key is
+//! refused while the first runs or after it succeeded; the same key passes (the idempotent
+//! replay answers it, and creates nothing). A booking that fails frees the token again: it is
+//! good for one *successful* booking.
+//!
+//! # Not durable
+//!
+//! The room is in memory and its token key is drawn at start-up, so a restart empties it:
+//! every ticket is then unknown (404) and every token refused (429 `QUEUE_REQUIRED`), and
+//! citizens queue again. Logging every ticket would put a write on the path of the very
+//! traffic the room exists to hold back, for a line that a restart (seconds) reshuffles
+//! little; and a used-token record that survived while the tokens did not would be the only
+//! way to keep "one booking per token" across a restart. Bookings themselves are durable, and
+//! an Idempotency-Key replay of a booking made before the restart still answers with its
+//! appointment once the citizen holds a new admission.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use holdfast_engine::{Clock, UnixMs};
+
+use super::rate_limit::{NodeTime, RetryAfter};
+use super::token::TokenKey;
+
+/// Most tickets held at once, waiting or admitted: about 150 bytes each (a ticket id, the
+/// caller's `sub`, its token), so at most about 75 MB. A launch that queues more than half a
+/// million citizens on one node is answered 503 with `Retry-After` until places free.
+pub const WAITING_ROOM_TICKETS_MAX: usize = 500_000;
+/// Largest `--waiting-room`: admissions per second across the node. Far above what a node
+/// books (a few thousand a second, docs/PERFORMANCE.md), so the bound is only a sanity check.
+pub const WAITING_ROOM_RATE_MAX: u32 = 1_000_000;
+/// Default of `--admission-ttl`: how long an admission stays good, in milliseconds.
+pub const ADMISSION_TTL_MS_DEFAULT: i64 = 10 * 60 * 1000;
+/// Tries at a fresh random ticket id before giving up (a collision of 64 random bits among
+/// half a million tickets is a one in thirty million event; four in a row do not happen).
+const TICKET_ID_TRIES: usize = 4;
+
+/// Where a ticket stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// Still in line: `position` 1 is next.
+    Waiting {
+        position: u64,
+        estimated_wait_s: u64,
+    },
+    /// Admitted: `token` books once until `until_ms`.
+    Admitted { token: String, until_ms: UnixMs },
+}
+
+/// A ticket as its caller sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketView {
+    pub ticket: String,
+    pub place: Place,
+}
+
+/// Why a ticket could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupError {
+    /// No such ticket (never issued, admission over, or issued before a restart).
+    Unknown,
+    /// Another caller's ticket.
+    NotYours,
+}
+
+/// Why a booking may not pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `Admission-Token` header.
+    Missing,
+    /// Not a token this server issued to this caller (forged, altered, another caller's,
+    /// or from before a restart).
+    Invalid,
+    /// The admission is over.
+    Expired,
+    /// The token already booked (or is booking) under another Idempotency-Key.
+    Used,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Invalid => "invalid",
+            Refusal::Expired => "expired",
+            Refusal::Used => "used",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Use {
+    Free,
+    Booking { key: String },
+    Booked { key: String },
+}
+
+#[derive(Debug)]
+struct Admission {
+    until_ms: UnixMs,
+    token: String,
+    use_: Use,
+}
+
+#[derive(Debug)]
+struct Ticket {
+    sub: String,
+    /// Place in arrival order (0 is the first ticket this process issued).
+    number: u64,
+    admission: Option<Admission>,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    tickets: HashMap<String, Ticket>,
+    /// The ticket each caller holds (waiting, or admitted and not yet booked).
+    by_sub: HashMap<String, String>,
+    /// Waiting tickets, oldest first.
+    waiting: VecDeque<String>,
+    /// Admitted tickets in admission order, which is the order their admissions end.
+    admitted: VecDeque<(UnixMs, String)>,
+    issued_total: u64,
+    admitted_total: u64,
+}
+
+type Pace = RateLimiter<NotKeyed, InMemoryState, NodeTime, NoOpMiddleware<std::time::Duration>>;
+
+/// The node's waiting room.
+pub struct WaitingRoom {
+    room: Mutex<Room>,
+    pace: Pace,
+    per_second: NonZeroU32,
+    ttl_ms: i64,
+    key: TokenKey,
+    clock: Arc<dyn Clock>,
+}
+
+impl WaitingRoom {
+    /// A room admitting `per_second` tickets a second, each admission good for `ttl_ms`.
+    pub fn new(per_second: NonZeroU32, ttl_ms: i64, clock: Arc<dyn Clock>) -> WaitingRoom {
+        WaitingRoom {
+            room: Mutex::new(Room::default()),
+            pace: RateLimiter::direct_with_clock(
+                Quota::per_second(per_second),
+                NodeTime(clock.clone()),
+            ),
+            per_second,
+            ttl_ms,
+            key: TokenKey::random(),
+            clock,
+        }
+    }
+
+    pub fn per_second(&self) -> u32 {
+        self.per_second.get()
+    }
+
+    /// The caller's ticket: the one it holds, or a new one at the back of the line. When the
+    /// room is full ([`WAITING_ROOM_TICKETS_MAX`]), when to try again.
+    pub fn join(&self, sub: &str) -> Result<TicketView, RetryAfter> {
+        let now = self.clock.now_ms();
+        let mut room = self.lock(now);
+        if let Some(ticket) = room.by_sub.get(sub).cloned() {
+            return Ok(self.view(&room, &ticket));
+        }
+        if room.tickets.len() >= WAITING_ROOM_TICKETS_MAX {
+            // The first place to free is the oldest admission's end.
+            let wait_ms = room
+                .admitted
+                .front()
+                .map_or(self.ttl_ms, |(until, _)| until - now);
+            return Err(RetryAfter::from_wait(std::time::Duration::from_millis(
+                u64::try_from(wait_ms).unwrap_or(0),
+            )));
+        }
+        let ticket = new_ticket_id(&room.tickets).ok_or(RetryAfter(1))?;
+        let number = room.issued_total;
+        room.issued_total += 1;
+        room.tickets.insert(
+            ticket.clone(),
+            Ticket {
+                sub: sub.to_owned(),
+                number,
+                admission: None,
+            },
+        );
+        room.by_sub.insert(sub.to_owned(), ticket.clone());
+        room.waiting.push_back(ticket.clone());
+        self.admit(&mut room, now);
+        Ok(self.view(&room, &ticket))
+    }
+
+    /// Where `ticket` stands, for its caller `sub`.
+    pub fn look(&self, sub: &str, ticket: &str) -> Result<TicketView, LookupError> {
+        let room = self.lock(self.clock.now_ms());
+        match room.tickets.get(ticket) {
+            None => Err(LookupError::Unknown),
+            Some(t) if t.sub != sub => Err(LookupError::NotYours),
+            Some(_) => Ok(self.view(&room, ticket)),
+        }
+    }
+
+    /// How long a newcomer would wait now: the `Retry-After` of a booking refused for want
+    /// of an admission.
+    pub fn newcomer_wait(&self) -> RetryAfter {
+        let room = self.lock(self.clock.now_ms());
+        let position = room.waiting.len() as u64 + 1;
+        RetryAfter(
+            u32::try_from(self.wait_s(position))
+                .unwrap_or(u32::MAX)
+                .max(1),
+        )
+    }
+
+    /// Lets a booking by `sub` under Idempotency-Key `key` pass with `token`, or says why not.
+    /// The pass claims the token until it is [`BookingPass::booked`] or dropped.
+    pub fn pass(
+        self: &Arc<Self>,
+        sub: &str,
+        token: Option<&str>,
+        key: &str,
+    ) -> Result<BookingPass, Refusal> {
+        let admitted = self
+            .key
+            .verify(token.ok_or(Refusal::Missing)?, sub)
+            .ok_or(Refusal::Invalid)?;
+        let now = self.clock.now_ms();
+        if admitted.until_ms <= now {
+            return Err(Refusal::Expired);
+        }
+        let mut room = self.lock(now);
+        let ticket = room
+            .tickets
+            .get_mut(&admitted.ticket)
+            .filter(|t| t.sub == sub)
+            .ok_or(Refusal::Expired)?;
+        let admission = ticket.admission.as_mut().ok_or(Refusal::Invalid)?;
+        let owner = match &admission.use_ {
+            Use::Free => {
+                admission.use_ = Use::Booking {
+                    key: key.to_owned(),
+                };
+                true
+            }
+            Use::Booking { key: k } | Use::Booked { key: k } if k == key => false,
+            Use::Booking { .. } | Use::Booked { .. } => return Err(Refusal::Used),
+        };
+        Ok(BookingPass {
+            room: self.clone(),
+            sub: sub.to_owned(),
+            ticket: admitted.ticket,
+            key: key.to_owned(),
+            owner,
+            booked: false,
+        })
+    }
+
+    /// Tickets held now (waiting or admitted).
+    pub fn tickets(&self) -> usize {
+        self.lock(self.clock.now_ms()).tickets.len()
+    }
+
+    /// The room, with what time has made due done: admissions that ended leave, the head
+    /// of the line is admitted as the pace allows.
+    fn lock(&self, now: UnixMs) -> MutexGuard<'_, Room> {
+        let mut room = self.room.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some((until, _)) = room.admitted.front() {
+            if *until > now {
+                break;
+            }
+            let (_, ticket) = room.admitted.pop_front().expect("front exists");
+            if let Some(t) = room.tickets.remove(&ticket) {
+                if room.by_sub.get(&t.sub) == Some(&ticket) {
+                    room.by_sub.remove(&t.sub);
+                }
+            }
+        }
+        self.admit(&mut room, now);
+        room
+    }
+
+    fn admit(&self, room: &mut Room, now: UnixMs) {
+        while !room.waiting.is_empty() && self.pace.check().is_ok() {
+            let ticket = room.waiting.pop_front().expect("not empty");
+            let until_ms = now + self.ttl_ms;
+            let Some(t) = room.tickets.get_mut(&ticket) else {
+                continue;
+            };
+            t.admission = Some(Admission {
+                until_ms,
+                token: self.key.sign(&t.sub, &ticket, until_ms),
+                use_: Use::Free,
+            });
+            room.admitted.push_back((until_ms, ticket));
+            room.admitted_total += 1;
+        }
+    }
+
+    fn view(&self, room: &Room, ticket: &str) -> TicketView {
+        let t = &room.tickets[ticket];
+        let place = match &t.admission {
+            Some(a) => Place::Admitted {
+                token: a.token.clone(),
+                until_ms: a.until_ms,
+            },
+            None => {
+                let position = t.number - room.admitted_total + 1;
+                Place::Waiting {
+                    position,
+                    estimated_wait_s: self.wait_s(position),
+                }
+            }
+        };
+        TicketView {
+            ticket: ticket.to_owned(),
+            place,
+        }
+    }
+
+    /// Seconds until `position` is admitted at the room's pace.
+    fn wait_s(&self, position: u64) -> u64 {
+        position.div_ceil(u64::from(self.per_second.get()))
+    }
+
+    /// Records the end of a booking that held a pass.
+    fn settle(&self, pass: &BookingPass) {
+        let mut room = self.room.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(admission) = room
+            .tickets
+            .get_mut(&pass.ticket)
+            .and_then(|t| t.admission.as_mut())
+        else {
+            return;
+        };
+        if pass.booked {
+            admission.use_ = Use::Booked {
+                key: pass.key.clone(),
+            };
+            // Its caller may queue again, at the back.
+            if room.by_sub.get(&pass.sub) == Some(&pass.ticket) {
+                room.by_sub.remove(&pass.sub);
+            }
+        } else if pass.owner && matches!(&admission.use_, Use::Booking { key } if *key == pass.key)
+        {
+            admission.use_ = Use::Free;
+        }
+    }
+}
+
+/// A booking let through by an admission token. Call [`BookingPass::booked`] when the
+/// booking succeeded; dropped without it, the token is free again.
+pub struct BookingPass {
+    room: Arc<WaitingRoom>,
+    sub: String,
+    ticket: String,
+    key: String,
+    /// Whether this booking claimed the token (another request with the same key rides on
+    /// the first one's claim, and leaves it alone).
+    owner: bool,
+    booked: bool,
+}
+
+impl BookingPass {
+    /// The booking succeeded: the token is used up.
+    pub fn booked(mut self) {
+        self.booked = true;
+        // Drop settles.
+    }
+}
+
+impl Drop for BookingPass {
+    fn drop(&mut self) {
+        self.room.clone().settle(self);
+    }
+}
+
+/// A fresh random ticket id (16 hex digits) not in `tickets`.
+fn new_ticket_id(tickets: &HashMap<String, Ticket>) -> Option<String> {
+    (0..TICKET_ID_TRIES).find_map(|_| {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).ok()?;
+        let id = format!("{:016x}", u64::from_be_bytes(bytes));
+        (!tickets.contains_key(&id)).then_some(id)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_engine::ManualClock;
+
+    fn room(per_second: u32, ttl_ms: i64) -> (Arc<WaitingRoom>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let room = WaitingRoom::new(NonZeroU32::new(per_second).unwrap(), ttl_ms, clock.clone());
+        (Arc::new(room), clock)
+    }
+
+    fn token(view: &TicketView) -> String {
+        match &view.place {
+            Place::Admitted { token, .. } => token.clone(),
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    fn position(view: &TicketView) -> u64 {
+        match view.place {
+            Place::Waiting { position, .. } => position,
+            Place::Admitted { .. } => 0,
+        }
+    }
+
+    #[test]
+    fn first_come_first_served_at_the_pace() {
+        let (room, clock) = room(2, 60_000);
+        let views: Vec<TicketView> = (0..6)
+            .map(|i| room.join(&format!("c{i}")).unwrap())
+            .collect();
+        // A burst of 2 is admitted at once; the rest wait in arrival order.
+        assert_eq!(
+            views.iter().map(position).collect::<Vec<_>>(),
+            [0, 0, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            views[5].place,
+            Place::Waiting {
+                position: 4,
+                estimated_wait_s: 2
+            }
+        );
+        clock.advance(500);
+        assert_eq!(position(&room.look("c2", &views[2].ticket).unwrap()), 0);
+        assert_eq!(position(&room.look("c3", &views[3].ticket).unwrap()), 1);
+        assert_eq!(position(&room.look("c5", &views[5].ticket).unwrap()), 3);
+    }
+
+    #[test]
+    fn asking_again_answers_the_same_ticket() {
+        let (room, _clock) = room(1, 60_000);
+        let first = room.join("a").unwrap();
+        let waiting = room.join("b").unwrap();
+        assert_eq!(room.join("a").unwrap(), first);
+        assert_eq!(room.join("b").unwrap(), waiting);
+        assert_eq!(room.tickets(), 2);
+    }
+
+    #[test]
+    fn tickets_are_their_callers_own() {
+        let (room, _clock) = room(1, 60_000);
+        let a = room.join("a").unwrap();
+        assert_eq!(room.look("b", &a.ticket), Err(LookupError::NotYours));
+        assert_eq!(
+            room.look("a", "0000000000000000"),
+            Err(LookupError::Unknown)
+        );
+    }
+
+    #[test]
+    fn a_token_books_once_and_frees_on_failure() {
+        let (room, _clock) = room(10, 60_000);
+        let t = token(&room.join("a").unwrap());
+        assert_eq!(room.pass("a", None, "k1").err(), Some(Refusal::Missing));
+        assert_eq!(room.pass("b", Some(&t), "k1").err(), Some(Refusal::Invalid));
+        let pass = room.pass("a", Some(&t), "k1").unwrap();
+        assert_eq!(
+            room.pass("a", Some(&t), "k2").err(),
+            Some(Refusal::Used),
+            "in flight"
+        );
+        drop(pass); // the booking failed (sold out, say)
+        let pass = room.pass("a", Some(&t), "k2").unwrap();
+        pass.booked();
+        assert_eq!(room.pass("a", Some(&t), "k3").err(), Some(Refusal::Used));
+        let replay = room
+            .pass("a", Some(&t), "k2")
+            .expect("the same key replays");
+        drop(replay);
+        assert!(
+            room.pass("a", Some(&t), "k2").is_ok(),
+            "a replay leaves it booked"
+        );
+        assert_eq!(room.pass("a", Some(&t), "k4").err(), Some(Refusal::Used));
+        // Booked: the caller may queue again, with a new ticket.
+        assert_ne!(token(&room.join("a").unwrap()), t);
+    }
+
+    #[test]
+    fn admissions_end_and_leave_the_room() {
+        let (room, clock) = room(1, 1_000);
+        let a = room.join("a").unwrap();
+        let t = token(&a);
+        clock.advance(1_000);
+        assert_eq!(room.pass("a", Some(&t), "k").err(), Some(Refusal::Expired));
+        assert_eq!(room.look("a", &a.ticket), Err(LookupError::Unknown));
+        assert_eq!(room.tickets(), 0);
+        assert_ne!(room.join("a").unwrap().ticket, a.ticket);
+    }
+}
