@@ -26,6 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the serve variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the embedded default: one node owning every shard).
@@ -551,6 +553,78 @@ mod tests {
             assert!(error.contains(expected), "{bad:?}: {error}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admission_flags_are_off_by_default_and_parse() {
+        let config = serve_args(&[]).unwrap().admission_config();
+        assert_eq!(config.rate_limit, None);
+        assert_eq!(config.ip_rate_limit, None);
+        assert_eq!(config.waiting_room, None);
+        assert_eq!(config.rate_limit_keys.get(), 1_000_000);
+        assert_eq!(config.admission_ttl_ms, 600_000);
+        let config = serve_args(&[
+            "--rate-limit",
+            "10/s",
+            "--ip-rate-limit",
+            "50/s",
+            "--rate-limit-keys",
+            "500",
+            "--waiting-room",
+            "200",
+            "--admission-ttl",
+            "90s",
+        ])
+        .unwrap()
+        .admission_config();
+        assert_eq!(
+            config.rate_limit.map(|r| r.to_string()).as_deref(),
+            Some("10/s")
+        );
+        assert_eq!(
+            config.ip_rate_limit.map(|r| r.to_string()).as_deref(),
+            Some("50/s")
+        );
+        assert_eq!(config.rate_limit_keys.get(), 500);
+        assert_eq!(config.waiting_room.map(|n| n.get()), Some(200));
+        assert_eq!(config.admission_ttl_ms, 90_000);
+        for bad in [
+            &["--rate-limit", "10"][..],
+            &["--rate-limit", "0/s"],
+            &["--ip-rate-limit", "5/d"],
+            &["--rate-limit-keys", "0"],
+            &["--waiting-room", "0"],
+            &["--waiting-room", "1000001"],
+            &["--admission-ttl", "10"],
+        ] {
+            assert!(serve_args(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn admission_flags_have_help_with_default_and_unit() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let serve = cli.find_subcommand_mut("serve").expect("serve");
+        let help = serve.render_long_help().to_string();
+        for (flag, needles) in [
+            ("--rate-limit <N/s>", &["Default: off", "10/s"][..]),
+            (
+                "--ip-rate-limit <N/s>",
+                &["Default: off", "X-Forwarded-For"],
+            ),
+            ("--rate-limit-keys", &["[default: 1000000]", "a count"]),
+            ("--waiting-room <N>", &["Default: off", "per second"]),
+            ("--admission-ttl", &["[default: 10m]", "a duration"]),
+        ] {
+            let start = help
+                .find(flag)
+                .unwrap_or_else(|| panic!("no {flag} in {help}"));
+            let block: String = help[start..].lines().take(8).collect::<Vec<_>>().join(" ");
+            for needle in needles {
+                assert!(block.contains(needle), "{flag}: no {needle:?} in {block}");
+            }
+        }
     }
 
     #[test]

@@ -146,6 +146,14 @@ impl Admission {
         ]
     }
 
+    /// Keys each limiter that is on remembers now, for `holdfast_rate_limit_keys{limiter}`.
+    pub fn limiter_keys(&self) -> Vec<(&'static str, usize)> {
+        [("caller", &self.by_caller), ("ip", &self.by_ip)]
+            .into_iter()
+            .filter_map(|(name, limiter)| limiter.as_ref().map(|l| (name, l.keys())))
+            .collect()
+    }
+
     fn rate_limited(&self, retry: RetryAfter, scope: &'static str) -> ApiError {
         self.rate_limited_total.fetch_add(1, Ordering::Relaxed);
         ApiError {
