@@ -39,6 +39,16 @@ pub const VERIFY_CONCURRENCY: usize = 16;
 pub const IN_DOUBT_MAX: usize = 256;
 /// Creates remembered per run for replays after a restart (the crash scenario).
 pub const RECENT_CREATES: usize = 64;
+/// Refusals by admission control (429) one citizen takes before it gives up: each is
+/// followed by a pause of its `Retry-After`, so this bounds a citizen's patience.
+pub const REFUSALS_PER_CITIZEN_MAX: u32 = 8;
+/// Longest pause a `Retry-After` may impose on a connection (a longer one is cut to this).
+pub const REFUSAL_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// How often a queued citizen polls its ticket: half its estimated wait, within these.
+pub const QUEUE_POLL_MIN: Duration = Duration::from_millis(250);
+pub const QUEUE_POLL_MAX: Duration = Duration::from_secs(5);
+/// Most polls of one ticket (the run's deadline usually ends them first).
+pub const QUEUE_POLLS_MAX: usize = 10_000;
 /// Confirmed appointments (neither cancelled nor administered) remembered with their
 /// `qr_token`, for administrations after a restart (the crash scenario).
 pub const RECENT_CONFIRMED: usize = 64;
@@ -196,6 +206,9 @@ pub struct Booker {
     /// (key, citizen, body), at most [`IN_DOUBT_MAX`]: after a restart, the crash scenario
     /// sends them again with the same key to learn what happened.
     pub in_doubt: Mutex<Vec<(String, String, Value)>>,
+    /// The server runs a waiting room (learnt from its first 429 QUEUE_REQUIRED): citizens
+    /// queue for an admission token before they book.
+    pub queue_first: AtomicBool,
 }
 
 /// The result of [`run`].
@@ -242,7 +255,15 @@ impl Booker {
         let citizen_id = self.spec.citizen_id(citizen);
         let bearer = self.tokens.citizen(&citizen_id);
         let mut tries = 0;
+        let mut refusals = 0;
+        let mut admission: Option<String> = None;
         while tries < SLOT_TRIES_PER_CITIZEN && !self.stopped() {
+            if admission.is_none() && self.queue_first.load(Ordering::Relaxed) {
+                match self.admit(&bearer, stats).await {
+                    Some(token) => admission = Some(token),
+                    None => return,
+                }
+            }
             let Some((clinic, slot)) = self.board.pick(&self.zipf, rng) else {
                 // Sold out as far as we know: wait for the controller's verdict.
                 tokio::time::sleep(BOARD_WAIT).await;
@@ -261,7 +282,10 @@ impl Booker {
                 self.key_seq.fetch_add(1, Ordering::Relaxed)
             );
             let started = Instant::now();
-            let reply = self.api.create(&bearer, &key, &body).await;
+            let reply = self
+                .api
+                .create_admitted(&bearer, &key, &body, admission.as_deref())
+                .await;
             record(stats, &self.live, Op::Hold, started, &reply);
             self.retries
                 .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
@@ -289,7 +313,7 @@ impl Booker {
                             &self.ledger,
                             &self.live,
                             stats,
-                            &bearer,
+                            (&bearer, admission.as_deref()),
                             &key,
                             &citizen_id,
                             &body,
@@ -305,6 +329,21 @@ impl Booker {
                 (409, "OUT_OF_STOCK") => self.board.close_clinic(clinic),
                 // The clinic cancelled the slot (`--cancel-slots`): nobody books it again.
                 (409, "SLOT_CANCELLED") => self.board.close_slot(clinic, slot),
+                // A refusal by admission control is no answer about the slot: wait as told
+                // (queue first, for QUEUE_REQUIRED) and try again, within the citizen's patience.
+                (429, code) => {
+                    refusals += 1;
+                    tries -= 1;
+                    if refusals > REFUSALS_PER_CITIZEN_MAX {
+                        return;
+                    }
+                    if code == "QUEUE_REQUIRED" {
+                        self.queue_first.store(true, Ordering::Relaxed);
+                        admission = None;
+                    } else if !self.pause_for(&reply).await {
+                        return;
+                    }
+                }
                 (0, _) => {
                     if let Ok(mut d) = self.in_doubt.lock() {
                         if d.len() < IN_DOUBT_MAX {
@@ -346,11 +385,9 @@ impl Booker {
             self.abandoned.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let started = Instant::now();
-        let reply = self.api.transition(bearer, id, action).await;
-        record(stats, &self.live, op, started, &reply);
-        self.retries
-            .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+        let reply = self
+            .transition_politely(bearer, id, action, op, stats)
+            .await;
         if reply.status != 200 {
             return;
         }
@@ -362,9 +399,9 @@ impl Booker {
             return;
         }
         if rng.below(100) < u64::from(self.cancel_confirmed_pct) {
-            let started = Instant::now();
-            let reply = self.api.transition(bearer, id, "cancel").await;
-            record(stats, &self.live, Op::Cancel, started, &reply);
+            let reply = self
+                .transition_politely(bearer, id, "cancel", Op::Cancel, stats)
+                .await;
             if reply.status == 200 {
                 self.ledger.record(AckKind::Cancel, &reply.body);
                 self.live.seats_taken(-1);
@@ -392,6 +429,100 @@ impl Booker {
             recent.push_back((clinic, id.to_string(), qr_token.to_string()));
         }
     }
+}
+
+impl Booker {
+    /// Sleeps `pause` (cut at the run's end); whether the run goes on.
+    async fn sleep_unless_stopped(&self, pause: Duration) -> bool {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(pause.min(left)).await;
+        !self.stopped()
+    }
+
+    /// Waits as a refusal's `Retry-After` says (1 s without one, at most
+    /// [`REFUSAL_PAUSE_MAX`]); whether the run goes on.
+    async fn pause_for(&self, reply: &Reply) -> bool {
+        self.sleep_unless_stopped(refusal_pause(reply)).await
+    }
+
+    /// A confirm or cancel, sent again after each 429's `Retry-After` (at most
+    /// [`REFUSALS_PER_CITIZEN_MAX`] times); every answer is recorded.
+    async fn transition_politely(
+        &self,
+        bearer: &str,
+        id: &str,
+        action: &str,
+        op: Op,
+        stats: &mut Stats,
+    ) -> Reply {
+        let mut refusals = 0;
+        loop {
+            let started = Instant::now();
+            let reply = self.api.transition(bearer, id, action).await;
+            record(stats, &self.live, op, started, &reply);
+            self.retries
+                .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+            // A citizen holding a seat finishes with it even once the campaign is sold out
+            // (the stop flag): only the run's deadline cuts its patience.
+            if reply.status != 429
+                || refusals >= REFUSALS_PER_CITIZEN_MAX
+                || Instant::now() >= self.deadline
+            {
+                return reply;
+            }
+            refusals += 1;
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(refusal_pause(&reply).min(left)).await;
+        }
+    }
+
+    /// Queues in the waiting room and polls the ticket politely (half its estimated wait,
+    /// within [`QUEUE_POLL_MIN`]..[`QUEUE_POLL_MAX`]) until admitted; the admission token,
+    /// or `None` when the run ends first or the room will not have the citizen.
+    async fn admit(&self, bearer: &str, stats: &mut Stats) -> Option<String> {
+        let started = Instant::now();
+        let mut reply = self.api.queue_join(bearer).await;
+        record(stats, &self.live, Op::Queue, started, &reply);
+        let mut refusals = 0;
+        for _ in 0..QUEUE_POLLS_MAX {
+            if let Some(token) = reply.body["admission_token"].as_str() {
+                return Some(token.to_string());
+            }
+            let (op, next) = match (reply.status, reply.body["ticket"].as_str()) {
+                (200 | 201, Some(ticket)) => {
+                    let wait_s = reply.body["estimated_wait_s"].as_u64().unwrap_or(1);
+                    let pause = Duration::from_millis(wait_s.saturating_mul(500))
+                        .clamp(QUEUE_POLL_MIN, QUEUE_POLL_MAX);
+                    if !self.sleep_unless_stopped(pause).await {
+                        return None;
+                    }
+                    (Op::QueuePoll, Some(ticket.to_string()))
+                }
+                // Rate limited, or the room is full: wait as told, then ask again.
+                (429 | 503, _) if refusals < REFUSALS_PER_CITIZEN_MAX => {
+                    refusals += 1;
+                    if !self.pause_for(&reply).await {
+                        return None;
+                    }
+                    (Op::Queue, None)
+                }
+                _ => return None,
+            };
+            let started = Instant::now();
+            reply = match &next {
+                Some(ticket) => self.api.queue_poll(bearer, ticket).await,
+                None => self.api.queue_join(bearer).await,
+            };
+            record(stats, &self.live, op, started, &reply);
+        }
+        None
+    }
+}
+
+/// The pause a refusal asks for: its `Retry-After` (1 s without one), at most
+/// [`REFUSAL_PAUSE_MAX`].
+fn refusal_pause(reply: &Reply) -> Duration {
+    Duration::from_secs(reply.retry_after_s.unwrap_or(1).max(1)).min(REFUSAL_PAUSE_MAX)
 }
 
 /// One staff token per clinic of `spec`, by clinic index.
@@ -428,17 +559,26 @@ pub async fn replay(
     ledger: &Ledger,
     live: &Live,
     stats: &mut Stats,
-    bearer: &str,
+    (bearer, admission): (&str, Option<&str>),
     key: &str,
     citizen_id: &str,
     body: &Value,
     first_id: &str,
 ) {
-    let started = Instant::now();
-    let again = api.create(bearer, key, body).await;
-    record(stats, live, Op::Replay, started, &again);
-    if again.is_transport_failure() {
-        return; // No answer: nothing to compare.
+    let mut again = Reply::default();
+    for _ in 0..=REFUSALS_PER_CITIZEN_MAX {
+        let started = Instant::now();
+        again = api.create_admitted(bearer, key, body, admission).await;
+        record(stats, live, Op::Replay, started, &again);
+        if again.status != 429 {
+            break;
+        }
+        // Refused by admission control before any decision (not stored under the key):
+        // wait as told and send it again.
+        tokio::time::sleep(refusal_pause(&again)).await;
+    }
+    if again.is_transport_failure() || again.status == 429 {
+        return; // No answer to compare: nothing reached the booking.
     }
     ledger.record_replay(Replay {
         idempotency_key: key.to_string(),
