@@ -211,6 +211,23 @@ pub struct Booker {
     pub queue_first: AtomicBool,
 }
 
+/// The citizen a connection is serving.
+struct Who<'a> {
+    index: usize,
+    id: &'a str,
+    bearer: &'a str,
+    /// The waiting room's admission token, when the server runs one.
+    admission: Option<&'a str>,
+}
+
+/// One create: its key, its body and the slot it asked for.
+struct Attempt {
+    key: String,
+    body: Value,
+    clinic: usize,
+    slot: usize,
+}
+
 /// The result of [`run`].
 pub struct BookingRun {
     pub stats: Stats,
@@ -270,59 +287,24 @@ impl Booker {
                 continue;
             };
             tries += 1;
-            let body = json!({
-                "clinic_id": self.spec.clinic_id(clinic),
-                "slot_id": CampaignSpec::slot_id(slot),
-                "vaccine": self.vaccine,
-                "citizen_id": citizen_id,
-            });
-            let key = format!(
-                "{}{}",
-                self.key_prefix,
-                self.key_seq.fetch_add(1, Ordering::Relaxed)
-            );
+            let attempt = self.attempt(&citizen_id, clinic, slot);
             let started = Instant::now();
             let reply = self
                 .api
-                .create_admitted(&bearer, &key, &body, admission.as_deref())
+                .create_admitted(&bearer, &attempt.key, &attempt.body, admission.as_deref())
                 .await;
             record(stats, &self.live, Op::Hold, started, &reply);
             self.retries
                 .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
             match (reply.status, reply.code.as_str()) {
                 (201, _) => {
-                    self.ledger.record(AckKind::Create, &reply.body);
-                    self.live.seats_taken(1);
-                    let Some(id) = reply.body["appointment_id"].as_str().map(str::to_string) else {
-                        return;
+                    let who = Who {
+                        index: citizen,
+                        id: &citizen_id,
+                        bearer: &bearer,
+                        admission: admission.as_deref(),
                     };
-                    if let Ok(mut recent) = self.recent.lock() {
-                        if recent.len() == RECENT_CREATES {
-                            recent.pop_front();
-                        }
-                        recent.push_back(CreatedRecord {
-                            key: key.clone(),
-                            citizen_id: citizen_id.clone(),
-                            body: body.clone(),
-                            appointment_id: id.clone(),
-                        });
-                    }
-                    if rng.percent(self.replay_pct) {
-                        replay(
-                            &self.api,
-                            &self.ledger,
-                            &self.live,
-                            stats,
-                            (&bearer, admission.as_deref()),
-                            &key,
-                            &citizen_id,
-                            &body,
-                            &id,
-                        )
-                        .await;
-                    }
-                    self.follow_up(&bearer, &id, citizen, (clinic, slot), rng, stats)
-                        .await;
+                    self.created(&who, attempt, &reply, rng, stats).await;
                     return;
                 }
                 (409, "SOLD_OUT") => self.board.close_slot(clinic, slot),
@@ -347,7 +329,7 @@ impl Booker {
                 (0, _) => {
                     if let Ok(mut d) = self.in_doubt.lock() {
                         if d.len() < IN_DOUBT_MAX {
-                            d.push((key, citizen_id.clone(), body));
+                            d.push((attempt.key, citizen_id.clone(), attempt.body));
                         }
                     }
                     return;
@@ -357,6 +339,69 @@ impl Booker {
                 _ => return,
             }
         }
+    }
+
+    /// A create of a seat in `(clinic, slot)` for `citizen_id`, under a fresh key (unique
+    /// per run and round, so a key is never reused for another body).
+    fn attempt(&self, citizen_id: &str, clinic: usize, slot: usize) -> Attempt {
+        let body = json!({
+            "clinic_id": self.spec.clinic_id(clinic),
+            "slot_id": CampaignSpec::slot_id(slot),
+            "vaccine": self.vaccine,
+            "citizen_id": citizen_id,
+        });
+        let seq = self.key_seq.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            key: format!("{}{seq}", self.key_prefix),
+            body,
+            clinic,
+            slot,
+        }
+    }
+
+    /// A create answered 201: recorded, replayed as `--replay-pct` says, then followed up
+    /// (confirm, release or abandon).
+    async fn created(
+        &self,
+        who: &Who<'_>,
+        attempt: Attempt,
+        reply: &Reply,
+        rng: &mut Rng,
+        stats: &mut Stats,
+    ) {
+        self.ledger.record(AckKind::Create, &reply.body);
+        self.live.seats_taken(1);
+        let Some(id) = reply.body["appointment_id"].as_str().map(str::to_string) else {
+            return;
+        };
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_CREATES {
+                recent.pop_front();
+            }
+            recent.push_back(CreatedRecord {
+                key: attempt.key.clone(),
+                citizen_id: who.id.to_string(),
+                body: attempt.body.clone(),
+                appointment_id: id.clone(),
+            });
+        }
+        if rng.percent(self.replay_pct) {
+            replay(
+                &self.api,
+                &self.ledger,
+                &self.live,
+                stats,
+                (who.bearer, who.admission),
+                &attempt.key,
+                who.id,
+                &attempt.body,
+                &id,
+            )
+            .await;
+        }
+        let place = (attempt.clinic, attempt.slot);
+        self.follow_up(who.bearer, &id, who.index, place, rng, stats)
+            .await;
     }
 
     fn recycle(&self, citizen: usize) {
