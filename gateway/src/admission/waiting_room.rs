@@ -41,6 +41,7 @@
 //! appointment once the citizen holds a new admission.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -52,9 +53,11 @@ use holdfast_engine::{Clock, UnixMs};
 use super::rate_limit::{NodeTime, RetryAfter};
 use super::token::TokenKey;
 
-/// Most tickets held at once, waiting or admitted: about 150 bytes each (a ticket id, the
-/// caller's `sub`, its token), so at most about 75 MB. A launch that queues more than half a
-/// million citizens on one node is answered 503 with `Retry-After` until places free.
+/// Most tickets held at once, waiting or admitted: 110-160 bytes each with the room's tables
+/// (measured: 109 at 200,000 tickets, 158 at 500,000, where the tables have just doubled),
+/// so at most about 75 MB. A launch that queues more
+/// than half a million citizens on one node is answered 503 with `Retry-After` until places
+/// free.
 pub const WAITING_ROOM_TICKETS_MAX: usize = 500_000;
 /// Largest `--waiting-room`: admissions per second across the node. Far above what a node
 /// books (a few thousand a second, docs/PERFORMANCE.md), so the bound is only a sanity check.
@@ -118,37 +121,35 @@ impl Refusal {
     }
 }
 
-#[derive(Debug)]
+/// What an admission's token did, by the hash of the Idempotency-Key it booked under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Use {
     Free,
-    Booking { key: String },
-    Booked { key: String },
+    Booking { key: u64 },
+    Booked { key: u64 },
 }
 
-#[derive(Debug)]
-struct Admission {
-    until_ms: UnixMs,
-    token: String,
-    use_: Use,
-}
-
+/// A ticket, in about 40 bytes: the caller and the Idempotency-Key are kept as 64-bit hashes
+/// (SipHash under a key drawn at start-up) and the token is signed when it is read, so a
+/// ticket's size does not depend on what a client sends.
 #[derive(Debug)]
 struct Ticket {
-    sub: String,
+    sub: u64,
     /// Place in arrival order (0 is the first ticket this process issued).
     number: u64,
-    admission: Option<Admission>,
+    /// Once admitted: until when, and what its token did.
+    admission: Option<(UnixMs, Use)>,
 }
 
 #[derive(Debug, Default)]
 struct Room {
-    tickets: HashMap<String, Ticket>,
-    /// The ticket each caller holds (waiting, or admitted and not yet booked).
-    by_sub: HashMap<String, String>,
+    tickets: HashMap<u64, Ticket>,
+    /// The ticket each caller (by hash) holds: waiting, or admitted and not yet booked.
+    by_sub: HashMap<u64, u64>,
     /// Waiting tickets, oldest first.
-    waiting: VecDeque<String>,
+    waiting: VecDeque<u64>,
     /// Admitted tickets in admission order, which is the order their admissions end.
-    admitted: VecDeque<(UnixMs, String)>,
+    admitted: VecDeque<(UnixMs, u64)>,
     issued_total: u64,
     admitted_total: u64,
 }
@@ -162,6 +163,7 @@ pub struct WaitingRoom {
     per_second: NonZeroU32,
     ttl_ms: i64,
     key: TokenKey,
+    hasher: RandomState,
     clock: Arc<dyn Clock>,
 }
 
@@ -177,6 +179,7 @@ impl WaitingRoom {
             per_second,
             ttl_ms,
             key: TokenKey::random(),
+            hasher: RandomState::new(),
             clock,
         }
     }
@@ -189,9 +192,10 @@ impl WaitingRoom {
     /// room is full ([`WAITING_ROOM_TICKETS_MAX`]), when to try again.
     pub fn join(&self, sub: &str) -> Result<TicketView, RetryAfter> {
         let now = self.clock.now_ms();
+        let caller = self.hasher.hash_one(sub);
         let mut room = self.lock(now);
-        if let Some(ticket) = room.by_sub.get(sub).cloned() {
-            return Ok(self.view(&room, &ticket));
+        if let Some(&ticket) = room.by_sub.get(&caller) {
+            return Ok(self.view(&room, sub, ticket));
         }
         if room.tickets.len() >= WAITING_ROOM_TICKETS_MAX {
             // The first place to free is the oldest admission's end.
@@ -207,26 +211,27 @@ impl WaitingRoom {
         let number = room.issued_total;
         room.issued_total += 1;
         room.tickets.insert(
-            ticket.clone(),
+            ticket,
             Ticket {
-                sub: sub.to_owned(),
+                sub: caller,
                 number,
                 admission: None,
             },
         );
-        room.by_sub.insert(sub.to_owned(), ticket.clone());
-        room.waiting.push_back(ticket.clone());
+        room.by_sub.insert(caller, ticket);
+        room.waiting.push_back(ticket);
         self.admit(&mut room, now);
-        Ok(self.view(&room, &ticket))
+        Ok(self.view(&room, sub, ticket))
     }
 
     /// Where `ticket` stands, for its caller `sub`.
     pub fn look(&self, sub: &str, ticket: &str) -> Result<TicketView, LookupError> {
+        let id = parse_ticket_id(ticket).ok_or(LookupError::Unknown)?;
         let room = self.lock(self.clock.now_ms());
-        match room.tickets.get(ticket) {
+        match room.tickets.get(&id) {
             None => Err(LookupError::Unknown),
-            Some(t) if t.sub != sub => Err(LookupError::NotYours),
-            Some(_) => Ok(self.view(&room, ticket)),
+            Some(t) if t.sub != self.hasher.hash_one(sub) => Err(LookupError::NotYours),
+            Some(_) => Ok(self.view(&room, sub, id)),
         }
     }
 
@@ -254,22 +259,24 @@ impl WaitingRoom {
             .key
             .verify(token.ok_or(Refusal::Missing)?, sub)
             .ok_or(Refusal::Invalid)?;
+        let ticket = parse_ticket_id(&admitted.ticket).ok_or(Refusal::Invalid)?;
         let now = self.clock.now_ms();
         if admitted.until_ms <= now {
             return Err(Refusal::Expired);
         }
+        let (caller, key) = (self.hasher.hash_one(sub), self.hasher.hash_one(key));
         let mut room = self.lock(now);
-        let ticket = room
+        let admission = room
             .tickets
-            .get_mut(&admitted.ticket)
-            .filter(|t| t.sub == sub)
-            .ok_or(Refusal::Expired)?;
-        let admission = ticket.admission.as_mut().ok_or(Refusal::Invalid)?;
-        let owner = match &admission.use_ {
+            .get_mut(&ticket)
+            .filter(|t| t.sub == caller)
+            .ok_or(Refusal::Expired)?
+            .admission
+            .as_mut()
+            .ok_or(Refusal::Invalid)?;
+        let owner = match admission.1 {
             Use::Free => {
-                admission.use_ = Use::Booking {
-                    key: key.to_owned(),
-                };
+                admission.1 = Use::Booking { key };
                 true
             }
             Use::Booking { key: k } | Use::Booked { key: k } if k == key => false,
@@ -277,9 +284,9 @@ impl WaitingRoom {
         };
         Ok(BookingPass {
             room: self.clone(),
-            sub: sub.to_owned(),
-            ticket: admitted.ticket,
-            key: key.to_owned(),
+            caller,
+            ticket,
+            key,
             owner,
             booked: false,
         })
@@ -294,11 +301,11 @@ impl WaitingRoom {
     /// of the line is admitted as the pace allows.
     fn lock(&self, now: UnixMs) -> MutexGuard<'_, Room> {
         let mut room = self.room.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some((until, _)) = room.admitted.front() {
-            if *until > now {
+        while let Some(&(until, ticket)) = room.admitted.front() {
+            if until > now {
                 break;
             }
-            let (_, ticket) = room.admitted.pop_front().expect("front exists");
+            room.admitted.pop_front();
             if let Some(t) = room.tickets.remove(&ticket) {
                 if room.by_sub.get(&t.sub) == Some(&ticket) {
                     room.by_sub.remove(&t.sub);
@@ -316,22 +323,20 @@ impl WaitingRoom {
             let Some(t) = room.tickets.get_mut(&ticket) else {
                 continue;
             };
-            t.admission = Some(Admission {
-                until_ms,
-                token: self.key.sign(&t.sub, &ticket, until_ms),
-                use_: Use::Free,
-            });
+            t.admission = Some((until_ms, Use::Free));
             room.admitted.push_back((until_ms, ticket));
             room.admitted_total += 1;
         }
     }
 
-    fn view(&self, room: &Room, ticket: &str) -> TicketView {
-        let t = &room.tickets[ticket];
-        let place = match &t.admission {
-            Some(a) => Place::Admitted {
-                token: a.token.clone(),
-                until_ms: a.until_ms,
+    /// `ticket` as its caller `sub` sees it (the token is signed here, for `sub`).
+    fn view(&self, room: &Room, sub: &str, ticket: u64) -> TicketView {
+        let t = &room.tickets[&ticket];
+        let id = format!("{ticket:016x}");
+        let place = match t.admission {
+            Some((until_ms, _)) => Place::Admitted {
+                token: self.key.sign(sub, &id, until_ms),
+                until_ms,
             },
             None => {
                 let position = t.number - room.admitted_total + 1;
@@ -341,10 +346,7 @@ impl WaitingRoom {
                 }
             }
         };
-        TicketView {
-            ticket: ticket.to_owned(),
-            place,
-        }
+        TicketView { ticket: id, place }
     }
 
     /// Seconds until `position` is admitted at the room's pace.
@@ -355,7 +357,7 @@ impl WaitingRoom {
     /// Records the end of a booking that held a pass.
     fn settle(&self, pass: &BookingPass) {
         let mut room = self.room.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(admission) = room
+        let Some((_, use_)) = room
             .tickets
             .get_mut(&pass.ticket)
             .and_then(|t| t.admission.as_mut())
@@ -363,16 +365,13 @@ impl WaitingRoom {
             return;
         };
         if pass.booked {
-            admission.use_ = Use::Booked {
-                key: pass.key.clone(),
-            };
+            *use_ = Use::Booked { key: pass.key };
             // Its caller may queue again, at the back.
-            if room.by_sub.get(&pass.sub) == Some(&pass.ticket) {
-                room.by_sub.remove(&pass.sub);
+            if room.by_sub.get(&pass.caller) == Some(&pass.ticket) {
+                room.by_sub.remove(&pass.caller);
             }
-        } else if pass.owner && matches!(&admission.use_, Use::Booking { key } if *key == pass.key)
-        {
-            admission.use_ = Use::Free;
+        } else if pass.owner && *use_ == (Use::Booking { key: pass.key }) {
+            *use_ = Use::Free;
         }
     }
 }
@@ -381,9 +380,9 @@ impl WaitingRoom {
 /// booking succeeded; dropped without it, the token is free again.
 pub struct BookingPass {
     room: Arc<WaitingRoom>,
-    sub: String,
-    ticket: String,
-    key: String,
+    caller: u64,
+    ticket: u64,
+    key: u64,
     /// Whether this booking claimed the token (another request with the same key rides on
     /// the first one's claim, and leaves it alone).
     owner: bool,
@@ -400,18 +399,27 @@ impl BookingPass {
 
 impl Drop for BookingPass {
     fn drop(&mut self) {
-        self.room.clone().settle(self);
+        self.room.settle(self);
     }
 }
 
-/// A fresh random ticket id (16 hex digits) not in `tickets`.
-fn new_ticket_id(tickets: &HashMap<String, Ticket>) -> Option<String> {
+/// A fresh random ticket id not in `tickets`.
+fn new_ticket_id(tickets: &HashMap<u64, Ticket>) -> Option<u64> {
     (0..TICKET_ID_TRIES).find_map(|_| {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).ok()?;
-        let id = format!("{:016x}", u64::from_be_bytes(bytes));
+        let id = u64::from_be_bytes(bytes);
         (!tickets.contains_key(&id)).then_some(id)
     })
+}
+
+/// A ticket id as clients see it: exactly 16 lower-case hex digits.
+fn parse_ticket_id(ticket: &str) -> Option<u64> {
+    let hex = ticket.len() == 16
+        && ticket
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    hex.then(|| u64::from_str_radix(ticket, 16).ok()).flatten()
 }
 
 #[cfg(test)]
