@@ -208,7 +208,7 @@ fn a_launch_through_the_waiting_room_and_the_rate_limits_sells_out() {
             "--server-arg=--waiting-room=10",
             "--server-arg",
             "--rate-limit=5/s",
-            "--server-arg=--ip-rate-limit=40/s",
+            "--server-arg=--ip-rate-limit=80/s",
         ],
         "launch-admission",
     );

@@ -276,3 +276,47 @@ fn client_ip(request: &Request) -> Option<IpAddr> {
         v4 => v4,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn from(peer: &str) -> Option<IpAddr> {
+        let mut request = Request::new(Body::empty());
+        let peer: SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        client_ip(&request)
+    }
+
+    #[test]
+    fn the_client_ip_is_the_peer_and_ipv6_counts_per_64() {
+        assert_eq!(from("203.0.113.9:5000"), "203.0.113.9".parse().ok());
+        // One /64 is one key, whatever the host part.
+        assert_eq!(
+            from("[2001:db8:1:2:aaaa::1]:80"),
+            "2001:db8:1:2::".parse().ok()
+        );
+        assert_eq!(
+            from("[2001:db8:1:2:bbbb::7]:80"),
+            "2001:db8:1:2::".parse().ok()
+        );
+        assert_ne!(from("[2001:db8:1:3::1]:80"), from("[2001:db8:1:2::1]:80"));
+        // An IPv4 peer seen through an IPv6 socket is the IPv4 address.
+        assert_eq!(
+            from("[::ffff:198.51.100.4]:80"),
+            "198.51.100.4".parse().ok()
+        );
+        assert_eq!(client_ip(&Request::new(Body::empty())), None);
+    }
+
+    #[test]
+    fn limited_routes_are_the_citizens_mutating_ones() {
+        let reads = LIMITED_ROUTES
+            .iter()
+            .filter(|(m, _)| m == Method::GET)
+            .count();
+        assert_eq!(reads, 0);
+        assert!(LIMITED_ROUTES.contains(&(Method::POST, "/v1/queue")));
+    }
+}
