@@ -165,6 +165,8 @@ pub struct WaitingRoom {
     key: TokenKey,
     hasher: RandomState,
     clock: Arc<dyn Clock>,
+    /// [`WAITING_ROOM_TICKETS_MAX`] (smaller in unit tests).
+    tickets_max: usize,
 }
 
 impl WaitingRoom {
@@ -181,6 +183,7 @@ impl WaitingRoom {
             key: TokenKey::random(),
             hasher: RandomState::new(),
             clock,
+            tickets_max: WAITING_ROOM_TICKETS_MAX,
         }
     }
 
@@ -197,7 +200,7 @@ impl WaitingRoom {
         if let Some(&ticket) = room.by_sub.get(&caller) {
             return Ok(self.view(&room, sub, ticket));
         }
-        if room.tickets.len() >= WAITING_ROOM_TICKETS_MAX {
+        if room.tickets.len() >= self.tickets_max {
             // The first place to free is the oldest admission's end.
             let wait_ms = room
                 .admitted
@@ -469,6 +472,24 @@ mod tests {
         assert_eq!(position(&room.look("c2", &views[2].ticket).unwrap()), 0);
         assert_eq!(position(&room.look("c3", &views[3].ticket).unwrap()), 1);
         assert_eq!(position(&room.look("c5", &views[5].ticket).unwrap()), 3);
+    }
+
+    #[test]
+    fn a_full_room_says_when_the_first_place_frees() {
+        let (room, clock) = room(1, 10_000);
+        let Ok(mut room) = Arc::try_unwrap(room) else {
+            panic!("one handle")
+        };
+        room.tickets_max = 2;
+        let room = Arc::new(room);
+        room.join("a").unwrap(); // admitted at once, until +10 s
+        room.join("b").unwrap(); // waiting
+        clock.advance(4_000);
+        // The first place frees when a's admission ends, 6 s from now.
+        assert_eq!(room.join("c"), Err(RetryAfter(6)));
+        assert_eq!(room.tickets(), 2, "nothing was added");
+        clock.advance(6_000);
+        assert!(room.join("c").is_ok());
     }
 
     #[test]
