@@ -43,6 +43,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::booking::router())
         .merge(routes::clinic::router())
         .merge(routes::waitlist::router())
+        .merge(routes::queue::router())
         .merge(routes::ops::router())
         .merge(routes::streams::router())
         .merge(routes::audit::router())
@@ -59,6 +60,11 @@ pub fn build_app(state: AppState) -> axum::Router {
         .fallback(crate::error::not_found_fallback)
         // Last: axum applies it only to routes that exist when it is called.
         .method_not_allowed_fallback(crate::error::method_not_allowed_fallback)
+        // Inside the telemetry, so a 429 is counted and logged like any answer.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::admission::limit,
+        ))
         // After routing (so `MatchedPath` is known) and around the fallbacks too.
         .layer(axum::middleware::from_fn(crate::telemetry::observe))
         .with_state(state)

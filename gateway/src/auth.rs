@@ -301,6 +301,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Verified already by the rate limits' middleware (crate::admission::limit).
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let key = Arc::<JwtKey>::from_ref(state);
         let token = bearer_token(parts)?;
         let now_unix_s = chrono::Utc::now().timestamp();

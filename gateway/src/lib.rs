@@ -6,10 +6,12 @@
 //! [`idempotency`] (the Idempotency-Key protocol), [`auth`], [`extract`] and [`error`] (the
 //! error shape, and engine errors as HTTP). What each request leaves behind (its
 //! `X-Request-Id`, span, log line and metrics) is [`telemetry`]; the series `/metrics` shows
-//! are [`metrics`].
+//! are [`metrics`]. Who may ask for a seat on a launch morning (rate limits, the waiting room)
+//! is [`admission`].
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod error;

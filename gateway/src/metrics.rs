@@ -19,6 +19,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use holdfast_engine::external::BreakerState;
+
+use crate::admission::Admission;
 use holdfast_engine::Node;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use metrics_exporter_prometheus::{
@@ -36,6 +38,8 @@ pub const SHARD_INFLIGHT: &str = "holdfast_shard_inflight";
 pub const BREAKER_OPEN: &str = "holdfast_breaker_open";
 pub const WEBHOOK_LAG_EVENTS: &str = "holdfast_webhook_lag_events";
 pub const RATE_LIMITED_TOTAL: &str = "holdfast_rate_limited_total";
+pub const RATE_LIMIT_KEYS: &str = "holdfast_rate_limit_keys";
+pub const WAITING_ROOM_TICKETS: &str = "holdfast_waiting_room_tickets";
 /// The log's series are recorded by holdfast-persistence's writer thread (a crate the gateway
 /// does not depend on) under the same names; the server's metrics test checks the two agree
 /// through the rendered text.
@@ -163,8 +167,9 @@ impl Metrics {
     }
 
     /// Reads the node's state into the scraped series, then renders every series in the
-    /// Prometheus text exposition format (version 0.0.4).
-    pub async fn render(&self, node: &Node) -> String {
+    /// Prometheus text exposition format (version 0.0.4). The admission control's series
+    /// (its 429s, its limiters' keys, the waiting room's tickets) are read from `admission`.
+    pub async fn render(&self, node: &Node, admission: &Admission) -> String {
         let statuses = node.shard_status().await;
         let dependencies = node.dependencies();
         let now_ms = node.now_ms();
@@ -206,8 +211,17 @@ impl Metrics {
                 let open = matches!(d.breaker, BreakerState::Open);
                 gauge!(BREAKER_OPEN, "dependency" => d.name.clone()).set(f64::from(u8::from(open)));
             }
-            // Rate limiting is not built yet: the counter exists, at 0.
-            counter!(RATE_LIMITED_TOTAL).increment(0);
+            // Counted by the admission control as it refuses (so a detached recorder shows
+            // them too); both codes exist from the start, at 0.
+            for (code, total) in admission.refusals() {
+                counter!(RATE_LIMITED_TOTAL, "code" => code).absolute(total);
+            }
+            for (limiter, keys) in admission.limiter_keys() {
+                gauge!(RATE_LIMIT_KEYS, "limiter" => limiter).set(keys as f64);
+            }
+            if let Some(room) = &admission.room {
+                gauge!(WAITING_ROOM_TICKETS).set(room.tickets() as f64);
+            }
             for (webhook, lag) in &webhook_lags {
                 webhook_lag(webhook, *lag);
             }
@@ -268,7 +282,18 @@ fn describe() {
         "1 while the dependency's circuit breaker is open."
     );
     describe_gauge!(WEBHOOK_LAG_EVENTS, "Events a webhook's delivery is behind.");
-    describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by rate limiting.");
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests refused 429 by admission control, by code: RATE_LIMITED (--rate-limit, --ip-rate-limit) or QUEUE_REQUIRED (--waiting-room)."
+    );
+    describe_gauge!(
+        RATE_LIMIT_KEYS,
+        "Keys a rate limiter remembers now (limiter: caller or ip), at most --rate-limit-keys."
+    );
+    describe_gauge!(
+        WAITING_ROOM_TICKETS,
+        "Tickets in the waiting room now, waiting or admitted (at most WAITING_ROOM_TICKETS_MAX)."
+    );
 }
 
 /// Label values that must be `&'static str` (route templates, lower-cased codes) without a

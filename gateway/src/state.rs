@@ -9,6 +9,7 @@ use axum::extract::FromRef;
 use holdfast_engine::feed::{AuditTrail, EventFeed};
 use holdfast_engine::Node;
 
+use crate::admission::Admission;
 use crate::auth::JwtKey;
 use crate::metrics::Metrics;
 use crate::qr::QrKeyring;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub streams: Arc<StreamLimits>,
     /// What `GET /metrics` renders: the process's recorder, or this server's detached one.
     pub metrics: Arc<Metrics>,
+    /// Rate limits and the waiting room (`crate::admission`), each off unless configured.
+    pub admission: Arc<Admission>,
 }
 
 impl FromRef<AppState> for Arc<JwtKey> {

@@ -207,6 +207,17 @@ pub struct Args {
     /// Keep the spawned server's temporary data directory (and its log) after the run.
     #[arg(long, help_heading = "Spawned server")]
     pub keep_data: bool,
+    /// One more argument for the spawned `holdfast serve`, passed as given (repeat the flag
+    /// for several; a flag's value is its own --server-arg, or joined with `=`). For the
+    /// admission control: --server-arg=--waiting-room=200 --server-arg=--rate-limit=10/s
+    /// --server-arg=--ip-rate-limit=50/s. Default: none.
+    #[arg(
+        long = "server-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        help_heading = "Spawned server"
+    )]
+    pub server_args: Vec<String>,
 
     // ---- what to run ---------------------------------------------------------------------
     /// Scenarios to run in sequence against the same server, comma separated; one report

@@ -75,7 +75,7 @@ impl Tokens {
 }
 
 /// One answer, or a transport failure (status 0).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Reply {
     /// HTTP status, 0 when no answer came.
     pub status: u16,
@@ -85,6 +85,8 @@ pub struct Reply {
     pub body: Value,
     /// How many times the request was sent (1 + retries).
     pub attempts: u32,
+    /// The `Retry-After` header, in seconds, when the answer carried one.
+    pub retry_after_s: Option<u64>,
 }
 
 impl Reply {
@@ -94,6 +96,7 @@ impl Reply {
             code: code.to_string(),
             body: Value::String(message),
             attempts: 1,
+            retry_after_s: None,
         }
     }
 
@@ -155,6 +158,11 @@ impl Api {
             Err(e) => return Reply::failure("TRANSPORT", error_chain(&e)),
         };
         let status = response.status().as_u16();
+        let retry_after_s = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
         let bytes = match response.bytes().await {
             Ok(b) => b,
             Err(e) if e.is_timeout() => return Reply::failure("TIMEOUT", e.to_string()),
@@ -174,6 +182,7 @@ impl Api {
             code,
             body,
             attempts: 1,
+            retry_after_s,
         }
     }
 
@@ -195,15 +204,45 @@ impl Api {
 
     /// `POST /v1/appointments` with an Idempotency-Key, retried with the same key on timeout.
     pub async fn create(&self, bearer: &str, key: &str, body: &Value) -> Reply {
+        self.create_admitted(bearer, key, body, None).await
+    }
+
+    /// A create with the waiting room's `Admission-Token`, when there is one.
+    pub async fn create_admitted(
+        &self,
+        bearer: &str,
+        key: &str,
+        body: &Value,
+        admission: Option<&str>,
+    ) -> Reply {
         let url = self.url("/v1/appointments");
         self.send_retrying(|| {
-            self.http
+            let request = self
+                .http
                 .post(&url)
                 .header("authorization", bearer)
                 .header("idempotency-key", key)
-                .json(body)
+                .json(body);
+            match admission {
+                Some(token) => request.header("admission-token", token),
+                None => request,
+            }
         })
         .await
+    }
+
+    /// `POST /v1/queue`: the citizen's ticket in the waiting room.
+    pub async fn queue_join(&self, bearer: &str) -> Reply {
+        let url = self.url("/v1/queue");
+        self.send_retrying(|| self.http.post(&url).header("authorization", bearer))
+            .await
+    }
+
+    /// `GET /v1/queue/{ticket}`.
+    pub async fn queue_poll(&self, bearer: &str, ticket: &str) -> Reply {
+        let url = self.url(&format!("/v1/queue/{ticket}"));
+        self.send_retrying(|| self.http.get(&url).header("authorization", bearer))
+            .await
     }
 
     /// `POST /v1/appointments/{id}/{action}` (`confirm` or `cancel`); repeating a transition

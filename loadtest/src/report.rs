@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::campaign::SetUp;
 use crate::checker::CheckReport;
 use crate::scenarios::clinic::ClinicFigures;
-use crate::stats::{is_error, Op, Stats};
+use crate::stats::{is_error, is_refusal, Op, Stats};
 
 /// Percentiles every operation row shows.
 pub const PERCENTILES: [(f64, &str); 4] =
@@ -198,6 +198,8 @@ pub struct ScenarioReport {
     pub booking_fraction_of_ceiling: Option<f64>,
     pub errors: u64,
     pub server_errors: u64,
+    /// 429s: refusals by the server's admission control (rate limits, the waiting room).
+    pub refusals: u64,
     pub retries: u64,
     pub ops: Vec<OpRow>,
     pub outcomes: Vec<OutcomeRow>,
@@ -273,6 +275,7 @@ impl ScenarioReport {
             booking_fraction_of_ceiling: None,
             errors: stats.errors(),
             server_errors: stats.server_errors(),
+            refusals: stats.refusals(),
             retries: 0,
             ops,
             outcomes,
@@ -448,7 +451,20 @@ impl ScenarioReport {
                 o.status,
                 if o.code.is_empty() { "-" } else { &o.code },
                 o.count,
-                if o.error { "  (error)" } else { "" }
+                if o.error {
+                    "  (error)"
+                } else if is_refusal(o.status) {
+                    "  (refused)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if self.refusals > 0 {
+            let _ = writeln!(
+                w,
+                "refused by admission control (429 RATE_LIMITED / QUEUE_REQUIRED, not errors): {}",
+                self.refusals
             );
         }
         let pct = |v: Option<f64>| {

@@ -82,6 +82,7 @@ async fn target(args: &Args, api: &Api) -> Result<Target, String> {
         hold_ttl: args.hold_ttl,
         no_show_grace: args.no_show_grace,
         durability: args.durability.name(),
+        extra_args: args.server_args.clone(),
     };
     let data_dir = spec.data_dir.clone();
     let spawned = Spawned::start(spec, api).await?;

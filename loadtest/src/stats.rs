@@ -39,6 +39,10 @@ pub enum Op {
     Poll,
     /// `POST /v1/appointments/{id}/administer` (staff).
     Administer,
+    /// `POST /v1/queue` (the waiting room's ticket).
+    Queue,
+    /// `GET /v1/queue/{ticket}` (waiting for admission).
+    QueuePoll,
 }
 
 impl Op {
@@ -53,6 +57,8 @@ impl Op {
             Op::Noop => "noop",
             Op::Poll => "poll",
             Op::Administer => "administer",
+            Op::Queue => "queue",
+            Op::QueuePoll => "queue_poll",
         }
     }
 
@@ -73,13 +79,20 @@ pub struct OutcomeKey {
     pub code: String,
 }
 
-/// Is this outcome an error (as opposed to a success or an expected domain answer such as
-/// SOLD_OUT)? Transport failures, 5xx, and 4xx answers the harness never provokes on
-/// purpose (400, 401, 403, 404, 413, 415, 429).
+/// Is this outcome an error (as opposed to a success, an expected domain answer such as
+/// SOLD_OUT, or a refusal)? Transport failures, 5xx, and 4xx answers the harness never
+/// provokes on purpose (400, 401, 403, 404, 413, 415).
 pub fn is_error(status: u16) -> bool {
     status == 0
         || status >= 500
-        || (400..500).contains(&status) && ![409, 410, 422].contains(&status)
+        || (400..500).contains(&status) && ![409, 410, 422, 429].contains(&status)
+}
+
+/// Is this outcome a refusal by the server's admission control (429 `RATE_LIMITED` or
+/// `QUEUE_REQUIRED`, with `Retry-After`)? Designed answers to a crowd, not errors; the
+/// report counts them on their own.
+pub fn is_refusal(status: u16) -> bool {
+    status == 429
 }
 
 fn histogram() -> Histogram<u64> {
@@ -148,6 +161,15 @@ impl Stats {
         self.outcomes
             .iter()
             .filter(|(k, _)| is_error(k.status))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Every 429 (see [`is_refusal`]).
+    pub fn refusals(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|(k, _)| is_refusal(k.status))
             .map(|(_, n)| n)
             .sum()
     }
@@ -223,6 +245,7 @@ mod tests {
         assert!(is_error(0));
         assert!(is_error(500));
         assert!(is_error(401));
+        assert!(!is_error(429) && is_refusal(429));
         assert!(!is_error(409));
         assert!(!is_error(410));
         assert!(!is_error(201));

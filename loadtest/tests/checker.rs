@@ -1217,6 +1217,7 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
         storage: Storage::Memory,
         external: None,
         qr_keys: None,
+        admission: Default::default(),
     })
     .await
     .expect("the server starts");

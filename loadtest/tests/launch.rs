@@ -168,6 +168,77 @@ fn a_launch_with_clinic_slot_cancellations_has_zero_violations() {
     assert_eq!(clinic["seen_clinic_cancelled"], affected, "{clinic}");
 }
 
+/// A launch through the admission control (`--server-arg` passes its flags to the spawned
+/// server): the citizens learn of the waiting room from their first 429 QUEUE_REQUIRED,
+/// queue, poll their tickets and book with their admission tokens; the rate limits refuse
+/// some requests, which are paused by their Retry-After and sent again. Every 429 is a
+/// refusal, not an error, the campaign still sells out exactly, zero violations.
+#[test]
+fn a_launch_through_the_waiting_room_and_the_rate_limits_sells_out() {
+    let (code, report, stdout) = run_harness(
+        &[
+            "--spawn",
+            "--shards",
+            "8",
+            "--scenario",
+            "launch",
+            "--clinics",
+            "2",
+            "--slots-per-clinic",
+            "2",
+            "--capacity",
+            "10",
+            "--doses",
+            "15",
+            "--confirm-pct",
+            "100",
+            "--release-pct",
+            "0",
+            "--replay-pct",
+            "20",
+            "--connections",
+            "16",
+            "--duration",
+            "60s",
+            "--seed",
+            "5",
+            // No clinic cancellation: the campaign must sell out exactly.
+            "--cancel-slots",
+            "0",
+            "--server-arg=--waiting-room=10",
+            "--server-arg",
+            "--rate-limit=5/s",
+            "--server-arg=--ip-rate-limit=80/s",
+        ],
+        "launch-admission",
+    );
+    assert_eq!(code, 0, "exit code; output:\n{stdout}");
+    assert_eq!(report["verdict"], "pass");
+    let scenario = &report["scenarios"][0];
+    let launch = &scenario["launch"];
+    assert_eq!(launch["end_reason"], "sold_out", "{launch}");
+    assert_eq!(launch["created"], 30, "{launch}");
+    assert_eq!(launch["confirmed"], 30, "{launch}");
+    let outcomes = scenario["outcomes"].as_array().expect("outcomes");
+    let count = |op: &str, status: u64, code: &str| -> u64 {
+        outcomes
+            .iter()
+            .filter(|o| o["op"] == op && o["status"] == status && o["code"] == code)
+            .map(|o| o["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(count("hold", 429, "QUEUE_REQUIRED") > 0, "{outcomes:?}");
+    assert!(count("queue", 201, "") > 0, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| o["error"] == false), "{outcomes:?}");
+    assert_eq!(scenario["errors"], 0);
+    assert!(scenario["refusals"].as_u64().unwrap() > 0, "{scenario}");
+    assert_eq!(
+        scenario["checks"][0]["ok"], true,
+        "{}",
+        scenario["checks"][0]
+    );
+}
+
 #[test]
 fn bad_flags_exit_with_code_2() {
     let status = Command::new(env!("CARGO_BIN_EXE_holdfast-load"))

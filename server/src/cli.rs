@@ -1,11 +1,15 @@
 //! The command line: `holdfast serve` and `holdfast token` (docs/API.md, "Server flags").
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use holdfast_engine::external::OutagePolicy;
+use holdfast_gateway::admission::rate_limit::{Rate, RATE_LIMIT_KEYS_DEFAULT};
+use holdfast_gateway::admission::waiting_room::WAITING_ROOM_RATE_MAX;
+use holdfast_gateway::admission::AdmissionConfig;
 use holdfast_gateway::qr::QrKeyring;
 
 use crate::eligibility::ExternalConfig;
@@ -22,6 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the serve variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the embedded default: one node owning every shard).
@@ -146,6 +152,29 @@ pub struct ServeArgs {
     /// webhooks' `X-Holdfast-Signature-256` (HMAC-SHA256). Required with --webhook-url.
     #[arg(long, value_name = "F")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Rate limit per caller (the token's `sub`) on the citizen's mutating endpoints (book,
+    /// confirm, cancel, reschedule, waitlist join and leave, queue): a token bucket of this
+    /// rate with a burst of the same size, e.g. 10/s, 600/m, 1000/h. Over it: 429
+    /// RATE_LIMITED with Retry-After. Default: off.
+    #[arg(long, value_name = "N/s")]
+    pub rate_limit: Option<Rate>,
+    /// Rate limit per client IP (the TCP peer; X-Forwarded-For is not trusted; IPv6 per /64)
+    /// on the same endpoints, e.g. 50/s. Default: off.
+    #[arg(long, value_name = "N/s")]
+    pub ip_rate_limit: Option<Rate>,
+    /// Most keys (callers, IPs) each rate limiter remembers, a count; beyond it the key idle
+    /// the longest is forgotten (about 80 bytes a key).
+    #[arg(long, default_value_t = RATE_LIMIT_KEYS_DEFAULT, value_parser = parse_rate_limit_keys)]
+    pub rate_limit_keys: usize,
+    /// Waiting room: admit at most N booking citizens per second across the node (a count
+    /// per second, 1-1000000). Citizens queue at POST /v1/queue and book with the
+    /// Admission-Token they are admitted with; without one a booking is 429 QUEUE_REQUIRED.
+    /// Tickets live in memory: a restart empties the room. Default: off.
+    #[arg(long, value_name = "N", value_parser = parse_waiting_room)]
+    pub waiting_room: Option<NonZeroU32>,
+    /// How long an admission token stays good (a duration: 90s, 10m, 1h); it books once.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub admission_ttl: Duration,
     /// How log lines are written to stderr; the level comes from RUST_LOG (default `info`;
     /// `holdfast_gateway=debug` adds one line per request).
     #[arg(long, value_enum, default_value = "text")]
@@ -215,6 +244,17 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The admission control these flags ask for (`--rate-limit`, `--waiting-room`, ...).
+    pub fn admission_config(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            rate_limit: self.rate_limit,
+            ip_rate_limit: self.ip_rate_limit,
+            rate_limit_keys: NonZeroUsize::new(self.rate_limit_keys).unwrap_or(NonZeroUsize::MIN),
+            waiting_room: self.waiting_room,
+            admission_ttl_ms: i64::try_from(self.admission_ttl.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
     /// The webhooks these flags ask for (none without `--webhook-url`), validated: a URL
     /// without a secret file, a secret file without a URL, an unreadable or short secret and
     /// a URL that is not http:// are start-up errors.
@@ -291,6 +331,26 @@ fn parse_waitlist_max(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=WAITLIST_MAX_MAX).contains(&n) => Ok(n),
         _ => Err(format!(
             "expected a whole number from 1 to {WAITLIST_MAX_MAX}"
+        )),
+    }
+}
+
+/// `--rate-limit-keys`: 1 or more.
+fn parse_rate_limit_keys(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of keys, 1 or more".into()),
+    }
+}
+
+/// `--waiting-room`: 1..=[`WAITING_ROOM_RATE_MAX`] admissions per second.
+fn parse_waiting_room(s: &str) -> Result<NonZeroU32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=WAITING_ROOM_RATE_MAX).contains(&n) => {
+            Ok(NonZeroU32::new(n).expect("not zero"))
+        }
+        _ => Err(format!(
+            "expected a whole number of admissions per second from 1 to {WAITING_ROOM_RATE_MAX}"
         )),
     }
 }
@@ -502,6 +562,78 @@ mod tests {
             assert!(error.contains(expected), "{bad:?}: {error}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admission_flags_are_off_by_default_and_parse() {
+        let config = serve_args(&[]).unwrap().admission_config();
+        assert_eq!(config.rate_limit, None);
+        assert_eq!(config.ip_rate_limit, None);
+        assert_eq!(config.waiting_room, None);
+        assert_eq!(config.rate_limit_keys.get(), 1_000_000);
+        assert_eq!(config.admission_ttl_ms, 600_000);
+        let config = serve_args(&[
+            "--rate-limit",
+            "10/s",
+            "--ip-rate-limit",
+            "50/s",
+            "--rate-limit-keys",
+            "500",
+            "--waiting-room",
+            "200",
+            "--admission-ttl",
+            "90s",
+        ])
+        .unwrap()
+        .admission_config();
+        assert_eq!(
+            config.rate_limit.map(|r| r.to_string()).as_deref(),
+            Some("10/s")
+        );
+        assert_eq!(
+            config.ip_rate_limit.map(|r| r.to_string()).as_deref(),
+            Some("50/s")
+        );
+        assert_eq!(config.rate_limit_keys.get(), 500);
+        assert_eq!(config.waiting_room.map(|n| n.get()), Some(200));
+        assert_eq!(config.admission_ttl_ms, 90_000);
+        for bad in [
+            &["--rate-limit", "10"][..],
+            &["--rate-limit", "0/s"],
+            &["--ip-rate-limit", "5/d"],
+            &["--rate-limit-keys", "0"],
+            &["--waiting-room", "0"],
+            &["--waiting-room", "1000001"],
+            &["--admission-ttl", "10"],
+        ] {
+            assert!(serve_args(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn admission_flags_have_help_with_default_and_unit() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let serve = cli.find_subcommand_mut("serve").expect("serve");
+        let help = serve.render_long_help().to_string();
+        for (flag, needles) in [
+            ("--rate-limit <N/s>", &["Default: off", "10/s"][..]),
+            (
+                "--ip-rate-limit <N/s>",
+                &["Default: off", "X-Forwarded-For"],
+            ),
+            ("--rate-limit-keys", &["[default: 1000000]", "a count"]),
+            ("--waiting-room <N>", &["Default: off", "per second"]),
+            ("--admission-ttl", &["[default: 10m]", "a duration"]),
+        ] {
+            let start = help
+                .find(flag)
+                .unwrap_or_else(|| panic!("no {flag} in {help}"));
+            let block: String = help[start..].lines().take(8).collect::<Vec<_>>().join(" ");
+            for needle in needles {
+                assert!(block.contains(needle), "{flag}: no {needle:?} in {block}");
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use holdfast_engine::node::SHARDS_DEFAULT;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::shard::NO_SHOW_GRACE_MS_MAX;
 use holdfast_engine::{Clock, Node, NodeConfig, SystemClock};
+use holdfast_gateway::admission::{Admission, AdmissionConfig};
 use holdfast_gateway::app::{build_app, AppState, Settings};
 use holdfast_gateway::auth::JwtKey;
 use holdfast_gateway::metrics::Metrics;
@@ -50,6 +51,9 @@ pub struct ServerConfig {
     pub external: Option<ExternalConfig>,
     /// The QR keys (`--qr-key-file`); `None`: one key derived from `jwt_secret`.
     pub qr_keys: Option<QrKeyring>,
+    /// Rate limits and the waiting room (`--rate-limit`, `--waiting-room`, ...); all off by
+    /// default. Their buckets and admissions read time from `clock`.
+    pub admission: AdmissionConfig,
 }
 
 /// On shutdown, how long in-flight requests may take to finish before their connections are
@@ -214,6 +218,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         }
         Storage::Journal(journal) => (journal, None),
     };
+    let clock = config.clock.clone();
     let node = Node::spawn_recorded(config.node, ring, config.clock, journal, Some(recorder))
         .await
         .map_err(|e| e.to_string())?;
@@ -239,6 +244,7 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         audit: events.clone(),
         streams: Arc::new(StreamLimits::default()),
         metrics: Metrics::installed_or_detached(),
+        admission: Arc::new(Admission::new(&config.admission, clock)),
     };
     let app = build_app(state.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -250,6 +256,8 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         let shutdown = async move {
             let _ = rx.await;
         };
+        // With the TCP peer's address in every request: the per-IP rate limit's key.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -310,6 +318,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.hold_ttl.as_millis() == 0 || args.max_hold < args.hold_ttl {
         return Err("--hold-ttl must be positive and not above --max-hold".into());
     }
+    if args.admission_ttl.as_millis() == 0 {
+        return Err("--admission-ttl must be positive".into());
+    }
     if args.no_show_grace.as_millis() > NO_SHOW_GRACE_MS_MAX as u128 {
         return Err(format!(
             "--no-show-grace must be at most {}h",
@@ -348,6 +359,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         },
         external: external.clone(),
         qr_keys: args.qr_keys()?,
+        admission: args.admission_config(),
     };
     // Process-wide, before the node starts: the log's writer records into it from its
     // first group commit.

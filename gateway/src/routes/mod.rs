@@ -1,6 +1,6 @@
 //! HTTP handlers, one module per part of the contract (docs/API.md): the catalogue and
 //! availability, booking, the clinic's check-in and administration, the waitlist, operators,
-//! the event streams ([`streams`]), the audit log ([`audit`]) and the operators' console page
+//! the waiting room ([`queue`]), the event streams ([`streams`]), the audit log ([`audit`]) and the operators' console page
 //! ([`console`]). Each family keeps its request and response bodies beside its handlers
 //! (`<family>/types.rs`); what they share is in [`fields`], and the authorisation checks
 //! several families use are here.
@@ -12,6 +12,7 @@ pub mod clinic;
 pub mod console;
 pub mod fields;
 pub mod ops;
+pub mod queue;
 pub mod streams;
 pub mod waitlist;
 

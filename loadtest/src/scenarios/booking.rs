@@ -39,6 +39,16 @@ pub const VERIFY_CONCURRENCY: usize = 16;
 pub const IN_DOUBT_MAX: usize = 256;
 /// Creates remembered per run for replays after a restart (the crash scenario).
 pub const RECENT_CREATES: usize = 64;
+/// Refusals by admission control (429) one citizen takes before it gives up: each is
+/// followed by a pause of its `Retry-After`, so this bounds a citizen's patience.
+pub const REFUSALS_PER_CITIZEN_MAX: u32 = 8;
+/// Longest pause a `Retry-After` may impose on a connection (a longer one is cut to this).
+pub const REFUSAL_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// How often a queued citizen polls its ticket: half its estimated wait, within these.
+pub const QUEUE_POLL_MIN: Duration = Duration::from_millis(250);
+pub const QUEUE_POLL_MAX: Duration = Duration::from_secs(5);
+/// Most polls of one ticket (the run's deadline usually ends them first).
+pub const QUEUE_POLLS_MAX: usize = 10_000;
 /// Confirmed appointments (neither cancelled nor administered) remembered with their
 /// `qr_token`, for administrations after a restart (the crash scenario).
 pub const RECENT_CONFIRMED: usize = 64;
@@ -196,6 +206,26 @@ pub struct Booker {
     /// (key, citizen, body), at most [`IN_DOUBT_MAX`]: after a restart, the crash scenario
     /// sends them again with the same key to learn what happened.
     pub in_doubt: Mutex<Vec<(String, String, Value)>>,
+    /// The server runs a waiting room (learnt from its first 429 QUEUE_REQUIRED): citizens
+    /// queue for an admission token before they book.
+    pub queue_first: AtomicBool,
+}
+
+/// The citizen a connection is serving.
+struct Who<'a> {
+    index: usize,
+    id: &'a str,
+    bearer: &'a str,
+    /// The waiting room's admission token, when the server runs one.
+    admission: Option<&'a str>,
+}
+
+/// One create: its key, its body and the slot it asked for.
+struct Attempt {
+    key: String,
+    body: Value,
+    clinic: usize,
+    slot: usize,
 }
 
 /// The result of [`run`].
@@ -242,73 +272,64 @@ impl Booker {
         let citizen_id = self.spec.citizen_id(citizen);
         let bearer = self.tokens.citizen(&citizen_id);
         let mut tries = 0;
+        let mut refusals = 0;
+        let mut admission: Option<String> = None;
         while tries < SLOT_TRIES_PER_CITIZEN && !self.stopped() {
+            if admission.is_none() && self.queue_first.load(Ordering::Relaxed) {
+                match self.admit(&bearer, stats).await {
+                    Some(token) => admission = Some(token),
+                    None => return,
+                }
+            }
             let Some((clinic, slot)) = self.board.pick(&self.zipf, rng) else {
                 // Sold out as far as we know: wait for the controller's verdict.
                 tokio::time::sleep(BOARD_WAIT).await;
                 continue;
             };
             tries += 1;
-            let body = json!({
-                "clinic_id": self.spec.clinic_id(clinic),
-                "slot_id": CampaignSpec::slot_id(slot),
-                "vaccine": self.vaccine,
-                "citizen_id": citizen_id,
-            });
-            let key = format!(
-                "{}{}",
-                self.key_prefix,
-                self.key_seq.fetch_add(1, Ordering::Relaxed)
-            );
+            let attempt = self.attempt(&citizen_id, clinic, slot);
             let started = Instant::now();
-            let reply = self.api.create(&bearer, &key, &body).await;
+            let reply = self
+                .api
+                .create_admitted(&bearer, &attempt.key, &attempt.body, admission.as_deref())
+                .await;
             record(stats, &self.live, Op::Hold, started, &reply);
             self.retries
                 .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
             match (reply.status, reply.code.as_str()) {
                 (201, _) => {
-                    self.ledger.record(AckKind::Create, &reply.body);
-                    self.live.seats_taken(1);
-                    let Some(id) = reply.body["appointment_id"].as_str().map(str::to_string) else {
-                        return;
+                    let who = Who {
+                        index: citizen,
+                        id: &citizen_id,
+                        bearer: &bearer,
+                        admission: admission.as_deref(),
                     };
-                    if let Ok(mut recent) = self.recent.lock() {
-                        if recent.len() == RECENT_CREATES {
-                            recent.pop_front();
-                        }
-                        recent.push_back(CreatedRecord {
-                            key: key.clone(),
-                            citizen_id: citizen_id.clone(),
-                            body: body.clone(),
-                            appointment_id: id.clone(),
-                        });
-                    }
-                    if rng.percent(self.replay_pct) {
-                        replay(
-                            &self.api,
-                            &self.ledger,
-                            &self.live,
-                            stats,
-                            &bearer,
-                            &key,
-                            &citizen_id,
-                            &body,
-                            &id,
-                        )
-                        .await;
-                    }
-                    self.follow_up(&bearer, &id, citizen, (clinic, slot), rng, stats)
-                        .await;
+                    self.created(&who, attempt, &reply, rng, stats).await;
                     return;
                 }
                 (409, "SOLD_OUT") => self.board.close_slot(clinic, slot),
                 (409, "OUT_OF_STOCK") => self.board.close_clinic(clinic),
                 // The clinic cancelled the slot (`--cancel-slots`): nobody books it again.
                 (409, "SLOT_CANCELLED") => self.board.close_slot(clinic, slot),
+                // A refusal by admission control is no answer about the slot: wait as told
+                // (queue first, for QUEUE_REQUIRED) and try again, within the citizen's patience.
+                (429, code) => {
+                    refusals += 1;
+                    tries -= 1;
+                    if refusals > REFUSALS_PER_CITIZEN_MAX {
+                        return;
+                    }
+                    if code == "QUEUE_REQUIRED" {
+                        self.queue_first.store(true, Ordering::Relaxed);
+                        admission = None;
+                    } else if !self.pause_for(&reply).await {
+                        return;
+                    }
+                }
                 (0, _) => {
                     if let Ok(mut d) = self.in_doubt.lock() {
                         if d.len() < IN_DOUBT_MAX {
-                            d.push((key, citizen_id.clone(), body));
+                            d.push((attempt.key, citizen_id.clone(), attempt.body));
                         }
                     }
                     return;
@@ -318,6 +339,69 @@ impl Booker {
                 _ => return,
             }
         }
+    }
+
+    /// A create of a seat in `(clinic, slot)` for `citizen_id`, under a fresh key (unique
+    /// per run and round, so a key is never reused for another body).
+    fn attempt(&self, citizen_id: &str, clinic: usize, slot: usize) -> Attempt {
+        let body = json!({
+            "clinic_id": self.spec.clinic_id(clinic),
+            "slot_id": CampaignSpec::slot_id(slot),
+            "vaccine": self.vaccine,
+            "citizen_id": citizen_id,
+        });
+        let seq = self.key_seq.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            key: format!("{}{seq}", self.key_prefix),
+            body,
+            clinic,
+            slot,
+        }
+    }
+
+    /// A create answered 201: recorded, replayed as `--replay-pct` says, then followed up
+    /// (confirm, release or abandon).
+    async fn created(
+        &self,
+        who: &Who<'_>,
+        attempt: Attempt,
+        reply: &Reply,
+        rng: &mut Rng,
+        stats: &mut Stats,
+    ) {
+        self.ledger.record(AckKind::Create, &reply.body);
+        self.live.seats_taken(1);
+        let Some(id) = reply.body["appointment_id"].as_str().map(str::to_string) else {
+            return;
+        };
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_CREATES {
+                recent.pop_front();
+            }
+            recent.push_back(CreatedRecord {
+                key: attempt.key.clone(),
+                citizen_id: who.id.to_string(),
+                body: attempt.body.clone(),
+                appointment_id: id.clone(),
+            });
+        }
+        if rng.percent(self.replay_pct) {
+            replay(
+                &self.api,
+                &self.ledger,
+                &self.live,
+                stats,
+                (who.bearer, who.admission),
+                &attempt.key,
+                who.id,
+                &attempt.body,
+                &id,
+            )
+            .await;
+        }
+        let place = (attempt.clinic, attempt.slot);
+        self.follow_up(who.bearer, &id, who.index, place, rng, stats)
+            .await;
     }
 
     fn recycle(&self, citizen: usize) {
@@ -346,11 +430,9 @@ impl Booker {
             self.abandoned.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let started = Instant::now();
-        let reply = self.api.transition(bearer, id, action).await;
-        record(stats, &self.live, op, started, &reply);
-        self.retries
-            .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+        let reply = self
+            .transition_politely(bearer, id, action, op, stats)
+            .await;
         if reply.status != 200 {
             return;
         }
@@ -362,9 +444,9 @@ impl Booker {
             return;
         }
         if rng.below(100) < u64::from(self.cancel_confirmed_pct) {
-            let started = Instant::now();
-            let reply = self.api.transition(bearer, id, "cancel").await;
-            record(stats, &self.live, Op::Cancel, started, &reply);
+            let reply = self
+                .transition_politely(bearer, id, "cancel", Op::Cancel, stats)
+                .await;
             if reply.status == 200 {
                 self.ledger.record(AckKind::Cancel, &reply.body);
                 self.live.seats_taken(-1);
@@ -392,6 +474,100 @@ impl Booker {
             recent.push_back((clinic, id.to_string(), qr_token.to_string()));
         }
     }
+}
+
+impl Booker {
+    /// Sleeps `pause` (cut at the run's end); whether the run goes on.
+    async fn sleep_unless_stopped(&self, pause: Duration) -> bool {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(pause.min(left)).await;
+        !self.stopped()
+    }
+
+    /// Waits as a refusal's `Retry-After` says (1 s without one, at most
+    /// [`REFUSAL_PAUSE_MAX`]); whether the run goes on.
+    async fn pause_for(&self, reply: &Reply) -> bool {
+        self.sleep_unless_stopped(refusal_pause(reply)).await
+    }
+
+    /// A confirm or cancel, sent again after each 429's `Retry-After` (at most
+    /// [`REFUSALS_PER_CITIZEN_MAX`] times); every answer is recorded.
+    async fn transition_politely(
+        &self,
+        bearer: &str,
+        id: &str,
+        action: &str,
+        op: Op,
+        stats: &mut Stats,
+    ) -> Reply {
+        let mut refusals = 0;
+        loop {
+            let started = Instant::now();
+            let reply = self.api.transition(bearer, id, action).await;
+            record(stats, &self.live, op, started, &reply);
+            self.retries
+                .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+            // A citizen holding a seat finishes with it even once the campaign is sold out
+            // (the stop flag): only the run's deadline cuts its patience.
+            if reply.status != 429
+                || refusals >= REFUSALS_PER_CITIZEN_MAX
+                || Instant::now() >= self.deadline
+            {
+                return reply;
+            }
+            refusals += 1;
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(refusal_pause(&reply).min(left)).await;
+        }
+    }
+
+    /// Queues in the waiting room and polls the ticket politely (half its estimated wait,
+    /// within [`QUEUE_POLL_MIN`]..[`QUEUE_POLL_MAX`]) until admitted; the admission token,
+    /// or `None` when the run ends first or the room will not have the citizen.
+    async fn admit(&self, bearer: &str, stats: &mut Stats) -> Option<String> {
+        let started = Instant::now();
+        let mut reply = self.api.queue_join(bearer).await;
+        record(stats, &self.live, Op::Queue, started, &reply);
+        let mut refusals = 0;
+        for _ in 0..QUEUE_POLLS_MAX {
+            if let Some(token) = reply.body["admission_token"].as_str() {
+                return Some(token.to_string());
+            }
+            let (op, next) = match (reply.status, reply.body["ticket"].as_str()) {
+                (200 | 201, Some(ticket)) => {
+                    let wait_s = reply.body["estimated_wait_s"].as_u64().unwrap_or(1);
+                    let pause = Duration::from_millis(wait_s.saturating_mul(500))
+                        .clamp(QUEUE_POLL_MIN, QUEUE_POLL_MAX);
+                    if !self.sleep_unless_stopped(pause).await {
+                        return None;
+                    }
+                    (Op::QueuePoll, Some(ticket.to_string()))
+                }
+                // Rate limited, or the room is full: wait as told, then ask again.
+                (429 | 503, _) if refusals < REFUSALS_PER_CITIZEN_MAX => {
+                    refusals += 1;
+                    if !self.pause_for(&reply).await {
+                        return None;
+                    }
+                    (Op::Queue, None)
+                }
+                _ => return None,
+            };
+            let started = Instant::now();
+            reply = match &next {
+                Some(ticket) => self.api.queue_poll(bearer, ticket).await,
+                None => self.api.queue_join(bearer).await,
+            };
+            record(stats, &self.live, op, started, &reply);
+        }
+        None
+    }
+}
+
+/// The pause a refusal asks for: its `Retry-After` (1 s without one), at most
+/// [`REFUSAL_PAUSE_MAX`].
+fn refusal_pause(reply: &Reply) -> Duration {
+    Duration::from_secs(reply.retry_after_s.unwrap_or(1).max(1)).min(REFUSAL_PAUSE_MAX)
 }
 
 /// One staff token per clinic of `spec`, by clinic index.
@@ -428,17 +604,26 @@ pub async fn replay(
     ledger: &Ledger,
     live: &Live,
     stats: &mut Stats,
-    bearer: &str,
+    (bearer, admission): (&str, Option<&str>),
     key: &str,
     citizen_id: &str,
     body: &Value,
     first_id: &str,
 ) {
-    let started = Instant::now();
-    let again = api.create(bearer, key, body).await;
-    record(stats, live, Op::Replay, started, &again);
-    if again.is_transport_failure() {
-        return; // No answer: nothing to compare.
+    let mut again = Reply::default();
+    for _ in 0..=REFUSALS_PER_CITIZEN_MAX {
+        let started = Instant::now();
+        again = api.create_admitted(bearer, key, body, admission).await;
+        record(stats, live, Op::Replay, started, &again);
+        if again.status != 429 {
+            break;
+        }
+        // Refused by admission control before any decision (not stored under the key):
+        // wait as told and send it again.
+        tokio::time::sleep(refusal_pause(&again)).await;
+    }
+    if again.is_transport_failure() || again.status == 429 {
+        return; // No answer to compare: nothing reached the booking.
     }
     ledger.record_replay(Replay {
         idempotency_key: key.to_string(),

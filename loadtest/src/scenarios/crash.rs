@@ -175,6 +175,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             recent: Mutex::new(Default::default()),
             confirmed: Mutex::new(Default::default()),
             in_doubt: Mutex::new(Vec::new()),
+            queue_first: AtomicBool::new(false),
             spec: spec.clone(),
         });
         let pid = server.pid();
@@ -243,7 +244,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
                 &ledger,
                 &live,
                 &mut stats,
-                &bearer,
+                (&bearer, None),
                 &created.key,
                 &created.citizen_id,
                 &created.body,

@@ -52,6 +52,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         recent: Mutex::new(Default::default()),
         confirmed: Mutex::new(Default::default()),
         in_doubt: Mutex::new(Vec::new()),
+        queue_first: AtomicBool::new(false),
         spec: spec.clone(),
     });
     let meters = Meters::start(ctx.server_pid);

@@ -139,7 +139,7 @@ impl Shared {
                                 &self.ledger,
                                 &self.live,
                                 &mut stats,
-                                &bearer,
+                                (&bearer, None),
                                 &key,
                                 &citizen_id,
                                 &body,

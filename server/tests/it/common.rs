@@ -727,6 +727,7 @@ pub fn test_config(
         storage,
         external: None,
         qr_keys: None,
+        admission: Default::default(),
     }
 }
 

@@ -11,6 +11,7 @@ mod common;
 mod spawned;
 mod sse;
 
+mod admission;
 mod audit;
 mod clinic;
 mod console;

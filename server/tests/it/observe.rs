@@ -458,7 +458,16 @@ async fn after_a_scripted_run_the_counters_equal_what_it_did() {
     assert_eq!(value(&s, "holdfast_expiries_total", &[]), 1.0);
     assert_eq!(value(&s, "holdfast_no_shows_total", &[]), 0.0);
     assert_eq!(value(&s, "holdfast_holds_active", &[]), 0.0);
-    assert_eq!(value(&s, "holdfast_rate_limited_total", &[]), 0.0);
+    for code in ["RATE_LIMITED", "QUEUE_REQUIRED"] {
+        assert_eq!(
+            value(&s, "holdfast_rate_limited_total", &[("code", code)]),
+            0.0
+        );
+    }
+    assert!(
+        all(&s, "holdfast_rate_limited_total").count() == 2,
+        "one line per code, there from the start"
+    );
     assert_eq!(
         value(
             &s,

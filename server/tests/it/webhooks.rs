@@ -349,7 +349,11 @@ async fn a_dead_receiver_does_not_stop_bookings_and_its_breaker_opens() {
     assert!(status.lag_events >= 30, "{status:?}");
     assert!(status.failed_attempts_total >= 5, "{status:?}");
     // The lag is scraped as `holdfast_webhook_lag_events{webhook}` (the stable id, not the URL).
-    let scraped = server.state.metrics.render(&server.state.node).await;
+    let scraped = server
+        .state
+        .metrics
+        .render(&server.state.node, &server.state.admission)
+        .await;
     let line = scraped
         .lines()
         .find(|l| l.starts_with("holdfast_webhook_lag_events{"))

@@ -15,6 +15,7 @@ use holdfast_engine::{AppointmentId, Command, Output, Status};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::admission::AdmissionTokenHeader;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
@@ -103,24 +104,31 @@ pub(crate) async fn load(state: &AppState, id: &str) -> Result<AppointmentView, 
 /// answers 201 with a PENDING appointment. Requires an Idempotency-Key.
 #[utoipa::path(post, path = "/v1/appointments", tag = "booking",
     request_body = CreateAppointmentBody,
-    params(("Idempotency-Key" = String, Header, description = "required; 1-128 printable ASCII")),
+    params(("Idempotency-Key" = String, Header, description = "required; 1-128 printable ASCII"),
+        ("Admission-Token" = Option<String>, Header, description = "required of citizens while the waiting room is on (--waiting-room): the admission_token of GET /v1/queue/{ticket}")),
     responses((status = 201, body = AppointmentJson), (status = 400, body = ErrorBody, description = "BAD_REQUEST or IDEMPOTENCY_KEY_REQUIRED"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "SOLD_OUT, OUT_OF_STOCK, ALREADY_BOOKED, SLOT_CANCELLED, SLOT_STARTED, VACCINE_NOT_OFFERED"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "NOT_ELIGIBLE (details.reasons) or IDEMPOTENCY_KEY_REUSED"),
+        (status = 429, body = ErrorBody, description = "RATE_LIMITED, or QUEUE_REQUIRED while the waiting room is on (details.reason: missing, invalid, expired, used); with Retry-After"),
         (status = 503, body = ErrorBody, description = "UNAVAILABLE, with Retry-After")),
     security(("bearer" = [])))]
 async fn create_appointment(
     State(state): State<AppState>,
     caller: Caller,
     key: IdempotencyHeader,
+    admission: AdmissionTokenHeader,
     StrictJson(body): StrictJson<CreateAppointmentBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     const WHAT: &str = "POST /v1/appointments";
     body.validate()?;
     let key = key.required(WHAT)?;
     may_book(&caller, &body.citizen_id)?;
+    // After 400 and 403, before any shard: a 429 is never stored under the key.
+    let pass = state
+        .admission
+        .booking_pass(&caller, &admission, key.as_str())?;
     let request = body.book_request(&state.settings);
     let idem = idem_request(&state, &caller, &key, WHAT, &body);
     let app = state.clone();
@@ -129,7 +137,12 @@ async fn create_appointment(
         if let Booked::Ran(booking) = &booked {
             crate::metrics::count_booking(booking.outcome().as_ref().err().map(refusal_code));
         }
-        answer_booked(&app, booked).await
+        let answer = answer_booked(&app, booked).await;
+        // A replay of the first 201 answers 201 again: the token stays used by this key.
+        if let Some(pass) = pass.filter(|_| answer.status() == StatusCode::CREATED) {
+            pass.booked();
+        }
+        answer
     });
     Ok(joined(task).await)
 }
@@ -147,6 +160,7 @@ async fn create_appointment(
         (status = 409, body = ErrorBody, description = "INVALID_TRANSITION, TOO_LATE, or a create error (SOLD_OUT, OUT_OF_STOCK, SLOT_CANCELLED, SLOT_STARTED, VACCINE_NOT_OFFERED, ALREADY_BOOKED)"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "NOT_ELIGIBLE (details.reasons) or IDEMPOTENCY_KEY_REUSED"),
+        (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After"),
         (status = 503, body = ErrorBody, description = "UNAVAILABLE, with Retry-After")),
     security(("bearer" = [])))]
 async fn reschedule_appointment(
@@ -287,7 +301,8 @@ async fn transition(
     params(("id" = String, Path, description = "appointment id")),
     responses((status = 200, body = AppointmentJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "INVALID_TRANSITION (details.status)"),
-        (status = 410, body = ErrorBody, description = "HOLD_EXPIRED"), (status = 503, body = ErrorBody)),
+        (status = 410, body = ErrorBody, description = "HOLD_EXPIRED"),
+        (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After"), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn confirm_appointment(
     State(state): State<AppState>,
@@ -305,7 +320,7 @@ async fn confirm_appointment(
     params(("id" = String, Path, description = "appointment id")),
     responses((status = 200, body = AppointmentJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "INVALID_TRANSITION (details.status)"),
-        (status = 503, body = ErrorBody)),
+        (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After"), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn cancel_appointment(
     State(state): State<AppState>,

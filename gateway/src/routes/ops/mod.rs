@@ -143,6 +143,6 @@ async fn metrics(
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_role(&[Role::Operator])?;
-    let text = state.metrics.render(&state.node).await;
+    let text = state.metrics.render(&state.node, &state.admission).await;
     Ok(([(CONTENT_TYPE, PROMETHEUS_TEXT)], text))
 }

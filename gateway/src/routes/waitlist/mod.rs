@@ -43,6 +43,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 409, body = ErrorBody, description = "SEATS_AVAILABLE, ALREADY_WAITING, LIMIT_REACHED, SLOT_CANCELLED, SLOT_STARTED, VACCINE_NOT_OFFERED"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "NOT_ELIGIBLE (details.reasons) or IDEMPOTENCY_KEY_REUSED"),
+        (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After"),
         (status = 503, body = ErrorBody, description = "UNAVAILABLE, with Retry-After")),
     security(("bearer" = [])))]
 async fn join_waitlist(
@@ -115,6 +116,7 @@ async fn citizen_waitlist(
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "unknown entry (or one that already left, was served or skipped)"),
         (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
+        (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After"),
         (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn leave_waitlist(
