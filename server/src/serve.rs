@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::cli::{Durability, ServeArgs};
+use crate::connections::ConnectionLimits;
 use crate::eligibility::{ExternalConfig, HttpEligibility};
 use crate::events::EventStore;
 use crate::journal::WalJournal;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub external: Option<ExternalConfig>,
     /// The QR keys (`--qr-key-file`); `None`: one key derived from `jwt_secret`.
     pub qr_keys: Option<QrKeyring>,
+    /// The connection bound and the header and body timeouts (`--connections-max`).
+    pub connections: ConnectionLimits,
 }
 
 /// On shutdown, how long in-flight requests may take to finish before their connections are
@@ -246,16 +249,12 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (tx, rx) = oneshot::channel::<()>();
+    let limits = config.connections;
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "server failed");
-        }
+        crate::connections::serve(listener, app, limits, shutdown).await;
     });
     Ok(RunningServer {
         addr,
@@ -345,6 +344,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         },
         external: external.clone(),
         qr_keys: args.qr_keys()?,
+        connections: ConnectionLimits {
+            connections_max: args.connections_max,
+            ..ConnectionLimits::default()
+        },
     };
     // Process-wide, before the node starts: the log's writer records into it from its
     // first group commit.

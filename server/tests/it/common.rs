@@ -14,6 +14,7 @@ use holdfast_engine::{NodeConfig, SystemClock};
 use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
 use holdfast_persistence::WalConfig;
+use holdfast_server::connections::ConnectionLimits;
 use holdfast_server::{start, start_listening, RunningServer, ServerConfig, Storage};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -727,6 +728,7 @@ pub fn test_config(
         storage,
         external: None,
         qr_keys: None,
+        connections: ConnectionLimits::default(),
     }
 }
 
