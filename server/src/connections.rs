@@ -16,6 +16,9 @@
 //! - **Body read deadline** ([`ConnectionLimits::body_read_timeout`]): handed to the gateway's
 //!   extractors with each request ([`BodyReadTimeout`]); a body that does not arrive in time
 //!   is 408 `REQUEST_TIMEOUT` and the connection closes.
+//! - **Write stall timeout** ([`ConnectionLimits::write_stall_timeout`]): a connection whose
+//!   answer (or event stream) cannot be written for that long, because the client stopped
+//!   reading, is closed (`tokio-io-timeout` on the socket).
 //! - **Connection bound** ([`ConnectionLimits::connections_max`]): a connection beyond it is
 //!   answered 503 `UNAVAILABLE` with `Retry-After` and closed, at most
 //!   [`REFUSALS_IN_FLIGHT_MAX`] at a time (beyond those it is closed at once), so a client
@@ -29,6 +32,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +50,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_io_timeout::TimeoutStream;
 use tower::ServiceExt;
 
 /// How long a client has to send a request's headers, and how long a keep-alive connection
@@ -54,14 +59,21 @@ use tower::ServiceExt;
 /// hold a connection for.
 pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
-/// Connections open at once, by default (`--connections-max`). Each costs a task, the socket
-/// and at most [`HEADER_BYTES_MAX`] of read buffer while its headers arrive: 128 MiB at the
-/// bound in the worst case. The launch scenario of the load harness opens 2,560.
-pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// How long a write to a client may make no progress before its connection is closed: the
+/// client stopped reading. An event stream's heartbeat comes every 15 s, so a live consumer
+/// is never near it.
+pub const WRITE_STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Connections open at once, by default (`--connections-max`). The streams may hold 4,160 of
+/// them (`holdfast_gateway::routes::streams`: 4,096 availability and 64 event subscribers),
+/// which leaves at least 4,032 for requests; the launch scenario of the load harness opens
+/// 2,560. Each costs a task, the socket and at most [`HEADER_BYTES_MAX`] of read buffer while
+/// its headers arrive: 128 MiB at the bound in the worst case.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 8192;
 
 /// Most bytes of a request's start line and headers. A browser sends 1-4 KiB, a token is
-/// under 1 KiB; nginx allows 4 buffers of 8 KiB.
-pub const HEADER_BYTES_MAX: usize = 32 * 1024;
+/// under 1 KiB; nginx allows 8 KiB per line.
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
 
 /// Most header lines of a request (hyper's own default, named so it is ours).
 pub const HEADERS_COUNT_MAX: usize = 100;
@@ -87,6 +99,8 @@ pub struct ConnectionLimits {
     /// How long a request's whole body may take to arrive once a handler reads it
     /// (`holdfast_gateway::extract::BODY_READ_TIMEOUT_DEFAULT`).
     pub body_read_timeout: Duration,
+    /// See [`WRITE_STALL_TIMEOUT_DEFAULT`].
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -95,6 +109,7 @@ impl Default for ConnectionLimits {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             header_read_timeout: HEADER_READ_TIMEOUT_DEFAULT,
             body_read_timeout: BODY_READ_TIMEOUT_DEFAULT,
+            write_stall_timeout: WRITE_STALL_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -134,7 +149,8 @@ pub async fn serve(
             continue;
         };
         let service = hyper::service::service_fn(request_service(app.clone(), peer, &limits));
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(write_stall_guarded(stream, limits.write_stall_timeout));
+        let connection = graceful.watch(http.serve_connection(io, service));
         tasks.spawn(async move {
             // Held for as long as the connection is open.
             let _permit = permit;
@@ -146,6 +162,14 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// `stream` with its writes bounded: a write that makes no progress for `timeout` fails, and
+/// hyper closes the connection.
+fn write_stall_guarded(stream: TcpStream, timeout: Duration) -> Pin<Box<TimeoutStream<TcpStream>>> {
+    let mut guarded = TimeoutStream::new(stream);
+    guarded.set_write_timeout(Some(timeout));
+    Box::pin(guarded)
 }
 
 /// hyper's HTTP/1.1 settings for served connections.
@@ -226,4 +250,26 @@ async fn pause_after(error: &std::io::Error) {
     }
     tracing::error!(%error, "accepting a connection failed; pausing");
     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+}
+
+/// Warns when `connections_max` is above the process's open-file limit (`ulimit -n`, read
+/// from `/proc/self/limits`; nothing is said where that file does not exist): past the limit,
+/// accepting fails and connections wait in the kernel's backlog instead of being answered.
+pub fn warn_if_over_open_file_limit(connections_max: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft_limit = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse::<usize>().ok());
+    if let Some(open_files_max) = soft_limit.filter(|&max| connections_max >= max) {
+        tracing::warn!(
+            connections_max,
+            open_files_max,
+            "--connections-max is not below the open-file limit: raise `ulimit -n` or lower \
+             --connections-max, or connections beyond the limit wait unanswered"
+        );
+    }
 }

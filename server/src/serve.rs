@@ -349,6 +349,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             ..ConnectionLimits::default()
         },
     };
+    crate::connections::warn_if_over_open_file_limit(config.connections.connections_max);
     // Process-wide, before the node starts: the log's writer records into it from its
     // first group commit.
     Metrics::install()?;

@@ -50,6 +50,7 @@ fn short_limits() -> ConnectionLimits {
     ConnectionLimits {
         header_read_timeout: SHORT,
         body_read_timeout: SHORT,
+        write_stall_timeout: SHORT,
         ..ConnectionLimits::default()
     }
 }
@@ -292,6 +293,56 @@ async fn a_body_that_does_not_arrive_is_408_and_holds_no_shard() {
     r.expect(201);
     assert_eq!(h.citizen_appointments("bob").await.len(), 1);
     assert_healthy(&api).await;
+    h.shutdown().await;
+}
+
+/// A client that sends requests and never reads the answers: once the server's writes make
+/// no progress for the write stall timeout, the connection is closed (and its place in the
+/// connection bound given back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_at_the_write_stall_timeout() {
+    let h = server(
+        SHARDS,
+        // Only this bound is short, so nothing else can be what closes the connection.
+        ConnectionLimits {
+            connections_max: 1,
+            write_stall_timeout: SHORT,
+            ..ConnectionLimits::default()
+        },
+    )
+    .await;
+    let api = h.unpooled();
+    // 2,000 pipelined requests for the OpenAPI document (over 50 KB each): answers enough to
+    // fill both sockets' buffers many times; the requests themselves (80 KB) fit in them.
+    let mut raw = Raw::connect(&api).await;
+    let request = get("/openapi.json");
+    let pipelined = request.repeat(2000);
+    let sent = tokio::time::timeout(WAIT_MAX, raw.send(&pipelined)).await;
+    assert!(sent.is_ok(), "the requests could not even be sent");
+    // Never read; write until the server has closed its end (a write then fails), at most
+    // WAIT_MAX. Without the timeout the server waits on its write for ever.
+    let mut closed = false;
+    for _ in 0..(WAIT_MAX.as_millis() / 50) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !raw.send(&request).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a connection that does not read stays open");
+    drop(raw);
+    // Its place is free again: the one connection allowed is served.
+    let mut served = false;
+    for _ in 0..50 {
+        let mut next = Raw::connect(&api).await;
+        next.send(&get("/healthz")).await;
+        if next.answer().await.is_some_and(|r| r.status == 200) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served);
     h.shutdown().await;
 }
 
@@ -541,7 +592,7 @@ fn signed_raw(header_b64: &str, payload_b64: &str) -> String {
 /// The token cases `http_auth::bad_tokens_are_401` does not send: other algorithms
 /// (HS384, RS256) correctly MAC'd, parts that are not base64url or not JSON, payloads signed
 /// correctly but without `sub` or with wrong types, a token just past the 5 s leeway, and a
-/// 20 KiB token. Every one is 401 `UNAUTHENTICATED` and changes nothing.
+/// 12 KiB token (under the 16 KiB header bound). Every one is 401 `UNAUTHENTICATED` and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_nobody_issued_are_401() {
     let h = Harness::start().await;
@@ -630,11 +681,11 @@ async fn tokens_nobody_issued_are_401() {
     ));
     bad.push(("signature truncated", good[..good.len() - 2].to_string()));
     bad.push((
-        "20 KiB token",
+        "12 KiB token",
         signed_raw(
             &hs256,
-            &enc(&json!({"sub": "x".repeat(20_000), "role": "authority", "exp": exp})),
-        )[..20 * 1024]
+            &enc(&json!({"sub": "x".repeat(12_000), "role": "authority", "exp": exp})),
+        )[..12 * 1024]
             .to_string(),
     ));
     // The same construction with nothing wrong is accepted, so each case fails for its reason.
