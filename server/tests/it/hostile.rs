@@ -494,20 +494,39 @@ async fn bodies_that_lie_or_nest_or_are_not_utf8_are_4xx() {
     }
     assert!(raw.closes().await);
 
-    // Content-Length and Transfer-Encoding at once (request smuggling): refused.
+    // Content-Length and Transfer-Encoding at once (the request smuggling set-up): the body
+    // is what the chunks say (`{}`: 400, fields missing), Content-Length is ignored, and the
+    // connection closes after the answer, so nothing rides behind it.
     let mut raw = Raw::connect(&api).await;
     raw.send(
         &post_head(
             "/v1/clinics/c-2",
             &a,
-            "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+            "Content-Length: 40\r\nTransfer-Encoding: chunked\r\n",
         )
         .replace_method("PUT"),
     )
     .await;
-    raw.send(b"2\r\n{}\r\n0\r\n\r\n").await;
-    let status = raw.answer().await.map(|r| r.status);
-    assert!(matches!(status, None | Some(400)), "{status:?}");
+    raw.send(b"2\r\n{}\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let r = raw.answer().await.expect("an answer");
+    assert_error_code(&r, 400, "BAD_REQUEST");
+    assert!(raw.closes().await, "a request rode behind the chunked body");
+    // Two different Content-Lengths: hyper's bare 400, and a close.
+    let mut raw = Raw::connect(&api).await;
+    raw.send(
+        &post_head(
+            "/v1/clinics/c-2",
+            &a,
+            "Content-Length: 2\r\nContent-Length: 3\r\n",
+        )
+        .replace_method("PUT"),
+    )
+    .await;
+    raw.send(b"{} ").await;
+    let r = raw.answer().await.expect("an answer");
+    assert_eq!((r.status, r.text.as_str()), (400, ""));
+    assert!(raw.closes().await);
 
     // 100,000 open brackets in the bulk upload (1 MiB limit), 60,000 in a field: 400, no
     // stack overflow (a typed body refuses the first bracket it does not expect; serde_json
