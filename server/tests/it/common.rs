@@ -193,6 +193,9 @@ impl Api {
         Api {
             client: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
+                // Below the server's 10 s idle timeout: an idle connection leaves the pool
+                // before the server closes it, so no request is sent into a closing one.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .expect("a client"),
             base,
