@@ -67,8 +67,10 @@ pub const WRITE_STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Connections open at once, by default (`--connections-max`). The streams may hold 4,160 of
 /// them (`holdfast_gateway::routes::streams`: 4,096 availability and 64 event subscribers),
 /// which leaves at least 4,032 for requests; the launch scenario of the load harness opens
-/// 2,560. Each costs a task, the socket and at most [`HEADER_BYTES_MAX`] of read buffer while
-/// its headers arrive: 128 MiB at the bound in the worst case.
+/// 2,560. Measured (`loadtest/scripts/connection_memory.py`, docs/PERFORMANCE.md): 18 KiB of
+/// resident memory a connection that sends nothing, 27-31 KiB one that holds 15 KiB of an
+/// unfinished header; so at most about 250 MiB at the bound, for as long as the header read
+/// timeout lets such connections stay.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 8192;
 
 /// Most bytes of a request's start line and headers. A browser sends 1-4 KiB, a token is
