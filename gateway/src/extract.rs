@@ -216,7 +216,11 @@ async fn read_body(parts: &Parts, body: Body, limit_bytes: usize) -> Result<Vec<
         .and_then(|v| v.trim().parse::<u64>().ok());
     let mut body = body;
     if declared_bytes.is_some_and(|n| n > limit_bytes as u64) {
-        drain(&mut body).await;
+        // A client that asked `Expect: 100-continue` sends nothing until the body is read
+        // (hyper sends the 100 then): leaving it unread answers 413 without the upload.
+        if !expects_continue(&parts.headers) {
+            drain(&mut body).await;
+        }
         return Err(ApiError::payload_too_large(limit_bytes));
     }
     let timeout = parts
@@ -231,6 +235,14 @@ async fn read_body(parts: &Parts, body: Body, limit_bytes: usize) -> Result<Vec<
         // client still sends is never read.
         Err(_) => Err(ApiError::request_timeout(timeout)),
     }
+}
+
+/// `Expect: 100-continue` (case-insensitive, RFC 9110 section 10.1.1).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 /// The frames of `body`, concatenated, or 413 once they pass `limit_bytes`.

@@ -470,6 +470,21 @@ async fn bodies_that_lie_or_nest_or_are_not_utf8_are_4xx() {
     let r = raw.answer().await.expect("a 413");
     assert_error_code(&r, 413, "PAYLOAD_TOO_LARGE");
 
+    // `Expect: 100-continue` with a Content-Length over the limit: 413 at once, without a
+    // `100 Continue` that would invite the upload.
+    let mut raw = Raw::connect(&api).await;
+    raw.send(
+        &post_head(
+            "/v1/clinics/c-2",
+            &a,
+            "Expect: 100-continue\r\nContent-Length: 10000000\r\n",
+        )
+        .replace_method("PUT"),
+    )
+    .await;
+    let r = raw.answer().await.expect("an answer without the body");
+    assert_error_code(&r, 413, "PAYLOAD_TOO_LARGE");
+
     // Chunked framing that is not hex: the body cannot be read, 400 in the error shape.
     let mut raw = Raw::connect(&api).await;
     raw.send(
