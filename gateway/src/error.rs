@@ -143,6 +143,18 @@ impl ApiError {
         .with_detail("limit_bytes", limit_bytes)
     }
 
+    /// 408 `REQUEST_TIMEOUT` with `details.timeout_ms`: the request's body did not arrive
+    /// within its deadline. The connection closes with it.
+    pub fn request_timeout(timeout: std::time::Duration) -> ApiError {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            format!("the request body did not arrive within {timeout_ms} ms"),
+        )
+        .with_detail("timeout_ms", timeout_ms)
+    }
+
     /// 415 `UNSUPPORTED_MEDIA_TYPE`: every body of this API is JSON.
     pub fn unsupported_media_type() -> ApiError {
         ApiError::new(
@@ -196,9 +208,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
-        // An oversized body may not have been read to its end: the connection cannot carry
-        // another request, so say so instead of letting the client reuse it.
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // An oversized or late body may not have been read to its end: the connection cannot
+        // carry another request, so say so instead of letting the client reuse it.
+        if matches!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,
                 HeaderValue::from_static("close"),
@@ -412,6 +427,11 @@ mod tests {
             (ApiError::forbidden("not yours"), 403, "FORBIDDEN"),
             (ApiError::method_not_allowed(), 405, "METHOD_NOT_ALLOWED"),
             (ApiError::payload_too_large(10), 413, "PAYLOAD_TOO_LARGE"),
+            (
+                ApiError::request_timeout(std::time::Duration::from_millis(300)),
+                408,
+                "REQUEST_TIMEOUT",
+            ),
             (
                 ApiError::unsupported_media_type(),
                 415,

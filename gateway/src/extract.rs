@@ -13,6 +13,12 @@
 //!   [`BODY_BYTES_MAX`].
 //! - [`StrictQuery`] and [`StrictPath`]: 400 with `details.field` instead of plain text.
 //!
+//! Every body is read within a deadline ([`BodyReadTimeout`], set per request by the
+//! connection layer; [`BODY_READ_TIMEOUT_DEFAULT`] without one): a client that promises a body
+//! and trickles it, or never sends it, is answered 408 `REQUEST_TIMEOUT` and its connection
+//! closed, instead of holding a task for as long as it likes. Nothing reaches a shard before
+//! its body is read, so a slow body never holds a shard.
+//!
 //! Rejecting unknown fields is the target type's choice (`#[serde(deny_unknown_fields)]`);
 //! these extractors only report it well.
 
@@ -25,6 +31,7 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use serde::de::DeserializeOwned;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// Largest accepted request body, in bytes, for every endpoint but the bulk slot upload.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -32,10 +39,23 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// Largest accepted body, in bytes, for the bulk slot upload (at most 1,000 slots).
 pub const BULK_BODY_BYTES_MAX: usize = 1024 * 1024;
 
+/// How long reading a whole request body may take, from its first byte asked for to its end,
+/// when the connection layer did not say ([`BodyReadTimeout`]). The largest body, a 1 MiB bulk
+/// upload, needs 35 KB/s to arrive in time; a 64 KiB booking body 2.2 KB/s.
+pub const BODY_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// The body read deadline of one request, a request extension the connection layer inserts
+/// (`holdfast_server::connections`); [`BODY_READ_TIMEOUT_DEFAULT`] when absent.
+///
+/// The clock starts when an extractor begins reading, not when the request arrived, so time a
+/// request spends waiting before its handler runs is not charged to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyReadTimeout(pub Duration);
+
 /// A JSON body of at most [`BODY_BYTES_MAX`] bytes, deserialised into `T`.
 ///
-/// Rejections: 415 without `Content-Type: application/json`, 413 over the limit, 400 for
-/// anything `T` does not accept.
+/// Rejections: 415 without `Content-Type: application/json`, 413 over the limit, 408 when the
+/// body does not arrive within its deadline, 400 for anything `T` does not accept.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StrictJson<T>(pub T);
 
@@ -83,7 +103,7 @@ where
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
-        read_body(&parts.headers, body, BODY_BYTES_MAX).await?;
+        read_body(&parts, body, BODY_BYTES_MAX).await?;
         Ok(OptionalEmptyBody)
     }
 }
@@ -168,7 +188,7 @@ async fn json_body<T: DeserializeOwned>(req: Request, limit_bytes: usize) -> Res
     if !is_json_content_type(&parts.headers) {
         return Err(ApiError::unsupported_media_type());
     }
-    let bytes = read_body(&parts.headers, body, limit_bytes).await?;
+    let bytes = read_body(&parts, body, limit_bytes).await?;
     from_json_slice(&bytes)
 }
 
@@ -181,30 +201,58 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
-/// Reads the whole body, never holding more than `limit_bytes` of it.
+/// Reads the whole body, never holding more than `limit_bytes` of it, within the request's
+/// [`BodyReadTimeout`].
 ///
 /// A declared `Content-Length` over the limit is refused before reading anything; a chunked
 /// or lying body is refused as soon as it crosses the limit. The body is read frame by frame
 /// here, rather than with `axum::body::to_bytes`, because that function's error does not say
 /// whether the limit was hit (413) or the client's stream failed (400).
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit_bytes: usize,
-) -> Result<Vec<u8>, ApiError> {
-    let declared_bytes = headers
+async fn read_body(parts: &Parts, body: Body, limit_bytes: usize) -> Result<Vec<u8>, ApiError> {
+    let declared_bytes = parts
+        .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let mut body = body;
     if declared_bytes.is_some_and(|n| n > limit_bytes as u64) {
-        drain(&mut body).await;
+        // A client that asked `Expect: 100-continue` sends nothing until the body is read
+        // (hyper sends the 100 then): leaving it unread answers 413 without the upload.
+        if !expects_continue(&parts.headers) {
+            drain(&mut body).await;
+        }
         return Err(ApiError::payload_too_large(limit_bytes));
     }
-
+    let timeout = parts
+        .extensions
+        .get::<BodyReadTimeout>()
+        .map_or(BODY_READ_TIMEOUT_DEFAULT, |t| t.0);
     // A declared length is at most the limit here, so trusting it for the allocation is safe.
-    let mut buffer = Vec::with_capacity(declared_bytes.unwrap_or(0) as usize);
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+    let capacity = declared_bytes.unwrap_or(0) as usize;
+    match tokio::time::timeout(timeout, read_frames(&mut body, capacity, limit_bytes)).await {
+        Ok(read) => read,
+        // The connection closes with the answer (see `ApiError::into_response`), so what the
+        // client still sends is never read.
+        Err(_) => Err(ApiError::request_timeout(timeout)),
+    }
+}
+
+/// `Expect: 100-continue` (case-insensitive, RFC 9110 section 10.1.1).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// The frames of `body`, concatenated, or 413 once they pass `limit_bytes`.
+async fn read_frames(
+    body: &mut Body,
+    capacity: usize,
+    limit_bytes: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let mut buffer = Vec::with_capacity(capacity);
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
         let frame = frame.map_err(|err| {
             ApiError::bad_request("body", format!("could not read the request body: {err}"))
         })?;
@@ -213,7 +261,7 @@ async fn read_body(
             continue;
         };
         if buffer.len() + data.len() > limit_bytes {
-            drain(&mut body).await;
+            drain(body).await;
             return Err(ApiError::payload_too_large(limit_bytes));
         }
         buffer.extend_from_slice(&data);
@@ -540,6 +588,74 @@ mod tests {
         .await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.contains(r#""clinic_id":"c-9""#), "{answer}");
+    }
+
+    /// A request for `/hold` whose body sends `first` and then nothing, ever.
+    fn stalled_request(first: &'static str, timeout: Option<Duration>) -> Request {
+        use futures_util::StreamExt;
+        let frames = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(first)])
+            .chain(futures_util::stream::pending());
+        let mut request = Request::post("/hold")
+            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_LENGTH, "1000")
+            .body(Body::from_stream(frames))
+            .unwrap();
+        if let Some(timeout) = timeout {
+            request.extensions_mut().insert(BodyReadTimeout(timeout));
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_is_408_and_closes_the_connection() {
+        let timeout = Duration::from_millis(50);
+        let response = router()
+            .oneshot(stalled_request("{\"clinic_id\"", Some(timeout)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[axum::http::header::CONNECTION], "close");
+        let body = json_of(response).await;
+        assert_eq!(body["error"]["code"], "REQUEST_TIMEOUT");
+        assert_eq!(body["error"]["details"]["timeout_ms"], 50);
+        // A body that takes no deadline from the connection gets the default one, not none.
+        let pending = router().oneshot(stalled_request("{", None));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), pending)
+                .await
+                .is_err(),
+            "the default deadline is long, not absent or zero"
+        );
+    }
+
+    #[tokio::test]
+    async fn deeply_nested_and_non_utf8_bodies_are_400_on_the_body() {
+        // serde_json refuses nesting past 128 levels, so 100,000 brackets cost no stack (the
+        // ordinary limit allows 60,000 of them).
+        // A struct refuses the first bracket it does not expect; a free-form value (the bulk
+        // route takes one) reads until the depth limit.
+        let nested = "[".repeat(60_000);
+        bad_request_field(post_json("/hold", &nested).await).await;
+        let nested = "[".repeat(100_000);
+        let field = bad_request_field(post_json("/bulk", &nested).await).await;
+        assert_eq!(field, "body");
+        let nested_object = format!(
+            r#"{{"clinic_id": "c", "seats": 1, "doses": {}}}"#,
+            "[{\"vaccine\": ".repeat(5_000)
+        );
+        assert_eq!(
+            response_status(post_json("/hold", &nested_object).await),
+            StatusCode::BAD_REQUEST
+        );
+        let mut bytes = br#"{"clinic_id": "c"#.to_vec();
+        bytes.extend_from_slice(&[0xff, 0xfe, 0x80]);
+        bytes.extend_from_slice(br#"", "seats": 1}"#);
+        let response = call(Method::POST, "/hold", Some("application/json"), bytes).await;
+        assert_eq!(bad_request_field(response).await, "body");
+    }
+
+    fn response_status(response: Response) -> StatusCode {
+        response.status()
     }
 
     #[tokio::test]

@@ -110,6 +110,10 @@ impl Reply {
 }
 
 /// A base URL and a client; cheap to clone (the connection pool is shared).
+/// How long an idle connection stays in the client's pool: half the server's idle timeout
+/// (`holdfast_server::connections::HEADER_READ_TIMEOUT_DEFAULT`, 10 s).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct Api {
     pub http: reqwest::Client,
@@ -127,6 +131,9 @@ impl Api {
     ) -> Result<Api, String> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(connections)
+            // Below the server's 10 s idle timeout, so the client drops an idle connection
+            // before the server closes it, never a request into one being closed.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;

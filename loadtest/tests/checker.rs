@@ -17,6 +17,7 @@ use holdfast_loadtest::checker::{
     Picture, SlotState, StockLevel, Violation, ViolationKind,
 };
 use holdfast_loadtest::ledger::{AckKind, Ledger, Replay, SlotCancel};
+use holdfast_server::connections::ConnectionLimits;
 use holdfast_server::{start, ServerConfig, Storage};
 use serde_json::{json, Value};
 
@@ -1218,6 +1219,7 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
         external: None,
         qr_keys: None,
         admission: Default::default(),
+        connections: ConnectionLimits::default(),
     })
     .await
     .expect("the server starts");

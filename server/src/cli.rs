@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// the load harness learns the port without racing another process for it.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// Most connections open at once (a count, at least 1). A connection beyond it is answered
+    /// 503 UNAVAILABLE with Retry-After and closed. Keep it under the open-file limit
+    /// (`ulimit -n`) with room for the data files.
+    #[arg(long, default_value_t = crate::connections::CONNECTIONS_MAX_DEFAULT,
+        value_parser = parse_connections_max)]
+    pub connections_max: usize,
     /// Data directory (its manifest fixes the shard count).
     #[arg(long, default_value = "./holdfast-data")]
     pub data_dir: PathBuf,
@@ -352,6 +358,14 @@ fn parse_waiting_room(s: &str) -> Result<NonZeroU32, String> {
         _ => Err(format!(
             "expected a whole number of admissions per second from 1 to {WAITING_ROOM_RATE_MAX}"
         )),
+    }
+}
+
+/// `--connections-max`: at least 1.
+fn parse_connections_max(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of connections, at least 1".to_owned()),
     }
 }
 

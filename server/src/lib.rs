@@ -2,7 +2,8 @@
 //! crate and the HTTP gateway together: the `holdfast` command line ([`cli`]), starting and
 //! stopping a server ([`start`], [`start_listening`], [`RunningServer`],
 //! [`serve`](fn@serve)), the demo campaign ([`demo`]) and the engine's journal on the
-//! write-ahead log ([`journal`]), and the external eligibility check over HTTP
+//! write-ahead log ([`journal`]), the accept loop with its connection bounds and timeouts
+//! ([`connections`]), and the external eligibility check over HTTP
 //! ([`eligibility`]) with its circuit breaker ([`breaker`]), the durable event feed and
 //! audit chain ([`events`]), and the signed webhooks ([`webhooks`]).
 //!
@@ -12,6 +13,7 @@
 
 pub mod breaker;
 pub mod cli;
+pub mod connections;
 pub mod demo;
 pub mod eligibility;
 pub mod events;

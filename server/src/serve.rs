@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::cli::{Durability, ServeArgs};
+use crate::connections::ConnectionLimits;
 use crate::eligibility::{ExternalConfig, HttpEligibility};
 use crate::events::EventStore;
 use crate::journal::WalJournal;
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     /// Rate limits and the waiting room (`--rate-limit`, `--waiting-room`, ...); all off by
     /// default. Their buckets and admissions read time from `clock`.
     pub admission: AdmissionConfig,
+    /// The connection bound and the header and body timeouts (`--connections-max`).
+    pub connections: ConnectionLimits,
 }
 
 /// On shutdown, how long in-flight requests may take to finish before their connections are
@@ -252,18 +255,12 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (tx, rx) = oneshot::channel::<()>();
+    let limits = config.connections;
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;
         };
-        // With the TCP peer's address in every request: the per-IP rate limit's key.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "server failed");
-        }
+        crate::connections::serve(listener, app, limits, shutdown).await;
     });
     Ok(RunningServer {
         addr,
@@ -360,7 +357,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         external: external.clone(),
         qr_keys: args.qr_keys()?,
         admission: args.admission_config(),
+        connections: ConnectionLimits {
+            connections_max: args.connections_max,
+            ..ConnectionLimits::default()
+        },
     };
+    crate::connections::warn_if_over_open_file_limit(config.connections.connections_max);
     // Process-wide, before the node starts: the log's writer records into it from its
     // first group commit.
     Metrics::install()?;

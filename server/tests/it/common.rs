@@ -14,6 +14,7 @@ use holdfast_engine::{NodeConfig, SystemClock};
 use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
 use holdfast_persistence::WalConfig;
+use holdfast_server::connections::ConnectionLimits;
 use holdfast_server::{start, start_listening, RunningServer, ServerConfig, Storage};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -192,6 +193,9 @@ impl Api {
         Api {
             client: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
+                // Below the server's 10 s idle timeout: an idle connection leaves the pool
+                // before the server closes it, so no request is sent into a closing one.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .expect("a client"),
             base,
@@ -728,6 +732,7 @@ pub fn test_config(
         external: None,
         qr_keys: None,
         admission: Default::default(),
+        connections: ConnectionLimits::default(),
     }
 }
 

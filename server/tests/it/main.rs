@@ -24,6 +24,7 @@ mod durable_answers;
 mod durable_idempotency;
 mod eligibility;
 mod events;
+mod hostile;
 mod http_auth;
 mod http_booking;
 mod http_errors;
