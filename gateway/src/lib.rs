@@ -6,7 +6,8 @@
 //! [`idempotency`] (the Idempotency-Key protocol), [`auth`], [`extract`] and [`error`] (the
 //! error shape, and engine errors as HTTP). What each request leaves behind (its
 //! `X-Request-Id`, span, log line and metrics) is [`telemetry`]; the series `/metrics` shows
-//! are [`metrics`].
+//! are [`metrics`]. The node-wide bound on requests in flight (503 under overload) is
+//! [`overload`].
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod metrics;
+pub mod overload;
 pub mod qr;
 pub mod routes;
 pub mod state;

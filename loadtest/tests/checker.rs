@@ -1212,6 +1212,7 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
             hold_ttl_ms: 300_000,
             max_hold_ms: 900_000,
             reschedule_notice_ms: 0,
+            overload: Default::default(),
         },
         clock: Arc::new(SystemClock),
         storage: Storage::Memory,

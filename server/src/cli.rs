@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use holdfast_engine::external::OutagePolicy;
+use holdfast_gateway::overload::{OverloadLimits, WRITES_IN_FLIGHT_MAX_LIMIT};
 use holdfast_gateway::qr::QrKeyring;
 
 use crate::eligibility::ExternalConfig;
@@ -144,6 +145,16 @@ pub struct ServeArgs {
     /// `holdfast_gateway=debug` adds one line per request).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Overload: writes (every API request but GET and HEAD) in flight across the node;
+    /// reads get twice as many. A request that finds no permit waits at most
+    /// --admission-wait, then is answered 503 UNAVAILABLE with Retry-After (1..=65536).
+    #[arg(long, default_value_t = holdfast_gateway::overload::WRITES_IN_FLIGHT_MAX_DEFAULT,
+        value_parser = parse_max_in_flight)]
+    pub max_in_flight: u32,
+    /// Overload: the longest a request waits for a permit of --max-in-flight before its 503
+    /// (0ms refuses at once; at most 10s).
+    #[arg(long, default_value = "100ms", value_parser = parse_admission_wait)]
+    pub admission_wait: Duration,
 }
 
 /// `--log-format`.
@@ -175,6 +186,14 @@ impl From<OutagePolicyArg> for OutagePolicy {
 }
 
 impl ServeArgs {
+    /// The node-wide bound on requests in flight of `--max-in-flight` and `--admission-wait`.
+    pub fn overload_limits(&self) -> OverloadLimits {
+        OverloadLimits {
+            writes_in_flight_max: self.max_in_flight,
+            admission_wait_ms: self.admission_wait.as_millis() as u64,
+        }
+    }
+
     /// The QR keys of `--qr-key-file` (see [`QrKeyring::from_key_file`] for its format);
     /// `None` without the flag (the server derives one key from the JWT secret).
     pub fn qr_keys(&self) -> Result<Option<QrKeyring>, String> {
@@ -284,6 +303,28 @@ fn parse_waitlist_max(s: &str) -> Result<usize, String> {
             "expected a whole number from 1 to {WAITLIST_MAX_MAX}"
         )),
     }
+}
+
+/// `--max-in-flight`: 1..=[`WRITES_IN_FLIGHT_MAX_LIMIT`].
+fn parse_max_in_flight(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=WRITES_IN_FLIGHT_MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 1 to {WRITES_IN_FLIGHT_MAX_LIMIT}"
+        )),
+    }
+}
+
+/// Longest `--admission-wait`: a request that waits longer is late whatever it gets.
+pub const ADMISSION_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// `--admission-wait`: a duration up to [`ADMISSION_WAIT_MAX`].
+fn parse_admission_wait(s: &str) -> Result<Duration, String> {
+    let wait = parse_duration(s)?;
+    if wait > ADMISSION_WAIT_MAX {
+        return Err(format!("{s:?}: at most {}s", ADMISSION_WAIT_MAX.as_secs()));
+    }
+    Ok(wait)
 }
 
 #[cfg(test)]

@@ -337,6 +337,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             hold_ttl_ms: args.hold_ttl.as_millis() as i64,
             max_hold_ms: args.max_hold.as_millis() as i64,
             reschedule_notice_ms: args.reschedule_notice.as_millis() as i64,
+            overload: args.overload_limits(),
         },
         clock: Arc::new(SystemClock),
         storage: Storage::Wal {
