@@ -136,7 +136,8 @@ impl Pool {
             RETRY_AFTER_S,
             format!(
                 "the server is overloaded: {} {} requests are in flight and {why}; retry after {RETRY_AFTER_S} s",
-                self.max, self.kind
+                self.max,
+                self.kind.trim_end_matches('s')
             ),
         )
         .with_detail("reason", "overloaded")

@@ -120,6 +120,8 @@ pub struct ServerSpec {
     pub hold_ttl: Duration,
     pub no_show_grace: Duration,
     pub durability: &'static str,
+    /// More arguments for `holdfast serve` (`--server-arg`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running spawned server; killed on drop.
@@ -178,6 +180,7 @@ impl Spawned {
             .arg(format!("{}ms", self.spec.no_show_grace.as_millis()))
             .arg("--durability")
             .arg(self.spec.durability)
+            .args(&self.spec.extra_args)
             .env(
                 "RUST_LOG",
                 std::env::var("HOLDFAST_LOAD_SERVER_LOG").unwrap_or_else(|_| "warn".into()),

@@ -39,6 +39,8 @@ pub enum Op {
     Poll,
     /// `POST /v1/appointments/{id}/administer` (staff).
     Administer,
+    /// `POST /v1/clinics/{id}/slots/{slot}/waitlist` (a citizen joins a sold-out slot's list).
+    Waitlist,
 }
 
 impl Op {
@@ -53,6 +55,7 @@ impl Op {
             Op::Noop => "noop",
             Op::Poll => "poll",
             Op::Administer => "administer",
+            Op::Waitlist => "waitlist",
         }
     }
 
@@ -82,6 +85,13 @@ pub fn is_error(status: u16) -> bool {
         || (400..500).contains(&status) && ![409, 410, 422].contains(&status)
 }
 
+/// Is this answer a refusal that decided nothing (`429` rate limit or waiting room, `503`
+/// overload or a shard not ready)? The flood scenario reports these apart from the
+/// admitted requests.
+pub fn is_refusal(status: u16) -> bool {
+    status == 429 || status == 503
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(LATENCY_MIN_US, LATENCY_MAX_US, SIGNIFICANT_DIGITS)
         .expect("constant, valid histogram bounds")
@@ -92,6 +102,10 @@ fn histogram() -> Histogram<u64> {
 pub struct Stats {
     pub latency: BTreeMap<Op, Histogram<u64>>,
     pub outcomes: BTreeMap<OutcomeKey, u64>,
+    /// Latency of every answered request that was not a refusal, whatever its operation.
+    pub admitted: Option<Histogram<u64>>,
+    /// Latency of every refusal ([`is_refusal`]): how quickly "come back later" came.
+    pub refused: Option<Histogram<u64>>,
 }
 
 impl Stats {
@@ -106,6 +120,16 @@ impl Stats {
             .entry(op)
             .or_insert_with(histogram)
             .saturating_record(micros);
+        let apart = if is_refusal(status) {
+            Some(&mut self.refused)
+        } else if status != 0 {
+            Some(&mut self.admitted)
+        } else {
+            None
+        };
+        if let Some(h) = apart {
+            h.get_or_insert_with(histogram).saturating_record(micros);
+        }
         *self
             .outcomes
             .entry(OutcomeKey {
@@ -126,6 +150,16 @@ impl Stats {
         }
         for (key, n) in &other.outcomes {
             *self.outcomes.entry(key.clone()).or_insert(0) += n;
+        }
+        for (mine, theirs) in [
+            (&mut self.admitted, &other.admitted),
+            (&mut self.refused, &other.refused),
+        ] {
+            if let Some(theirs) = theirs {
+                mine.get_or_insert_with(histogram)
+                    .add(theirs)
+                    .expect("histograms of the same bounds merge");
+            }
         }
     }
 
@@ -168,6 +202,8 @@ impl Stats {
 pub struct Live {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Answers that were refusals ([`is_refusal`]).
+    pub refused: AtomicU64,
     /// Seats still for sale, as far as the answers tell (sellable − held − confirmed +
     /// returned); -1 when the scenario does not track stock.
     pub remaining: AtomicI64,
@@ -178,6 +214,7 @@ impl Live {
         Live {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             remaining: AtomicI64::new(remaining.unwrap_or(-1)),
         }
     }
@@ -186,6 +223,9 @@ impl Live {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if is_error(status) {
             self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if is_refusal(status) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 

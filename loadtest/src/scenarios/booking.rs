@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::campaign::{CampaignSpec, BATCH};
 use crate::client::{Api, Reply, Tokens};
-use crate::ledger::{AckKind, Ledger, Replay};
+use crate::ledger::{AckKind, Ledger, Replay, WaitlistJoin};
 use crate::stats::{Live, Op, Stats};
 use crate::zipf::{Rng, Zipf};
 
@@ -42,6 +42,13 @@ pub const RECENT_CREATES: usize = 64;
 /// Confirmed appointments (neither cancelled nor administered) remembered with their
 /// `qr_token`, for administrations after a restart (the crash scenario).
 pub const RECENT_CONFIRMED: usize = 64;
+
+/// The longest a refused request waits before it is sent again, whatever its
+/// `Retry-After` says.
+pub const RETRY_AFTER_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Waitlist joins per run: each joined citizen's listing is read by every check.
+pub const WAITLIST_JOINS_MAX: usize = 200;
 
 /// Which slots are still worth trying.
 pub struct Board {
@@ -196,6 +203,16 @@ pub struct Booker {
     /// (key, citizen, body), at most [`IN_DOUBT_MAX`]: after a restart, the crash scenario
     /// sends them again with the same key to learn what happened.
     pub in_doubt: Mutex<Vec<(String, String, Value)>>,
+    /// How many times a create, confirm or cancel refused with `429`/`503` is sent again
+    /// after its `Retry-After` (as a patient browser would; the flood scenario). 0: a
+    /// refused citizen stops there (launch, crash).
+    pub refused_retries: u32,
+    /// Percentage of `SOLD_OUT` answers after which the citizen joins that slot's waitlist
+    /// and then waits (books nothing else), at most [`WAITLIST_JOINS_MAX`] joins per run.
+    /// 0: nobody joins (launch, flood).
+    pub waitlist_pct: u32,
+    /// Waitlist joins sent so far (shared across crash rounds).
+    pub waitlist_joins: Arc<AtomicUsize>,
 }
 
 /// The result of [`run`].
@@ -260,11 +277,9 @@ impl Booker {
                 self.key_prefix,
                 self.key_seq.fetch_add(1, Ordering::Relaxed)
             );
-            let started = Instant::now();
-            let reply = self.api.create(&bearer, &key, &body).await;
-            record(stats, &self.live, Op::Hold, started, &reply);
-            self.retries
-                .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+            let reply = self
+                .send_recorded(Op::Hold, stats, || self.api.create(&bearer, &key, &body))
+                .await;
             match (reply.status, reply.code.as_str()) {
                 (201, _) => {
                     self.ledger.record(AckKind::Create, &reply.body);
@@ -301,7 +316,16 @@ impl Booker {
                         .await;
                     return;
                 }
-                (409, "SOLD_OUT") => self.board.close_slot(clinic, slot),
+                (409, "SOLD_OUT") => {
+                    self.board.close_slot(clinic, slot);
+                    if rng.percent(f64::from(self.waitlist_pct))
+                        && self
+                            .join_waitlist(&bearer, &citizen_id, (clinic, slot), stats)
+                            .await
+                    {
+                        return; // The citizen waits for an offer.
+                    }
+                }
                 (409, "OUT_OF_STOCK") => self.board.close_clinic(clinic),
                 // The clinic cancelled the slot (`--cancel-slots`): nobody books it again.
                 (409, "SLOT_CANCELLED") => self.board.close_slot(clinic, slot),
@@ -317,6 +341,76 @@ impl Booker {
                 // shard recovers): this citizen stops here.
                 _ => return,
             }
+        }
+    }
+
+    /// Sends with `send` and records every answer; a refusal (`429`/`503`) is sent again
+    /// after its `Retry-After` (at most [`RETRY_AFTER_WAIT_MAX`], and not past the run's
+    /// end), up to `refused_retries` times. A create is sent again with its key: a refusal
+    /// decided nothing.
+    async fn send_recorded<F, Fut>(&self, op: Op, stats: &mut Stats, send: F) -> Reply
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Reply>,
+    {
+        let mut refusals = 0;
+        loop {
+            let started = Instant::now();
+            let reply = send().await;
+            record(stats, &self.live, op, started, &reply);
+            self.retries
+                .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+            if !reply.is_refusal() || refusals >= self.refused_retries || self.stopped() {
+                return reply;
+            }
+            refusals += 1;
+            let asked = Duration::from_secs(reply.retry_after_s.unwrap_or(1));
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(asked.min(RETRY_AFTER_WAIT_MAX).min(left)).await;
+            if self.stopped() {
+                return reply;
+            }
+        }
+    }
+
+    /// Joins the waitlist of (clinic, slot) for the citizen; a 201 is recorded in the
+    /// ledger. Returns whether the citizen now waits (a 201, or no answer: the join may
+    /// have happened, so the citizen books nothing else either way).
+    async fn join_waitlist(
+        &self,
+        bearer: &str,
+        citizen_id: &str,
+        (clinic, slot): (usize, usize),
+        stats: &mut Stats,
+    ) -> bool {
+        if self.waitlist_joins.fetch_add(1, Ordering::Relaxed) >= WAITLIST_JOINS_MAX {
+            return false;
+        }
+        let (clinic_id, slot_id) = (self.spec.clinic_id(clinic), CampaignSpec::slot_id(slot));
+        let key = format!(
+            "{}w{}",
+            self.key_prefix,
+            self.key_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let body = json!({"citizen_id": citizen_id, "vaccine": self.vaccine});
+        let reply = self
+            .send_recorded(Op::Waitlist, stats, || {
+                self.api
+                    .join_waitlist(bearer, &key, (&clinic_id, &slot_id), &body)
+            })
+            .await;
+        match (reply.status, reply.body["waitlist_id"].as_str()) {
+            (201, Some(id)) => {
+                self.ledger.record_waitlist_join(WaitlistJoin {
+                    waitlist_id: id.to_string(),
+                    citizen_id: citizen_id.to_string(),
+                    clinic_id,
+                    slot_id,
+                });
+                true
+            }
+            (0, _) => true,
+            _ => false,
         }
     }
 
@@ -346,11 +440,9 @@ impl Booker {
             self.abandoned.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let started = Instant::now();
-        let reply = self.api.transition(bearer, id, action).await;
-        record(stats, &self.live, op, started, &reply);
-        self.retries
-            .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+        let reply = self
+            .send_recorded(op, stats, || self.api.transition(bearer, id, action))
+            .await;
         if reply.status != 200 {
             return;
         }
@@ -362,9 +454,11 @@ impl Booker {
             return;
         }
         if rng.below(100) < u64::from(self.cancel_confirmed_pct) {
-            let started = Instant::now();
-            let reply = self.api.transition(bearer, id, "cancel").await;
-            record(stats, &self.live, Op::Cancel, started, &reply);
+            let reply = self
+                .send_recorded(Op::Cancel, stats, || {
+                    self.api.transition(bearer, id, "cancel")
+                })
+                .await;
             if reply.status == 200 {
                 self.ledger.record(AckKind::Cancel, &reply.body);
                 self.live.seats_taken(-1);
@@ -437,8 +531,8 @@ pub async fn replay(
     let started = Instant::now();
     let again = api.create(bearer, key, body).await;
     record(stats, live, Op::Replay, started, &again);
-    if again.is_transport_failure() {
-        return; // No answer: nothing to compare.
+    if again.is_transport_failure() || again.is_refusal() {
+        return; // No answer, or refused before any decision (overload): nothing to compare.
     }
     ledger.record_replay(Replay {
         idempotency_key: key.to_string(),

@@ -52,6 +52,9 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         recent: Mutex::new(Default::default()),
         confirmed: Mutex::new(Default::default()),
         in_doubt: Mutex::new(Vec::new()),
+        refused_retries: 0,
+        waitlist_pct: 0,
+        waitlist_joins: Default::default(),
         spec: spec.clone(),
     });
     let meters = Meters::start(ctx.server_pid);
