@@ -32,7 +32,7 @@
 //! The normal path costs one atomic compare-and-swap to take a permit and one to give it
 //! back; the timer of the bounded wait is armed only when the pool is empty.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,7 +203,42 @@ pub async fn admit(
             drop(permit);
             response
         }
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => {
+            let mut response = refusal.into_response();
+            response.extensions_mut().insert(Refused);
+            response
+        }
+    }
+}
+
+/// Marks an answer as this bound's refusal, so the request log does not write a warning
+/// for each of thousands a second (see [`note_refused`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Refused;
+
+/// The process's refusals since the last warning, and the second of that warning.
+static REFUSED_SINCE_WARNING: AtomicUsize = AtomicUsize::new(0);
+static LAST_WARNING_S: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a refusal and writes at most one warning a second for all of them (each is also
+/// in `holdfast_overload_refused_total` and `holdfast_http_requests_total{status="503"}`):
+/// under a flood, a line per refusal would cost the server the time it is short of.
+pub fn note_refused() {
+    REFUSED_SINCE_WARNING.fetch_add(1, Ordering::Relaxed);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNING_S.load(Ordering::Relaxed);
+    if now_s > last
+        && LAST_WARNING_S
+            .compare_exchange(last, now_s, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    {
+        let refused = REFUSED_SINCE_WARNING.swap(0, Ordering::AcqRel);
+        tracing::warn!(
+            refused,
+            "overloaded: requests refused with 503 since the last warning"
+        );
     }
 }
 
@@ -259,7 +294,8 @@ mod tests {
         let reads = overload.pool_for(&Method::GET, "/v1/clinics").unwrap();
         let _read = reads.acquire(overload.wait).await.expect("reads are apart");
         drop(held);
-        pool.acquire(overload.wait)
+        let _again = pool
+            .acquire(overload.wait)
             .await
             .expect("freed, admitted again");
         assert_eq!(pool.waiting.load(Ordering::Acquire), 0, "every waiter left");
