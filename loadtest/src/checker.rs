@@ -29,8 +29,8 @@
 //! 9. every acknowledged slot cancellation holds: the slot is cancelled and its
 //!    CLINIC_CANCELLED appointments are exactly those the answer listed;
 //! 10. every acknowledged waitlist join is still waiting in its citizen's listing, or was
-//!    served (an appointment of that citizen in that slot `offered_from_waitlist`), or went
-//!    with its cancelled slot.
+//!     served (an appointment of that citizen in that slot `offered_from_waitlist`), or went
+//!     with its cancelled slot.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

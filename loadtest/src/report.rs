@@ -156,6 +156,8 @@ pub struct CrashFigures {
 #[derive(Debug, Clone, Serialize)]
 pub struct FloodFigures {
     pub baseline_connections: usize,
+    /// Seconds to open the flood's connections (all at once, before it starts).
+    pub connections_opened_s: f64,
     pub flood_connections: usize,
     /// Answers that were not refusals, per second, before the flood (the baseline).
     pub before_admitted_per_s: f64,
@@ -466,8 +468,9 @@ impl ScenarioReport {
             let mib = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} MiB"));
             let _ = writeln!(
                 w,
-                "flood: {} connections (baseline {}): admitted {:.0}/s (before {:.0}/s, after {:.0}/s), refused {:.0}/s {:?}; admitted p99 {} max {}, refused p99 {} max {}; longest wait {:.1} ms (bound {} ms); {} unanswered; recovery {}; server memory peak {} (bound {} MiB), sampled max {}, at the end {}",
+                "flood: {} connections (opened in {:.1} s; baseline {}): admitted {:.0}/s (before {:.0}/s, after {:.0}/s), refused {:.0}/s {:?}; admitted p99 {} max {}, refused p99 {} max {}; longest wait {:.1} ms (bound {} ms); {} unanswered; recovery {}; server memory peak {} (bound {} MiB), sampled max {}, at the end {}",
                 f.flood_connections,
+                f.connections_opened_s,
                 f.baseline_connections,
                 f.flood_admitted_per_s,
                 f.before_admitted_per_s,

@@ -23,6 +23,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up and moved once: the size of `serve`'s flags costs nothing, and
+// boxing them would only add a dereference to every flag's use.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the embedded default: one node owning every shard).
@@ -330,6 +333,15 @@ fn parse_admission_wait(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overload_flags_are_bounded() {
+        assert_eq!(parse_max_in_flight("512"), Ok(512));
+        assert!(parse_max_in_flight("0").is_err());
+        assert!(parse_max_in_flight("65537").is_err());
+        assert_eq!(parse_admission_wait("0ms"), Ok(Duration::ZERO));
+        assert!(parse_admission_wait("11s").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -6,7 +6,8 @@
 //!    node serves well;
 //! 2. **flood**: `--connections` (2,560 for ten times) for `--duration`. A refused request
 //!    (`429`/`503`) comes back after its `Retry-After`, as a patient browser would, with the
-//!    same Idempotency-Key;
+//!    same Idempotency-Key. Its connections are opened (and timed) just before it, so the
+//!    latencies are the server's answers, not this machine's TCP handshakes;
 //! 3. **after**: the baseline again for `--flood-calm`: how soon the node is back to full
 //!    speed.
 //!
@@ -142,6 +143,20 @@ impl Sampler {
     }
 }
 
+/// Opens the flood's connections before it starts (`GET /healthz` on each, all at once, kept
+/// in the client's pool), so the flood measures how the server answers 2,560 clients, not how
+/// fast this machine completes 2,300 TCP handshakes at once; that takes the seconds returned.
+async fn open_connections(ctx: &Ctx, connections: usize) -> f64 {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let api = ctx.api.clone();
+        tasks.spawn(async move { api.noop().await });
+    }
+    while tasks.join_next().await.is_some() {}
+    started.elapsed().as_secs_f64()
+}
+
 /// Seconds from `flood_end_s` until the first [`RECOVERY_WINDOW`] whose admitted rate
 /// reaches `target_per_s`; `None` when none does. `samples` are (seconds, admitted so far),
 /// in time order.
@@ -197,6 +212,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         args.quiet,
     );
     let before = booking::run(booker(ctx, &shared, "before", calm), baseline).await;
+    let warm_up_s = open_connections(ctx, args.connections).await;
     let meters = Meters::start(ctx.server_pid);
     let flood_booker = booker(ctx, &shared, "flood", args.duration);
     let flood_deadline = flood_booker.deadline;
@@ -217,6 +233,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     let s = &flood.stats;
     let figures = FloodFigures {
         baseline_connections: baseline,
+        connections_opened_s: warm_up_s,
         flood_connections: args.connections,
         before_admitted_per_s: before_rate,
         flood_admitted_per_s: admitted_per_s(&flood),
