@@ -8,6 +8,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ErrorBody;
+use crate::overload::Overload;
 use crate::routes;
 pub use crate::state::{AppState, Settings};
 
@@ -55,11 +56,19 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 /// and metrics ([`crate::telemetry`]).
 pub fn build_app(state: AppState) -> axum::Router {
     let (router, openapi) = api_router().split_for_parts();
+    let overload = Arc::new(Overload::new(state.settings.overload));
     router
-        .layer(axum::Extension(Arc::new(openapi)))
+        .layer(axum::Extension(Arc::new(with_overload(openapi))))
         .fallback(crate::error::not_found_fallback)
         // Last: axum applies it only to routes that exist when it is called.
         .method_not_allowed_fallback(crate::error::method_not_allowed_fallback)
+        // The node-wide bound on requests in flight (503 under overload), inside the
+        // telemetry so refusals are logged and counted like any answer, and inside the rate
+        // limits: a request they refuse never takes a permit.
+        .layer(axum::middleware::from_fn_with_state(
+            overload,
+            crate::overload::admit,
+        ))
         // Inside the telemetry, so a 429 is counted and logged like any answer.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -72,5 +81,41 @@ pub fn build_app(state: AppState) -> axum::Router {
 
 /// The OpenAPI document, for tests and tools.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    with_overload(api_router().split_for_parts().1)
+}
+
+/// Every operation the in-flight bound covers ([`crate::overload::is_bounded`]) can answer
+/// `503 UNAVAILABLE` with `Retry-After`: said once here rather than on every handler.
+fn with_overload(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let refused = ResponseBuilder::new()
+        .description("UNAVAILABLE, with Retry-After: overloaded (the node's bound on requests in flight), or a shard not ready")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if !crate::overload::is_bounded(path) {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("503".to_string())
+                .or_insert_with(|| refused.clone().into());
+        }
+    }
+    openapi
 }

@@ -7,7 +7,8 @@
 //! error shape, and engine errors as HTTP). What each request leaves behind (its
 //! `X-Request-Id`, span, log line and metrics) is [`telemetry`]; the series `/metrics` shows
 //! are [`metrics`]. Who may ask for a seat on a launch morning (rate limits, the waiting room)
-//! is [`admission`].
+//! is [`admission`]; the node-wide bound on requests in flight (503 under overload) is
+//! [`overload`].
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod metrics;
+pub mod overload;
 pub mod qr;
 pub mod routes;
 pub mod state;

@@ -12,6 +12,7 @@ use holdfast_engine::Node;
 use crate::admission::Admission;
 use crate::auth::JwtKey;
 use crate::metrics::Metrics;
+use crate::overload::OverloadLimits;
 use crate::qr::QrKeyring;
 use crate::routes::streams::StreamLimits;
 
@@ -22,6 +23,9 @@ pub struct Settings {
     pub max_hold_ms: i64,
     /// `--reschedule-notice`: no reschedule when the old slot starts within this (0: off).
     pub reschedule_notice_ms: i64,
+    /// `--max-in-flight` and `--admission-wait`: the node-wide bound on requests in flight
+    /// ([`crate::overload`]).
+    pub overload: OverloadLimits,
 }
 
 /// The state of the HTTP application, cloned into every request.

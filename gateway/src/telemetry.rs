@@ -117,6 +117,14 @@ pub async fn observe(request: Request, next: Next) -> Response {
                 "request failed"
             )
         }
+        // The overload bound's refusals: counted, and summed into one line a second.
+        503 if response
+            .extensions()
+            .get::<crate::overload::Refused>()
+            .is_some() =>
+        {
+            crate::overload::note_refused()
+        }
         503 => tracing::warn!(
             request_id,
             route,

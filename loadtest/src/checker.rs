@@ -27,7 +27,10 @@
 //!    CONFIRMED (not yet due), NO_SHOW or ADMINISTERED;
 //! 8. every appointment has a known status, a slot its clinic has, and sits in one listing;
 //! 9. every acknowledged slot cancellation holds: the slot is cancelled and its
-//!    CLINIC_CANCELLED appointments are exactly those the answer listed.
+//!    CLINIC_CANCELLED appointments are exactly those the answer listed;
+//! 10. every acknowledged waitlist join is still waiting in its citizen's listing, or was
+//!     served (an appointment of that citizen in that slot `offered_from_waitlist`), or went
+//!     with its cancelled slot.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -38,7 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::ledger::{AckKind, Acked, Ledger, Replay, SlotCancel};
+use crate::ledger::{AckKind, Acked, Ledger, Replay, SlotCancel, WaitlistJoin};
 
 /// Clinics read at the same time by [`fetch_picture`]: enough to read a few hundred clinics
 /// in well under a second, few enough not to look like load to the server.
@@ -98,6 +101,25 @@ pub struct Picture {
     /// appointment seen PENDING with `expires_at` well before it really outlived its hold.
     pub taken_at: DateTime<Utc>,
     pub clinics: Vec<ClinicPicture>,
+    /// `GET /v1/citizens/{id}/waitlist` of every citizen with an acknowledged join, read
+    /// before the clinics (see [`fetch_waitlists`]).
+    #[serde(default)]
+    pub waitlists: BTreeMap<String, Vec<WaitlistEntry>>,
+}
+
+/// One waiting entry of a citizen's waitlist listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitlistEntry {
+    pub waitlist_id: String,
+    pub clinic_id: String,
+    pub slot_id: String,
+    #[serde(default)]
+    pub position: i64,
+}
+
+#[derive(Deserialize)]
+struct WaitlistListing {
+    entries: Vec<WaitlistEntry>,
 }
 
 /// One clinic, read consistently: its availability did not change while its appointments
@@ -166,6 +188,9 @@ pub struct Appointment {
     /// The batch the dose came from; set once ADMINISTERED.
     #[serde(default)]
     pub batch: Option<String>,
+    /// Made by a waitlist offer.
+    #[serde(default)]
+    pub offered_from_waitlist: bool,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +290,10 @@ pub enum ViolationKind {
     /// or not cancelled, or its CLINIC_CANCELLED appointments are not exactly those the
     /// answer listed. Ids: clinic, slot, then the appointment involved (if one is).
     SlotCancelNotHonoured,
+    /// An acknowledged waitlist join that is neither waiting in its citizen's listing, nor
+    /// served (an appointment of that citizen in that slot offered from the waitlist), nor
+    /// gone with its cancelled slot. Ids: waitlist entry, clinic, slot, citizen.
+    WaitlistEntryLost,
     /// The picture contradicts itself: an id listed twice, an appointment listed under
     /// another clinic, a PENDING without a readable `expires_at`, an availability answer
     /// for another clinic. Ids: what is involved.
@@ -276,7 +305,7 @@ pub enum ViolationKind {
 
 impl ViolationKind {
     /// Every kind, in report order.
-    pub const ALL: [ViolationKind; 22] = [
+    pub const ALL: [ViolationKind; 23] = [
         ViolationKind::SlotCountersMismatch,
         ViolationKind::NegativeCounter,
         ViolationKind::CancelledSlotNotEmpty,
@@ -297,6 +326,7 @@ impl ViolationKind {
         ViolationKind::UnknownStatus,
         ViolationKind::UnknownSlot,
         ViolationKind::SlotCancelNotHonoured,
+        ViolationKind::WaitlistEntryLost,
         ViolationKind::MalformedPicture,
         ViolationKind::Truncated,
     ];
@@ -324,6 +354,7 @@ impl ViolationKind {
             ViolationKind::UnknownStatus => "unknown_status",
             ViolationKind::UnknownSlot => "unknown_slot",
             ViolationKind::SlotCancelNotHonoured => "slot_cancel_not_honoured",
+            ViolationKind::WaitlistEntryLost => "waitlist_entry_lost",
             ViolationKind::MalformedPicture => "malformed_picture",
             ViolationKind::Truncated => "truncated",
         }
@@ -366,6 +397,10 @@ pub struct CheckReport {
     pub stock_checked: usize,
     /// Appointments left to fall due as no-shows, checked.
     pub no_show_expected_checked: usize,
+    /// Acknowledged waitlist joins checked, and of those: still waiting, served by an offer.
+    pub waitlist_checked: usize,
+    pub waitlist_waiting: usize,
+    pub waitlist_served: usize,
 }
 
 impl CheckReport {
@@ -441,7 +476,51 @@ pub async fn fetch_picture(
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| "a clinic read ended without a picture".to_string())?;
-    Ok(Picture { taken_at, clinics })
+    Ok(Picture {
+        taken_at,
+        clinics,
+        waitlists: BTreeMap::new(),
+    })
+}
+
+/// The waitlist listing of every citizen in `citizen_ids`. Read **before** the clinics'
+/// [`fetch_picture`]: an entry served after its listing was read was listed, and one served
+/// before has its offered appointment in the clinic read after (appointments never
+/// disappear), so no entry can slip between the two reads.
+pub async fn fetch_waitlists(
+    client: &reqwest::Client,
+    base_url: &str,
+    authority_token: &str,
+    citizen_ids: &[String],
+) -> Result<BTreeMap<String, Vec<WaitlistEntry>>, String> {
+    if let Some(bad) = citizen_ids.iter().find(|id| !is_client_id(id)) {
+        return Err(format!("{bad:?} is not a citizen id"));
+    }
+    let reader = Arc::new(Reader {
+        client: client.clone(),
+        base: base_url.trim_end_matches('/').to_string(),
+        token: authority_token
+            .strip_prefix("Bearer ")
+            .unwrap_or(authority_token)
+            .to_string(),
+    });
+    let mut out = BTreeMap::new();
+    for chunk in citizen_ids.chunks(FETCH_CONCURRENCY) {
+        let mut tasks = JoinSet::new();
+        for citizen in chunk {
+            let (reader, citizen) = (Arc::clone(&reader), citizen.clone());
+            tasks.spawn(async move {
+                let path = format!("/v1/citizens/{citizen}/waitlist");
+                let listing: Result<WaitlistListing, String> = reader.get(&path, &[], true).await;
+                (citizen, listing)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (citizen, listing) = done.map_err(|e| format!("a waitlist read failed: {e}"))?;
+            out.insert(citizen, listing?.entries);
+        }
+    }
+    Ok(out)
 }
 
 /// `[A-Za-z0-9_-]{1,64}`, the contract's client id, so an id is safe in a URL path.
@@ -609,6 +688,15 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
     for cancel in &cancellations {
         check_slot_cancel(cancel, &index, &mut found);
     }
+    let joins = ledger.waitlist_joins();
+    let (mut waitlist_waiting, mut waitlist_served) = (0, 0);
+    for join in &joins {
+        match check_waitlist_join(join, picture, &index, &mut found) {
+            Some(WaitlistFate::Waiting) => waitlist_waiting += 1,
+            Some(WaitlistFate::Served) => waitlist_served += 1,
+            _ => {}
+        }
+    }
     let received = ledger.received();
     let stock_checked = check_received_stock(&received, &index, &mut found);
     let no_show_expected = ledger.no_show_expected();
@@ -640,7 +728,66 @@ pub fn check(picture: &Picture, ledger: &Ledger, options: &CheckOptions) -> Chec
         } else {
             0
         },
+        waitlist_checked: joins.len(),
+        waitlist_waiting,
+        waitlist_served,
     }
+}
+
+/// Where an acknowledged waitlist join is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitlistFate {
+    Waiting,
+    Served,
+    SlotCancelled,
+}
+
+/// An acknowledged join is waiting, served or gone with its cancelled slot; anything else
+/// is a [`ViolationKind::WaitlistEntryLost`] (`None`).
+fn check_waitlist_join(
+    join: &WaitlistJoin,
+    picture: &Picture,
+    index: &Index<'_>,
+    found: &mut Vec<Violation>,
+) -> Option<WaitlistFate> {
+    let (clinic_id, slot_id) = (join.clinic_id.as_str(), join.slot_id.as_str());
+    let listed = picture
+        .waitlists
+        .get(&join.citizen_id)
+        .is_some_and(|entries| entries.iter().any(|e| e.waitlist_id == join.waitlist_id));
+    if listed {
+        return Some(WaitlistFate::Waiting);
+    }
+    let clinic = index.clinics.get(clinic_id);
+    let served = clinic
+        .and_then(|c| c.by_slot.get(slot_id))
+        .into_iter()
+        .flat_map(|by_status| by_status.values().flatten())
+        .any(|a| a.citizen_id == join.citizen_id && a.offered_from_waitlist);
+    if served {
+        return Some(WaitlistFate::Served);
+    }
+    if clinic
+        .and_then(|c| c.slots.get(slot_id))
+        .is_some_and(|slot| slot.cancelled)
+    {
+        return Some(WaitlistFate::SlotCancelled);
+    }
+    found.push(violation(
+        ViolationKind::WaitlistEntryLost,
+        [
+            join.waitlist_id.as_str(),
+            clinic_id,
+            slot_id,
+            join.citizen_id.as_str(),
+        ],
+        format!(
+            "acknowledged waitlist entry {} of citizen {} for slot {clinic_id}/{slot_id} is \
+             neither waiting, nor served by an offer, nor gone with a cancelled slot",
+            join.waitlist_id, join.citizen_id
+        ),
+    ));
+    None
 }
 
 /// The picture, indexed; the first occurrence of a duplicated id wins (the duplicate is a
@@ -1445,6 +1592,9 @@ mod tests {
             slot_cancellations_checked: 0,
             stock_checked: 0,
             no_show_expected_checked: 0,
+            waitlist_checked: 0,
+            waitlist_waiting: 0,
+            waitlist_served: 0,
         };
         let json = serde_json::to_value(&report).expect("the report serialises");
         assert_eq!(json["violations_by_kind"]["oversell"], 1);

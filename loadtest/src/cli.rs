@@ -21,6 +21,9 @@ pub const CAPACITY_MAX: u32 = 100_000;
 pub const DOSES_MAX: i64 = 10_000_000;
 pub const CITIZENS_MAX: usize = 10_000_000;
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// `--flood-rss-max-mib` default: the server's resident memory bound under a flood of
+/// 2,560 connections (measured 2026-12-07: see docs/PERFORMANCE.md, "Overload").
+pub const FLOOD_RSS_MAX_MIB_DEFAULT: u64 = 1024;
 /// `--kills` bound: each kill costs a restart and a recovery.
 pub const KILLS_MAX: usize = 1_000;
 /// `--retries` bound for timed-out requests.
@@ -55,6 +58,10 @@ EXAMPLES:
 
   # Open loop at 3,000 requests per second (latency corrected for coordinated omission):
   holdfast-load --spawn --scenario steady --rate 3000 --duration 30s
+
+  # Overload: ten times the clients the node serves well (2,560 connections; the fd limit
+  # must allow about 2 x 2,600 open files: ulimit -n 8192), then back to 256:
+  holdfast-load --spawn --scenario flood --connections 2560 --duration 20s
 
   # How late are expiries? 2,000 holds of 2 s, availability polled every 2 ms:
   holdfast-load --spawn --scenario expiry --expiry-holds 2000 --expiry-hold 2s
@@ -111,6 +118,11 @@ pub enum Scenario {
     /// The same client against GET /healthz: this machine's HTTP no-op rate, so booking
     /// rates can be stated as a fraction of it.
     Ceiling,
+    /// Overload: --flood-baseline-connections book for --flood-calm, then --connections
+    /// (2,560 for ten times) for --duration, refused requests coming back after their
+    /// Retry-After, then the baseline again; reports admitted and refused rates, the p99 of
+    /// the admitted, the longest wait, the server's peak memory and the recovery time.
+    Flood,
 }
 
 impl Scenario {
@@ -121,6 +133,7 @@ impl Scenario {
             Scenario::Expiry => "expiry",
             Scenario::Crash => "crash",
             Scenario::Ceiling => "ceiling",
+            Scenario::Flood => "flood",
         }
     }
 }
@@ -210,7 +223,8 @@ pub struct Args {
     /// One more argument for the spawned `holdfast serve`, passed as given (repeat the flag
     /// for several; a flag's value is its own --server-arg, or joined with `=`). For the
     /// admission control: --server-arg=--waiting-room=200 --server-arg=--rate-limit=10/s
-    /// --server-arg=--ip-rate-limit=50/s. Default: none.
+    /// --server-arg=--ip-rate-limit=50/s; for the overload bound: --server-arg=--max-in-flight=64.
+    /// Default: none.
     #[arg(
         long = "server-arg",
         value_name = "ARG",
@@ -310,6 +324,23 @@ pub struct Args {
     #[arg(long, default_value = "1500ms", value_parser = parse_duration, help_heading = "Booking")]
     #[serde(serialize_with = "serialize_duration")]
     pub kill_window: Duration,
+
+    // ---- flood ------------------------------------------------------------------------------
+    /// flood: connections before and after the flood (the load the node serves well).
+    #[arg(long, default_value_t = 256, help_heading = "Flood")]
+    pub flood_baseline_connections: usize,
+    /// flood: how long the baseline runs before and after the flood. Example: --flood-calm 8s
+    #[arg(long, default_value = "6s", value_parser = parse_duration, help_heading = "Flood")]
+    #[serde(serialize_with = "serialize_duration")]
+    pub flood_calm: Duration,
+    /// flood: the longest any request may wait for its answer or its refusal during the
+    /// flood; longer fails the scenario. Example: --flood-wait-max 2s
+    #[arg(long, default_value = "2s", value_parser = parse_duration, help_heading = "Flood")]
+    #[serde(serialize_with = "serialize_duration")]
+    pub flood_wait_max: Duration,
+    /// flood: the server's peak resident memory (VmHWM, MiB) may not pass this.
+    #[arg(long, default_value_t = FLOOD_RSS_MAX_MIB_DEFAULT, help_heading = "Flood")]
+    pub flood_rss_max_mib: u64,
 
     // ---- clinic side -----------------------------------------------------------------------
     /// launch, crash: percentage of confirmed appointments (not cancelled by their citizen)
@@ -456,6 +487,20 @@ impl Args {
         }
         if self.scenario.contains(&Scenario::Crash) {
             bounded("kills", self.kills, KILLS_MAX)?;
+        }
+        if self.scenario.contains(&Scenario::Flood) {
+            bounded(
+                "flood-baseline-connections",
+                self.flood_baseline_connections,
+                CONNECTIONS_MAX,
+            )?;
+            if self.flood_calm < crate::scenarios::flood::RECOVERY_MAX + Duration::from_secs(1) {
+                return Err(format!(
+                    "--flood-calm: at least {}s (the recovery is looked for within {}s of the flood, over 1 s windows)",
+                    crate::scenarios::flood::RECOVERY_MAX.as_secs() + 1,
+                    crate::scenarios::flood::RECOVERY_MAX.as_secs()
+                ));
+            }
         }
         if self.kill_window < Duration::from_millis(crate::scenarios::crash::KILL_DELAY_MIN_MS) {
             return Err(format!(

@@ -14,6 +14,12 @@ pub const TOKEN_TTL_S: i64 = 24 * 3600;
 /// enough not to distort a run.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// How many refusals (`429`/`503`, each after its `Retry-After`) one set-up call rides out:
+/// a campaign is set up against a server that may be running a flood of its own.
+pub const SETUP_REFUSED_RETRIES: u32 = 30;
+/// The longest a refused set-up call waits before it is sent again.
+pub const SETUP_RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
+
 /// Mints HS256 tokens like the server's own `holdfast token`.
 #[derive(Debug)]
 pub struct Tokens {
@@ -106,6 +112,12 @@ impl Reply {
 
     pub fn is_transport_failure(&self) -> bool {
         self.status == 0
+    }
+
+    /// A refusal that decided nothing and asks the client to come back (`429` or `503`):
+    /// the server's overload bound, a rate limit or a waiting room.
+    pub fn is_refusal(&self) -> bool {
+        crate::stats::is_refusal(self.status)
     }
 }
 
@@ -276,6 +288,26 @@ impl Api {
         .await
     }
 
+    /// `POST /v1/clinics/{clinic}/slots/{slot}/waitlist` as the citizen, with an
+    /// Idempotency-Key (a timed-out join is retried with it, so it cannot join twice).
+    pub async fn join_waitlist(
+        &self,
+        bearer: &str,
+        key: &str,
+        (clinic_id, slot_id): (&str, &str),
+        body: &Value,
+    ) -> Reply {
+        let url = self.url(&format!("/v1/clinics/{clinic_id}/slots/{slot_id}/waitlist"));
+        self.send_retrying(|| {
+            self.http
+                .post(&url)
+                .header("authorization", bearer)
+                .header("idempotency-key", key)
+                .json(body)
+        })
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.http.get(self.url(path))).await
     }
@@ -289,13 +321,24 @@ impl Api {
         body: &Value,
     ) -> Reply {
         let url = self.url(path);
-        self.send_retrying(|| {
-            self.http
-                .request(method.clone(), &url)
-                .header("authorization", bearer)
-                .json(body)
-        })
-        .await
+        let mut refusals = 0;
+        loop {
+            let reply = self
+                .send_retrying(|| {
+                    self.http
+                        .request(method.clone(), &url)
+                        .header("authorization", bearer)
+                        .json(body)
+                })
+                .await;
+            // A refusal decided nothing (an overloaded server): the set-up waits as asked.
+            if !reply.is_refusal() || refusals >= SETUP_REFUSED_RETRIES {
+                return reply;
+            }
+            refusals += 1;
+            let wait = Duration::from_secs(reply.retry_after_s.unwrap_or(1));
+            tokio::time::sleep(wait.min(SETUP_RETRY_AFTER_MAX)).await;
+        }
     }
 
     /// `GET /healthz` reading the body but not parsing it: the ceiling measures HTTP, not

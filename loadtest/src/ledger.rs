@@ -67,6 +67,18 @@ pub struct SlotCancel {
     pub by_staff: bool,
 }
 
+/// A waitlist join the server acknowledged (`POST .../slots/{slot_id}/waitlist`, 201). The
+/// harness's citizen then waits (it books nothing else), so the entry can only be waiting,
+/// served (an appointment offered from the waitlist in that slot), or dropped with its
+/// cancelled slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaitlistJoin {
+    pub waitlist_id: String,
+    pub citizen_id: String,
+    pub clinic_id: String,
+    pub slot_id: String,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     appointments: HashMap<String, Acked>,
@@ -76,6 +88,8 @@ struct Inner {
     received: BTreeMap<(String, String), i64>,
     /// Appointments confirmed and then left alone in a slot that ends during the run.
     no_show_expected: BTreeSet<String>,
+    /// Acknowledged waitlist joins, by `waitlist_id`.
+    waitlist: BTreeMap<String, WaitlistJoin>,
 }
 
 /// Thread-safe; one per run, shared by every connection (an `Arc<Ledger>`).
@@ -149,6 +163,27 @@ impl Ledger {
             .expect("ledger lock")
             .no_show_expected
             .insert(appointment_id.to_string());
+    }
+
+    pub fn record_waitlist_join(&self, join: WaitlistJoin) {
+        self.inner
+            .lock()
+            .expect("ledger lock")
+            .waitlist
+            .insert(join.waitlist_id.clone(), join);
+    }
+
+    /// Every acknowledged waitlist join, sorted by id.
+    pub fn waitlist_joins(&self) -> Vec<WaitlistJoin> {
+        let inner = self.inner.lock().expect("ledger lock");
+        inner.waitlist.values().cloned().collect()
+    }
+
+    /// The citizens with an acknowledged waitlist join, sorted, once each.
+    pub fn waitlist_citizens(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("ledger lock");
+        let citizens: BTreeSet<&String> = inner.waitlist.values().map(|j| &j.citizen_id).collect();
+        citizens.into_iter().cloned().collect()
     }
 
     pub fn record_replay(&self, replay: Replay) {

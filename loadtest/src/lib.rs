@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod ledger;
+pub mod memory;
 pub mod progress;
 pub mod report;
 pub mod run;

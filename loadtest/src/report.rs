@@ -16,7 +16,7 @@ use crate::stats::{is_error, is_refusal, Op, Stats};
 pub const PERCENTILES: [(f64, &str); 4] =
     [(50.0, "p50"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9")];
 /// Scenarios whose booking rate is stated as a fraction of the ceiling.
-pub const CLOSED_LOOP_BOOKING: [&str; 2] = ["launch", "crash"];
+pub const CLOSED_LOOP_BOOKING: [&str; 3] = ["launch", "crash", "flood"];
 /// Violations printed per check (all of them are in the JSON report).
 pub const VIOLATIONS_PRINTED: usize = 20;
 /// Ids printed per violation line.
@@ -148,6 +148,81 @@ pub struct CrashFigures {
     /// Administrations sent after a restart for appointments confirmed before the kill,
     /// with the `qr_token` issued before it.
     pub administered_after_restart: usize,
+    /// Waitlist joins acknowledged over the run (each checked after every later restart).
+    pub waitlist_joined: usize,
+}
+
+/// Flood figures: the flood phase against the baseline before and after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodFigures {
+    pub baseline_connections: usize,
+    /// Seconds to open the flood's connections (all at once, before it starts).
+    pub connections_opened_s: f64,
+    pub flood_connections: usize,
+    /// Answers that were not refusals, per second, before the flood (the baseline).
+    pub before_admitted_per_s: f64,
+    pub flood_admitted_per_s: f64,
+    /// Refusals (`429`, `503`) per second during the flood.
+    pub flood_refused_per_s: f64,
+    /// Refusals during the flood by `"<status> <code>"`.
+    pub refused_by_status: std::collections::BTreeMap<String, u64>,
+    pub admitted_p99_ms: Option<f64>,
+    pub admitted_max_ms: Option<f64>,
+    pub refused_p99_ms: Option<f64>,
+    pub refused_max_ms: Option<f64>,
+    /// The longest any request of the flood waited for its answer or its refusal.
+    pub longest_wait_ms: f64,
+    /// Requests of the flood that got no answer within `--timeout` (or a transport error).
+    pub unanswered: u64,
+    pub after_admitted_per_s: f64,
+    /// Seconds from the flood's end until the admitted rate (over 1 s) was back at 80% of
+    /// the rate before; `None` if it never was within the calm phase.
+    pub recovery_s: Option<f64>,
+    /// The server's `VmHWM` at the end: its peak resident memory since it started.
+    pub server_rss_peak_mib: Option<f64>,
+    /// The largest `VmRSS` sampled (every 100 ms) during the scenario.
+    pub server_rss_sampled_max_mib: Option<f64>,
+    pub server_rss_end_mib: Option<f64>,
+    /// The bounds the verdict holds the flood to (`--flood-wait-max`, `--flood-rss-max-mib`).
+    pub wait_max_ms: u64,
+    pub rss_max_mib: u64,
+}
+
+impl FloodFigures {
+    /// What breaks the flood's promises: a request waiting past its bound, the server's
+    /// memory past its bound, unanswered requests, no recovery in time.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.longest_wait_ms > self.wait_max_ms as f64 {
+            out.push(format!(
+                "a request waited {:.0} ms, more than --flood-wait-max {} ms",
+                self.longest_wait_ms, self.wait_max_ms
+            ));
+        }
+        if let Some(peak) = self.server_rss_peak_mib {
+            if peak > self.rss_max_mib as f64 {
+                out.push(format!(
+                    "the server's peak resident memory {peak:.0} MiB is above --flood-rss-max-mib {}",
+                    self.rss_max_mib
+                ));
+            }
+        }
+        if self.unanswered > 0 {
+            out.push(format!(
+                "{} requests of the flood got no answer",
+                self.unanswered
+            ));
+        }
+        let recovery_max = crate::scenarios::flood::RECOVERY_MAX.as_secs_f64();
+        match self.recovery_s {
+            Some(s) if s <= recovery_max => {}
+            Some(s) => out.push(format!(
+                "back to full speed only {s:.1} s after the flood (bound {recovery_max} s)"
+            )),
+            None => out.push("not back to full speed within the calm after the flood".into()),
+        }
+        out
+    }
 }
 
 /// Clinic slot cancellations of a run (`--cancel-slots`), summed over crash rounds.
@@ -211,6 +286,7 @@ pub struct ScenarioReport {
     pub steady: Option<SteadyFigures>,
     pub expiry: Option<ExpiryFigures>,
     pub crash: Option<CrashFigures>,
+    pub flood: Option<FloodFigures>,
     /// What clinic staff did (launch, crash): administrations, clinic cancellations, the
     /// no-show group, and the statuses the last check saw.
     pub clinic: Option<ClinicFigures>,
@@ -285,6 +361,7 @@ impl ScenarioReport {
             steady: None,
             expiry: None,
             crash: None,
+            flood: None,
             clinic: None,
             slot_cancels: None,
             checks: Vec::new(),
@@ -376,7 +453,7 @@ impl ScenarioReport {
         if let Some(c) = &self.crash {
             let _ = writeln!(
                 w,
-                "crash: {} kills (at {:?} ms into each round), recovery {:?} s, {} acknowledged appointments verified, {} replays after restarts, {} in-doubt creates resent ({} booked, {} of them applied before the kill), {} administrations after restarts with tokens from before the kill",
+                "crash: {} kills (at {:?} ms into each round), recovery {:?} s, {} acknowledged appointments verified, {} replays after restarts, {} in-doubt creates resent ({} booked, {} of them applied before the kill), {} administrations after restarts with tokens from before the kill, {} waitlist joins acknowledged",
                 c.kills,
                 c.kill_after_ms,
                 c.recovery_s.iter().map(|s| (s * 100.0).round() / 100.0).collect::<Vec<_>>(),
@@ -385,7 +462,37 @@ impl ScenarioReport {
                 c.in_doubt_resent,
                 c.in_doubt_booked,
                 c.in_doubt_applied_before_kill,
-                c.administered_after_restart
+                c.administered_after_restart,
+                c.waitlist_joined
+            );
+        }
+        if let Some(f) = &self.flood {
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+            let mib = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} MiB"));
+            let _ = writeln!(
+                w,
+                "flood: {} connections (opened in {:.1} s; baseline {}): admitted {:.0}/s (before {:.0}/s, after {:.0}/s), refused {:.0}/s {:?}; admitted p99 {} max {}, refused p99 {} max {}; longest wait {:.1} ms (bound {} ms); {} unanswered; recovery {}; server memory peak {} (bound {} MiB), sampled max {}, at the end {}",
+                f.flood_connections,
+                f.connections_opened_s,
+                f.baseline_connections,
+                f.flood_admitted_per_s,
+                f.before_admitted_per_s,
+                f.after_admitted_per_s,
+                f.flood_refused_per_s,
+                f.refused_by_status,
+                ms(f.admitted_p99_ms),
+                ms(f.admitted_max_ms),
+                ms(f.refused_p99_ms),
+                ms(f.refused_max_ms),
+                f.longest_wait_ms,
+                f.wait_max_ms,
+                f.unanswered,
+                f.recovery_s
+                    .map_or("none".to_string(), |s| format!("{s:.1} s")),
+                mib(f.server_rss_peak_mib),
+                f.rss_max_mib,
+                mib(f.server_rss_sampled_max_mib),
+                mib(f.server_rss_end_mib)
             );
         }
         if let Some(c) = &self.clinic {
@@ -525,6 +632,15 @@ fn render_check(w: &mut String, check: &CheckEntry) {
         n("stock_checked"),
         n("no_show_expected_checked")
     );
+    if n("waitlist_checked") > 0 {
+        let _ = writeln!(
+            w,
+            "  waitlist: {} acknowledged joins checked: {} still waiting, {} served by an offer, the rest gone with their cancelled slots",
+            n("waitlist_checked"),
+            n("waitlist_waiting"),
+            n("waitlist_served")
+        );
+    }
     if let Some(violations) = r["violations"].as_array() {
         for v in violations.iter().take(VIOLATIONS_PRINTED) {
             let ids: Vec<&str> = v["ids"]

@@ -211,6 +211,7 @@ async fn run_scenarios(args: &Arc<Args>, seed: u64, prefix: &str, report: &mut R
             Scenario::Steady => scenarios::steady::run(&ctx).await,
             Scenario::Expiry => scenarios::expiry::run(&ctx).await,
             Scenario::Ceiling => scenarios::ceiling::run(&ctx).await,
+            Scenario::Flood => scenarios::flood::run(&ctx).await,
             Scenario::Crash => match target.spawned.as_mut() {
                 Some(server) => scenarios::crash::run(&ctx, server).await,
                 None => Err("the crash scenario needs --spawn".to_string()),

@@ -43,6 +43,8 @@ pub enum Op {
     Queue,
     /// `GET /v1/queue/{ticket}` (waiting for admission).
     QueuePoll,
+    /// `POST /v1/clinics/{id}/slots/{slot}/waitlist` (a citizen joins a sold-out slot's list).
+    Waitlist,
 }
 
 impl Op {
@@ -59,6 +61,7 @@ impl Op {
             Op::Administer => "administer",
             Op::Queue => "queue",
             Op::QueuePoll => "queue_poll",
+            Op::Waitlist => "waitlist",
         }
     }
 
@@ -88,11 +91,12 @@ pub fn is_error(status: u16) -> bool {
         || (400..500).contains(&status) && ![409, 410, 422, 429].contains(&status)
 }
 
-/// Is this outcome a refusal by the server's admission control (429 `RATE_LIMITED` or
-/// `QUEUE_REQUIRED`, with `Retry-After`)? Designed answers to a crowd, not errors; the
-/// report counts them on their own.
+/// Is this answer a refusal that decided nothing (`429` rate limit or waiting room, `503`
+/// overload or a shard not ready), with `Retry-After`? Designed answers to a crowd: the
+/// flood scenario reports them apart from the admitted requests, and a `429` is never an
+/// error ([`is_error`]; a `503` still is, outside the flood).
 pub fn is_refusal(status: u16) -> bool {
-    status == 429
+    status == 429 || status == 503
 }
 
 fn histogram() -> Histogram<u64> {
@@ -105,6 +109,10 @@ fn histogram() -> Histogram<u64> {
 pub struct Stats {
     pub latency: BTreeMap<Op, Histogram<u64>>,
     pub outcomes: BTreeMap<OutcomeKey, u64>,
+    /// Latency of every answered request that was not a refusal, whatever its operation.
+    pub admitted: Option<Histogram<u64>>,
+    /// Latency of every refusal ([`is_refusal`]): how quickly "come back later" came.
+    pub refused: Option<Histogram<u64>>,
 }
 
 impl Stats {
@@ -119,6 +127,16 @@ impl Stats {
             .entry(op)
             .or_insert_with(histogram)
             .saturating_record(micros);
+        let apart = if is_refusal(status) {
+            Some(&mut self.refused)
+        } else if status != 0 {
+            Some(&mut self.admitted)
+        } else {
+            None
+        };
+        if let Some(h) = apart {
+            h.get_or_insert_with(histogram).saturating_record(micros);
+        }
         *self
             .outcomes
             .entry(OutcomeKey {
@@ -139,6 +157,16 @@ impl Stats {
         }
         for (key, n) in &other.outcomes {
             *self.outcomes.entry(key.clone()).or_insert(0) += n;
+        }
+        for (mine, theirs) in [
+            (&mut self.admitted, &other.admitted),
+            (&mut self.refused, &other.refused),
+        ] {
+            if let Some(theirs) = theirs {
+                mine.get_or_insert_with(histogram)
+                    .add(theirs)
+                    .expect("histograms of the same bounds merge");
+            }
         }
     }
 
@@ -190,6 +218,8 @@ impl Stats {
 pub struct Live {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Answers that were refusals ([`is_refusal`]).
+    pub refused: AtomicU64,
     /// Seats still for sale, as far as the answers tell (sellable − held − confirmed +
     /// returned); -1 when the scenario does not track stock.
     pub remaining: AtomicI64,
@@ -200,6 +230,7 @@ impl Live {
         Live {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             remaining: AtomicI64::new(remaining.unwrap_or(-1)),
         }
     }
@@ -208,6 +239,9 @@ impl Live {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if is_error(status) {
             self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if is_refusal(status) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -14,9 +14,9 @@ use holdfast_gateway::app::Settings;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
 use holdfast_loadtest::checker::{
     check, fetch_picture, Appointment, Availability, CheckOptions, CheckReport, ClinicPicture,
-    Picture, SlotState, StockLevel, Violation, ViolationKind,
+    Picture, SlotState, StockLevel, Violation, ViolationKind, WaitlistEntry,
 };
-use holdfast_loadtest::ledger::{AckKind, Ledger, Replay, SlotCancel};
+use holdfast_loadtest::ledger::{AckKind, Ledger, Replay, SlotCancel, WaitlistJoin};
 use holdfast_server::connections::ConnectionLimits;
 use holdfast_server::{start, ServerConfig, Storage};
 use serde_json::{json, Value};
@@ -77,6 +77,7 @@ fn appointment(
         // A hold five minutes from the picture: not overdue.
         expires_at: (status == "PENDING").then(|| at(300)),
         batch: (status == "ADMINISTERED").then(|| "B-1".to_string()),
+        offered_from_waitlist: false,
     }
 }
 
@@ -130,6 +131,7 @@ fn consistent() -> Picture {
     Picture {
         taken_at: taken_at(),
         clinics: vec![c1, c2],
+        waitlists: Default::default(),
     }
 }
 
@@ -265,6 +267,71 @@ fn assert_has(
     assert_eq!(kinds(report), allowed, "{:#?}", report.violations);
 }
 
+// ---- waitlists ---------------------------------------------------------------------------
+
+fn join(waitlist_id: &str, citizen_id: &str, clinic_id: &str, slot_id: &str) -> WaitlistJoin {
+    WaitlistJoin {
+        waitlist_id: waitlist_id.into(),
+        citizen_id: citizen_id.into(),
+        clinic_id: clinic_id.into(),
+        slot_id: slot_id.into(),
+    }
+}
+
+#[test]
+fn an_acknowledged_waitlist_join_that_vanished_is_lost() {
+    let picture = consistent();
+    let ledger = ledger_for(&picture);
+    ledger.record_waitlist_join(join("w-1", "p9", "c1", "s1"));
+    let report = run(&picture, &ledger);
+    assert_only(
+        &report,
+        ViolationKind::WaitlistEntryLost,
+        &["w-1", "c1", "s1", "p9"],
+    );
+    assert_eq!(report.waitlist_checked, 1);
+}
+
+#[test]
+fn a_waitlist_join_waiting_served_or_gone_with_its_slot_holds() {
+    let mut picture = consistent();
+    let ledger = ledger_for(&picture);
+    // Waiting: listed in its citizen's listing.
+    ledger.record_waitlist_join(join("w-1", "p9", "c1", "s1"));
+    picture.waitlists.insert(
+        "p9".into(),
+        vec![WaitlistEntry {
+            waitlist_id: "w-1".into(),
+            clinic_id: "c1".into(),
+            slot_id: "s1".into(),
+            position: 1,
+        }],
+    );
+    // Served: the citizen's appointment in that slot was offered from the waitlist.
+    ledger.record_waitlist_join(join("w-2", "p1", "c1", "s1"));
+    appointment_mut(&mut picture, "a1").offered_from_waitlist = true;
+    // Gone with its cancelled slot.
+    ledger.record_waitlist_join(join("w-3", "p10", "c1", "s3"));
+    let report = run(&picture, &ledger);
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(
+        (
+            report.waitlist_checked,
+            report.waitlist_waiting,
+            report.waitlist_served
+        ),
+        (3, 1, 1)
+    );
+    // An appointment of the citizen in that slot that no offer made does not count.
+    appointment_mut(&mut picture, "a1").offered_from_waitlist = false;
+    let report = run(&picture, &ledger);
+    assert_only(
+        &report,
+        ViolationKind::WaitlistEntryLost,
+        &["w-2", "c1", "s1", "p1"],
+    );
+}
+
 // ---- consistent pictures pass ----------------------------------------------------------
 
 #[test]
@@ -293,6 +360,7 @@ fn an_empty_picture_and_ledger_pass() {
     let picture = Picture {
         taken_at: taken_at(),
         clinics: Vec::new(),
+        waitlists: Default::default(),
     };
     let report = run(&picture, &Ledger::new());
     assert!(report.ok());
@@ -1213,6 +1281,7 @@ async fn a_real_server_passes_and_a_fabricated_acknowledgement_is_lost() {
             hold_ttl_ms: 300_000,
             max_hold_ms: 900_000,
             reschedule_notice_ms: 0,
+            overload: Default::default(),
         },
         clock: Arc::new(SystemClock),
         storage: Storage::Memory,

@@ -7,7 +7,9 @@
 //! first kill falls due (2 s grace) across the kills. The test reads the JSON report: every
 //! kill happened, load was acknowledged, the acknowledged cancellations and administrations
 //! were checked, the whole no-show group (bar those administered) is NO_SHOW at the last
-//! check, every check ran and found zero violations, exit code 0.
+//! check, citizens who met a sold-out slot joined its waitlist and every later check held
+//! each acknowledged join to waiting, served by an offer or gone with its cancelled slot,
+//! every check ran and found zero violations, exit code 0.
 //!
 //! The server binary is `$HOLDFAST_BIN`, or `holdfast` beside the harness binary (built by
 //! `cargo test --workspace`); when missing it is built first.
@@ -38,8 +40,10 @@ fn crash_rehearsal_finds_zero_violations() {
             "6",
             "--slots-per-clinic",
             "4",
+            // Few seats, so slots sell out in the first round and citizens join their
+            // waitlists (seats recycle: half the confirmed are cancelled at once).
             "--capacity",
-            "40",
+            "2",
             "--doses",
             "1000",
             "--citizens",
@@ -118,4 +122,8 @@ fn crash_rehearsal_finds_zero_violations() {
     assert_eq!(clinic["seen_no_show"], group, "{clinic}");
     let last = &checks[checks.len() - 1]["report"];
     assert_eq!(last["no_show_expected_checked"], NO_SHOW_GROUP, "{last}");
+    // Waitlists across the kills: every acknowledged join was checked at the last check.
+    let joined = crash["waitlist_joined"].as_u64().expect("waitlist_joined");
+    assert!(joined > 0, "no citizen joined a waitlist: {crash}");
+    assert_eq!(last["waitlist_checked"], joined, "{last}");
 }

@@ -10,6 +10,7 @@ use holdfast_engine::external::OutagePolicy;
 use holdfast_gateway::admission::rate_limit::{Rate, RATE_LIMIT_KEYS_DEFAULT};
 use holdfast_gateway::admission::waiting_room::WAITING_ROOM_RATE_MAX;
 use holdfast_gateway::admission::AdmissionConfig;
+use holdfast_gateway::overload::{OverloadLimits, WRITES_IN_FLIGHT_MAX_LIMIT};
 use holdfast_gateway::qr::QrKeyring;
 
 use crate::eligibility::ExternalConfig;
@@ -26,7 +27,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once per process: the size of the serve variant costs nothing worth a Box.
+// Parsed once at start-up and moved once: the size of `serve`'s flags costs nothing, and
+// boxing them would only add a dereference to every flag's use.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -185,6 +187,16 @@ pub struct ServeArgs {
     /// `holdfast_gateway=debug` adds one line per request).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Overload: writes (every API request but GET and HEAD) in flight across the node;
+    /// reads get twice as many. A request that finds no permit waits at most
+    /// --admission-wait, then is answered 503 UNAVAILABLE with Retry-After (1..=65536).
+    #[arg(long, default_value_t = holdfast_gateway::overload::WRITES_IN_FLIGHT_MAX_DEFAULT,
+        value_parser = parse_max_in_flight)]
+    pub max_in_flight: u32,
+    /// Overload: the longest a request waits for a permit of --max-in-flight before its 503
+    /// (0ms refuses at once; at most 10s).
+    #[arg(long, default_value = "100ms", value_parser = parse_admission_wait)]
+    pub admission_wait: Duration,
 }
 
 /// Bytes in a MiB (`--disk-reserve-mib`).
@@ -219,6 +231,14 @@ impl From<OutagePolicyArg> for OutagePolicy {
 }
 
 impl ServeArgs {
+    /// The node-wide bound on requests in flight of `--max-in-flight` and `--admission-wait`.
+    pub fn overload_limits(&self) -> OverloadLimits {
+        OverloadLimits {
+            writes_in_flight_max: self.max_in_flight,
+            admission_wait_ms: self.admission_wait.as_millis() as u64,
+        }
+    }
+
     /// The QR keys of `--qr-key-file` (see [`QrKeyring::from_key_file`] for its format);
     /// `None` without the flag (the server derives one key from the JWT secret).
     pub fn qr_keys(&self) -> Result<Option<QrKeyring>, String> {
@@ -361,6 +381,16 @@ fn parse_waiting_room(s: &str) -> Result<NonZeroU32, String> {
     }
 }
 
+/// `--max-in-flight`: 1..=[`WRITES_IN_FLIGHT_MAX_LIMIT`].
+fn parse_max_in_flight(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=WRITES_IN_FLIGHT_MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 1 to {WRITES_IN_FLIGHT_MAX_LIMIT}"
+        )),
+    }
+}
+
 /// `--connections-max`: at least 1.
 fn parse_connections_max(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -369,9 +399,30 @@ fn parse_connections_max(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Longest `--admission-wait`: a request that waits longer is late whatever it gets.
+pub const ADMISSION_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// `--admission-wait`: a duration up to [`ADMISSION_WAIT_MAX`].
+fn parse_admission_wait(s: &str) -> Result<Duration, String> {
+    let wait = parse_duration(s)?;
+    if wait > ADMISSION_WAIT_MAX {
+        return Err(format!("{s:?}: at most {}s", ADMISSION_WAIT_MAX.as_secs()));
+    }
+    Ok(wait)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overload_flags_are_bounded() {
+        assert_eq!(parse_max_in_flight("512"), Ok(512));
+        assert!(parse_max_in_flight("0").is_err());
+        assert!(parse_max_in_flight("65537").is_err());
+        assert_eq!(parse_admission_wait("0ms"), Ok(Duration::ZERO));
+        assert!(parse_admission_wait("11s").is_err());
+    }
 
     #[test]
     fn durations() {

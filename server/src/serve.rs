@@ -250,9 +250,8 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         admission: Arc::new(Admission::new(&config.admission, clock)),
     };
     let app = build_app(state.clone());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener =
+        listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (tx, rx) = oneshot::channel::<()>();
     let limits = config.connections;
@@ -271,6 +270,24 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         events,
         webhooks: None,
     })
+}
+
+/// Connections the kernel queues for `accept` (the listen backlog; Linux caps it at
+/// `net.core.somaxconn`, 4,096 by default). tokio's own is 1,024: a burst of 2,560 new
+/// connections (the harness's flood) overflowed it, and every dropped SYN cost its client a
+/// retransmit 1 s, then 3 s later, before the server ever saw the request.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's own bind does).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Reads the secret file; with `--demo` and no file, creates `<data-dir>/jwt-secret`.
@@ -345,6 +362,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             hold_ttl_ms: args.hold_ttl.as_millis() as i64,
             max_hold_ms: args.max_hold.as_millis() as i64,
             reschedule_notice_ms: args.reschedule_notice.as_millis() as i64,
+            overload: args.overload_limits(),
         },
         clock: Arc::new(SystemClock),
         storage: Storage::Wal {

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::campaign::{CampaignSpec, BATCH};
 use crate::client::{Api, Reply, Tokens};
-use crate::ledger::{AckKind, Ledger, Replay};
+use crate::ledger::{AckKind, Ledger, Replay, WaitlistJoin};
 use crate::stats::{Live, Op, Stats};
 use crate::zipf::{Rng, Zipf};
 
@@ -39,6 +39,9 @@ pub const VERIFY_CONCURRENCY: usize = 16;
 pub const IN_DOUBT_MAX: usize = 256;
 /// Creates remembered per run for replays after a restart (the crash scenario).
 pub const RECENT_CREATES: usize = 64;
+/// Waitlist joins per run: each joined citizen's listing is read by every check.
+pub const WAITLIST_JOINS_MAX: usize = 200;
+
 /// Refusals by admission control (429) one citizen takes before it gives up: each is
 /// followed by a pause of its `Retry-After`, so this bounds a citizen's patience.
 pub const REFUSALS_PER_CITIZEN_MAX: u32 = 8;
@@ -209,6 +212,18 @@ pub struct Booker {
     /// The server runs a waiting room (learnt from its first 429 QUEUE_REQUIRED): citizens
     /// queue for an admission token before they book.
     pub queue_first: AtomicBool,
+    /// How many times a create, confirm or cancel refused with `429`/`503` is sent again
+    /// after its `Retry-After` (as a patient browser would; the flood scenario). 0: a
+    /// refused citizen stops there (launch, crash), apart from the waiting room's and the
+    /// rate limits' `429`s, which every citizen waits out (at most
+    /// [`REFUSALS_PER_CITIZEN_MAX`] times).
+    pub refused_retries: u32,
+    /// Percentage of `SOLD_OUT` answers after which the citizen joins that slot's waitlist
+    /// and then waits (books nothing else), at most [`WAITLIST_JOINS_MAX`] joins per run.
+    /// 0: nobody joins (launch, flood).
+    pub waitlist_pct: u32,
+    /// Waitlist joins sent so far (shared across crash rounds).
+    pub waitlist_joins: Arc<AtomicUsize>,
 }
 
 /// The citizen a connection is serving.
@@ -288,14 +303,16 @@ impl Booker {
             };
             tries += 1;
             let attempt = self.attempt(&citizen_id, clinic, slot);
-            let started = Instant::now();
             let reply = self
-                .api
-                .create_admitted(&bearer, &attempt.key, &attempt.body, admission.as_deref())
+                .send_recorded(Op::Hold, stats, || {
+                    self.api.create_admitted(
+                        &bearer,
+                        &attempt.key,
+                        &attempt.body,
+                        admission.as_deref(),
+                    )
+                })
                 .await;
-            record(stats, &self.live, Op::Hold, started, &reply);
-            self.retries
-                .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
             match (reply.status, reply.code.as_str()) {
                 (201, _) => {
                     let who = Who {
@@ -307,7 +324,16 @@ impl Booker {
                     self.created(&who, attempt, &reply, rng, stats).await;
                     return;
                 }
-                (409, "SOLD_OUT") => self.board.close_slot(clinic, slot),
+                (409, "SOLD_OUT") => {
+                    self.board.close_slot(clinic, slot);
+                    if rng.percent(f64::from(self.waitlist_pct))
+                        && self
+                            .join_waitlist(&bearer, &citizen_id, (clinic, slot), stats)
+                            .await
+                    {
+                        return; // The citizen waits for an offer.
+                    }
+                }
                 (409, "OUT_OF_STOCK") => self.board.close_clinic(clinic),
                 // The clinic cancelled the slot (`--cancel-slots`): nobody books it again.
                 (409, "SLOT_CANCELLED") => self.board.close_slot(clinic, slot),
@@ -338,6 +364,76 @@ impl Booker {
                 // shard recovers): this citizen stops here.
                 _ => return,
             }
+        }
+    }
+
+    /// Sends with `send` and records every answer; a refusal (`429`/`503`) is sent again
+    /// after its `Retry-After` (at most [`REFUSAL_PAUSE_MAX`], and not past the run's
+    /// end), up to `refused_retries` times. A create is sent again with its key: a refusal
+    /// decided nothing.
+    async fn send_recorded<F, Fut>(&self, op: Op, stats: &mut Stats, send: F) -> Reply
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Reply>,
+    {
+        let mut refusals = 0;
+        loop {
+            let started = Instant::now();
+            let reply = send().await;
+            record(stats, &self.live, op, started, &reply);
+            self.retries
+                .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
+            if !reply.is_refusal() || refusals >= self.refused_retries || self.stopped() {
+                return reply;
+            }
+            refusals += 1;
+            let asked = Duration::from_secs(reply.retry_after_s.unwrap_or(1));
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(asked.min(REFUSAL_PAUSE_MAX).min(left)).await;
+            if self.stopped() {
+                return reply;
+            }
+        }
+    }
+
+    /// Joins the waitlist of (clinic, slot) for the citizen; a 201 is recorded in the
+    /// ledger. Returns whether the citizen now waits (a 201, or no answer: the join may
+    /// have happened, so the citizen books nothing else either way).
+    async fn join_waitlist(
+        &self,
+        bearer: &str,
+        citizen_id: &str,
+        (clinic, slot): (usize, usize),
+        stats: &mut Stats,
+    ) -> bool {
+        if self.waitlist_joins.fetch_add(1, Ordering::Relaxed) >= WAITLIST_JOINS_MAX {
+            return false;
+        }
+        let (clinic_id, slot_id) = (self.spec.clinic_id(clinic), CampaignSpec::slot_id(slot));
+        let key = format!(
+            "{}w{}",
+            self.key_prefix,
+            self.key_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let body = json!({"citizen_id": citizen_id, "vaccine": self.vaccine});
+        let reply = self
+            .send_recorded(Op::Waitlist, stats, || {
+                self.api
+                    .join_waitlist(bearer, &key, (&clinic_id, &slot_id), &body)
+            })
+            .await;
+        match (reply.status, reply.body["waitlist_id"].as_str()) {
+            (201, Some(id)) => {
+                self.ledger.record_waitlist_join(WaitlistJoin {
+                    waitlist_id: id.to_string(),
+                    citizen_id: citizen_id.to_string(),
+                    clinic_id,
+                    slot_id,
+                });
+                true
+            }
+            (0, _) => true,
+            _ => false,
         }
     }
 
@@ -509,10 +605,9 @@ impl Booker {
                 .fetch_add(u64::from(reply.attempts - 1), Ordering::Relaxed);
             // A citizen holding a seat finishes with it even once the campaign is sold out
             // (the stop flag): only the run's deadline cuts its patience.
-            if reply.status != 429
-                || refusals >= REFUSALS_PER_CITIZEN_MAX
-                || Instant::now() >= self.deadline
-            {
+            let polite =
+                reply.status == 429 || (reply.is_refusal() && refusals < self.refused_retries);
+            if !polite || refusals >= REFUSALS_PER_CITIZEN_MAX || Instant::now() >= self.deadline {
                 return reply;
             }
             refusals += 1;
@@ -622,8 +717,10 @@ pub async fn replay(
         // wait as told and send it again.
         tokio::time::sleep(refusal_pause(&again)).await;
     }
-    if again.is_transport_failure() || again.status == 429 {
-        return; // No answer to compare: nothing reached the booking.
+    if again.is_transport_failure() || again.is_refusal() {
+        // No answer to compare: nothing reached the booking (refused before any decision:
+        // admission control or the overload bound).
+        return;
     }
     ledger.record_replay(Replay {
         idempotency_key: key.to_string(),

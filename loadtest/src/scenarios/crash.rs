@@ -46,6 +46,11 @@ pub const CANCEL_CONFIRMED_PCT: u32 = 50;
 /// When a round's slot cancellations (`--cancel-slots`) start after its load: before the
 /// earliest kill ([`KILL_DELAY_MIN_MS`]), so they race the bookings and the kill.
 pub const CANCEL_DELAY_MS: u64 = KILL_DELAY_MIN_MS / 2;
+/// Percentage of `SOLD_OUT` answers after which the citizen joins the slot's waitlist and
+/// waits (at most `WAITLIST_JOINS_MAX` joins a run): seats returned by releases and cancels
+/// are then offered to them across the kills, and every check holds each acknowledged join
+/// to waiting, served or gone with its cancelled slot.
+pub const WAITLIST_JOIN_PCT: u32 = 30;
 /// Salt of the kill-moment random stream (independent of the connections' streams).
 const KILL_STREAM: u64 = 0x00C4_A511;
 
@@ -116,6 +121,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     let mut stats = Stats::new();
     let group = no_show_group(ctx, &spec, &staff, &ledger, &live, &mut stats).await?;
     let next_citizen = Arc::new(AtomicUsize::new(0));
+    let waitlist_joins = Arc::new(AtomicUsize::new(0));
     // Citizens free to book again, shared by the rounds.
     let returned = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let mut rng = Rng::for_worker(ctx.seed, KILL_STREAM);
@@ -132,6 +138,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
         in_doubt_booked: 0,
         in_doubt_applied_before_kill: 0,
         administered_after_restart: 0,
+        waitlist_joined: 0,
     };
     let mut checks = Vec::new();
     let mut slot_cancels = (args.cancel_slots > 0).then(crate::report::SlotCancelFigures::default);
@@ -176,6 +183,9 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
             confirmed: Mutex::new(Default::default()),
             in_doubt: Mutex::new(Vec::new()),
             queue_first: AtomicBool::new(false),
+            refused_retries: 0,
+            waitlist_pct: WAITLIST_JOIN_PCT,
+            waitlist_joins: waitlist_joins.clone(),
             spec: spec.clone(),
         });
         let pid = server.pid();
@@ -303,6 +313,7 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
     figures.acknowledged = ledger.len();
+    figures.waitlist_joined = ledger.waitlist_joins().len();
     let mut report = ScenarioReport::new("crash", &stats, seconds, args.connections);
     report.client_cpu_pct = client_meter.percent();
     // Server CPU over the load phases only (from each start until its kill): a restart's

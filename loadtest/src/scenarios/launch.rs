@@ -53,6 +53,9 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
         confirmed: Mutex::new(Default::default()),
         in_doubt: Mutex::new(Vec::new()),
         queue_first: AtomicBool::new(false),
+        refused_retries: 0,
+        waitlist_pct: 0,
+        waitlist_joins: Default::default(),
         spec: spec.clone(),
     });
     let meters = Meters::start(ctx.server_pid);

@@ -6,6 +6,7 @@ pub mod ceiling;
 pub mod clinic;
 pub mod crash;
 pub mod expiry;
+pub mod flood;
 pub mod launch;
 pub mod slot_cancel;
 pub mod steady;
@@ -89,14 +90,21 @@ impl Ctx {
         clinic_ids: &[String],
         ledger: &Ledger,
     ) -> CheckEntry {
-        match checker::fetch_picture(
-            &api.http,
-            &api.base,
-            &self.tokens.authority_token(),
-            clinic_ids,
-        )
-        .await
-        {
+        let token = self.tokens.authority_token();
+        // The waitlists first (see `fetch_waitlists` for why the order matters).
+        let waitlists =
+            checker::fetch_waitlists(&api.http, &api.base, &token, &ledger.waitlist_citizens())
+                .await;
+        let picture = match waitlists {
+            Ok(waitlists) => checker::fetch_picture(&api.http, &api.base, &token, clinic_ids)
+                .await
+                .map(|picture| checker::Picture {
+                    waitlists,
+                    ..picture
+                }),
+            Err(e) => Err(e),
+        };
+        match picture {
             Ok(picture) => {
                 let options = CheckOptions {
                     one_active_per_citizen: self.args.check_one_active_per_citizen,

@@ -726,6 +726,7 @@ pub fn test_config(
             hold_ttl_ms,
             max_hold_ms,
             reschedule_notice_ms: 0,
+            overload: Default::default(),
         },
         clock: Arc::new(SystemClock),
         storage,

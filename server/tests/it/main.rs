@@ -36,6 +36,7 @@ mod log_span;
 mod no_show;
 mod observe;
 mod openapi;
+mod overload;
 mod recovery_status;
 mod reschedule;
 mod slot_times;

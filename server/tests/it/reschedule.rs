@@ -699,6 +699,7 @@ async fn reschedule_notice_refuses_an_appointment_starting_soon() {
         hold_ttl_ms: HOLD_TTL_MS,
         max_hold_ms: MAX_HOLD_MS,
         reschedule_notice_ms: NOTICE_MS,
+        overload: Default::default(),
     })
     .await;
     h.standard_vaccine(VACCINE).await;
