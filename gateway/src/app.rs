@@ -53,7 +53,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 /// answer 404/405 in the error shape, and around all of them the request's id, span, log line
 /// and metrics ([`crate::telemetry`]).
 pub fn build_app(state: AppState) -> axum::Router {
-    let (router, openapi) = api_router().split_for_parts();
+    let (router, openapi) = parts();
     router
         .layer(axum::Extension(Arc::new(openapi)))
         .fallback(crate::error::not_found_fallback)
@@ -66,5 +66,13 @@ pub fn build_app(state: AppState) -> axum::Router {
 
 /// The OpenAPI document, for tests and tools.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    parts().1
+}
+
+/// The routes and their document, completed with what every operation shares
+/// ([`crate::contract`]).
+fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut openapi) = api_router().split_for_parts();
+    crate::contract::complete(&mut openapi);
+    (router, openapi)
 }

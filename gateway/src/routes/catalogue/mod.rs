@@ -64,10 +64,7 @@ async fn put_vaccine(
     let key = key.optional()?;
     let what = format!("PUT /v1/vaccines/{vaccine}");
     let node = state.node.clone();
-    let echo = VaccineJson {
-        vaccine: vaccine.clone(),
-        rules: body.clone(),
-    };
+    let echo = VaccineJson::echo(vaccine.clone(), body.clone());
     let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         let command = Command::PutVaccine(PutVaccine {
             name: vaccine,
@@ -331,10 +328,7 @@ async fn put_citizen(
     let key = key.optional()?;
     let what = format!("PUT /v1/citizens/{citizen_id}");
     let node = state.node.clone();
-    let echo = CitizenJson {
-        citizen_id: citizen_id.clone(),
-        citizen: body.clone(),
-    };
+    let echo = CitizenJson::echo(citizen_id.clone(), body.clone());
     let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         let shard = node.citizen_shard(&citizen_id);
         node.exec(
