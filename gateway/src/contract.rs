@@ -9,6 +9,9 @@
 //!   path segment that is not UTF-8, an unknown or mistyped query parameter);
 //! - a bearer token ([`crate::auth::Caller`]): 401 `UNAUTHENTICATED` without one or with a
 //!   bad one;
+//! - an `Idempotency-Key` header ([`crate::idempotency::IdempotencyHeader`]): 400 for a
+//!   malformed key, 422 `IDEMPOTENCY_KEY_REUSED` for a key used with another request, 503
+//!   `UNAVAILABLE` while the first request with the key is still in flight;
 //! - a path parameter named as one of [`CLIENT_ID_PATH_PARAMETERS`]: the schema of an id a
 //!   client chooses ([`client_id_schema`]), which the handler checks with `check_id`.
 //!
@@ -25,6 +28,9 @@ use crate::routes::fields::client_id_schema;
 /// whatever the route. (Appointment and waitlist ids are the server's own; a malformed one
 /// is simply not found.)
 pub const CLIENT_ID_PATH_PARAMETERS: [&str; 4] = ["clinic_id", "slot_id", "citizen_id", "vaccine"];
+
+/// The header of the Idempotency-Key protocol (docs/API.md, Idempotency-Key).
+const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 
 /// Adds the shared rules to every operation of `doc`.
 pub fn complete(doc: &mut OpenApi) {
@@ -66,6 +72,22 @@ fn complete_operation(operation: &mut Operation) {
         .any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query))
     {
         statuses.push(("400", "BAD_REQUEST: a parameter is invalid (details.field)"));
+    }
+    if parameters
+        .iter()
+        .any(|p| p.parameter_in == ParameterIn::Header && p.name == IDEMPOTENCY_KEY_HEADER)
+    {
+        statuses.extend([
+            ("400", "BAD_REQUEST: a malformed Idempotency-Key"),
+            (
+                "422",
+                "IDEMPOTENCY_KEY_REUSED: the key was used with another request",
+            ),
+            (
+                "503",
+                "UNAVAILABLE, with Retry-After: the first request with this key is in flight",
+            ),
+        ]);
     }
     for parameter in parameters.iter_mut() {
         if parameter.parameter_in == ParameterIn::Path
