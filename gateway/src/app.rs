@@ -55,10 +55,10 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 /// answer 404/405 in the error shape, and around all of them the request's id, span, log line
 /// and metrics ([`crate::telemetry`]).
 pub fn build_app(state: AppState) -> axum::Router {
-    let (router, openapi) = api_router().split_for_parts();
+    let (router, openapi) = parts();
     let overload = Arc::new(Overload::new(state.settings.overload));
     router
-        .layer(axum::Extension(Arc::new(with_overload(openapi))))
+        .layer(axum::Extension(Arc::new(openapi)))
         .fallback(crate::error::not_found_fallback)
         // Last: axum applies it only to routes that exist when it is called.
         .method_not_allowed_fallback(crate::error::method_not_allowed_fallback)
@@ -81,7 +81,15 @@ pub fn build_app(state: AppState) -> axum::Router {
 
 /// The OpenAPI document, for tests and tools.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    with_overload(api_router().split_for_parts().1)
+    parts().1
+}
+
+/// The routes and their document, completed with what every operation shares
+/// ([`crate::contract`]) and the overload `503` of every bounded operation.
+fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut openapi) = api_router().split_for_parts();
+    crate::contract::complete(&mut openapi);
+    (router, with_overload(openapi))
 }
 
 /// Every operation the in-flight bound covers ([`crate::overload::is_bounded`]) can answer

@@ -1,7 +1,7 @@
 //! holdfast-gateway: the HTTP API of holdfast (axum), its auth and validation, and routing to
 //! the engine's shards. The `holdfast` binary that serves it is in holdfast-server.
 //!
-//! Start at [`app`] (the router and its OpenAPI document) and [`state`] (what handlers
+//! Start at [`app`] (the router and its OpenAPI document, which [`contract`] completes) and [`state`] (what handlers
 //! share), then [`routes`] (one module per part of docs/API.md, each with its bodies),
 //! [`idempotency`] (the Idempotency-Key protocol), [`auth`], [`extract`] and [`error`] (the
 //! error shape, and engine errors as HTTP). What each request leaves behind (its
@@ -15,6 +15,7 @@
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod contract;
 pub mod error;
 pub mod extract;
 pub mod idempotency;

@@ -1,8 +1,13 @@
 //! What the bodies of every route family share: checks of ids, free text and short lists,
-//! instants as RFC 3339, and empty query filters.
+//! instants as RFC 3339, and empty query filters; and the same constraints as OpenAPI schemas
+//! (for `#[schema(schema_with = ...)]`), so a client generated from the document checks what
+//! the server checks.
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
-use holdfast_engine::ids::is_valid_client_id;
+use holdfast_engine::ids::{is_valid_client_id, CLIENT_ID_BYTES_MAX};
+use holdfast_engine::Status;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+use utoipa::openapi::{Array, Object};
 
 use crate::error::ApiError;
 
@@ -65,4 +70,63 @@ pub fn rfc3339_local(t: &DateTime<FixedOffset>) -> String {
 /// A query parameter given empty (`?region=`) means "no filter".
 pub fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
+}
+
+/// [`check_id`]'s rule as a regular expression (`CLIENT_ID_BYTES_MAX` is 64).
+pub const CLIENT_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// The schema of an id a client chooses: what [`check_id`] accepts.
+pub fn client_id_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(CLIENT_ID_PATTERN))
+        .min_length(Some(1))
+        .max_length(Some(CLIENT_ID_BYTES_MAX))
+        .build()
+}
+
+/// The schema of a short list of ids: what [`check_list`] accepts.
+pub fn client_id_list_schema() -> Array {
+    ArrayBuilder::new()
+        .items(client_id_schema())
+        .max_items(Some(LIST_ITEMS_MAX))
+        .build()
+}
+
+/// The schema of free text: what [`check_text`] accepts, as far as JSON Schema can say it
+/// (`maxLength` counts characters, the server counts UTF-8 bytes).
+pub fn text_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(TEXT_BYTES_MAX))
+        .description(Some(format!(
+            "1-{TEXT_BYTES_MAX} bytes of UTF-8, not only blanks, no control characters"
+        )))
+        .build()
+}
+
+/// The schema of an appointment's status: one of [`Status::ALL`].
+pub fn status_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Status::ALL.iter().map(|s| s.as_str())))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_pattern_says_what_check_id_checks() {
+        let bound = format!("{{1,{CLIENT_ID_BYTES_MAX}}}$");
+        assert!(CLIENT_ID_PATTERN.ends_with(&bound), "{CLIENT_ID_PATTERN}");
+        for ok in ["a", "A-z_09", &"x".repeat(CLIENT_ID_BYTES_MAX)] {
+            assert!(check_id("f", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "é", "a/b", &"x".repeat(CLIENT_ID_BYTES_MAX + 1)] {
+            assert!(check_id("f", bad).is_err(), "{bad}");
+        }
+    }
 }

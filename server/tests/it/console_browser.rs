@@ -11,17 +11,15 @@
 //! them): then a missing prerequisite fails it.
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
+
+use crate::python::{imports, run_bounded};
 
 /// The script bounds each of its own waits; this is the backstop for the whole run (its
 /// bounds add up to well under it).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
-/// After SIGTERM (which the script turns into its clean-up), how long before SIGKILL.
-const SCRIPT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Set to `1` to make a missing prerequisite a failure instead of a skip.
 const REQUIRE_ENV: &str = "HOLDFAST_REQUIRE_BROWSER";
 /// The Chromium binary to use, if not `chromium` on the PATH.
@@ -48,20 +46,13 @@ fn prerequisites() -> Result<PathBuf, String> {
     let chromium = on_path(&name).ok_or_else(|| {
         format!("no Chromium ({name:?} is not on the PATH; `apt-get install chromium`)")
     })?;
-    let websocket = Command::new("python3")
-        .args(["-c", "import websocket"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match websocket {
-        Ok(status) if status.success() => Ok(chromium),
-        Ok(_) => Err(
-            "python3 has no websocket-client (`python3 -m pip install -r \
-                      server/tests/browser/requirements.txt`)"
-                .to_string(),
-        ),
-        Err(e) => Err(format!("no python3 ({e})")),
-    }
+    imports("python3", &["websocket"]).map_err(|e| {
+        format!(
+            "{e} (`python3 -m pip install -r server/tests/browser/requirements.txt` installs \
+             websocket-client)"
+        )
+    })?;
+    Ok(chromium)
 }
 
 #[test]
@@ -86,49 +77,10 @@ fn the_console_goes_live_in_headless_chromium_and_shows_a_booking() {
         .arg(env!("CARGO_BIN_EXE_holdfast"))
         .arg("--chromium")
         .arg(&chromium);
-    let (status, output) = run_bounded(command);
+    let (status, output) = run_bounded(command, SCRIPT_TIMEOUT);
     eprintln!("{output}");
     assert!(
         status.success(),
         "the browser test failed ({status}):\n{output}"
     );
-}
-
-/// Runs `command` to its end, at most [`SCRIPT_TIMEOUT`]; returns its status and its stdout
-/// then stderr. Past the bound: SIGTERM, SIGKILL after [`SCRIPT_STOP_GRACE`], and a panic.
-fn run_bounded(mut command: Command) -> (ExitStatus, String) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 starts");
-    let pid = child.id().to_string();
-    // Each pipe drained by its own thread, so neither can fill up and stall the script.
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_reader = std::thread::spawn(move || {
-        let mut err = String::new();
-        let _ = stderr.read_to_string(&mut err);
-        err
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out.push_str(&stderr_reader.join().unwrap_or_default());
-        let _ = done_tx.send((child.wait(), out));
-    });
-    match done_rx.recv_timeout(SCRIPT_TIMEOUT) {
-        Ok((status, output)) => (status.expect("wait for python3"), output),
-        Err(_) => {
-            // SIGTERM first: the script then stops the server and the browser it started.
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            let finished = done_rx.recv_timeout(SCRIPT_STOP_GRACE);
-            if finished.is_err() {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-            panic!("the browser test did not finish within {SCRIPT_TIMEOUT:?}: {finished:?}");
-        }
-    }
 }

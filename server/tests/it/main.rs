@@ -5,9 +5,11 @@
 //!
 //! `common` starts in-process servers and holds the shared fixtures; `spawned` runs the real
 //! `holdfast` binary (`CARGO_BIN_EXE_holdfast`, which exists only for the tests of the
-//! package that has the binary) for `crash` and `crash_saga`.
+//! package that has the binary) for `crash` and `crash_saga`; `python` runs the Python
+//! scripts of `console_browser` and `contract` against it.
 
 mod common;
+mod python;
 mod spawned;
 mod sse;
 
@@ -16,6 +18,7 @@ mod audit;
 mod clinic;
 mod console;
 mod console_browser;
+mod contract;
 mod crash;
 mod crash_saga;
 mod disk_faults;
@@ -36,6 +39,7 @@ mod log_span;
 mod no_show;
 mod observe;
 mod openapi;
+mod openapi_answers;
 mod overload;
 mod recovery_status;
 mod reschedule;

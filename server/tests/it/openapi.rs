@@ -147,3 +147,158 @@ async fn the_api_reference_marks_exactly_the_served_routes() {
     assert_eq!(served_in_reference, in_document);
     h.shutdown().await;
 }
+
+/// What `openapi-spec-validator` and `openapi-python-client` once refused: query parameters
+/// declared `in: path` (and nullable) on `GET /v1/clinics`, the availability and a clinic's
+/// appointments. Every path parameter is in its path's template; every filter is an optional,
+/// non-null query parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_are_where_the_server_reads_them() {
+    let h = Harness::start().await;
+    let doc = document(&h).await;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("operations") {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                if p["in"] == "path" {
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: path parameter {name} is not in the template"
+                    );
+                    assert_eq!(p["required"], true, "{method} {path} {name}");
+                }
+            }
+        }
+    }
+    let query = |path: &str, method: &str, name: &str| -> serde_json::Value {
+        let params = doc["paths"][path][method]["parameters"].as_array().unwrap();
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} has no {name}"))
+            .clone()
+    };
+    for (path, name) in [
+        ("/v1/clinics", "region"),
+        ("/v1/clinics", "vaccine"),
+        ("/v1/clinics/{clinic_id}/availability", "vaccine"),
+        ("/v1/clinics/{clinic_id}/availability", "from"),
+        ("/v1/clinics/{clinic_id}/availability", "to"),
+        ("/v1/clinics/{clinic_id}/appointments", "slot_id"),
+        ("/v1/clinics/{clinic_id}/appointments", "status"),
+    ] {
+        let p = query(path, "get", name);
+        assert_eq!(p["in"], "query", "{path} {name}: {p}");
+        assert_ne!(p["required"], true, "{path} {name}: {p}");
+        assert_eq!(p["schema"]["type"], "string", "{path} {name}: {p}");
+    }
+    let status = query("/v1/clinics/{clinic_id}/appointments", "get", "status");
+    let statuses: Vec<&str> = status["schema"]["enum"]
+        .as_array()
+        .expect("an enum of statuses")
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let all: Vec<&str> = holdfast_engine::Status::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(statuses, all);
+    h.shutdown().await;
+}
+
+/// The document carries the server's own bounds, so a generated client checks what the
+/// server checks: ids (in paths and bodies), counts and list lengths, each equal to the
+/// named constant the server enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_carries_the_server_s_bounds() {
+    use holdfast_engine::ids::CLIENT_ID_BYTES_MAX;
+    use holdfast_engine::model::{SLOTS_BULK_MAX, SLOT_CAPACITY_MAX, STOCK_QUANTITY_MAX};
+    use holdfast_gateway::routes::fields::{CLIENT_ID_PATTERN, LIST_ITEMS_MAX, TEXT_BYTES_MAX};
+    let h = Harness::start().await;
+    let doc = document(&h).await;
+    let id_schema = serde_json::json!({
+        "type": "string", "pattern": CLIENT_ID_PATTERN, "minLength": 1,
+        "maxLength": CLIENT_ID_BYTES_MAX,
+    });
+    for (path, name) in [
+        ("/v1/clinics/{clinic_id}", "clinic_id"),
+        ("/v1/clinics/{clinic_id}/slots/{slot_id}", "slot_id"),
+        ("/v1/citizens/{citizen_id}", "citizen_id"),
+        ("/v1/vaccines/{vaccine}", "vaccine"),
+    ] {
+        let op = doc["paths"][path]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap();
+        let p = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        assert_eq!(p["schema"], id_schema, "{path} {name}");
+    }
+    let schema =
+        |name: &str, field: &str| doc["components"]["schemas"][name]["properties"][field].clone();
+    assert_eq!(schema("CreateAppointmentBody", "clinic_id"), id_schema);
+    assert_eq!(schema("StockBody", "batch"), id_schema);
+    assert_eq!(
+        schema("StockBody", "quantity")["maximum"],
+        STOCK_QUANTITY_MAX
+    );
+    assert_eq!(schema("StockBody", "quantity")["minimum"], 1);
+    assert_eq!(schema("AdjustBody", "delta")["maximum"], STOCK_QUANTITY_MAX);
+    assert_eq!(
+        schema("AdjustBody", "delta")["minimum"],
+        -STOCK_QUANTITY_MAX
+    );
+    assert_eq!(schema("SlotBody", "capacity")["maximum"], SLOT_CAPACITY_MAX);
+    assert_eq!(
+        schema("SlotBody", "priority_reserve")["maximum"],
+        SLOT_CAPACITY_MAX
+    );
+    assert_eq!(
+        schema("BulkSlotBody", "capacity")["maximum"],
+        SLOT_CAPACITY_MAX
+    );
+    assert_eq!(schema("BulkSlotsBody", "slots")["maxItems"], SLOTS_BULK_MAX);
+    assert_eq!(schema("SlotBody", "vaccines")["maxItems"], LIST_ITEMS_MAX);
+    assert_eq!(schema("SlotBody", "vaccines")["minItems"], 1);
+    assert_eq!(schema("CitizenBody", "doses")["maxItems"], LIST_ITEMS_MAX);
+    assert_eq!(schema("CitizenBody", "allergies")["items"], id_schema);
+    assert_eq!(schema("ClinicBody", "name")["maxLength"], TEXT_BYTES_MAX);
+    assert_eq!(
+        schema("CancelSlotBody", "reason")["maxLength"],
+        TEXT_BYTES_MAX
+    );
+    assert_eq!(
+        schema("AppointmentJson", "status")["enum"]
+            .as_array()
+            .map(Vec::len),
+        Some(9)
+    );
+    // And the server refuses what the bounds exclude (one above each).
+    h.standard_vaccine(VACCINE).await;
+    h.put_clinic("c-1").await;
+    let over = h
+        .send(
+            Req::post("/v1/clinics/c-1/stock")
+                .token(&h.authority)
+                .json(&stock_body(VACCINE, "B-1", STOCK_QUANTITY_MAX + 1)),
+        )
+        .await;
+    assert_error_code(&over, 400, "BAD_REQUEST");
+    let long_id = "x".repeat(CLIENT_ID_BYTES_MAX + 1);
+    let r = h
+        .send(
+            Req::put(format!("/v1/clinics/{long_id}"))
+                .token(&h.authority)
+                .json(&clinic_body()),
+        )
+        .await;
+    assert_error_code(&r, 400, "BAD_REQUEST");
+    h.shutdown().await;
+}

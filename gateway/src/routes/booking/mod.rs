@@ -298,10 +298,13 @@ async fn transition(
 
 /// Confirms a PENDING appointment before its `expires_at`; answers with its `qr_token`.
 #[utoipa::path(post, path = "/v1/appointments/{id}/confirm", tag = "booking",
-    params(("id" = String, Path, description = "appointment id")),
+    params(("id" = String, Path, description = "appointment id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     responses((status = 200, body = AppointmentJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "INVALID_TRANSITION (details.status)"),
         (status = 410, body = ErrorBody, description = "HOLD_EXPIRED"),
+        (status = 413, body = ErrorBody, description = "a body (ignored) over 64 KiB"),
+        (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
         (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After"), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn confirm_appointment(
@@ -317,9 +320,12 @@ async fn confirm_appointment(
 /// Cancels: RELEASED from PENDING, CANCELLED from CONFIRMED; the seat and the dose return
 /// at once.
 #[utoipa::path(post, path = "/v1/appointments/{id}/cancel", tag = "booking",
-    params(("id" = String, Path, description = "appointment id")),
+    params(("id" = String, Path, description = "appointment id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     responses((status = 200, body = AppointmentJson), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "INVALID_TRANSITION (details.status)"),
+        (status = 413, body = ErrorBody, description = "a body (ignored) over 64 KiB"),
+        (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
         (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After"), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn cancel_appointment(
@@ -353,7 +359,7 @@ async fn get_appointment(
     params(("id" = String, Path, description = "appointment id")),
     responses((status = 200, content_type = "image/svg+xml", body = String), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "NOT_CONFIRMED")),
+        (status = 409, body = ErrorBody, description = "NOT_CONFIRMED"), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn appointment_qr(
     State(state): State<AppState>,

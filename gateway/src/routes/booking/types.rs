@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::routes::fields::{check_id, non_empty, rfc3339};
+use crate::routes::fields::{check_id, client_id_schema, non_empty, rfc3339, status_schema};
 use crate::state::Settings;
 
 /// Longest hold a client may ask for before `--max-hold` clamps it; anything above is
@@ -19,12 +19,17 @@ pub const HOLD_SECONDS_MAX: i64 = 366 * 24 * 3600;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAppointmentBody {
+    #[schema(schema_with = client_id_schema)]
     pub clinic_id: String,
+    #[schema(schema_with = client_id_schema)]
     pub slot_id: String,
+    #[schema(schema_with = client_id_schema)]
     pub vaccine: String,
+    #[schema(schema_with = client_id_schema)]
     pub citizen_id: String,
     /// At least 1; above `--max-hold` it is clamped. Absent: `--hold-ttl`.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub hold_seconds: Option<i64>,
 }
 
@@ -54,11 +59,14 @@ impl CreateAppointmentBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RescheduleBody {
+    #[schema(schema_with = client_id_schema)]
     pub clinic_id: String,
+    #[schema(schema_with = client_id_schema)]
     pub slot_id: String,
     /// As on create: at least 1, clamped by `--max-hold`, absent: `--hold-ttl`. Used when
     /// the appointment moved is PENDING.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub hold_seconds: Option<i64>,
 }
 
@@ -98,6 +106,7 @@ pub struct AppointmentJson {
     pub appointment_id: String,
     /// PENDING, CONFIRMED, ADMINISTERED, EXPIRED, RELEASED, REJECTED, CANCELLED, NO_SHOW,
     /// CLINIC_CANCELLED
+    #[schema(schema_with = status_schema)]
     pub status: String,
     pub clinic_id: String,
     pub slot_id: String,
@@ -152,10 +161,17 @@ pub struct AppointmentsJson {
     pub appointments: Vec<AppointmentJson>,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+/// `GET /v1/clinics/{clinic_id}/appointments`: query parameters, each optional (empty means
+/// no filter too).
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ClinicAppointmentsQuery {
+    /// Only this slot's appointments.
+    #[param(schema_with = client_id_schema)]
     pub slot_id: Option<String>,
+    /// Only appointments in this status.
+    #[param(schema_with = status_schema)]
     pub status: Option<String>,
 }
 

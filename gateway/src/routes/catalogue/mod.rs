@@ -46,7 +46,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Creates or updates a vaccine and its eligibility rules (every shard keeps the catalogue).
 #[utoipa::path(put, path = "/v1/vaccines/{vaccine}", tag = "catalogue",
-    params(("vaccine" = String, Path, description = "vaccine id")),
+    params(("vaccine" = String, Path, description = "vaccine id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     request_body = VaccineBody,
     responses((status = 200, body = VaccineJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -64,10 +65,7 @@ async fn put_vaccine(
     let key = key.optional()?;
     let what = format!("PUT /v1/vaccines/{vaccine}");
     let node = state.node.clone();
-    let echo = VaccineJson {
-        vaccine: vaccine.clone(),
-        rules: body.clone(),
-    };
+    let echo = VaccineJson::echo(vaccine.clone(), body.clone());
     let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         let command = Command::PutVaccine(PutVaccine {
             name: vaccine,
@@ -81,7 +79,8 @@ async fn put_vaccine(
 
 /// Creates or updates a clinic.
 #[utoipa::path(put, path = "/v1/clinics/{clinic_id}", tag = "catalogue",
-    params(("clinic_id" = String, Path)),
+    params(("clinic_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     request_body = ClinicBody,
     responses((status = 200, body = ClinicJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -127,7 +126,8 @@ async fn exec_stock(node: Arc<Node>, clinic_id: String, command: Command) -> Ans
 
 /// Receives doses into a batch (created on first delivery; later deliveries add to it).
 #[utoipa::path(post, path = "/v1/clinics/{clinic_id}/stock", tag = "catalogue",
-    params(("clinic_id" = String, Path)),
+    params(("clinic_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     request_body = StockBody,
     responses((status = 200, body = ClinicStockJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "unknown clinic or vaccine"),
@@ -155,7 +155,8 @@ async fn receive_stock(
 /// Adjusts a batch (breakage, cold-chain loss, recount). Going below what is reserved is
 /// allowed and flags the newest appointments `at_risk`; going below zero is 409.
 #[utoipa::path(post, path = "/v1/clinics/{clinic_id}/stock/adjust", tag = "catalogue",
-    params(("clinic_id" = String, Path)),
+    params(("clinic_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     request_body = AdjustBody,
     responses((status = 200, body = ClinicStockJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -214,7 +215,8 @@ async fn exec_put_slots(
 
 /// Creates or updates one slot. Capacity may not shrink below the seats already taken.
 #[utoipa::path(put, path = "/v1/clinics/{clinic_id}/slots/{slot_id}", tag = "catalogue",
-    params(("clinic_id" = String, Path), ("slot_id" = String, Path)),
+    params(("clinic_id" = String, Path), ("slot_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     request_body = SlotBody,
     responses((status = 200, body = SlotJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "unknown clinic or vaccine"),
@@ -243,7 +245,8 @@ async fn put_slot(
 
 /// Creates or updates up to 1,000 slots at once, all or nothing (body up to 1 MiB).
 #[utoipa::path(post, path = "/v1/clinics/{clinic_id}/slots", tag = "catalogue",
-    params(("clinic_id" = String, Path)),
+    params(("clinic_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     request_body = BulkSlotsBody,
     responses((status = 200, body = SlotsJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -271,7 +274,8 @@ async fn put_slots(
 /// Cancels a slot: its PENDING and CONFIRMED appointments become CLINIC_CANCELLED with
 /// `rebook_priority`, and their doses return.
 #[utoipa::path(post, path = "/v1/clinics/{clinic_id}/slots/{slot_id}/cancel", tag = "catalogue",
-    params(("clinic_id" = String, Path), ("slot_id" = String, Path)),
+    params(("clinic_id" = String, Path), ("slot_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     request_body = CancelSlotBody,
     responses((status = 200, body = SlotCancelledJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -313,7 +317,8 @@ async fn cancel_slot(
 
 /// Creates or updates a citizen's record (on the citizen's own shard).
 #[utoipa::path(put, path = "/v1/citizens/{citizen_id}", tag = "catalogue",
-    params(("citizen_id" = String, Path)),
+    params(("citizen_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
     request_body = CitizenBody,
     responses((status = 200, body = CitizenJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -331,10 +336,7 @@ async fn put_citizen(
     let key = key.optional()?;
     let what = format!("PUT /v1/citizens/{citizen_id}");
     let node = state.node.clone();
-    let echo = CitizenJson {
-        citizen_id: citizen_id.clone(),
-        citizen: body.clone(),
-    };
+    let echo = CitizenJson::echo(citizen_id.clone(), body.clone());
     let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
         let shard = node.citizen_shard(&citizen_id);
         node.exec(

@@ -20,8 +20,8 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::routes::fields::{
-    check_id, check_list, check_text, non_empty, rfc3339, rfc3339_local, LIST_ITEMS_MAX,
-    TEXT_BYTES_MAX,
+    check_id, check_list, check_text, client_id_list_schema, client_id_schema, non_empty, rfc3339,
+    rfc3339_local, text_schema, LIST_ITEMS_MAX, TEXT_BYTES_MAX,
 };
 
 /// `PUT /v1/vaccines/{vaccine}`
@@ -29,15 +29,22 @@ use crate::routes::fields::{
 #[serde(deny_unknown_fields)]
 pub struct VaccineBody {
     #[serde(default)]
+    #[schema(maximum = 150)]
     pub min_age: Option<u32>,
+    /// At least `min_age`.
     #[serde(default)]
+    #[schema(maximum = 150)]
     pub max_age: Option<u32>,
     /// Empty: every region.
     #[serde(default)]
+    #[schema(schema_with = client_id_list_schema)]
     pub regions: Vec<String>,
+    #[schema(minimum = 1, maximum = 20)]
     pub series_doses: u32,
+    #[schema(maximum = 3650)]
     pub min_interval_days: u32,
     #[serde(default)]
+    #[schema(schema_with = client_id_list_schema)]
     pub contraindications: Vec<String>,
 }
 
@@ -79,18 +86,40 @@ impl VaccineBody {
     }
 }
 
+/// The vaccine as stored: its id and the body's fields. (Not `VaccineBody` flattened in: the
+/// body's schema forbids other properties, so an `allOf` of it could never match this.)
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VaccineJson {
     pub vaccine: String,
-    #[serde(flatten)]
-    pub rules: VaccineBody,
+    pub min_age: Option<u32>,
+    pub max_age: Option<u32>,
+    pub regions: Vec<String>,
+    pub series_doses: u32,
+    pub min_interval_days: u32,
+    pub contraindications: Vec<String>,
+}
+
+impl VaccineJson {
+    pub fn echo(vaccine: String, body: VaccineBody) -> Self {
+        VaccineJson {
+            vaccine,
+            min_age: body.min_age,
+            max_age: body.max_age,
+            regions: body.regions,
+            series_doses: body.series_doses,
+            min_interval_days: body.min_interval_days,
+            contraindications: body.contraindications,
+        }
+    }
 }
 
 /// `PUT /v1/clinics/{clinic_id}`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClinicBody {
+    #[schema(schema_with = text_schema)]
     pub name: String,
+    #[schema(schema_with = client_id_schema)]
     pub region: String,
     /// IANA time zone, e.g. `Europe/Berlin`.
     pub timezone: String,
@@ -126,9 +155,12 @@ pub struct ClinicJson {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockBody {
+    #[schema(schema_with = client_id_schema)]
     pub vaccine: String,
+    #[schema(schema_with = client_id_schema)]
     pub batch: String,
-    /// 1..=10,000,000
+    /// 1..=10,000,000 (`STOCK_QUANTITY_MAX`)
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub quantity: i64,
     #[schema(value_type = String, format = Date)]
     pub expires_on: NaiveDate,
@@ -162,10 +194,14 @@ impl StockBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustBody {
+    #[schema(schema_with = client_id_schema)]
     pub vaccine: String,
+    #[schema(schema_with = client_id_schema)]
     pub batch: String,
     /// Non-zero, at most 10,000,000 either way.
+    #[schema(minimum = -10_000_000, maximum = 10_000_000)]
     pub delta: i64,
+    #[schema(schema_with = text_schema)]
     pub reason: String,
 }
 
@@ -237,11 +273,17 @@ impl ClinicStockJson {
 #[serde(deny_unknown_fields)]
 pub struct SlotBody {
     pub start: DateTime<Utc>,
+    /// After `start`.
     pub end: DateTime<Utc>,
-    /// 1..=100,000
+    /// 1..=100,000 (`SLOT_CAPACITY_MAX`)
+    #[schema(minimum = 1, maximum = 100_000)]
     pub capacity: u32,
+    /// At least one.
+    #[schema(schema_with = slot_vaccines_schema)]
     pub vaccines: Vec<String>,
+    /// At most `capacity`.
     #[serde(default)]
+    #[schema(maximum = 100_000)]
     pub priority_reserve: u32,
 }
 
@@ -264,12 +306,18 @@ impl SlotBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkSlotBody {
+    #[schema(schema_with = client_id_schema)]
     pub slot_id: String,
     pub start: DateTime<Utc>,
+    /// After `start`.
     pub end: DateTime<Utc>,
+    #[schema(minimum = 1, maximum = 100_000)]
     pub capacity: u32,
+    #[schema(schema_with = slot_vaccines_schema)]
     pub vaccines: Vec<String>,
+    /// At most `capacity`.
     #[serde(default)]
+    #[schema(maximum = 100_000)]
     pub priority_reserve: u32,
 }
 
@@ -277,7 +325,16 @@ pub struct BulkSlotBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkSlotsBody {
+    /// 1..=1,000 (`SLOTS_BULK_MAX`) slots, each `slot_id` once.
+    #[schema(min_items = 1, max_items = 1000)]
     pub slots: Vec<BulkSlotBody>,
+}
+
+/// The vaccines a slot offers: a list of ids, at least one.
+fn slot_vaccines_schema() -> utoipa::openapi::Array {
+    let mut list = client_id_list_schema();
+    list.min_items = Some(1);
+    list
 }
 
 /// A slot's fields, checked; `prefix` starts the field paths of its errors (`slots[3].`).
@@ -410,6 +467,8 @@ pub struct SlotsJson {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelSlotBody {
+    /// 1-256 bytes, not only blanks.
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: String,
 }
 
@@ -439,17 +498,23 @@ pub struct SlotCancelledJson {
 pub struct CitizenBody {
     #[schema(value_type = String, format = Date)]
     pub birth_date: NaiveDate,
+    #[schema(schema_with = client_id_schema)]
     pub region: String,
     #[serde(default)]
+    #[schema(schema_with = client_id_list_schema)]
     pub allergies: Vec<String>,
+    #[schema(schema_with = text_schema)]
     pub insurance_id: String,
+    /// At most 64 (`LIST_ITEMS_MAX`).
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub doses: Vec<DoseBody>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DoseBody {
+    #[schema(schema_with = client_id_schema)]
     pub vaccine: String,
     #[schema(value_type = String, format = Date)]
     pub date: NaiveDate,
@@ -486,11 +551,45 @@ impl CitizenBody {
     }
 }
 
+/// The citizen as stored: its id and the body's fields (not `CitizenBody` flattened in, for
+/// the reason given at [`VaccineJson`]).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CitizenJson {
     pub citizen_id: String,
-    #[serde(flatten)]
-    pub citizen: CitizenBody,
+    #[schema(value_type = String, format = Date)]
+    pub birth_date: NaiveDate,
+    pub region: String,
+    pub allergies: Vec<String>,
+    pub insurance_id: String,
+    pub doses: Vec<DoseJson>,
+}
+
+/// A dose of [`CitizenJson`].
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DoseJson {
+    pub vaccine: String,
+    #[schema(value_type = String, format = Date)]
+    pub date: NaiveDate,
+}
+
+impl CitizenJson {
+    pub fn echo(citizen_id: String, body: CitizenBody) -> Self {
+        CitizenJson {
+            citizen_id,
+            birth_date: body.birth_date,
+            region: body.region,
+            allergies: body.allergies,
+            insurance_id: body.insurance_id,
+            doses: body
+                .doses
+                .into_iter()
+                .map(|d| DoseJson {
+                    vaccine: d.vaccine,
+                    date: d.date,
+                })
+                .collect(),
+        }
+    }
 }
 
 // ---- availability ------------------------------------------------------------------
@@ -550,10 +649,16 @@ impl From<&AvailabilityView> for AvailabilityJson {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+/// `GET /v1/clinics`: query parameters, each optional (empty means no filter too).
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ClinicsQuery {
+    /// Only clinics of this region.
+    #[param(schema_with = client_id_schema)]
     pub region: Option<String>,
+    /// Only clinics with this vaccine in stock or offered.
+    #[param(schema_with = client_id_schema)]
     pub vaccine: Option<String>,
 }
 
@@ -572,13 +677,20 @@ impl ClinicsQuery {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+/// `GET /v1/clinics/{clinic_id}/availability`: query parameters, each optional (empty means
+/// no filter too).
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AvailabilityQuery {
+    /// Only this vaccine's stock and the slots offering it.
+    #[param(schema_with = client_id_schema)]
     pub vaccine: Option<String>,
     /// Slots starting at or after this instant (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub from: Option<String>,
     /// Slots starting before this instant (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub to: Option<String>,
 }
 

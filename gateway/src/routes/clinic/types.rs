@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::routes::fields::check_id;
+use crate::routes::fields::{check_id, client_id_schema};
 
 /// `POST /v1/checkin`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -23,7 +23,7 @@ pub struct AdministerBody {
     /// The appointment's token, as scanned.
     pub qr_token: String,
     /// The batch the dose comes from (of the clinic's stock of the appointment's vaccine).
-    #[schema(example = "B-1")]
+    #[schema(example = "B-1", schema_with = client_id_schema)]
     pub batch: String,
 }
 

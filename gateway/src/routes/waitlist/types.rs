@@ -6,13 +6,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::routes::fields::check_id;
+use crate::routes::fields::{check_id, client_id_schema};
 
 /// `POST /v1/clinics/{clinic_id}/slots/{slot_id}/waitlist`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinWaitlistBody {
+    #[schema(schema_with = client_id_schema)]
     pub citizen_id: String,
+    #[schema(schema_with = client_id_schema)]
     pub vaccine: String,
 }
 
