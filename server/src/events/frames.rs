@@ -21,12 +21,15 @@ use holdfast_engine::feed::{AuditRecord, StoredEvent};
 
 /// The sled tree holding everything the store keeps.
 pub const TREE: &str = "frames";
-/// Events in one frame at most: a frame is about 64 KiB at 250 bytes an event, small enough
-/// that a reader resuming in its middle decodes little it does not need, large enough that a
-/// busy group commit's events are a handful of inserts.
-pub const FRAME_EVENTS_MAX: usize = 256;
-/// Audit records in one frame at most (about 300 bytes each).
-pub const FRAME_AUDIT_MAX: usize = 256;
+/// Events in one frame at most: about 8 KiB at 250 bytes an event. sled 0.34 splits a leaf
+/// past 16 items and writes a node larger than a quarter segment (128 KiB) as a blob file of
+/// its own, copying the whole node on every rewrite: 16 frames of 8 KiB stay under that, where
+/// frames of 64 KiB made every leaf a blob (a fresh megabyte copied, and its pages zeroed by
+/// the kernel, at each write). Still a handful of inserts for a busy group commit's events.
+pub const FRAME_EVENTS_MAX: usize = 32;
+/// Audit records in one frame at most (about 300 bytes each: under 10 KiB a frame, for the
+/// same reason as [`FRAME_EVENTS_MAX`]).
+pub const FRAME_AUDIT_MAX: usize = 32;
 
 const EVENTS: u8 = b'e';
 const AUDIT: u8 = b'a';
