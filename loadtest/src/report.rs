@@ -570,7 +570,7 @@ impl ScenarioReport {
         if self.refusals > 0 {
             let _ = writeln!(
                 w,
-                "refused by admission control (429 RATE_LIMITED / QUEUE_REQUIRED, not errors): {}",
+                "refused before any decision, with Retry-After (429 rate limit or waiting room, 503 overload or not ready): {}",
                 self.refusals
             );
         }
