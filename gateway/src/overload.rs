@@ -11,8 +11,8 @@
 //!   and cost a fraction of a write, and a flood of bookings must not stop citizens and
 //!   clinics from reading availability and appointments, so reads have their own pool.
 //!
-//! A request that finds its pool empty waits for a permit at most `admission_wait`
-//! ([`ADMISSION_WAIT_MS_DEFAULT`]; first come, first served: tokio's semaphore is fair), and
+//! A request that finds its pool empty waits for a permit at most `in_flight_wait`
+//! ([`IN_FLIGHT_WAIT_MS_DEFAULT`]; first come, first served: tokio's semaphore is fair), and
 //! at most [`WAITERS_PER_PERMIT`] times the pool's size may wait; past either bound it is
 //! refused at once with `503 UNAVAILABLE`, `Retry-After: 1` and `details.reason:
 //! "overloaded"`. Nothing is decided for a refused request, so a retry (with the same
@@ -55,30 +55,30 @@ pub const WRITES_IN_FLIGHT_MAX_LIMIT: u32 = 65_536;
 /// Reads in flight per write permit: a read answers from memory without the log, so the read
 /// pool is larger, and a write flood cannot starve reads (nor reads writes).
 pub const READS_PER_WRITE: u32 = 2;
-/// How long a request waits for a permit before it is refused (`--admission-wait`). Long
+/// How long a request waits for a permit before it is refused (`--in-flight-wait`). Long
 /// enough to absorb a burst (at 15,000 answers/s about 1,500 waiters get a permit in it),
 /// short enough that a refusal comes quickly, so a client learns at once to come back later.
-pub const ADMISSION_WAIT_MS_DEFAULT: u64 = 100;
+pub const IN_FLIGHT_WAIT_MS_DEFAULT: u64 = 100;
 /// Waiters allowed per permit of a pool: more than this many waiting requests cannot all be
-/// served within the admission wait anyway, so the rest are refused without waiting.
+/// served within the in-flight wait anyway, so the rest are refused without waiting.
 pub const WAITERS_PER_PERMIT: usize = 4;
 /// What a refused request is told to wait (`Retry-After`, whole seconds).
 pub const RETRY_AFTER_S: u32 = 1;
 
-/// The bounds, from the command line (`--max-in-flight`, `--admission-wait`).
+/// The bounds, from the command line (`--max-in-flight`, `--in-flight-wait`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverloadLimits {
     /// Writes in flight across the node; reads get [`READS_PER_WRITE`] times as many.
     pub writes_in_flight_max: u32,
     /// Longest wait for a permit before a 503.
-    pub admission_wait_ms: u64,
+    pub in_flight_wait_ms: u64,
 }
 
 impl Default for OverloadLimits {
     fn default() -> Self {
         OverloadLimits {
             writes_in_flight_max: WRITES_IN_FLIGHT_MAX_DEFAULT,
-            admission_wait_ms: ADMISSION_WAIT_MS_DEFAULT,
+            in_flight_wait_ms: IN_FLIGHT_WAIT_MS_DEFAULT,
         }
     }
 }
@@ -161,7 +161,7 @@ impl Overload {
         Overload {
             writes: Pool::new("writes", writes),
             reads: Pool::new("reads", writes.saturating_mul(READS_PER_WRITE)),
-            wait: Duration::from_millis(limits.admission_wait_ms),
+            wait: Duration::from_millis(limits.in_flight_wait_ms),
         }
     }
 
@@ -273,7 +273,7 @@ mod tests {
     async fn a_full_pool_refuses_after_its_wait_and_serves_again_once_freed() {
         let overload = Overload::new(OverloadLimits {
             writes_in_flight_max: 1,
-            admission_wait_ms: 1,
+            in_flight_wait_ms: 1,
         });
         let pool = overload
             .pool_for(&Method::POST, "/v1/appointments")
@@ -305,7 +305,7 @@ mod tests {
     async fn waiters_beyond_their_bound_are_refused_without_waiting() {
         let overload = Overload::new(OverloadLimits {
             writes_in_flight_max: 1,
-            admission_wait_ms: 60_000,
+            in_flight_wait_ms: 60_000,
         });
         let pool = overload
             .pool_for(&Method::POST, "/v1/appointments")

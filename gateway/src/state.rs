@@ -23,7 +23,7 @@ pub struct Settings {
     pub max_hold_ms: i64,
     /// `--reschedule-notice`: no reschedule when the old slot starts within this (0: off).
     pub reschedule_notice_ms: i64,
-    /// `--max-in-flight` and `--admission-wait`: the node-wide bound on requests in flight
+    /// `--max-in-flight` and `--in-flight-wait`: the node-wide bound on requests in flight
     /// ([`crate::overload`]).
     pub overload: OverloadLimits,
 }

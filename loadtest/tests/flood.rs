@@ -25,7 +25,7 @@ fn a_small_flood_is_refused_with_503_and_nothing_is_lost() {
             "flood",
             "--server-arg=--max-in-flight",
             "--server-arg=4",
-            "--server-arg=--admission-wait",
+            "--server-arg=--in-flight-wait",
             "--server-arg=5ms",
             "--flood-baseline-connections",
             "8",

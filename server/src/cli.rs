@@ -189,14 +189,14 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
     /// Overload: writes (every API request but GET and HEAD) in flight across the node;
     /// reads get twice as many. A request that finds no permit waits at most
-    /// --admission-wait, then is answered 503 UNAVAILABLE with Retry-After (1..=65536).
+    /// --in-flight-wait, then is answered 503 UNAVAILABLE with Retry-After (1..=65536).
     #[arg(long, default_value_t = holdfast_gateway::overload::WRITES_IN_FLIGHT_MAX_DEFAULT,
         value_parser = parse_max_in_flight)]
     pub max_in_flight: u32,
     /// Overload: the longest a request waits for a permit of --max-in-flight before its 503
     /// (0ms refuses at once; at most 10s).
-    #[arg(long, default_value = "100ms", value_parser = parse_admission_wait)]
-    pub admission_wait: Duration,
+    #[arg(long, default_value = "100ms", value_parser = parse_in_flight_wait)]
+    pub in_flight_wait: Duration,
 }
 
 /// Bytes in a MiB (`--disk-reserve-mib`).
@@ -231,11 +231,11 @@ impl From<OutagePolicyArg> for OutagePolicy {
 }
 
 impl ServeArgs {
-    /// The node-wide bound on requests in flight of `--max-in-flight` and `--admission-wait`.
+    /// The node-wide bound on requests in flight of `--max-in-flight` and `--in-flight-wait`.
     pub fn overload_limits(&self) -> OverloadLimits {
         OverloadLimits {
             writes_in_flight_max: self.max_in_flight,
-            admission_wait_ms: self.admission_wait.as_millis() as u64,
+            in_flight_wait_ms: self.in_flight_wait.as_millis() as u64,
         }
     }
 
@@ -399,14 +399,14 @@ fn parse_connections_max(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Longest `--admission-wait`: a request that waits longer is late whatever it gets.
-pub const ADMISSION_WAIT_MAX: Duration = Duration::from_secs(10);
+/// Longest `--in-flight-wait`: a request that waits longer is late whatever it gets.
+pub const IN_FLIGHT_WAIT_MAX: Duration = Duration::from_secs(10);
 
-/// `--admission-wait`: a duration up to [`ADMISSION_WAIT_MAX`].
-fn parse_admission_wait(s: &str) -> Result<Duration, String> {
+/// `--in-flight-wait`: a duration up to [`IN_FLIGHT_WAIT_MAX`].
+fn parse_in_flight_wait(s: &str) -> Result<Duration, String> {
     let wait = parse_duration(s)?;
-    if wait > ADMISSION_WAIT_MAX {
-        return Err(format!("{s:?}: at most {}s", ADMISSION_WAIT_MAX.as_secs()));
+    if wait > IN_FLIGHT_WAIT_MAX {
+        return Err(format!("{s:?}: at most {}s", IN_FLIGHT_WAIT_MAX.as_secs()));
     }
     Ok(wait)
 }
@@ -420,8 +420,8 @@ mod tests {
         assert_eq!(parse_max_in_flight("512"), Ok(512));
         assert!(parse_max_in_flight("0").is_err());
         assert!(parse_max_in_flight("65537").is_err());
-        assert_eq!(parse_admission_wait("0ms"), Ok(Duration::ZERO));
-        assert!(parse_admission_wait("11s").is_err());
+        assert_eq!(parse_in_flight_wait("0ms"), Ok(Duration::ZERO));
+        assert!(parse_in_flight_wait("11s").is_err());
     }
 
     #[test]

@@ -92,7 +92,7 @@ async fn server(checker: &GateChecker) -> Harness {
     );
     config.settings.overload = OverloadLimits {
         writes_in_flight_max: 1,
-        admission_wait_ms: 20,
+        in_flight_wait_ms: 20,
     };
     Harness::start_config(ServerConfig {
         external: Some(ExternalConfig {
