@@ -216,6 +216,10 @@ impl Metrics {
             for (code, total) in admission.refusals() {
                 counter!(RATE_LIMITED_TOTAL, "code" => code).absolute(total);
             }
+            // Counted by the overload bound as it refuses; both pools exist from the start, at 0.
+            for pool in ["writes", "reads"] {
+                counter!(crate::overload::OVERLOAD_REFUSED_TOTAL, "pool" => pool).increment(0);
+            }
             for (limiter, keys) in admission.limiter_keys() {
                 gauge!(RATE_LIMIT_KEYS, "limiter" => limiter).set(keys as f64);
             }
@@ -285,6 +289,10 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED_TOTAL,
         "Requests refused 429 by admission control, by code: RATE_LIMITED (--rate-limit, --ip-rate-limit) or QUEUE_REQUIRED (--waiting-room)."
+    );
+    describe_counter!(
+        crate::overload::OVERLOAD_REFUSED_TOTAL,
+        "Requests refused 503 by the node's bound on requests in flight (--max-in-flight, --in-flight-wait), by pool: writes or reads."
     );
     describe_gauge!(
         RATE_LIMIT_KEYS,
