@@ -15,6 +15,7 @@ use holdfast_loadtest::cli::Args;
 use holdfast_loadtest::run::{run, EXIT_USAGE};
 
 fn main() -> ExitCode {
+    holdfast_server::pages::no_transparent_huge_pages();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,8 @@
 //! write-ahead log ([`journal`]), the accept loop with its connection bounds and timeouts
 //! ([`connections`]), and the external eligibility check over HTTP
 //! ([`eligibility`]) with its circuit breaker ([`breaker`]), the durable event feed and
-//! audit chain ([`events`]), and the signed webhooks ([`webhooks`]).
+//! audit chain ([`events`]), the signed webhooks ([`webhooks`]), and how the process takes
+//! its memory ([`pages`]).
 //!
 //! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
 
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod eligibility;
 pub mod events;
 pub mod journal;
+pub mod pages;
 mod serve;
 pub mod webhooks;
 

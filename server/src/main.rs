@@ -27,20 +27,8 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// No transparent huge pages for this process (`prctl(PR_SET_THP_DISABLE)`, before any thread
-/// starts). mimalloc marks its arenas for huge pages where the kernel allows them
-/// (`transparent_hugepage=madvise`), so every fresh page it touches faulted in and zeroed 2 MiB
-/// at once: `clear_page_erms` was a fifth of the server's samples under the launch. Without
-/// them, the same binary booked 4-24% more (three alternating pairs, docs/PERFORMANCE.md,
-/// "Events, audit and webhooks, frames"). Best effort: a kernel that refuses leaves them on.
-fn no_transparent_huge_pages() {
-    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
-        eprintln!("note: transparent huge pages stay on ({e})");
-    }
-}
-
 fn main() -> ExitCode {
-    no_transparent_huge_pages();
+    holdfast_server::pages::no_transparent_huge_pages();
     let cli = Cli::parse();
     let format = match &cli.command {
         Command::Serve(args) => args.log_format,
