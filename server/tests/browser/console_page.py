@@ -40,11 +40,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import websocket  # websocket-client
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from holdfast_proc import Failed, http, start_serve, token, wait_until  # noqa: E402
 
 # Bounds of every wait (seconds); TOTAL_TIMEOUT_S bounds the whole run.
 TOTAL_TIMEOUT_S = 240
@@ -53,9 +54,7 @@ BROWSER_START_TIMEOUT_S = 30
 CDP_CALL_TIMEOUT_S = 15
 PAGE_STATE_TIMEOUT_S = 30
 BOOKING_SHOWN_TIMEOUT_S = 30
-HTTP_TIMEOUT_S = 10
 PROCESS_STOP_TIMEOUT_S = 5
-POLL_INTERVAL_S = 0.1
 
 SHARDS = 4
 CLINIC = "console-clinic"
@@ -68,84 +67,21 @@ DOSES = 5
 STARTED = time.monotonic()
 
 
-class Failed(Exception):
-    """A check of the test failed; the message says which and what was seen."""
-
-
 def log(message):
     print(f"[console_page {time.monotonic() - STARTED:6.2f}s] {message}", flush=True)
-
-
-def wait_until(what, timeout_s, probe):
-    """Calls `probe` until it returns a truthy value (returned) or `timeout_s` passes."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(POLL_INTERVAL_S)
-    raise Failed(f"{what}: not within {timeout_s} s (last seen: {last!r})")
 
 
 # ---- the server ------------------------------------------------------------------------
 
 
 def holdfast_token(holdfast, secret, role, *extra):
-    out = subprocess.run(
-        [holdfast, "token", "--jwt-secret-file", secret, "--role", role, "--ttl", "1h", *extra],
-        check=True, capture_output=True, text=True, timeout=HTTP_TIMEOUT_S,
-    )
-    return out.stdout.strip()
+    return token(holdfast, secret, role, "1h", *extra)
 
 
 def start_server(holdfast, work, listen="127.0.0.1:0"):
     """`holdfast serve` on `work`'s data directory; `listen` is port 0 but for a restart."""
-    data, addr_file = os.path.join(work, "data"), os.path.join(work, "addr")
-    if os.path.exists(addr_file):
-        os.remove(addr_file)
-    server_log = open(os.path.join(work, "server.log"), "ab")
-    server = subprocess.Popen(
-        [holdfast, "serve", "--listen", listen, "--addr-file", addr_file,
-         "--data-dir", data, "--jwt-secret-file", os.path.join(work, "secret"),
-         "--shards", str(SHARDS), "--durability", "sync"],
-        stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
-    )
-
-    def address():
-        if server.poll() is not None:
-            raise Failed(f"the server exited with {server.returncode} (see server.log)")
-        if os.path.exists(addr_file):
-            text = open(addr_file).read().strip()
-            return text or None
-        return None
-
-    base = "http://" + wait_until("the server's --addr-file", SERVER_READY_TIMEOUT_S, address)
-    wait_until("/readyz answers 200", SERVER_READY_TIMEOUT_S,
-               lambda: http("GET", base + "/readyz", expect=None)[0] == 200)
-    return server, base
-
-
-def http(method, url, token=None, body=None, headers=None, expect=200):
-    request = urllib.request.Request(url, method=method)
-    if token:
-        request.add_header("Authorization", "Bearer " + token)
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, data, timeout=HTTP_TIMEOUT_S) as response:
-            status, text = response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        status, text = error.code, error.read().decode()
-    except (urllib.error.URLError, ConnectionError):
-        status, text = 0, ""
-    if expect is not None and status != expect:
-        raise Failed(f"{method} {url}: expected {expect}, got {status}: {text}")
-    return status, text
+    return start_serve(holdfast, work, SERVER_READY_TIMEOUT_S, "--shards", str(SHARDS),
+                       "--durability", "sync", listen=listen)
 
 
 def set_up_campaign(base, authority):

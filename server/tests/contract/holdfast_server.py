@@ -12,18 +12,16 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from holdfast_proc import Failed, http, log_tail, start_serve, token  # noqa: E402,F401
 
 # Bounds of every wait (seconds).
 SERVER_READY_TIMEOUT_S = 60
-HTTP_TIMEOUT_S = 10
-TOKEN_TIMEOUT_S = 10
-POLL_INTERVAL_S = 0.1
 # Shards of the data directory: few, so a debug build starts at once.
 SHARDS = 4
 # Lifetime of the tokens: longer than any bounded run.
@@ -43,45 +41,8 @@ DOSES = 1000
 SLOT_CAPACITY = 500
 
 
-class Failed(Exception):
-    """The server could not be started or seeded; the message says why."""
-
-
 def log(message):
     print(f"[contract {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def wait_until(what, timeout_s, probe):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(POLL_INTERVAL_S)
-    raise Failed(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def http(method, url, token=None, body=None, headers=None, expect=200):
-    """One request; returns (status, text). `expect` (a status or None) is checked."""
-    request = urllib.request.Request(url, method=method)
-    if token:
-        request.add_header("Authorization", "Bearer " + token)
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, data, timeout=HTTP_TIMEOUT_S) as response:
-            status, text = response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        status, text = error.code, error.read().decode()
-    except (urllib.error.URLError, ConnectionError):
-        status, text = 0, ""
-    if expect is not None and status != expect:
-        raise Failed(f"{method} {url}: expected {expect}, got {status}: {text}")
-    return status, text
 
 
 class Server:
@@ -112,51 +73,24 @@ class Server:
     def __exit__(self, *_):
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.wait(timeout=HTTP_TIMEOUT_S)
+            self.process.wait(timeout=SERVER_READY_TIMEOUT_S)
         if self.work:
             shutil.rmtree(self.work, ignore_errors=True)
 
     def log_tail(self, lines=40):
         """The last lines the server printed (for a failure report)."""
-        try:
-            with open(os.path.join(self.work, "server.log"), errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.work, lines)
 
     def _token(self, role, *extra):
-        out = subprocess.run(
-            [self.holdfast, "token", "--jwt-secret-file", self.secret, "--role", role,
-             "--ttl", TOKEN_TTL, *extra],
-            check=True, capture_output=True, text=True, timeout=TOKEN_TIMEOUT_S,
-        )
-        return out.stdout.strip()
+        return token(self.holdfast, self.secret, role, TOKEN_TTL, *extra)
 
     def _start(self):
         self.secret = os.path.join(self.work, "secret")
         with open(self.secret, "w") as f:
             f.write(secrets.token_hex(32))
-        addr_file = os.path.join(self.work, "addr")
-        server_log = open(os.path.join(self.work, "server.log"), "ab")
-        self.process = subprocess.Popen(
-            [self.holdfast, "serve", "--listen", "127.0.0.1:0", "--addr-file", addr_file,
-             "--data-dir", os.path.join(self.work, "data"), "--jwt-secret-file", self.secret,
-             "--shards", str(SHARDS), "--durability", "async"],
-            stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"},
-        )
-
-        def address():
-            if self.process.poll() is not None:
-                raise Failed(f"the server exited with {self.process.returncode}:\n"
-                             + self.log_tail())
-            if os.path.exists(addr_file):
-                return open(addr_file).read().strip() or None
-            return None
-
-        self.base = "http://" + wait_until("the server's --addr-file", SERVER_READY_TIMEOUT_S,
-                                           address)
-        wait_until("/readyz answers 200", SERVER_READY_TIMEOUT_S,
-                   lambda: http("GET", self.base + "/readyz", expect=None)[0] == 200)
+        self.process, self.base = start_serve(
+            self.holdfast, self.work, SERVER_READY_TIMEOUT_S,
+            "--shards", str(SHARDS), "--durability", "async")
         self.tokens = {
             "authority": self._token("authority"),
             "operator": self._token("operator"),
