@@ -303,6 +303,68 @@ fn a_cancelled_slot_drops_its_list_and_lists_come_back_from_the_log_and_a_snapsh
     assert!(matches!(shard.state.query(&query), Ok(QueryAnswer::WaitlistSlots(s)) if s.is_empty()));
 }
 
+#[test]
+fn a_started_slot_closes_its_list_at_the_next_tick_and_frees_the_citizens_places() {
+    let mut shard = Shard::new();
+    shard.hold("x", None).unwrap();
+    shard.hold("y", None).unwrap();
+    for citizen in ["a", "b", "c"] {
+        shard.join(citizen, 10).unwrap();
+    }
+    let start_ms = NOW_MS + 86_400_000;
+    let tick = |shard: &mut Shard, now_ms: i64| {
+        let before = shard.log.len();
+        let out = shard
+            .state
+            .execute(Command::ExpireDue, now_ms, &mut shard.log)
+            .expect("a tick is never refused");
+        shard.state.check_invariants().expect("invariants hold");
+        (out, shard.log[before..].to_vec())
+    };
+
+    // Before the start nothing leaves (the holds of x and y are not due either: 60 s TTL).
+    let (out, events) = tick(&mut shard, NOW_MS + 1_000);
+    assert!(
+        matches!(out, Output::Expired(0)) && events.is_empty(),
+        "{events:?}"
+    );
+    assert_eq!(shard.position("c"), Some(3));
+
+    // At the start the list closes, front first, with its own reason; the holds that fell
+    // due meanwhile are what the reply counts.
+    let (out, events) = tick(&mut shard, start_ms);
+    assert!(matches!(out, Output::Expired(2)), "{out:?}");
+    let closed: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::WaitlistLeft { seq, why } => {
+                assert_eq!(*why, WaitlistExit::Closed);
+                Some(*seq)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![1, 2, 3]);
+    for citizen in ["a", "b", "c"] {
+        assert!(shard.listing(citizen).is_empty(), "{citizen}");
+    }
+    let query = Query::WaitlistSlots;
+    assert!(matches!(shard.state.query(&query), Ok(QueryAnswer::WaitlistSlots(s)) if s.is_empty()));
+
+    // The next tick has nothing left to close, and a replay of the log agrees.
+    let (_, events) = tick(&mut shard, start_ms + 1_000);
+    assert!(events.is_empty(), "{events:?}");
+    let mut replayed = ShardState::new(0);
+    for event in &shard.log {
+        replayed.apply(event);
+    }
+    replayed.check_invariants().expect("replayed invariants");
+    let query = Query::CitizenWaitlist {
+        citizen_id: "a".into(),
+    };
+    assert!(matches!(replayed.query(&query), Ok(QueryAnswer::Waitlist(e)) if e.is_empty()));
+}
+
 mod offers_against_an_outage {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;

@@ -513,10 +513,11 @@ impl ShardState {
         Ok(())
     }
 
-    /// Acts on the deadlines that have passed, earliest first, at most `EXPIRE_BATCH_MAX`.
-    /// Reads the queue only: applying each event removes its deadline.
+    /// Acts on the deadlines that have passed, earliest first, at most `EXPIRE_BATCH_MAX`
+    /// (counted in the reply), then closes the waitlists of slots that started, with what is
+    /// left of the same bound. Reads the queue only: applying each event removes its deadline.
     fn decide_expire_due(&self, now_ms: UnixMs) -> Decision {
-        let events: Vec<Event> = self
+        let mut events: Vec<Event> = self
             .deadlines
             .due(now_ms, EXPIRE_BATCH_MAX)
             .map(|(_, deadline)| match deadline {
@@ -525,6 +526,7 @@ impl ShardState {
             })
             .collect();
         let count = events.len();
+        self.closed_waitlists(now_ms, EXPIRE_BATCH_MAX - count, &mut events);
         Decision::ok(events, Reply::Expired(count))
     }
 

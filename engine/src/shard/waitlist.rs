@@ -73,6 +73,22 @@ impl ShardState {
         ))
     }
 
+    /// The entries of every slot that started by `now_ms`, front first, as they leave
+    /// (`WaitlistExit::Closed`), at most `max` (the rest at the next tick): no seat of a
+    /// started slot can be offered, so its entries would otherwise stay in the citizen's
+    /// listing and count against `WAITLIST_PER_CITIZEN_PER_SHARD_MAX` for ever. Costs a look
+    /// at each slot that has a list, at every tick (at least once a second).
+    pub(super) fn closed_waitlists(&self, now_ms: UnixMs, max: usize, out: &mut Vec<Event>) {
+        let started = self.waitlists.slots().filter(|&(clinic, slot)| {
+            self.clinics[clinic as usize].slots[slot as usize].start_ms <= now_ms
+        });
+        let entries = started.flat_map(|slot| self.waitlists.of_slot(slot));
+        out.extend(entries.take(max).map(|entry| Event::WaitlistLeft {
+            seq: entry.seq,
+            why: WaitlistExit::Closed,
+        }));
+    }
+
     /// Takes an entry off its list: the citizen's own (when `citizen` is named), or any.
     pub(super) fn decide_leave_waitlist(
         &self,

@@ -80,6 +80,9 @@ pub enum WaitlistExit {
     Served,
     /// The citizen could not be served (booked elsewhere, not eligible): passed over.
     Skipped,
+    /// The slot started: no seat of it can be offered any more, so its list closes
+    /// (`ShardState::closed_waitlists`, at the shard's next tick).
+    Closed,
 }
 
 impl WaitlistExit {
@@ -88,6 +91,7 @@ impl WaitlistExit {
             WaitlistExit::Left => "left",
             WaitlistExit::Served => "served",
             WaitlistExit::Skipped => "skipped",
+            WaitlistExit::Closed => "closed",
         }
     }
 }
