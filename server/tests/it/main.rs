@@ -15,6 +15,7 @@ mod sse;
 
 mod admission;
 mod audit;
+mod citizens_bulk;
 mod clinic;
 mod console;
 mod console_browser;

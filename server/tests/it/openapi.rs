@@ -3,7 +3,7 @@
 use crate::common::*;
 
 /// Every route of docs/API.md that this build serves, as (method, path).
-const SERVED_ROUTES: [(&str, &str); 25] = [
+const SERVED_ROUTES: [(&str, &str); 26] = [
     ("put", "/v1/vaccines/{vaccine}"),
     ("put", "/v1/clinics/{clinic_id}"),
     ("post", "/v1/clinics/{clinic_id}/stock"),
@@ -12,6 +12,7 @@ const SERVED_ROUTES: [(&str, &str); 25] = [
     ("post", "/v1/clinics/{clinic_id}/slots"),
     ("post", "/v1/clinics/{clinic_id}/slots/{slot_id}/cancel"),
     ("put", "/v1/citizens/{citizen_id}"),
+    ("post", "/v1/citizens:bulk"),
     ("get", "/v1/clinics"),
     ("get", "/v1/clinics/{clinic_id}/availability"),
     ("post", "/v1/appointments"),

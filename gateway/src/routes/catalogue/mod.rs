@@ -1,6 +1,7 @@
 //! Catalogue (authority; stock adjustments and slot cancellation also staff of the clinic)
 //! and the public availability reads.
 
+mod citizens;
 pub mod types;
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use holdfast_engine::command::{CancelSlot, PutCitizen, PutClinic, PutSlots, PutVaccine};
+use holdfast_engine::command::{CancelSlot, PutClinic, PutSlots, PutVaccine};
 use holdfast_engine::model::SlotSpec;
 use holdfast_engine::{Command, Node, Output};
 use utoipa_axum::router::OpenApiRouter;
@@ -24,10 +25,9 @@ use crate::routes::{require_authority_or_staff_of, unexpected};
 use crate::state::AppState;
 
 use self::types::{
-    AdjustBody, AvailabilityJson, AvailabilityQuery, BulkSlotsBody, CancelSlotBody, CitizenBody,
-    CitizenJson, ClinicBody, ClinicJson, ClinicStockJson, ClinicSummaryJson, ClinicsJson,
-    ClinicsQuery, SlotBody, SlotCancelledJson, SlotJson, SlotsJson, StockBody, VaccineBody,
-    VaccineJson,
+    AdjustBody, AvailabilityJson, AvailabilityQuery, BulkSlotsBody, CancelSlotBody, ClinicBody,
+    ClinicJson, ClinicStockJson, ClinicSummaryJson, ClinicsJson, ClinicsQuery, SlotBody,
+    SlotCancelledJson, SlotJson, SlotsJson, StockBody, VaccineBody, VaccineJson,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,9 +39,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(put_slot))
         .routes(routes!(put_slots))
         .routes(routes!(cancel_slot))
-        .routes(routes!(put_citizen))
         .routes(routes!(list_clinics))
         .routes(routes!(availability))
+        .merge(citizens::router())
 }
 
 /// Creates or updates a vaccine and its eligibility rules (every shard keeps the catalogue).
@@ -311,40 +311,6 @@ async fn cancel_slot(
             }
             other => Err(unexpected(other)),
         }
-    });
-    Ok(answer.await)
-}
-
-/// Creates or updates a citizen's record (on the citizen's own shard).
-#[utoipa::path(put, path = "/v1/citizens/{citizen_id}", tag = "catalogue",
-    params(("citizen_id" = String, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-128 printable ASCII")),
-    request_body = CitizenBody,
-    responses((status = 200, body = CitizenJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn put_citizen(
-    State(state): State<AppState>,
-    caller: Caller,
-    key: IdempotencyHeader,
-    StrictPath(citizen_id): StrictPath<String>,
-    StrictJson(body): StrictJson<CitizenBody>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_role(&[Role::Authority])?;
-    check_id("citizen_id", &citizen_id)?;
-    let record = body.clone().validate()?;
-    let key = key.optional()?;
-    let what = format!("PUT /v1/citizens/{citizen_id}");
-    let node = state.node.clone();
-    let echo = CitizenJson::echo(citizen_id.clone(), body.clone());
-    let answer = idempotent(&state, &caller, key, &what, &body, move || async move {
-        let shard = node.citizen_shard(&citizen_id);
-        node.exec(
-            shard,
-            Command::PutCitizen(PutCitizen { citizen_id, record }),
-        )
-        .await?;
-        json(StatusCode::OK, &echo)
     });
     Ok(answer.await)
 }
