@@ -93,10 +93,9 @@ impl Ctx {
         let token = self.tokens.authority_token();
         // The waitlists first (see `fetch_waitlists` for why the order matters).
         let waitlists =
-            checker::fetch_waitlists(&api.http, &api.base, &token, &ledger.waitlist_citizens())
-                .await;
+            checker::fetch_waitlists(&api.http, &token, &ledger.waitlist_citizens()).await;
         let picture = match waitlists {
-            Ok(waitlists) => checker::fetch_picture(&api.http, &api.base, &token, clinic_ids)
+            Ok(waitlists) => checker::fetch_picture(&api.http, &token, clinic_ids)
                 .await
                 .map(|picture| checker::Picture {
                     waitlists,
