@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use reqwest::Method;
+use crate::client::Method;
 use serde::Serialize;
 use serde_json::json;
 

@@ -41,6 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+use crate::http::{Failure, Http, Req};
 use crate::ledger::{AckKind, Acked, Ledger, Replay, SlotCancel, WaitlistJoin};
 
 /// Clinics read at the same time by [`fetch_picture`]: enough to read a few hundred clinics
@@ -417,7 +418,7 @@ impl CheckReport {
 
 // ---- taking the picture ----------------------------------------------------------------
 
-/// Reads `clinic_ids` (duplicates read once, order kept) from the server at `base_url`.
+/// Reads `clinic_ids` (duplicates read once, order kept) from the server `client` talks to.
 ///
 /// Availability is public; the appointment listings need an authority token
 /// (`authority_token`, bare or with a `Bearer ` prefix). Clinics are read
@@ -428,8 +429,7 @@ impl CheckReport {
 /// other than 200, an unexpected body, a transport error or timeout
 /// ([`REQUEST_TIMEOUT`]) or a clinic that never holds still is an `Err` naming the clinic.
 pub async fn fetch_picture(
-    client: &reqwest::Client,
-    base_url: &str,
+    client: &Http,
     authority_token: &str,
     clinic_ids: &[String],
 ) -> Result<Picture, String> {
@@ -447,11 +447,12 @@ pub async fn fetch_picture(
     }
     let reader = Arc::new(Reader {
         client: client.clone(),
-        base: base_url.trim_end_matches('/').to_string(),
-        token: authority_token
-            .strip_prefix("Bearer ")
-            .unwrap_or(authority_token)
-            .to_string(),
+        authorization: format!(
+            "Bearer {}",
+            authority_token
+                .strip_prefix("Bearer ")
+                .unwrap_or(authority_token)
+        ),
     });
     let mut pictures: Vec<Option<ClinicPicture>> = ids.iter().map(|_| None).collect();
     let mut tasks = JoinSet::new();
@@ -488,8 +489,7 @@ pub async fn fetch_picture(
 /// before has its offered appointment in the clinic read after (appointments never
 /// disappear), so no entry can slip between the two reads.
 pub async fn fetch_waitlists(
-    client: &reqwest::Client,
-    base_url: &str,
+    client: &Http,
     authority_token: &str,
     citizen_ids: &[String],
 ) -> Result<BTreeMap<String, Vec<WaitlistEntry>>, String> {
@@ -498,11 +498,12 @@ pub async fn fetch_waitlists(
     }
     let reader = Arc::new(Reader {
         client: client.clone(),
-        base: base_url.trim_end_matches('/').to_string(),
-        token: authority_token
-            .strip_prefix("Bearer ")
-            .unwrap_or(authority_token)
-            .to_string(),
+        authorization: format!(
+            "Bearer {}",
+            authority_token
+                .strip_prefix("Bearer ")
+                .unwrap_or(authority_token)
+        ),
     });
     let mut out = BTreeMap::new();
     for chunk in citizen_ids.chunks(FETCH_CONCURRENCY) {
@@ -532,9 +533,9 @@ fn is_client_id(id: &str) -> bool {
 }
 
 struct Reader {
-    client: reqwest::Client,
-    base: String,
-    token: String,
+    client: Http,
+    /// `Bearer <the authority's token>`.
+    authorization: String,
 }
 
 impl Reader {
@@ -612,44 +613,47 @@ impl Reader {
         query: &[(&str, &str)],
         authorized: bool,
     ) -> Result<T, String> {
-        let url = format!("{}{path}", self.base);
-        let what = if query.is_empty() {
-            format!("GET {path}")
+        let target = if query.is_empty() {
+            path.to_string()
         } else {
-            let pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!("GET {path}?{}", pairs.join("&"))
+            let pairs: Vec<String> = query
+                .iter()
+                .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
         };
-        let mut request = self.client.get(&url).query(query).timeout(REQUEST_TIMEOUT);
+        let what = format!("GET {target}");
+        let mut request = Req::get(&target);
         if authorized {
-            request = request.bearer_auth(&self.token);
+            request = request.auth(&self.authorization);
         }
-        let response = request
-            .send()
+        let answer = self
+            .client
+            .request(&request, REQUEST_TIMEOUT)
             .await
-            .map_err(|e| format!("{what}: {}", error_chain(&e)))?;
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| format!("{what}: reading the body: {}", error_chain(&e)))?;
-        if status != reqwest::StatusCode::OK {
-            return Err(format!("{what}: {status}: {}", excerpt(&body)));
+            .map_err(|e| match e {
+                Failure::Timeout(e) | Failure::Transport(e) => format!("{what}: {e}"),
+            })?;
+        let body = String::from_utf8_lossy(&answer.body);
+        if answer.status != 200 {
+            return Err(format!("{what}: {}: {}", answer.status, excerpt(&body)));
         }
-        serde_json::from_str(&body)
+        serde_json::from_slice(&answer.body)
             .map_err(|e| format!("{what}: unexpected body ({e}): {}", excerpt(&body)))
     }
 }
 
-/// An error with its sources (reqwest's top-level message rarely says what went wrong).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
+/// A query value as sent: the unreserved characters as they are, every other byte `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
-    text
+    out
 }
 
 fn excerpt(body: &str) -> String {

@@ -7,6 +7,10 @@ use std::time::Duration;
 use holdfast_gateway::auth::{Claims, JwtKey, Role};
 use serde_json::Value;
 
+use crate::http::Failure;
+pub use crate::http::{Http, Req};
+pub use hyper::Method;
+
 /// Lifetime of every token the harness mints: longer than any sensible run, so no token
 /// expires mid-run (the server allows 5 s of leeway only).
 pub const TOKEN_TTL_S: i64 = 24 * 3600;
@@ -121,46 +125,45 @@ impl Reply {
     }
 }
 
-/// A base URL and a client; cheap to clone (the connection pool is shared).
-/// How long an idle connection stays in the client's pool: half the server's idle timeout
-/// (`holdfast_server::connections::HEADER_READ_TIMEOUT_DEFAULT`, 10 s).
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-
+/// A base URL and a pool of connections to it; cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct Api {
-    pub http: reqwest::Client,
+    pub http: Http,
     pub base: String,
     pub timeout: Duration,
     pub retries: u32,
 }
 
 impl Api {
+    /// A client of the server at `base` (`http://host:port`) keeping up to `connections`
+    /// idle connections.
     pub fn new(
         base: &str,
         connections: usize,
         timeout: Duration,
         retries: u32,
     ) -> Result<Api, String> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(connections)
-            // Below the server's 10 s idle timeout, so the client drops an idle connection
-            // before the server closes it, never a request into one being closed.
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        if !base.starts_with("http://") {
+            return Err(format!(
+                "{base}: the harness speaks plain HTTP/1.1 (http://host:port)"
+            ));
+        }
+        let base = base.trim_end_matches('/').to_string();
         Ok(Api {
-            http,
-            base: base.trim_end_matches('/').to_string(),
+            http: Http::new(&base, connections),
+            base,
             timeout,
             retries,
         })
     }
 
-    /// The same client against another base URL (a restarted server on a new port).
+    /// The same client against another base URL (a restarted server on a new port), with a
+    /// pool of its own.
     pub fn with_base(&self, base: &str) -> Api {
+        let base = base.trim_end_matches('/').to_string();
         Api {
-            base: base.trim_end_matches('/').to_string(),
+            http: Http::new(&base, self.http.max_idle()),
+            base,
             ..self.clone()
         }
     }
@@ -170,25 +173,14 @@ impl Api {
     }
 
     /// Sends once with the per-request timeout.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = match request.timeout(self.timeout).send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return Reply::failure("TIMEOUT", e.to_string()),
-            Err(e) => return Reply::failure("TRANSPORT", error_chain(&e)),
+    pub async fn send(&self, req: &Req<'_>) -> Reply {
+        let answer = match self.http.request(req, self.timeout).await {
+            Ok(answer) => answer,
+            Err(Failure::Timeout(e)) => return Reply::failure("TIMEOUT", e),
+            Err(Failure::Transport(e)) => return Reply::failure("TRANSPORT", e),
         };
-        let status = response.status().as_u16();
-        let retry_after_s = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => return Reply::failure("TIMEOUT", e.to_string()),
-            Err(e) => return Reply::failure("TRANSPORT", error_chain(&e)),
-        };
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let code = if status >= 400 {
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        let code = if answer.status >= 400 {
             body["error"]["code"]
                 .as_str()
                 .unwrap_or("NO_ERROR_CODE")
@@ -197,22 +189,22 @@ impl Api {
             String::new()
         };
         Reply {
-            status,
+            status: answer.status,
             code,
             body,
             attempts: 1,
-            retry_after_s,
+            retry_after_s: answer.retry_after_s,
         }
     }
 
-    /// Sends, and re-sends a request that timed out, up to `retries` more times. `build`
-    /// makes the identical request each time (for a create: the same Idempotency-Key and
-    /// body, so whatever the first attempt did, the retry gets its answer).
-    pub async fn send_retrying(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Reply {
+    /// Sends, and re-sends a request that timed out, up to `retries` more times: the
+    /// identical request each time (for a create: the same Idempotency-Key and body, so
+    /// whatever the first attempt did, the retry gets its answer).
+    pub async fn send_retrying(&self, req: &Req<'_>) -> Reply {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut reply = self.send(build()).await;
+            let mut reply = self.send(req).await;
             reply.attempts = attempts;
             if !reply.is_timeout() || attempts > self.retries {
                 return reply;
@@ -234,58 +226,42 @@ impl Api {
         body: &Value,
         admission: Option<&str>,
     ) -> Reply {
-        let url = self.url("/v1/appointments");
-        self.send_retrying(|| {
-            let request = self
-                .http
-                .post(&url)
-                .header("authorization", bearer)
-                .header("idempotency-key", key)
-                .json(body);
-            match admission {
-                Some(token) => request.header("admission-token", token),
-                None => request,
-            }
-        })
-        .await
+        let req = Req::post("/v1/appointments")
+            .auth(bearer)
+            .key(key)
+            .admission(admission)
+            .json(body);
+        self.send_retrying(&req).await
     }
 
     /// `POST /v1/queue`: the citizen's ticket in the waiting room.
     pub async fn queue_join(&self, bearer: &str) -> Reply {
-        let url = self.url("/v1/queue");
-        self.send_retrying(|| self.http.post(&url).header("authorization", bearer))
+        self.send_retrying(&Req::post("/v1/queue").auth(bearer))
             .await
     }
 
     /// `GET /v1/queue/{ticket}`.
     pub async fn queue_poll(&self, bearer: &str, ticket: &str) -> Reply {
-        let url = self.url(&format!("/v1/queue/{ticket}"));
-        self.send_retrying(|| self.http.get(&url).header("authorization", bearer))
-            .await
+        let path = format!("/v1/queue/{ticket}");
+        self.send_retrying(&Req::get(&path).auth(bearer)).await
     }
 
     /// `POST /v1/appointments/{id}/{action}` (`confirm` or `cancel`); repeating a transition
     /// that already happened answers 200 with the current appointment, so a timed-out one is
     /// safely retried.
     pub async fn transition(&self, bearer: &str, id: &str, action: &str) -> Reply {
-        let url = self.url(&format!("/v1/appointments/{id}/{action}"));
-        self.send_retrying(|| self.http.post(&url).header("authorization", bearer))
-            .await
+        let path = format!("/v1/appointments/{id}/{action}");
+        self.send_retrying(&Req::post(&path).auth(bearer)).await
     }
 
     /// `POST /v1/appointments/{id}/administer` as staff, with the confirm's `qr_token` and a
     /// batch; administering twice answers the current appointment, so a timed-out one is
     /// safely retried.
     pub async fn administer(&self, staff: &str, id: &str, qr_token: &str, batch: &str) -> Reply {
-        let url = self.url(&format!("/v1/appointments/{id}/administer"));
+        let path = format!("/v1/appointments/{id}/administer");
         let body = serde_json::json!({ "qr_token": qr_token, "batch": batch });
-        self.send_retrying(|| {
-            self.http
-                .post(&url)
-                .header("authorization", staff)
-                .json(&body)
-        })
-        .await
+        self.send_retrying(&Req::post(&path).auth(staff).json(&body))
+            .await
     }
 
     /// `POST /v1/clinics/{clinic}/slots/{slot}/waitlist` as the citizen, with an
@@ -297,40 +273,27 @@ impl Api {
         (clinic_id, slot_id): (&str, &str),
         body: &Value,
     ) -> Reply {
-        let url = self.url(&format!("/v1/clinics/{clinic_id}/slots/{slot_id}/waitlist"));
-        self.send_retrying(|| {
-            self.http
-                .post(&url)
-                .header("authorization", bearer)
-                .header("idempotency-key", key)
-                .json(body)
-        })
-        .await
+        let path = format!("/v1/clinics/{clinic_id}/slots/{slot_id}/waitlist");
+        let req = Req::post(&path).auth(bearer).key(key).json(body);
+        self.send_retrying(&req).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.send(self.http.get(self.url(path))).await
+        self.send(&Req::get(path)).await
     }
 
     /// An authority call with a JSON body (`PUT` or `POST`), for the campaign set-up.
     pub async fn authority_call(
         &self,
-        method: reqwest::Method,
+        method: Method,
         bearer: &str,
         path: &str,
         body: &Value,
     ) -> Reply {
-        let url = self.url(path);
+        let req = Req::new(method, path).auth(bearer).json(body);
         let mut refusals = 0;
         loop {
-            let reply = self
-                .send_retrying(|| {
-                    self.http
-                        .request(method.clone(), &url)
-                        .header("authorization", bearer)
-                        .json(body)
-                })
-                .await;
+            let reply = self.send_retrying(&req).await;
             // A refusal decided nothing (an overloaded server): the set-up waits as asked.
             if !reply.is_refusal() || refusals >= SETUP_REFUSED_RETRIES {
                 return reply;
@@ -344,20 +307,8 @@ impl Api {
     /// `GET /healthz` reading the body but not parsing it: the ceiling measures HTTP, not
     /// the harness's JSON parser.
     pub async fn noop(&self) -> u16 {
-        match self
-            .http
-            .get(self.url("/healthz"))
-            .timeout(self.timeout)
-            .send()
-            .await
-        {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                match r.bytes().await {
-                    Ok(_) => status,
-                    Err(_) => 0,
-                }
-            }
+        match self.http.request(&Req::get("/healthz"), self.timeout).await {
+            Ok(answer) => answer.status,
             Err(_) => 0,
         }
     }
@@ -388,16 +339,4 @@ impl Api {
             self.base
         ))
     }
-}
-
-/// An error with its sources ("error sending request <- connection refused").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(" <- ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

@@ -62,6 +62,11 @@ impl CpuMeter {
         CpuMeter::start(std::process::id())
     }
 
+    /// CPU seconds used since the start.
+    pub fn seconds_used(&self) -> Option<f64> {
+        Some(process_cpu_seconds(self.pid)? - self.cpu_at_start?)
+    }
+
     /// CPU used since the start, as a percentage of one core (200% = two cores busy).
     pub fn percent(&self) -> Option<f64> {
         let now = process_cpu_seconds(self.pid)?;
@@ -73,6 +78,12 @@ impl CpuMeter {
     }
 }
 
+/// CPU microseconds per request: `cpu_seconds` spread over `requests` (`None` without
+/// either).
+pub fn us_per_request(cpu_seconds: Option<f64>, requests: u64) -> Option<f64> {
+    (requests > 0).then_some(cpu_seconds? * 1e6 / requests as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +93,13 @@ mod tests {
         let line = "1234 (hold fast) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 100 0 0";
         assert_eq!(parse_stat_cpu_ticks(line), Some(300));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn spreads_cpu_over_requests() {
+        assert_eq!(us_per_request(Some(0.5), 10_000), Some(50.0));
+        assert_eq!(us_per_request(Some(0.5), 0), None);
+        assert_eq!(us_per_request(None, 10), None);
     }
 
     #[test]

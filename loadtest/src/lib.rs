@@ -11,6 +11,7 @@ pub mod checker;
 pub mod cli;
 pub mod client;
 pub mod cpu;
+pub mod http;
 pub mod ledger;
 pub mod memory;
 pub mod progress;

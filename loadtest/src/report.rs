@@ -282,6 +282,11 @@ pub struct ScenarioReport {
     pub client_cpu_pct: Option<f64>,
     /// CPU of the server process, % of one core (spawned, or --server-pid).
     pub server_cpu_pct: Option<f64>,
+    /// The harness's CPU time over the measured phase divided by its requests, in µs.
+    pub client_cpu_us_per_request: Option<f64>,
+    /// The server's CPU time over the measured phase divided by the requests, in µs (the
+    /// crash scenario: over its load phases, from each start to its kill).
+    pub server_cpu_us_per_request: Option<f64>,
     pub launch: Option<LaunchFigures>,
     pub steady: Option<SteadyFigures>,
     pub expiry: Option<ExpiryFigures>,
@@ -357,6 +362,8 @@ impl ScenarioReport {
             outcomes,
             client_cpu_pct: None,
             server_cpu_pct: None,
+            client_cpu_us_per_request: None,
+            server_cpu_us_per_request: None,
             launch: None,
             steady: None,
             expiry: None,
@@ -581,9 +588,11 @@ impl ScenarioReport {
         };
         let _ = writeln!(
             w,
-            "cpu: client {}, server {}",
+            "cpu: client {}, {} per request; server {}, {} per request",
             pct(self.client_cpu_pct),
-            pct(self.server_cpu_pct)
+            us(self.client_cpu_us_per_request),
+            pct(self.server_cpu_pct),
+            us(self.server_cpu_us_per_request)
         );
         if self.retries > 0 {
             let _ = writeln!(w, "retries of timed-out requests: {}", self.retries);
@@ -783,13 +792,15 @@ impl RunReport {
             };
             let _ = writeln!(
                 w,
-                "{:<8} {:>8.0} req/s{booking}, cpu client {} server {}, {}",
+                "{:<8} {:>8.0} req/s{booking}, cpu client {} ({}/req) server {} ({}/req), {}",
                 s.scenario,
                 s.requests_per_s,
                 s.client_cpu_pct
                     .map_or("n/a".into(), |p| format!("{p:.0}%")),
+                us(s.client_cpu_us_per_request),
                 s.server_cpu_pct
                     .map_or("n/a".into(), |p| format!("{p:.0}%")),
+                us(s.server_cpu_us_per_request),
                 match s.verdict {
                     Verdict::Pass => "pass",
                     Verdict::Fail => "FAIL",
@@ -809,4 +820,9 @@ impl RunReport {
         );
         out
     }
+}
+
+/// CPU per request for the tables: `58 µs`, or `n/a`.
+fn us(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |us| format!("{us:.0} µs"))
 }

@@ -16,6 +16,7 @@ use holdfast_loadtest::checker::{
     check, fetch_picture, Appointment, Availability, CheckOptions, CheckReport, ClinicPicture,
     Picture, SlotState, StockLevel, Violation, ViolationKind, WaitlistEntry,
 };
+use holdfast_loadtest::http::Http;
 use holdfast_loadtest::ledger::{AckKind, Ledger, Replay, SlotCancel, WaitlistJoin};
 use holdfast_server::connections::ConnectionLimits;
 use holdfast_server::{start, ServerConfig, Storage};
@@ -1208,7 +1209,7 @@ async fn clinic_side(api: &Api) {
     });
 
     let clinic_ids = vec![clinic.to_string()];
-    let picture = fetch_picture(&api.client, &api.base, &api.authority, &clinic_ids)
+    let picture = fetch_picture(&Http::new(&api.base, 8), &api.authority, &clinic_ids)
         .await
         .expect("a picture");
     let options = CheckOptions {
@@ -1399,7 +1400,7 @@ async fn scenario(api: &Api) {
     });
 
     let clinic_ids: Vec<String> = clinics.iter().map(|c| c.to_string()).collect();
-    let picture = fetch_picture(&api.client, &api.base, &api.authority, &clinic_ids)
+    let picture = fetch_picture(&Http::new(&api.base, 8), &api.authority, &clinic_ids)
         .await
         .expect("a picture");
     let options = CheckOptions {
@@ -1449,12 +1450,12 @@ async fn scenario(api: &Api) {
 
     // A picture that cannot be taken is an error, not a pass.
     let unknown = vec!["ck-nowhere".to_string()];
-    let err = fetch_picture(&api.client, &api.base, &api.authority, &unknown)
+    let err = fetch_picture(&Http::new(&api.base, 8), &api.authority, &unknown)
         .await
         .expect_err("an unknown clinic is an error");
     assert!(err.contains("404"), "{err}");
     let forged = token(Role::Citizen, "citizen-p1", Some("p1"));
-    let err = fetch_picture(&api.client, &api.base, &forged, &clinic_ids)
+    let err = fetch_picture(&Http::new(&api.base, 8), &forged, &clinic_ids)
         .await
         .expect_err("a citizen may not list a clinic's appointments");
     assert!(err.contains("403"), "{err}");
@@ -1526,11 +1527,8 @@ fn listing_body(count: usize, status: &str) -> String {
     json!({ "appointments": appointments }).to_string()
 }
 
-fn test_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("a client")
+fn test_client(base: &str) -> Http {
+    Http::new(base, 8)
 }
 
 #[tokio::test]
@@ -1549,7 +1547,7 @@ async fn a_clinic_whose_availability_keeps_moving_is_an_error() {
     .await;
     let picture = tokio::time::timeout(
         TEST_TIMEOUT,
-        fetch_picture(&test_client(), &base, "t", &["c".to_string()]),
+        fetch_picture(&test_client(&base), "t", &["c".to_string()]),
     )
     .await
     .expect("the reads end in time");
@@ -1573,7 +1571,7 @@ async fn a_clinic_that_settles_is_read_again_until_stable() {
         }
     }))
     .await;
-    let picture = fetch_picture(&test_client(), &base, "t", &["c".to_string()])
+    let picture = fetch_picture(&test_client(&base), "t", &["c".to_string()])
         .await
         .expect("a stable picture on the second attempt");
     assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 4);
@@ -1598,7 +1596,7 @@ async fn a_listing_at_the_server_cap_is_read_again_per_slot_and_status() {
         }
     }))
     .await;
-    let picture = fetch_picture(&test_client(), &base, "t", &["c".to_string()])
+    let picture = fetch_picture(&test_client(&base), "t", &["c".to_string()])
         .await
         .expect("a complete picture");
     let statuses: Vec<&str> = picture.clinics[0]
@@ -1623,7 +1621,7 @@ async fn odd_answers_are_errors_that_quote_them() {
         }
     }))
     .await;
-    let err = fetch_picture(&test_client(), &base, "t", &["c".to_string()])
+    let err = fetch_picture(&test_client(&base), "t", &["c".to_string()])
         .await
         .expect_err("a malformed availability is an error");
     assert!(
@@ -1631,7 +1629,7 @@ async fn odd_answers_are_errors_that_quote_them() {
         "{err}"
     );
 
-    let err = fetch_picture(&test_client(), &base, "t", &["c/../x".to_string()])
+    let err = fetch_picture(&test_client(&base), "t", &["c/../x".to_string()])
         .await
         .expect_err("an id that is not a client id is refused before any request");
     assert!(err.contains("not a clinic id"), "{err}");

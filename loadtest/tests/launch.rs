@@ -102,6 +102,10 @@ fn launch_sells_out_exactly_with_zero_violations() {
     assert!(report["server"]["version"].is_string());
     assert!(scenario["client_cpu_pct"].is_number());
     assert!(scenario["server_cpu_pct"].is_number());
+    for side in ["client_cpu_us_per_request", "server_cpu_us_per_request"] {
+        let us = scenario[side].as_f64().unwrap_or(-1.0);
+        assert!(us > 0.0, "{side}: {}", scenario[side]);
+    }
     assert_eq!(report["flags"]["confirm_pct"], 100);
 }
 

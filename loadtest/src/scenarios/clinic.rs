@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
+use crate::client::Method;
 use serde::Serialize;
 use serde_json::json;
 

@@ -316,6 +316,9 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     figures.waitlist_joined = ledger.waitlist_joins().len();
     let mut report = ScenarioReport::new("crash", &stats, seconds, args.connections);
     report.client_cpu_pct = client_meter.percent();
+    report.client_cpu_us_per_request =
+        crate::cpu::us_per_request(client_meter.seconds_used(), report.requests);
+    report.server_cpu_us_per_request = crate::cpu::us_per_request(server_cpu, report.requests);
     // Server CPU over the load phases only (from each start until its kill): a restart's
     // recovery is another process's work and is reported as recovery time instead.
     let load_seconds = figures.kill_after_ms.iter().sum::<u64>() as f64 / 1000.0;

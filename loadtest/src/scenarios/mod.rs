@@ -17,7 +17,7 @@ use crate::campaign::{self, CampaignSpec, SetUp};
 use crate::checker::{self, CheckOptions};
 use crate::cli::Args;
 use crate::client::{Api, Tokens};
-use crate::cpu::CpuMeter;
+use crate::cpu::{self, CpuMeter};
 use crate::ledger::Ledger;
 use crate::report::{CheckEntry, ScenarioReport};
 
@@ -93,10 +93,9 @@ impl Ctx {
         let token = self.tokens.authority_token();
         // The waitlists first (see `fetch_waitlists` for why the order matters).
         let waitlists =
-            checker::fetch_waitlists(&api.http, &api.base, &token, &ledger.waitlist_citizens())
-                .await;
+            checker::fetch_waitlists(&api.http, &token, &ledger.waitlist_citizens()).await;
         let picture = match waitlists {
-            Ok(waitlists) => checker::fetch_picture(&api.http, &api.base, &token, clinic_ids)
+            Ok(waitlists) => checker::fetch_picture(&api.http, &token, clinic_ids)
                 .await
                 .map(|picture| checker::Picture {
                     waitlists,
@@ -136,5 +135,11 @@ impl Meters {
     pub fn finish(&self, report: &mut ScenarioReport) {
         report.client_cpu_pct = self.client.percent();
         report.server_cpu_pct = self.server.as_ref().and_then(CpuMeter::percent);
+        report.client_cpu_us_per_request =
+            cpu::us_per_request(self.client.seconds_used(), report.requests);
+        report.server_cpu_us_per_request = cpu::us_per_request(
+            self.server.as_ref().and_then(CpuMeter::seconds_used),
+            report.requests,
+        );
     }
 }

@@ -76,7 +76,7 @@ pub async fn cancel_slots(booker: &Booker, count: usize, round: usize) -> SlotCa
         let reply = booker
             .api
             .authority_call(
-                reqwest::Method::POST,
+                crate::client::Method::POST,
                 &bearer,
                 &format!("/v1/clinics/{clinic_id}/slots/{slot_id}/cancel"),
                 &json!({"reason": "holdfast-load: clinic cancellation"}),
