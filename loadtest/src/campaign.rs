@@ -16,6 +16,9 @@ use crate::client::Api;
 
 /// Slots per bulk upload: the API's limit.
 pub const BULK_SLOTS_MAX: usize = 1_000;
+/// Citizens per bulk registration (`POST /v1/citizens:bulk`): the API's limit, about
+/// 130 KiB of JSON an upload.
+pub const BULK_CITIZENS_MAX: usize = 1_000;
 /// Concurrent requests while setting up clinics and citizens: fast, and far below anything
 /// that would queue on the server.
 pub const SETUP_CONCURRENCY: usize = 32;
@@ -218,21 +221,30 @@ pub async fn set_up(api: &Api, authority: &str, spec: &CampaignSpec) -> Result<S
         })
         .await?;
     }
+    let citizen_uploads = spec.citizens.div_ceil(BULK_CITIZENS_MAX);
     {
         let (api, authority, spec) = (api.clone(), authority.to_string(), spec.clone());
-        for_each_concurrently(spec.citizens, move |i| {
-            let (api, authority, citizen) = (api.clone(), authority.clone(), spec.citizen_id(i));
+        for_each_concurrently(citizen_uploads, move |upload| {
+            let first = upload * BULK_CITIZENS_MAX;
+            let last = (first + BULK_CITIZENS_MAX).min(spec.citizens);
+            let citizens: Vec<_> = (first..last)
+                .map(|i| {
+                    json!({"citizen_id": spec.citizen_id(i), "birth_date": "1980-01-01",
+                           "region": REGION, "allergies": [], "insurance_id": format!("I-{i}"),
+                           "doses": []})
+                })
+                .collect();
+            let (api, authority) = (api.clone(), authority.clone());
             async move {
                 let reply = api
                     .authority_call(
-                        Method::PUT,
+                        Method::POST,
                         &authority,
-                        &format!("/v1/citizens/{citizen}"),
-                        &json!({"birth_date": "1980-01-01", "region": REGION, "allergies": [],
-                                "insurance_id": format!("I-{i}"), "doses": []}),
+                        "/v1/citizens:bulk",
+                        &json!({ "citizens": citizens }),
                     )
                     .await;
-                expect_200("PUT citizen", &reply)
+                expect_200("POST citizens:bulk", &reply)
             }
         })
         .await?;
@@ -242,7 +254,7 @@ pub async fn set_up(api: &Api, authority: &str, spec: &CampaignSpec) -> Result<S
         seats: spec.seats(),
         sellable: spec.sellable(),
         seconds: started.elapsed().as_secs_f64(),
-        requests: 1 + spec.clinics * requests_per_clinic + spec.citizens,
+        requests: 1 + spec.clinics * requests_per_clinic + citizen_uploads,
     })
 }
 
