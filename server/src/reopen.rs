@@ -34,10 +34,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::response::IntoResponse;
+use axum::extract::State;
+use axum::http::header::CONNECTION;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use holdfast_engine::node::RETRY_AFTER_S;
+use holdfast_engine::{Node, WriteRefusal};
 use holdfast_gateway::error::ApiError;
 use holdfast_gateway::restarts::InPlaceRestarts;
 use holdfast_gateway::routes::ops::types::HealthJson;
@@ -66,6 +70,28 @@ pub const REOPEN_FREE_BYTES_MIN: u64 = 8 * 1024 * 1024;
 /// shards' stop, the event recorder's and the log's): past it the attempt goes on, and a
 /// handle that is still open shows as a lock the next open waits for.
 pub const RESTART_STOP_MAX: Duration = Duration::from_secs(30);
+
+/// While the node's log has failed, its answers close their connections (`Connection:
+/// close`), as do the stand-in's: the node is about to be stopped, and a keep-alive
+/// connection still open then is closed under the client, who may be sending its next
+/// request on it at that moment (an error, not an answer). A new connection waits in the
+/// socket's backlog or gets the stand-in's 503 instead. (A connection idle since before the
+/// failure can still meet that race: HTTP/1.1 has no way to warn it.)
+pub(crate) async fn close_if_log_failed(
+    State(node): State<Arc<Node>>,
+    mut response: Response,
+) -> Response {
+    if matches!(node.write_refusal(), Some(WriteRefusal::LogFailed(_))) {
+        close_connection(&mut response);
+    }
+    response
+}
+
+fn close_connection(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+}
 
 /// A server whose node restarts in place after its log failed.
 pub struct Supervised {
@@ -350,7 +376,13 @@ impl StandIn {
                 ApiError::unavailable(RETRY_AFTER_S, message)
                     .with_detail("reason", "log_failed")
                     .into_response()
-            });
+            })
+            .layer(axum::middleware::map_response(
+                |mut response: Response| async move {
+                    close_connection(&mut response);
+                    response
+                },
+            ));
         let (shutdown, rx) = oneshot::channel::<()>();
         let listener = carried.listener.clone();
         let limits = config.connections;

@@ -304,7 +304,10 @@ async fn start_inner(
             .map(|c| c.restarts.clone())
             .unwrap_or_default(),
     };
-    let app = build_app(state.clone());
+    let app = build_app(state.clone()).layer(axum::middleware::map_response_with_state(
+        state.node.clone(),
+        crate::reopen::close_if_log_failed,
+    ));
     let listener = match carried {
         Some(carried) => carried.listener,
         None => Arc::new(
