@@ -300,8 +300,12 @@ pub struct WalStats {
 pub(crate) struct Shared {
     failed: AtomicBool,
     /// Set when sled itself returned an error (not our own sync, not the fault hook): sled
-    /// 0.34.7 then cannot be dropped without hanging (see `Wal::leave_sled_unflushed`).
+    /// 0.34.7 then may not be dropped without hanging (see `Wal::release_failed_sled`).
     sled_failed: AtomicBool,
+    /// Set when that error came from a write (an insert, a batch, a delete) rather than from
+    /// `db.flush()`: sled then may not have recorded it as its own "global" error, and its
+    /// drop's flush can wait forever (see `Wal::release_failed_sled`).
+    sled_write_failed: AtomicBool,
     failure: Mutex<Option<String>>,
     batches: AtomicU64,
     records: AtomicU64,
@@ -340,8 +344,9 @@ impl Shared {
         self.headroom.recheck();
     }
 
-    /// Like `fail`, for an error sled itself returned.
+    /// Like `fail`, for an error a sled write (not its flush) returned.
     pub(crate) fn fail_in_sled(&self, why: String) {
+        self.sled_write_failed.store(true, Ordering::Release);
         self.sled_failed.store(true, Ordering::Release);
         self.fail(why);
     }
@@ -455,6 +460,7 @@ impl Wal {
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
             sled_failed: AtomicBool::new(false),
+            sled_write_failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             batches: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -675,17 +681,32 @@ impl Wal {
             .expect("the sled handles live until the log stops")
     }
 
-    /// After sled failed a write, dropping it may not return: dropping its last tree flushes,
-    /// and that flush can wait forever for the buffer whose write failed (seen when the data
-    /// directory vanished under a running server: SIGTERM never finished). Nothing more can be
-    /// made durable anyway, and every acknowledged record already was, so the last handles are
-    /// dropped on a detached thread of their own ([`SLED_RELEASE_THREAD_NAME`]): nobody waits
-    /// for it, the process may exit, and when the drop does return (sled saw its own error and
-    /// skips the flush) sled's file lock is released, so the directory can be opened again in
-    /// this process (the server's in-place recovery, `reopen.rs` there). When it never
-    /// returns, the lock stays held and every later open in this process fails after
-    /// [`SLED_LOCK_WAIT`] saying so.
+    /// After sled failed, dropping it may not return: dropping its last tree flushes, and
+    /// that flush can wait forever for the buffer whose write failed (seen when the data
+    /// directory vanished under a running server: SIGTERM never finished), holding sled's
+    /// process-wide concurrency lock, which then stops every sled database of the process
+    /// (another log opened later included). Nothing more can be made durable anyway, and every
+    /// acknowledged record already was.
+    ///
+    /// - When the error came from `db.flush()` (a full disk: sled's `pwrite` of its buffer
+    ///   failed), sled has recorded it as its global error, and its drop skips the flush and
+    ///   returns at once (read in sled 0.34.7: `iobuf.rs` `make_stable_inner`, `logger.rs`
+    ///   `Drop for Log`; seen with a full tmpfs). The last handles are dropped, on a detached
+    ///   thread of their own ([`SLED_RELEASE_THREAD_NAME`]) so nothing waits for it anyway,
+    ///   and sled's file lock is released: the directory can be opened again in this process
+    ///   (the server's restart in place, `reopen.rs` there).
+    /// - When it came from a write (`sled_write_failed`), that is not certain, so the handles
+    ///   are left alive (one extra reference each, never released) and the process may exit;
+    ///   sled's lock stays held, and every later open of the directory in this process fails
+    ///   after [`SLED_LOCK_WAIT`] saying so (a process restart opens it).
     fn release_failed_sled(&mut self) {
+        if self.shared.sled_write_failed.load(Ordering::Acquire) {
+            let handles = self.handles();
+            std::mem::forget(handles.db.clone());
+            std::mem::forget(handles.frames.clone());
+            std::mem::forget(handles.snapshots.clone());
+            return;
+        }
         let Some(handles) = self.sled.take() else {
             return;
         };

@@ -9,14 +9,20 @@
 //! - once the disk heals, writes succeed again on the same address within a bounded wait;
 //!   the restart is counted in `/v1/admin/shards`; every change acknowledged before the
 //!   failure is there; the failed booking, retried with its Idempotency-Key, answers the
-//!   truth (one appointment for the citizen, the counters agree, the invariants hold).
+//!   truth (one appointment for the citizen, the counters agree, the invariants hold);
+//! - the waiting room's tickets, kept only in memory, survive the restart (the admission
+//!   state is handed to the restarted node): a ticket taken before the failure is still known
+//!   after it, not 404.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use holdfast_engine::NodeConfig;
+use holdfast_gateway::admission::AdmissionConfig;
 use holdfast_gateway::auth::Role;
 use holdfast_persistence::{Durability, FlushFault, WalConfig};
 use holdfast_server::reopen::{supervise, Supervised};
+use holdfast_server::ServerConfig;
 use serde_json::Value;
 
 use crate::common::*;
@@ -54,15 +60,22 @@ fn assert_log_failed(answer: &Resp) -> Value {
     body
 }
 
-async fn start(dir: &std::path::Path, fault: &FlushFault) -> (Supervised, Api) {
+async fn start(
+    dir: &std::path::Path,
+    fault: &FlushFault,
+    admission: AdmissionConfig,
+) -> (Supervised, Api) {
     let mut wal = WalConfig::new(Durability::Sync);
     wal.flush_fault = fault.clone();
-    let config = test_config(
-        NodeConfig::embedded(SHARDS_HERE),
-        HOLD_TTL_MS,
-        MAX_HOLD_MS,
-        wal_storage(dir, wal),
-    );
+    let config = ServerConfig {
+        admission,
+        ..test_config(
+            NodeConfig::embedded(SHARDS_HERE),
+            HOLD_TTL_MS,
+            MAX_HOLD_MS,
+            wal_storage(dir, wal),
+        )
+    };
     let server = holdfast_server::start(config.clone())
         .await
         .expect("starts");
@@ -76,7 +89,7 @@ async fn a_failed_log_is_opened_again_in_place_once_the_disk_heals_and_nothing_a
 ) {
     let dir = temp_dir("reopen-in-place");
     let fault = FlushFault::default();
-    let (supervised, api) = start(&dir, &fault).await;
+    let (supervised, api) = start(&dir, &fault, AdmissionConfig::default()).await;
     let operator = token(Role::Operator, "op", None, None);
     api.standard_vaccine(VACCINE).await;
     api.clinic_with_slot("c1", "s1", 10, 10).await;
@@ -178,6 +191,73 @@ async fn a_failed_log_is_opened_again_in_place_once_the_disk_heals_and_nothing_a
         .expect(200);
     assert_eq!(invariants["ok"], true, "{invariants}");
 
+    tokio::time::timeout(Duration::from_secs(30), supervised.stop_without_snapshot())
+        .await
+        .expect("the supervised server stops");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Fails the log with a write, waits until the stand-in answers (the node was stopped), heals
+/// the disk and waits until a write is taken again.
+async fn fail_and_heal(api: &Api, fault: &FlushFault, supervised: &Supervised) {
+    fault.arm();
+    let put = |id: &str| {
+        Req::put(format!("/v1/citizens/{id}"))
+            .token(&api.authority)
+            .json(&citizen_body("1980-05-05"))
+    };
+    assert_log_failed(&api.send(put("doomed")).await);
+    for _ in 0..POLLS_MAX {
+        let standing_in = try_answer(api, Req::get("/readyz")).await.is_some_and(|r| {
+            r.json()["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("restarting in place"))
+        });
+        if standing_in {
+            break;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    fault.disarm();
+    for _ in 0..POLLS_MAX {
+        if try_answer(api, put("healed"))
+            .await
+            .is_some_and(|r| r.status == 200 || r.status == 201)
+        {
+            break;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    assert_eq!(supervised.restarts().count(), 1, "the node restarted once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_room_s_tickets_survive_a_restart_in_place() {
+    let dir = temp_dir("reopen-tickets");
+    let fault = FlushFault::default();
+    let room = AdmissionConfig {
+        waiting_room: NonZeroU32::new(1),
+        ..AdmissionConfig::default()
+    };
+    let (supervised, api) = start(&dir, &fault, room).await;
+    let tokens: Vec<String> = ["q0", "q1"].iter().map(|c| api.citizen_token(c)).collect();
+    let mut tickets = Vec::new();
+    for token in &tokens {
+        let ticket = api
+            .send(Req::post("/v1/queue").token(token))
+            .await
+            .expect(201);
+        tickets.push(ticket["ticket"].as_str().unwrap().to_string());
+    }
+
+    fail_and_heal(&api, &fault, &supervised).await;
+
+    for (token, ticket) in tokens.iter().zip(&tickets) {
+        // A ticket the restarted node did not know would be 404.
+        api.send(Req::get(format!("/v1/queue/{ticket}")).token(token))
+            .await
+            .expect(200);
+    }
     tokio::time::timeout(Duration::from_secs(30), supervised.stop_without_snapshot())
         .await
         .expect("the supervised server stops");
