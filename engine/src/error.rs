@@ -254,8 +254,8 @@ pub enum WriteRefusal {
     },
     /// The log's filesystem is read-only. Clears by itself once it is writable again.
     ReadOnly,
-    /// A write or flush of the log failed: no more writes until a restart, which recovers
-    /// from the log.
+    /// A write or flush of the log failed: no more writes until the node restarts (in place,
+    /// once the disk has room: the server's `reopen.rs`), which recovers from the log.
     LogFailed(String),
 }
 
@@ -294,8 +294,9 @@ impl std::fmt::Display for WriteRefusal {
             ),
             WriteRefusal::LogFailed(why) => write!(
                 f,
-                "the write-ahead log failed ({why}): writes are refused until a restart, which \
-                 recovers from the log; check the data directory's disk first"
+                "the write-ahead log failed ({why}): writes are refused until the node restarts \
+                 in place, by itself once the data directory's disk has room, and recovers \
+                 from the log"
             ),
         }
     }

@@ -157,7 +157,7 @@ pub trait Journal: Send + Sync + 'static {
     /// Set once a write failed; the shards then refuse writes.
     fn failed(&self) -> Option<JournalError>;
     /// Why new writes are refused now, if they are: the disk is below its reserve or
-    /// read-only (clears by itself), or the journal failed (until a restart). Asked before a
+    /// read-only (clears by itself), or the journal failed (until the node restarts). Asked before a
     /// write is decided, so a refused write changes nothing; reads go on.
     fn write_refusal(&self) -> Option<WriteRefusal> {
         self.failed().map(|e| {

@@ -22,6 +22,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod overload;
 pub mod qr;
+pub mod restarts;
 pub mod routes;
 pub mod state;
 pub mod telemetry;

@@ -153,6 +153,15 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(lags);
     }
 
+    /// Forgets the webhooks' lags (their closure holds the event store: a server that stops
+    /// clears it, so its store can close and open again in this process).
+    pub fn clear_webhook_lags(&self) {
+        *self
+            .webhook_lags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
     /// Whether request-path macros reach this recorder.
     pub fn is_installed(&self) -> bool {
         self.detached.is_none()

@@ -14,6 +14,7 @@ use crate::auth::JwtKey;
 use crate::metrics::Metrics;
 use crate::overload::OverloadLimits;
 use crate::qr::QrKeyring;
+use crate::restarts::InPlaceRestarts;
 use crate::routes::streams::StreamLimits;
 
 /// How the server runs; from the command line.
@@ -46,6 +47,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Rate limits and the waiting room (`crate::admission`), each off unless configured.
     pub admission: Arc<Admission>,
+    /// The node's restarts in place after its log failed (`crate::restarts`); the same record
+    /// across them.
+    pub restarts: Arc<InPlaceRestarts>,
 }
 
 impl FromRef<AppState> for Arc<JwtKey> {

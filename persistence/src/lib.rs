@@ -26,8 +26,8 @@ pub use headroom::{
     DiskFault, DiskState, Headroom, DISK_RESERVE_BYTES_DEFAULT, HEADROOM_RECHECK_MS,
 };
 pub use wal::{
-    Ack, DiskSync, Dropped, Durability, FlushFault, LogSpan, Record, Recovery, Wal, WalConfig,
-    WalError, WalStats, WriterGate, ACK_BATCHES_MAX, ASYNC_FLUSH_INTERVAL_MS_DEFAULT,
+    open_sled, Ack, DiskSync, Dropped, Durability, FlushFault, LogSpan, Record, Recovery, Wal,
+    WalConfig, WalError, WalStats, WriterGate, ACK_BATCHES_MAX, ASYNC_FLUSH_INTERVAL_MS_DEFAULT,
     BATCH_RECORDS_MAX_DEFAULT, CACHE_CAPACITY_BYTES_DEFAULT, FRAME_BYTES_MAX, FRAME_FORMAT_VERSION,
     QUEUE_OPS_MAX_DEFAULT, SLED_BATCH_FRAMES_MAX, SNAPSHOT_FORMAT_VERSION, WAL_BATCH_RECORDS,
     WAL_FSYNC_SECONDS, WAL_SUBDIR,

@@ -117,12 +117,14 @@ impl Default for ConnectionLimits {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and lets every
-/// open connection finish its request in flight (idle ones close at once).
+/// open connection finish its request in flight (idle ones close at once). The listener is
+/// shared: it outlives the loop, so the next one serves on the same socket (a restart in
+/// place, `reopen.rs`) and connections arriving in between wait in its backlog.
 ///
 /// Dropping the returned future (aborting its task after the drain) closes every connection
 /// still open: they run in a [`JoinSet`] it owns.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     app: axum::Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,

@@ -5,8 +5,8 @@
 //! write-ahead log ([`journal`]), the accept loop with its connection bounds and timeouts
 //! ([`connections`]), and the external eligibility check over HTTP
 //! ([`eligibility`]) with its circuit breaker ([`breaker`]), the durable event feed and
-//! audit chain ([`events`]), the signed webhooks ([`webhooks`]), and how the process takes
-//! its memory ([`pages`]).
+//! audit chain ([`events`]), the signed webhooks ([`webhooks`]), the node's restart in place after
+//! its log failed ([`reopen`]), and how the process takes its memory ([`pages`]).
 //!
 //! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
 
@@ -20,6 +20,7 @@ pub mod eligibility;
 pub mod events;
 pub mod journal;
 pub mod pages;
+pub mod reopen;
 mod serve;
 pub mod webhooks;
 

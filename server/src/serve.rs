@@ -15,8 +15,10 @@ use holdfast_gateway::app::{build_app, AppState, Settings};
 use holdfast_gateway::auth::JwtKey;
 use holdfast_gateway::metrics::Metrics;
 use holdfast_gateway::qr::QrKeyring;
+use holdfast_gateway::restarts::InPlaceRestarts;
 use holdfast_gateway::routes::streams::StreamLimits;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -30,6 +32,7 @@ use crate::webhooks::{
 };
 
 /// Where shards keep their state.
+#[derive(Clone)]
 pub enum Storage {
     /// Nowhere: a restart loses everything (tests of the HTTP layer).
     Memory,
@@ -39,7 +42,9 @@ pub enum Storage {
     Journal(Arc<dyn Journal>),
 }
 
-/// What a server needs to start, decided from the command line (or by a test).
+/// What a server needs to start, decided from the command line (or by a test). Cloned for
+/// each restart in place (`reopen.rs`).
+#[derive(Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub node: NodeConfig,
@@ -63,9 +68,20 @@ pub struct ServerConfig {
 /// closed (an answer not sent is a request the client retries; nothing acknowledged is lost).
 pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// What a restart in place hands from one server to the next (`reopen.rs`): the listening
+/// socket (bound once: connections wait in its backlog meanwhile), the admission state
+/// (rate-limit buckets, the waiting room's tickets) and the count of restarts.
+#[derive(Clone)]
+pub(crate) struct Carried {
+    pub(crate) listener: Arc<TcpListener>,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) restarts: Arc<InPlaceRestarts>,
+}
+
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: AppState,
+    listener: Arc<TcpListener>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     wal: Option<Arc<WalJournal>>,
@@ -121,12 +137,31 @@ impl RunningServer {
         self.stop(false).await
     }
 
+    /// What the next server started in place takes over from this one.
+    pub(crate) fn carried(&self) -> Carried {
+        Carried {
+            listener: self.listener.clone(),
+            admission: self.state.admission.clone(),
+            restarts: self.state.restarts.clone(),
+        }
+    }
+
+    /// Why the log failed, once it has (writes are refused with `log_failed` since).
+    pub fn log_failure(&self) -> Option<String> {
+        match self.state.node.write_refusal() {
+            Some(holdfast_engine::WriteRefusal::LogFailed(why)) => Some(why),
+            _ => None,
+        }
+    }
+
     async fn stop(mut self, snapshot: bool) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         // Before the log closes: the cursors live in its database.
         if let Some(webhooks) = self.webhooks.take() {
+            // Their lags read the event store: the metrics must not keep it open.
+            self.state.metrics.clear_webhook_lags();
             webhooks.stop().await;
         }
         if tokio::time::timeout(SHUTDOWN_DRAIN, &mut self.task)
@@ -177,7 +212,7 @@ impl RunningServer {
 /// Starts the node, waits until every shard has recovered, then opens the HTTP listener
 /// (tests and embedding: the first request finds every shard ready).
 pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
-    start_inner(config, true).await
+    start_inner(config, true, None).await
 }
 
 /// Opens the HTTP listener at once while the shards recover (`holdfast serve`): `/healthz`
@@ -185,10 +220,23 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
 /// a recovering shard is 503 `UNAVAILABLE` with `Retry-After`. Wait with
 /// [`Node::wait_recovered`] on `state.node`.
 pub async fn start_listening(config: ServerConfig) -> Result<RunningServer, String> {
-    start_inner(config, false).await
+    start_inner(config, false, None).await
 }
 
-async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, String> {
+/// [`start_listening`] on what the previous server in this process leaves (`reopen.rs`):
+/// its listening socket, admission state and restart count.
+pub(crate) async fn start_carried(
+    config: ServerConfig,
+    carried: Carried,
+) -> Result<RunningServer, String> {
+    start_inner(config, false, Some(carried)).await
+}
+
+async fn start_inner(
+    config: ServerConfig,
+    wait: bool,
+    carried: Option<Carried>,
+) -> Result<RunningServer, String> {
     let jwt = JwtKey::from_secret_file_bytes(&config.jwt_secret)?;
     let external = match &config.external {
         Some(external) => Some((
@@ -247,23 +295,40 @@ async fn start_inner(config: ServerConfig, wait: bool) -> Result<RunningServer, 
         audit: events.clone(),
         streams: Arc::new(StreamLimits::default()),
         metrics: Metrics::installed_or_detached(),
-        admission: Arc::new(Admission::new(&config.admission, clock)),
+        admission: carried
+            .as_ref()
+            .map(|c| c.admission.clone())
+            .unwrap_or_else(|| Arc::new(Admission::new(&config.admission, clock))),
+        restarts: carried
+            .as_ref()
+            .map(|c| c.restarts.clone())
+            .unwrap_or_default(),
     };
-    let app = build_app(state.clone());
-    let listener =
-        listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let app = build_app(state.clone()).layer(axum::middleware::map_response_with_state(
+        state.node.clone(),
+        crate::reopen::close_if_log_failed,
+    ));
+    let listener = match carried {
+        Some(carried) => carried.listener,
+        None => Arc::new(
+            listen(config.listen)
+                .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?,
+        ),
+    };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (tx, rx) = oneshot::channel::<()>();
     let limits = config.connections;
+    let serving = listener.clone();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;
         };
-        crate::connections::serve(listener, app, limits, shutdown).await;
+        crate::connections::serve(serving, app, limits, shutdown).await;
     });
     Ok(RunningServer {
         addr,
         state,
+        listener,
         shutdown: Some(tx),
         task,
         wal,
@@ -385,7 +450,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     // first group commit.
     Metrics::install()?;
     let recovery = std::time::Instant::now();
-    let mut server = start_listening(config).await?;
+    let mut server = start_listening(config.clone()).await?;
     if let Some(webhooks) = &webhooks {
         // From here on, deliveries run in their own tasks; bookings never wait for them.
         server.start_webhooks(webhooks)?;
@@ -433,13 +498,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         let summary = crate::demo::load(&server.state.node, server.state.node.now_ms()).await?;
         crate::demo::print_banner(&server.state, server.addr, &summary, &secret_path);
     }
+    // From here on, a log that fails is opened again in place once the disk has room.
+    let server = crate::reopen::supervise(server, config, webhooks);
     signalled.await;
     stop_on_signal(server).await;
     Ok(())
 }
 
 /// What SIGTERM or SIGINT does: see [`RunningServer::stop_without_snapshot`].
-async fn stop_on_signal(server: RunningServer) {
+async fn stop_on_signal(server: crate::reopen::Supervised) {
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let stopping = std::time::Instant::now();
     server.stop_without_snapshot().await;

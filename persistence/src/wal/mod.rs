@@ -90,6 +90,8 @@ const LEGACY_LOG_TREE: &str = "log";
 const SNAPSHOTS_TREE: &str = "snapshots";
 const WRITER_THREAD_NAME: &str = "holdfast-wal-writer";
 const ACKER_THREAD_NAME: &str = "holdfast-wal-acks";
+/// Drops a failed sled database's last handles (`Wal::release_failed_sled`).
+const SLED_RELEASE_THREAD_NAME: &str = "holdfast-wal-release";
 pub use acker::ACK_BATCHES_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +175,12 @@ impl FlushFault {
     /// From now on, every durable flush fails.
     pub fn arm(&self) {
         self.0.store(true, Ordering::Release);
+    }
+
+    /// Flushes succeed again (a disk that healed; a log that failed stays failed until it
+    /// is opened again).
+    pub fn disarm(&self) {
+        self.0.store(false, Ordering::Release);
     }
 
     pub fn is_armed(&self) -> bool {
@@ -292,8 +300,12 @@ pub struct WalStats {
 pub(crate) struct Shared {
     failed: AtomicBool,
     /// Set when sled itself returned an error (not our own sync, not the fault hook): sled
-    /// 0.34.7 then cannot be dropped without hanging (see `Wal::leave_sled_unflushed`).
+    /// 0.34.7 then may not be dropped without hanging (see `Wal::release_failed_sled`).
     sled_failed: AtomicBool,
+    /// Set when that error came from a write (an insert, a batch, a delete) rather than from
+    /// `db.flush()`: sled then may not have recorded it as its own "global" error, and its
+    /// drop's flush can wait forever (see `Wal::release_failed_sled`).
+    sled_write_failed: AtomicBool,
     failure: Mutex<Option<String>>,
     batches: AtomicU64,
     records: AtomicU64,
@@ -332,8 +344,9 @@ impl Shared {
         self.headroom.recheck();
     }
 
-    /// Like `fail`, for an error sled itself returned.
+    /// Like `fail`, for an error a sled write (not its flush) returned.
     pub(crate) fn fail_in_sled(&self, why: String) {
+        self.sled_write_failed.store(true, Ordering::Release);
         self.sled_failed.store(true, Ordering::Release);
         self.fail(why);
     }
@@ -367,9 +380,8 @@ impl Shared {
 
 /// The write-ahead log. `Send + Sync`: share it behind an `Arc`.
 pub struct Wal {
-    db: sled::Db,
-    frames: sled::Tree,
-    snapshots: sled::Tree,
+    /// `None` only once stopped (see [`Wal::release_failed_sled`]).
+    sled: Option<SledHandles>,
     /// What recovery found at open, until each shard takes its tail.
     tails: Mutex<Tails>,
     root: PathBuf,
@@ -382,6 +394,13 @@ pub struct Wal {
     acker: Option<JoinHandle<()>>,
 }
 
+/// The log's handles on its sled database.
+struct SledHandles {
+    db: sled::Db,
+    frames: sled::Tree,
+    snapshots: sled::Tree,
+}
+
 /// How long `open` waits for sled's file lock. sled 0.34 releases the lock on its data file
 /// only when its last internal reference goes, which can be a moment after the previous
 /// `Db` (a closed `Wal`) was dropped in the same process (sled #1234, #1289); another process
@@ -389,7 +408,10 @@ pub struct Wal {
 const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 const SLED_LOCK_RETRY: Duration = Duration::from_millis(10);
 
-fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+/// Opens a sled database, waiting up to [`SLED_LOCK_WAIT`] for its file lock (the previous
+/// `Db` in this process may be a moment from releasing it). The event store opens its own
+/// database through it too.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
         match config.open() {
@@ -438,6 +460,7 @@ impl Wal {
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
             sled_failed: AtomicBool::new(false),
+            sled_write_failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             batches: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -474,9 +497,11 @@ impl Wal {
             .spawn(move || writer.run(State::new(index)))
             .map_err(|e| WalError::Io(format!("cannot start the writer thread: {e}")))?;
         Ok(Wal {
-            db,
-            frames,
-            snapshots,
+            sled: Some(SledHandles {
+                db,
+                frames,
+                snapshots,
+            }),
             tails: Mutex::new(tails),
             root,
             durability: config.durability,
@@ -539,6 +564,7 @@ impl Wal {
     /// call is an `Io` error), and the memory holding it is freed.
     pub fn recover_shard(&self, shard: u32) -> Result<Recovery, WalError> {
         let snapshot = match self
+            .handles()
             .snapshots
             .get(snapshot_key(shard))
             .map_err(io("cannot read snapshots"))?
@@ -644,26 +670,58 @@ impl Wal {
             let _ = acker.join();
         }
         if self.shared.sled_failed.load(Ordering::Acquire) {
-            self.leave_sled_unflushed();
+            self.release_failed_sled();
         }
         stopped
     }
 
-    /// After sled failed a write, it cannot be dropped: dropping its last tree flushes,
-    /// and that flush waits forever for the buffer whose write failed (seen when the data
-    /// directory vanished under a running server: SIGTERM never finished). Nothing more can be
-    /// made durable anyway, and every acknowledged record already was, so the handles are left
-    /// alive (one extra reference each, never released) and the process may exit.
-    fn leave_sled_unflushed(&self) {
-        std::mem::forget(self.db.clone());
-        std::mem::forget(self.frames.clone());
-        std::mem::forget(self.snapshots.clone());
+    fn handles(&self) -> &SledHandles {
+        self.sled
+            .as_ref()
+            .expect("the sled handles live until the log stops")
+    }
+
+    /// After sled failed, dropping it may not return: dropping its last tree flushes, and
+    /// that flush can wait forever for the buffer whose write failed (seen when the data
+    /// directory vanished under a running server: SIGTERM never finished), holding sled's
+    /// process-wide concurrency lock, which then stops every sled database of the process
+    /// (another log opened later included). Nothing more can be made durable anyway, and every
+    /// acknowledged record already was.
+    ///
+    /// - When the error came from `db.flush()` (a full disk: sled's `pwrite` of its buffer
+    ///   failed), sled has recorded it as its global error, and its drop skips the flush and
+    ///   returns at once (read in sled 0.34.7: `iobuf.rs` `make_stable_inner`, `logger.rs`
+    ///   `Drop for Log`; seen with a full tmpfs). The last handles are dropped, on a detached
+    ///   thread of their own ([`SLED_RELEASE_THREAD_NAME`]) so nothing waits for it anyway,
+    ///   and sled's file lock is released: the directory can be opened again in this process
+    ///   (the server's restart in place, `reopen.rs` there).
+    /// - When it came from a write (`sled_write_failed`), that is not certain, so the handles
+    ///   are left alive (one extra reference each, never released) and the process may exit;
+    ///   sled's lock stays held, and every later open of the directory in this process fails
+    ///   after [`SLED_LOCK_WAIT`] saying so (a process restart opens it).
+    fn release_failed_sled(&mut self) {
+        if self.shared.sled_write_failed.load(Ordering::Acquire) {
+            let handles = self.handles();
+            std::mem::forget(handles.db.clone());
+            std::mem::forget(handles.frames.clone());
+            std::mem::forget(handles.snapshots.clone());
+            return;
+        }
+        let Some(handles) = self.sled.take() else {
+            return;
+        };
+        // When no thread can be started, the handles drop here (the process is out of
+        // threads: hanging one more is the least of its problems).
+        let _ = std::thread::Builder::new()
+            .name(SLED_RELEASE_THREAD_NAME.to_string())
+            .spawn(move || drop(handles));
     }
 
     /// The cursors kept in sled tree `name` of this log's database (created if needed); see
     /// [`CursorTree`](crate::CursorTree). Drop every one before [`Wal::close`].
     pub fn cursor_tree(&self, name: &str) -> Result<crate::CursorTree, WalError> {
         let tree = self
+            .handles()
             .db
             .open_tree(name)
             .map_err(io(&format!("cannot open tree {name}")))?;
@@ -674,17 +732,18 @@ impl Wal {
     /// first 5 bytes (version byte and checksum), as a write torn by a crash leaves it.
     #[doc(hidden)]
     pub fn tear_frame_holding_for_test(&self, shard: u32, seq: u64) -> Result<(), WalError> {
-        for entry in self.frames.iter() {
+        let SledHandles { db, frames, .. } = self.handles();
+        for entry in frames.iter() {
             let (key, value) = entry.map_err(io("cannot read the log"))?;
             let Ok(records) = decode_frame(&key, &value) else {
                 continue;
             };
             if records.iter().any(|r| r.shard == shard && r.seq == seq) {
                 let torn = value[..format::HEADER_LEN].to_vec();
-                self.frames
+                frames
                     .insert(key, torn)
                     .map_err(io("cannot tear a frame"))?;
-                self.db.flush().map_err(io("cannot flush"))?;
+                db.flush().map_err(io("cannot flush"))?;
                 return Ok(());
             }
         }

@@ -19,7 +19,8 @@ pub fn open_db(dir: Option<&Path>) -> Result<sled::Db, String> {
         Some(dir) => sled::Config::new().path(dir.join(store::EVENTS_SUBDIR)),
         None => sled::Config::new().temporary(true),
     };
-    config
-        .open()
+    // Waiting for the lock: after an in-place restart (`reopen.rs`) the previous store's
+    // database may be a moment from releasing it.
+    holdfast_persistence::open_sled(&config)
         .map_err(|e| format!("cannot open the event store: {e}"))
 }

@@ -12,7 +12,7 @@
 //! gets the next sequence numbers then; one it had stored is skipped by its cursor.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
@@ -43,6 +43,8 @@ pub const RECORDER_WRITE_CHANGES_MAX: usize = 8_192;
 /// Longest wait between two attempts at storing a batch the store refused (a full disk): the
 /// recorder retries the same batch until it is stored, never skipping it.
 pub const RECORDER_RETRY_MAX_MS: u64 = 5_000;
+/// While it waits to retry a batch, the recorder checks this often whether the node stopped.
+const PUBLISHER_GONE_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 /// Old event frames dropped in one write at most when the retention trims (the rest go
 /// with the next writes): a lowered retention never stalls one write for long.
 const TRIM_FRAMES_MAX: usize = 64;
@@ -60,6 +62,9 @@ struct Inner {
     retained_max: u64,
     /// `fdatasync`s of the store's data file so far (one per stored batch on disk).
     fdatasyncs: AtomicU64,
+    /// Set when the node's publisher dropped the recorder (the node stopped): a batch that
+    /// cannot be stored is then given up instead of retried (see `Writer::run`).
+    publisher_gone: AtomicBool,
 }
 
 /// Reads: the feed and the audit trail. Writes go through the [`Recorder`] that
@@ -190,6 +195,7 @@ impl EventStore {
             head: watch::channel(tail.head).0,
             oldest: AtomicU64::new(tail.oldest),
             fdatasyncs: AtomicU64::new(0),
+            publisher_gone: AtomicBool::new(false),
             retained_max: retained_max.max(1),
         });
         let (tx, rx) = sync_channel(RECORDER_QUEUE_BATCHES);
@@ -341,6 +347,13 @@ fn audit_frame_holding(tree: &sled::Tree, seq: u64) -> Option<(u64, Vec<AuditRec
     Some((first, records))
 }
 
+impl Drop for RecorderPort {
+    /// The node's publisher let go of the recorder: the node stopped.
+    fn drop(&mut self) {
+        self.inner.publisher_gone.store(true, Ordering::Release);
+    }
+}
+
 impl Recorder for RecorderPort {
     fn record(&self, changes: Vec<Published>) {
         if self.tx.send(changes).is_err() {
@@ -379,12 +392,33 @@ impl Writer {
             // would be lost for good. Retry it (the same numbers, so a write that reached sled
             // but not its flush is rewritten identically); meanwhile the queue fills and the
             // publishers wait, as they would for a stuck journal.
+            // Once the node has stopped, though, nothing new comes, and sled does not write
+            // again after an I/O error (a full disk): the batch is given up, as a crash would
+            // leave it, and the thread ends so the store can close (and open again in this
+            // process, `reopen.rs`). The cursors did not move past it, and the log keeps every
+            // change above them (`Recorder::recorded`), so the next start derives it again.
             let mut backoff_ms = 10;
             while let Err(error) = self.write(&batch) {
+                if self.inner.publisher_gone.load(Ordering::Acquire) {
+                    tracing::error!(%error, "the event store cannot store a batch and the node has stopped: the next start derives it again from the log");
+                    return;
+                }
                 tracing::error!(%error, retry_in_ms = backoff_ms, "the event store could not store a batch");
-                std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
+                self.sleep_unless_publisher_gone(std::time::Duration::from_millis(backoff_ms));
                 backoff_ms = (backoff_ms * 2).min(RECORDER_RETRY_MAX_MS);
             }
+        }
+    }
+
+    /// Sleeps `wait`, or less once the node's publisher is gone.
+    fn sleep_unless_publisher_gone(&self, wait: std::time::Duration) {
+        let deadline = std::time::Instant::now() + wait;
+        while !self.inner.publisher_gone.load(Ordering::Acquire) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(PUBLISHER_GONE_CHECK));
         }
     }
 

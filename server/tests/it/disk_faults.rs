@@ -8,8 +8,10 @@
 //!   root on Linux), with the real binary: filled to below `--disk-reserve-mib` by a ballast
 //!   file (writes refused, reads served) and freed again (writes resume); then, with no
 //!   reserve, filled to the last byte so that sled's own write fails (`ENOSPC`): the write
-//!   is never acknowledged and writes stay refused (`log_failed`); killed with SIGKILL and
-//!   restarted, every acknowledged change is there. (A read-only remount cannot be tested
+//!   is never acknowledged and writes stay refused (`log_failed`) while the disk is full;
+//!   once the ballast is deleted the node restarts in place (same process, same address:
+//!   `reopen.rs`) and takes writes again, with every acknowledged booking there and no other;
+//!   killed with SIGKILL and restarted, every acknowledged change is still there. (A read-only remount cannot be tested
 //!   this way: Linux refuses it while the server holds its files open for writing, so only a
 //!   filesystem error makes one; the hook covers it.)
 
@@ -28,6 +30,10 @@ const SHARDS_HERE: u32 = 4;
 /// the node asks the disk again every `HEADROOM_RECHECK_MS`, 100 ms).
 const POLLS_MAX: usize = 500;
 const POLL_EVERY: Duration = Duration::from_millis(20);
+/// How often the filesystem test asks whether writes are taken again after space returned,
+/// at most (20 ms apart: 30 s, for the restart in place: the stop, sled's lock released, the
+/// log opened again and every shard recovered).
+const REOPEN_POLLS_MAX: usize = 1500;
 
 /// Asks `/readyz` until it answers `status` (with `reason` in its details when 503), at most
 /// [`POLLS_MAX`] times; returns the last answer's body.
@@ -258,7 +264,8 @@ async fn a_real_filesystem_filled_refuses_writes_and_loses_nothing_acknowledged_
         .expect(200);
 
     // Full to the last byte with no reserve (sled's own write fails): the write is never
-    // acknowledged, its shard stops, the node refuses writes (`log_failed`) until a restart.
+    // acknowledged, its shard stops, the node refuses writes (`log_failed`) until space
+    // returns and the node restarts in place.
     server.kill();
     let no_reserve = ["--disk-reserve-mib", "0"];
     let mut server =
@@ -284,15 +291,59 @@ async fn a_real_filesystem_filled_refuses_writes_and_loses_nothing_acknowledged_
     let refused = refused.expect("a write fails on a full disk");
     assert_refused(&refused, "log_failed");
     wait_ready(api, 503, Some("log_failed")).await;
-    // Space returning does not undo a failed write: sled's state after a failed write is
-    // not trusted again in this process, so writes wait for the restart.
+    // Space returns: the node restarts in place (the same process, the same address), opens
+    // the log again and recovers every shard from it; writes are taken again.
     std::fs::remove_file(&ballast).unwrap();
+    let space_back = std::time::Instant::now();
+    let late = || {
+        Req::put("/v1/citizens/late")
+            .token(&api.authority)
+            .json(&citizen_body("1980-05-05"))
+    };
+    // A connection the stopping node had accepted but not yet read is closed unanswered (a
+    // transport error, retried as a client would: the PUT is idempotent).
+    let mut answer = api.try_send(late()).await.ok();
+    for _ in 0..REOPEN_POLLS_MAX {
+        if let Some(answer) = &answer {
+            if answer.status == 200 || answer.status == 201 {
+                break;
+            }
+            // Refused by the failed node or its stand-in (`log_failed`), or by a shard still
+            // recovering after the restart: a 503 with Retry-After, never another answer.
+            let body = answer.expect(503);
+            assert!(answer.headers.contains_key("retry-after"), "{body}");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+        answer = api.try_send(late()).await.ok();
+    }
+    let answer = answer.expect("an answer once the node serves again");
+    assert!(
+        answer.status == 200 || answer.status == 201,
+        "writes are taken again once space returned: {} {}",
+        answer.status,
+        answer.json()
+    );
+    // A figure for docs/PERFORMANCE.md, never asserted.
+    eprintln!(
+        "disk_faults: space back -> first write accepted in {} ms (restart in place)",
+        space_back.elapsed().as_millis()
+    );
     let storage_now = storage(api, &operator).await;
-    assert_eq!(storage_now["reason"], "log_failed", "{storage_now}");
-    let late = Req::put("/v1/citizens/late")
-        .token(&api.authority)
-        .json(&citizen_body("1980-05-05"));
-    api.send(late).await.expect(503);
+    assert_eq!(storage_now["writable"], true, "{storage_now}");
+    assert_eq!(storage_now["restarts_in_place"], 1, "{storage_now}");
+    wait_ready(api, 200, None).await;
+    assert_eq!(api.appointment_json(&acked[0]).await["status"], "CONFIRMED");
+    for id in &acked[1..] {
+        assert_eq!(api.appointment_json(id).await["status"], "PENDING");
+    }
+    acked.push(api.book_ok("late", "c1", "s1").await);
+    let availability = api.availability("c1").await;
+    assert_eq!(
+        availability["slots"][0]["pending"].as_u64().unwrap()
+            + availability["slots"][0]["confirmed"].as_u64().unwrap(),
+        acked.len() as u64,
+        "every acknowledged booking, and only those: {availability}"
+    );
 
     // kill -9, restart: every acknowledged change is there.
     server.kill();
@@ -302,6 +353,4 @@ async fn a_real_filesystem_filled_refuses_writes_and_loses_nothing_acknowledged_
     for id in &acked[1..] {
         assert_eq!(api.appointment_json(id).await["status"], "PENDING");
     }
-    api.put_adult("late").await;
-    api.book_ok("late", "c1", "s1").await;
 }

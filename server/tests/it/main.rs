@@ -36,6 +36,7 @@ mod http_holds;
 mod http_idempotency;
 mod http_ops;
 mod http_stock;
+mod in_place_recovery;
 mod log_span;
 mod no_show;
 mod observe;

@@ -93,7 +93,7 @@ async fn admin_shards(
         ring,
         shards,
         dependencies,
-        storage: StorageJson::render(node),
+        storage: StorageJson::render(node, &state.restarts),
     }))
 }
 

@@ -7,6 +7,7 @@ use holdfast_engine::Node;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::restarts::InPlaceRestarts;
 use crate::routes::fields::rfc3339;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -113,20 +114,32 @@ pub struct ShardsJson {
 pub struct StorageJson {
     /// False while writes are refused (reads are served meanwhile).
     pub writable: bool,
-    /// `disk_full`, `read_only` (both clear by themselves) or `log_failed` (until a
-    /// restart); null while writable.
+    /// `disk_full`, `read_only` (both clear by themselves) or `log_failed` (cleared by a
+    /// restart in place once the disk has room again); null while writable.
     pub reason: Option<String>,
     /// What happened and what to do, for a human; null while writable.
     pub message: Option<String>,
+    /// Times the node was restarted in place, in this process, after its log failed (the
+    /// log and the event store reopened, every shard recovered from the log, on the same
+    /// listening socket).
+    pub restarts_in_place: u64,
+    /// The failure the last restart in place recovered from; null if there was none.
+    pub last_restart_reason: Option<String>,
+    /// When the last restart in place served again; null if there was none.
+    pub last_restart_at: Option<String>,
 }
 
 impl StorageJson {
-    pub fn render(node: &Node) -> StorageJson {
+    pub fn render(node: &Node, restarts: &InPlaceRestarts) -> StorageJson {
         let refusal = node.write_refusal();
+        let last = restarts.last();
         StorageJson {
             writable: refusal.is_none(),
             reason: refusal.as_ref().map(|r| r.reason().to_string()),
             message: refusal.as_ref().map(|r| r.to_string()),
+            restarts_in_place: restarts.count(),
+            last_restart_at: last.as_ref().map(|l| rfc3339(l.at_ms)),
+            last_restart_reason: last.map(|l| l.reason),
         }
     }
 }
