@@ -8,7 +8,8 @@
 //! `X-Request-Id`, span, log line and metrics) is [`telemetry`]; the series `/metrics` shows
 //! are [`metrics`]. Who may ask for a seat on a launch morning (rate limits, the waiting room)
 //! is [`admission`]; the node-wide bound on requests in flight (503 under overload) is
-//! [`overload`].
+//! [`overload`]; the bounds on the event streams' subscribers are [`subscribers`], and the
+//! count of the node's restarts in place is [`restarts`].
 
 #![forbid(unsafe_code)]
 
@@ -25,4 +26,5 @@ pub mod qr;
 pub mod restarts;
 pub mod routes;
 pub mod state;
+pub mod subscribers;
 pub mod telemetry;

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::overload::OverloadLimits;
 use crate::qr::QrKeyring;
 use crate::restarts::InPlaceRestarts;
-use crate::routes::streams::StreamLimits;
+use crate::subscribers::StreamLimits;
 
 /// How the server runs; from the command line.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use holdfast_gateway::auth::JwtKey;
 use holdfast_gateway::metrics::Metrics;
 use holdfast_gateway::qr::QrKeyring;
 use holdfast_gateway::restarts::InPlaceRestarts;
-use holdfast_gateway::routes::streams::StreamLimits;
+use holdfast_gateway::subscribers::StreamLimits;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

@@ -21,12 +21,12 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::events::sse;
-use super::ClinicPlace;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::StrictPath;
 use crate::routes::catalogue::types::AvailabilityJson;
 use crate::routes::fields::check_id;
 use crate::state::AppState;
+use crate::subscribers::ClinicPlace;
 
 /// The coalescing window: at most one message per slot per this many milliseconds.
 pub const AVAILABILITY_COALESCE_MS: u64 = 250;
