@@ -15,7 +15,7 @@
 //! - `c` -> the cursors: per shard with a stored change, `[u32 shard][u64 wal_seq]`, the whole
 //!   table rewritten in every batch (at most `SHARDS_MAX` entries, 12 bytes each).
 //!
-//! A batch's frames, index entries and cursors land together or not at all: a crash can
+//! A batch's frames, index frame and cursors land together or not at all: a crash can
 //! never leave events stored without the cursor that says so, or the reverse. Integers are
 //! big endian throughout, so frames sort by sequence.
 
