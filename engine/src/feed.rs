@@ -22,6 +22,8 @@
 //! }
 //! ```
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
 /// One domain event as stored: `data` is exactly the JSON object an SSE message carries in
@@ -62,6 +64,12 @@ pub trait EventFeed: Send + Sync + 'static {
     /// Up to `max` stored events with a sequence greater than `after`, in order and without
     /// gaps; empty when none yet. [`Gone`] when `after + 1` is older than the retention.
     fn read_after(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Gone>;
+    /// [`EventFeed::read_after`] with each event shared rather than copied: a feed that keeps
+    /// recent events in memory hands the same ones to every reader.
+    fn read_shared(&self, after: u64, max: usize) -> Result<Vec<Arc<StoredEvent>>, Gone> {
+        self.read_after(after, max)
+            .map(|events| events.into_iter().map(Arc::new).collect())
+    }
     /// The highest durably stored sequence (0 before the first event).
     fn head(&self) -> u64;
     /// Follows [`EventFeed::head`]: changes each time new events are durable.

@@ -20,10 +20,17 @@ for i in $(seq 300); do [ -s $D/addr ] && curl -sf http://$(cat $D/addr)/readyz 
 ADDR=$(cat $D/addr)
 if [ "$MODE" = with ]; then
   OP=$($BIN token --jwt-secret-file $D/secret --role operator --ttl 1h)
-  for i in 1 2; do curl -sN -H "Authorization: Bearer $OP" http://$ADDR/v1/events > $D/sse$i.txt 2>/dev/null & done
+  CURLS=()
+  for i in 1 2; do curl -sN -H "Authorization: Bearer $OP" http://$ADDR/v1/events > $D/sse$i.txt 2>/dev/null & CURLS+=($!); done
 fi
 $LOAD --url http://$ADDR --jwt-secret-file $D/secret --server-pid $SRV --scenario launch --connections 256 --duration 20s --quiet --report $OUT > $D/load.txt 2>&1 || true
-if [ "$MODE" = with ]; then echo "sse lines: $(grep -c '^id:' $D/sse1.txt) $(grep -c '^id:' $D/sse2.txt); webhook deliveries: $(wc -l < $D/recv.log)"; fi
+if [ "$MODE" = with ]; then
+  sleep 0.5 # the sink writes its ids out every 0.2 s
+  # The sink's CPU (user + system clock ticks): it shares the two cores with the server.
+  SINK_TICKS=$(awk '{print $14 + $15}' /proc/$RECV/stat)
+  CURL_TICKS=$(cat /proc/${CURLS[0]}/stat /proc/${CURLS[1]}/stat | awk '{t += $14 + $15} END {print t}')
+  echo "sse lines: $(grep -c '^id:' $D/sse1.txt) $(grep -c '^id:' $D/sse2.txt); webhook deliveries: $(wc -l < $D/recv.log); webhook sink cpu: $((SINK_TICKS / $(getconf CLK_TCK))) s; SSE consumers (curl) cpu: $((CURL_TICKS / $(getconf CLK_TCK))) s"
+fi
 kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true
 [ "$MODE" = with ] && { kill %1 %2 %3 2>/dev/null || true; kill $RECV 2>/dev/null || true; }
 grep -E "ops/s|launch|sold|hold " $D/load.txt | head -8

@@ -2,8 +2,8 @@
 //! the SHA-256 of the one before (docs/ARCHITECTURE.md, "Events and audit").
 //!
 //! Records live in the event store's audit frames (key: the first record's sequence, big
-//! endian; value: the records' JSON, one a line, [`super::frames`]), one appointment's
-//! sequences in its index entries (appointment id, a zero byte, the sequence). Neither is
+//! endian; value: the records' JSON, one a line, [`super::frames`]), found for one appointment
+//! through the index frames and their in-memory blocks ([`super::audit_index`]). Neither is
 //! touched by the shards' snapshots or the log's truncation, nor by the events' retention:
 //! the chain is never cut. `hash` is the hex SHA-256 of `prev_hash` (hex) followed by the
 //! record's canonical bytes

@@ -8,12 +8,14 @@
 //! - `a` + first audit sequence -> an **audit frame**: up to [`FRAME_AUDIT_MAX`] records with
 //!   consecutive sequences, each the record's JSON, separated by `\n` (JSON never holds a raw
 //!   newline);
-//! - `i` + appointment id + `0` + audit sequence -> nothing: one appointment's records, in order
-//!   (the one insert per status change that remains);
+//! - `x` + first audit sequence of a batch -> an **index frame**: per audit record of the
+//!   batch, in order, the 64-bit hash of its appointment id ([`super::audit_index`]), 8
+//!   bytes each: one insert per batch, not one per status change (the layout before kept
+//!   `i` + appointment id + `0` + audit sequence per record, and is refused);
 //! - `c` -> the cursors: per shard with a stored change, `[u32 shard][u64 wal_seq]`, the whole
 //!   table rewritten in every batch (at most `SHARDS_MAX` entries, 12 bytes each).
 //!
-//! A batch's frames, index entries and cursors land together or not at all: a crash can
+//! A batch's frames, index frame and cursors land together or not at all: a crash can
 //! never leave events stored without the cursor that says so, or the reverse. Integers are
 //! big endian throughout, so frames sort by sequence.
 
@@ -33,7 +35,7 @@ pub const FRAME_AUDIT_MAX: usize = 32;
 
 const EVENTS: u8 = b'e';
 const AUDIT: u8 = b'a';
-const INDEX: u8 = b'i';
+const INDEX: u8 = b'x';
 /// The key of the cursor table.
 pub const CURSORS_KEY: &[u8] = b"c";
 
@@ -59,26 +61,35 @@ pub fn first_of(key: &[u8]) -> Option<u64> {
     (key.len() == 9).then(|| u64::from_be_bytes(seq))
 }
 
-/// The prefix of one appointment's index entries.
-pub fn index_prefix(appointment_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(appointment_id.len() + 10);
-    key.push(INDEX);
-    key.extend_from_slice(appointment_id.as_bytes());
-    key.push(0);
-    key
+/// The key of the index frame of the batch whose first audit record is `first`.
+pub fn index_key(first: u64) -> [u8; 9] {
+    key(INDEX, first)
 }
 
-/// The index entry of audit record `seq` of `appointment_id`.
-pub fn index_key(appointment_id: &str, seq: u64) -> Vec<u8> {
-    let mut key = index_prefix(appointment_id);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+/// The prefix of the index entries of the layout before index frames (`i` + appointment id +
+/// `0` + audit sequence, one per record): a store holding one is refused.
+pub const OLD_INDEX_PREFIX: &[u8] = b"i";
+
+/// An index frame: the appointment hash of each of the batch's records, in sequence order.
+pub fn encode_index(hashes: impl ExactSizeIterator<Item = u64>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(hashes.len() * 8);
+    for hash in hashes {
+        bytes.extend_from_slice(&hash.to_be_bytes());
+    }
+    bytes
 }
 
-/// The audit sequence an index entry points at.
-pub fn index_seq(key: &[u8]) -> Option<u64> {
-    let at = key.len().checked_sub(8)?;
-    Some(u64::from_be_bytes(key[at..].try_into().ok()?))
+/// The appointment hashes of an index frame, in sequence order (a cut-short last one is
+/// ignored).
+pub fn decode_index(frame: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    frame
+        .chunks_exact(8)
+        .map(|hash| u64::from_be_bytes(hash.try_into().expect("8 bytes")))
+}
+
+/// Every index frame's key.
+pub fn index_range() -> std::ops::RangeInclusive<[u8; 9]> {
+    index_key(0)..=index_key(u64::MAX)
 }
 
 /// The range of keys of one kind: every event frame or every audit frame.
@@ -236,9 +247,13 @@ mod tests {
             "the kinds never interleave"
         );
         assert_eq!(first_of(&audit_key(77)), Some(77));
-        assert_eq!(index_seq(&index_key("A-1", 9)), Some(9));
-        assert!(index_key("A-1", 9).starts_with(&index_prefix("A-1")));
-        assert!(!index_key("A-10", 9).starts_with(&index_prefix("A-1")));
+        assert_eq!(first_of(&index_key(9)), Some(9));
+        let hashes = [1, u64::MAX, 7];
+        assert_eq!(
+            decode_index(&encode_index(hashes.into_iter())).collect::<Vec<_>>(),
+            hashes
+        );
+        assert!(!index_key(9).starts_with(OLD_INDEX_PREFIX));
         let table = [(0, 5), (63, u64::MAX)];
         assert_eq!(decode_cursors(&encode_cursors(&table)), table);
     }

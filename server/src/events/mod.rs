@@ -4,8 +4,10 @@
 //! (the SHA-256 chain and its verification, also offline: `holdfast audit verify`).
 
 pub mod audit;
+pub mod audit_index;
 pub mod frames;
 pub mod mapping;
+pub mod ring;
 pub mod store;
 
 use std::path::Path;

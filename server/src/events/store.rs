@@ -3,13 +3,16 @@
 //!
 //! Everything lives in one tree, in frames ([`super::frames`]): a batch of changes (what the
 //! publishers handed over since the last write, up to [`RECORDER_WRITE_CHANGES_MAX`]) becomes
-//! a few event frames, a few audit frames, one index entry per status change and the shards'
+//! a few event frames, a few audit frames, one index frame ([`super::audit_index`]) and the shards'
 //! cursor table (shard -> the highest `wal_seq` whose change is stored), all in one atomic
 //! `apply_batch`; the batch is flushed and `fdatasync`ed before its events are readable
 //! ([`EventFeed::head`] moves only then): a reader never sees an event a crash takes back.
 //! A change the recorder had not stored when the node stopped is published again at the
 //! next start (the shard's snapshot and log tail, [`holdfast_engine::publish::Recorder`]) and
 //! gets the next sequence numbers then; one it had stored is skipped by its cursor.
+//!
+//! Readers that keep up read the newest events from memory ([`super::ring`], filled between
+//! the `fdatasync` and the head's move); a resume from before the ring reads the frames.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,9 +26,11 @@ use holdfast_persistence::DiskSync;
 use tokio::sync::watch;
 
 use super::audit::{self, GENESIS_HASH};
+use super::audit_index::{id_hash, AuditIndex};
 use super::frames::{self, FramedEvent, FRAME_AUDIT_MAX, FRAME_EVENTS_MAX};
 use super::mapping::{audit_of, body, events_of, rfc3339};
 use super::open_db;
+use super::ring::{Ring, RING_EVENTS_MAX};
 
 /// Where the store lives inside the data directory.
 pub const EVENTS_SUBDIR: &str = "events";
@@ -40,6 +45,13 @@ pub const EVENTS_RETAINED_MAX: u64 = 2_000_000;
 pub const RECORDER_QUEUE_BATCHES: usize = 4_096;
 /// Changes written in one `apply_batch` and one flush by the recorder, at most.
 pub const RECORDER_WRITE_CHANGES_MAX: usize = 8_192;
+/// Shortest time between the starts of two writes of the recorder: a change that comes
+/// after a quiet spell is written at once, and under load the changes of this interval go in
+/// one write. Each write costs sled a rewrite of the tail nodes it touches and the disk an
+/// `fdatasync`, whatever its size, so at a launch's rate this trades at most this much more
+/// delay before an event is readable for several times fewer writes (the publishers never
+/// wait for it: the recorder's queue is between them).
+pub const RECORDER_WRITE_INTERVAL_MS: u64 = 10;
 /// Longest wait between two attempts at storing a batch the store refused (a full disk): the
 /// recorder retries the same batch until it is stored, never skipping it.
 pub const RECORDER_RETRY_MAX_MS: u64 = 5_000;
@@ -65,6 +77,10 @@ struct Inner {
     /// Set when the node's publisher dropped the recorder (the node stopped): a batch that
     /// cannot be stored is then given up instead of retried (see `Writer::run`).
     publisher_gone: AtomicBool,
+    /// The newest durable events, shared by the readers that keep up.
+    ring: Ring,
+    /// Which stretches of the audit chain may hold an appointment's records.
+    audit_index: AuditIndex,
 }
 
 /// Reads: the feed and the audit trail. Writes go through the [`Recorder`] that
@@ -160,6 +176,30 @@ fn refuse_old_layout(db: &sled::Db) -> Result<(), String> {
     Ok(())
 }
 
+fn refuse_old_index(tree: &sled::Tree) -> Result<(), String> {
+    if tree.scan_prefix(frames::OLD_INDEX_PREFIX).next().is_some() {
+        return Err(format!(
+            "the event store was written by an older holdfast (one audit index entry per \
+             status change); this version keeps one index frame per batch and cannot read it: \
+             move the `{EVENTS_SUBDIR}` directory away to start a new feed and audit chain"
+        ));
+    }
+    Ok(())
+}
+
+/// The in-memory audit index, from the index frames (8 bytes a record read).
+fn load_audit_index(tree: &sled::Tree) -> Result<AuditIndex, String> {
+    let index = AuditIndex::default();
+    for entry in tree.range(frames::index_range()) {
+        let (key, frame) = entry.map_err(|e| format!("cannot read the audit index: {e}"))?;
+        if let Some(first) = frames::first_of(&key) {
+            let hashes: Vec<u64> = frames::decode_index(&frame).collect();
+            index.add(first, hashes.into_iter());
+        }
+    }
+    Ok(index)
+}
+
 impl EventStore {
     /// Opens the store in `dir` (`None`: a temporary one, for a node that keeps nothing) and
     /// starts its recorder thread; the recorder goes to the node's publisher.
@@ -171,6 +211,16 @@ impl EventStore {
     pub fn open_retaining(
         dir: Option<&Path>,
         retained_max: u64,
+    ) -> Result<(Arc<EventStore>, Arc<dyn Recorder>), String> {
+        EventStore::open_bounded(dir, retained_max, RING_EVENTS_MAX)
+    }
+
+    /// [`EventStore::open_retaining`] keeping at most `ring_events` in memory (tests set it
+    /// low to cross the seam between the frames and the ring).
+    pub fn open_bounded(
+        dir: Option<&Path>,
+        retained_max: u64,
+        ring_events: usize,
     ) -> Result<(Arc<EventStore>, Arc<dyn Recorder>), String> {
         let db = open_db(dir)?;
         refuse_old_layout(&db)?;
@@ -187,7 +237,9 @@ impl EventStore {
                 cursor.store(*wal_seq, Ordering::Release);
             }
         }
+        refuse_old_index(&tree)?;
         let tail = tail_of(&tree);
+        let tree_for_index = tree.clone();
         let inner = Arc::new(Inner {
             db,
             frames: tree,
@@ -197,6 +249,8 @@ impl EventStore {
             fdatasyncs: AtomicU64::new(0),
             publisher_gone: AtomicBool::new(false),
             retained_max: retained_max.max(1),
+            ring: Ring::new(ring_events),
+            audit_index: load_audit_index(&tree_for_index)?,
         });
         let (tx, rx) = sync_channel(RECORDER_QUEUE_BATCHES);
         let disk = dir
@@ -255,20 +309,9 @@ impl EventStore {
     }
 }
 
-impl EventFeed for EventStore {
-    fn read_after(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Gone> {
-        let oldest = self.oldest();
-        if after.saturating_add(1) < oldest {
-            return Err(Gone {
-                after,
-                oldest_seq: oldest,
-            });
-        }
-        // Only what is flushed: frames above the head may be a batch not yet durable.
-        let head = *self.inner.head.borrow();
-        if after >= head {
-            return Ok(Vec::new());
-        }
+impl EventStore {
+    /// Up to `max` events after `after` from the sled frames, at most up to `head`.
+    fn read_stored(&self, after: u64, head: u64, max: usize) -> Vec<Arc<StoredEvent>> {
         let max = max.min((head - after) as usize);
         let mut out = Vec::with_capacity(max);
         let from = self.frame_start(after + 1);
@@ -286,6 +329,37 @@ impl EventFeed for EventStore {
                 break;
             }
         }
+        out.into_iter().map(Arc::new).collect()
+    }
+}
+
+impl EventFeed for EventStore {
+    fn read_after(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, Gone> {
+        self.read_shared(after, max)
+            .map(|events| events.iter().map(|event| (**event).clone()).collect())
+    }
+
+    /// From the ring while `after + 1` is in it, from the frames before (a resume from
+    /// older sequences, or across a restart): the next read after the last frame's event
+    /// finds the ring's first, so the seam has no gap and no duplicate.
+    fn read_shared(&self, after: u64, max: usize) -> Result<Vec<Arc<StoredEvent>>, Gone> {
+        let oldest = self.oldest();
+        if after.saturating_add(1) < oldest {
+            return Err(Gone {
+                after,
+                oldest_seq: oldest,
+            });
+        }
+        // Only what is durable: the ring and the frames may hold a batch the head has not
+        // reached yet.
+        let head = *self.inner.head.borrow();
+        if after >= head {
+            return Ok(Vec::new());
+        }
+        let out = match self.inner.ring.read_after(after, head, max) {
+            Some(events) => events,
+            None => self.read_stored(after, head, max),
+        };
         // A trim may have run between the check and the read: never hand out a gap.
         match out.first() {
             Some(first) if first.seq != after + 1 => Err(Gone {
@@ -312,28 +386,50 @@ impl AuditTrail for EventStore {
 
     fn history(&self, appointment_id: &str, max: usize) -> Vec<AuditRecord> {
         let tree = &self.inner.frames;
+        let hash = id_hash(appointment_id);
         let mut frame: Option<(u64, Vec<AuditRecord>)> = None;
         let mut out = Vec::new();
-        let seqs = tree
-            .scan_prefix(frames::index_prefix(appointment_id))
-            .keys()
-            .filter_map(|key| frames::index_seq(&key.ok()?));
-        for seq in seqs.take(max) {
-            let held = frame.as_ref().is_some_and(|(first, records)| {
-                (*first..*first + records.len() as u64).contains(&seq)
-            });
-            if !held {
-                frame = audit_frame_holding(tree, seq);
-            }
-            let Some((first, records)) = &frame else {
-                continue;
-            };
-            if let Some(record) = records.get((seq - first) as usize) {
-                out.push(record.clone());
+        for stretch in self.inner.audit_index.candidates(hash) {
+            let range = frames::index_key(stretch.start)..frames::index_key(stretch.end);
+            for entry in tree.range(range) {
+                let Ok((key, index)) = entry else { break };
+                let Some(first) = frames::first_of(&key) else {
+                    break;
+                };
+                let seqs = frames::decode_index(&index)
+                    .zip(first..)
+                    .filter(|(h, _)| *h == hash)
+                    .map(|(_, seq)| seq);
+                for seq in seqs {
+                    if let Some(record) = audit_record(tree, &mut frame, seq) {
+                        if record.appointment_id == appointment_id {
+                            out.push(record);
+                        }
+                    }
+                    if out.len() >= max {
+                        return out;
+                    }
+                }
             }
         }
         out
     }
+}
+
+/// Audit record `seq`, through `frame` (the last audit frame read, kept for the next record).
+fn audit_record(
+    tree: &sled::Tree,
+    frame: &mut Option<(u64, Vec<AuditRecord>)>,
+    seq: u64,
+) -> Option<AuditRecord> {
+    let held = frame
+        .as_ref()
+        .is_some_and(|(first, records)| (*first..*first + records.len() as u64).contains(&seq));
+    if !held {
+        *frame = audit_frame_holding(tree, seq);
+    }
+    let (first, records) = frame.as_ref()?;
+    records.get((seq - first) as usize).cloned()
 }
 
 /// The audit frame holding record `seq`: its first sequence and its readable records.
@@ -381,7 +477,14 @@ struct Prepared {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Vec<Published>>) {
+        let interval = std::time::Duration::from_millis(RECORDER_WRITE_INTERVAL_MS);
+        let mut last_write: Option<std::time::Instant> = None;
         while let Ok(mut batch) = rx.recv() {
+            // Under load, gather what comes in the rest of the interval: fewer, larger writes.
+            if let Some(rest) = last_write.and_then(|at| interval.checked_sub(at.elapsed())) {
+                std::thread::sleep(rest);
+            }
+            last_write = Some(std::time::Instant::now());
             while batch.len() < RECORDER_WRITE_CHANGES_MAX {
                 match rx.try_recv() {
                     Ok(more) => batch.extend(more),
@@ -467,7 +570,7 @@ impl Writer {
         prepared
     }
 
-    /// The batch's frames, index entries and cursor table as one sled batch.
+    /// The batch's frames, index frame and cursor table as one sled batch.
     fn frame(prepared: &Prepared) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for chunk in prepared.events.chunks(FRAME_EVENTS_MAX) {
@@ -485,8 +588,12 @@ impl Writer {
                 frames::encode_audit(chunk),
             );
         }
-        for record in &prepared.audit {
-            batch.insert(frames::index_key(&record.appointment_id, record.seq), &[]);
+        if let Some(first) = prepared.audit.first() {
+            let hashes = prepared
+                .audit
+                .iter()
+                .map(|record| id_hash(&record.appointment_id));
+            batch.insert(&frames::index_key(first.seq), frames::encode_index(hashes));
         }
         batch.insert(
             frames::CURSORS_KEY,
@@ -523,12 +630,29 @@ impl Writer {
             }
         }
         self.cursors = prepared.cursors;
+        if let Some(first) = prepared.audit.first() {
+            let hashes = prepared
+                .audit
+                .iter()
+                .map(|record| id_hash(&record.appointment_id));
+            inner.audit_index.add(first.seq, hashes);
+        }
         if let Some(last) = prepared.audit.last() {
             self.audit_seq = last.seq;
             self.audit_prev = last.hash.clone();
         }
         if let Some(head) = head {
             self.next_seq = head + 1;
+            // Durable now: into the ring first, then readable (the head moves).
+            inner
+                .ring
+                .push(prepared.events.into_iter().map(|(seq, event_type, data)| {
+                    Arc::new(StoredEvent {
+                        seq,
+                        event_type: event_type.to_string(),
+                        data,
+                    })
+                }));
             inner.head.send_replace(head);
         }
         Ok(())
@@ -656,6 +780,126 @@ mod tests {
             0,
             "a temporary store has no file to sync"
         );
+    }
+
+    fn status(shard: u32, wal_seq: u64, appointment: u64) -> Published {
+        use holdfast_engine::ids::AppointmentId;
+        Published {
+            shard,
+            wal_seq,
+            at_ms: 1_700_000_000_000,
+            change: Change::AppointmentStatus {
+                appointment_id: AppointmentId {
+                    shard,
+                    seq: appointment,
+                },
+                clinic_id: "k1".into(),
+                slot_id: "s1".into(),
+                vaccine: "pfz".into(),
+                citizen_id: "c1".into(),
+                status: holdfast_engine::model::Status::Pending,
+                offered_from_waitlist: false,
+                rescheduled_from: None,
+                rescheduled_to: None,
+            },
+        }
+    }
+
+    fn seqs(events: Vec<Arc<StoredEvent>>) -> Vec<u64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    /// A resume from before the ring's oldest event reads the frames up to it, and the next
+    /// read continues in the ring: every event once, in order, across the seam.
+    #[test]
+    fn a_resume_just_before_the_rings_oldest_event_crosses_the_seam_without_gap_or_duplicate() {
+        let (store, recorder) = EventStore::open_bounded(None, 1_000, 4).unwrap();
+        for s in 1..=10 {
+            recorder.record(vec![stock(0, s)]);
+            wait_for_head(&store, s);
+        }
+        assert_eq!(store.inner.ring.oldest(), Some(7), "the ring keeps 7-10");
+        // Just before the ring: 6 from the frames, then the ring.
+        assert_eq!(seqs(store.read_shared(5, 1).unwrap()), [6]);
+        assert_eq!(seqs(store.read_shared(6, 100).unwrap()), [7, 8, 9, 10]);
+        assert_eq!(seqs(store.read_shared(5, 100).unwrap()), [6, 7, 8, 9, 10]);
+        // Every page size, from the start: each event once, in order.
+        for page in 1..=4 {
+            let (mut last, mut got) = (0, Vec::new());
+            for _ in 0..20 {
+                let batch = store.read_shared(last, page).unwrap();
+                let Some(event) = batch.last() else { break };
+                last = event.seq;
+                got.extend(seqs(batch));
+            }
+            assert_eq!(got, (1..=10).collect::<Vec<_>>(), "pages of {page}");
+        }
+        let data = |events: Vec<StoredEvent>| events[0].data.clone();
+        assert_eq!(
+            data(store.read_after(6, 1).unwrap()),
+            store.read_stored(6, 10, 1)[0].data,
+            "the ring and the frames hold the same event"
+        );
+    }
+
+    /// One index frame per batch, not one entry per change: an appointment's records are
+    /// found, in order, in every batch that holds them, before and after a reopen.
+    #[test]
+    fn an_appointments_audit_records_are_found_through_the_index_frames_across_a_reopen() {
+        let dir = std::env::temp_dir().join(format!(
+            "holdfast-event-store-index-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ids = |records: Vec<AuditRecord>| -> Vec<(u64, String)> {
+            records
+                .into_iter()
+                .map(|r| (r.seq, r.appointment_id))
+                .collect()
+        };
+        {
+            let (store, recorder) = EventStore::open(Some(&dir)).unwrap();
+            recorder.record((1..=40).map(|s| status(0, s, s % 3)).collect());
+            wait_for_head(&store, 40);
+            let first = store.head();
+            recorder.record(vec![status(0, 41, 1), stock(0, 42), status(1, 1, 1)]);
+            wait_for_head(&store, first + 3);
+            let index_frames = store.inner.frames.range(frames::index_range()).count();
+            assert_eq!(index_frames, 2, "one index frame a batch");
+            drop(recorder);
+            store.join_recorder(std::time::Duration::from_secs(10));
+        }
+        let (store, recorder) = EventStore::open(Some(&dir)).unwrap();
+        let one = store.history("ap-0-1", 100);
+        let expected: Vec<u64> = (1..=40).filter(|s| s % 3 == 1).chain([41]).collect();
+        assert_eq!(
+            ids(one.clone()).iter().map(|r| r.0).collect::<Vec<_>>(),
+            expected
+        );
+        assert!(one.iter().all(|r| r.appointment_id == "ap-0-1"), "{one:?}");
+        assert_eq!(
+            ids(store.history("ap-1-1", 100)),
+            [(42, "ap-1-1".to_string())]
+        );
+        assert_eq!(store.history("ap-0-1", 2).len(), 2, "at most max");
+        assert!(store.history("ap-0-99", 100).is_empty());
+        drop(recorder);
+        store.join_recorder(std::time::Duration::from_secs(10));
+        drop(store);
+        // The layout before index frames (an `i` entry per change) is refused, not misread.
+        {
+            let db = crate::events::open_db(Some(&dir)).unwrap();
+            let tree = db.open_tree(frames::TREE).unwrap();
+            tree.insert(b"i0-1\0\0\0\0\0\0\0\0\x01", &[]).unwrap();
+            db.flush().unwrap();
+        }
+        let refused = EventStore::open(Some(&dir)).err().expect("refused");
+        assert!(refused.contains("older holdfast"), "{refused}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// sled's flush ends in `sync_file_range`: a stored batch on disk is also `fdatasync`ed

@@ -55,13 +55,13 @@ impl EventSource for FeedSource {
     ) -> BoxFuture<'static, Result<Vec<SourcedEvent>, ReadError>> {
         let feed = self.0.clone();
         Box::pin(async move {
-            let read = tokio::task::spawn_blocking(move || feed.read_after(after, max)).await;
+            let read = tokio::task::spawn_blocking(move || feed.read_shared(after, max)).await;
             match read {
                 Ok(Ok(events)) => Ok(events
                     .into_iter()
                     .map(|event| SourcedEvent {
                         seq: event.seq,
-                        body: event.data.into_bytes(),
+                        body: event.data.as_bytes().to_vec(),
                     })
                     .collect()),
                 Ok(Err(gone)) => Err(ReadError::Gone(gone)),

@@ -150,7 +150,7 @@ async fn follow(
 ) {
     let mut head = feed.watch_head();
     loop {
-        let batch = match feed.read_after(last, SSE_READ_BATCH_EVENTS) {
+        let batch = match feed.read_shared(last, SSE_READ_BATCH_EVENTS) {
             Ok(batch) => batch,
             Err(gone) => return ending.set(gone_event(gone)),
         };
