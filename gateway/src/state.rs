@@ -29,9 +29,29 @@ pub struct Settings {
     pub overload: OverloadLimits,
 }
 
-/// The state of the HTTP application, cloned into every request.
+/// The state of the HTTP application, cloned into every request (and more than once: each
+/// extractor and middleware that reads it takes a clone): one reference count, so a clone is
+/// one atomic increment however many parts the state has. Each part is read through `Deref`
+/// (`state.node`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppShared>);
+
+impl AppState {
+    pub fn new(shared: AppShared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`]. Each is an `Arc` of its own, so a part can outlive the state
+/// (the admission state and the restart record carry over a restart in place).
+pub struct AppShared {
     pub node: Arc<Node>,
     pub jwt: Arc<JwtKey>,
     /// The QR keys: the newest signs, every one verifies.

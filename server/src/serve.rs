@@ -16,6 +16,7 @@ use holdfast_gateway::auth::JwtKey;
 use holdfast_gateway::metrics::Metrics;
 use holdfast_gateway::qr::QrKeyring;
 use holdfast_gateway::restarts::InPlaceRestarts;
+use holdfast_gateway::state::AppShared;
 use holdfast_gateway::subscribers::StreamLimits;
 use holdfast_persistence::{DataDir, Wal, WalConfig};
 use tokio::net::TcpListener;
@@ -286,7 +287,7 @@ async fn start_inner(
             return Err(format!("recovery failed: {e}"));
         }
     }
-    let state = AppState {
+    let state = AppState::new(AppShared {
         node,
         jwt: Arc::new(jwt),
         qr: Arc::new(qr),
@@ -303,7 +304,7 @@ async fn start_inner(
             .as_ref()
             .map(|c| c.restarts.clone())
             .unwrap_or_default(),
-    };
+    });
     let app = build_app(state.clone()).layer(axum::middleware::map_response_with_state(
         state.node.clone(),
         crate::reopen::close_if_log_failed,
