@@ -3,7 +3,10 @@
 //! history first from the store, then live, with no
 //! gap and no duplicate at the seam (both come from the same store, read in order).
 //!
-//! A subscriber is a task reading the store into a queue of [`SSE_SUBSCRIBER_QUEUE_EVENTS`].
+//! A subscriber is a task reading the store into a queue of [`SSE_SUBSCRIBER_QUEUE_EVENTS`],
+//! a batch of up to [`SSE_READ_BATCH_EVENTS`] at a time: each batch is rendered once into its
+//! wire form (`id:`, `event:`, `data:` per event) and queued as one chunk of the body, so an
+//! event costs a subscriber a copy of its bytes, not a message, a frame and a write of its own.
 //! While the queue is full (the consumer does not read), the task counts the events the
 //! node stores; past [`SSE_LAG_EVENTS_MAX`] it stops, and the consumer, after what was
 //! queued, gets a final `event: lagged` with `{"last_seq"}` and the stream ends. A resume
@@ -14,8 +17,9 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use futures_util::stream::{self, Stream};
@@ -35,8 +39,13 @@ pub const SSE_SUBSCRIBER_QUEUE_EVENTS: usize = 1_024;
 /// Events the node may store while a subscriber's queue stays full before it is cut off
 /// with `lagged`: about a quarter of a second of a launch morning's peak.
 pub const SSE_LAG_EVENTS_MAX: u64 = 4_096;
-/// Events read from the store at once.
-const SSE_READ_BATCH_EVENTS: usize = 256;
+/// Events read from the store at once, and sent as one chunk.
+pub const SSE_READ_BATCH_EVENTS: usize = 256;
+/// The subscriber's queue in chunks: [`SSE_SUBSCRIBER_QUEUE_EVENTS`] events at most.
+const SSE_SUBSCRIBER_QUEUE_CHUNKS: usize = SSE_SUBSCRIBER_QUEUE_EVENTS / SSE_READ_BATCH_EVENTS;
+/// An empty comment: what an idle stream sends every [`SSE_HEARTBEAT_S`] (as axum's
+/// `KeepAlive` does).
+const HEARTBEAT: &[u8] = b":\n\n";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -48,13 +57,13 @@ pub struct EventsQuery {
 
 /// Where the stream ends, told after the queue drains.
 #[derive(Default)]
-struct Ending(Mutex<Option<Event>>);
+struct Ending(Mutex<Option<Bytes>>);
 
 impl Ending {
-    fn set(&self, event: Event) {
+    fn set(&self, event: Bytes) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(event);
     }
-    fn take(&self) -> Option<Event> {
+    fn take(&self) -> Option<Bytes> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -63,17 +72,35 @@ fn gone_error(gone: Gone) -> ApiError {
     ApiError::events_gone(gone.to_string(), gone.oldest_seq)
 }
 
-fn gone_event(gone: Gone) -> Event {
-    Event::default()
-        .event("gone")
-        .data(serde_json::json!({ "after": gone.after, "oldest_seq": gone.oldest_seq }).to_string())
+fn gone_event(gone: Gone) -> Bytes {
+    let data = serde_json::json!({ "after": gone.after, "oldest_seq": gone.oldest_seq });
+    Bytes::from(format!("event: gone\ndata: {data}\n\n"))
 }
 
-fn sse_event(event: &StoredEvent) -> Event {
-    Event::default()
-        .id(event.seq.to_string())
-        .event(&event.event_type)
-        .data(&event.data)
+fn lagged_event(last_seq: u64) -> Bytes {
+    let data = serde_json::json!({ "last_seq": last_seq });
+    Bytes::from(format!("event: lagged\ndata: {data}\n\n"))
+}
+
+/// Events in their wire form, as axum's `Event` writes them (`id`, `event`, `data`, a blank
+/// line). An event's data is compact JSON: it has no line break to split into `data:` lines.
+fn render(events: &[Arc<StoredEvent>]) -> Bytes {
+    let size: usize = events
+        .iter()
+        .map(|e| e.event_type.len() + e.data.len() + 40)
+        .sum();
+    let mut out = String::with_capacity(size);
+    for e in events {
+        debug_assert!(!e.data.contains(['\n', '\r']), "event data is one line");
+        let _ = std::fmt::Write::write_fmt(
+            &mut out,
+            format_args!(
+                "id: {}\nevent: {}\ndata: {}\n\n",
+                e.seq, e.event_type, e.data
+            ),
+        );
+    }
+    Bytes::from(out)
 }
 
 fn resume_point(headers: &HeaderMap, after: Option<u64>) -> Result<Option<u64>, ApiError> {
@@ -120,16 +147,25 @@ pub async fn events(
     }
     feed.read_after(start, 0).map_err(gone_error)?;
     let permit = state.streams.event_subscriber()?;
-    let (tx, rx) = mpsc::channel(SSE_SUBSCRIBER_QUEUE_EVENTS);
+    let (tx, rx) = mpsc::channel(SSE_SUBSCRIBER_QUEUE_CHUNKS);
     let ending = Arc::new(Ending::default());
     tokio::spawn(follow(feed, start, tx, ending.clone(), permit));
-    let stream = stream::unfold((rx, ending), |(mut rx, ending)| async move {
-        match rx.recv().await {
-            Some(event) => Some((Ok::<_, Infallible>(event), (rx, ending))),
-            None => ending.take().map(|event| (Ok(event), (rx, ending))),
+    let heartbeat = Duration::from_secs(SSE_HEARTBEAT_S);
+    let stream = stream::unfold((rx, ending), move |(mut rx, ending)| async move {
+        match tokio::time::timeout(heartbeat, rx.recv()).await {
+            Err(_) => Some((
+                Ok::<_, Infallible>(Bytes::from_static(HEARTBEAT)),
+                (rx, ending),
+            )),
+            Ok(Some(chunk)) => Some((Ok(chunk), (rx, ending))),
+            Ok(None) => ending.take().map(|chunk| (Ok(chunk), (rx, ending))),
         }
     });
-    Ok(sse(stream))
+    let headers = [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    Ok((headers, Body::from_stream(stream)))
 }
 
 pub(super) fn sse<S>(stream: S) -> impl IntoResponse
@@ -144,7 +180,7 @@ where
 async fn follow(
     feed: Arc<dyn EventFeed>,
     mut last: u64,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Bytes>,
     ending: Arc<Ending>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -161,26 +197,23 @@ async fn follow(
             }
             continue;
         }
-        for event in &batch {
-            let Some(permit) = reserve_or_lag(&tx, &mut head).await else {
-                let lagged = serde_json::json!({ "last_seq": last }).to_string();
-                if !tx.is_closed() {
-                    ending.set(Event::default().event("lagged").data(lagged));
-                }
-                return;
-            };
-            permit.send(sse_event(event));
-            last = event.seq;
-        }
+        let Some(permit) = reserve_or_lag(&tx, &mut head).await else {
+            if !tx.is_closed() {
+                ending.set(lagged_event(last));
+            }
+            return;
+        };
+        permit.send(render(&batch));
+        last = batch.last().map_or(last, |event| event.seq);
     }
 }
 
 /// A place in the queue, or `None` when the consumer went or the node stored more than
 /// [`SSE_LAG_EVENTS_MAX`] events while the queue stayed full.
 async fn reserve_or_lag<'a>(
-    tx: &'a mpsc::Sender<Event>,
+    tx: &'a mpsc::Sender<Bytes>,
     head: &mut tokio::sync::watch::Receiver<u64>,
-) -> Option<mpsc::Permit<'a, Event>> {
+) -> Option<mpsc::Permit<'a, Bytes>> {
     let full_at = *head.borrow_and_update();
     loop {
         tokio::select! {
