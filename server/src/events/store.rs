@@ -696,6 +696,20 @@ mod tests {
 
     use super::*;
 
+    /// A fresh directory under the system's temporary one, unique to this process and call.
+    fn scratch_dir(what: &str) -> std::path::PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "holdfast-event-store-{what}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn stock(shard: u32, wal_seq: u64) -> Published {
         Published {
             shard,
@@ -846,15 +860,7 @@ mod tests {
     /// found, in order, in every batch that holds them, before and after a reopen.
     #[test]
     fn an_appointments_audit_records_are_found_through_the_index_frames_across_a_reopen() {
-        let dir = std::env::temp_dir().join(format!(
-            "holdfast-event-store-index-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("index");
         let ids = |records: Vec<AuditRecord>| -> Vec<(u64, String)> {
             records
                 .into_iter()
@@ -906,15 +912,7 @@ mod tests {
     /// before its events are readable.
     #[test]
     fn a_stored_batch_on_disk_is_fdatasynced_before_it_is_readable_and_found_again_on_reopen() {
-        let dir = std::env::temp_dir().join(format!(
-            "holdfast-event-store-sync-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("sync");
         {
             let (store, recorder) = EventStore::open(Some(&dir)).unwrap();
             recorder.record((1..=3).map(|s| stock(0, s)).collect());
