@@ -72,7 +72,7 @@ pub fn build_app(state: AppState) -> axum::Router {
         // Inside the telemetry, so a 429 is counted and logged like any answer.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::admission::limit,
+            crate::admission::middleware::limit,
         ))
         // After routing (so `MatchedPath` is known) and around the fallbacks too.
         .layer(axum::middleware::from_fn(crate::telemetry::observe))

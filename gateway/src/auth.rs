@@ -301,7 +301,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        // Verified already by the rate limits' middleware (crate::admission::limit).
+        // Verified already by the rate limits' middleware (crate::admission::middleware::limit).
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }

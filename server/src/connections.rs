@@ -37,10 +37,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::Request;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, Request};
 use axum::response::{IntoResponse, Response};
 use holdfast_engine::node::RETRY_AFTER_S;
+use holdfast_engine::{Node, WriteRefusal};
 use holdfast_gateway::error::ApiError;
 use holdfast_gateway::extract::{BodyReadTimeout, BODY_READ_TIMEOUT_DEFAULT};
 use hyper::body::Incoming;
@@ -276,4 +278,26 @@ pub fn warn_if_over_open_file_limit(connections_max: usize) {
              --connections-max, or connections beyond the limit wait unanswered"
         );
     }
+}
+
+/// While the node's log has failed, its answers close their connections (`Connection:
+/// close`), as do the stand-in's: the node is about to be stopped, and a keep-alive
+/// connection still open then is closed under the client, who may be sending its next
+/// request on it at that moment (an error, not an answer). A new connection waits in the
+/// socket's backlog or gets the stand-in's 503 instead. (A connection idle since before the
+/// failure can still meet that race: HTTP/1.1 has no way to warn it.)
+pub(crate) async fn close_if_log_failed(
+    State(node): State<Arc<Node>>,
+    mut response: Response,
+) -> Response {
+    if matches!(node.write_refusal(), Some(WriteRefusal::LogFailed(_))) {
+        close_connection(&mut response);
+    }
+    response
+}
+
+pub(crate) fn close_connection(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
 }

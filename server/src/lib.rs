@@ -22,7 +22,9 @@ pub mod journal;
 pub mod pages;
 pub mod reopen;
 mod serve;
+mod server;
 pub mod webhooks;
 
 pub use eligibility::ExternalConfig;
-pub use serve::{serve, start, start_listening, RunningServer, ServerConfig, Storage};
+pub use serve::serve;
+pub use server::{start, start_listening, RunningServer, ServerConfig, Storage};

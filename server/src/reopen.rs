@@ -16,7 +16,7 @@
 //! 4. It starts the node again exactly as at start (`serve.rs`, the one start and recovery
 //!    path): the log and the event store are opened, every shard recovers from the log, the
 //!    webhooks resume from their durable cursors, and the same socket serves again. What
-//!    lives only in memory and should survive is handed over ([`crate::serve`]'s `Carried`:
+//!    lives only in memory and should survive is handed over ([`crate::server`]'s `Carried`:
 //!    the rate-limit buckets and the waiting room's tickets, and the restart count); the
 //!    event streams' subscribers are cut and resume with `Last-Event-ID`.
 //! 5. When the log opens and every shard recovered, the restart is counted
@@ -34,14 +34,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::header::CONNECTION;
-use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use holdfast_engine::node::RETRY_AFTER_S;
-use holdfast_engine::{Node, WriteRefusal};
 use holdfast_gateway::error::ApiError;
 use holdfast_gateway::restarts::InPlaceRestarts;
 use holdfast_gateway::routes::ops::types::HealthJson;
@@ -49,7 +45,8 @@ use holdfast_persistence::{Headroom, WAL_SUBDIR};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::serve::{start_carried, Carried, RunningServer, ServerConfig, Storage};
+use crate::connections::close_connection;
+use crate::server::{start_carried, Carried, RunningServer, ServerConfig, Storage};
 use crate::webhooks::WebhooksConfig;
 
 /// How often the supervisor asks whether the log failed, and, once it has, whether the disk
@@ -70,28 +67,6 @@ pub const REOPEN_FREE_BYTES_MIN: u64 = 8 * 1024 * 1024;
 /// shards' stop, the event recorder's and the log's): past it the attempt goes on, and a
 /// handle that is still open shows as a lock the next open waits for.
 pub const RESTART_STOP_MAX: Duration = Duration::from_secs(30);
-
-/// While the node's log has failed, its answers close their connections (`Connection:
-/// close`), as do the stand-in's: the node is about to be stopped, and a keep-alive
-/// connection still open then is closed under the client, who may be sending its next
-/// request on it at that moment (an error, not an answer). A new connection waits in the
-/// socket's backlog or gets the stand-in's 503 instead. (A connection idle since before the
-/// failure can still meet that race: HTTP/1.1 has no way to warn it.)
-pub(crate) async fn close_if_log_failed(
-    State(node): State<Arc<Node>>,
-    mut response: Response,
-) -> Response {
-    if matches!(node.write_refusal(), Some(WriteRefusal::LogFailed(_))) {
-        close_connection(&mut response);
-    }
-    response
-}
-
-fn close_connection(response: &mut Response) {
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-}
 
 /// A server whose node restarts in place after its log failed.
 pub struct Supervised {
@@ -399,7 +374,7 @@ impl StandIn {
     async fn stop(self) {
         let _ = self.shutdown.send(());
         let mut task = self.task;
-        if tokio::time::timeout(crate::serve::SHUTDOWN_DRAIN, &mut task)
+        if tokio::time::timeout(crate::server::SHUTDOWN_DRAIN, &mut task)
             .await
             .is_err()
         {
