@@ -303,6 +303,17 @@ impl std::fmt::Display for WriteRefusal {
 }
 
 impl EngineError {
+    /// What a caller is told when `shard` cannot serve it: when the journal failed (the
+    /// shard stopped because of it), a `log_failed` refusal that says so; else unavailable.
+    pub fn not_serving(shard: u32, journal_refusal: Option<WriteRefusal>) -> EngineError {
+        match journal_refusal {
+            Some(refusal @ WriteRefusal::LogFailed(_)) => {
+                EngineError::WritesRefused { shard, refusal }
+            }
+            _ => EngineError::Unavailable { shard },
+        }
+    }
+
     /// What a caller is told when `shard`'s records were not stored: a failed journal is a
     /// `log_failed` refusal (the shard stopped; no restart-less retry can succeed), a full
     /// queue an overload.

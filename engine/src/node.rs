@@ -513,13 +513,19 @@ impl Node {
         // serving reads, unless the journal acknowledged writes before their flush (then
         // any of them may be ahead, and nothing is served until a restart).
         if self.journal.failed().is_some() && !self.journal.acknowledged_are_durable() {
-            return Err(EngineError::Unavailable { shard });
+            return Err(EngineError::not_serving(
+                shard,
+                self.journal.write_refusal(),
+            ));
         }
         match routed.client.phase() {
             ShardPhase::Ready => {}
             ShardPhase::Recovering => return Err(EngineError::Recovering { shard }),
             ShardPhase::Failed(_) | ShardPhase::Stopped(_) => {
-                return Err(EngineError::Unavailable { shard })
+                return Err(EngineError::not_serving(
+                    shard,
+                    self.journal.write_refusal(),
+                ))
             }
         }
         if bound == Bound::Exempt {

@@ -251,9 +251,15 @@ impl ShardRuntime {
         self.admit(false)
     }
 
+    /// This shard cannot take the call: `log_failed` when its journal failed, else
+    /// unavailable.
+    fn not_serving(&self) -> EngineError {
+        EngineError::not_serving(self.shard, self.journal.write_refusal())
+    }
+
     fn admit(&self, mind_headroom: bool) -> Result<(), EngineError> {
         if self.poisoned.is_some() || !self.is_serving() {
-            return Err(EngineError::Unavailable { shard: self.shard });
+            return Err(self.not_serving());
         }
         if let Some(refusal) = self.journal.write_refusal() {
             if mind_headroom || !refusal.clears_by_itself() {
@@ -440,7 +446,7 @@ impl ShardRuntime {
                 let _ = waiter.send(IdemOutcome::Finished(response.clone()));
             }
             let answer = if !writable && response.is_some() {
-                Err(EngineError::Unavailable { shard: self.shard })
+                Err(self.not_serving())
             } else if taken.records.is_empty() {
                 Ok(Durable::stored(self.shard))
             } else {
@@ -533,7 +539,7 @@ impl ShardRuntime {
                 let _ = reply.send(Ok(durable));
             }
             None => {
-                let _ = reply.send(Err(EngineError::Unavailable { shard: self.shard }));
+                let _ = reply.send(Err(self.not_serving()));
             }
         }
     }
