@@ -29,7 +29,7 @@ if [ "$MODE" = with ]; then
   # The sink's CPU (user + system clock ticks): it shares the two cores with the server.
   SINK_TICKS=$(awk '{print $14 + $15}' /proc/$RECV/stat)
   CURL_TICKS=$(cat /proc/${CURLS[0]}/stat /proc/${CURLS[1]}/stat | awk '{t += $14 + $15} END {print t}')
-  echo "sse lines: $(grep -c '^id:' $D/sse1.txt) $(grep -c '^id:' $D/sse2.txt); webhook deliveries: $(wc -l < $D/recv.log); webhook sink cpu: $((SINK_TICKS / $(getconf CLK_TCK))) s; SSE consumers (curl) cpu: $((CURL_TICKS / $(getconf CLK_TCK))) s"
+  echo "sse lines: $(grep -c '^id:' $D/sse1.txt) $(grep -c '^id:' $D/sse2.txt); webhook deliveries: $(wc -l < $D/recv.log); webhook sink cpu: $(awk -v t=$SINK_TICKS -v hz=$(getconf CLK_TCK) 'BEGIN {printf "%.2f", t / hz}') s; SSE consumers (curl) cpu: $(awk -v t=$CURL_TICKS -v hz=$(getconf CLK_TCK) 'BEGIN {printf "%.2f", t / hz}') s"
 fi
 kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true
 [ "$MODE" = with ] && { kill %1 %2 %3 2>/dev/null || true; kill $RECV 2>/dev/null || true; }
