@@ -26,6 +26,15 @@ pub const CONNECTIONS_MAX: usize = 10_000;
 pub const FLOOD_RSS_MAX_MIB_DEFAULT: u64 = 1024;
 /// `--kills` bound: each kill costs a restart and a recovery.
 pub const KILLS_MAX: usize = 1_000;
+/// The earliest a kill comes after a crash round's load started (the connections must be
+/// busy): the least `--kill-window` may be.
+pub const KILL_DELAY_MIN_MS: u64 = 200;
+/// Most slots one run (or one crash round) cancels (`--cancel-slots`): enough to exercise the
+/// path, few enough that a launch still has most of its seats to sell.
+pub const CANCEL_SLOTS_MAX: usize = 100;
+/// The flood fails unless the rate recovers within this after its end; `--flood-calm` must
+/// be longer, to see it.
+pub const RECOVERY_MAX: Duration = Duration::from_secs(5);
 /// `--retries` bound for timed-out requests.
 pub const RETRIES_MAX: u32 = 10;
 /// `--no-show-group` bound: the group is booked one by one before its slots start, a few
@@ -494,25 +503,21 @@ impl Args {
                 self.flood_baseline_connections,
                 CONNECTIONS_MAX,
             )?;
-            if self.flood_calm < crate::scenarios::flood::RECOVERY_MAX + Duration::from_secs(1) {
+            if self.flood_calm < RECOVERY_MAX + Duration::from_secs(1) {
                 return Err(format!(
                     "--flood-calm: at least {}s (the recovery is looked for within {}s of the flood, over 1 s windows)",
-                    crate::scenarios::flood::RECOVERY_MAX.as_secs() + 1,
-                    crate::scenarios::flood::RECOVERY_MAX.as_secs()
+                    RECOVERY_MAX.as_secs() + 1,
+                    RECOVERY_MAX.as_secs()
                 ));
             }
         }
-        if self.kill_window < Duration::from_millis(crate::scenarios::crash::KILL_DELAY_MIN_MS) {
-            return Err(format!(
-                "--kill-window: at least {} ms",
-                crate::scenarios::crash::KILL_DELAY_MIN_MS
-            ));
+        if self.kill_window < Duration::from_millis(KILL_DELAY_MIN_MS) {
+            return Err(format!("--kill-window: at least {} ms", KILL_DELAY_MIN_MS));
         }
-        if self.cancel_slots > crate::scenarios::slot_cancel::CANCEL_SLOTS_MAX {
+        if self.cancel_slots > CANCEL_SLOTS_MAX {
             return Err(format!(
                 "--cancel-slots {}: at most {}",
-                self.cancel_slots,
-                crate::scenarios::slot_cancel::CANCEL_SLOTS_MAX
+                self.cancel_slots, CANCEL_SLOTS_MAX
             ));
         }
         if self.retries > RETRIES_MAX {

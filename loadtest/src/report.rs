@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use crate::campaign::SetUp;
 use crate::checker::CheckReport;
-use crate::scenarios::clinic::ClinicFigures;
 use crate::stats::{is_error, is_refusal, Op, Stats};
 
 /// Percentiles every operation row shows.
@@ -128,6 +127,26 @@ pub struct ExpiryFigures {
     pub polls: u64,
 }
 
+/// The clinic side of a scenario, for the report: what staff did and what the last check
+/// saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClinicFigures {
+    pub administer_pct: u32,
+    /// Administrations acknowledged (200 ADMINISTERED).
+    pub administered: usize,
+    /// Appointments the acknowledged slot cancellations listed as CLINIC_CANCELLED (the
+    /// cancellations themselves are in the report's `slot_cancels`).
+    pub clinic_cancelled: usize,
+    /// The no-show group: appointments confirmed and left to fall due, and when (RFC 3339)
+    /// their slots end.
+    pub no_show_group: usize,
+    pub no_show_slots_end: Option<String>,
+    /// Appointments of the campaign per status in the last check's picture.
+    pub seen_administered: u64,
+    pub seen_no_show: u64,
+    pub seen_clinic_cancelled: u64,
+}
+
 /// Crash figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct CrashFigures {
@@ -213,7 +232,7 @@ impl FloodFigures {
                 self.unanswered
             ));
         }
-        let recovery_max = crate::scenarios::flood::RECOVERY_MAX.as_secs_f64();
+        let recovery_max = crate::cli::RECOVERY_MAX.as_secs_f64();
         match self.recovery_s {
             Some(s) if s <= recovery_max => {}
             Some(s) => out.push(format!(

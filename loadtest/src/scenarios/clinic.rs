@@ -11,13 +11,12 @@
 use std::time::{Duration, Instant};
 
 use crate::client::Method;
-use serde::Serialize;
 use serde_json::json;
 
 use crate::campaign::{CampaignSpec, REGION};
 use crate::client::{Api, Reply, Tokens};
 use crate::ledger::{AckKind, Ledger};
-use crate::report::CheckEntry;
+use crate::report::{CheckEntry, ClinicFigures};
 use crate::stats::{Live, Op, Stats};
 use crate::zipf::Rng;
 
@@ -37,26 +36,6 @@ pub const NO_SHOW_SLOT: &str = "ns";
 pub const NO_SHOW_CHECK_MARGIN: Duration = Duration::from_millis(250);
 /// Salt of the random stream choosing slots to cancel and group administrations.
 const CLINIC_STREAM: u64 = 0x00C1_1A1C;
-
-/// The clinic side of a scenario, for the report: what staff did and what the last check
-/// saw.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ClinicFigures {
-    pub administer_pct: u32,
-    /// Administrations acknowledged (200 ADMINISTERED).
-    pub administered: usize,
-    /// Appointments the acknowledged slot cancellations listed as CLINIC_CANCELLED (the
-    /// cancellations themselves are in the report's `slot_cancels`).
-    pub clinic_cancelled: usize,
-    /// The no-show group: appointments confirmed and left to fall due, and when (RFC 3339)
-    /// their slots end.
-    pub no_show_group: usize,
-    pub no_show_slots_end: Option<String>,
-    /// Appointments of the campaign per status in the last check's picture.
-    pub seen_administered: u64,
-    pub seen_no_show: u64,
-    pub seen_clinic_cancelled: u64,
-}
 
 impl ClinicFigures {
     /// The acknowledged counts from `ledger`, the seen ones from `last_check`.

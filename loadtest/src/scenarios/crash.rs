@@ -20,18 +20,17 @@ use crate::client::Api;
 use crate::cpu::{process_cpu_seconds, CpuMeter};
 use crate::ledger::AckKind;
 use crate::progress::Progress;
-use crate::report::{CrashFigures, ScenarioReport};
+use crate::report::{ClinicFigures, CrashFigures, ScenarioReport};
 use crate::spawn::Spawned;
 use crate::stats::{Live, Op, Stats};
 use crate::zipf::{Rng, Zipf};
 
 use super::booking::{self, Board, Booker};
-use super::clinic::{self, ClinicFigures, GroupSpec, NoShowGroup};
+use super::clinic::{self, GroupSpec, NoShowGroup};
 use super::slot_cancel;
 use super::Ctx;
+use crate::cli::KILL_DELAY_MIN_MS;
 
-/// The earliest a kill comes after a round's load started: the connections must be busy.
-pub const KILL_DELAY_MIN_MS: u64 = 200;
 /// Acknowledged creates replayed after each restart.
 pub const REPLAYS_PER_RESTART: usize = 16;
 /// Appointments confirmed before a kill and administered after the restart, with the

@@ -18,7 +18,7 @@
 //! [`RECOVERED_FRACTION`] of the rate before. The invariant checker runs at the end (no
 //! slot oversold, counters equal to the appointments, every acknowledged change there).
 //! The scenario fails when a request waited longer than `--flood-wait-max`, the server's
-//! peak passed `--flood-rss-max`, or the rate did not recover within [`RECOVERY_MAX`].
+//! peak passed `--flood-rss-max`, or the rate did not recover within [`crate::cli::RECOVERY_MAX`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -43,8 +43,6 @@ pub const RECOVERY_WINDOW: Duration = Duration::from_secs(1);
 /// "Full speed" after the flood: this share of the admitted rate before it (the machine's
 /// noise is ±15% between rounds, so asking for 100% would measure the noise).
 pub const RECOVERED_FRACTION: f64 = 0.8;
-/// The flood fails unless the rate recovers within this after its end.
-pub const RECOVERY_MAX: Duration = Duration::from_secs(5);
 /// Refusals a citizen's request rides out (each after its `Retry-After`) before the citizen
 /// gives up.
 pub const REFUSED_RETRIES: u32 = 20;

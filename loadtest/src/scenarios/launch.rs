@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::progress::Progress;
-use crate::report::{LaunchFigures, ScenarioReport};
+use crate::report::{ClinicFigures, LaunchFigures, ScenarioReport};
 use crate::stats::{Live, Op};
 use crate::zipf::Zipf;
 
 use super::booking::{self, Board, Booker, EndReason};
-use super::clinic::{self, ClinicFigures};
+use super::clinic;
 use super::slot_cancel;
 use super::{Ctx, Meters};
 

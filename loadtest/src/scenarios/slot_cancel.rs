@@ -19,9 +19,6 @@ use crate::report::SlotCancelFigures;
 
 use super::booking::{Booker, CONTROL_TICK};
 
-/// Most slots one run (or one crash round) cancels: enough to exercise the path, few
-/// enough that a launch still has most of its seats to sell.
-pub const CANCEL_SLOTS_MAX: usize = 100;
 /// A launch cancels once this share (%) of its sellable seats is taken (or
 /// [`CANCEL_AT_DURATION_FRACTION`] of `--duration` has passed), so there is something to
 /// cancel and bookings are still running.
