@@ -445,15 +445,7 @@ pub async fn fetch_picture(
             "{bad:?} is not a clinic id (1-64 characters of [A-Za-z0-9_-])"
         ));
     }
-    let reader = Arc::new(Reader {
-        client: client.clone(),
-        authorization: format!(
-            "Bearer {}",
-            authority_token
-                .strip_prefix("Bearer ")
-                .unwrap_or(authority_token)
-        ),
-    });
+    let reader = Arc::new(Reader::new(client, authority_token));
     let mut pictures: Vec<Option<ClinicPicture>> = ids.iter().map(|_| None).collect();
     let mut tasks = JoinSet::new();
     let mut next = 0;
@@ -496,15 +488,7 @@ pub async fn fetch_waitlists(
     if let Some(bad) = citizen_ids.iter().find(|id| !is_client_id(id)) {
         return Err(format!("{bad:?} is not a citizen id"));
     }
-    let reader = Arc::new(Reader {
-        client: client.clone(),
-        authorization: format!(
-            "Bearer {}",
-            authority_token
-                .strip_prefix("Bearer ")
-                .unwrap_or(authority_token)
-        ),
-    });
+    let reader = Arc::new(Reader::new(client, authority_token));
     let mut out = BTreeMap::new();
     for chunk in citizen_ids.chunks(FETCH_CONCURRENCY) {
         let mut tasks = JoinSet::new();
@@ -539,6 +523,17 @@ struct Reader {
 }
 
 impl Reader {
+    /// A reader as the authority (`authority_token` with or without its `Bearer `).
+    fn new(client: &Http, authority_token: &str) -> Reader {
+        let token = authority_token
+            .strip_prefix("Bearer ")
+            .unwrap_or(authority_token);
+        Reader {
+            client: client.clone(),
+            authorization: format!("Bearer {token}"),
+        }
+    }
+
     /// One clinic, consistent (see [`fetch_picture`]).
     async fn clinic(&self, clinic_id: String) -> Result<ClinicPicture, String> {
         for attempt in 1..=FETCH_ATTEMPTS {
