@@ -8,8 +8,8 @@ use holdfast_gateway::auth::{Claims, JwtKey, Role};
 use serde_json::Value;
 
 use crate::http::Failure;
+pub use crate::http::Method;
 pub use crate::http::{Http, Req};
-pub use hyper::Method;
 
 /// Lifetime of every token the harness mints: longer than any sensible run, so no token
 /// expires mid-run (the server allows 5 s of leeway only).

@@ -11,7 +11,8 @@ pub mod checker;
 pub mod cli;
 pub mod client;
 pub mod cpu;
-pub mod http;
+/// The HTTP/1.1 client (holdfast-server's, which its webhooks use too).
+pub use holdfast_server::http_client as http;
 pub mod ledger;
 pub mod memory;
 pub mod progress;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use reqwest::header::CONTENT_TYPE;
+use hyper::body::Bytes;
+use hyper::header::HeaderValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -19,7 +20,21 @@ use super::{
     SIGNATURE_HEADER,
 };
 use crate::breaker::Admission;
+use crate::http_client::{Failure, Http, Req};
 use crate::webhooks::CURSOR_FLUSH_INTERVAL;
+
+/// The `User-Agent` of every delivery.
+const USER_AGENT: &str = concat!("holdfast/", env!("CARGO_PKG_VERSION"));
+
+/// Stores each hook's cursor as it is in memory, then makes them durable. Blocking: call it
+/// off the async runtime. A cursor that cannot be stored still moves in memory; after a
+/// restart its events since the last stored one go out again (at least once).
+pub(super) fn save_and_flush(hooks: &[Arc<Hook>], cursors: &dyn CursorStore) -> Result<(), String> {
+    for hook in hooks {
+        cursors.save(&hook.id, hook.cursor.load(Ordering::Acquire))?;
+    }
+    cursors.flush()
+}
 
 /// The retry schedule: from `backoff_first`, doubling, at most `backoff_max`, each delay plus
 /// a random part of up to itself (backon's jitter), never exhausted.
@@ -37,7 +52,10 @@ pub(super) struct Worker {
     pub hook: Arc<Hook>,
     pub source: Arc<dyn EventSource>,
     pub cursors: Arc<dyn CursorStore>,
-    pub client: reqwest::Client,
+    /// One keep-alive connection to the receiver (one request in flight).
+    pub http: Http,
+    /// The URL's path and query, as sent.
+    pub path: String,
     pub secret: Arc<[u8]>,
     pub timing: Timing,
     pub stop: watch::Receiver<bool>,
@@ -162,22 +180,21 @@ impl Worker {
 
     /// One POST; `Err` says why it failed (a transport error, a timeout, a status not 2xx).
     async fn attempt(&self, event: &SourcedEvent) -> Result<(), String> {
-        let response = self
-            .client
-            .post(self.hook.url.clone())
-            .timeout(self.timing.request_timeout)
-            .header(CONTENT_TYPE, "application/json")
-            .header(EVENT_ID_HEADER, event.seq.to_string())
-            .header(SIGNATURE_HEADER, signature(&self.secret, &event.body))
-            .body(event.body.clone())
-            .send()
+        let signed = HeaderValue::try_from(signature(&self.secret, &event.body))
+            .map_err(|e| format!("the signature is not a header value: {e}"))?;
+        let request = Req::post(&self.path)
+            .json_bytes(Bytes::copy_from_slice(&event.body))
+            .header("user-agent", HeaderValue::from_static(USER_AGENT))
+            .header(EVENT_ID_HEADER, HeaderValue::from(event.seq))
+            .header(SIGNATURE_HEADER, signed);
+        match self
+            .http
+            .request(&request, self.timing.request_timeout)
             .await
-            .map_err(|e| crate::eligibility::describe(&e))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("the receiver answered {status}"))
+        {
+            Ok(answer) if (200..300).contains(&answer.status) => Ok(()),
+            Ok(answer) => Err(format!("the receiver answered {}", answer.status)),
+            Err(Failure::Timeout(why) | Failure::Transport(why)) => Err(why),
         }
     }
 
@@ -199,19 +216,17 @@ impl Worker {
         true
     }
 
+    /// Moves the cursor in memory; [`Worker::flush`] stores it (one write per flush, not
+    /// one per event).
     fn advance(&self, seq: u64) {
         self.hook.cursor.store(seq, Ordering::Release);
-        if let Err(e) = self.cursors.save(&self.hook.id, seq) {
-            // The cursor still moves in memory; after a restart these events go out again.
-            tracing::error!(webhook = self.hook.id.as_str(), seq, error = %e, "cannot store a webhook's delivery cursor");
-        }
     }
 
     async fn flush(&self) {
-        let cursors = self.cursors.clone();
-        let flushed = tokio::task::spawn_blocking(move || cursors.flush()).await;
+        let (hook, cursors) = (self.hook.clone(), self.cursors.clone());
+        let flushed = tokio::task::spawn_blocking(move || save_and_flush(&[hook], &*cursors)).await;
         if let Ok(Err(e)) | Err(e) = flushed.map_err(|e| e.to_string()) {
-            tracing::warn!(webhook = self.hook.id.as_str(), error = %e, "cannot flush the webhook cursors");
+            tracing::warn!(webhook = self.hook.id.as_str(), error = %e, "cannot store the webhook cursors");
         }
     }
 

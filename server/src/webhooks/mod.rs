@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::http_client::Http;
 pub use cursor::{CursorStore, MemoryCursors, WebhookId, CURSOR_TREE};
 pub use sign::{secret_from_file_bytes, signature, SECRET_BYTES_MIN};
 pub use source::{EventSource, FeedSource, MemorySource, ReadError, SourcedEvent};
@@ -48,6 +49,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// The longest one delivery may take (connecting, sending, the answer's head); longer is a
 /// failure and the event is retried.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest answer body read from a receiver (it is read whole to keep the connection,
+/// and ignored); a longer one fails the delivery.
+pub const ANSWER_BYTES_MAX: usize = 64 * 1024;
 /// Events read from the store at once per webhook: memory per webhook is bounded by this many
 /// event bodies (a few hundred bytes each) whatever the receiver's backlog.
 pub const PAGE_EVENTS_MAX: usize = 256;
@@ -56,8 +60,8 @@ pub const BREAKER_FAILURES: u32 = 5;
 /// How long an open breaker waits before one trial delivery (as long as the largest back-off:
 /// the breaker marks the receiver as down for operators without delaying its recovery more).
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
-/// How often at most a moved cursor is flushed to disk: a crash re-sends at most this long's
-/// deliveries, instead of costing one disk flush per event.
+/// How often at most a moved cursor is stored and flushed to disk: a crash re-sends at most
+/// this long's deliveries, instead of costing one write and one disk flush per event.
 pub const CURSOR_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Most `--webhook-url`s: each is a task, a breaker and a cursor.
 pub const WEBHOOKS_MAX: usize = 16;
@@ -212,11 +216,6 @@ impl Webhooks {
         cursors: Arc<dyn CursorStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Webhooks, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.timing.request_timeout)
-            .user_agent(concat!("holdfast/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the webhook client: {e}"))?;
         let secret: Arc<[u8]> = config.secret.clone().into();
         let (stop, stopped) = watch::channel(false);
         let mut hooks = Vec::with_capacity(config.urls.len());
@@ -233,7 +232,8 @@ impl Webhooks {
                 hook: hook.clone(),
                 source: source.clone(),
                 cursors: cursors.clone(),
-                client: client.clone(),
+                http: Http::to_authority(authority(url), 1).answers_at_most(ANSWER_BYTES_MAX),
+                path: path_and_query(url),
                 secret: secret.clone(),
                 timing: config.timing,
                 stop: stopped.clone(),
@@ -304,14 +304,29 @@ impl Webhooks {
                 abort.abort();
             }
         }
-        let cursors = self.cursors.clone();
-        match tokio::task::spawn_blocking(move || cursors.flush()).await {
+        let (hooks, cursors) = (self.hooks.clone(), self.cursors.clone());
+        match tokio::task::spawn_blocking(move || deliver::save_and_flush(&hooks, &*cursors)).await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the webhook cursors were not flushed; the last deliveries will be sent again")
             }
             Err(e) => tracing::warn!(error = %e, "the webhook cursors' flush failed"),
         }
+    }
+}
+
+/// `host:port` of a webhook URL (port 80 when it names none).
+fn authority(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    format!("{host}:{}", url.port_or_known_default().unwrap_or(80))
+}
+
+/// What a delivery's request line names: the URL's path and its query.
+fn path_and_query(url: &reqwest::Url) -> String {
+    match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
     }
 }
 

@@ -1,6 +1,7 @@
-//! The harness's HTTP/1.1 transport, on hyper's client connection directly: a pool of
-//! keep-alive connections to one server, each request written from a path and a few header
-//! values (no URL parsing, no per-request client clone), and the answer read whole.
+//! A small HTTP/1.1 client on hyper's client connection directly, for the load harness and
+//! //! the webhooks' deliveries: a pool of keep-alive connections to one server, each request
+//! written from a path and a few header values (no URL parsing, no per-request client
+//! clone), and the answer read whole.
 //!
 //! - A request takes an idle connection from the pool (the most recently used first) or
 //!   opens a new one; after a whole answer the connection goes back, unless the server said
@@ -8,8 +9,8 @@
 //! - A request that does not get its whole answer within its timeout is a
 //!   [`Failure::Timeout`]; its connection is dropped (the connection task aborted, the socket
 //!   closed), never reused mid-answer.
-//! - A connection idle for [`POOL_IDLE_TIMEOUT`] is not reused (the server closes idle ones
-//!   after 10 s). A request that the connection could not even write (closed under it, a
+//! - A connection idle for [`POOL_IDLE_TIMEOUT`] is not reused (holdfast closes idle ones
+//!   after 10 s; other servers sooner or later). A request that the connection could not even write (closed under it, a
 //!   race with the server's close) is sent again on a fresh connection, at most
 //!   [`UNSENT_RETRIES`] times: it never reached the server, so this cannot repeat a decision.
 //!   A request that was written and then lost its connection is a [`Failure::Transport`]:
@@ -19,11 +20,12 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, RETRY_AFTER};
-use hyper::{Method, Request};
+pub use hyper::Method;
+use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
@@ -50,6 +52,8 @@ pub struct Req<'a> {
     pub admission_token: Option<&'a str>,
     /// A JSON body, already serialized.
     pub json: Option<Bytes>,
+    /// Any other headers (none for most requests: an empty `Vec` does not allocate).
+    pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
 impl<'a> Req<'a> {
@@ -61,6 +65,7 @@ impl<'a> Req<'a> {
             idempotency_key: None,
             admission_token: None,
             json: None,
+            headers: Vec::new(),
         }
     }
 
@@ -90,6 +95,18 @@ impl<'a> Req<'a> {
     pub fn json(mut self, body: &serde_json::Value) -> Req<'a> {
         // Serializing a `Value` cannot fail (its keys are strings).
         self.json = Some(Bytes::from(serde_json::to_vec(body).unwrap_or_default()));
+        self
+    }
+
+    /// A body that is JSON already (shared, not copied).
+    pub fn json_bytes(mut self, body: Bytes) -> Req<'a> {
+        self.json = Some(body);
+        self
+    }
+
+    /// One more header (`name` in lower case).
+    pub fn header(mut self, name: &'static str, value: HeaderValue) -> Req<'a> {
+        self.headers.push((name, value));
         self
     }
 }
@@ -125,6 +142,8 @@ struct Pool {
     host: HeaderValue,
     idle: Mutex<Vec<Conn>>,
     max_idle: usize,
+    /// The largest answer body read; a longer one fails the request.
+    body_max: usize,
 }
 
 /// One connection: its sender and the task driving it.
@@ -153,6 +172,11 @@ impl Http {
             .next()
             .unwrap_or_default()
             .to_string();
+        Http::to_authority(authority, max_idle)
+    }
+
+    /// A pool for the server at `authority` (`host:port`, connected to and sent as `Host`).
+    pub fn to_authority(authority: String, max_idle: usize) -> Http {
         let host = HeaderValue::from_str(&authority)
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Http {
@@ -161,8 +185,18 @@ impl Http {
                 host,
                 idle: Mutex::new(Vec::new()),
                 max_idle: max_idle.max(1),
+                body_max: usize::MAX,
             }),
         }
+    }
+
+    /// The same pool, failing any answer whose body is longer than `bytes` (a receiver that
+    /// is not trusted to answer briefly). Call before the first clone.
+    pub fn answers_at_most(mut self, bytes: usize) -> Http {
+        if let Some(pool) = Arc::get_mut(&mut self.inner) {
+            pool.body_max = bytes;
+        }
+        self
     }
 
     /// How many idle connections the pool keeps at most.
@@ -213,11 +247,10 @@ impl Http {
                 .headers()
                 .get(CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), self.inner.body_max)
                 .collect()
                 .await
-                .map_err(|e| error_chain(&e))?
+                .map_err(|e| error_chain(&*e))?
                 .to_bytes();
             if !closing {
                 self.checkin(conn);
@@ -243,6 +276,9 @@ impl Http {
         }
         if let Some(v) = req.admission_token {
             builder = builder.header("admission-token", v);
+        }
+        for (name, value) in &req.headers {
+            builder = builder.header(*name, value.clone());
         }
         let body = match &req.json {
             Some(json) => {
