@@ -21,35 +21,49 @@ const CAPACITY: u64 = 10;
 /// Fewer doses than seats in each clinic, so both SOLD_OUT and OUT_OF_STOCK happen.
 const DOSES: u64 = 25;
 
+/// The flags of a small launch against a spawned server of 8 shards, 16 connections, at most
+/// 60 s: `[clinics, slots per clinic, seats per slot, doses per clinic]`, the seed, and the
+/// test's own flags after them.
+fn small_launch(campaign: [u64; 4], seed: u64, flags: &[&str]) -> Vec<String> {
+    let [clinics, slots, capacity, doses] = campaign.map(|n| n.to_string());
+    let mut args: Vec<String> = [
+        "--spawn",
+        "--shards",
+        "8",
+        "--scenario",
+        "launch",
+        "--connections",
+        "16",
+        "--duration",
+        "60s",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (flag, value) in [
+        ("--clinics", clinics),
+        ("--slots-per-clinic", slots),
+        ("--capacity", capacity),
+        ("--doses", doses),
+        ("--seed", seed.to_string()),
+    ] {
+        args.extend([flag.to_string(), value]);
+    }
+    args.extend(flags.iter().map(|flag| flag.to_string()));
+    args
+}
+
 #[test]
 fn launch_sells_out_exactly_with_zero_violations() {
-    let (code, report, stdout) = run_harness(
+    let args = small_launch(
+        [CLINICS, SLOTS, CAPACITY, DOSES],
+        7,
         &[
-            "--spawn",
-            "--shards",
-            "8",
-            "--scenario",
-            "launch",
-            "--clinics",
-            &CLINICS.to_string(),
-            "--slots-per-clinic",
-            &SLOTS.to_string(),
-            "--capacity",
-            &CAPACITY.to_string(),
-            "--doses",
-            &DOSES.to_string(),
             "--confirm-pct",
             "100",
             "--release-pct",
             "0",
             "--replay-pct",
             "20",
-            "--connections",
-            "16",
-            "--duration",
-            "60s",
-            "--seed",
-            "7",
             "--administer-pct",
             "30",
             // No clinic cancellation: returned doses would be sold again, and this launch
@@ -57,8 +71,8 @@ fn launch_sells_out_exactly_with_zero_violations() {
             "--cancel-slots",
             "0",
         ],
-        "launch",
     );
+    let (code, report, stdout) = run_harness(&args, "launch");
     assert_eq!(code, 0, "exit code; output:\n{stdout}");
     assert_eq!(report["verdict"], "pass");
     let scenario = &report["scenarios"][0];
@@ -115,36 +129,19 @@ fn launch_sells_out_exactly_with_zero_violations() {
 /// finds zero violations.
 #[test]
 fn a_launch_with_clinic_slot_cancellations_has_zero_violations() {
-    let (code, report, stdout) = run_harness(
+    let args = small_launch(
+        [CLINICS, SLOTS, CAPACITY, DOSES],
+        11,
         &[
-            "--spawn",
-            "--shards",
-            "8",
-            "--scenario",
-            "launch",
-            "--clinics",
-            &CLINICS.to_string(),
-            "--slots-per-clinic",
-            &SLOTS.to_string(),
-            "--capacity",
-            &CAPACITY.to_string(),
-            "--doses",
-            &DOSES.to_string(),
             "--confirm-pct",
             "80",
             "--release-pct",
             "10",
-            "--connections",
-            "16",
-            "--duration",
-            "60s",
-            "--seed",
-            "11",
             "--cancel-slots",
             "2",
         ],
-        "launch-cancel",
     );
+    let (code, report, stdout) = run_harness(&args, "launch-cancel");
     assert_eq!(code, 0, "exit code; output:\n{stdout}");
     assert_eq!(report["verdict"], "pass");
     let scenario = &report["scenarios"][0];
@@ -179,33 +176,16 @@ fn a_launch_with_clinic_slot_cancellations_has_zero_violations() {
 /// refusal, not an error, the campaign still sells out exactly, zero violations.
 #[test]
 fn a_launch_through_the_waiting_room_and_the_rate_limits_sells_out() {
-    let (code, report, stdout) = run_harness(
+    let args = small_launch(
+        [2, 2, 10, 15],
+        5,
         &[
-            "--spawn",
-            "--shards",
-            "8",
-            "--scenario",
-            "launch",
-            "--clinics",
-            "2",
-            "--slots-per-clinic",
-            "2",
-            "--capacity",
-            "10",
-            "--doses",
-            "15",
             "--confirm-pct",
             "100",
             "--release-pct",
             "0",
             "--replay-pct",
             "20",
-            "--connections",
-            "16",
-            "--duration",
-            "60s",
-            "--seed",
-            "5",
             // No clinic cancellation: the campaign must sell out exactly.
             "--cancel-slots",
             "0",
@@ -214,8 +194,8 @@ fn a_launch_through_the_waiting_room_and_the_rate_limits_sells_out() {
             "--rate-limit=5/s",
             "--server-arg=--ip-rate-limit=80/s",
         ],
-        "launch-admission",
     );
+    let (code, report, stdout) = run_harness(&args, "launch-admission");
     assert_eq!(code, 0, "exit code; output:\n{stdout}");
     assert_eq!(report["verdict"], "pass");
     let scenario = &report["scenarios"][0];

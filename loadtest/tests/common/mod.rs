@@ -39,7 +39,7 @@ pub fn server_binary() -> PathBuf {
 
 /// Runs the harness to completion (killed after [`RUN_TIMEOUT`]); returns its exit code and
 /// its JSON report.
-pub fn run_harness(args: &[&str], label: &str) -> (i32, Value, String) {
+pub fn run_harness<S: AsRef<std::ffi::OsStr>>(args: &[S], label: &str) -> (i32, Value, String) {
     let report = std::env::temp_dir().join(format!(
         "holdfast-load-{label}-{}-{}.json",
         std::process::id(),
