@@ -306,6 +306,12 @@ pub struct ScenarioReport {
     /// The server's CPU time over the measured phase divided by the requests, in µs (the
     /// crash scenario: over its load phases, from each start to its kill).
     pub server_cpu_us_per_request: Option<f64>,
+    /// The server's resident memory (`VmRSS`) at the scenario's end, in MiB (spawned, or
+    /// --server-pid; `None` when its `/proc` entry cannot be read).
+    pub server_rss_mib: Option<f64>,
+    /// The most the server has held resident since it started (`VmHWM`) at the scenario's
+    /// end, in MiB: with `--citizens 10000000`, the memory of a country's registry.
+    pub server_rss_peak_mib: Option<f64>,
     pub launch: Option<LaunchFigures>,
     pub steady: Option<SteadyFigures>,
     pub expiry: Option<ExpiryFigures>,
@@ -383,6 +389,8 @@ impl ScenarioReport {
             server_cpu_pct: None,
             client_cpu_us_per_request: None,
             server_cpu_us_per_request: None,
+            server_rss_mib: None,
+            server_rss_peak_mib: None,
             launch: None,
             steady: None,
             expiry: None,
@@ -613,6 +621,12 @@ impl ScenarioReport {
             pct(self.server_cpu_pct),
             us(self.server_cpu_us_per_request)
         );
+        if let (Some(now), Some(peak)) = (self.server_rss_mib, self.server_rss_peak_mib) {
+            let _ = writeln!(
+                w,
+                "server memory: {now:.0} MiB resident at the end, at most {peak:.0} MiB since it started"
+            );
+        }
         if self.retries > 0 {
             let _ = writeln!(w, "retries of timed-out requests: {}", self.retries);
         }

@@ -120,6 +120,14 @@ fn launch_sells_out_exactly_with_zero_violations() {
         let us = scenario[side].as_f64().unwrap_or(-1.0);
         assert!(us > 0.0, "{side}: {}", scenario[side]);
     }
+    let rss = scenario["server_rss_mib"]
+        .as_f64()
+        .expect("the server's memory");
+    let peak = scenario["server_rss_peak_mib"].as_f64().expect("its peak");
+    assert!(
+        rss > 0.0 && peak >= rss,
+        "{rss} MiB now, {peak} MiB at most"
+    );
     assert_eq!(report["flags"]["confirm_pct"], 100);
 }
 

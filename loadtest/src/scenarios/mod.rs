@@ -118,10 +118,11 @@ impl Ctx {
     }
 }
 
-/// Client and server CPU over a scenario.
+/// Client and server CPU over a scenario, and the server's memory at its end.
 pub struct Meters {
     client: CpuMeter,
     server: Option<CpuMeter>,
+    server_pid: Option<u32>,
 }
 
 impl Meters {
@@ -129,6 +130,7 @@ impl Meters {
         Meters {
             client: CpuMeter::for_self(),
             server: server_pid.map(CpuMeter::start),
+            server_pid,
         }
     }
 
@@ -141,5 +143,8 @@ impl Meters {
             self.server.as_ref().and_then(CpuMeter::seconds_used),
             report.requests,
         );
+        let resident = self.server_pid.and_then(crate::memory::resident);
+        report.server_rss_mib = resident.map(|r| r.now_mib);
+        report.server_rss_peak_mib = resident.map(|r| r.peak_mib);
     }
 }
