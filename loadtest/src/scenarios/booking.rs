@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::campaign::{CampaignSpec, BATCH};
+use crate::cli::Args;
 use crate::client::{Api, Reply, Tokens};
 use crate::ledger::{AckKind, Ledger, Replay, WaitlistJoin};
 use crate::stats::{Live, Op, Stats};
@@ -224,6 +225,69 @@ pub struct Booker {
     pub waitlist_pct: u32,
     /// Waitlist joins sent so far (shared across crash rounds).
     pub waitlist_joins: Arc<AtomicUsize>,
+}
+
+/// What differs between the runs that book (a launch, a flood's phases, a crash's rounds):
+/// where they send, what they share with the runs before and after, and their own shares.
+pub struct BookerPlan {
+    pub api: Api,
+    pub ledger: Arc<Ledger>,
+    pub live: Arc<Live>,
+    pub staff: Arc<Vec<String>>,
+    /// Shared with the runs before this one when citizens carry over (crash rounds, flood
+    /// phases); a fresh counter otherwise.
+    pub next_citizen: Arc<AtomicUsize>,
+    pub returned: Arc<Mutex<VecDeque<usize>>>,
+    pub waitlist_joins: Arc<AtomicUsize>,
+    /// How long the run books.
+    pub duration: Duration,
+    pub seed: u64,
+    /// Unique per run and round (see [`Booker::key_prefix`]).
+    pub key_prefix: String,
+    pub cancel_confirmed_pct: u32,
+    pub administer_pct: u32,
+    pub refused_retries: u32,
+    pub waitlist_pct: u32,
+}
+
+impl Booker {
+    /// A run of `plan` over `spec`, its citizens choosing by the flags (`--skew`,
+    /// `--confirm-pct`, `--release-pct`, `--replay-pct`), every count at zero.
+    pub fn new(args: &Args, tokens: Arc<Tokens>, spec: &CampaignSpec, plan: BookerPlan) -> Booker {
+        Booker {
+            api: plan.api,
+            tokens,
+            vaccine: spec.vaccine(),
+            zipf: Zipf::new(spec.clinics, args.skew),
+            board: Board::new(spec.clinics, spec.slots_per_clinic),
+            ledger: plan.ledger,
+            live: plan.live,
+            next_citizen: plan.next_citizen,
+            stop: AtomicBool::new(false),
+            deadline: Instant::now() + plan.duration,
+            confirm_pct: args.confirm_pct,
+            release_pct: args.release_pct,
+            replay_pct: args.replay_pct,
+            seed: plan.seed,
+            key_prefix: plan.key_prefix,
+            key_seq: AtomicU64::new(0),
+            cancel_confirmed_pct: plan.cancel_confirmed_pct,
+            returned: plan.returned,
+            administer_pct: plan.administer_pct,
+            staff: plan.staff,
+            abandoned: AtomicU64::new(0),
+            citizens_served: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            recent: Mutex::new(Default::default()),
+            confirmed: Mutex::new(Default::default()),
+            in_doubt: Mutex::new(Vec::new()),
+            queue_first: AtomicBool::new(false),
+            refused_retries: plan.refused_retries,
+            waitlist_pct: plan.waitlist_pct,
+            waitlist_joins: plan.waitlist_joins,
+            spec: spec.clone(),
+        }
+    }
 }
 
 /// The citizen a connection is serving.

@@ -12,7 +12,7 @@
 //! set-up falls due while the rounds run: the last check waits until it is due and must
 //! see it NO_SHOW (or ADMINISTERED).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,9 @@ use crate::progress::Progress;
 use crate::report::{ClinicFigures, CrashFigures, ScenarioReport};
 use crate::spawn::Spawned;
 use crate::stats::{Live, Op, Stats};
-use crate::zipf::{Rng, Zipf};
+use crate::zipf::Rng;
 
-use super::booking::{self, Board, Booker};
+use super::booking::{self, Booker, BookerPlan};
 use super::clinic::{self, GroupSpec, NoShowGroup};
 use super::slot_cancel;
 use super::Ctx;
@@ -154,39 +154,27 @@ pub async fn run(ctx: &Ctx, server: &mut Spawned) -> Result<ScenarioReport, Stri
     let started = Instant::now();
     for round in 0..args.kills {
         let api = ctx.api.with_base(&server.base);
-        let booker = Arc::new(Booker {
-            api: api.clone(),
-            tokens: ctx.tokens.clone(),
-            vaccine: spec.vaccine(),
-            zipf: Zipf::new(spec.clinics, args.skew),
-            board: Board::new(spec.clinics, spec.slots_per_clinic),
-            ledger: ledger.clone(),
-            live: live.clone(),
-            next_citizen: next_citizen.clone(),
-            stop: AtomicBool::new(false),
-            deadline: Instant::now() + args.kill_window + connection_bound,
-            confirm_pct: args.confirm_pct,
-            release_pct: args.release_pct,
-            replay_pct: args.replay_pct,
-            seed: ctx.seed.wrapping_add(round as u64),
-            key_prefix: format!("{}-r{round}-k", spec.prefix),
-            key_seq: AtomicU64::new(0),
-            cancel_confirmed_pct: CANCEL_CONFIRMED_PCT,
-            returned: returned.clone(),
-            administer_pct: args.administer_pct,
-            staff: staff.clone(),
-            abandoned: AtomicU64::new(0),
-            citizens_served: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            recent: Mutex::new(Default::default()),
-            confirmed: Mutex::new(Default::default()),
-            in_doubt: Mutex::new(Vec::new()),
-            queue_first: AtomicBool::new(false),
-            refused_retries: 0,
-            waitlist_pct: WAITLIST_JOIN_PCT,
-            waitlist_joins: waitlist_joins.clone(),
-            spec: spec.clone(),
-        });
+        let booker = Arc::new(Booker::new(
+            args,
+            ctx.tokens.clone(),
+            &spec,
+            BookerPlan {
+                api: api.clone(),
+                ledger: ledger.clone(),
+                live: live.clone(),
+                staff: staff.clone(),
+                next_citizen: next_citizen.clone(),
+                returned: returned.clone(),
+                waitlist_joins: waitlist_joins.clone(),
+                duration: args.kill_window + connection_bound,
+                seed: ctx.seed.wrapping_add(round as u64),
+                key_prefix: format!("{}-r{round}-k", spec.prefix),
+                cancel_confirmed_pct: CANCEL_CONFIRMED_PCT,
+                administer_pct: args.administer_pct,
+                refused_retries: 0,
+                waitlist_pct: WAITLIST_JOIN_PCT,
+            },
+        ));
         let pid = server.pid();
         let cpu_before = pid.and_then(process_cpu_seconds);
         let load = tokio::spawn(booking::run(booker.clone(), args.connections));

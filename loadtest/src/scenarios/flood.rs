@@ -21,7 +21,7 @@
 //! peak passed `--flood-rss-max`, or the rate did not recover within [`crate::cli::RECOVERY_MAX`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,8 @@ use crate::memory;
 use crate::progress::Progress;
 use crate::report::{FloodFigures, ScenarioReport};
 use crate::stats::{is_refusal, Live, Stats};
-use crate::zipf::Zipf;
 
-use super::booking::{self, Board, Booker, BookingRun};
+use super::booking::{self, Booker, BookerPlan, BookingRun};
 use super::{Ctx, Meters};
 
 /// How often the admitted count and the server's memory are sampled.
@@ -63,39 +62,27 @@ struct Shared {
 fn booker(ctx: &Ctx, shared: &Shared, phase: &str, duration: Duration) -> Arc<Booker> {
     let args = &ctx.args;
     let spec = &shared.spec;
-    Arc::new(Booker {
-        queue_first: AtomicBool::new(false),
-        api: ctx.api.clone(),
-        tokens: ctx.tokens.clone(),
-        vaccine: spec.vaccine(),
-        zipf: Zipf::new(spec.clinics, args.skew),
-        board: Board::new(spec.clinics, spec.slots_per_clinic),
-        ledger: shared.ledger.clone(),
-        live: shared.live.clone(),
-        next_citizen: shared.next_citizen.clone(),
-        stop: AtomicBool::new(false),
-        deadline: Instant::now() + duration,
-        confirm_pct: args.confirm_pct,
-        release_pct: args.release_pct,
-        replay_pct: args.replay_pct,
-        seed: ctx.seed.wrapping_add(phase.len() as u64),
-        key_prefix: format!("{}-{phase}-k", spec.prefix),
-        key_seq: AtomicU64::new(0),
-        cancel_confirmed_pct: CANCEL_CONFIRMED_PCT,
-        returned: shared.returned.clone(),
-        administer_pct: 0,
-        staff: shared.staff.clone(),
-        abandoned: AtomicU64::new(0),
-        citizens_served: AtomicU64::new(0),
-        retries: AtomicU64::new(0),
-        recent: Mutex::new(Default::default()),
-        confirmed: Mutex::new(Default::default()),
-        in_doubt: Mutex::new(Vec::new()),
-        refused_retries: REFUSED_RETRIES,
-        waitlist_pct: 0,
-        waitlist_joins: Default::default(),
-        spec: spec.clone(),
-    })
+    Arc::new(Booker::new(
+        args,
+        ctx.tokens.clone(),
+        spec,
+        BookerPlan {
+            api: ctx.api.clone(),
+            ledger: shared.ledger.clone(),
+            live: shared.live.clone(),
+            staff: shared.staff.clone(),
+            next_citizen: shared.next_citizen.clone(),
+            returned: shared.returned.clone(),
+            waitlist_joins: Default::default(),
+            duration,
+            seed: ctx.seed.wrapping_add(phase.len() as u64),
+            key_prefix: format!("{}-{phase}-k", spec.prefix),
+            cancel_confirmed_pct: CANCEL_CONFIRMED_PCT,
+            administer_pct: 0,
+            refused_retries: REFUSED_RETRIES,
+            waitlist_pct: 0,
+        },
+    ))
 }
 
 /// The admitted answers so far, and the server's resident memory, every [`SAMPLE_PERIOD`].

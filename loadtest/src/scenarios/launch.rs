@@ -4,16 +4,14 @@
 //! quarter of the seats is taken (see `slot_cancel.rs`); reports the time to sell out and
 //! the clinic figures, and checks the invariants at the end.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::progress::Progress;
 use crate::report::{ClinicFigures, LaunchFigures, ScenarioReport};
 use crate::stats::{Live, Op};
-use crate::zipf::Zipf;
 
-use super::booking::{self, Board, Booker, EndReason};
+use super::booking::{self, Booker, BookerPlan, EndReason};
 use super::clinic;
 use super::slot_cancel;
 use super::{Ctx, Meters};
@@ -25,39 +23,27 @@ pub async fn run(ctx: &Ctx) -> Result<ScenarioReport, String> {
     let ledger = ctx.ledger_for(&spec);
     let staff = booking::staff_tokens(&ctx.tokens, &spec);
     let live = Arc::new(Live::new(Some(spec.sellable() as i64)));
-    let booker = Arc::new(Booker {
-        api: ctx.api.clone(),
-        tokens: ctx.tokens.clone(),
-        vaccine: spec.vaccine(),
-        zipf: Zipf::new(spec.clinics, args.skew),
-        board: Board::new(spec.clinics, spec.slots_per_clinic),
-        ledger: ledger.clone(),
-        live: live.clone(),
-        next_citizen: Arc::new(AtomicUsize::new(0)),
-        stop: AtomicBool::new(false),
-        deadline: Instant::now() + args.duration,
-        confirm_pct: args.confirm_pct,
-        release_pct: args.release_pct,
-        replay_pct: args.replay_pct,
-        seed: ctx.seed,
-        key_prefix: format!("{}-k", spec.prefix),
-        key_seq: AtomicU64::new(0),
-        cancel_confirmed_pct: 0,
-        returned: Default::default(),
-        administer_pct: args.administer_pct,
-        staff: staff.clone(),
-        abandoned: AtomicU64::new(0),
-        citizens_served: AtomicU64::new(0),
-        retries: AtomicU64::new(0),
-        recent: Mutex::new(Default::default()),
-        confirmed: Mutex::new(Default::default()),
-        in_doubt: Mutex::new(Vec::new()),
-        queue_first: AtomicBool::new(false),
-        refused_retries: 0,
-        waitlist_pct: 0,
-        waitlist_joins: Default::default(),
-        spec: spec.clone(),
-    });
+    let booker = Arc::new(Booker::new(
+        args,
+        ctx.tokens.clone(),
+        &spec,
+        BookerPlan {
+            api: ctx.api.clone(),
+            ledger: ledger.clone(),
+            live: live.clone(),
+            staff: staff.clone(),
+            next_citizen: Arc::new(AtomicUsize::new(0)),
+            returned: Default::default(),
+            waitlist_joins: Default::default(),
+            duration: args.duration,
+            seed: ctx.seed,
+            key_prefix: format!("{}-k", spec.prefix),
+            cancel_confirmed_pct: 0,
+            administer_pct: args.administer_pct,
+            refused_retries: 0,
+            waitlist_pct: 0,
+        },
+    ));
     let meters = Meters::start(ctx.server_pid);
     let progress = Progress::start(
         "launch",
