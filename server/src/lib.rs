@@ -19,6 +19,7 @@ pub mod connections;
 pub mod demo;
 pub mod eligibility;
 pub mod events;
+pub mod hex;
 pub mod http_client;
 pub mod journal;
 pub mod pages;

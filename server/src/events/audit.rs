@@ -13,6 +13,7 @@ use holdfast_engine::feed::{AuditRecord, AuditVerdict};
 use sha2::{Digest, Sha256};
 
 use super::frames;
+use crate::hex::hex;
 
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -21,10 +22,6 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// separated by a byte no field contains.
 pub fn canonical_bytes(seq: u64, at: &str, appointment_id: &str, status: &str) -> Vec<u8> {
     format!("{seq}\n{at}\n{appointment_id}\n{status}").into_bytes()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The hash of a record with these fields after `prev_hash`.

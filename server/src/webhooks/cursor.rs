@@ -19,7 +19,7 @@ pub struct WebhookId(String);
 impl WebhookId {
     pub fn of(url: &reqwest::Url) -> WebhookId {
         let digest = Sha256::digest(url.as_str().as_bytes());
-        WebhookId(super::sign::hex(&digest[..16]))
+        WebhookId(crate::hex::hex(&digest[..16]))
     }
 
     pub fn as_str(&self) -> &str {

@@ -5,6 +5,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::hex::push_hex;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The shortest webhook secret accepted (an HMAC key shorter than this is guessable).
@@ -32,18 +34,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let digest = mac.finalize().into_bytes();
     let mut text = String::with_capacity(7 + 2 * digest.len());
     text.push_str("sha256=");
-    text.push_str(&hex(&digest));
-    text
-}
-
-/// Lower-case hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(2 * bytes.len());
-    for byte in bytes {
-        text.push(DIGITS[usize::from(byte >> 4)] as char);
-        text.push(DIGITS[usize::from(byte & 0xf)] as char);
-    }
+    push_hex(&mut text, &digest);
     text
 }
 
