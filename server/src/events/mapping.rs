@@ -149,22 +149,25 @@ pub fn rfc3339(at_ms: i64) -> String {
 /// it is sent): `{"seq","type","at","shard", ids...}`. `at` is the change's instant as
 /// [`rfc3339`] renders it; event types and instants need no escaping.
 pub fn body(seq: u64, shard: u32, at: &str, draft: &Draft) -> String {
-    use std::fmt::Write as _;
-    let fields = serde_json::to_string(&draft.fields).expect("JSON values render");
-    let mut out = String::with_capacity(64 + at.len() + fields.len());
+    use std::io::Write as _;
+    // Written straight into one buffer: the fields are not rendered into a string of their
+    // own first (the recorder renders every event of the node).
+    let mut out = Vec::with_capacity(96 + at.len() + 48 * draft.fields.len());
     let _ = write!(
         out,
         "{{\"seq\":{seq},\"type\":\"{}\",\"at\":\"{at}\",\"shard\":{shard}",
         draft.event_type
     );
-    match fields.strip_prefix('{') {
-        Some(rest) if rest != "}" => {
-            out.push(',');
-            out.push_str(rest);
-        }
-        _ => out.push('}'),
+    for (key, value) in &draft.fields {
+        out.push(b',');
+        // Rendering a string or a JSON value into memory cannot fail.
+        let _ = serde_json::to_writer(&mut out, key);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, value);
     }
-    out
+    out.push(b'}');
+    // Only UTF-8 went in: the format's literals, `at`, the event type and serde_json's output.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
@@ -175,6 +178,11 @@ mod tests {
     fn a_body_is_one_json_object_with_the_numbering_and_the_ids() {
         let with_ids = draft("StockChanged", json!({ "clinic_id": "k\"1", "delta": -1 }));
         let rendered = body(7, 3, "2026-12-01T09:00:00.000Z", &with_ids);
+        // Byte for byte: bodies are stored as rendered and must not change between builds.
+        assert_eq!(
+            rendered,
+            r#"{"seq":7,"type":"StockChanged","at":"2026-12-01T09:00:00.000Z","shard":3,"clinic_id":"k\"1","delta":-1}"#
+        );
         let value: Value = serde_json::from_str(&rendered).unwrap();
         assert_eq!(
             value,
@@ -184,6 +192,9 @@ mod tests {
             })
         );
         let bare = body(8, 0, "2026-12-01T09:00:00.000Z", &draft("X", json!({})));
-        assert_eq!(serde_json::from_str::<Value>(&bare).unwrap()["seq"], 8);
+        assert_eq!(
+            bare,
+            r#"{"seq":8,"type":"X","at":"2026-12-01T09:00:00.000Z","shard":0}"#
+        );
     }
 }
