@@ -8,14 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::NaiveDate;
-use holdfast_engine::command::{
-    Cancel, Confirm, PutCitizen, PutClinic, PutSlots, PutVaccine, ReceiveStock,
-};
+use holdfast_engine::command::{Cancel, Confirm, PutClinic, PutSlots, PutVaccine, ReceiveStock};
 use holdfast_engine::error::JournalError;
 use holdfast_engine::idempotency::StoredResponse;
 use holdfast_engine::journal::{Done, Journal, Recovered};
-use holdfast_engine::model::{CitizenRecord, ClinicInfo, SlotSpec};
+use holdfast_engine::model::{ClinicInfo, SlotSpec};
 use holdfast_engine::ring::Ring;
 use holdfast_engine::saga::{Booked, IdemRequest, RescheduleRequest};
 use holdfast_engine::{
@@ -25,7 +22,7 @@ use holdfast_engine::{
 use proptest::prelude::*;
 
 mod common;
-use common::rules;
+use common::{date, rules};
 
 const VACCINE: &str = "vx";
 const SHARDS: u32 = 4;
@@ -154,10 +151,6 @@ impl Journal for MemJournal {
 
 // ---- the catalogue ---------------------------------------------------------------------
 
-fn date(s: &str) -> NaiveDate {
-    s.parse().expect("valid date")
-}
-
 fn clinic_id(c: usize) -> String {
     format!("clinic-{c}")
 }
@@ -214,16 +207,7 @@ async fn put_catalogue(node: &Node, clinics: usize, citizens: usize, capacity: u
         }
     }
     for c in 0..citizens {
-        let put = Command::PutCitizen(PutCitizen {
-            citizen_id: citizen_id(c),
-            record: CitizenRecord {
-                birth_date: date("1980-01-01"),
-                region: "north".to_string(),
-                allergies: vec![],
-                insurance_id: format!("ins-{c}"),
-                doses: vec![],
-            },
-        });
+        let put = common::put_citizen(&citizen_id(c), "1980-01-01");
         bounded(node.exec(node.citizen_shard(&citizen_id(c)), put))
             .await
             .expect("citizen");

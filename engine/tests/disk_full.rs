@@ -8,19 +8,16 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::NaiveDate;
 use common::clinic_c1;
 use holdfast_engine::client::BoxFuture;
-use holdfast_engine::command::PutCitizen;
 use holdfast_engine::error::JournalError;
 use holdfast_engine::external::{
     BreakerState, DependencyStatus, ExternalCheck, ExternalRequest, ExternalVerdict, OutagePolicy,
 };
 use holdfast_engine::journal::{Done, Journal, Recovered};
-use holdfast_engine::model::CitizenRecord;
 use holdfast_engine::ring::Ring;
 use holdfast_engine::{
-    BookRequest, Command, EngineError, Node, NodeConfig, Query, SystemClock, WriteRefusal,
+    BookRequest, EngineError, Node, NodeConfig, Query, SystemClock, WriteRefusal,
 };
 
 /// Stores at once, counts the appends, and refuses writes while `refusal` is set.
@@ -116,16 +113,7 @@ async fn a_full_disk_refuses_new_writes_before_they_change_anything_and_finishes
     .expect("starts");
     let shard = clinic_c1(&node).await;
     for citizen in ["ada", "bob"] {
-        let put = Command::PutCitizen(PutCitizen {
-            citizen_id: citizen.into(),
-            record: CitizenRecord {
-                birth_date: NaiveDate::from_ymd_opt(1980, 5, 5).unwrap(),
-                region: "north".into(),
-                allergies: vec![],
-                insurance_id: "I-1".into(),
-                doses: vec![],
-            },
-        });
+        let put = common::put_citizen(citizen, "1980-05-05");
         node.exec(node.citizen_shard(citizen), put)
             .await
             .expect("citizen");

@@ -7,9 +7,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::NaiveDate;
-use holdfast_engine::command::{Hold, PutCitizen, PutClinic, PutSlots, PutVaccine, ReceiveStock};
-use holdfast_engine::model::{CitizenRecord, ClinicInfo, SlotSpec};
+use holdfast_engine::command::{Hold, PutClinic, PutSlots, PutVaccine, ReceiveStock};
+use holdfast_engine::model::{ClinicInfo, SlotSpec};
 use holdfast_engine::ring::Ring;
 use holdfast_engine::view::{AvailabilityView, Output};
 use holdfast_engine::{
@@ -18,7 +17,7 @@ use holdfast_engine::{
 };
 
 mod common;
-use common::{rules, GatedJournal};
+use common::{date, rules, GatedJournal};
 
 const VACCINE: &str = "vx";
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -26,10 +25,6 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 const HOLD_MS: i64 = 10 * 60 * 1000;
 /// Bound on any single await in these tests, so a lost reply fails instead of hanging.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn date(s: &str) -> NaiveDate {
-    s.parse().expect("valid date")
-}
 
 async fn start(config: NodeConfig) -> Arc<Node> {
     Node::start(config, Ring::single("local"), Arc::new(SystemClock))
@@ -213,16 +208,7 @@ async fn three_doses_over_two_slots_sell_exactly_three() {
 }
 
 async fn put_citizen(node: &Node, citizen: &str, birth_date: &str) {
-    let put = Command::PutCitizen(PutCitizen {
-        citizen_id: citizen.to_string(),
-        record: CitizenRecord {
-            birth_date: date(birth_date),
-            region: "north".to_string(),
-            allergies: vec![],
-            insurance_id: format!("ins-{citizen}"),
-            doses: vec![],
-        },
-    });
+    let put = common::put_citizen(citizen, birth_date);
     bounded(node.exec(node.citizen_shard(citizen), put))
         .await
         .expect("citizen");

@@ -1,10 +1,10 @@
 //! Fixtures shared by the engine's integration tests.
 
 use chrono::NaiveDate;
-use holdfast_engine::command::{PutClinic, PutSlots, PutVaccine, ReceiveStock};
+use holdfast_engine::command::{PutCitizen, PutClinic, PutSlots, PutVaccine, ReceiveStock};
 use holdfast_engine::error::JournalError;
 use holdfast_engine::journal::{Done, Journal, Recovered};
-use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
+use holdfast_engine::model::{CitizenRecord, ClinicInfo, SlotSpec, VaccineRules};
 use holdfast_engine::{Clock, Command, Node, SystemClock};
 
 /// A journal that stores at once until the test closes its gate, then holds every
@@ -131,4 +131,26 @@ pub async fn clinic_c1(node: &Node) -> u32 {
         answer.expect("set-up command");
     }
     shard
+}
+
+/// `YYYY-MM-DD` as a date.
+#[allow(dead_code)] // not every test binary uses it
+pub fn date(s: &str) -> NaiveDate {
+    s.parse().expect("valid date")
+}
+
+/// Registers `citizen_id`, born on `birth_date` (`YYYY-MM-DD`), in region `north`, with no
+/// allergies and no doses yet.
+#[allow(dead_code)] // not every test binary uses it
+pub fn put_citizen(citizen_id: &str, birth_date: &str) -> Command {
+    Command::PutCitizen(PutCitizen {
+        citizen_id: citizen_id.to_string(),
+        record: CitizenRecord {
+            birth_date: date(birth_date),
+            region: "north".to_string(),
+            allergies: vec![],
+            insurance_id: format!("ins-{citizen_id}"),
+            doses: vec![],
+        },
+    })
 }
