@@ -1,7 +1,8 @@
 //! The harness's HTTP/1.1 transport (`holdfast_loadtest::http`) against small scripted
 //! servers on loopback: keep-alive reuse, a timed-out request's connection closed and never
 //! reused, reconnecting after the server closes, `Connection: close` honoured,
-//! `Retry-After` read, a refused connection a transport failure.
+//! `Retry-After` read, a refused connection a transport failure, an answer over the bound
+//! refused.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -119,6 +120,18 @@ async fn a_request_without_an_answer_times_out_and_its_connection_is_closed() {
         .await;
     assert!(matches!(again, Err(Failure::Timeout(_))), "{again:?}");
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_answer_longer_than_the_bound_fails_the_request() {
+    let server = scripted(Mode::KeepAlive).await;
+    // The scripted answer's body is 11 bytes: within 11 it is read, within 10 it fails.
+    let fits = Http::new(&server.base, 1).answers_at_most(11);
+    let answer = fits.request(&Req::get("/x"), REQUEST_TIMEOUT).await;
+    assert!(matches!(&answer, Ok(a) if a.body.len() == 11), "{answer:?}");
+    let short = Http::new(&server.base, 1).answers_at_most(10);
+    let refused = short.request(&Req::get("/x"), REQUEST_TIMEOUT).await;
+    assert!(matches!(refused, Err(Failure::Transport(_))), "{refused:?}");
 }
 
 #[tokio::test]

@@ -133,6 +133,8 @@ pub enum Failure {
 #[derive(Debug, Clone)]
 pub struct Http {
     inner: Arc<Pool>,
+    /// The largest answer body read; a longer one fails the request.
+    body_max: usize,
 }
 
 #[derive(Debug)]
@@ -142,8 +144,6 @@ struct Pool {
     host: HeaderValue,
     idle: Mutex<Vec<Conn>>,
     max_idle: usize,
-    /// The largest answer body read; a longer one fails the request.
-    body_max: usize,
 }
 
 /// One connection: its sender and the task driving it.
@@ -185,17 +185,15 @@ impl Http {
                 host,
                 idle: Mutex::new(Vec::new()),
                 max_idle: max_idle.max(1),
-                body_max: usize::MAX,
             }),
+            body_max: usize::MAX,
         }
     }
 
     /// The same pool, failing any answer whose body is longer than `bytes` (a receiver that
-    /// is not trusted to answer briefly). Call before the first clone.
+    /// is not trusted to answer briefly).
     pub fn answers_at_most(mut self, bytes: usize) -> Http {
-        if let Some(pool) = Arc::get_mut(&mut self.inner) {
-            pool.body_max = bytes;
-        }
+        self.body_max = bytes;
         self
     }
 
@@ -247,7 +245,7 @@ impl Http {
                 .headers()
                 .get(CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            let body = Limited::new(response.into_body(), self.inner.body_max)
+            let body = Limited::new(response.into_body(), self.body_max)
                 .collect()
                 .await
                 .map_err(|e| error_chain(&*e))?

@@ -5,9 +5,9 @@
 //! write-ahead log ([`journal`]), the accept loop with its connection bounds and timeouts
 //! ([`connections`]), and the external eligibility check over HTTP
 //! ([`eligibility`]) with its circuit breaker ([`breaker`]), the durable event feed and
-//! audit chain ([`events`]), the signed webhooks ([`webhooks`]) on a small HTTP/1.1 client ([`http_client`], the load
-//! harness's too), the node's restart in place after
-//! its log failed ([`reopen`]), and how the process takes its memory ([`pages`]).
+//! audit chain ([`events`]), the signed webhooks ([`webhooks`]) on a small HTTP/1.1 client
+//! ([`http_client`], the load harness's too), the node's restart in place after its log
+//! failed ([`reopen`]), and how the process takes its memory ([`pages`]).
 //!
 //! Start at [`serve`](fn@serve) (what `holdfast serve` does), then [`start`].
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use hyper::body::Bytes;
 use hyper::header::HeaderValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -183,7 +182,7 @@ impl Worker {
         let signed = HeaderValue::try_from(signature(&self.secret, &event.body))
             .map_err(|e| format!("the signature is not a header value: {e}"))?;
         let request = Req::post(&self.path)
-            .json_bytes(Bytes::copy_from_slice(&event.body))
+            .json_bytes(event.body.clone())
             .header("user-agent", HeaderValue::from_static(USER_AGENT))
             .header(EVENT_ID_HEADER, HeaderValue::from(event.seq))
             .header(SIGNATURE_HEADER, signed);

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use holdfast_engine::client::BoxFuture;
 use holdfast_engine::feed::{EventFeed, Gone};
+use hyper::body::Bytes;
 use tokio::sync::watch;
 
 /// One event as a receiver gets it: its sequence (`X-Holdfast-Event-Id`) and its JSON body,
@@ -13,7 +14,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourcedEvent {
     pub seq: u64,
-    pub body: Vec<u8>,
+    /// Shared by every attempt to send it (a clone is a reference count, not a copy).
+    pub body: Bytes,
 }
 
 /// The node's durable event sequence, as webhooks read it.
@@ -61,7 +63,7 @@ impl EventSource for FeedSource {
                     .into_iter()
                     .map(|event| SourcedEvent {
                         seq: event.seq,
-                        body: event.data.as_bytes().to_vec(),
+                        body: Bytes::copy_from_slice(event.data.as_bytes()),
                     })
                     .collect()),
                 Ok(Err(gone)) => Err(ReadError::Gone(gone)),
@@ -105,7 +107,7 @@ impl Default for MemorySource {
 
 impl MemorySource {
     /// Appends an event with the next sequence; answers that sequence.
-    pub fn push(&self, body: impl Into<Vec<u8>>) -> u64 {
+    pub fn push(&self, body: impl Into<Bytes>) -> u64 {
         let seq = {
             let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
             let seq = events.len() as u64 + 1;
