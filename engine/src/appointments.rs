@@ -7,9 +7,13 @@
 //! `Vec` doubling would copy a million appointments at once and could leave half its
 //! capacity empty). At a million holds this is about half the memory of a hash map.
 
+use std::fmt;
+
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::model::Appointment;
+use crate::sized_decode::preallocated_entries;
 
 /// Appointments per page. 4,096 × ~136 bytes ≈ 0.5 MiB: large enough that the page list is
 /// short, small enough that a new shard's first page is cheap.
@@ -98,9 +102,29 @@ impl Serialize for AppointmentTable {
 
 impl<'de> Deserialize<'de> for AppointmentTable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let flat = Vec::<Appointment>::deserialize(deserializer)?;
-        let mut table = AppointmentTable::default();
-        for appointment in flat {
+        deserializer.deserialize_seq(TableVisitor)
+    }
+}
+
+/// Decodes the flat sequence straight into pages: no flat `Vec` of every appointment beside
+/// the table (serde's own would also grow it by doubling, see [`crate::sized_decode`]), and
+/// the page list allocated once at the announced length.
+struct TableVisitor;
+
+impl<'de> Visitor<'de> for TableVisitor {
+    type Value = AppointmentTable;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("appointments by sequence number")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<AppointmentTable, A::Error> {
+        let appointments = preallocated_entries::<Appointment>(access.size_hint());
+        let mut table = AppointmentTable {
+            pages: Vec::with_capacity(appointments.div_ceil(PAGE)),
+            len: 0,
+        };
+        while let Some(appointment) = access.next_element::<Appointment>()? {
             if appointment.seq != table.next_seq() {
                 return Err(serde::de::Error::custom(format!(
                     "appointment {} where {} was expected",

@@ -44,9 +44,11 @@ pub enum LogRecord {
 pub struct Snapshot {
     pub seq: u64,
     pub state: ShardState,
+    #[serde(deserialize_with = "crate::sized_decode::vec")]
     pub idempotency: Vec<IdempotencyRecord>,
     /// Changes up to `seq` published but not yet stored by the node's recorder
     /// ([`crate::publish::Recorder`]): re-published at recovery.
+    #[serde(deserialize_with = "crate::sized_decode::vec")]
     pub unrecorded: Vec<crate::publish::Published>,
 }
 

@@ -37,6 +37,7 @@ pub mod reconcile;
 pub mod ring;
 pub mod saga;
 pub mod shard;
+pub mod sized_decode;
 pub mod view;
 pub mod waitlist;
 

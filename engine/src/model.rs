@@ -129,11 +129,14 @@ impl VaccineStock {
 pub struct Clinic {
     pub id: Arc<str>,
     pub info: ClinicInfo,
+    #[serde(deserialize_with = "crate::sized_decode::vec")]
     pub slots: Vec<Slot>,
+    #[serde(deserialize_with = "crate::sized_decode::map")]
     pub slot_index: FxHashMap<Arc<str>, u32>,
     pub stock: FxHashMap<VaccineIdx, VaccineStock>,
     /// Appointment sequence numbers of this clinic, in creation order (for listings and the
     /// at-risk rule, which marks the newest first).
+    #[serde(deserialize_with = "crate::sized_decode::vec")]
     pub appointments: Vec<u64>,
 }
 

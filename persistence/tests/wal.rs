@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver};
 use holdfast_persistence::{
     Ack, Durability, LogSpan, Record, Recovery, Wal, WalConfig, WalError, WalStats, WriterGate,
-    FRAME_BYTES_MAX, FRAME_FORMAT_VERSION, WAL_SUBDIR,
+    FRAME_BYTES_MAX, FRAME_FORMAT_VERSION, SNAPSHOT_FILES_DIR, WAL_SUBDIR,
 };
 
 /// The longest any test waits for an ack or a flush: far beyond what a healthy run takes.
@@ -1081,59 +1081,152 @@ fn the_data_directory_stays_bounded() {
 }
 
 #[test]
-fn large_snapshots_go_to_blob_files_and_do_not_pile_up() {
-    // sled stores values above ~128 KiB (segment_size / 4) in files of their own under
-    // wal/blobs, which sled never syncs: the WAL fdatasyncs them on each flush.
+fn snapshots_are_files_of_their_own_and_do_not_pile_up() {
+    // Each snapshot's payload is a file in wal/shard-snapshots; sled's tree holds a pointer.
+    // The file a newer durable pointer replaced is deleted at once, so one file per shard is
+    // live, and sled writes no blob files for snapshots (sled stored values over ~128 KiB in
+    // blobs, and rewrote leaves of up to 16 snapshots as one).
     const ROUNDS: u64 = 30;
     const SNAPSHOT_BYTES: usize = 1 << 20;
-    let dir = TempDir::new("blobs");
+    let dir = TempDir::new("snapshot-files");
     let wal = Wal::open(dir.path(), sync_config()).unwrap();
     let state = |round: u64| -> Vec<u8> {
         (0..SNAPSHOT_BYTES)
             .map(|i| (i as u64).wrapping_mul(31).wrapping_add(round) as u8)
             .collect()
     };
-    let blob_files = || {
-        std::fs::read_dir(dir.path().join(WAL_SUBDIR).join("blobs"))
+    let count = |sub: &str| {
+        std::fs::read_dir(dir.path().join(WAL_SUBDIR).join(sub))
             .map(|entries| entries.count())
             .unwrap_or(0)
     };
+    let mut most_files = 0;
     let mut most_blobs = 0;
     let mut sizes = Vec::new();
     for round in 1..=ROUNDS {
         let first = (round - 1) * 100 + 1;
         append(&wal, records(0, first..=first + 99));
-        // Traffic between snapshots (the engine snapshots every 100,000 records) moves sled
-        // through its segments, which is when it deletes replaced blobs.
         append(&wal, records(1, (round - 1) * 5000 + 1..=round * 5000));
         snapshot(&wal, 1, round * 5000, b"small");
         snapshot(&wal, 0, first + 99, &state(round));
-        most_blobs = most_blobs.max(blob_files());
+        most_files = most_files.max(count(SNAPSHOT_FILES_DIR));
+        most_blobs = most_blobs.max(count("blobs"));
         sizes.push(wal.size_on_disk_bytes());
     }
     println!(
-        "blobs: at most {most_blobs} blob files; size after rounds 1, 6, 11, ...: {:?} B",
+        "snapshot files: at most {most_files}, sled blobs at most {most_blobs}; size after \
+         rounds 1, 6, 11, ...: {:?} B",
         sizes.iter().step_by(5).collect::<Vec<_>>()
     );
-    assert!(most_blobs >= 1, "a 1 MiB snapshot should be a blob file");
+    assert_eq!(most_files, 2, "one live file per shard");
+    assert_eq!(most_blobs, 0, "no snapshot reaches sled's blob files");
     wal.close().unwrap();
 
     let wal = Wal::open(dir.path(), sync_config()).unwrap();
     let recovery = wal.recover_shard(0).unwrap();
     assert_eq!(recovery.snapshot, Some((ROUNDS * 100, state(ROUNDS))));
     assert!(recovery.records.is_empty());
+    assert_eq!(
+        wal.recover_shard(1).unwrap().snapshot,
+        Some((ROUNDS * 5000, b"small".to_vec()))
+    );
     wal.close().unwrap();
-    // 30 MiB of snapshots (and 150,000 records) were written; one snapshot is live. sled
-    // deletes a replaced blob only once the segment that replaced it is no longer the active
-    // one, so a few stay around (4 seen); with almost no traffic between snapshots they pile
-    // up instead (30 seen for 30 rounds of 100 records), until traffic moves sled on.
-    assert!(most_blobs <= 10, "{most_blobs} blob files at once");
     let last = *sizes.last().unwrap();
     assert!(last < 20 << 20, "{last} B on disk");
 }
 
+/// A crash between a snapshot's file and its durable pointer, or between the pointer and the
+/// deletion of the file it replaced, leaves files no pointer names: the next open deletes them
+/// (and any half-written temporary file) and recovers from the file the pointer names.
+#[test]
+fn files_no_pointer_names_are_swept_at_open() {
+    let dir = TempDir::new("sweep");
+    let files_dir = dir.path().join(WAL_SUBDIR).join(SNAPSHOT_FILES_DIR);
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    append(&wal, records(3, 1..=10));
+    snapshot(&wal, 3, 10, b"state at 10");
+    wal.close().unwrap();
+    let live: Vec<_> = std::fs::read_dir(&files_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    // What a crash leaves: a newer snapshot whose pointer never became durable, an older one
+    // whose deletion never came, and a temporary file cut short.
+    let newer = live[0].replacen("000000000000000a", "0000000000000014", 1);
+    assert_ne!(newer, live[0]);
+    std::fs::copy(files_dir.join(&live[0]), files_dir.join(&newer)).unwrap();
+    let older = live[0].replacen("000000000000000a", "0000000000000005", 1);
+    std::fs::copy(files_dir.join(&live[0]), files_dir.join(&older)).unwrap();
+    std::fs::write(files_dir.join(format!("{newer}.tmp")), b"torn").unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let left: Vec<_> = std::fs::read_dir(&files_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, live, "only the file the pointer names is left");
+    let recovery = wal.recover_shard(3).unwrap();
+    assert_eq!(recovery.snapshot, Some((10, b"state at 10".to_vec())));
+    assert!(recovery.records.is_empty());
+    wal.close().unwrap();
+}
+
+/// A snapshot file that is damaged or gone is that shard's problem only: recovery reports its
+/// snapshot corrupt (and keeps its frames), and the other shards recover.
+#[test]
+fn a_damaged_snapshot_file_fails_only_its_shard() {
+    let dir = TempDir::new("damaged-file");
+    let files_dir = dir.path().join(WAL_SUBDIR).join(SNAPSHOT_FILES_DIR);
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    append(&wal, records(1, 1..=5));
+    append(&wal, records(2, 1..=5));
+    snapshot(&wal, 1, 5, b"one at 5");
+    snapshot(&wal, 2, 5, b"two at 5");
+    wal.close().unwrap();
+    let of_shard = |shard: u32| {
+        std::fs::read_dir(&files_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(&format!("{shard:08x}-"))
+            })
+            .unwrap()
+    };
+    let one = of_shard(1);
+    let mut bytes = std::fs::read(&one).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&one, &bytes).unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let err = wal.recover_shard(1).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt(why) if why.contains("shard 1 snapshot") && why.contains("checksum")),
+        "{err}"
+    );
+    assert_eq!(
+        wal.recover_shard(2).unwrap().snapshot,
+        Some((5, b"two at 5".to_vec()))
+    );
+    wal.close().unwrap();
+
+    // Gone altogether: seen at open, so the shard's frames are kept, not cut as covered.
+    std::fs::remove_file(of_shard(2)).unwrap();
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let err = wal.recover_shard(2).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt(why) if why.contains("cannot open")),
+        "{err}"
+    );
+    wal.close().unwrap();
+}
+
 /// A data directory that vanishes under a running log: the next write that needs a new file
-/// (a snapshot large enough to be one of sled's blob files) fails and says so, and closing the
+/// (a snapshot's) fails and says so, and closing the
 /// log still returns instead of waiting forever on sled's flush of a buffer whose write failed
 /// (SIGTERM of a server must finish).
 #[test]

@@ -78,6 +78,7 @@ pub struct ShardState {
     /// [`crate::claims`]).
     /// Boxed: the table keeps only key and pointer per slot, so its empty slots (a hash
     /// table is between 44% and 88% full) cost 24 bytes each, not a whole entry.
+    #[serde(deserialize_with = "crate::sized_decode::map")]
     citizens: FxHashMap<Box<str>, Box<CitizenEntry>>,
     /// The regions of `citizens`, each kept once.
     regions: Regions,
@@ -216,3 +217,6 @@ impl ShardState {
             .filter(move |a| a.slot == slot)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,10 +18,13 @@ pub type SlotAt = (u32, u32);
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Waitlists {
     /// Per slot, its entries in the order they joined (the front is position 1).
+    #[serde(deserialize_with = "crate::sized_decode::map")]
     slots: FxHashMap<SlotAt, VecDeque<WaitEntry>>,
     /// Entry number -> its slot.
+    #[serde(deserialize_with = "crate::sized_decode::map")]
     by_seq: FxHashMap<u64, SlotAt>,
     /// Citizen -> the numbers of its entries in this shard.
+    #[serde(deserialize_with = "crate::sized_decode::map")]
     by_citizen: FxHashMap<Arc<str>, Vec<u64>>,
     next_seq: u64,
 }

@@ -6,19 +6,27 @@
 //!                   value `[FRAME_FORMAT_VERSION][crc32(key ++ body) u32 LE][body]`,
 //!                   body = one or more `[shard u32 LE][seq u64 LE][len u32 LE][payload]`.
 //! Tree `snapshots`: key `[shard u32 BE]`,
-//!                   value `[SNAPSHOT_FORMAT_VERSION][crc32(key ++ seq BE ++ payload) u32 LE]
-//!                   [seq u64 BE][payload]`.
+//!                   value `[SNAPSHOT_POINTER_VERSION][crc32(key ++ body) u32 LE][body]`,
+//!                   body = `[seq u64 BE][file id u64 BE][file length u64 BE]`: a pointer to
+//!                   the shard's snapshot file (`snapshot_files.rs`), whose bytes are
+//!                   `[SNAPSHOT_FORMAT_VERSION][crc32(key ++ seq BE ++ payload) u32 LE]
+//!                   [seq u64 BE][payload]`. Logs written before snapshot files hold that
+//!                   snapshot value itself in the tree; recovery still reads it.
 //!
 //! The checksum covers the key, so a value copied under the wrong key is caught too. These are
 //! plain bytes on purpose: no serde, no bincode (their attribute pitfalls are the engine's).
 //! A frame is built in place: header first, records appended, the checksum filled in last, so
 //! a group commit's records are copied once, into the value sled stores.
 
+use super::snapshot_files::SnapshotFile;
+
 /// Version byte in front of every stored frame. Recovery refuses (cuts) a frame with any
 /// other byte rather than misreading it.
 pub const FRAME_FORMAT_VERSION: u8 = 1;
 /// Version byte in front of every stored snapshot; any other byte makes the snapshot corrupt.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// Version byte of a snapshot pointer in the `snapshots` tree (the payload is in a file).
+pub const SNAPSHOT_POINTER_VERSION: u8 = 2;
 
 /// Length of a frame key: the frame number (8).
 pub(crate) const FRAME_KEY_LEN: usize = 8;
@@ -27,7 +35,9 @@ pub(crate) const HEADER_LEN: usize = 5;
 /// In a frame's body, in front of each payload: shard (4) + seq (8) + payload length (4).
 pub(crate) const RECORD_HEADER_LEN: usize = 16;
 /// Header + snapshot seq.
-const SNAPSHOT_HEADER_LEN: usize = HEADER_LEN + 8;
+pub(crate) const SNAPSHOT_HEADER_LEN: usize = HEADER_LEN + 8;
+/// Header + seq + file id + file length.
+const SNAPSHOT_POINTER_LEN: usize = HEADER_LEN + 24;
 
 pub(crate) fn frame_key(number: u64) -> [u8; FRAME_KEY_LEN] {
     number.to_be_bytes()
@@ -42,7 +52,7 @@ pub(crate) fn snapshot_key(shard: u32) -> [u8; 4] {
     shard.to_be_bytes()
 }
 
-fn crc(parts: &[&[u8]]) -> u32 {
+pub(crate) fn crc32(parts: &[&[u8]]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     for part in parts {
         hasher.update(part);
@@ -86,7 +96,7 @@ impl FrameValue {
 
     /// The stored value, its checksum over `key` and the body filled in.
     pub(crate) fn finish(mut self, key: &[u8]) -> Vec<u8> {
-        let sum = crc(&[key, &self.value[HEADER_LEN..]]);
+        let sum = crc32(&[key, &self.value[HEADER_LEN..]]);
         self.value[1..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
         self.value
     }
@@ -124,7 +134,7 @@ pub(crate) fn decode_frame<'a>(
         ));
     }
     let (stored, mut body) = split_header(value, HEADER_LEN, FRAME_FORMAT_VERSION)?;
-    let computed = crc(&[key, body]);
+    let computed = crc32(&[key, body]);
     if stored != computed {
         return Err(format!(
             "checksum mismatch (stored {stored:08x}, computed {computed:08x} over {} body bytes)",
@@ -164,21 +174,104 @@ pub(crate) fn decode_frame<'a>(
     Ok(records)
 }
 
+/// A snapshot value as logs before snapshot files stored it in the tree (tests write such
+/// logs; the writer no longer does).
+#[cfg(test)]
 pub(crate) fn encode_snapshot(key: &[u8], seq: u64, payload: &[u8]) -> Vec<u8> {
     let seq_bytes = seq.to_be_bytes();
     let mut value = Vec::with_capacity(SNAPSHOT_HEADER_LEN + payload.len());
     value.push(SNAPSHOT_FORMAT_VERSION);
-    value.extend_from_slice(&crc(&[key, &seq_bytes, payload]).to_le_bytes());
+    value.extend_from_slice(&crc32(&[key, &seq_bytes, payload]).to_le_bytes());
     value.extend_from_slice(&seq_bytes);
     value.extend_from_slice(payload);
     value
 }
 
+/// What the `snapshots` tree holds for a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoredSnapshot<'a> {
+    /// The snapshot itself (a log written before snapshot files).
+    Inline { seq: u64, payload: &'a [u8] },
+    /// Where the snapshot is, and the file's length.
+    File { file: SnapshotFile, len: u64 },
+}
+
+impl StoredSnapshot<'_> {
+    pub(crate) fn seq(&self) -> u64 {
+        match self {
+            StoredSnapshot::Inline { seq, .. } => *seq,
+            StoredSnapshot::File { file, .. } => file.seq,
+        }
+    }
+}
+
+pub(crate) fn encode_snapshot_pointer(file: &SnapshotFile, len: u64) -> Vec<u8> {
+    let key = snapshot_key(file.shard);
+    let mut body = [0u8; SNAPSHOT_POINTER_LEN - HEADER_LEN];
+    body[..8].copy_from_slice(&file.seq.to_be_bytes());
+    body[8..16].copy_from_slice(&file.id.to_be_bytes());
+    body[16..].copy_from_slice(&len.to_be_bytes());
+    let mut value = Vec::with_capacity(SNAPSHOT_POINTER_LEN);
+    value.push(SNAPSHOT_POINTER_VERSION);
+    value.extend_from_slice(&crc32(&[&key, &body]).to_le_bytes());
+    value.extend_from_slice(&body);
+    value
+}
+
+/// A `snapshots` tree entry (a pointer, or a snapshot of an older log), or why it cannot be
+/// trusted. The key must be a shard's 4-byte key.
+pub(crate) fn decode_stored_snapshot<'a>(
+    key: &[u8],
+    value: &'a [u8],
+) -> Result<StoredSnapshot<'a>, String> {
+    let shard = u32::from_be_bytes(
+        key.try_into()
+            .map_err(|_| format!("a snapshot key of {} bytes (expected 4)", key.len()))?,
+    );
+    match value.first() {
+        Some(&SNAPSHOT_FORMAT_VERSION) => {
+            let (seq, payload) = decode_snapshot(key, value)?;
+            Ok(StoredSnapshot::Inline { seq, payload })
+        }
+        Some(&SNAPSHOT_POINTER_VERSION) => {
+            if value.len() != SNAPSHOT_POINTER_LEN {
+                return Err(format!(
+                    "a snapshot pointer of {} bytes (expected {SNAPSHOT_POINTER_LEN})",
+                    value.len()
+                ));
+            }
+            let (stored, body) =
+                split_header(value, SNAPSHOT_POINTER_LEN, SNAPSHOT_POINTER_VERSION)?;
+            let computed = crc32(&[key, body]);
+            if stored != computed {
+                return Err(format!(
+                    "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+                ));
+            }
+            let word =
+                |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+            Ok(StoredSnapshot::File {
+                file: SnapshotFile {
+                    shard,
+                    seq: word(0),
+                    id: word(8),
+                },
+                len: word(16),
+            })
+        }
+        Some(other) => Err(format!(
+            "unknown format version {other} (this build reads {SNAPSHOT_FORMAT_VERSION} and \
+             {SNAPSHOT_POINTER_VERSION})"
+        )),
+        None => Err("truncated: an empty snapshot value".to_string()),
+    }
+}
+
 /// (seq, payload) of a stored snapshot, or why it cannot be trusted.
-pub(crate) fn decode_snapshot<'a>(key: &[u8], value: &'a [u8]) -> Result<(u64, &'a [u8]), String> {
+fn decode_snapshot<'a>(key: &[u8], value: &'a [u8]) -> Result<(u64, &'a [u8]), String> {
     let (stored, rest) = split_header(value, SNAPSHOT_HEADER_LEN, SNAPSHOT_FORMAT_VERSION)?;
     let (seq_bytes, payload) = rest.split_at(8);
-    let computed = crc(&[key, seq_bytes, payload]);
+    let computed = crc32(&[key, seq_bytes, payload]);
     if stored != computed {
         return Err(format!(
             "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
@@ -269,7 +362,7 @@ mod tests {
         let key = frame_key(1);
         let seal = |body: &[u8]| {
             let mut value = vec![FRAME_FORMAT_VERSION];
-            value.extend_from_slice(&crc(&[&key, body]).to_le_bytes());
+            value.extend_from_slice(&crc32(&[&key, body]).to_le_bytes());
             value.extend_from_slice(body);
             value
         };
@@ -303,5 +396,48 @@ mod tests {
         assert!(decode_snapshot(&key, &version)
             .unwrap_err()
             .contains("version 9"));
+    }
+
+    #[test]
+    fn a_snapshot_pointer_round_trips_and_older_inline_snapshots_still_decode() {
+        let file = SnapshotFile {
+            shard: 5,
+            seq: 60,
+            id: 9,
+        };
+        let key = snapshot_key(5);
+        let pointer = encode_snapshot_pointer(&file, 1234);
+        assert_eq!(pointer[0], SNAPSHOT_POINTER_VERSION);
+        assert_eq!(
+            decode_stored_snapshot(&key, &pointer).unwrap(),
+            StoredSnapshot::File { file, len: 1234 }
+        );
+        // Under another shard's key, damaged, cut short: refused.
+        assert!(decode_stored_snapshot(&snapshot_key(6), &pointer)
+            .unwrap_err()
+            .contains("checksum"));
+        let mut flipped = pointer.clone();
+        flipped[HEADER_LEN + 3] ^= 1;
+        assert!(decode_stored_snapshot(&key, &flipped)
+            .unwrap_err()
+            .contains("checksum"));
+        assert!(decode_stored_snapshot(&key, &pointer[..10])
+            .unwrap_err()
+            .contains("pointer of 10 bytes"));
+        assert!(decode_stored_snapshot(&key, &[])
+            .unwrap_err()
+            .contains("empty"));
+        assert!(decode_stored_snapshot(&key, &[9, 0, 0])
+            .unwrap_err()
+            .contains("version 9"));
+        // A log written before snapshot files: the snapshot itself, still read.
+        let inline = encode_snapshot(&key, 60, b"state");
+        assert_eq!(
+            decode_stored_snapshot(&key, &inline).unwrap(),
+            StoredSnapshot::Inline {
+                seq: 60,
+                payload: b"state"
+            }
+        );
     }
 }

@@ -11,7 +11,10 @@
 //! in submission order. Many shards' writes so share one disk flush and a few sled inserts.
 //!
 //! Layout (`format.rs`): tree `frames`, key = frame number (global, increasing), value = the
-//! frame's records with a version byte and a CRC32; tree `snapshots`, one key per shard.
+//! frame's records with a version byte and a CRC32; tree `snapshots`, one key per shard, whose
+//! value points to the shard's snapshot file in `shard-snapshots/` (`snapshot_files.rs` says
+//! why the payloads are not in sled, and how a crash between the file and its pointer is
+//! cleaned up).
 //! Recovery (`recovery.rs`) reads the frames once at open and hands each shard its tail.
 //!
 //! Bounds: at most `queue_ops_max` ops wait in the queue (more are refused with
@@ -29,6 +32,7 @@ mod format;
 mod frames;
 mod index;
 mod recovery;
+mod snapshot_files;
 mod writer;
 pub use writer::{WAL_BATCH_RECORDS, WAL_FSYNC_SECONDS};
 
@@ -44,10 +48,12 @@ use crossbeam_channel::{Sender, TrySendError};
 use crate::headroom::{DiskFault, DiskState, Headroom, DISK_RESERVE_BYTES_DEFAULT};
 
 pub use disk::DiskSync;
-use format::{decode_frame, decode_snapshot, snapshot_key};
-pub use format::{FRAME_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION};
+use format::{decode_frame, decode_stored_snapshot, snapshot_key, StoredSnapshot};
+pub use format::{FRAME_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_POINTER_VERSION};
 pub use index::LogSpan;
-use recovery::{recover_log, Tails};
+use recovery::{recover_log, Recovered, Tails};
+use snapshot_files::SnapshotFiles;
+pub use snapshot_files::SNAPSHOT_FILES_DIR;
 use writer::{Op, State, Writer};
 
 /// The sled database lives in this subdirectory of the data directory.
@@ -283,7 +289,8 @@ pub struct WalStats {
     pub records: u64,
     /// Frames written: sled inserts of log records (many records each).
     pub frames: u64,
-    /// Bytes handed to sled (keys + encoded values, frames and snapshots).
+    /// Bytes written: keys and values handed to sled (frames, snapshot pointers) and
+    /// snapshot files.
     pub bytes: u64,
     /// `fdatasync`s of sled's data file: one per durable flush (including the ones at open,
     /// after a recovery that cut or rewrote frames, and at close).
@@ -384,6 +391,8 @@ pub struct Wal {
     sled: Option<SledHandles>,
     /// What recovery found at open, until each shard takes its tail.
     tails: Mutex<Tails>,
+    /// Where the snapshots' payloads are (the `snapshots` tree points into it).
+    files: SnapshotFiles,
     root: PathBuf,
     durability: Durability,
     shared: Arc<Shared>,
@@ -457,6 +466,7 @@ impl Wal {
         let snapshots = db
             .open_tree(SNAPSHOTS_TREE)
             .map_err(io("cannot open tree snapshots"))?;
+        let files = SnapshotFiles::open(&root).map_err(WalError::Io)?;
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
             sled_failed: AtomicBool::new(false),
@@ -475,8 +485,17 @@ impl Wal {
         });
         // The trees' creation and sled's new files become durable before any write.
         shared.durable_flush(&db).map_err(WalError::Io)?;
-        let (tails, index) = recover_log(&db, &frames, &snapshots, &shared)?;
+        let Recovered {
+            tails,
+            index,
+            snapshot_files,
+        } = recover_log(&db, &frames, &snapshots, &files, &shared)?;
         *lock(&shared.span) = index.span();
+        // Files no pointer names: a crash came before their pointer was durable, or after a
+        // newer one was (snapshot_files.rs).
+        files
+            .sweep(&snapshot_files.values().copied().collect())
+            .map_err(WalError::Io)?;
 
         let (tx, rx) = crossbeam_channel::bounded(config.queue_ops_max.max(1));
         let (acks_tx, acker) = acker::start(ACKER_THREAD_NAME)?;
@@ -486,6 +505,7 @@ impl Wal {
             db: db.clone(),
             frames: frames.clone(),
             snapshots: snapshots.clone(),
+            files: files.clone(),
             shared: shared.clone(),
             durability: config.durability,
             batch_records_max: config.batch_records_max.max(1),
@@ -494,7 +514,7 @@ impl Wal {
         };
         let writer = std::thread::Builder::new()
             .name(WRITER_THREAD_NAME.to_string())
-            .spawn(move || writer.run(State::new(index)))
+            .spawn(move || writer.run(State::new(index, snapshot_files)))
             .map_err(|e| WalError::Io(format!("cannot start the writer thread: {e}")))?;
         Ok(Wal {
             sled: Some(SledHandles {
@@ -503,6 +523,7 @@ impl Wal {
                 snapshots,
             }),
             tails: Mutex::new(tails),
+            files,
             root,
             durability: config.durability,
             shared,
@@ -570,9 +591,13 @@ impl Wal {
             .map_err(io("cannot read snapshots"))?
         {
             Some(value) => {
-                let (seq, payload) = decode_snapshot(&snapshot_key(shard), &value)
-                    .map_err(|why| WalError::Corrupt(format!("shard {shard} snapshot: {why}")))?;
-                Some((seq, payload.to_vec()))
+                let corrupt = |why| WalError::Corrupt(format!("shard {shard} snapshot: {why}"));
+                match decode_stored_snapshot(&snapshot_key(shard), &value).map_err(corrupt)? {
+                    StoredSnapshot::File { file, len } => {
+                        Some((file.seq, self.files.read(&file, len).map_err(corrupt)?))
+                    }
+                    StoredSnapshot::Inline { seq, payload } => Some((seq, payload.to_vec())),
+                }
             }
             None => None,
         };
@@ -774,6 +799,41 @@ mod tests {
             std::process::id(),
             std::time::SystemTime::now()
         ))
+    }
+
+    /// A log written before snapshot files holds each snapshot in the tree itself: it is
+    /// still read, and the shard's next snapshot replaces it with a pointer to a file.
+    #[test]
+    fn a_snapshot_stored_in_the_tree_by_an_older_build_is_still_read() {
+        let dir = unit_dir("inline-snapshot");
+        {
+            let db = open_sled(&sled::Config::new().path(dir.join(WAL_SUBDIR))).unwrap();
+            let tree = db.open_tree(SNAPSHOTS_TREE).unwrap();
+            let key = snapshot_key(4);
+            tree.insert(key, format::encode_snapshot(&key, 7, b"older"))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let wal = Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap();
+        let recovery = wal.recover_shard(4).unwrap();
+        assert_eq!(recovery.snapshot, Some((7, b"older".to_vec())));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        wal.submit_snapshot(
+            4,
+            7,
+            b"newer".to_vec(),
+            Box::new(move |r| tx.send(r).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), Ok(()));
+        wal.close().unwrap();
+        let wal = Wal::open(&dir, WalConfig::new(Durability::Sync)).unwrap();
+        assert_eq!(
+            wal.recover_shard(4).unwrap().snapshot,
+            Some((7, b"newer".to_vec()))
+        );
+        wal.close().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

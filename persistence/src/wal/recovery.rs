@@ -30,9 +30,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::format::{
-    decode_frame, decode_snapshot, frame_key, parse_frame_key, FrameRecord, FrameValue,
+    decode_frame, decode_stored_snapshot, frame_key, parse_frame_key, FrameRecord, FrameValue,
+    StoredSnapshot,
 };
 use super::index::LiveIndex;
+use super::snapshot_files::{SnapshotFile, SnapshotFiles};
 use super::{io, Dropped, Shared, WalError, LEGACY_LOG_TREE, SLED_BATCH_FRAMES_MAX};
 
 /// One shard's log as recovery found it.
@@ -99,11 +101,14 @@ impl Tails {
     }
 }
 
+/// Shard -> its snapshot's seq (None: the snapshot cannot be trusted).
+type SnapshotSeqs = BTreeMap<u32, Option<u64>>;
+
 /// What the scan decided, before it is applied.
 #[derive(Default)]
 struct Scan {
     /// Shard -> its snapshot's seq (None: the snapshot is corrupt; the shard is left alone).
-    snapshot_seqs: BTreeMap<u32, Option<u64>>,
+    snapshot_seqs: SnapshotSeqs,
     tails: Tails,
     index: LiveIndex,
     /// Frames before the bad one that keep records, in order.
@@ -121,11 +126,13 @@ pub(crate) fn recover_log(
     db: &sled::Db,
     frames: &sled::Tree,
     snapshots: &sled::Tree,
+    files: &SnapshotFiles,
     shared: &Shared,
-) -> Result<(Tails, LiveIndex), WalError> {
+) -> Result<Recovered, WalError> {
     refuse_legacy_log(db)?;
+    let (snapshot_seqs, snapshot_files) = read_snapshot_pointers(snapshots, files)?;
     let mut scan = Scan {
-        snapshot_seqs: snapshot_seqs(snapshots)?,
+        snapshot_seqs,
         ..Scan::default()
     };
     for entry in frames.iter() {
@@ -142,7 +149,19 @@ pub(crate) fn recover_log(
         shared.durable_flush(db).map_err(WalError::Io)?;
     }
     index.deleted(first_live, changed.deleted_kept);
-    Ok((scan.tails, index))
+    Ok(Recovered {
+        tails: scan.tails,
+        index,
+        snapshot_files,
+    })
+}
+
+/// What `recover_log` found.
+pub(crate) struct Recovered {
+    pub(crate) tails: Tails,
+    pub(crate) index: LiveIndex,
+    /// Shard -> the snapshot file its pointer names (whether or not the file is whole).
+    pub(crate) snapshot_files: BTreeMap<u32, SnapshotFile>,
 }
 
 /// The data directory of a build that stored one sled key per record is not read: refuse it.
@@ -165,17 +184,32 @@ fn refuse_legacy_log(db: &sled::Db) -> Result<(), WalError> {
     )))
 }
 
-fn snapshot_seqs(snapshots: &sled::Tree) -> Result<BTreeMap<u32, Option<u64>>, WalError> {
+/// Every shard's snapshot seq (None when its snapshot cannot be trusted: a damaged pointer
+/// or inline snapshot, or a file that is missing or of another length than its pointer says;
+/// reading a file's checksum waits for `recover_shard`), and the files the pointers name.
+/// Only the pointers are read here, not the snapshots themselves.
+fn read_snapshot_pointers(
+    snapshots: &sled::Tree,
+    files: &SnapshotFiles,
+) -> Result<(SnapshotSeqs, BTreeMap<u32, SnapshotFile>), WalError> {
     let mut seqs = BTreeMap::new();
+    let mut named = BTreeMap::new();
     for entry in snapshots.iter() {
         let (key, value) = entry.map_err(io("cannot read snapshots"))?;
         let Ok(shard) = <[u8; 4]>::try_from(&key[..]) else {
             continue;
         };
-        let seq = decode_snapshot(&key, &value).ok().map(|(seq, _)| seq);
+        let seq = match decode_stored_snapshot(&key, &value) {
+            Ok(StoredSnapshot::File { file, len }) => {
+                named.insert(file.shard, file);
+                files.looks_whole(&file, len).then_some(file.seq)
+            }
+            Ok(inline) => Some(inline.seq()),
+            Err(_) => None,
+        };
         seqs.insert(u32::from_be_bytes(shard), seq);
     }
-    Ok(seqs)
+    Ok((seqs, named))
 }
 
 /// What `Scan::apply` did.

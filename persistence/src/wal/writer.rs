@@ -4,7 +4,11 @@
 //! A batch's records become frames (`frames.rs`): one sled insert per frame, not per record,
 //! which is what sled charges for (each insert clones and later frees the leaf it lands in).
 //!
-//! Why separate `sled::Batch`es (frames, then snapshots) and no transaction: a batch is
+//! A snapshot's payload goes to a file of its own (`snapshot_files.rs`), written and synced
+//! before its pointer reaches sled; the shard's previous file is deleted after the flush
+//! that made the new pointer durable.
+//!
+//! Why separate `sled::Batch`es (frames, then snapshot pointers) and no transaction: a batch is
 //! atomic within its tree, and nothing needs the snapshot and the truncation of the log to be
 //! atomic together. The snapshot is applied after the batch's frames (so it never covers
 //! records not yet written), and the frames it releases are deleted only after a durable
@@ -23,9 +27,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::acker::{self, AckBatch};
 
-use super::format::{encode_snapshot, frame_key, snapshot_key};
+use super::format::{encode_snapshot_pointer, frame_key, snapshot_key};
 use super::frames::{Framed, Framer};
 use super::index::LiveIndex;
+use super::snapshot_files::{SnapshotFile, SnapshotFiles};
 use super::{lock, Ack, Durability, Record, Shared, WalError, SLED_BATCH_FRAMES_MAX};
 
 /// Records per group commit (a histogram; `/metrics`, docs/API.md "Operators").
@@ -64,6 +69,7 @@ pub(crate) struct Writer {
     pub(crate) db: sled::Db,
     pub(crate) frames: sled::Tree,
     pub(crate) snapshots: sled::Tree,
+    pub(crate) files: SnapshotFiles,
     pub(crate) shared: Arc<Shared>,
     pub(crate) durability: Durability,
     pub(crate) batch_records_max: usize,
@@ -78,16 +84,22 @@ pub(crate) struct State {
     /// Snapshots written to sled but not yet flushed: shard -> highest seq. The frames they
     /// release are deleted after the next durable flush.
     unflushed_snapshots: BTreeMap<u32, u64>,
+    /// Shard -> the snapshot file its durable pointer names.
+    snapshot_files: BTreeMap<u32, SnapshotFile>,
+    /// Snapshot files whose pointers were written since the last durable flush, in order.
+    unflushed_files: Vec<SnapshotFile>,
     /// Something was written to sled since the last durable flush.
     dirty: bool,
     last_flush: Instant,
 }
 
 impl State {
-    pub(crate) fn new(index: LiveIndex) -> State {
+    pub(crate) fn new(index: LiveIndex, snapshot_files: BTreeMap<u32, SnapshotFile>) -> State {
         State {
             index,
             unflushed_snapshots: BTreeMap::new(),
+            snapshot_files,
+            unflushed_files: Vec::new(),
             dirty: false,
             last_flush: Instant::now(),
         }
@@ -119,21 +131,25 @@ pub(crate) fn delete_frames(frames: &sled::Tree, range: Range<u64>) -> sled::Res
     Ok(deleted)
 }
 
-/// A batch turned into what sled gets: frames, snapshots, and the acks in order.
+/// A batch turned into frames, the snapshots to store, and the acks in order.
 struct Prepared {
     framed: Framed,
-    snapshot_batch: sled::Batch,
-    snapshots: Vec<(u32, u64)>,
-    snapshot_bytes: u64,
+    /// (shard, seq, payload), in order.
+    snapshots: Vec<(u32, u64, Vec<u8>)>,
     acks: Vec<Ack>,
+}
+
+/// A batch's snapshots once their files are written: the pointers for sled.
+struct StoredFiles {
+    pointers: sled::Batch,
+    files: Vec<SnapshotFile>,
+    bytes: u64,
 }
 
 fn prepare(batch: Vec<Op>, next_frame: u64) -> Prepared {
     let mut acks = Vec::with_capacity(batch.len());
     let mut framer = Framer::new(next_frame);
-    let mut snapshot_batch = sled::Batch::default();
     let mut snapshots = Vec::new();
-    let mut snapshot_bytes = 0u64;
     for op in batch {
         match op {
             Op::Append { records, ack } => {
@@ -149,20 +165,14 @@ fn prepare(batch: Vec<Op>, next_frame: u64) -> Prepared {
                 payload,
                 ack,
             } => {
-                let key = snapshot_key(shard);
-                let value = encode_snapshot(&key, seq, &payload);
-                snapshot_bytes += (key.len() + value.len()) as u64;
-                snapshot_batch.insert(&key[..], value);
-                snapshots.push((shard, seq));
+                snapshots.push((shard, seq, payload));
                 acks.push(ack);
             }
         }
     }
     Prepared {
         framed: framer.finish(),
-        snapshot_batch,
         snapshots,
-        snapshot_bytes,
         acks,
     }
 }
@@ -232,9 +242,7 @@ impl Writer {
         }
         let Prepared {
             framed,
-            snapshot_batch,
             snapshots,
-            snapshot_bytes,
             acks,
         } = prepare(batch, state.index.next_frame());
         if framed.records == 0 && snapshots.is_empty() {
@@ -251,12 +259,22 @@ impl Writer {
             return;
         }
         let (records, frames) = (framed.records, framed.frames.len() as u64);
-        let bytes = framed.bytes + snapshot_bytes;
-        if let Err(e) = self.apply(framed, snapshot_batch, !snapshots.is_empty(), state) {
+        let any_snapshot = !snapshots.is_empty();
+        let stored = match self.write_snapshot_files(snapshots) {
+            Ok(stored) => stored,
+            Err(why) => {
+                self.shared.fail(why);
+                self.fail_all(acks);
+                return;
+            }
+        };
+        let bytes = framed.bytes + stored.bytes;
+        if let Err(e) = self.apply(framed, stored.pointers, any_snapshot, state) {
             self.shared.fail_in_sled(format!("sled write: {e}"));
             self.fail_all(acks);
             return;
         }
+        state.unflushed_files.extend(stored.files);
         // One sample per group commit; a no-op when the process installed no recorder.
         metrics::histogram!(WAL_BATCH_RECORDS).record(records as f64);
         let s = &self.shared;
@@ -265,7 +283,8 @@ impl Writer {
         s.frames.fetch_add(frames, Ordering::AcqRel);
         s.bytes.fetch_add(bytes, Ordering::AcqRel);
         state.dirty = true;
-        for (shard, seq) in snapshots {
+        for file in &state.unflushed_files {
+            let (shard, seq) = (file.shard, file.seq);
             let highest = state.unflushed_snapshots.entry(shard).or_insert(seq);
             *highest = (*highest).max(seq);
         }
@@ -292,12 +311,43 @@ impl Writer {
         }
     }
 
-    /// Frames first, then snapshots: a snapshot is never stored ahead of the records of this
+    /// Writes each snapshot's file (synced, renamed), then syncs the directory once, and
+    /// returns the pointers to apply. Only then may a pointer reach sled: a durable pointer
+    /// always names a durable file.
+    fn write_snapshot_files(
+        &self,
+        snapshots: Vec<(u32, u64, Vec<u8>)>,
+    ) -> Result<StoredFiles, String> {
+        let mut stored = StoredFiles {
+            pointers: sled::Batch::default(),
+            files: Vec::with_capacity(snapshots.len()),
+            bytes: 0,
+        };
+        if snapshots.is_empty() {
+            return Ok(stored);
+        }
+        for (shard, seq, payload) in snapshots {
+            let id = self
+                .db
+                .generate_id()
+                .map_err(|e| format!("sled generate_id for a snapshot file: {e}"))?;
+            let file = SnapshotFile { shard, seq, id };
+            let len = self.files.write(&file, &payload)?;
+            let pointer = encode_snapshot_pointer(&file, len);
+            stored.bytes += len + pointer.len() as u64;
+            stored.pointers.insert(&snapshot_key(shard)[..], pointer);
+            stored.files.push(file);
+        }
+        self.files.sync_dir()?;
+        Ok(stored)
+    }
+
+    /// Frames first, then snapshot pointers: a snapshot is never stored ahead of the records of this
     /// batch it may cover. The written frames join the index (and the published span).
     fn apply(
         &self,
         framed: Framed,
-        snapshot_batch: sled::Batch,
+        pointers: sled::Batch,
         any_snapshot: bool,
         state: &mut State,
     ) -> sled::Result<()> {
@@ -308,7 +358,7 @@ impl Writer {
             self.frames.apply_batch(batch)?;
         }
         if any_snapshot {
-            self.snapshots.apply_batch(snapshot_batch)?;
+            self.snapshots.apply_batch(pointers)?;
         }
         state.index.written(framed.frames.len() as u64);
         for (frame, shards) in framed.frames {
@@ -341,6 +391,15 @@ impl Writer {
         let covered = std::mem::take(&mut state.unflushed_snapshots);
         for (shard, seq) in covered {
             state.index.release(shard, seq);
+        }
+        // The pointers written before this flush are durable: the files they replaced are
+        // garbage. A delete that fails is left to the next open's sweep.
+        for file in std::mem::take(&mut state.unflushed_files) {
+            if let Some(old) = state.snapshot_files.insert(file.shard, file) {
+                if old != file {
+                    let _ = self.files.remove(&old);
+                }
+            }
         }
         if let Some(range) = state.index.deletable() {
             match delete_frames(&self.frames, range.clone()) {
