@@ -13,7 +13,10 @@ use crate::clock::UnixMs;
 use crate::error::DomainError;
 use crate::ids::AppointmentId;
 use crate::model::{CitizenRecord, ClinicInfo, SlotSpec, Status, VaccineRules};
-use crate::view::{AppointmentView, AvailabilityView, ClinicSummary, RuntimeCounts, ShardCounts};
+use crate::view::{
+    AppointmentOutcome, AppointmentView, AvailabilityView, ClinicSummary, RuntimeCounts,
+    ShardCounts,
+};
 use crate::waitlist::{OfferCandidate, SlotRef, WaitlistView};
 
 /// A request that may change a shard: one variant per command, each carrying its own payload
@@ -269,6 +272,11 @@ pub enum Query {
     Appointments {
         seqs: Vec<u64>,
     },
+    /// What a claim's settlement needs of appointments by sequence number (unknown ones are
+    /// left out): the reconciliation after recovery, which reads one per claim.
+    AppointmentOutcomes {
+        seqs: Vec<u64>,
+    },
     /// The appointment made under a claim's attempt, if any, whatever its status: the
     /// appointments created since `since_ms` (when the claim was taken) are read, newest
     /// first.
@@ -344,6 +352,7 @@ pub enum QueryAnswer {
     Bookable(Result<(), DomainError>),
     Claims(Vec<(Arc<str>, Claim)>),
     Appointments(Vec<AppointmentView>),
+    AppointmentOutcomes(Vec<AppointmentOutcome>),
     ActiveClaimed(Vec<(AppointmentId, Arc<str>)>),
     Citizen(Option<Arc<CitizenRecord>>),
     Availability(AvailabilityView),

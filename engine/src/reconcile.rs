@@ -23,7 +23,7 @@ use crate::ids::AppointmentId;
 use crate::journal::Durable;
 use crate::model::Status;
 use crate::node::{mismatch, Node};
-use crate::view::AppointmentView;
+use crate::view::{AppointmentOutcome, AppointmentView};
 
 impl Node {
     /// Sends `settles` to their citizens' shards, one message per shard. Not bounded by the
@@ -74,11 +74,11 @@ impl Node {
         Ok(all)
     }
 
-    /// Appointments by id, one query per shard.
-    async fn appointments_by_id(
+    /// What settling needs of appointments by id, one query per shard.
+    async fn outcomes_by_id(
         &self,
         ids: impl IntoIterator<Item = AppointmentId>,
-    ) -> Result<FxHashMap<AppointmentId, AppointmentView>, EngineError> {
+    ) -> Result<FxHashMap<AppointmentId, AppointmentOutcome>, EngineError> {
         let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for id in ids {
             by_shard.entry(id.shard).or_default().push(id.seq);
@@ -86,11 +86,12 @@ impl Node {
         let mut found = FxHashMap::default();
         for (shard, seqs) in by_shard {
             match self
-                .query_exempt(shard, Query::Appointments { seqs })
+                .query_exempt(shard, Query::AppointmentOutcomes { seqs })
                 .await?
             {
-                QueryAnswer::Appointments(views) => {
-                    found.extend(views.into_iter().map(|a| (a.id, a)));
+                QueryAnswer::AppointmentOutcomes(outcomes) => {
+                    found.reserve(outcomes.len());
+                    found.extend(outcomes.into_iter().map(|a| (a.id, a)));
                 }
                 other => return Err(mismatch(shard, &other)),
             }
@@ -127,12 +128,19 @@ impl Node {
             ids.extend(claim.appointment());
             ids.extend(claim.previous.as_deref().and_then(Claim::appointment));
         }
-        let known = self.appointments_by_id(ids).await?;
+        let mut known = self.outcomes_by_id(ids).await?;
         let mut settles = Vec::new();
         for (citizen_id, claim) in claims {
             let current = match claim.appointment() {
-                Some(id) => known.get(&id).cloned(),
-                None => self.find_by_claim(&citizen_id, &claim).await?,
+                // A claim names its appointment once; the old one of a reschedule is read
+                // below, by reference.
+                Some(id) if claim.previous.is_some() => known.get(&id).cloned(),
+                Some(id) => known.remove(&id),
+                None => self
+                    .find_by_claim(&citizen_id, &claim)
+                    .await?
+                    .as_ref()
+                    .map(AppointmentOutcome::from),
             };
             let old = claim
                 .previous
@@ -268,14 +276,14 @@ impl Node {
 }
 
 /// What a claim becomes, given its appointment as the clinic's shard has it now.
-fn settle_against(current: Option<&AppointmentView>) -> SettleOutcome {
+fn settle_against(current: Option<&AppointmentOutcome>) -> SettleOutcome {
     match current {
         Some(a) if a.status.is_active() => SettleOutcome::Bound {
             seq: a.id.seq,
             expires_at_ms: a.expires_at_ms,
         },
         // An administration whose notice a crash lost: the dose still joins the history.
-        Some(AppointmentView {
+        Some(AppointmentOutcome {
             dose: Some(dose), ..
         }) => SettleOutcome::Administered {
             vaccine: dose.vaccine.clone(),

@@ -38,6 +38,31 @@ pub struct AppointmentView {
     pub dose: Option<DoseRecord>,
 }
 
+/// What settling a claim needs of its appointment ([`crate::reconcile`]): a fraction of an
+/// [`AppointmentView`], so the reconciliation after a restart, which reads one per claim
+/// (two million at national scale), builds no views.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppointmentOutcome {
+    pub id: AppointmentId,
+    pub status: Status,
+    pub expires_at_ms: Option<UnixMs>,
+    pub rebook_priority: bool,
+    /// Once ADMINISTERED: the dose, as in [`AppointmentView::dose`].
+    pub dose: Option<DoseRecord>,
+}
+
+impl From<&AppointmentView> for AppointmentOutcome {
+    fn from(a: &AppointmentView) -> AppointmentOutcome {
+        AppointmentOutcome {
+            id: a.id,
+            status: a.status,
+            expires_at_ms: a.expires_at_ms,
+            rebook_priority: a.rebook_priority,
+            dose: a.dose.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotView {
     pub slot_id: Arc<str>,

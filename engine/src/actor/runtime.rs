@@ -63,6 +63,9 @@ pub struct ShardRuntime {
     last_snapshot_at_ms: Option<UnixMs>,
     pub(super) records_since_snapshot: u64,
     snapshot_every_records: u64,
+    /// Records after which the next snapshot is taken: `snapshot_every_records`, except for
+    /// the first one after start ([`first_snapshot_after`]).
+    snapshot_after_records: u64,
     /// Set when the shard must take no writes: while it recovers, when its log could not be
     /// replayed, or when a record could not be handed to the journal after its change was
     /// applied in memory (memory and log may differ; a restart recovers from the log).
@@ -111,6 +114,7 @@ impl ShardRuntime {
             last_snapshot_at_ms: None,
             records_since_snapshot: 0,
             snapshot_every_records: args.snapshot_every_records.max(1),
+            snapshot_after_records: first_snapshot_after(args.snapshot_every_records, args.shard),
             poisoned: Some("recovering".to_string()),
             recovered_dropped: 0,
             phase: args.phase,
@@ -590,7 +594,7 @@ impl ShardRuntime {
     }
 
     fn maybe_snapshot(&mut self) {
-        if self.records_since_snapshot >= self.snapshot_every_records && self.may_snapshot() {
+        if self.records_since_snapshot >= self.snapshot_after_records && self.may_snapshot() {
             self.snapshot(Box::new(|_| {}));
         }
     }
@@ -640,6 +644,7 @@ impl ShardRuntime {
         let bytes = encode(&snapshot);
         let seq = self.wal_seq;
         self.records_since_snapshot = 0;
+        self.snapshot_after_records = self.snapshot_every_records;
         self.snapshot_seq = seq;
         self.last_snapshot_at_ms = Some(self.clock.now_ms());
         if let Err(refusal) = self.journal.snapshot(self.shard, seq, bytes, done) {
@@ -650,5 +655,45 @@ impl ShardRuntime {
             );
         }
         seq
+    }
+}
+
+/// The records after which a shard takes its first snapshot after start: spread by shard
+/// over `[every / 2, every)`. A node's shards see about the same traffic, so with one
+/// threshold they all reach it within seconds of each other and snapshot together: at 10 M
+/// citizens, a launch's 64 snapshots of 30 MB each all came within the same minute, each
+/// serialised on one of the runtime's two threads, which pauses everything else on it. Each
+/// shard then keeps its own phase, snapshotting every `every` records.
+pub(super) fn first_snapshot_after(every: u64, shard: u32) -> u64 {
+    let every = every.max(1);
+    let half = every / 2;
+    // 37 is odd, so `shard * 37 % 64` visits every 64th of the range once per 64 shards.
+    let spread = u64::from(shard.wrapping_mul(37) % 64);
+    (half + (every - half) * spread / 64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_snapshot_after;
+
+    #[test]
+    fn first_snapshots_are_spread_over_the_second_half_of_the_interval() {
+        let every = 100_000;
+        let mut firsts: Vec<u64> = (0..64)
+            .map(|shard| first_snapshot_after(every, shard))
+            .collect();
+        firsts.sort_unstable();
+        firsts.dedup();
+        assert_eq!(firsts.len(), 64, "every shard its own threshold");
+        assert!(
+            firsts[0] >= every / 2 && *firsts.last().unwrap() < every,
+            "{firsts:?}"
+        );
+        // Evenly: neighbours 1/64 of the half-interval apart (rounding aside).
+        assert!(firsts
+            .windows(2)
+            .all(|w| w[1] - w[0] >= (every / 2) / 64 - 1));
+        assert_eq!(first_snapshot_after(1, 5), 1);
+        assert_eq!(first_snapshot_after(0, 5), 1);
     }
 }

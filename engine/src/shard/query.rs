@@ -14,8 +14,8 @@ use crate::localtime::local_time;
 use crate::model::{Appointment, DoseRecord, Status, VaccineIdx, VaccineStock};
 use crate::publish::Change;
 use crate::view::{
-    AppointmentView, AvailabilityView, ClinicSummary, HoldContext, Output, ShardCounts, SlotView,
-    StockView,
+    AppointmentOutcome, AppointmentView, AvailabilityView, ClinicSummary, HoldContext, Output,
+    ShardCounts, SlotView, StockView,
 };
 
 impl ShardState {
@@ -45,6 +45,11 @@ impl ShardState {
             Query::Appointments { seqs } => QueryAnswer::Appointments(
                 seqs.iter()
                     .filter_map(|&seq| self.appointment_view(seq))
+                    .collect(),
+            ),
+            Query::AppointmentOutcomes { seqs } => QueryAnswer::AppointmentOutcomes(
+                seqs.iter()
+                    .filter_map(|&seq| self.appointment_outcome(seq))
                     .collect(),
             ),
             Query::FindByClaim {
@@ -234,6 +239,18 @@ impl ShardState {
             rescheduled_to: a.rescheduled_to,
             offered_from_waitlist: a.offered_from_waitlist,
             slot_start_ms: c.slots[a.slot as usize].start_ms,
+            dose: self.dose_of(a),
+        })
+    }
+
+    /// What settling a claim needs of appointment `seq`: no strings copied but a dose's.
+    pub fn appointment_outcome(&self, seq: u64) -> Option<AppointmentOutcome> {
+        let a = self.appointments.get(&seq)?;
+        Some(AppointmentOutcome {
+            id: self.id_of(seq),
+            status: a.status,
+            expires_at_ms: a.expires_at_ms,
+            rebook_priority: a.rebook_priority,
             dose: self.dose_of(a),
         })
     }
