@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::claims::{Claim, Settle, SettleOutcome};
 use crate::command::{Command, Query, QueryAnswer, Reject, SettleClaims};
@@ -120,27 +120,55 @@ impl Node {
     }
 
     /// Settles every claim against its clinic's shard (after recovery, before serving):
-    /// see the module's documentation. Answers how many claims it changed.
+    /// see the module's documentation. Answers how many settlements it sent.
+    ///
+    /// One citizens' shard at a time: its claims, their appointments' outcomes, its
+    /// settlements. A claim's settlement and a reschedule's rollback touch only its own
+    /// citizen, so the order of the shards does not matter, and memory holds one shard's
+    /// claims (tens of thousands) instead of every claim of the node (two million after a
+    /// national launch, whose copies were most of a restart's page faults).
     pub async fn reconcile_claims(&self) -> Result<usize, EngineError> {
-        let claims = self.all_claims().await?;
-        let mut ids: Vec<AppointmentId> = Vec::new();
+        let shards: Vec<u32> = self.served_shards().collect();
+        let mut settled = 0;
+        // Every appointment a claim names (or named before a reschedule, or finds): the
+        // live ones among them are not orphans.
+        let mut named: FxHashSet<AppointmentId> = FxHashSet::default();
+        for shard in shards {
+            let claims = match self.query_exempt(shard, Query::Claims).await? {
+                QueryAnswer::Claims(claims) => claims,
+                other => return Err(mismatch(shard, &other)),
+            };
+            settled += self.reconcile_shard(shard, claims, &mut named).await?;
+        }
+        Ok(settled + self.reject_orphans(&named).await?)
+    }
+
+    /// Settles the claims of one citizens' shard; answers how many settlements it sent.
+    async fn reconcile_shard(
+        &self,
+        shard: u32,
+        claims: Vec<(Arc<str>, Claim)>,
+        named: &mut FxHashSet<AppointmentId>,
+    ) -> Result<usize, EngineError> {
+        let mut ids: Vec<AppointmentId> = Vec::with_capacity(claims.len());
         for (_, claim) in &claims {
             ids.extend(claim.appointment());
             ids.extend(claim.previous.as_deref().and_then(Claim::appointment));
         }
+        named.extend(ids.iter().copied());
         let mut known = self.outcomes_by_id(ids).await?;
-        let mut settles = Vec::new();
+        let mut settles = Vec::with_capacity(claims.len());
         for (citizen_id, claim) in claims {
             let current = match claim.appointment() {
                 // A claim names its appointment once; the old one of a reschedule is read
                 // below, by reference.
                 Some(id) if claim.previous.is_some() => known.get(&id).cloned(),
                 Some(id) => known.remove(&id),
-                None => self
-                    .find_by_claim(&citizen_id, &claim)
-                    .await?
-                    .as_ref()
-                    .map(AppointmentOutcome::from),
+                None => {
+                    let found = self.find_by_claim(&citizen_id, &claim).await?;
+                    named.extend(found.as_ref().map(|a| a.id));
+                    found.as_ref().map(AppointmentOutcome::from)
+                }
             };
             let old = claim
                 .previous
@@ -175,11 +203,12 @@ impl Node {
                 });
             }
         }
-        let changed = settles.len();
-        for (shard, command) in self.settle_commands(settles) {
+        let sent = settles.len();
+        if !settles.is_empty() {
+            let command = Command::SettleClaims(SettleClaims { settles });
             self.exec_compensation(shard, command).await?;
         }
-        Ok(changed + self.reject_orphans().await?)
+        Ok(sent)
     }
 
     /// Rejects every live appointment made under a claim that its citizen's claim does not
@@ -187,21 +216,23 @@ impl Node {
     /// bound (the claim is journaled only once bound, see `crate::claims`). Its client was
     /// never answered; a retry books afresh. A hold made without a claim (tools, benches)
     /// is left alone. Answers how many it rejected.
-    async fn reject_orphans(&self) -> Result<usize, EngineError> {
-        let claims: FxHashMap<Arc<str>, Claim> = self.all_claims().await?.into_iter().collect();
+    ///
+    /// `named`: every appointment the claims named before their settlement (a reschedule's
+    /// old one included) or were found to have made. A settlement only takes a name from an
+    /// appointment that is no longer live (ended, or rejected by the rollback before this
+    /// runs), so among live appointments these are exactly the ones the settled claims name.
+    async fn reject_orphans(&self, named: &FxHashSet<AppointmentId>) -> Result<usize, EngineError> {
         let mut orphans = Vec::new();
         for shard in self.served_shards() {
             let live = match self.query_exempt(shard, Query::ActiveClaimed).await? {
                 QueryAnswer::ActiveClaimed(live) => live,
                 other => return Err(mismatch(shard, &other)),
             };
-            orphans.extend(live.into_iter().filter_map(|(id, citizen_id)| {
-                let named = claims.get(&citizen_id).is_some_and(|claim| {
-                    let moved_from = claim.previous.as_deref().and_then(Claim::appointment);
-                    claim.appointment() == Some(id) || moved_from == Some(id)
-                });
-                (!named).then_some(id)
-            }));
+            orphans.extend(
+                live.into_iter()
+                    .map(|(id, _)| id)
+                    .filter(|id| !named.contains(id)),
+            );
         }
         let mut rejected = 0;
         for id in orphans {
