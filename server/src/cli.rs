@@ -104,6 +104,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = holdfast_engine::waitlist::WAITLIST_PER_SLOT_MAX_DEFAULT,
         value_parser = parse_waitlist_max)]
     pub waitlist_max: usize,
+    /// Stored idempotent answers one shard keeps (a count; the node keeps this many times
+    /// --shards, each answer about 500 bytes of memory and snapshot). Answers are replayed for
+    /// 24 h; once a shard's table is full, a new Idempotency-Key is refused with 503 until
+    /// older answers expire. The default holds about 2.1 million keys on 64 shards.
+    #[arg(long, default_value_t = holdfast_engine::idempotency::RECORDS_PER_SHARD_MAX_DEFAULT,
+        value_parser = parse_idempotency_keys)]
+    pub idempotency_keys_per_shard: usize,
     /// How long after its slot ends a CONFIRMED appointment becomes NO_SHOW by itself (its
     /// dose returns); 0s..=168h. A change applies to appointments confirmed from then on.
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
@@ -357,6 +364,20 @@ fn parse_waitlist_max(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=WAITLIST_MAX_MAX).contains(&n) => Ok(n),
         _ => Err(format!(
             "expected a whole number from 1 to {WAITLIST_MAX_MAX}"
+        )),
+    }
+}
+
+/// Largest `--idempotency-keys-per-shard`: at ~500 bytes an answer, 4 Mi keys are 2 GiB of
+/// memory in one shard alone.
+pub const IDEMPOTENCY_KEYS_PER_SHARD_MAX: usize = 1 << 22;
+
+/// `--idempotency-keys-per-shard`: 1..=[`IDEMPOTENCY_KEYS_PER_SHARD_MAX`].
+fn parse_idempotency_keys(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=IDEMPOTENCY_KEYS_PER_SHARD_MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 1 to {IDEMPOTENCY_KEYS_PER_SHARD_MAX}"
         )),
     }
 }
@@ -627,6 +648,23 @@ mod tests {
             assert!(error.contains(expected), "{bad:?}: {error}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_idempotency_table_is_sized_per_shard_within_bounds() {
+        let args = serve_args(&[]).unwrap();
+        assert_eq!(
+            args.idempotency_keys_per_shard,
+            holdfast_engine::idempotency::RECORDS_PER_SHARD_MAX_DEFAULT
+        );
+        let args = serve_args(&["--idempotency-keys-per-shard", "100000"]).unwrap();
+        assert_eq!(args.idempotency_keys_per_shard, 100_000);
+        for bad in ["0", "4194305", "many", "-1"] {
+            assert!(
+                serve_args(&["--idempotency-keys-per-shard", bad]).is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

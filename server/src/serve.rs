@@ -79,6 +79,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         listen: args.listen,
         node: NodeConfig {
             waitlist_per_slot_max: args.waitlist_max,
+            idempotency_records_per_shard_max: args.idempotency_keys_per_shard,
             // A waitlist offer holds as long as a booking that does not say.
             waitlist_hold_ms: args.hold_ttl.as_millis() as i64,
             no_show_grace_ms: i64::try_from(args.no_show_grace.as_millis()).unwrap_or(i64::MAX),
