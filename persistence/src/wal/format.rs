@@ -18,8 +18,6 @@
 //! A frame is built in place: header first, records appended, the checksum filled in last, so
 //! a group commit's records are copied once, into the value sled stores.
 
-use super::snapshot_files::SnapshotFile;
-
 /// Version byte in front of every stored frame. Recovery refuses (cuts) a frame with any
 /// other byte rather than misreading it.
 pub const FRAME_FORMAT_VERSION: u8 = 1;
@@ -58,6 +56,46 @@ pub(crate) fn crc32(parts: &[&[u8]]) -> u32 {
         hasher.update(part);
     }
     hasher.finalize()
+}
+
+/// The extension of a snapshot file.
+const EXTENSION: &str = "snap";
+/// The suffix of a snapshot file being written.
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
+
+/// Which file holds a shard's snapshot (`snapshot_files.rs`): the shard, the seq it was taken
+/// at, and its unique id; its name is `<shard:08x>-<seq:016x>-<id:016x>.snap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SnapshotFile {
+    pub(crate) shard: u32,
+    pub(crate) seq: u64,
+    pub(crate) id: u64,
+}
+
+impl SnapshotFile {
+    pub(crate) fn name(&self) -> String {
+        format!(
+            "{:08x}-{:016x}-{:016x}.{EXTENSION}",
+            self.shard, self.seq, self.id
+        )
+    }
+
+    /// The file a name stands for, or None for any other name (temporary files included).
+    pub(crate) fn parse(name: &str) -> Option<SnapshotFile> {
+        let stem = name.strip_suffix(EXTENSION)?.strip_suffix('.')?;
+        let mut parts = stem.split('-');
+        let shard = parts.next().filter(|p| p.len() == 8)?;
+        let seq = parts.next().filter(|p| p.len() == 16)?;
+        let id = parts.next().filter(|p| p.len() == 16)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(SnapshotFile {
+            shard: u32::from_str_radix(shard, 16).ok()?,
+            seq: u64::from_str_radix(seq, 16).ok()?,
+            id: u64::from_str_radix(id, 16).ok()?,
+        })
+    }
 }
 
 /// One record as a frame holds it.

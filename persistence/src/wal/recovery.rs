@@ -29,12 +29,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::format::SnapshotFile;
 use super::format::{
     decode_frame, decode_stored_snapshot, frame_key, parse_frame_key, FrameRecord, FrameValue,
     StoredSnapshot,
 };
 use super::index::LiveIndex;
-use super::snapshot_files::{SnapshotFile, SnapshotFiles};
+use super::snapshot_files::SnapshotFiles;
 use super::{io, Dropped, Shared, WalError, LEGACY_LOG_TREE, SLED_BATCH_FRAMES_MAX};
 
 /// One shard's log as recovery found it.

@@ -29,48 +29,13 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::format::{crc32, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN};
+use super::format::{
+    crc32, SnapshotFile, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, TMP_SUFFIX,
+};
 
 /// The snapshot files' directory, inside the log's sled directory (sled lists only its own
 /// names there: `db`, `conf`, `blobs`, `snap.*`).
 pub const SNAPSHOT_FILES_DIR: &str = "shard-snapshots";
-const EXTENSION: &str = "snap";
-const TMP_SUFFIX: &str = ".tmp";
-
-/// Which file holds a shard's snapshot: the shard, the seq it was taken at, and its unique id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct SnapshotFile {
-    pub(crate) shard: u32,
-    pub(crate) seq: u64,
-    pub(crate) id: u64,
-}
-
-impl SnapshotFile {
-    fn name(&self) -> String {
-        format!(
-            "{:08x}-{:016x}-{:016x}.{EXTENSION}",
-            self.shard, self.seq, self.id
-        )
-    }
-
-    /// The file a name stands for, or None for any other name (temporary files included).
-    fn parse(name: &str) -> Option<SnapshotFile> {
-        let stem = name.strip_suffix(EXTENSION)?.strip_suffix('.')?;
-        let mut parts = stem.split('-');
-        let shard = parts.next().filter(|p| p.len() == 8)?;
-        let seq = parts.next().filter(|p| p.len() == 16)?;
-        let id = parts.next().filter(|p| p.len() == 16)?;
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(SnapshotFile {
-            shard: u32::from_str_radix(shard, 16).ok()?,
-            seq: u64::from_str_radix(seq, 16).ok()?,
-            id: u64::from_str_radix(id, 16).ok()?,
-        })
-    }
-}
-
 /// The directory of snapshot files.
 #[derive(Debug, Clone)]
 pub(crate) struct SnapshotFiles {

@@ -27,10 +27,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::acker::{self, AckBatch};
 
+use super::format::SnapshotFile;
 use super::format::{encode_snapshot_pointer, frame_key, snapshot_key};
 use super::frames::{Framed, Framer};
 use super::index::LiveIndex;
-use super::snapshot_files::{SnapshotFile, SnapshotFiles};
+use super::snapshot_files::SnapshotFiles;
 use super::{lock, Ack, Durability, Record, Shared, WalError, SLED_BATCH_FRAMES_MAX};
 
 /// Records per group commit (a histogram; `/metrics`, docs/API.md "Operators").
