@@ -87,6 +87,9 @@ pub enum Booked {
     KeyReused,
     /// A bound was reached, or the first request with the key did not reach a decision.
     Busy,
+    /// The shard that keeps the caller's keys holds as many stored answers as it may
+    /// (`NodeConfig::idempotency_records_per_shard_max`): nothing was decided.
+    KeysFull,
     /// The saga ran: answer its outcome through [`Booking::finish`].
     Ran(Box<Booking>),
 }
@@ -250,7 +253,7 @@ impl Node {
     ) -> Result<AppointmentView, EngineError> {
         match self.book(request, None).await {
             Booked::Ran(booking) => booking.finish(self, None).await?,
-            Booked::Replay(_) | Booked::KeyReused | Booked::Busy => {
+            Booked::Replay(_) | Booked::KeyReused | Booked::Busy | Booked::KeysFull => {
                 unreachable!("a booking without a key is never replayed")
             }
         }
@@ -733,9 +736,8 @@ fn from_key(outcome: IdemOutcome) -> Booked {
             tracing::error!("a key began twice");
             Booked::Busy
         }
-        IdemOutcome::Begin(Begin::Full | Begin::Queued) | IdemOutcome::Finished(None) => {
-            Booked::Busy
-        }
+        IdemOutcome::Begin(Begin::Full) => Booked::KeysFull,
+        IdemOutcome::Begin(Begin::Queued) | IdemOutcome::Finished(None) => Booked::Busy,
     }
 }
 

@@ -492,7 +492,7 @@ impl World {
                     "KeyReused only for another body"
                 );
             }
-            Booked::Busy => {}
+            Booked::Busy | Booked::KeysFull => {}
             Booked::Ran(booking) => {
                 let stored = to_stored(booking.outcome());
                 let outcome = bounded(booking.finish(&self.node, stored.clone())).await;

@@ -253,6 +253,17 @@ pub(crate) fn key_reused() -> ApiError {
     )
 }
 
+/// The shard that keeps the caller's keys is full of stored answers younger than their
+/// retention (`--idempotency-keys-per-shard`): nothing was decided; retry once older ones
+/// expire. Said apart from [`key_busy`] so an operator sees which bound was met.
+pub(crate) fn keys_full() -> ApiError {
+    ApiError::unavailable(
+        RETRY_AFTER_S,
+        "too many Idempotency-Keys are stored on this node (--idempotency-keys-per-shard); retry later",
+    )
+    .with_detail("reason", "idempotency_keys_full")
+}
+
 /// The first request with a key did not finish, or a bound was reached: retry.
 pub(crate) fn key_busy() -> ApiError {
     ApiError::unavailable(
@@ -321,9 +332,10 @@ where
             replay(&stored)
         }
         IdemOutcome::Begin(Begin::Mismatch) => key_reused().into_response(),
-        IdemOutcome::Finished(None)
-        | IdemOutcome::Begin(Begin::Full)
-        | IdemOutcome::Begin(Begin::Queued) => key_busy().into_response(),
+        IdemOutcome::Begin(Begin::Full) => keys_full().into_response(),
+        IdemOutcome::Finished(None) | IdemOutcome::Begin(Begin::Queued) => {
+            key_busy().into_response()
+        }
     }
 }
 

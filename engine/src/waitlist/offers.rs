@@ -249,7 +249,7 @@ impl Node {
         };
         match self.book_from_waitlist(request, candidate.id.seq).await {
             Booked::Ran(booking) => booking.finish(self, None).await?,
-            Booked::Replay(_) | Booked::KeyReused | Booked::Busy => {
+            Booked::Replay(_) | Booked::KeyReused | Booked::Busy | Booked::KeysFull => {
                 unreachable!("an offer has no Idempotency-Key")
             }
         }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use holdfast_engine::NodeConfig;
 use holdfast_gateway::auth::Role;
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -261,5 +262,59 @@ async fn catalogue_writes_replay_with_a_key() {
     assert_eq!(second.text, first.text);
     // Received once, not twice.
     assert_eq!(stock(&h.availability("c-1").await, VACCINE), (105, 0, 105));
+    h.shutdown().await;
+}
+
+/// When the shard that keeps a caller's keys holds `idempotency_records_per_shard_max`
+/// stored answers (`--idempotency-keys-per-shard`), a new key is refused with 503, a
+/// `Retry-After` and the bound named in `details.reason`, and nothing is booked; a key it
+/// already holds still replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_table_of_stored_answers_refuses_a_new_key_and_says_so() {
+    let node = NodeConfig {
+        idempotency_records_per_shard_max: 1,
+        ..NodeConfig::embedded(SHARDS)
+    };
+    let h = Harness::start_node(node, HOLD_TTL_MS, MAX_HOLD_MS).await;
+    setup(&h, 10).await;
+    // One caller, so one shard keeps both keys.
+    let first = h
+        .book_with(
+            &h.authority,
+            "k-1",
+            &booking_body("ann", "c-1", "s-1", VACCINE),
+        )
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+
+    let refused = h
+        .book_with(
+            &h.authority,
+            "k-2",
+            &booking_body("bob", "c-1", "s-1", VACCINE),
+        )
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert!(refused.headers.contains_key("retry-after"));
+    let body: serde_json::Value = serde_json::from_str(&refused.text).unwrap();
+    assert_eq!(body["error"]["code"], "UNAVAILABLE", "{body}");
+    assert_eq!(
+        body["error"]["details"]["reason"], "idempotency_keys_full",
+        "{body}"
+    );
+    assert!(
+        h.citizen_appointments("bob").await.is_empty(),
+        "nothing booked"
+    );
+
+    let again = h
+        .book_with(
+            &h.authority,
+            "k-1",
+            &booking_body("ann", "c-1", "s-1", VACCINE),
+        )
+        .await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.text, first.text, "the stored key still replays");
     h.shutdown().await;
 }

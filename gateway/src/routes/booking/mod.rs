@@ -20,7 +20,8 @@ use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{OptionalEmptyBody, StrictJson, StrictPath, StrictQuery};
 use crate::idempotency::{
-    idem_request, idempotent, json, key_busy, key_reused, replay, to_stored, IdempotencyHeader,
+    idem_request, idempotent, json, key_busy, key_reused, keys_full, replay, to_stored,
+    IdempotencyHeader,
 };
 use crate::qr::QrKeyring;
 use crate::routes::fields::check_id;
@@ -216,6 +217,7 @@ async fn answer_booked(state: &AppState, booked: Booked) -> Response {
         Booked::Replay(stored) => return replay(&stored),
         Booked::KeyReused => return key_reused().into_response(),
         Booked::Busy => return key_busy().into_response(),
+        Booked::KeysFull => return keys_full().into_response(),
         Booked::Ran(booking) => booking,
     };
     let answer = match booking.outcome() {
