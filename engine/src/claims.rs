@@ -165,6 +165,7 @@ pub struct Stale {
 /// index is a boxed slice (an empty one allocates nothing).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CitizenEntry {
+    #[serde(deserialize_with = "crate::date_decode::naive_date")]
     birth_date: NaiveDate,
     region: u32,
     /// Earned by a clinic cancellation; spent when a booking made with it is confirmed.

@@ -16,6 +16,7 @@ pub mod claims;
 pub mod client;
 pub mod clock;
 pub mod command;
+pub mod date_decode;
 pub mod deadlines;
 pub mod eligibility;
 pub mod error;
