@@ -212,15 +212,39 @@ pub(crate) fn decode_frame<'a>(
     Ok(records)
 }
 
+/// The header in front of a snapshot's payload (in a snapshot file, and in the tree of logs
+/// before snapshot files): version, checksum over the shard key, seq and payload, seq.
+pub(crate) fn snapshot_header(key: &[u8], seq: u64, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_LEN] {
+    let seq = seq.to_be_bytes();
+    let mut header = [0u8; SNAPSHOT_HEADER_LEN];
+    header[0] = SNAPSHOT_FORMAT_VERSION;
+    header[1..HEADER_LEN].copy_from_slice(&crc32(&[key, &seq, payload]).to_le_bytes());
+    header[HEADER_LEN..].copy_from_slice(&seq);
+    header
+}
+
+/// The seq a snapshot's header names, once its version and its checksum over `key` and
+/// `payload` hold, or why they do not.
+pub(crate) fn check_snapshot(
+    key: &[u8],
+    header: &[u8; SNAPSHOT_HEADER_LEN],
+    payload: &[u8],
+) -> Result<u64, String> {
+    let (stored, seq) = split_header(header, SNAPSHOT_HEADER_LEN, SNAPSHOT_FORMAT_VERSION)?;
+    let computed = crc32(&[key, seq, payload]);
+    if stored != computed {
+        return Err(format!(
+            "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+        ));
+    }
+    Ok(u64::from_be_bytes(seq.try_into().expect("8 bytes")))
+}
+
 /// A snapshot value as logs before snapshot files stored it in the tree (tests write such
 /// logs; the writer no longer does).
 #[cfg(test)]
 pub(crate) fn encode_snapshot(key: &[u8], seq: u64, payload: &[u8]) -> Vec<u8> {
-    let seq_bytes = seq.to_be_bytes();
-    let mut value = Vec::with_capacity(SNAPSHOT_HEADER_LEN + payload.len());
-    value.push(SNAPSHOT_FORMAT_VERSION);
-    value.extend_from_slice(&crc32(&[key, &seq_bytes, payload]).to_le_bytes());
-    value.extend_from_slice(&seq_bytes);
+    let mut value = snapshot_header(key, seq, payload).to_vec();
     value.extend_from_slice(payload);
     value
 }
@@ -305,17 +329,16 @@ pub(crate) fn decode_stored_snapshot<'a>(
     }
 }
 
-/// (seq, payload) of a stored snapshot, or why it cannot be trusted.
+/// (seq, payload) of a snapshot stored in the tree, or why it cannot be trusted.
 fn decode_snapshot<'a>(key: &[u8], value: &'a [u8]) -> Result<(u64, &'a [u8]), String> {
-    let (stored, rest) = split_header(value, SNAPSHOT_HEADER_LEN, SNAPSHOT_FORMAT_VERSION)?;
-    let (seq_bytes, payload) = rest.split_at(8);
-    let computed = crc32(&[key, seq_bytes, payload]);
-    if stored != computed {
-        return Err(format!(
-            "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
-        ));
-    }
-    let seq = u64::from_be_bytes(seq_bytes.try_into().expect("8 bytes"));
+    // The version first, so a value of another version says so whatever its length.
+    split_header(value, SNAPSHOT_HEADER_LEN, SNAPSHOT_FORMAT_VERSION)?;
+    let (header, payload) = value.split_at(SNAPSHOT_HEADER_LEN);
+    let seq = check_snapshot(
+        key,
+        header.try_into().expect("the header's length"),
+        payload,
+    )?;
     Ok((seq, payload))
 }
 

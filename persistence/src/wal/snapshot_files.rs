@@ -30,7 +30,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    crc32, SnapshotFile, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, TMP_SUFFIX,
+    check_snapshot, snapshot_header, snapshot_key, SnapshotFile, SNAPSHOT_HEADER_LEN, TMP_SUFFIX,
 };
 
 /// The snapshot files' directory, inside the log's sled directory (sled lists only its own
@@ -65,12 +65,7 @@ impl SnapshotFiles {
     pub(crate) fn write(&self, file: &SnapshotFile, payload: &[u8]) -> Result<u64, String> {
         let path = self.path(file);
         let tmp = self.dir.join(format!("{}{TMP_SUFFIX}", file.name()));
-        let seq = file.seq.to_be_bytes();
-        let key = file.shard.to_be_bytes();
-        let mut header = [0u8; SNAPSHOT_HEADER_LEN];
-        header[0] = SNAPSHOT_FORMAT_VERSION;
-        header[1..5].copy_from_slice(&crc32(&[&key, &seq, payload]).to_le_bytes());
-        header[5..].copy_from_slice(&seq);
+        let header = snapshot_header(&snapshot_key(file.shard), file.seq, payload);
         let mut out = File::create(&tmp).map_err(context("cannot create", &tmp))?;
         out.write_all(&header)
             .and_then(|()| out.write_all(payload))
@@ -112,15 +107,9 @@ impl SnapshotFiles {
         input
             .read_exact(&mut header)
             .map_err(context("cannot read", &path))?;
-        if header[0] != SNAPSHOT_FORMAT_VERSION {
-            return Err(format!(
-                "{}: unknown format version {} (this build reads {SNAPSHOT_FORMAT_VERSION})",
-                path.display(),
-                header[0]
-            ));
-        }
-        let seq = &header[5..];
-        if seq != file.seq.to_be_bytes() {
+        // The seq ends the header: a file under another seq's name fails before its payload
+        // is read.
+        if header[SNAPSHOT_HEADER_LEN - 8..] != file.seq.to_be_bytes() {
             return Err(format!("{}: holds another seq", path.display()));
         }
         let payload_len =
@@ -133,14 +122,8 @@ impl SnapshotFiles {
         if payload.len() != payload_len {
             return Err(format!("{}: cut short", path.display()));
         }
-        let stored = u32::from_le_bytes(header[1..5].try_into().expect("4 bytes"));
-        let computed = crc32(&[&file.shard.to_be_bytes(), seq, &payload]);
-        if stored != computed {
-            return Err(format!(
-                "{}: checksum mismatch (stored {stored:08x}, computed {computed:08x})",
-                path.display()
-            ));
-        }
+        check_snapshot(&snapshot_key(file.shard), &header, &payload)
+            .map_err(|why| format!("{}: {why}", path.display()))?;
         Ok(payload)
     }
 
