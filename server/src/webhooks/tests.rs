@@ -114,7 +114,12 @@ async fn a_failing_receiver_gets_every_event_in_order_and_signed() {
     for i in 11..=13 {
         source.push(format!(r#"{{"seq":{i},"type":"Test"}}"#));
     }
-    until("13 events accepted", || accepted_ids(&seen).len() == 13).await;
+    // The receiver counts an event before its answer reaches the task that moves the
+    // cursor: wait for both.
+    until("13 events accepted and the cursor at 13", || {
+        accepted_ids(&seen).len() == 13 && hooks.status()[0].cursor == 13
+    })
+    .await;
     {
         let seen = seen.lock().unwrap();
         assert_eq!(accepted_ids_of(&seen), (1..=13).collect::<Vec<_>>());
