@@ -9,9 +9,10 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::clock::UnixMs;
 use crate::error::{EngineError, JournalError, WriteRefusal};
 use crate::event::Event;
-use crate::idempotency::IdempotencyRecord;
+use crate::idempotency::{AnswerRecord, IdempotencyRecord, ShelfRef, ShelvedAnswer};
 use crate::shard::ShardState;
 
 /// Version of the encoding of log records and snapshots. A different byte is refused at
@@ -28,7 +29,13 @@ use crate::shard::ShardState;
 /// `AppointmentNoShow` events).
 /// Version 6: snapshots carry the published changes the event recorder had not stored yet
 /// (`Snapshot::unrecorded`), so a snapshot never cuts an event out of the durable feed.
-pub const ENCODING_VERSION: u8 = 6;
+/// Version 7: idempotent answers as [`AnswerRecord`]s (the key's digest, and the response only
+/// when it is not on the journal's shelf): `LogRecord::Answer`, and snapshots of them. Records
+/// of version 6 are read as they are (`LogRecord` only gained a variant), its snapshots through
+/// their own layout ([`decode_snapshot`]).
+pub const ENCODING_VERSION: u8 = 7;
+/// The oldest version recovery still reads ([`decode_record`], [`decode_snapshot`]).
+pub const ENCODING_VERSION_OLDEST: u8 = 6;
 /// Largest record or snapshot accepted when decoding (bincode's size limit), so a corrupt
 /// length prefix cannot make recovery allocate without bound.
 pub const DECODE_BYTES_MAX: usize = 1 << 30;
@@ -36,7 +43,9 @@ pub const DECODE_BYTES_MAX: usize = 1 << 30;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LogRecord {
     Event(Event),
+    /// Version 6 and before: an answer with its caller, key and body. Read, never written.
     Idempotency(IdempotencyRecord),
+    Answer(AnswerRecord),
 }
 
 /// A whole shard at sequence number `seq`.
@@ -45,11 +54,22 @@ pub struct Snapshot {
     pub seq: u64,
     pub state: ShardState,
     #[serde(deserialize_with = "crate::sized_decode::vec")]
-    pub idempotency: Vec<IdempotencyRecord>,
+    pub idempotency: Vec<AnswerRecord>,
     /// Changes up to `seq` published but not yet stored by the node's recorder
     /// ([`crate::publish::Recorder`]): re-published at recovery.
     #[serde(deserialize_with = "crate::sized_decode::vec")]
     pub unrecorded: Vec<crate::publish::Published>,
+}
+
+/// A snapshot as encoding version 6 wrote it: the answers with their bodies.
+#[derive(Deserialize)]
+struct SnapshotV6 {
+    seq: u64,
+    state: ShardState,
+    #[serde(deserialize_with = "crate::sized_decode::vec")]
+    idempotency: Vec<IdempotencyRecord>,
+    #[serde(deserialize_with = "crate::sized_decode::vec")]
+    unrecorded: Vec<crate::publish::Published>,
 }
 
 fn config() -> bincode::config::Configuration<
@@ -70,20 +90,58 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes what [`encode`] wrote; `Err` says why not (the caller names the record).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
-        Some((&ENCODING_VERSION, body)) => {
-            let (value, read) =
-                bincode::serde::decode_from_slice(body, config()).map_err(|e| e.to_string())?;
-            if read != body.len() {
-                return Err(format!("{} trailing bytes", body.len() - read));
-            }
-            Ok(value)
-        }
-        Some((version, _)) => Err(format!(
-            "encoding version {version} was written by another build (this build reads \
-             version {ENCODING_VERSION})"
-        )),
+        Some((&ENCODING_VERSION, body)) => decode_body(body),
+        Some((version, _)) => Err(other_version(*version)),
         None => Err("empty record".into()),
     }
+}
+
+/// Decodes a log record of this version or an older one still read.
+pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, String> {
+    match bytes.split_first() {
+        Some((&version, body))
+            if (ENCODING_VERSION_OLDEST..=ENCODING_VERSION).contains(&version) =>
+        {
+            decode_body(body)
+        }
+        Some((version, _)) => Err(other_version(*version)),
+        None => Err("empty record".into()),
+    }
+}
+
+/// Decodes a snapshot of this version or an older one still read; an older one's answers
+/// come back with their responses (they stay in memory until they expire).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
+    match bytes.split_first() {
+        Some((&ENCODING_VERSION, body)) => decode_body(body),
+        Some((6, body)) => {
+            let old: SnapshotV6 = decode_body(body)?;
+            Ok(Snapshot {
+                seq: old.seq,
+                state: old.state,
+                idempotency: old.idempotency.into_iter().map(Into::into).collect(),
+                unrecorded: old.unrecorded,
+            })
+        }
+        Some((version, _)) => Err(other_version(*version)),
+        None => Err("empty snapshot".into()),
+    }
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let (value, read) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| e.to_string())?;
+    if read != body.len() {
+        return Err(format!("{} trailing bytes", body.len() - read));
+    }
+    Ok(value)
+}
+
+fn other_version(version: u8) -> String {
+    format!(
+        "encoding version {version} was written by another build (this build reads versions \
+         {ENCODING_VERSION_OLDEST} to {ENCODING_VERSION})"
+    )
 }
 
 /// Called once the journal has stored (or failed to store) what was handed to it.
@@ -186,6 +244,34 @@ pub trait Journal: Send + Sync + 'static {
     fn holds_back(&self, _shard: u32) -> bool {
         false
     }
+    /// True when the journal keeps stored idempotent answers on a shelf of its own, out of
+    /// memory (`idempotency.rs`): the shard then hands them over with
+    /// [`Journal::append_shelving`] and reads them back with [`Journal::shelved`]. Without
+    /// one (the default), responses stay in memory and in the records.
+    fn shelves_answers(&self) -> bool {
+        false
+    }
+    /// [`Journal::append`], and puts `answers` on the shelf in the same group commit: when
+    /// `done` says the records are stored, the answers are too. Only called when
+    /// [`Journal::shelves_answers`]; a journal without a shelf is never handed answers.
+    fn append_shelving(
+        &self,
+        shard: u32,
+        records: Vec<(u64, Vec<u8>)>,
+        answers: Vec<ShelvedAnswer>,
+        done: Done,
+    ) -> Result<(), JournalError> {
+        debug_assert!(answers.is_empty(), "this journal keeps no shelf");
+        self.append(shard, records, done)
+    }
+    /// A shelved answer's bytes, read on the caller's thread; `None` when the shelf has none
+    /// there.
+    fn shelved(&self, _shard: u32, _at: &ShelfRef) -> Result<Option<Vec<u8>>, JournalError> {
+        Ok(None)
+    }
+    /// Forgets `shard`'s shelved answers stored before `before_ms` (past the retention), in
+    /// order with the appends. Best effort: an answer that stays is forgotten by a later call.
+    fn forget_shelved(&self, _shard: u32, _before_ms: UnixMs) {}
 }
 
 /// Keeps nothing: for tests and benchmarks of the engine alone. Every write completes at once
@@ -252,5 +338,48 @@ mod tests {
             .contains("version 99"));
         assert!(decode::<LogRecord>(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode::<LogRecord>(&[]).is_err());
+    }
+
+    #[test]
+    fn version_6_records_and_snapshots_are_still_read() {
+        let legacy = IdempotencyRecord {
+            caller: "alice".into(),
+            key: "k-1".into(),
+            fingerprint: [7; 32],
+            status: 201,
+            body: "{\"id\":1}".into(),
+            stored_at_ms: 99,
+        };
+        let answer: AnswerRecord = legacy.clone().into();
+        let mut record = encode(&LogRecord::Idempotency(legacy.clone()));
+        record[0] = 6;
+        match decode_record(&record).unwrap() {
+            LogRecord::Idempotency(back) => assert_eq!(back, legacy),
+            other => panic!("decoded {other:?}"),
+        }
+        // The layout version 6 wrote its snapshots in.
+        #[derive(Serialize)]
+        struct V6<'a> {
+            seq: u64,
+            state: &'a ShardState,
+            idempotency: Vec<IdempotencyRecord>,
+            unrecorded: Vec<crate::publish::Published>,
+        }
+        let state = ShardState::new(3);
+        let mut bytes = encode(&V6 {
+            seq: 12,
+            state: &state,
+            idempotency: vec![legacy],
+            unrecorded: Vec::new(),
+        });
+        bytes[0] = 6;
+        let snapshot = decode_snapshot(&bytes).unwrap();
+        assert_eq!((snapshot.seq, snapshot.state.shard()), (12, 3));
+        assert_eq!(snapshot.idempotency, vec![answer.clone()]);
+        assert!(answer.response.is_some());
+        bytes[0] = 5;
+        assert!(decode_snapshot(&bytes).unwrap_err().contains("version 5"));
+        record[0] = 5;
+        assert!(decode_record(&record).is_err());
     }
 }

@@ -737,7 +737,11 @@ fn from_key(outcome: IdemOutcome) -> Booked {
             Booked::Busy
         }
         IdemOutcome::Begin(Begin::Full) => Booked::KeysFull,
-        IdemOutcome::Begin(Begin::Queued) | IdemOutcome::Finished(None) => Booked::Busy,
+        // Unreadable: the stored answer is there but could not be read; retrying is safe,
+        // running the booking again is not.
+        IdemOutcome::Begin(Begin::Queued | Begin::Unreadable) | IdemOutcome::Finished(None) => {
+            Booked::Busy
+        }
     }
 }
 

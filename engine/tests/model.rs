@@ -25,7 +25,9 @@ use holdfast_engine::command::{
     AdjustStock, Administer, Cancel, CancelSlot, Confirm, Hold, PutClinic, PutSlots, PutVaccine,
     ReceiveStock, Reject,
 };
-use holdfast_engine::idempotency::{Begin, IdemKey, IdempotencyTable, StoredResponse};
+use holdfast_engine::idempotency::{
+    no_shelf, Begin, IdemKey, IdempotencyTable, KeyId, ShelfRef, StoredResponse,
+};
 use holdfast_engine::model::{ClinicInfo, SlotSpec, VaccineRules};
 use holdfast_engine::shard::{ShardConfig, ShardState};
 use holdfast_engine::view::Output;
@@ -1297,10 +1299,18 @@ const IDEM_RETENTION_MS: i64 = 100;
 
 #[derive(Debug, Clone)]
 enum IdemOp {
-    Begin { key: u8, fingerprint: u8 },
-    Finish { key: u8, status: Option<u16> },
+    Begin {
+        key: u8,
+        fingerprint: u8,
+    },
+    Finish {
+        key: u8,
+        status: Option<u16>,
+    },
     Advance(i64),
     Purge,
+    /// The journal stores everything shelved so far: those responses leave memory.
+    Store,
 }
 
 fn idem_op() -> impl Strategy<Value = IdemOp> {
@@ -1310,6 +1320,7 @@ fn idem_op() -> impl Strategy<Value = IdemOp> {
             .prop_map(|(key, status)| IdemOp::Finish { key, status }),
         2 => (0i64..=60).prop_map(IdemOp::Advance),
         1 => Just(IdemOp::Purge),
+        2 => Just(IdemOp::Store),
     ]
 }
 
@@ -1356,6 +1367,10 @@ fn run_idempotency(ops: &[IdemOp]) -> Result<(), TestCaseError> {
     let mut table: IdempotencyTable<u32> =
         IdempotencyTable::new(IDEM_RECORDS_MAX, IDEM_RETENTION_MS);
     let mut entries: BTreeMap<u8, MEntry> = BTreeMap::new();
+    // Every response is also shelved, as with the write-ahead log: (digest, stored at) ->
+    // response, and the sequence number of its record.
+    let mut shelf: BTreeMap<([u8; 16], i64), StoredResponse> = BTreeMap::new();
+    let mut seq = 0u64;
     let mut now = 0i64;
     let mut next_waiter = 0u32;
     for (i, op) in ops.iter().enumerate() {
@@ -1363,8 +1378,18 @@ fn run_idempotency(ops: &[IdemOp]) -> Result<(), TestCaseError> {
             IdemOp::Begin { key, fingerprint } => {
                 let waiter = next_waiter;
                 next_waiter += 1;
+                // A completed record past the retention counts as gone.
+                if matches!(entries.get(&key), Some(MEntry::Done { at, .. }) if now - at >= IDEM_RETENTION_MS)
+                {
+                    entries.remove(&key);
+                }
+                let read = |at: ShelfRef| {
+                    shelf
+                        .get(&(at.id.0, at.stored_at_ms))
+                        .map_or(Begin::Unreadable, |r| Begin::Replay(r.clone()))
+                };
                 let (begin, handed_back) =
-                    table.begin(idem_key(key), [fingerprint; 32], waiter, now);
+                    table.begin(&idem_key(key), [fingerprint; 32], waiter, now, read);
                 if begin == Begin::Proceed {
                     // The invariant itself: one key, one runner, until the record is gone.
                     prop_assert!(
@@ -1425,6 +1450,11 @@ fn run_idempotency(ops: &[IdemOp]) -> Result<(), TestCaseError> {
             }
             IdemOp::Finish { key, status } => {
                 let waiters = table.finish(&idem_key(key), status.map(stored), now);
+                if let (Some(status), Some(MEntry::InFlight { .. })) = (status, entries.get(&key)) {
+                    seq += 1;
+                    table.shelve(&idem_key(key), seq);
+                    shelf.insert((KeyId::of(&idem_key(key)).0, now), stored(status));
+                }
                 let expect = match entries.get(&key) {
                     Some(MEntry::InFlight {
                         fingerprint,
@@ -1458,6 +1488,9 @@ fn run_idempotency(ops: &[IdemOp]) -> Result<(), TestCaseError> {
                 let purged = table.purge(now);
                 prop_assert_eq!(purged, model_purge(&mut entries, now), "step {} purge", i);
             }
+            IdemOp::Store => {
+                table.release_shelved(seq);
+            }
         }
         prop_assert_eq!(table.len(), entries.len(), "step {} record count", i);
     }
@@ -1483,13 +1516,13 @@ proptest! {
 fn finish_of_a_completed_key_keeps_its_record() {
     let mut table: IdempotencyTable<u32> = IdempotencyTable::new(10, 1_000);
     let k = idem_key(0);
-    assert_eq!(table.begin(k.clone(), [1; 32], 0, 0).0, Begin::Proceed);
+    assert_eq!(table.begin(&k, [1; 32], 0, 0, no_shelf).0, Begin::Proceed);
     assert!(table.finish(&k, Some(stored(201)), 0).is_empty());
     // A second finish (a retried cast, a double call on an error path).
     assert!(table.finish(&k, Some(stored(201)), 1).is_empty());
     assert!(table.finish(&k, None, 2).is_empty());
     assert_eq!(
-        table.begin(k.clone(), [1; 32], 1, 3).0,
+        table.begin(&k, [1; 32], 1, 3, no_shelf).0,
         Begin::Replay(stored(201))
     );
     assert_eq!(table.len(), 1);

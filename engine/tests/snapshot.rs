@@ -131,7 +131,7 @@ fn snapshot_plus_tail_equals_the_whole_log() {
         for bytes in records {
             match decode::<LogRecord>(bytes).unwrap() {
                 LogRecord::Event(e) => state.apply(&e),
-                LogRecord::Idempotency(_) => unreachable!(),
+                LogRecord::Idempotency(_) | LogRecord::Answer(_) => unreachable!(),
             }
         }
     };

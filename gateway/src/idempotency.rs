@@ -333,7 +333,9 @@ where
         }
         IdemOutcome::Begin(Begin::Mismatch) => key_reused().into_response(),
         IdemOutcome::Begin(Begin::Full) => keys_full().into_response(),
-        IdemOutcome::Finished(None) | IdemOutcome::Begin(Begin::Queued) => {
+        // Unreadable: the stored answer could not be read (logged by the shard); a retry may
+        // read it, running the request again could do twice what the first did.
+        IdemOutcome::Finished(None) | IdemOutcome::Begin(Begin::Queued | Begin::Unreadable) => {
             key_busy().into_response()
         }
     }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver};
 use holdfast_persistence::{
-    Ack, Durability, LogSpan, Record, Recovery, Wal, WalConfig, WalError, WalStats, WriterGate,
-    FRAME_BYTES_MAX, FRAME_FORMAT_VERSION, SNAPSHOT_FILES_DIR, WAL_SUBDIR,
+    Ack, Answer, AnswerAt, Durability, LogSpan, Record, Recovery, Wal, WalConfig, WalError,
+    WalStats, WriterGate, FRAME_BYTES_MAX, FRAME_FORMAT_VERSION, SNAPSHOT_FILES_DIR, WAL_SUBDIR,
 };
 
 /// The longest any test waits for an ack or a flush: far beyond what a healthy run takes.
@@ -700,6 +700,74 @@ fn a_snapshot_replaces_the_records_it_covers() {
     wal.close().unwrap();
     assert_eq!(raw_log_seqs(dir.path(), SHARD), vec![121]);
     assert!(raw_frames(dir.path()).iter().all(|(number, _)| *number > 0));
+}
+
+fn answer_at(shard: u32, stored_at_ms: u64, id: u8) -> AnswerAt {
+    AnswerAt {
+        shard,
+        stored_at_ms,
+        id: [id; 16],
+    }
+}
+
+/// Answers stored with an append are readable once it is acked, survive a restart, stay out
+/// of the log's records, and the old ones of a shard are forgotten in order with the appends.
+#[test]
+fn answers_are_stored_with_their_group_commit_and_forgotten_by_age() {
+    const SHARD: u32 = 4;
+    let dir = TempDir::new("answers");
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    let answers: Vec<Answer> = (0..5u8)
+        .map(|i| Answer {
+            at: answer_at(SHARD, 1_000 + u64::from(i), i),
+            value: format!("answer {i}").into_bytes(),
+        })
+        .collect();
+    let neighbour = Answer {
+        at: answer_at(SHARD + 1, 1_000, 0),
+        value: b"neighbour's".to_vec(),
+    };
+    let (tx, rx) = unbounded();
+    wal.submit_with_answers(records(SHARD, 1..=2), answers.clone(), ack_to(&tx))
+        .unwrap();
+    wal.submit_with_answers(
+        records(SHARD + 1, [1]),
+        vec![neighbour.clone()],
+        ack_to(&tx),
+    )
+    .unwrap();
+    expect_oks(&rx, 2);
+    for answer in &answers {
+        assert_eq!(wal.answer(&answer.at).unwrap(), Some(answer.value.clone()));
+    }
+    assert_eq!(wal.answer(&answer_at(SHARD, 1_000, 1)).unwrap(), None);
+    wal.close().unwrap();
+
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    assert_eq!(
+        wal.recover_shard(SHARD).unwrap().records,
+        expected(SHARD, 1..=2)
+    );
+    assert_eq!(
+        wal.answer(&answers[4].at).unwrap(),
+        Some(answers[4].value.clone())
+    );
+    // Those stored before 1003 go; the next append is acked after the removal is written.
+    wal.forget_answers(SHARD, 1_003).unwrap();
+    append(&wal, records(SHARD, [3]));
+    for (i, answer) in answers.iter().enumerate() {
+        let kept = wal.answer(&answer.at).unwrap().is_some();
+        assert_eq!(kept, i >= 3, "answer {i}");
+    }
+    assert_eq!(wal.answer(&neighbour.at).unwrap(), Some(neighbour.value));
+    wal.close().unwrap();
+    let wal = Wal::open(dir.path(), sync_config()).unwrap();
+    assert_eq!(wal.answer(&answers[2].at).unwrap(), None);
+    assert_eq!(
+        wal.answer(&answers[3].at).unwrap(),
+        Some(answers[3].value.clone())
+    );
+    wal.close().unwrap();
 }
 
 /// A quiet shard with one early record holds every later frame on disk, however often the

@@ -2,9 +2,13 @@
 //! commit). The engine hands numbered records as bytes; the log stores them; this adapter is
 //! the only place that knows both.
 
+use holdfast_engine::clock::UnixMs;
+use holdfast_engine::idempotency::{ShelfRef, ShelvedAnswer};
 use holdfast_engine::journal::{Done, Journal, Recovered};
 use holdfast_engine::{JournalError, WriteRefusal};
-use holdfast_persistence::{DiskState, Durability, Record, Wal, WalConfig, WalError};
+use holdfast_persistence::{
+    Answer, AnswerAt, DiskState, Durability, Record, Wal, WalConfig, WalError,
+};
 
 /// Above this many queued operations the journal reports busy, and shards refuse new writes
 /// with 503 before applying them. The margin below the queue's bound is larger than the
@@ -62,6 +66,30 @@ fn completion(done: Done) -> holdfast_persistence::Ack {
     Box::new(move |r| done(r.map_err(refusal)))
 }
 
+/// The log's address of a shelved answer (times before 1970 count as 0; the clock gives none).
+fn answer_at(shard: u32, at: &ShelfRef) -> AnswerAt {
+    AnswerAt {
+        shard,
+        stored_at_ms: unsigned_ms(at.stored_at_ms),
+        id: at.id.0,
+    }
+}
+
+fn unsigned_ms(ms: UnixMs) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+fn records_of(shard: u32, records: Vec<(u64, Vec<u8>)>) -> Vec<Record> {
+    records
+        .into_iter()
+        .map(|(seq, payload)| Record {
+            shard,
+            seq,
+            payload,
+        })
+        .collect()
+}
+
 impl Journal for WalJournal {
     fn append(
         &self,
@@ -69,15 +97,46 @@ impl Journal for WalJournal {
         records: Vec<(u64, Vec<u8>)>,
         done: Done,
     ) -> Result<(), JournalError> {
-        let records = records
+        self.wal
+            .submit(records_of(shard, records), completion(done))
+            .map_err(refusal)
+    }
+
+    /// The log keeps the answers in its `answers` tree, written with the group commit of
+    /// their records.
+    fn shelves_answers(&self) -> bool {
+        true
+    }
+
+    fn append_shelving(
+        &self,
+        shard: u32,
+        records: Vec<(u64, Vec<u8>)>,
+        answers: Vec<ShelvedAnswer>,
+        done: Done,
+    ) -> Result<(), JournalError> {
+        let answers = answers
             .into_iter()
-            .map(|(seq, payload)| Record {
-                shard,
-                seq,
-                payload,
+            .map(|answer| Answer {
+                at: answer_at(shard, &answer.at),
+                value: answer.value,
             })
             .collect();
-        self.wal.submit(records, completion(done)).map_err(refusal)
+        self.wal
+            .submit_with_answers(records_of(shard, records), answers, completion(done))
+            .map_err(refusal)
+    }
+
+    fn shelved(&self, shard: u32, at: &ShelfRef) -> Result<Option<Vec<u8>>, JournalError> {
+        self.wal
+            .answer(&answer_at(shard, at))
+            .map_err(|e| JournalError::Read(e.to_string()))
+    }
+
+    /// Queued behind the appends; a full queue or a failed log skips it (the next purge
+    /// forgets these answers too).
+    fn forget_shelved(&self, shard: u32, before_ms: UnixMs) {
+        let _ = self.wal.forget_answers(shard, unsigned_ms(before_ms));
     }
 
     fn snapshot(

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::{timer, ShardMsg, ShardPhase, ShardRuntime};
 use crate::error::RecoveryError;
-use crate::journal::{decode, LogRecord, Snapshot};
+use crate::journal::{decode_record, decode_snapshot, LogRecord};
 use crate::publish::Published;
 use crate::shard::ShardState;
 
@@ -22,7 +22,7 @@ impl ShardRuntime {
                 tokio::spawn(timer::run(myself, self.clock.clone(), earliest_rx));
                 // Holds whose deadline passed while the node was down expire now.
                 self.expire_due();
-                self.idempotency.purge(self.clock.now_ms());
+                self.purge_answers();
                 ShardPhase::Ready
             }
             Err(error) => {
@@ -47,7 +47,7 @@ impl ShardRuntime {
         let mut changes = Vec::new();
         let (mut state, mut idempotency, snapshot_seq) = match recovered.snapshot {
             Some((seq, bytes)) => {
-                let snapshot: Snapshot = decode(&bytes)
+                let snapshot = decode_snapshot(&bytes)
                     .map_err(|reason| RecoveryError::Snapshot { shard, seq, reason })?;
                 if snapshot.state.shard() != shard || snapshot.seq != seq {
                     return Err(RecoveryError::ForeignSnapshot { shard, seq });
@@ -66,7 +66,7 @@ impl ShardRuntime {
                     found: seq,
                 });
             }
-            match decode::<LogRecord>(&bytes).map_err(|reason| RecoveryError::Record {
+            match decode_record(&bytes).map_err(|reason| RecoveryError::Record {
                 shard,
                 seq,
                 reason,
@@ -82,7 +82,8 @@ impl ShardRuntime {
                         });
                     }
                 }
-                LogRecord::Idempotency(record) => idempotency.push(record),
+                LogRecord::Idempotency(record) => idempotency.push(record.into()),
+                LogRecord::Answer(record) => idempotency.push(record),
             }
             wal_seq = seq;
         }

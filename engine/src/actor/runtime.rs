@@ -18,9 +18,10 @@ use crate::command::{Command, Query, QueryAnswer, SettleClaims};
 use crate::error::{DomainError, EngineError, JournalError};
 use crate::event::Event;
 use crate::idempotency::{
-    Begin, Fingerprint, IdemKey, IdemOutcome, IdempotencyRecord, IdempotencyTable, StoredResponse,
+    AnswerRecord, Begin, Fingerprint, IdemKey, IdemOutcome, IdempotencyTable, KeyId, ShelfRef,
+    ShelvedAnswer, StoredResponse,
 };
-use crate::journal::{encode, Done, Durable, Journal, LogRecord};
+use crate::journal::{decode, encode, Done, Durable, Journal, LogRecord};
 use crate::notices::Settler;
 use crate::publish::{Published, Publisher};
 use crate::shard::ShardState;
@@ -31,6 +32,8 @@ use crate::waitlist::{Offerer, SlotRef};
 /// publish, the claim notices to send and the slots to offer to waiting citizens.
 struct Taken {
     records: Vec<(u64, Vec<u8>)>,
+    /// Idempotent answers for the journal's shelf, stored with `records`.
+    answers: Vec<ShelvedAnswer>,
     published: Vec<Published>,
     notices: Vec<Settle>,
     offers: Vec<SlotRef>,
@@ -84,7 +87,7 @@ pub struct ShardRuntime {
 struct SnapshotRef<'a> {
     seq: u64,
     state: &'a ShardState,
-    idempotency: Vec<IdempotencyRecord>,
+    idempotency: Vec<AnswerRecord>,
     unrecorded: Vec<&'a Published>,
 }
 
@@ -223,7 +226,7 @@ impl ShardRuntime {
     /// The timer's wake-up: due deadlines, then housekeeping.
     pub(super) fn tick(&mut self) {
         self.expire_due();
-        self.idempotency.purge(self.clock.now_ms());
+        self.purge_answers();
         self.maybe_snapshot();
         self.snapshot_if_holding_back();
     }
@@ -348,6 +351,7 @@ impl ShardRuntime {
         self.keep_unrecorded(&published);
         Taken {
             records,
+            answers: Vec::new(),
             published,
             notices,
             offers,
@@ -359,6 +363,7 @@ impl ShardRuntime {
     fn submit(&mut self, taken: Taken, done: Done) {
         let Taken {
             records,
+            answers,
             published,
             notices,
             offers,
@@ -399,7 +404,13 @@ impl ShardRuntime {
             })
         };
         self.records_since_snapshot += records.len() as u64;
-        if let Err(refusal) = self.journal.append(self.shard, records, done) {
+        let appended = if answers.is_empty() {
+            self.journal.append(self.shard, records, done)
+        } else {
+            self.journal
+                .append_shelving(self.shard, records, answers, done)
+        };
+        if let Err(refusal) = appended {
             let reason = match refusal {
                 JournalError::Full => {
                     "the journal queue was full after the change was applied".to_string()
@@ -419,10 +430,43 @@ impl ShardRuntime {
         fingerprint: Fingerprint,
         reply: RpcReplyPort<IdemOutcome>,
     ) {
-        let now_ms = self.clock.now_ms();
-        let (begin, waiter) = self.idempotency.begin(key, fingerprint, reply, now_ms);
+        let (begin, waiter) = self.look_up_key(&key, fingerprint, reply);
         if let Some(reply) = waiter {
             let _ = reply.send(IdemOutcome::Begin(begin));
+        }
+    }
+
+    /// Begins `key` in the table: a stored answer comes from memory, or from the journal's
+    /// shelf (read here, on the shard's thread: a replay is rare, and the read is one sled
+    /// lookup).
+    fn look_up_key(
+        &mut self,
+        key: &IdemKey,
+        fingerprint: Fingerprint,
+        waiter: RpcReplyPort<IdemOutcome>,
+    ) -> (Begin, Option<RpcReplyPort<IdemOutcome>>) {
+        self.release_shelved();
+        let now_ms = self.clock.now_ms();
+        let (journal, shard) = (&self.journal, self.shard);
+        self.idempotency
+            .begin(key, fingerprint, waiter, now_ms, |at| {
+                read_shelved(journal.as_ref(), shard, &at)
+            })
+    }
+
+    /// Responses whose shelving is stored leave memory.
+    fn release_shelved(&mut self) {
+        self.idempotency
+            .release_shelved(self.stored_seq.load(Ordering::Acquire));
+    }
+
+    /// Purges the records past the retention, and has the shelf forget their answers.
+    pub(super) fn purge_answers(&mut self) {
+        self.idempotency.purge(self.clock.now_ms());
+        if let Some(through_ms) = self.idempotency.take_purged() {
+            if self.journal.shelves_answers() {
+                self.journal.forget_shelved(self.shard, through_ms + 1);
+            }
         }
     }
 
@@ -435,6 +479,7 @@ impl ShardRuntime {
         response: Option<StoredResponse>,
         reply: RpcReplyPort<Result<Durable, EngineError>>,
     ) {
+        self.release_shelved();
         let now_ms = self.clock.now_ms();
         let fingerprint = self.idempotency.fingerprint_of(&key);
         let waiters = self.idempotency.finish(&key, response.clone(), now_ms);
@@ -462,17 +507,33 @@ impl ShardRuntime {
             return;
         };
         self.wal_seq += 1;
-        let record = IdempotencyRecord {
-            caller: key.caller,
-            key: key.key,
-            fingerprint,
-            status: response.status,
-            body: response.body.clone(),
-            stored_at_ms: now_ms,
+        let id = KeyId::of(&key);
+        let record = if self.journal.shelves_answers() {
+            taken.answers.push(ShelvedAnswer {
+                at: ShelfRef {
+                    id,
+                    stored_at_ms: now_ms,
+                },
+                value: encode(&response),
+            });
+            self.idempotency.shelve(&key, self.wal_seq);
+            AnswerRecord {
+                id,
+                fingerprint,
+                stored_at_ms: now_ms,
+                response: None,
+            }
+        } else {
+            AnswerRecord {
+                id,
+                fingerprint,
+                stored_at_ms: now_ms,
+                response: Some(response.clone()),
+            }
         };
         taken
             .records
-            .push((self.wal_seq, encode(&LogRecord::Idempotency(record))));
+            .push((self.wal_seq, encode(&LogRecord::Answer(record))));
         let (durable, stored) = Durable::new(self.shard);
         let done: Done = Box::new(move |result| {
             // Waiters answer with the response only once it is stored.
@@ -503,9 +564,8 @@ impl ShardRuntime {
         }
         if let Some((key, fingerprint)) = key {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let now_ms = self.clock.now_ms();
             let waiter = RpcReplyPort::from(tx);
-            match self.idempotency.begin(key, fingerprint, waiter, now_ms).0 {
+            match self.look_up_key(&key, fingerprint, waiter).0 {
                 Begin::Proceed => {}
                 Begin::Queued => {
                     let _ = reply.send(BeginAnswer::Wait(rx));
@@ -635,6 +695,9 @@ impl ShardRuntime {
     }
 
     fn snapshot(&mut self, done: Done) -> u64 {
+        // Responses already on the shelf leave memory first, so the snapshot carries only
+        // where they are.
+        self.release_shelved();
         let snapshot = SnapshotRef {
             seq: self.wal_seq,
             state: &self.state,
@@ -656,6 +719,26 @@ impl ShardRuntime {
         }
         seq
     }
+}
+
+/// A shelved answer, read from the journal: `Replay` with it, or `Unreadable` (logged) when
+/// the journal cannot read it or has none where the table says it is.
+fn read_shelved(journal: &dyn Journal, shard: u32, at: &ShelfRef) -> Begin {
+    let why = match journal.shelved(shard, at) {
+        Ok(Some(bytes)) => match decode::<StoredResponse>(&bytes) {
+            Ok(response) => return Begin::Replay(response),
+            Err(why) => format!("it does not decode: {why}"),
+        },
+        Ok(None) => "the journal has none there".to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(
+        shard,
+        stored_at_ms = at.stored_at_ms,
+        %why,
+        "a stored idempotent answer could not be read; its retries get 503"
+    );
+    Begin::Unreadable
 }
 
 /// The records after which a shard takes its first snapshot after start: spread by shard

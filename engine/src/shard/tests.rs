@@ -6,7 +6,7 @@ use chrono::NaiveDate;
 use super::*;
 use crate::command::{Confirm, Hold, JoinWaitlist, PutCitizen, PutClinic, PutSlots};
 use crate::command::{PutVaccine, ReceiveStock, TakeClaim};
-use crate::idempotency::IdempotencyRecord;
+use crate::idempotency::{AnswerRecord, KeyId, StoredResponse, KEY_ID_BYTES};
 use crate::journal::{decode, encode, Snapshot};
 use crate::model::{CitizenRecord, ClinicInfo, SlotSpec, VaccineRules};
 
@@ -169,13 +169,15 @@ fn a_snapshot_decodes_to_the_state_it_was_taken_of() {
         seq: 42,
         state: state.clone(),
         idempotency: (0..3)
-            .map(|i| IdempotencyRecord {
-                caller: "alice".into(),
-                key: format!("key-{i}").into(),
+            .map(|i| AnswerRecord {
+                id: KeyId([i; KEY_ID_BYTES]),
                 fingerprint: [i; 32],
-                status: 201,
-                body: "{}".into(),
                 stored_at_ms: NOW_MS,
+                // One in memory, the others on a journal's shelf.
+                response: (i == 0).then(|| StoredResponse {
+                    status: 201,
+                    body: "{}".into(),
+                }),
             })
             .collect(),
         unrecorded: vec![],

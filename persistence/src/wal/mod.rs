@@ -14,7 +14,8 @@
 //! frame's records with a version byte and a CRC32; tree `snapshots`, one key per shard, whose
 //! value points to the shard's snapshot file in `shard-snapshots/` (`snapshot_files.rs` says
 //! why the payloads are not in sled, and how a crash between the file and its pointer is
-//! cleaned up).
+//! cleaned up); tree `answers`, the stored idempotent answers that came with appends, by
+//! shard and age (`answers.rs`).
 //! Recovery (`recovery.rs`) reads the frames once at open and hands each shard its tail.
 //!
 //! Bounds: at most `queue_ops_max` ops wait in the queue (more are refused with
@@ -27,6 +28,7 @@
 //! the writer's index of those frames holds one 16-byte entry per shard per live frame.
 
 mod acker;
+mod answers;
 mod disk;
 mod format;
 mod frames;
@@ -34,6 +36,7 @@ mod index;
 mod recovery;
 mod snapshot_files;
 mod writer;
+pub use answers::{Answer, AnswerAt, ANSWER_ID_BYTES};
 pub use writer::{WAL_BATCH_RECORDS, WAL_FSYNC_SECONDS};
 
 use std::fmt;
@@ -408,6 +411,7 @@ struct SledHandles {
     db: sled::Db,
     frames: sled::Tree,
     snapshots: sled::Tree,
+    answers: sled::Tree,
 }
 
 /// How long `open` waits for sled's file lock. sled 0.34 releases the lock on its data file
@@ -466,6 +470,9 @@ impl Wal {
         let snapshots = db
             .open_tree(SNAPSHOTS_TREE)
             .map_err(io("cannot open tree snapshots"))?;
+        let answers = db
+            .open_tree(answers::ANSWERS_TREE)
+            .map_err(io("cannot open tree answers"))?;
         let files = SnapshotFiles::open(&root).map_err(WalError::Io)?;
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
@@ -505,6 +512,7 @@ impl Wal {
             db: db.clone(),
             frames: frames.clone(),
             snapshots: snapshots.clone(),
+            answers: answers.clone(),
             files: files.clone(),
             shared: shared.clone(),
             durability: config.durability,
@@ -521,6 +529,7 @@ impl Wal {
                 db,
                 frames,
                 snapshots,
+                answers,
             }),
             tails: Mutex::new(tails),
             files,
@@ -540,7 +549,39 @@ impl Wal {
     /// (the caller answers 503); `Err(Failed)` once a write or flush has failed (the node
     /// stops taking writes). When this returns `Err`, `ack` is dropped without being called.
     pub fn submit(&self, records: Vec<Record>, ack: Ack) -> Result<(), WalError> {
-        self.send(Op::Append { records, ack })
+        self.submit_with_answers(records, Vec::new(), ack)
+    }
+
+    /// [`Wal::submit`], and stores `answers` in the same group commit, ahead of the records
+    /// (`answers.rs`): once `ack` says the records are durable, so are the answers.
+    pub fn submit_with_answers(
+        &self,
+        records: Vec<Record>,
+        answers: Vec<Answer>,
+        ack: Ack,
+    ) -> Result<(), WalError> {
+        self.send(Op::Append {
+            records,
+            answers,
+            ack,
+        })
+    }
+
+    /// A stored answer, read from sled on the caller's thread: `None` when none is stored
+    /// there, or not yet (it is written with its group commit).
+    pub fn answer(&self, at: &AnswerAt) -> Result<Option<Vec<u8>>, WalError> {
+        Ok(self
+            .handles()
+            .answers
+            .get(answers::answer_key(at))
+            .map_err(io("cannot read answers"))?
+            .map(|value| value.to_vec()))
+    }
+
+    /// Queues the removal of `shard`'s answers stored before `before_ms` (in order with the
+    /// appends, so an answer stored before it in the queue and older than that goes too).
+    pub fn forget_answers(&self, shard: u32, before_ms: u64) -> Result<(), WalError> {
+        self.send(Op::ForgetAnswers { shard, before_ms })
     }
 
     /// Stores a shard's snapshot taken at `seq`, in order with the appends (so a snapshot
@@ -730,6 +771,7 @@ impl Wal {
             std::mem::forget(handles.db.clone());
             std::mem::forget(handles.frames.clone());
             std::mem::forget(handles.snapshots.clone());
+            std::mem::forget(handles.answers.clone());
             return;
         }
         let Some(handles) = self.sled.take() else {

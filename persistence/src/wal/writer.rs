@@ -4,6 +4,10 @@
 //! A batch's records become frames (`frames.rs`): one sled insert per frame, not per record,
 //! which is what sled charges for (each insert clones and later frees the leaf it lands in).
 //!
+//! The idempotent answers that come with an append go to the `answers` tree (`answers.rs`) in
+//! one sled batch, applied before the batch's frames, so the record naming an answer never
+//! reaches sled before the answer; the same flush makes both durable.
+//!
 //! A snapshot's payload goes to a file of its own (`snapshot_files.rs`), written and synced
 //! before its pointer reaches sled; the shard's previous file is deleted after the flush
 //! that made the new pointer durable.
@@ -26,6 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::acker::{self, AckBatch};
+use super::answers::{answer_key, forget_before, Answer};
 
 use super::format::SnapshotFile;
 use super::format::{encode_snapshot_pointer, frame_key, snapshot_key};
@@ -42,8 +47,12 @@ pub const WAL_FSYNC_SECONDS: &str = "holdfast_wal_fsync_seconds";
 pub(crate) enum Op {
     Append {
         records: Vec<Record>,
+        /// Answers to store with the records (`answers.rs`).
+        answers: Vec<Answer>,
         ack: Ack,
     },
+    /// Removes a shard's answers stored before `before_ms`; nothing to acknowledge.
+    ForgetAnswers { shard: u32, before_ms: u64 },
     Snapshot {
         shard: u32,
         seq: u64,
@@ -57,8 +66,10 @@ impl Op {
     /// snapshots count too.
     fn weight(&self) -> usize {
         match self {
-            Op::Append { records, .. } => records.len().max(1),
-            Op::Snapshot { .. } => 1,
+            Op::Append {
+                records, answers, ..
+            } => (records.len() + answers.len()).max(1),
+            Op::Snapshot { .. } | Op::ForgetAnswers { .. } => 1,
         }
     }
 }
@@ -70,6 +81,7 @@ pub(crate) struct Writer {
     pub(crate) db: sled::Db,
     pub(crate) frames: sled::Tree,
     pub(crate) snapshots: sled::Tree,
+    pub(crate) answers: sled::Tree,
     pub(crate) files: SnapshotFiles,
     pub(crate) shared: Arc<Shared>,
     pub(crate) durability: Durability,
@@ -135,6 +147,12 @@ pub(crate) fn delete_frames(frames: &sled::Tree, range: Range<u64>) -> sled::Res
 /// A batch turned into frames, the snapshots to store, and the acks in order.
 struct Prepared {
     framed: Framed,
+    /// The answers to store, as one sled batch, and how many and how large.
+    answers: sled::Batch,
+    answer_count: usize,
+    answer_bytes: u64,
+    /// (shard, before_ms) of the old answers to forget, in order.
+    forgets: Vec<(u32, u64)>,
     /// (shard, seq, payload), in order.
     snapshots: Vec<(u32, u64, Vec<u8>)>,
     acks: Vec<Ack>,
@@ -151,15 +169,29 @@ fn prepare(batch: Vec<Op>, next_frame: u64) -> Prepared {
     let mut acks = Vec::with_capacity(batch.len());
     let mut framer = Framer::new(next_frame);
     let mut snapshots = Vec::new();
+    let mut answer_batch = sled::Batch::default();
+    let (mut answer_count, mut answer_bytes) = (0, 0);
+    let mut forgets = Vec::new();
     for op in batch {
         match op {
-            Op::Append { records, ack } => {
+            Op::Append {
+                records,
+                answers,
+                ack,
+            } => {
                 framer.begin_op();
                 for record in &records {
                     framer.push(record);
                 }
+                for answer in answers {
+                    let key = answer_key(&answer.at);
+                    answer_count += 1;
+                    answer_bytes += (key.len() + answer.value.len()) as u64;
+                    answer_batch.insert(&key[..], answer.value);
+                }
                 acks.push(ack);
             }
+            Op::ForgetAnswers { shard, before_ms } => forgets.push((shard, before_ms)),
             Op::Snapshot {
                 shard,
                 seq,
@@ -173,6 +205,10 @@ fn prepare(batch: Vec<Op>, next_frame: u64) -> Prepared {
     }
     Prepared {
         framed: framer.finish(),
+        answers: answer_batch,
+        answer_count,
+        answer_bytes,
+        forgets,
         snapshots,
         acks,
     }
@@ -238,15 +274,19 @@ impl Writer {
 
     fn commit(&self, batch: Vec<Op>, state: &mut State) {
         if self.shared.is_failed() {
-            self.fail_all(batch.into_iter().map(Op::into_ack).collect());
+            self.fail_all(batch.into_iter().filter_map(Op::into_ack).collect());
             return;
         }
         let Prepared {
             framed,
+            answers,
+            answer_count,
+            answer_bytes,
+            forgets,
             snapshots,
             acks,
         } = prepare(batch, state.index.next_frame());
-        if framed.records == 0 && snapshots.is_empty() {
+        if framed.records == 0 && snapshots.is_empty() && answer_count == 0 && forgets.is_empty() {
             // Only barriers: what they wait for was made durable (Sync) or written (Async)
             // before their predecessors were acked, so there is nothing to write or flush.
             // Refusals travel as barriers; they must not each cost an fdatasync.
@@ -269,8 +309,21 @@ impl Writer {
                 return;
             }
         };
-        let bytes = framed.bytes + stored.bytes;
-        if let Err(e) = self.apply(framed, stored.pointers, any_snapshot, state) {
+        let bytes = framed.bytes + stored.bytes + answer_bytes;
+        // Answers first: a record that names one never reaches sled before it.
+        let answers_written = if answer_count > 0 {
+            self.answers.apply_batch(answers)
+        } else {
+            Ok(())
+        };
+        let written = answers_written
+            .and_then(|()| self.apply(framed, stored.pointers, any_snapshot, state))
+            .and_then(|()| {
+                forgets.iter().try_for_each(|&(shard, before)| {
+                    forget_before(&self.answers, shard, before).map(drop)
+                })
+            });
+        if let Err(e) = written {
             self.shared.fail_in_sled(format!("sled write: {e}"));
             self.fail_all(acks);
             return;
@@ -433,9 +486,10 @@ impl Writer {
 }
 
 impl Op {
-    fn into_ack(self) -> Ack {
+    fn into_ack(self) -> Option<Ack> {
         match self {
-            Op::Append { ack, .. } | Op::Snapshot { ack, .. } => ack,
+            Op::Append { ack, .. } | Op::Snapshot { ack, .. } => Some(ack),
+            Op::ForgetAnswers { .. } => None,
         }
     }
 }

@@ -50,7 +50,7 @@ impl ManualJournal {
                     .iter()
                     .map(|r| match r {
                         LogRecord::Event(_) => "event",
-                        LogRecord::Idempotency(_) => "idempotency",
+                        LogRecord::Idempotency(_) | LogRecord::Answer(_) => "idempotency",
                     })
                     .collect();
                 (p.shard, kinds)

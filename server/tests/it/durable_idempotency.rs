@@ -27,6 +27,16 @@ async fn server(dir: &Path, clock: Arc<ManualClock>) -> Harness {
     .await
 }
 
+/// Stored answers on the write-ahead log's shelf (its `answers` tree), read with the server
+/// stopped.
+fn shelved_answers(dir: &Path) -> usize {
+    let config = sled::Config::new().path(dir.join(holdfast_persistence::WAL_SUBDIR));
+    let db = holdfast_persistence::open_sled(&config).expect("the log opens offline");
+    let count = db.open_tree("answers").expect("the shelf").len();
+    drop(db);
+    count
+}
+
 /// Books `body` as citizen `p1` with Idempotency-Key `K1`: (status, body text).
 async fn create(h: &Harness, body: &Value) -> (u16, String) {
     let r = h.book_with(&h.citizen_token("p1"), "K1", body).await;
@@ -66,6 +76,9 @@ async fn replays_survive_restarts_and_expire_after_the_retention() {
     let first = create(&h, &body).await;
     assert_eq!(first.0, 201, "{}", first.1);
     h.shutdown().await;
+    // The answers are on the log's shelf, not in the snapshots taken at shutdown.
+    let shelved = shelved_answers(&dir);
+    assert!(shelved >= 1, "{shelved} answers shelved");
 
     // After a restart (recovery from the snapshots taken at shutdown) the key still replays.
     let h = server(&dir, clock.clone()).await;
@@ -80,5 +93,7 @@ async fn replays_survive_restarts_and_expire_after_the_retention() {
     assert_eq!(again.0, 201, "{}", again.1);
     assert_ne!(again.1, first.1);
     h.shutdown().await;
+    // The shelf forgot the expired answers with their records: only the new one is left.
+    assert_eq!(shelved_answers(&dir), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
