@@ -30,8 +30,10 @@ use crate::clock::UnixMs;
 
 /// The contract promises replays for at least 24 h.
 pub const RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
-/// Records per shard; with 64 shards about 2 million keys.
-pub const RECORDS_PER_SHARD_MAX_DEFAULT: usize = 32_768;
+/// Records per shard; with 64 shards about 4.2 million keys, about 90 bytes of memory each
+/// once their answers are on the journal's shelf. The table's hash map grows in powers of
+/// two: up to 57,344 records it is the one of 65,536 buckets either way.
+pub const RECORDS_PER_SHARD_MAX_DEFAULT: usize = 65_536;
 /// Requests that may wait on one in-flight key; more are refused (503) rather than queued.
 pub const WAITERS_PER_KEY_MAX: usize = 1024;
 
@@ -73,6 +75,36 @@ pub type Fingerprint = [u8; 32];
 pub struct StoredResponse {
     pub status: u16,
     pub body: Arc<str>,
+}
+
+/// Version byte of a shelved answer's bytes ([`StoredResponse::to_shelf`]).
+pub const SHELF_FORMAT_VERSION: u8 = 1;
+
+impl StoredResponse {
+    /// The bytes kept on the journal's shelf: `[SHELF_FORMAT_VERSION][status u16 LE][body]`.
+    /// A format of its own, not the log's encoding version: an answer outlives builds for a
+    /// day, and a new log encoding must not make it unreadable.
+    pub fn to_shelf(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(3 + self.body.len());
+        bytes.push(SHELF_FORMAT_VERSION);
+        bytes.extend_from_slice(&self.status.to_le_bytes());
+        bytes.extend_from_slice(self.body.as_bytes());
+        bytes
+    }
+
+    /// Reads what [`StoredResponse::to_shelf`] wrote; `Err` says why not.
+    pub fn from_shelf(bytes: &[u8]) -> Result<StoredResponse, String> {
+        match bytes {
+            [SHELF_FORMAT_VERSION, lo, hi, body @ ..] => Ok(StoredResponse {
+                status: u16::from_le_bytes([*lo, *hi]),
+                body: std::str::from_utf8(body)
+                    .map_err(|e| format!("the body is not UTF-8: {e}"))?
+                    .into(),
+            }),
+            [version, ..] => Err(format!("shelf format version {version} is unknown")),
+            [] => Err("empty".to_string()),
+        }
+    }
 }
 
 /// A stored idempotent answer as the log and snapshots keep it (encoding version 7 on): the
@@ -123,7 +155,7 @@ pub struct ShelfRef {
 }
 
 /// An answer handed to the journal's shelf with the append of its [`AnswerRecord`]: the
-/// bytes are [`crate::journal::encode`] of the [`StoredResponse`].
+/// bytes are [`StoredResponse::to_shelf`]'s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShelvedAnswer {
     pub at: ShelfRef,
@@ -557,6 +589,21 @@ mod tests {
         assert_eq!(t.records().len(), 2);
         assert_eq!(t.purge(1600), 1);
         assert_eq!(t.take_purged(), Some(500));
+    }
+
+    #[test]
+    fn shelved_bytes_round_trip_and_damage_is_refused() {
+        let r = StoredResponse {
+            status: 409,
+            body: "{\"code\":\"SOLD_OUT\"}".into(),
+        };
+        let bytes = r.to_shelf();
+        assert_eq!(StoredResponse::from_shelf(&bytes), Ok(r));
+        assert!(StoredResponse::from_shelf(&[]).is_err());
+        assert!(StoredResponse::from_shelf(&[9, 1, 0])
+            .unwrap_err()
+            .contains("version 9"));
+        assert!(StoredResponse::from_shelf(&[SHELF_FORMAT_VERSION, 1, 0, 0xff]).is_err());
     }
 
     #[test]

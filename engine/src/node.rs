@@ -327,10 +327,14 @@ impl Node {
         if self.reconciled.load(Ordering::Acquire) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let result = match self.reconcile_claims().await {
-            Ok(0) => Ok(()),
             Ok(changed) => {
-                tracing::info!(claims = changed, "claims reconciled after recovery");
+                tracing::info!(
+                    claims = changed,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "claims reconciled after recovery"
+                );
                 Ok(())
             }
             Err(e) => Err(StartError::Reconcile(e.to_string())),

@@ -368,8 +368,8 @@ fn parse_waitlist_max(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Largest `--idempotency-keys-per-shard`: at ~500 bytes an answer, 4 Mi keys are 2 GiB of
-/// memory in one shard alone.
+/// Largest `--idempotency-keys-per-shard`: at ~90 bytes a record in memory (the answers are
+/// on disk), 4 Mi keys are about 380 MiB of memory in one shard alone.
 pub const IDEMPOTENCY_KEYS_PER_SHARD_MAX: usize = 1 << 22;
 
 /// `--idempotency-keys-per-shard`: 1..=[`IDEMPOTENCY_KEYS_PER_SHARD_MAX`].

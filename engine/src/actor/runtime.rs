@@ -21,7 +21,7 @@ use crate::idempotency::{
     AnswerRecord, Begin, Fingerprint, IdemKey, IdemOutcome, IdempotencyTable, KeyId, ShelfRef,
     ShelvedAnswer, StoredResponse,
 };
-use crate::journal::{decode, encode, Done, Durable, Journal, LogRecord};
+use crate::journal::{encode, Done, Durable, Journal, LogRecord};
 use crate::notices::Settler;
 use crate::publish::{Published, Publisher};
 use crate::shard::ShardState;
@@ -514,7 +514,7 @@ impl ShardRuntime {
                     id,
                     stored_at_ms: now_ms,
                 },
-                value: encode(&response),
+                value: response.to_shelf(),
             });
             self.idempotency.shelve(&key, self.wal_seq);
             AnswerRecord {
@@ -725,7 +725,7 @@ impl ShardRuntime {
 /// the journal cannot read it or has none where the table says it is.
 fn read_shelved(journal: &dyn Journal, shard: u32, at: &ShelfRef) -> Begin {
     let why = match journal.shelved(shard, at) {
-        Ok(Some(bytes)) => match decode::<StoredResponse>(&bytes) {
+        Ok(Some(bytes)) => match StoredResponse::from_shelf(&bytes) {
             Ok(response) => return Begin::Replay(response),
             Err(why) => format!("it does not decode: {why}"),
         },

@@ -302,6 +302,7 @@ async fn the_order_survives_restarts_from_the_log_and_from_a_snapshot() {
     assert_eq!(position(&h, "b", "s1").await, Some(1));
     h.assert_invariants_ok().await;
     h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +325,7 @@ async fn a_seat_freed_while_the_server_was_down_is_offered_after_recovery() {
     assert_eq!(a["offered_from_waitlist"], true, "{a}");
     h.assert_invariants_ok().await;
     h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
