@@ -122,6 +122,21 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// Whether `outcome` changes this claim (the citizen's claim, of the settle's attempt).
+    pub fn changed_by(&self, outcome: &SettleOutcome) -> bool {
+        match outcome {
+            SettleOutcome::Bound { seq, expires_at_ms } => {
+                self.seq != Some(*seq)
+                    || self.expires_at_ms != *expires_at_ms
+                    || self.previous.is_some()
+            }
+            SettleOutcome::Confirmed => self.priority,
+            SettleOutcome::Ended { .. } | SettleOutcome::Lapsed { .. } => true,
+            SettleOutcome::Restore => self.previous.is_some(),
+            SettleOutcome::Administered { .. } => true,
+        }
+    }
+
     /// The appointment this claim is bound to.
     pub fn appointment(&self) -> Option<AppointmentId> {
         self.seq.map(|seq| AppointmentId {

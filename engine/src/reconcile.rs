@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::claims::{Claim, Settle, SettleOutcome};
@@ -24,6 +25,11 @@ use crate::journal::Durable;
 use crate::model::Status;
 use crate::node::{mismatch, Node};
 use crate::view::{AppointmentOutcome, AppointmentView};
+
+/// Citizens' shards reconciled at once: while one shard's settlements are decided on this
+/// task, the other's claims and outcomes are read on the shards' threads. Memory holds two
+/// shards' claims (tens of thousands each).
+const RECONCILE_SHARDS_AT_ONCE: usize = 2;
 
 impl Node {
     /// Sends `settles` to their citizens' shards, one message per shard. Not bounded by the
@@ -83,12 +89,19 @@ impl Node {
         for id in ids {
             by_shard.entry(id.shard).or_default().push(id.seq);
         }
+        // One query per clinic shard, all at once: each shard answers its part on its own
+        // thread instead of waiting for the one before.
+        let answers = join_all(by_shard.into_iter().map(|(shard, seqs)| async move {
+            (
+                shard,
+                self.query_exempt(shard, Query::AppointmentOutcomes { seqs })
+                    .await,
+            )
+        }))
+        .await;
         let mut found = FxHashMap::default();
-        for (shard, seqs) in by_shard {
-            match self
-                .query_exempt(shard, Query::AppointmentOutcomes { seqs })
-                .await?
-            {
+        for (shard, answer) in answers {
+            match answer? {
                 QueryAnswer::AppointmentOutcomes(outcomes) => {
                     found.reserve(outcomes.len());
                     found.extend(outcomes.into_iter().map(|a| (a.id, a)));
@@ -133,29 +146,34 @@ impl Node {
         // Every appointment a claim names (or named before a reschedule, or finds): the
         // live ones among them are not orphans.
         let mut named: FxHashSet<AppointmentId> = FxHashSet::default();
-        for shard in shards {
-            let claims = match self.query_exempt(shard, Query::Claims).await? {
-                QueryAnswer::Claims(claims) => claims,
-                other => return Err(mismatch(shard, &other)),
-            };
-            settled += self.reconcile_shard(shard, claims, &mut named).await?;
+        for group in shards.chunks(RECONCILE_SHARDS_AT_ONCE) {
+            let results = join_all(group.iter().map(|&shard| self.reconcile_shard(shard))).await;
+            for result in results {
+                let (sent, names) = result?;
+                settled += sent;
+                named.extend(names);
+            }
         }
         Ok(settled + self.reject_orphans(&named).await?)
     }
 
-    /// Settles the claims of one citizens' shard; answers how many settlements it sent.
+    /// Settles the claims of one citizens' shard: answers how many settlements it sent
+    /// (those that change a claim; after a clean stop, about none), and the appointments
+    /// its claims named or were found to have made.
     async fn reconcile_shard(
         &self,
         shard: u32,
-        claims: Vec<(Arc<str>, Claim)>,
-        named: &mut FxHashSet<AppointmentId>,
-    ) -> Result<usize, EngineError> {
+    ) -> Result<(usize, Vec<AppointmentId>), EngineError> {
+        let claims: Vec<(Arc<str>, Claim)> = match self.query_exempt(shard, Query::Claims).await? {
+            QueryAnswer::Claims(claims) => claims,
+            other => return Err(mismatch(shard, &other)),
+        };
         let mut ids: Vec<AppointmentId> = Vec::with_capacity(claims.len());
         for (_, claim) in &claims {
             ids.extend(claim.appointment());
             ids.extend(claim.previous.as_deref().and_then(Claim::appointment));
         }
-        named.extend(ids.iter().copied());
+        let mut named = ids.clone();
         let mut known = self.outcomes_by_id(ids).await?;
         let mut settles = Vec::with_capacity(claims.len());
         for (citizen_id, claim) in claims {
@@ -190,11 +208,15 @@ impl Node {
                 && current
                     .as_ref()
                     .is_some_and(|a| a.status == Status::Confirmed && a.rebook_priority);
-            settles.push(Settle {
-                citizen_id: citizen_id.clone(),
-                attempt: claim.attempt,
-                outcome,
-            });
+            // A settlement that changes nothing is not sent: the shard would make no event
+            // of it, and after a clean stop that is nearly every claim.
+            if claim.changed_by(&outcome) {
+                settles.push(Settle {
+                    citizen_id: citizen_id.clone(),
+                    attempt: claim.attempt,
+                    outcome,
+                });
+            }
             if spent {
                 settles.push(Settle {
                     citizen_id,
@@ -208,7 +230,7 @@ impl Node {
             let command = Command::SettleClaims(SettleClaims { settles });
             self.exec_compensation(shard, command).await?;
         }
-        Ok(sent)
+        Ok((sent, named))
     }
 
     /// Rejects every live appointment made under a claim that its citizen's claim does not

@@ -45,8 +45,12 @@ pub use runtime::ShardRuntime;
 pub use timer::HOUSEKEEPING_INTERVAL_MS;
 
 /// A shard snapshots after this many records, so recovery replays at most this many (plus
-/// what arrives while the snapshot is written) and the log before it can be dropped.
-pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 100_000;
+/// what arrives while the snapshot is written) and the log before it can be dropped. Why
+/// 50,000: a restart after a national launch replayed 1.9 M records of tail (30,000 a shard)
+/// in about as much time as it decoded the snapshots; with the idempotent answers out of
+/// them, a snapshot of such a shard is 13 MB, not 30, and taking one twice as often costs the
+/// shard a pause of tens of milliseconds every few minutes (docs/PERFORMANCE.md).
+pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 50_000;
 
 /// The answer to one command.
 pub type ExecResult = Result<Output, EngineError>;

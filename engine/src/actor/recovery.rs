@@ -44,7 +44,10 @@ impl ShardRuntime {
         for (seq, reason) in &recovered.dropped {
             tracing::warn!(shard, seq, %reason, "log record dropped at recovery (torn or corrupt tail)");
         }
-        let recorded = self.is_recorded();
+        // Changes are described for the recorder only past what it has stored already: a
+        // restart after a launch replays millions of records the recorder stored long ago,
+        // and describing each (names resolved) cost as much as applying it.
+        let recorded_through = self.publisher_recorded(shard).unwrap_or(u64::MAX);
         let mut changes = Vec::new();
         let snapshot_bytes = recovered.snapshot.as_ref().map_or(0, |(_, b)| b.len());
         let tail_records = recovered.records.len();
@@ -78,7 +81,7 @@ impl ShardRuntime {
             })? {
                 LogRecord::Event(event) => {
                     state.apply(&event);
-                    if recorded {
+                    if seq > recorded_through {
                         changes.push(Published {
                             shard,
                             wal_seq: seq,

@@ -641,8 +641,11 @@ impl ShardRuntime {
         self.publisher.publish(fresh);
     }
 
-    pub(super) fn is_recorded(&self) -> bool {
-        self.publisher.recorder().is_some()
+    /// With a recorder: the last of `shard`'s changes it has stored.
+    pub(super) fn publisher_recorded(&self, shard: u32) -> Option<u64> {
+        self.publisher
+            .recorder()
+            .map(|recorder| recorder.recorded(shard))
     }
 
     // ---- snapshots -----------------------------------------------------------------

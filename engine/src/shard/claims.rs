@@ -126,7 +126,7 @@ impl ShardState {
             .get(&*settle.citizen_id)
             .and_then(|e| e.claim.as_deref())
             .filter(|c| c.attempt == settle.attempt)?;
-        if !settle_changes(claim, &settle.outcome) {
+        if !claim.changed_by(&settle.outcome) {
             return None;
         }
         let citizen_id = settle.citizen_id.clone();
@@ -375,19 +375,4 @@ fn stale_dose(c: &TakeClaim, entry: &CitizenEntry, record: &mut CitizenRecord) -
         },
         tentative: false,
     })
-}
-
-/// Whether `outcome` changes `claim` (the citizen's claim, of the settle's attempt).
-fn settle_changes(claim: &Claim, outcome: &SettleOutcome) -> bool {
-    match outcome {
-        SettleOutcome::Bound { seq, expires_at_ms } => {
-            claim.seq != Some(*seq)
-                || claim.expires_at_ms != *expires_at_ms
-                || claim.previous.is_some()
-        }
-        SettleOutcome::Confirmed => claim.priority,
-        SettleOutcome::Ended { .. } | SettleOutcome::Lapsed { .. } => true,
-        SettleOutcome::Restore => claim.previous.is_some(),
-        SettleOutcome::Administered { .. } => true,
-    }
 }
