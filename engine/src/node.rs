@@ -351,6 +351,11 @@ impl Node {
         result
     }
 
+    /// True once the claims are reconciled after recovery: bookings wait for it (saga.rs).
+    pub(crate) fn is_reconciled(&self) -> bool {
+        self.reconciled.load(Ordering::Acquire)
+    }
+
     /// Resolves once the claims are reconciled after recovery.
     pub(crate) async fn wait_reconciled(&self) {
         let mut rx = self.reconciled_tx.subscribe();

@@ -523,6 +523,16 @@ impl<'a> Saga<'a> {
     /// Begins the key (on its home shard, or with the claim when that is the same shard)
     /// and takes the claim. `Err` ends the saga before it began (replays, refusals).
     async fn begin(&mut self, take: TakeClaim) -> Result<Claimed, Booked> {
+        if !self.node.is_reconciled() {
+            // Claims are being reconciled after recovery: a claim taken now could be judged
+            // an orphan by it (its appointment live, its claim not yet read), and its booking
+            // rejected. Nothing is begun; the client retries once the node is ready.
+            self.idem = None;
+            let recovering = EngineError::Recovering {
+                shard: self.citizen_shard,
+            };
+            return Ok(Claimed::done(Err(recovering), None));
+        }
         let key = match (&self.idem, self.merged) {
             (Some(idem), true) => Some((idem.key(), idem.fingerprint)),
             (Some(idem), false) => {
