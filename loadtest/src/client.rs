@@ -89,7 +89,8 @@ impl Tokens {
 pub struct Reply {
     /// HTTP status, 0 when no answer came.
     pub status: u16,
-    /// `error.code` of an error body; `TIMEOUT` or `TRANSPORT` for status 0; empty on success.
+    /// `error.code` of an error body (a 503's with `:` and its `details.reason`, when it has
+    /// one); `TIMEOUT` or `TRANSPORT` for status 0; empty on success.
     pub code: String,
     /// The JSON body (`Null` when absent or not JSON).
     pub body: Value,
@@ -181,10 +182,13 @@ impl Api {
         };
         let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         let code = if answer.status >= 400 {
-            body["error"]["code"]
-                .as_str()
-                .unwrap_or("NO_ERROR_CODE")
-                .to_string()
+            let code = body["error"]["code"].as_str().unwrap_or("NO_ERROR_CODE");
+            // A 503 says why in `details.reason` (overloaded, idempotency_keys_full, disk_full,
+            // ...): kept with the code, so the report's table tells the refusals apart.
+            match body["error"]["details"]["reason"].as_str() {
+                Some(reason) if answer.status == 503 => format!("{code}:{reason}"),
+                _ => code.to_string(),
+            }
         } else {
             String::new()
         };

@@ -587,7 +587,7 @@ impl ScenarioReport {
         for o in &self.outcomes {
             let _ = writeln!(
                 w,
-                "  {:<13} {:>3} {:<22} {:>9}{}",
+                "  {:<13} {:>3} {:<34} {:>9}{}",
                 o.op.name(),
                 o.status,
                 if o.code.is_empty() { "-" } else { &o.code },
