@@ -16,9 +16,7 @@ use holdfast_engine::external::{
 };
 use holdfast_engine::journal::{Done, Journal, Recovered};
 use holdfast_engine::ring::Ring;
-use holdfast_engine::{
-    BookRequest, EngineError, Node, NodeConfig, Query, SystemClock, WriteRefusal,
-};
+use holdfast_engine::{EngineError, Node, NodeConfig, Query, SystemClock, WriteRefusal};
 
 /// Stores at once, counts the appends, and refuses writes while `refusal` is set.
 #[derive(Default)]
@@ -90,16 +88,6 @@ impl ExternalCheck for FillsTheDisk {
     }
 }
 
-fn book(citizen: &str) -> BookRequest {
-    BookRequest {
-        clinic_id: "c1".into(),
-        slot_id: "s1".into(),
-        vaccine: "vx".into(),
-        citizen_id: citizen.into(),
-        hold_ms: 60_000,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_writes_before_they_change_anything_and_finishes_admitted_ones() {
     let journal = Arc::new(DiskJournal::default());
@@ -125,13 +113,16 @@ async fn a_full_disk_refuses_new_writes_before_they_change_anything_and_finishes
     assert!(node.set_external_check(checker, OutagePolicy::Reject));
 
     // The disk fills while ada's booking holds its seat: it still finishes, answered.
-    let ada = node.book_and_wait(book("ada")).await.expect("ada books");
+    let ada = node
+        .book_and_wait(common::book_c1("ada"))
+        .await
+        .expect("ada books");
     assert_eq!(node.write_refusal(), Some(FULL));
     assert!(!node.is_ready(), "a node that refuses writes is not ready");
 
     // bob's booking is refused before anything is written or changed.
     let appends = journal.appends.load(Ordering::SeqCst);
-    match node.book_and_wait(book("bob")).await {
+    match node.book_and_wait(common::book_c1("bob")).await {
         Err(EngineError::WritesRefused { refusal, .. }) => assert_eq!(refusal, FULL),
         other => panic!("{other:?}"),
     }
@@ -145,6 +136,8 @@ async fn a_full_disk_refuses_new_writes_before_they_change_anything_and_finishes
     // Space returns: writes are taken again, without a restart.
     journal.set(None);
     assert!(node.is_ready());
-    node.book_and_wait(book("bob")).await.expect("bob books");
+    node.book_and_wait(common::book_c1("bob"))
+        .await
+        .expect("bob books");
     node.stop().await;
 }

@@ -11,19 +11,9 @@ use std::time::{Duration, Instant};
 use common::clinic_c1;
 use holdfast_engine::journal::NoJournal;
 use holdfast_engine::ring::Ring;
-use holdfast_engine::{BookRequest, EngineError, Node, NodeConfig, Query, SystemClock};
+use holdfast_engine::{EngineError, Node, NodeConfig, Query, SystemClock};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn book(citizen: &str) -> BookRequest {
-    BookRequest {
-        clinic_id: "c1".into(),
-        slot_id: "s1".into(),
-        vaccine: "vx".into(),
-        citizen_id: citizen.into(),
-        hold_ms: 60_000,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_booking_before_the_reconciliation_is_refused_and_takes_nothing() {
@@ -49,7 +39,7 @@ async fn a_booking_before_the_reconciliation_is_refused_and_takes_nothing() {
         .await
         .expect("citizen");
 
-    match node.book_and_wait(book("ada")).await {
+    match node.book_and_wait(common::book_c1("ada")).await {
         Err(EngineError::Recovering { shard }) => assert_eq!(shard, node.citizen_shard("ada")),
         other => panic!("booked before the reconciliation: {other:?}"),
     }
@@ -62,6 +52,9 @@ async fn a_booking_before_the_reconciliation_is_refused_and_takes_nothing() {
 
     node.wait_recovered().await.expect("reconciles");
     assert!(node.is_ready());
-    let booked = node.book_and_wait(book("ada")).await.expect("books");
+    let booked = node
+        .book_and_wait(common::book_c1("ada"))
+        .await
+        .expect("books");
     assert_eq!(booked.id.shard, clinic);
 }

@@ -133,6 +133,18 @@ pub async fn clinic_c1(node: &Node) -> u32 {
     shard
 }
 
+/// A booking of slot `s1` of clinic `c1` ([`clinic_c1`]) for `citizen`, held a minute.
+#[allow(dead_code)] // not every test binary uses it
+pub fn book_c1(citizen: &str) -> holdfast_engine::BookRequest {
+    holdfast_engine::BookRequest {
+        clinic_id: "c1".into(),
+        slot_id: "s1".into(),
+        vaccine: "vx".into(),
+        citizen_id: citizen.into(),
+        hold_ms: 60_000,
+    }
+}
+
 /// `YYYY-MM-DD` as a date.
 #[allow(dead_code)] // not every test binary uses it
 pub fn date(s: &str) -> NaiveDate {

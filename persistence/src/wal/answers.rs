@@ -15,7 +15,7 @@
 //! nothing is kept longer than the retention. The value is the engine's bytes; this module
 //! does not read them.
 
-use super::SLED_BATCH_FRAMES_MAX;
+use super::{remove_in_batches, SLED_BATCH_FRAMES_MAX};
 
 pub(crate) const ANSWERS_TREE: &str = "answers";
 /// Bytes of a key's digest (the engine's, of the caller and the key).
@@ -61,23 +61,8 @@ pub(crate) fn forget_before(tree: &sled::Tree, shard: u32, before_ms: u64) -> sl
         stored_at_ms: before_ms,
         id: [0; ANSWER_ID_BYTES],
     };
-    let mut forgotten = 0u64;
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0usize;
-    for key in tree.range(answer_key(&from)..answer_key(&to)).keys() {
-        batch.remove(key?);
-        in_batch += 1;
-        if in_batch == FORGET_BATCH_MAX {
-            tree.apply_batch(std::mem::take(&mut batch))?;
-            forgotten += in_batch as u64;
-            in_batch = 0;
-        }
-    }
-    if in_batch > 0 {
-        tree.apply_batch(batch)?;
-        forgotten += in_batch as u64;
-    }
-    Ok(forgotten)
+    let keys = tree.range(answer_key(&from)..answer_key(&to)).keys();
+    remove_in_batches(tree, keys, FORGET_BATCH_MAX)
 }
 
 #[cfg(test)]

@@ -440,6 +440,31 @@ pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
+/// Removes `keys` from `tree` in sled batches of at most `per_batch`; returns how many.
+pub(crate) fn remove_in_batches(
+    tree: &sled::Tree,
+    keys: impl Iterator<Item = sled::Result<sled::IVec>>,
+    per_batch: usize,
+) -> sled::Result<u64> {
+    let mut removed = 0u64;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0usize;
+    for key in keys {
+        batch.remove(key?);
+        in_batch += 1;
+        if in_batch == per_batch {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            removed += in_batch as u64;
+            in_batch = 0;
+        }
+    }
+    if in_batch > 0 {
+        tree.apply_batch(batch)?;
+        removed += in_batch as u64;
+    }
+    Ok(removed)
+}
+
 pub(crate) fn io(what: &str) -> impl FnOnce(sled::Error) -> WalError + '_ {
     move |e| WalError::Io(format!("{what}: {e}"))
 }

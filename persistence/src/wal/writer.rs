@@ -37,7 +37,9 @@ use super::format::{encode_snapshot_pointer, frame_key, snapshot_key};
 use super::frames::{Framed, Framer};
 use super::index::LiveIndex;
 use super::snapshot_files::SnapshotFiles;
-use super::{lock, Ack, Durability, Record, Shared, WalError, SLED_BATCH_FRAMES_MAX};
+use super::{
+    lock, remove_in_batches, Ack, Durability, Record, Shared, WalError, SLED_BATCH_FRAMES_MAX,
+};
 
 /// Records per group commit (a histogram; `/metrics`, docs/API.md "Operators").
 pub const WAL_BATCH_RECORDS: &str = "holdfast_wal_batch_records";
@@ -122,26 +124,10 @@ impl State {
 /// Deletes the stored frames in `range` in sled batches of at most `SLED_BATCH_FRAMES_MAX`;
 /// returns how many there were.
 pub(crate) fn delete_frames(frames: &sled::Tree, range: Range<u64>) -> sled::Result<u64> {
-    let mut deleted = 0u64;
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0usize;
-    for key in frames
+    let keys = frames
         .range(frame_key(range.start)..frame_key(range.end))
-        .keys()
-    {
-        batch.remove(key?);
-        in_batch += 1;
-        if in_batch == SLED_BATCH_FRAMES_MAX {
-            frames.apply_batch(std::mem::take(&mut batch))?;
-            deleted += in_batch as u64;
-            in_batch = 0;
-        }
-    }
-    if in_batch > 0 {
-        frames.apply_batch(batch)?;
-        deleted += in_batch as u64;
-    }
-    Ok(deleted)
+        .keys();
+    remove_in_batches(frames, keys, SLED_BATCH_FRAMES_MAX)
 }
 
 /// A batch turned into frames, the snapshots to store, and the acks in order.
