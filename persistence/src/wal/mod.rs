@@ -414,6 +414,27 @@ struct SledHandles {
     answers: sled::Tree,
 }
 
+/// How long a failed sled may take to answer a `flush` before its handles are left alive
+/// rather than released ([`sled_settles`]).
+const SLED_SETTLE_WAIT: Duration = Duration::from_secs(2);
+const SLED_SETTLE_THREAD_NAME: &str = "holdfast-wal-settle";
+
+/// Whether a failed sled's `flush` returns within [`SLED_SETTLE_WAIT`]: at once with its
+/// global error when it recorded one (`make_stable_inner` checks it first), or with the
+/// flush done. Either way its drop returns too. Asked on a thread of its own: when the flush
+/// waits forever, that thread stays behind with its handle, as the handles then do anyway.
+fn sled_settles(db: &sled::Db) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let db = db.clone();
+    let asked = std::thread::Builder::new()
+        .name(SLED_SETTLE_THREAD_NAME.to_string())
+        .spawn(move || {
+            let _ = db.flush();
+            let _ = tx.send(());
+        });
+    asked.is_ok() && rx.recv_timeout(SLED_SETTLE_WAIT).is_ok()
+}
+
 /// How long `open` waits for sled's file lock. sled 0.34 releases the lock on its data file
 /// only when its last internal reference goes, which can be a moment after the previous
 /// `Db` (a closed `Wal`) was dropped in the same process (sled #1234, #1289); another process
@@ -786,12 +807,19 @@ impl Wal {
     ///   thread of their own ([`SLED_RELEASE_THREAD_NAME`]) so nothing waits for it anyway,
     ///   and sled's file lock is released: the directory can be opened again in this process
     ///   (the server's restart in place, `reopen.rs` there).
-    /// - When it came from a write (`sled_write_failed`), that is not certain, so the handles
-    ///   are left alive (one extra reference each, never released) and the process may exit;
-    ///   sled's lock stays held, and every later open of the directory in this process fails
-    ///   after [`SLED_LOCK_WAIT`] saying so (a process restart opens it).
+    /// - When it came from a write (`sled_write_failed`), that is not certain: sled records
+    ///   the failure of a buffer's write as its global error whichever call made the write (a
+    ///   full disk met by an insert, since the answers made group commits larger), but a write
+    ///   can fail otherwise. So sled is asked first ([`sled_settles`]): a `flush` that returns
+    ///   within [`SLED_SETTLE_WAIT`], with its error or without, says its drop returns too,
+    ///   and the handles are released as above. Otherwise they are left alive (one extra
+    ///   reference each, never released) and the process may exit; sled's lock stays held, and
+    ///   every later open of the directory in this process fails after [`SLED_LOCK_WAIT`]
+    ///   saying so (a process restart opens it).
     fn release_failed_sled(&mut self) {
-        if self.shared.sled_write_failed.load(Ordering::Acquire) {
+        if self.shared.sled_write_failed.load(Ordering::Acquire)
+            && !sled_settles(&self.handles().db)
+        {
             let handles = self.handles();
             std::mem::forget(handles.db.clone());
             std::mem::forget(handles.frames.clone());
