@@ -810,16 +810,26 @@ impl Wal {
     /// - When it came from a write (`sled_write_failed`), that is not certain: sled records
     ///   the failure of a buffer's write as its global error whichever call made the write (a
     ///   full disk met by an insert, since the answers made group commits larger), but a write
-    ///   can fail otherwise. So sled is asked first ([`sled_settles`]): a `flush` that returns
+    ///   can fail otherwise (a blob written into a vanished directory: the hang above). So
+    ///   on a full disk (`StorageFull`) sled is asked first ([`sled_settles`]): a `flush` that
+    ///   returns
     ///   within [`SLED_SETTLE_WAIT`], with its error or without, says its drop returns too,
     ///   and the handles are released as above. Otherwise they are left alive (one extra
     ///   reference each, never released) and the process may exit; sled's lock stays held, and
     ///   every later open of the directory in this process fails after [`SLED_LOCK_WAIT`]
     ///   saying so (a process restart opens it).
     fn release_failed_sled(&mut self) {
-        if self.shared.sled_write_failed.load(Ordering::Acquire)
-            && !sled_settles(&self.handles().db)
-        {
+        // Called again when the log is dropped after `close`: released already.
+        let Some(handles) = self.sled.as_ref() else {
+            return;
+        };
+        // Asked only of a full disk: a vanished directory fails a blob's write without a
+        // global error, and there the flush is what waits forever.
+        let full_disk = lock(&self.shared.failure)
+            .as_deref()
+            .is_some_and(|why| why.contains("StorageFull"));
+        let write_failed = self.shared.sled_write_failed.load(Ordering::Acquire);
+        if write_failed && !(full_disk && sled_settles(&handles.db)) {
             let handles = self.handles();
             std::mem::forget(handles.db.clone());
             std::mem::forget(handles.frames.clone());
